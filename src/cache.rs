@@ -1,0 +1,404 @@
+//! The catch-up state of a channel: what a late or resynchronized receiver
+//! needs to rebuild the source's current state, and the writer that keeps it.
+//!
+//! Readers load an immutable [`CatchUp`] snapshot through `ArcSwap` (in
+//! `channel`) and never lock; only the channel's source task runs the
+//! [`CacheWriter`]. The snapshot holds the latest full frame, every
+//! `DeltaPixels` since it (a persistent list, so appending is O(1) and old
+//! snapshots stay valid), and the signal state folded into one JSON object
+//! sent as one synthesized `SignalSync`.
+//!
+//! Bounds: when the delta chain grows past the keyframe's own size or
+//! [`MAX_CHAIN`] frames, the writer folds the chain into a new synthesized
+//! `Keyframe` (decoding the deltas onto a copy of the frame), so catch-up
+//! never costs more than about two frames and memory never grows with time.
+//! The folded signal state is capped by `--max-signal-state`.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde_json::{Map, Value};
+use thiserror::Error;
+
+use crate::codec::{self, CodecError};
+use crate::conn::WireMessage;
+use crate::protocol::{self, FrameType, Header, FLAG_KEYFRAME, HEADER_LEN};
+use crate::ws;
+
+/// Longest delta chain kept before it is folded into a keyframe.
+pub const MAX_CHAIN: usize = 512;
+
+/// Why a source message cannot be accepted into the channel state (it is
+/// then neither cached nor forwarded).
+#[derive(Debug, Error)]
+pub enum CacheError {
+    /// A `DeltaPixels` payload is not a valid ZRLE stream for its frame size.
+    #[error("invalid delta: {0}")]
+    Delta(#[from] CodecError),
+    /// A signal payload is not JSON.
+    #[error("signal payload is not valid JSON: {0}")]
+    SignalJson(String),
+    /// A signal payload is JSON but not an object.
+    #[error("signal payload is not a JSON object")]
+    SignalNotObject,
+    /// Applying the message would grow the signal state past its limit.
+    #[error("signal state would be {size} bytes, over the limit of {limit}")]
+    SignalTooLarge {
+        /// Size the folded state would have.
+        size: usize,
+        /// `--max-signal-state`.
+        limit: usize,
+    },
+}
+
+/// One link of the persistent delta list (newest first).
+#[derive(Debug)]
+pub struct DeltaNode {
+    /// The delta frame as sent on the wire.
+    pub frame: Bytes,
+    /// The delta before it, if any.
+    pub prev: Option<Arc<DeltaNode>>,
+    /// Frames in the chain up to and including this one.
+    pub count: usize,
+    /// Payload bytes in the chain up to and including this one.
+    pub bytes: usize,
+}
+
+/// An immutable snapshot of a channel's catch-up state.
+#[derive(Debug, Default)]
+pub struct CatchUp {
+    /// Channel sequence of the last frame this snapshot includes.
+    pub seq: u64,
+    /// Latest full frame (`Pixels` or `Keyframe`), encoded for the wire.
+    pub keyframe: Option<Bytes>,
+    /// Deltas since the keyframe, newest first.
+    pub deltas: Option<Arc<DeltaNode>>,
+    /// The folded signal state as one `SignalSync`, encoded for the wire.
+    pub signal: Option<Bytes>,
+}
+
+impl CatchUp {
+    /// The frames to send, in order: keyframe, deltas oldest first, signal.
+    pub fn frames(&self) -> Vec<Bytes> {
+        let mut out: Vec<Bytes> = self.keyframe.iter().cloned().collect();
+        out.extend(chain(&self.deltas));
+        out.extend(self.signal.iter().cloned());
+        out
+    }
+
+    /// Bytes a catch-up from this snapshot sends.
+    pub fn size(&self) -> usize {
+        self.keyframe.as_ref().map_or(0, Bytes::len)
+            + self.deltas.as_ref().map_or(0, |d| d.bytes)
+            + self.signal.as_ref().map_or(0, Bytes::len)
+    }
+
+    /// True if there is nothing to catch up on.
+    pub fn is_empty(&self) -> bool {
+        self.keyframe.is_none() && self.deltas.is_none() && self.signal.is_none()
+    }
+}
+
+/// Keeps the catch-up state as the source's frames arrive. Owned by whichever
+/// source task currently feeds the channel.
+#[derive(Debug)]
+pub struct CacheWriter {
+    current: Arc<CatchUp>,
+    signal: Map<String, Value>,
+    max_signal_state: usize,
+}
+
+impl CacheWriter {
+    /// A writer with an empty state and the given signal state limit.
+    pub fn new(max_signal_state: usize) -> Self {
+        Self {
+            current: Arc::new(CatchUp::default()),
+            signal: Map::new(),
+            max_signal_state,
+        }
+    }
+
+    /// The latest snapshot.
+    pub fn current(&self) -> &Arc<CatchUp> {
+        &self.current
+    }
+
+    /// Checks a validated source message against the state and folds it in.
+    /// Returns the new snapshot when the catch-up state changed, `None` when
+    /// the frame is live-only (audio, opaque types, …). On error the message
+    /// must be neither cached nor forwarded.
+    pub fn apply(&mut self, h: &Header, msg: &WireMessage, seq: u64) -> Result<Option<Arc<CatchUp>>, CacheError> {
+        let payload = &msg.payload()[HEADER_LEN..];
+        let cur = self.current.clone();
+        let next = match h.frame_type() {
+            FrameType::Pixels | FrameType::Keyframe => CatchUp {
+                seq,
+                keyframe: Some(msg.wire.clone()),
+                deltas: None,
+                signal: cur.signal.clone(),
+            },
+            FrameType::DeltaPixels => {
+                codec::zrle_validate(payload, h.rgba_len())?;
+                match cur.keyframe.as_ref().map(|k| keyframe_dims(k)) {
+                    Some(dims) if dims == (h.width, h.height) => {
+                        let (count, bytes) = cur.deltas.as_ref().map_or((0, 0), |d| (d.count, d.bytes));
+                        let node = DeltaNode {
+                            frame: msg.wire.clone(),
+                            prev: cur.deltas.clone(),
+                            count: count + 1,
+                            bytes: bytes + msg.wire.len(),
+                        };
+                        let mut snap = CatchUp {
+                            seq,
+                            keyframe: cur.keyframe.clone(),
+                            deltas: Some(Arc::new(node)),
+                            signal: cur.signal.clone(),
+                        };
+                        let kf_len = snap.keyframe.as_ref().map_or(0, Bytes::len);
+                        if count + 1 >= MAX_CHAIN || bytes + msg.wire.len() > kf_len {
+                            snap = fold_chain(snap, h)?;
+                        }
+                        snap
+                    }
+                    // No frame to apply it to, or a size change without a
+                    // keyframe: the relay can no longer rebuild the picture,
+                    // so joiners wait for the next keyframe.
+                    Some(_) | None if cur.keyframe.is_some() || cur.deltas.is_some() => CatchUp {
+                        seq,
+                        keyframe: None,
+                        deltas: None,
+                        signal: cur.signal.clone(),
+                    },
+                    _ => return Ok(None),
+                }
+            }
+            t @ (FrameType::SignalSync | FrameType::SignalDiff) => {
+                let signal = self.fold_signal(t == FrameType::SignalDiff, payload, h)?;
+                CatchUp {
+                    seq,
+                    keyframe: cur.keyframe.clone(),
+                    deltas: cur.deltas.clone(),
+                    signal: Some(signal),
+                }
+            }
+            _ => return Ok(None),
+        };
+        self.current = Arc::new(next);
+        Ok(Some(self.current.clone()))
+    }
+
+    /// Folds a sync or diff into the signal state and encodes the result as
+    /// one `SignalSync` wire frame. The state is unchanged on error.
+    fn fold_signal(&mut self, diff: bool, payload: &[u8], h: &Header) -> Result<Bytes, CacheError> {
+        let value: Value = serde_json::from_slice(payload).map_err(|e| CacheError::SignalJson(e.to_string()))?;
+        let Value::Object(obj) = value else {
+            return Err(CacheError::SignalNotObject);
+        };
+        let mut undo: Vec<(String, Option<Value>)> = Vec::new();
+        if diff {
+            for (k, v) in obj {
+                let old = if v.is_null() {
+                    self.signal.remove(&k)
+                } else {
+                    self.signal.insert(k.clone(), v)
+                };
+                undo.push((k, old));
+            }
+        } else {
+            let old = std::mem::replace(&mut self.signal, obj);
+            undo.extend(old.into_iter().map(|(k, v)| (k, Some(v))));
+        }
+        let json = serde_json::to_vec(&self.signal).map_err(|e| CacheError::SignalJson(e.to_string()))?;
+        if json.len() > self.max_signal_state {
+            if !diff {
+                self.signal.clear();
+            }
+            for (k, old) in undo.into_iter().rev() {
+                match old {
+                    Some(v) => self.signal.insert(k, v),
+                    None => self.signal.remove(&k),
+                };
+            }
+            return Err(CacheError::SignalTooLarge {
+                size: json.len(),
+                limit: self.max_signal_state,
+            });
+        }
+        let msg = protocol::signal(false, h.seq, h.timestamp, &json);
+        Ok(Bytes::from(ws::server_frame(ws::OP_BINARY, &msg)))
+    }
+
+    /// The signal state limit this writer enforces.
+    pub fn max_signal_state(&self) -> usize {
+        self.max_signal_state
+    }
+
+    /// The folded signal state.
+    pub fn signal_state(&self) -> &Map<String, Value> {
+        &self.signal
+    }
+}
+
+/// The protocol message inside a server wire frame (empty if malformed,
+/// which cannot happen for frames this module encoded).
+fn message_of(wire: &Bytes) -> &[u8] {
+    match ws::parse_head(wire, ws::Role::Client) {
+        Ok(Some(head)) => &wire[head.head_len..],
+        _ => &[],
+    }
+}
+
+/// Width and height from a cached keyframe's protocol header.
+fn keyframe_dims(wire: &Bytes) -> (u16, u16) {
+    Header::parse(message_of(wire)).map_or((0, 0), |h| (h.width, h.height))
+}
+
+/// The delta frames of a chain, oldest first.
+fn chain(deltas: &Option<Arc<DeltaNode>>) -> Vec<Bytes> {
+    let mut out = Vec::with_capacity(deltas.as_ref().map_or(0, |d| d.count));
+    let mut node = deltas.as_deref();
+    while let Some(n) = node {
+        out.push(n.frame.clone());
+        node = n.prev.as_deref();
+    }
+    out.reverse();
+    out
+}
+
+/// Replaces keyframe + deltas by one synthesized `Keyframe` of the current
+/// picture, stamped with the last delta's header.
+fn fold_chain(snap: CatchUp, last: &Header) -> Result<CatchUp, CacheError> {
+    let Some(kf) = snap.keyframe.as_ref() else {
+        return Ok(snap);
+    };
+    let mut pixels = message_of(kf).get(HEADER_LEN..).unwrap_or_default().to_vec();
+    for frame in chain(&snap.deltas) {
+        let delta = message_of(&frame).get(HEADER_LEN..).unwrap_or_default();
+        codec::apply_delta(&mut pixels, delta)?;
+    }
+    let msg = protocol::frame(
+        FrameType::Keyframe,
+        FLAG_KEYFRAME,
+        last.seq,
+        last.timestamp,
+        (last.width, last.height),
+        &pixels,
+    );
+    Ok(CatchUp {
+        seq: snap.seq,
+        keyframe: Some(Bytes::from(ws::server_frame(ws::OP_BINARY, &msg))),
+        deltas: None,
+        signal: snap.signal,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{delta_pixels, pixels_keyframe, signal};
+
+    fn wire(msg: Vec<u8>) -> (Header, WireMessage) {
+        let h = protocol::validate_source_message(&msg).unwrap();
+        (h, WireMessage::encode(ws::OP_BINARY, &msg))
+    }
+
+    fn payload_of(frame: &Bytes) -> Vec<u8> {
+        let h = ws::parse_head(frame, ws::Role::Client).unwrap().unwrap();
+        frame[h.head_len..].to_vec()
+    }
+
+    /// Rebuilds the picture a receiver would get from a catch-up.
+    fn rebuild(c: &CatchUp) -> Option<Vec<u8>> {
+        let mut pixels: Option<Vec<u8>> = None;
+        for f in c.frames() {
+            let m = payload_of(&f);
+            let h = Header::parse(&m).unwrap();
+            match h.frame_type() {
+                FrameType::Pixels | FrameType::Keyframe => pixels = Some(m[HEADER_LEN..].to_vec()),
+                FrameType::DeltaPixels => codec::apply_delta(pixels.as_mut()?, &m[HEADER_LEN..]).unwrap(),
+                _ => {}
+            }
+        }
+        pixels
+    }
+
+    #[test]
+    fn keyframe_then_deltas_rebuild_the_current_picture() {
+        let mut w = CacheWriter::new(1 << 20);
+        let (wd, ht) = (8u16, 4u16);
+        let mut cur = vec![0u8; 8 * 4 * 4];
+        let (h, m) = wire(pixels_keyframe(0, 0, wd, ht, &cur));
+        w.apply(&h, &m, 1).unwrap();
+        for i in 0..2000u64 {
+            let mut next = cur.clone();
+            next[(i as usize * 7) % cur.len()] ^= (i as u8) | 1;
+            let mut z = Vec::new();
+            codec::encode_delta(&cur, &next, &mut z).unwrap();
+            let (h, m) = wire(delta_pixels(i as u16, 0, wd, ht, &z));
+            let snap = w.apply(&h, &m, i + 2).unwrap().unwrap();
+            cur = next;
+            assert_eq!(snap.seq, i + 2);
+            assert_eq!(rebuild(&snap).unwrap(), cur, "after delta {i}");
+            // Bounded: never much more than two frames' worth.
+            assert!(snap.size() < 3 * (cur.len() + 64), "catch-up of {} bytes", snap.size());
+        }
+    }
+
+    #[test]
+    fn delta_without_matching_keyframe_resets_pixels() {
+        let mut w = CacheWriter::new(1 << 20);
+        let (h, m) = wire(pixels_keyframe(0, 0, 2, 2, &[1u8; 16]));
+        w.apply(&h, &m, 1).unwrap();
+        let mut z = Vec::new();
+        codec::encode_delta(&[0u8; 36], &[1u8; 36], &mut z).unwrap();
+        let (h, m) = wire(delta_pixels(1, 0, 3, 3, &z));
+        let snap = w.apply(&h, &m, 2).unwrap().unwrap();
+        assert!(snap.keyframe.is_none() && snap.deltas.is_none());
+        // A delta with nothing cached is live-only.
+        assert!(w.apply(&h, &m, 3).unwrap().is_none());
+    }
+
+    #[test]
+    fn invalid_delta_is_refused() {
+        let mut w = CacheWriter::new(1 << 20);
+        let (h, m) = wire(delta_pixels(1, 0, 2, 2, &[0x05]));
+        assert!(matches!(w.apply(&h, &m, 1), Err(CacheError::Delta(_))));
+    }
+
+    #[test]
+    fn signal_folds_sync_and_diffs() {
+        let mut w = CacheWriter::new(1 << 20);
+        let (h, m) = wire(signal(false, 0, 0, br#"{"a":1,"b":2}"#));
+        w.apply(&h, &m, 1).unwrap();
+        for i in 0..2000 {
+            let (h, m) = wire(signal(true, i as u16, 0, format!(r#"{{"k{}":{i},"b":null}}"#, i % 50).as_bytes()));
+            w.apply(&h, &m, 2 + i).unwrap();
+        }
+        let snap = w.current().clone();
+        let frames = snap.frames();
+        assert_eq!(frames.len(), 1);
+        let m = payload_of(&frames[0]);
+        assert_eq!(m[0], FrameType::SignalSync.to_u8());
+        let state: Value = serde_json::from_slice(&m[HEADER_LEN..]).unwrap();
+        assert_eq!(state["a"], 1);
+        assert!(state.get("b").is_none());
+        assert_eq!(state["k49"], 1999);
+        assert_eq!(state.as_object().unwrap().len(), 51);
+    }
+
+    #[test]
+    fn signal_limits_and_errors_leave_state_unchanged() {
+        let mut w = CacheWriter::new(32);
+        let (h, m) = wire(signal(false, 0, 0, br#"{"a":1}"#));
+        w.apply(&h, &m, 1).unwrap();
+        let (h, m) = wire(signal(true, 0, 0, br#"{"a":null,"big":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#));
+        assert!(matches!(w.apply(&h, &m, 2), Err(CacheError::SignalTooLarge { .. })));
+        let (h, m) = wire(signal(false, 0, 0, br#"{"zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz":1}"#));
+        assert!(w.apply(&h, &m, 3).is_err());
+        let (h, m) = wire(signal(true, 0, 0, b"[1]"));
+        assert!(matches!(w.apply(&h, &m, 4), Err(CacheError::SignalNotObject)));
+        let (h, m) = wire(signal(true, 0, 0, b"{nope"));
+        assert!(matches!(w.apply(&h, &m, 5), Err(CacheError::SignalJson(_))));
+        assert_eq!(Value::Object(w.signal_state().clone()), serde_json::json!({"a": 1}));
+    }
+}

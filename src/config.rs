@@ -1,0 +1,143 @@
+//! Command-line and environment configuration: every limit of the relay,
+//! each readable as `--option` or `RELAY_<OPTION>`, with the defaults a real
+//! deployment wants (thousands of receivers per channel are normal).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The relay's configuration. Durations are in milliseconds on the command
+/// line so tests can use short ones; sizes are in bytes.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "bitstream-relay", version, about = "Fan-out WebSocket relay for PROTOCOL.md bitstreams")]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "RELAY_ADDR", default_value = "127.0.0.1:9100")]
+    pub addr: SocketAddr,
+    /// Worker threads of the async runtime (0 = one per core).
+    #[arg(long, env = "RELAY_THREADS", default_value_t = 0)]
+    pub threads: usize,
+    /// Maximum receivers per channel.
+    #[arg(long, env = "RELAY_MAX_RECEIVERS", default_value_t = 20_000)]
+    pub max_receivers: usize,
+    /// Maximum signaling peers per channel.
+    #[arg(long, env = "RELAY_MAX_SIGNAL_PEERS", default_value_t = 256)]
+    pub max_signal_peers: usize,
+    /// Maximum channels that exist at once.
+    #[arg(long, env = "RELAY_MAX_CHANNELS", default_value_t = 10_000)]
+    pub max_channels: usize,
+    /// Maximum open connections in total (handshakes included).
+    #[arg(long, env = "RELAY_MAX_CONNECTIONS", default_value_t = 60_000)]
+    pub max_connections: usize,
+    /// Maximum open connections from one client IP address.
+    #[arg(long, env = "RELAY_MAX_CONNECTIONS_PER_IP", default_value_t = 20_000)]
+    pub max_connections_per_ip: usize,
+    /// Maximum size of one message from a source, in bytes (default: one
+    /// 3840×2160 RGBA keyframe fits). Larger messages close the peer with 1009.
+    #[arg(long, env = "RELAY_MAX_MESSAGE", default_value_t = 32 * 1024 * 1024)]
+    pub max_message: usize,
+    /// Maximum size of one message from a receiver (inputs), in bytes.
+    #[arg(long, env = "RELAY_MAX_INPUT_MESSAGE", default_value_t = 64 * 1024)]
+    pub max_input_message: usize,
+    /// Maximum size of one signaling text message, in bytes.
+    #[arg(long, env = "RELAY_MAX_SIGNAL_MESSAGE", default_value_t = 64 * 1024)]
+    pub max_signal_message: usize,
+    /// Maximum size of a channel's folded signal state (JSON), in bytes.
+    #[arg(long, env = "RELAY_MAX_SIGNAL_STATE", default_value_t = 1024 * 1024)]
+    pub max_signal_state: usize,
+    /// Per-peer outbound queue bound, in bytes. A receiver whose queue would
+    /// exceed it is skipped forward and resynchronized from the catch-up state.
+    #[arg(long, env = "RELAY_EGRESS_QUEUE", default_value_t = 4 * 1024 * 1024)]
+    pub egress_queue: usize,
+    /// Interval between pings to every peer, in milliseconds.
+    #[arg(long, env = "RELAY_PING_INTERVAL_MS", default_value_t = 10_000)]
+    pub ping_interval_ms: u64,
+    /// A peer silent (no frame, no pong) for this long is dropped, in milliseconds.
+    #[arg(long, env = "RELAY_KEEPALIVE_TIMEOUT_MS", default_value_t = 30_000)]
+    pub keepalive_timeout_ms: u64,
+    /// How long a channel without a source keeps its cached state, and how
+    /// long an empty channel lives before the GC removes it, in milliseconds.
+    #[arg(long, env = "RELAY_GRACE_MS", default_value_t = 30_000)]
+    pub grace_ms: u64,
+    /// Interval between GC scans of the channel map, in milliseconds.
+    #[arg(long, env = "RELAY_GC_INTERVAL_MS", default_value_t = 1_000)]
+    pub gc_interval_ms: u64,
+    /// Time allowed to complete the HTTP/WebSocket handshake, in milliseconds.
+    #[arg(long, env = "RELAY_HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub handshake_timeout_ms: u64,
+    /// Maximum size of the HTTP request head of a handshake, in bytes.
+    #[arg(long, env = "RELAY_MAX_REQUEST_HEAD", default_value_t = 8 * 1024)]
+    pub max_request_head: usize,
+    /// Interval of the one-line stats summary in the log, in milliseconds (0 = off).
+    #[arg(long, env = "RELAY_STATS_INTERVAL_MS", default_value_t = 10_000)]
+    pub stats_interval_ms: u64,
+    /// Time given to peers to take their close frames at shutdown, in milliseconds.
+    #[arg(long, env = "RELAY_SHUTDOWN_GRACE_MS", default_value_t = 2_000)]
+    pub shutdown_grace_ms: u64,
+    /// Invalid messages a source may send before it is closed (1008).
+    #[arg(long, env = "RELAY_MAX_INVALID", default_value_t = 100)]
+    pub max_invalid: u64,
+    /// Log format.
+    #[arg(long, env = "RELAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self::parse_from(["bitstream-relay"])
+    }
+}
+
+impl Config {
+    /// `--ping-interval-ms` as a duration.
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_millis(self.ping_interval_ms.max(1))
+    }
+    /// `--keepalive-timeout-ms` as a duration.
+    pub fn keepalive_timeout(&self) -> Duration {
+        Duration::from_millis(self.keepalive_timeout_ms.max(1))
+    }
+    /// `--grace-ms` as a duration.
+    pub fn grace(&self) -> Duration {
+        Duration::from_millis(self.grace_ms)
+    }
+    /// `--handshake-timeout-ms` as a duration.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms.max(1))
+    }
+    /// `--shutdown-grace-ms` as a duration.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_sane() {
+        let c = Config::default();
+        assert_eq!(c.addr.to_string(), "127.0.0.1:9100");
+        assert!(c.max_message >= 33_177_616 && c.max_message < 64 * 1024 * 1024);
+        assert!(c.ping_interval_ms <= 15_000);
+        assert!(c.max_receivers >= 1000);
+    }
+
+    #[test]
+    fn flags_override() {
+        let c = Config::parse_from(["x", "--max-receivers", "64", "--addr", "127.0.0.1:1"]);
+        assert_eq!(c.max_receivers, 64);
+        assert_eq!(c.addr.port(), 1);
+    }
+}

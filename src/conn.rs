@@ -1,0 +1,345 @@
+//! The read side of a WebSocket connection: a reader that owns its buffer,
+//! pulls bytes from a shared `TcpStream` and yields whole messages.
+//!
+//! Large payloads are read straight into one allocation of their exact size
+//! and unmasked in place; the client's frame head is then rewritten in place
+//! as the server's (always 4 bytes shorter), so a received message is already
+//! the encoded frame every receiver gets: no copy between socket and fan-out.
+//! An over-size message is refused from its head alone, before any of it is
+//! buffered. Reading is cancel-safe: all progress lives in the reader.
+
+use std::io;
+
+use bytes::{Buf, Bytes, BytesMut};
+use thiserror::Error;
+use tokio::net::TcpStream;
+
+use crate::ws::{self, Role, WsError};
+
+/// A complete message as it will go out on a server→client connection: the
+/// unmasked frame head followed by the payload, in one shared buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireMessage {
+    /// Head + payload.
+    pub wire: Bytes,
+    /// Length of the head at the front of `wire`.
+    pub head_len: usize,
+}
+
+impl WireMessage {
+    /// Encodes `payload` as an unmasked server frame of `opcode`.
+    pub fn encode(opcode: u8, payload: &[u8]) -> Self {
+        Self {
+            head_len: ws::server_header_len(payload.len()),
+            wire: Bytes::from(ws::server_frame(opcode, payload)),
+        }
+    }
+
+    /// The message payload (a protocol message for binary frames).
+    pub fn payload(&self) -> &[u8] {
+        &self.wire[self.head_len..]
+    }
+
+    /// The payload as a shared slice of `wire`.
+    pub fn payload_bytes(&self) -> Bytes {
+        self.wire.slice(self.head_len..)
+    }
+}
+
+/// What the reader yields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming {
+    /// A complete binary message.
+    Binary(WireMessage),
+    /// A complete text message (UTF-8 checked).
+    Text(WireMessage),
+    /// A ping with its payload (to be answered with a pong).
+    Ping(Bytes),
+    /// A pong.
+    Pong,
+    /// The peer's close frame: code and reason, if any.
+    Close(Option<(u16, String)>),
+}
+
+/// Why reading stopped.
+#[derive(Debug, Error)]
+pub enum ReadError {
+    /// The socket failed.
+    #[error("socket error: {0}")]
+    Io(#[from] io::Error),
+    /// The peer closed the TCP connection without a close frame.
+    #[error("connection closed by peer")]
+    Eof,
+    /// The peer broke RFC 6455.
+    #[error("protocol error: {0}")]
+    Ws(#[from] WsError),
+    /// A message larger than the limit was announced.
+    #[error("message of {size} bytes exceeds the limit of {limit}")]
+    TooBig {
+        /// Announced size so far.
+        size: u64,
+        /// The configured limit.
+        limit: usize,
+    },
+}
+
+impl ReadError {
+    /// The close code to send the peer for this error, if any.
+    pub fn close_code(&self) -> Option<u16> {
+        match self {
+            ReadError::Io(_) | ReadError::Eof => None,
+            ReadError::Ws(WsError::InvalidUtf8) => Some(ws::CLOSE_INVALID_DATA),
+            ReadError::Ws(_) => Some(ws::CLOSE_PROTOCOL),
+            ReadError::TooBig { .. } => Some(ws::CLOSE_TOO_BIG),
+        }
+    }
+}
+
+/// A fragmented message being reassembled: 10 bytes of room for the server
+/// head, then the payload so far.
+struct Partial {
+    opcode: u8,
+    buf: BytesMut,
+}
+
+/// Reads WebSocket messages from a socket. See the module docs.
+pub struct WsReader {
+    buf: BytesMut,
+    role: Role,
+    max_message: usize,
+    chunk: usize,
+    partial: Option<Partial>,
+}
+
+impl WsReader {
+    /// A reader for our `role`, refusing messages over `max_message` bytes
+    /// and reading at least `chunk` bytes at a time. `initial` holds bytes
+    /// already read past the handshake.
+    pub fn new(role: Role, max_message: usize, chunk: usize, initial: &[u8]) -> Self {
+        Self {
+            buf: BytesMut::from(initial),
+            role,
+            max_message,
+            chunk: chunk.max(64),
+            partial: None,
+        }
+    }
+
+    /// Reads until one message (or control frame) is complete.
+    pub async fn next(&mut self, stream: &TcpStream) -> Result<Incoming, ReadError> {
+        loop {
+            if let Some(msg) = self.parse()? {
+                return Ok(msg);
+            }
+            stream.readable().await?;
+            match stream.try_read_buf(&mut self.buf) {
+                Ok(0) => return Err(ReadError::Eof),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Parses one message out of the buffer if it is complete; otherwise
+    /// makes room for what is missing and returns `None`.
+    pub fn parse(&mut self) -> Result<Option<Incoming>, ReadError> {
+        loop {
+            let Some(head) = ws::parse_head(&self.buf, self.role)? else {
+                self.reserve(ws::MAX_HEAD_LEN);
+                return Ok(None);
+            };
+            let so_far = self.partial.as_ref().map_or(0, |p| p.buf.len() - ws::MAX_SERVER_HEAD_LEN);
+            let size = so_far as u64 + head.payload_len;
+            if !head.is_control() && size > self.max_message as u64 {
+                return Err(ReadError::TooBig {
+                    size,
+                    limit: self.max_message,
+                });
+            }
+            let total = head.head_len + head.payload_len as usize;
+            if self.buf.len() < total {
+                self.reserve(total);
+                return Ok(None);
+            }
+            let mut frame = self.buf.split_to(total);
+            if let Some(mask) = head.mask {
+                ws::apply_mask(&mut frame[head.head_len..], mask, 0);
+            }
+            if let Some(msg) = self.on_frame(head, frame)? {
+                return Ok(Some(msg));
+            }
+        }
+    }
+
+    fn on_frame(&mut self, head: ws::FrameHead, mut frame: BytesMut) -> Result<Option<Incoming>, ReadError> {
+        match head.opcode {
+            ws::OP_PING => {
+                frame.advance(head.head_len);
+                Ok(Some(Incoming::Ping(frame.freeze())))
+            }
+            ws::OP_PONG => Ok(Some(Incoming::Pong)),
+            ws::OP_CLOSE => {
+                let close = ws::parse_close(&frame[head.head_len..])?;
+                Ok(Some(Incoming::Close(close.map(|(c, r)| (c, r.to_owned())))))
+            }
+            ws::OP_CONTINUATION => {
+                let Some(p) = self.partial.as_mut() else {
+                    return Err(WsError::BadFragmentation.into());
+                };
+                p.buf.extend_from_slice(&frame[head.head_len..]);
+                if !head.fin {
+                    return Ok(None);
+                }
+                let Partial { opcode, mut buf } = self.partial.take().ok_or(WsError::BadFragmentation)?;
+                let len = buf.len() - ws::MAX_SERVER_HEAD_LEN;
+                let mut h = [0u8; ws::MAX_SERVER_HEAD_LEN];
+                let n = ws::server_header(opcode, len, &mut h);
+                let start = ws::MAX_SERVER_HEAD_LEN - n;
+                buf[start..ws::MAX_SERVER_HEAD_LEN].copy_from_slice(&h[..n]);
+                buf.advance(start);
+                self.finish(
+                    opcode,
+                    WireMessage {
+                        wire: buf.freeze(),
+                        head_len: n,
+                    },
+                )
+            }
+            opcode => {
+                if self.partial.is_some() {
+                    return Err(WsError::BadFragmentation.into());
+                }
+                if !head.fin {
+                    let mut buf = BytesMut::with_capacity(ws::MAX_SERVER_HEAD_LEN + head.payload_len as usize);
+                    buf.extend_from_slice(&[0u8; ws::MAX_SERVER_HEAD_LEN]);
+                    buf.extend_from_slice(&frame[head.head_len..]);
+                    self.partial = Some(Partial { opcode, buf });
+                    return Ok(None);
+                }
+                // Rewrite the (masked) client head as the server head in place:
+                // the masked head is exactly 4 bytes longer.
+                let len = head.payload_len as usize;
+                let n = ws::server_header_len(len);
+                let start = head.head_len - n;
+                let mut h = [0u8; ws::MAX_SERVER_HEAD_LEN];
+                ws::server_header(opcode, len, &mut h);
+                frame[start..head.head_len].copy_from_slice(&h[..n]);
+                frame.advance(start);
+                self.finish(
+                    opcode,
+                    WireMessage {
+                        wire: frame.freeze(),
+                        head_len: n,
+                    },
+                )
+            }
+        }
+    }
+
+    fn finish(&mut self, opcode: u8, msg: WireMessage) -> Result<Option<Incoming>, ReadError> {
+        if opcode == ws::OP_TEXT {
+            std::str::from_utf8(msg.payload()).map_err(|_| WsError::InvalidUtf8)?;
+            Ok(Some(Incoming::Text(msg)))
+        } else {
+            Ok(Some(Incoming::Binary(msg)))
+        }
+    }
+
+    /// Ensures the buffer can hold `total` bytes from its start, reading at
+    /// least `chunk` bytes at a time.
+    fn reserve(&mut self, total: usize) {
+        let want = total.saturating_sub(self.buf.len()).max(self.chunk);
+        if self.buf.capacity() - self.buf.len() < want {
+            self.buf.reserve(want);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed(r: &mut WsReader, bytes: &[u8]) -> Vec<Incoming> {
+        r.buf.extend_from_slice(bytes);
+        let mut out = Vec::new();
+        while let Some(m) = r.parse().unwrap() {
+            out.push(m);
+        }
+        out
+    }
+
+    #[test]
+    fn rewrites_client_frames_as_server_frames() {
+        for len in [0usize, 10, 200, 70_000] {
+            let payload: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+            let mut r = WsReader::new(Role::Server, 1 << 20, 1024, &[]);
+            let got = feed(&mut r, &ws::client_frame(ws::OP_BINARY, true, &payload, [9, 8, 7, 6]));
+            assert_eq!(got.len(), 1);
+            let Incoming::Binary(m) = &got[0] else { panic!("not binary") };
+            assert_eq!(m.payload(), &payload[..]);
+            assert_eq!(&m.wire[..], &ws::server_frame(ws::OP_BINARY, &payload)[..]);
+        }
+    }
+
+    #[test]
+    fn reassembles_fragments_with_control_frames_between() {
+        let mut r = WsReader::new(Role::Server, 1 << 20, 64, &[]);
+        let mut wire = ws::client_frame(ws::OP_BINARY, false, b"hello ", [1, 2, 3, 4]);
+        wire.extend(ws::client_frame(ws::OP_PING, true, b"p", [5, 5, 5, 5]));
+        wire.extend(ws::client_frame(ws::OP_CONTINUATION, false, &[b'x'; 300], [1, 1, 1, 1]));
+        wire.extend(ws::client_frame(ws::OP_CONTINUATION, true, b"!", [0, 0, 0, 9]));
+        // Feed one byte at a time: every split point must work.
+        let mut got = Vec::new();
+        for b in wire {
+            got.extend(feed(&mut r, &[b]));
+        }
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0], Incoming::Ping(Bytes::from_static(b"p")));
+        let Incoming::Binary(m) = &got[1] else { panic!("not binary") };
+        let mut expect = b"hello ".to_vec();
+        expect.extend([b'x'; 300]);
+        expect.push(b'!');
+        assert_eq!(m.payload(), &expect[..]);
+        assert_eq!(&m.wire[..], &ws::server_frame(ws::OP_BINARY, &expect)[..]);
+    }
+
+    #[test]
+    fn refuses_oversize_from_the_head() {
+        let mut r = WsReader::new(Role::Server, 1000, 64, &[]);
+        let wire = ws::client_frame(ws::OP_BINARY, true, &[0u8; 1001], [1, 2, 3, 4]);
+        r.buf.extend_from_slice(&wire[..8]);
+        assert!(matches!(r.parse(), Err(ReadError::TooBig { size: 1001, .. })));
+        let mut r = WsReader::new(Role::Server, 1000, 64, &[]);
+        let mut wire = ws::client_frame(ws::OP_BINARY, false, &[0u8; 600], [1, 2, 3, 4]);
+        wire.extend(ws::client_frame(ws::OP_CONTINUATION, true, &[0u8; 600], [1, 2, 3, 4]));
+        r.buf.extend_from_slice(&wire);
+        assert!(matches!(r.parse(), Err(ReadError::TooBig { size: 1200, .. })));
+    }
+
+    #[test]
+    fn protocol_errors() {
+        let mut r = WsReader::new(Role::Server, 1000, 64, &[]);
+        r.buf.extend_from_slice(&ws::client_frame(ws::OP_CONTINUATION, true, b"x", [1, 2, 3, 4]));
+        assert!(matches!(r.parse(), Err(ReadError::Ws(WsError::BadFragmentation))));
+        let mut r = WsReader::new(Role::Server, 1000, 64, &[]);
+        r.buf.extend_from_slice(&ws::client_frame(ws::OP_TEXT, true, &[0xFF, 0xFE], [1, 2, 3, 4]));
+        let e = r.parse().unwrap_err();
+        assert_eq!(e.close_code(), Some(ws::CLOSE_INVALID_DATA));
+        let mut r = WsReader::new(Role::Server, 1000, 64, &[]);
+        let mut wire = ws::client_frame(ws::OP_TEXT, false, b"a", [1, 2, 3, 4]);
+        wire.extend(ws::client_frame(ws::OP_BINARY, true, b"b", [1, 2, 3, 4]));
+        r.buf.extend_from_slice(&wire);
+        assert!(matches!(r.parse(), Err(ReadError::Ws(WsError::BadFragmentation))));
+    }
+
+    #[test]
+    fn close_frames() {
+        let mut r = WsReader::new(Role::Server, 1000, 64, &[]);
+        let got = feed(
+            &mut r,
+            &ws::client_frame(ws::OP_CLOSE, true, &ws::close_payload(1000, "bye"), [1, 2, 3, 4]),
+        );
+        assert_eq!(got, vec![Incoming::Close(Some((1000, "bye".into())))]);
+    }
+}

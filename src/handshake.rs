@@ -1,0 +1,189 @@
+//! The HTTP side of a connection: reading the request head within a time
+//! and size limit, routing its path, and the plain HTTP answers (refusals,
+//! health, channel list) the relay gives on the same port.
+
+use std::io;
+
+use thiserror::Error;
+use tokio::net::TcpStream;
+
+use crate::protocol::valid_channel_name;
+
+/// The channel every alias path (`/source`, `/stream`, `/signal`, `/`) uses.
+pub const DEFAULT_CHANNEL: &str = "default";
+
+/// Where a request path leads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// `/source/{name}` or `/source`.
+    Source(String),
+    /// `/stream/{name}` or `/stream`.
+    Receiver(String),
+    /// `/signal/{name}` or `/signal`.
+    Signal(String),
+    /// `/`: the first connection on `default` is its source, the rest receive.
+    Legacy,
+    /// Any other path: served as plain HTTP (or 404).
+    Other(String),
+}
+
+/// Why a request cannot be routed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum RouteError {
+    /// The channel name breaks the 1–64 `[A-Za-z0-9._-]` rule.
+    #[error("invalid channel name: must be 1-64 bytes of [A-Za-z0-9._-]")]
+    BadName,
+}
+
+/// Routes a request target (query string ignored).
+pub fn route(target: &str) -> Result<Route, RouteError> {
+    let path = target.split(['?', '#']).next().unwrap_or("");
+    if path == "/" {
+        return Ok(Route::Legacy);
+    }
+    let mut parts = path.trim_start_matches('/').splitn(2, '/');
+    let head = parts.next().unwrap_or("");
+    let name = parts.next();
+    let make: fn(String) -> Route = match head {
+        "source" => Route::Source,
+        "stream" => Route::Receiver,
+        "signal" => Route::Signal,
+        _ => return Ok(Route::Other(path.to_owned())),
+    };
+    match name {
+        None => Ok(make(DEFAULT_CHANNEL.to_owned())),
+        Some(n) if valid_channel_name(n) => Ok(make(n.to_owned())),
+        Some(_) => Err(RouteError::BadName),
+    }
+}
+
+/// The parts of a request head the relay uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// HTTP method.
+    pub method: String,
+    /// Request target (path and query).
+    pub target: String,
+    /// `Sec-WebSocket-Key`, if this is a WebSocket upgrade.
+    pub ws_key: Option<String>,
+    /// `Sec-WebSocket-Version`.
+    pub ws_version: Option<String>,
+    /// True if `Upgrade: websocket` and `Connection: upgrade` are present.
+    pub upgrade: bool,
+}
+
+/// Why a request head could not be read.
+#[derive(Debug, Error)]
+pub enum RequestError {
+    /// The socket failed or closed before the head was complete.
+    #[error("socket error: {0}")]
+    Io(#[from] io::Error),
+    /// The head exceeded the size limit.
+    #[error("request head over {0} bytes")]
+    TooLarge(usize),
+    /// The head is not valid HTTP/1.x.
+    #[error("malformed HTTP request: {0}")]
+    Malformed(String),
+}
+
+/// Parses a complete request head out of `buf`: `Ok(None)` if more bytes
+/// are needed, else the request and the head's length.
+pub fn parse_request(buf: &[u8]) -> Result<Option<(Request, usize)>, RequestError> {
+    let mut headers = [httparse::EMPTY_HEADER; 48];
+    let mut req = httparse::Request::new(&mut headers);
+    let n = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(RequestError::Malformed(e.to_string())),
+    };
+    let header = |name: &str| {
+        req.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
+            .map(str::trim)
+    };
+    let has_token = |name: &str, token: &str| {
+        header(name).is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    };
+    let upgrade = has_token("upgrade", "websocket") && has_token("connection", "upgrade");
+    Ok(Some((
+        Request {
+            method: req.method.unwrap_or("").to_owned(),
+            target: req.path.unwrap_or("").to_owned(),
+            ws_key: header("sec-websocket-key").map(str::to_owned),
+            ws_version: header("sec-websocket-version").map(str::to_owned),
+            upgrade,
+        },
+        n,
+    )))
+}
+
+/// Reads a request head of at most `max` bytes; returns it and any bytes the
+/// client sent after it (the start of its WebSocket stream).
+pub async fn read_request(stream: &TcpStream, max: usize) -> Result<(Request, Vec<u8>), RequestError> {
+    let mut buf = Vec::with_capacity(1024.min(max));
+    loop {
+        if let Some((req, n)) = parse_request(&buf)? {
+            return Ok((req, buf.split_off(n)));
+        }
+        if buf.len() >= max {
+            return Err(RequestError::TooLarge(max));
+        }
+        stream.readable().await?;
+        let mut chunk = [0u8; 1024];
+        let room = (max - buf.len()).min(chunk.len());
+        match stream.try_read(&mut chunk[..room]) {
+            Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into()),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Writes all of `bytes` to a socket (handshake-time only; not the fan-out path).
+pub async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        stream.writable().await?;
+        match stream.try_write(bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert_eq!(route("/source/cam1"), Ok(Route::Source("cam1".into())));
+        assert_eq!(route("/stream"), Ok(Route::Receiver("default".into())));
+        assert_eq!(route("/signal/a.b-c_d?token=1"), Ok(Route::Signal("a.b-c_d".into())));
+        assert_eq!(route("/"), Ok(Route::Legacy));
+        assert_eq!(route("/?x=1"), Ok(Route::Legacy));
+        assert_eq!(route("/metrics"), Ok(Route::Other("/metrics".into())));
+        assert_eq!(route("/stream/"), Err(RouteError::BadName));
+        assert_eq!(route("/stream/a/b"), Err(RouteError::BadName));
+        assert_eq!(route("/stream/bad%20name"), Err(RouteError::BadName));
+        assert_eq!(route(&format!("/source/{}", "x".repeat(65))), Err(RouteError::BadName));
+    }
+
+    #[test]
+    fn parses_upgrade_requests() {
+        let raw = b"GET /stream/x HTTP/1.1\r\nHost: a\r\nUpgrade: WebSocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Key: abc==\r\nSec-WebSocket-Version: 13\r\n\r\nrest";
+        let (req, n) = parse_request(raw).unwrap().unwrap();
+        assert!(req.upgrade);
+        assert_eq!(req.ws_key.as_deref(), Some("abc=="));
+        assert_eq!(req.target, "/stream/x");
+        assert_eq!(&raw[n..], b"rest");
+        assert!(parse_request(&raw[..20]).unwrap().is_none());
+        assert!(parse_request(b"\x00\x01garbage\r\n\r\n").is_err());
+        let (plain, _) = parse_request(b"GET /healthz HTTP/1.1\r\n\r\n").unwrap().unwrap();
+        assert!(!plain.upgrade);
+    }
+}

@@ -1,0 +1,61 @@
+//! Plain HTTP answers on the relay's port: requests without a WebSocket
+//! upgrade get a proper response (health, channel list, 426 on WebSocket
+//! paths, 404 elsewhere) instead of a hang.
+
+use serde_json::json;
+
+use crate::handshake::{Request, Route};
+use crate::relay::Relay;
+use crate::ws::http_response;
+
+/// The full HTTP response to a plain (non-upgrade) request.
+pub fn respond(relay: &Relay, req: &Request, route: &Route) -> Vec<u8> {
+    if req.method != "GET" && req.method != "HEAD" {
+        return http_response(405, "Method Not Allowed", "text/plain", b"method not allowed\n");
+    }
+    match route {
+        Route::Other(p) if p == "/healthz" => {
+            let draining = relay.is_draining();
+            let body = json!({
+                "status": if draining { "shutting_down" } else { "ok" },
+                "uptime_ms": relay.uptime_ms(),
+                "connections": relay.connections.open.get(),
+                "channels": relay.channels.len(),
+            });
+            let (status, reason) = if draining {
+                (503, "Service Unavailable")
+            } else {
+                (200, "OK")
+            };
+            http_response(status, reason, "application/json", body.to_string().as_bytes())
+        }
+        Route::Other(p) if p == "/channels" => {
+            let list: Vec<_> = relay
+                .channels
+                .iter()
+                .map(|ch| {
+                    let t = ch.traffic.snapshot();
+                    json!({
+                        "name": &*ch.name,
+                        "source": ch.has_source(),
+                        "receivers": ch.receiver_count(),
+                        "signal_peers": ch.signal_peer_count(),
+                        "frames_in": t.frames_in,
+                        "bytes_in": t.bytes_in,
+                        "frames_out": t.frames_out,
+                        "bytes_out": t.bytes_out,
+                        "cached_bytes": ch.catch_up().size(),
+                    })
+                })
+                .collect();
+            http_response(200, "OK", "application/json", serde_json::Value::from(list).to_string().as_bytes())
+        }
+        Route::Other(_) => http_response(404, "Not Found", "text/plain", b"not found\n"),
+        _ => http_response(
+            426,
+            "Upgrade Required",
+            "text/plain",
+            b"this path takes WebSocket connections\n",
+        ),
+    }
+}

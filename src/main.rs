@@ -1,0 +1,62 @@
+//! The `bitstream-relay` binary: parse options, set up logging, run until
+//! SIGINT/SIGTERM, close every peer with 1001 and exit 0.
+
+use bitstream_relay::config::{Config, LogFormat};
+use bitstream_relay::Server;
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() {
+    let config = Config::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all();
+    if config.threads > 0 {
+        rt.worker_threads(config.threads);
+    }
+    let rt = match rt.build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bitstream-relay: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let addr = config.addr;
+    let result = rt.block_on(async move {
+        let server = Server::bind(config).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        let relay = server.relay.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutting down: closing every peer with 1001");
+            relay.begin_shutdown();
+        });
+        server.run().await.map_err(|e| e.to_string())
+    });
+    if let Err(e) = result {
+        eprintln!("bitstream-relay: {e}");
+        std::process::exit(1);
+    }
+    // Connection tasks still lingering are dropped with the runtime.
+    rt.shutdown_background();
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        // Without signal handlers the relay still runs; it just cannot drain.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,146 @@
+//! The relay's shared state: the sharded channel map, limits, counters and
+//! the shutdown signal. Every connection task holds an `Arc<Relay>`.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use tokio::sync::watch;
+
+use crate::channel::{clock_ms, Channel};
+use crate::config::Config;
+use crate::stats::{Connections, Refusal, Traffic, TrafficSnapshot};
+
+/// Shared relay state. See the module docs.
+#[derive(Debug)]
+pub struct Relay {
+    /// Configuration in force.
+    pub config: Config,
+    /// Channels by name, sharded.
+    pub channels: DashMap<Arc<str>, Arc<Channel>>,
+    /// Connection counters.
+    pub connections: Connections,
+    /// Traffic of channels the GC has removed.
+    pub retired: Traffic,
+    per_ip: DashMap<IpAddr, usize>,
+    next_peer_id: AtomicU64,
+    draining: AtomicBool,
+    shutdown: watch::Sender<bool>,
+    started_ms: u64,
+}
+
+/// A relay-wide view of the counters at one instant.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Summary {
+    /// Traffic over all channels, live and retired.
+    pub traffic: TrafficSnapshot,
+    /// Channels that exist now.
+    pub channels: usize,
+    /// Open connections.
+    pub connections: u64,
+    /// Sources connected.
+    pub sources: u64,
+    /// Receivers connected.
+    pub receivers: u64,
+    /// Refusals of every kind.
+    pub refused: u64,
+}
+
+impl Relay {
+    /// A relay with no channels.
+    pub fn new(config: Config) -> Arc<Self> {
+        let (shutdown, _) = watch::channel(false);
+        Arc::new(Self {
+            config,
+            channels: DashMap::new(),
+            connections: Connections::default(),
+            retired: Traffic::default(),
+            per_ip: DashMap::new(),
+            next_peer_id: AtomicU64::new(1),
+            draining: AtomicBool::new(false),
+            shutdown,
+            started_ms: clock_ms(),
+        })
+    }
+
+    /// A fresh peer id.
+    pub fn next_peer_id(&self) -> u64 {
+        self.next_peer_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Milliseconds since the relay started.
+    pub fn uptime_ms(&self) -> u64 {
+        clock_ms().saturating_sub(self.started_ms)
+    }
+
+    /// Finds or creates a channel and counts one member attaching to it.
+    /// Attaching happens under the map's shard lock, which the GC also takes,
+    /// so a channel is never removed between lookup and attach.
+    pub fn attach(&self, name: &str) -> Result<Arc<Channel>, Refusal> {
+        if let Some(ch) = self.channels.get(name) {
+            ch.attach();
+            return Ok(ch.clone());
+        }
+        if self.channels.len() >= self.config.max_channels {
+            return Err(Refusal::ChannelLimit);
+        }
+        let entry = self
+            .channels
+            .entry(Arc::from(name))
+            .or_insert_with(|| Arc::new(Channel::new(Arc::from(name), self.config.max_signal_state)));
+        entry.attach();
+        Ok(entry.clone())
+    }
+
+    /// Counts a connection from `ip` unless it already has the per-IP maximum.
+    pub fn admit_ip(&self, ip: IpAddr) -> bool {
+        let mut n = self.per_ip.entry(ip).or_insert(0);
+        if *n >= self.config.max_connections_per_ip {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// Releases a connection counted by [`Relay::admit_ip`].
+    pub fn release_ip(&self, ip: IpAddr) {
+        self.per_ip.remove_if_mut(&ip, |_, n| {
+            *n = n.saturating_sub(1);
+            *n == 0
+        });
+    }
+
+    /// Starts shutting down: sessions get their close frames.
+    pub fn begin_shutdown(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        self.shutdown.send_replace(true);
+    }
+
+    /// True once shutdown has begun.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// A receiver of the shutdown signal for a session.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// Relay-wide totals: retired traffic plus every live channel's.
+    pub fn summary(&self) -> Summary {
+        let mut traffic = self.retired.snapshot();
+        for ch in self.channels.iter() {
+            traffic += ch.traffic.snapshot();
+        }
+        let c = &self.connections;
+        Summary {
+            traffic,
+            channels: self.channels.len(),
+            connections: c.open.get(),
+            sources: c.sources.get(),
+            receivers: c.receivers.get(),
+            refused: c.refused_total(),
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! A connected peer's life after the handshake: one task per connection that
+//! reads its messages, drains its egress queue when the socket is writable,
+//! pings it, and closes it cleanly (close frame, flush, short wait for the
+//! peer's close) on error, over-size input, keepalive timeout or shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::channel::{Channel, Peer, Role};
+use crate::conn::{Incoming, WireMessage, WsReader};
+use crate::egress::Drain;
+use crate::protocol;
+use crate::relay::Relay;
+use crate::ws;
+
+/// How long a closing peer gets to take its close frame and answer it.
+const CLOSE_LINGER: Duration = Duration::from_millis(1000);
+
+/// Why a session ended, for logs and counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// The peer sent a close frame.
+    PeerClosed,
+    /// The TCP connection ended or failed.
+    Disconnected,
+    /// We closed the peer with this code and reason.
+    Closed(u16, String),
+    /// The peer stopped answering pings.
+    KeepaliveTimeout,
+}
+
+/// Runs a peer of `role` on `channel` until it leaves. The peer is already
+/// registered on the channel; this task unregisters it.
+pub async fn run(relay: Arc<Relay>, channel: Arc<Channel>, peer: Arc<Peer>, role: Role, mut reader: WsReader) -> Exit {
+    let stream = peer.egress.stream().clone();
+    let cfg = &relay.config;
+    let mut shutdown = relay.shutdown_signal();
+    let ping_every = cfg.ping_interval();
+    let timeout = cfg.keepalive_timeout();
+    let mut next_ping = Instant::now() + ping_every;
+    let mut last_seen = Instant::now();
+    let mut want_write = true;
+    let mut invalid = 0u64;
+
+    let exit = loop {
+        tokio::select! {
+            ev = reader.next(&stream) => {
+                last_seen = Instant::now();
+                let msg = match ev {
+                    Ok(m) => m,
+                    Err(e) => {
+                        break match e.close_code() {
+                            Some(code) => {
+                                if code == ws::CLOSE_TOO_BIG {
+                                    relay.connections.too_big.inc();
+                                }
+                                Exit::Closed(code, e.to_string())
+                            }
+                            None => Exit::Disconnected,
+                        };
+                    }
+                };
+                match msg {
+                    Incoming::Binary(m) => match role {
+                        Role::Source => {
+                            if !on_source_message(&channel, &m) {
+                                invalid += 1;
+                                if invalid > cfg.max_invalid {
+                                    break Exit::Closed(ws::CLOSE_POLICY, "too many invalid messages".into());
+                                }
+                            }
+                        }
+                        Role::Receiver => on_input(&channel, &m),
+                        Role::Signal => {
+                            break Exit::Closed(ws::CLOSE_UNSUPPORTED, "signaling carries text messages only".into());
+                        }
+                    },
+                    Incoming::Text(m) => match role {
+                        Role::Signal => channel.broadcast_signal(&peer, &m),
+                        _ => break Exit::Closed(ws::CLOSE_UNSUPPORTED, "text messages are not accepted on data paths".into()),
+                    },
+                    Incoming::Ping(p) => {
+                        peer.egress.send(&WireMessage::encode(ws::OP_PONG, &p).wire);
+                    }
+                    Incoming::Pong => {}
+                    Incoming::Close(close) => {
+                        let code = match close {
+                            Some((c, _)) => c,
+                            None => ws::CLOSE_NORMAL,
+                        };
+                        peer.egress.send(&WireMessage::encode(ws::OP_CLOSE, &ws::close_payload(code, "")).wire);
+                        break Exit::PeerClosed;
+                    }
+                }
+            }
+            _ = peer.egress.wanted(), if !want_write => want_write = true,
+            r = stream.writable(), if want_write => {
+                if r.is_err() {
+                    break Exit::Disconnected;
+                }
+                match peer.egress.drain() {
+                    Drain::Empty => want_write = false,
+                    Drain::Pending => {}
+                    Drain::NeedsResync => channel.resync(&peer),
+                    Drain::Closed => break Exit::Disconnected,
+                }
+            }
+            _ = tokio::time::sleep_until(next_ping) => {
+                if last_seen.elapsed() >= timeout {
+                    relay.connections.keepalive_drops.inc();
+                    break Exit::KeepaliveTimeout;
+                }
+                peer.egress.send(&WireMessage::encode(ws::OP_PING, b"").wire);
+                next_ping = Instant::now() + ping_every;
+            }
+            _ = shutdown.changed() => {
+                break Exit::Closed(ws::CLOSE_GOING_AWAY, "relay shutting down".into());
+            }
+        }
+    };
+
+    match role {
+        Role::Source => channel.release_source(&peer),
+        Role::Receiver => channel.remove_receiver(&peer),
+        Role::Signal => channel.remove_signal_peer(&peer),
+    }
+    match &exit {
+        Exit::Closed(code, reason) => {
+            let frame = WireMessage::encode(ws::OP_CLOSE, &ws::close_payload(*code, reason));
+            close_gracefully(&peer, &mut reader, Some(frame)).await;
+        }
+        Exit::PeerClosed => close_gracefully(&peer, &mut reader, None).await,
+        Exit::Disconnected | Exit::KeepaliveTimeout => {}
+    }
+    peer.egress.close();
+    tracing::debug!(peer = peer.id, channel = %channel.name, ?role, ?exit, "peer left");
+    exit
+}
+
+/// Validates, caches and fans out one source message; false if it was refused.
+fn on_source_message(channel: &Channel, m: &WireMessage) -> bool {
+    let refused = match protocol::validate_source_message(m.payload()) {
+        Ok(h) => match channel.publish(&h, m) {
+            Ok(_) => return true,
+            Err(e) => e.to_string(),
+        },
+        Err(e) => e.to_string(),
+    };
+    channel.traffic.invalid.inc();
+    tracing::debug!(channel = %channel.name, %refused, "source message refused");
+    false
+}
+
+/// Validates one receiver message and forwards it to the source if it is an input.
+fn on_input(channel: &Channel, m: &WireMessage) {
+    match protocol::validate_input_message(m.payload()) {
+        Ok(_) => {
+            channel.forward_input(m);
+        }
+        Err(e) => {
+            channel.traffic.invalid.inc();
+            tracing::debug!(channel = %channel.name, refused = %e, "receiver message refused");
+        }
+    }
+}
+
+/// Sends `close` (after what is queued), flushes within the linger time, and
+/// when we initiated the close waits for the peer's close frame.
+async fn close_gracefully(peer: &Peer, reader: &mut WsReader, close: Option<WireMessage>) {
+    let stream = peer.egress.stream().clone();
+    let initiated = close.is_some();
+    if let Some(frame) = close {
+        peer.egress.send(&frame.wire);
+    }
+    let deadline = Instant::now() + CLOSE_LINGER;
+    loop {
+        match peer.egress.drain() {
+            Drain::Pending => {}
+            _ => break,
+        }
+        tokio::select! {
+            r = stream.writable() => if r.is_err() { return },
+            _ = tokio::time::sleep_until(deadline) => return,
+        }
+    }
+    if initiated {
+        let _ = tokio::time::timeout_at(deadline, async {
+            loop {
+                match reader.next(&stream).await {
+                    Ok(Incoming::Close(_)) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+    }
+}

@@ -1,0 +1,259 @@
+//! Atomic counters for the relay and each channel.
+//!
+//! Every counter sits on its own cache line (`CachePadded`) so the source
+//! task of one channel and the receiver tasks of another never false-share.
+//! Nothing on the hot path takes a lock: a frame costs a handful of relaxed
+//! atomic adds per channel, never one per receiver.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crossbeam_utils::CachePadded;
+
+/// One padded relaxed counter.
+#[derive(Debug, Default)]
+pub struct Counter(CachePadded<AtomicU64>);
+
+impl Counter {
+    /// Adds `n`.
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Relaxed);
+    }
+    /// Adds one.
+    #[inline]
+    pub fn inc(&self) {
+        self.add(1);
+    }
+    /// Subtracts `n` (for gauges).
+    #[inline]
+    pub fn sub(&self, n: u64) {
+        self.0.fetch_sub(n, Relaxed);
+    }
+    /// Current value.
+    #[inline]
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+/// Traffic counters kept per channel; the relay-wide totals are the sum over
+/// live channels plus what retired (garbage-collected) channels counted.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    /// Valid frames received from sources.
+    pub frames_in: Counter,
+    /// Bytes of valid frames received from sources (protocol message bytes).
+    pub bytes_in: Counter,
+    /// Frame deliveries to receivers (one per frame per receiver).
+    pub frames_out: Counter,
+    /// Bytes delivered to receivers (protocol message bytes).
+    pub bytes_out: Counter,
+    /// Inputs forwarded from receivers to sources.
+    pub inputs: Counter,
+    /// Messages refused by validation (never forwarded or cached).
+    pub invalid: Counter,
+    /// Messages dropped for a peer (queue full, no source, rate limit).
+    pub dropped: Counter,
+    /// Catch-ups sent (joins and resynchronizations).
+    pub catchups: Counter,
+    /// Slow receivers skipped forward (queue overflow → resync).
+    pub slow_skips: Counter,
+    /// Slow receivers closed.
+    pub slow_closes: Counter,
+    /// Signaling text messages broadcast.
+    pub signal_messages: Counter,
+}
+
+/// A plain copy of [`Traffic`] at one instant.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TrafficSnapshot {
+    /// See [`Traffic::frames_in`].
+    pub frames_in: u64,
+    /// See [`Traffic::bytes_in`].
+    pub bytes_in: u64,
+    /// See [`Traffic::frames_out`].
+    pub frames_out: u64,
+    /// See [`Traffic::bytes_out`].
+    pub bytes_out: u64,
+    /// See [`Traffic::inputs`].
+    pub inputs: u64,
+    /// See [`Traffic::invalid`].
+    pub invalid: u64,
+    /// See [`Traffic::dropped`].
+    pub dropped: u64,
+    /// See [`Traffic::catchups`].
+    pub catchups: u64,
+    /// See [`Traffic::slow_skips`].
+    pub slow_skips: u64,
+    /// See [`Traffic::slow_closes`].
+    pub slow_closes: u64,
+    /// See [`Traffic::signal_messages`].
+    pub signal_messages: u64,
+}
+
+impl Traffic {
+    /// Reads every counter.
+    pub fn snapshot(&self) -> TrafficSnapshot {
+        TrafficSnapshot {
+            frames_in: self.frames_in.get(),
+            bytes_in: self.bytes_in.get(),
+            frames_out: self.frames_out.get(),
+            bytes_out: self.bytes_out.get(),
+            inputs: self.inputs.get(),
+            invalid: self.invalid.get(),
+            dropped: self.dropped.get(),
+            catchups: self.catchups.get(),
+            slow_skips: self.slow_skips.get(),
+            slow_closes: self.slow_closes.get(),
+            signal_messages: self.signal_messages.get(),
+        }
+    }
+
+    /// Adds a snapshot into these counters (used when a channel retires).
+    pub fn absorb(&self, s: &TrafficSnapshot) {
+        self.frames_in.add(s.frames_in);
+        self.bytes_in.add(s.bytes_in);
+        self.frames_out.add(s.frames_out);
+        self.bytes_out.add(s.bytes_out);
+        self.inputs.add(s.inputs);
+        self.invalid.add(s.invalid);
+        self.dropped.add(s.dropped);
+        self.catchups.add(s.catchups);
+        self.slow_skips.add(s.slow_skips);
+        self.slow_closes.add(s.slow_closes);
+        self.signal_messages.add(s.signal_messages);
+    }
+}
+
+impl std::ops::AddAssign for TrafficSnapshot {
+    fn add_assign(&mut self, o: Self) {
+        self.frames_in += o.frames_in;
+        self.bytes_in += o.bytes_in;
+        self.frames_out += o.frames_out;
+        self.bytes_out += o.bytes_out;
+        self.inputs += o.inputs;
+        self.invalid += o.invalid;
+        self.dropped += o.dropped;
+        self.catchups += o.catchups;
+        self.slow_skips += o.slow_skips;
+        self.slow_closes += o.slow_closes;
+        self.signal_messages += o.signal_messages;
+    }
+}
+
+/// Why a connection was refused; indexes [`Connections::refused`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Channel name breaks the PROTOCOL.md rule.
+    BadName = 0,
+    /// Unknown path or not a WebSocket upgrade.
+    BadRequest = 1,
+    /// The channel already has a source.
+    SourceTaken = 2,
+    /// `--max-receivers` reached on the channel.
+    ReceiverLimit = 3,
+    /// `--max-channels` reached.
+    ChannelLimit = 4,
+    /// `--max-connections` reached.
+    ConnectionLimit = 5,
+    /// Handshake not completed within `--handshake-timeout`.
+    HandshakeTimeout = 6,
+    /// The relay is shutting down.
+    ShuttingDown = 7,
+    /// `--max-connections-per-ip` reached.
+    PerIpLimit = 8,
+}
+
+impl Refusal {
+    /// Every refusal reason, in index order.
+    pub const ALL: [Refusal; 9] = [
+        Refusal::BadName,
+        Refusal::BadRequest,
+        Refusal::SourceTaken,
+        Refusal::ReceiverLimit,
+        Refusal::ChannelLimit,
+        Refusal::ConnectionLimit,
+        Refusal::HandshakeTimeout,
+        Refusal::ShuttingDown,
+        Refusal::PerIpLimit,
+    ];
+
+    /// A short label for logs and metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::BadName => "bad_name",
+            Refusal::BadRequest => "bad_request",
+            Refusal::SourceTaken => "source_taken",
+            Refusal::ReceiverLimit => "receiver_limit",
+            Refusal::ChannelLimit => "channel_limit",
+            Refusal::ConnectionLimit => "connection_limit",
+            Refusal::HandshakeTimeout => "handshake_timeout",
+            Refusal::ShuttingDown => "shutting_down",
+            Refusal::PerIpLimit => "per_ip_limit",
+        }
+    }
+}
+
+/// Relay-wide connection counters.
+#[derive(Debug, Default)]
+pub struct Connections {
+    /// TCP connections accepted.
+    pub accepted: Counter,
+    /// Connections open now (all roles, including handshakes in progress).
+    pub open: Counter,
+    /// Sources connected now.
+    pub sources: Counter,
+    /// Receivers connected now.
+    pub receivers: Counter,
+    /// Signaling peers connected now.
+    pub signal_peers: Counter,
+    /// Peers dropped for not answering pings.
+    pub keepalive_drops: Counter,
+    /// Peers closed for sending an over-size message.
+    pub too_big: Counter,
+    /// Refusals by [`Refusal`] index.
+    pub refused: [Counter; 9],
+}
+
+impl Connections {
+    /// Counts one refusal.
+    pub fn refuse(&self, why: Refusal) {
+        self.refused[why as usize].inc();
+    }
+
+    /// All refusals together.
+    pub fn refused_total(&self) -> u64 {
+        self.refused.iter().map(Counter::get).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absorb_adds_snapshots() {
+        let a = Traffic::default();
+        a.frames_in.add(3);
+        a.bytes_out.add(10);
+        let b = Traffic::default();
+        b.absorb(&a.snapshot());
+        b.absorb(&a.snapshot());
+        assert_eq!(b.snapshot().frames_in, 6);
+        assert_eq!(b.snapshot().bytes_out, 20);
+        let mut s = a.snapshot();
+        s += b.snapshot();
+        assert_eq!(s.frames_in, 9);
+    }
+
+    #[test]
+    fn refusals_count_by_reason() {
+        let c = Connections::default();
+        c.refuse(Refusal::BadName);
+        c.refuse(Refusal::BadName);
+        c.refuse(Refusal::PerIpLimit);
+        assert_eq!(c.refused[Refusal::BadName as usize].get(), 2);
+        assert_eq!(c.refused_total(), 3);
+        assert_eq!(Refusal::ALL[8].label(), "per_ip_limit");
+    }
+}
