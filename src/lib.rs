@@ -9,12 +9,14 @@
 //!   answer HTTP, [`session`] runs a peer, [`conn`] reads, [`egress`]
 //!   writes, [`channel`] fans out, [`relay`] holds the shared state, [`gc`]
 //!   sweeps idle channels, [`stats`] counts;
+//! - [`client`] is a small client for tests, examples and the load driver;
 //! - [`config`] is every option and limit.
 
 #![warn(missing_docs)]
 
 pub mod cache;
 pub mod channel;
+pub mod client;
 pub mod codec;
 pub mod config;
 pub mod conn;
