@@ -96,7 +96,7 @@ impl Client {
             use base64::Engine;
             let mut k = [0u8; 16];
             for (i, b) in k.iter_mut().enumerate() {
-                *b = (seed.rotate_left(i as u32 * 5) as u8) ^ (i as u8 * 31);
+                *b = (seed.rotate_left(i as u32 * 5) as u8) ^ (i as u8).wrapping_mul(31);
             }
             base64::engine::general_purpose::STANDARD.encode(k)
         };

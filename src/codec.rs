@@ -178,7 +178,7 @@ fn check_len(expected: usize, actual: usize) -> Result<(), CodecError> {
 // ---------------------------------------------------------------------------
 
 /// Bytes the zero scan skips per step once a region is known to be unchanged.
-const SKIP_BLOCK: usize = 1024;
+const SKIP_BLOCK: usize = 256;
 
 /// The XOR data being encoded: either an XORed buffer or a (prev, cur) pair XORed on the fly.
 trait XorSource {

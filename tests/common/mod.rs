@@ -1,0 +1,89 @@
+//! Shared helpers for the end-to-end tests: an in-process relay on an
+//! ephemeral 127.0.0.1 port, clients, and deadlines.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bitstream_relay::client::{Client, ClientError};
+use bitstream_relay::{Config, Relay, Server};
+use clap::Parser;
+
+/// Generous deadline for anything a test waits on (machines are noisy).
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A relay running in this process.
+pub struct TestRelay {
+    pub addr: SocketAddr,
+    pub relay: Arc<Relay>,
+}
+
+impl TestRelay {
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+}
+
+/// Starts a relay on 127.0.0.1:0 with extra command-line flags.
+pub async fn start(flags: &[&str]) -> TestRelay {
+    let mut args = vec!["bitstream-relay", "--addr", "127.0.0.1:0", "--stats-interval-ms", "0"];
+    args.extend_from_slice(flags);
+    let server = Server::bind(Config::parse_from(args)).await.expect("bind");
+    let t = TestRelay {
+        addr: server.local_addr,
+        relay: server.relay.clone(),
+    };
+    tokio::spawn(server.run());
+    t
+}
+
+/// Connects a client, panicking with the error if it fails.
+pub async fn connect(url: &str) -> Client {
+    within(Client::connect(url, 64 << 20)).await.unwrap_or_else(|e| panic!("connect {url}: {e}"))
+}
+
+/// Connects a client expecting a refusal.
+pub async fn connect_err(url: &str) -> ClientError {
+    match within(Client::connect(url, 64 << 20)).await {
+        Ok(_) => panic!("{url} was accepted"),
+        Err(e) => e,
+    }
+}
+
+/// Awaits `f` within [`DEADLINE`].
+pub async fn within<F: Future>(f: F) -> F::Output {
+    tokio::time::timeout(DEADLINE, f).await.expect("timed out")
+}
+
+/// Polls `cond` until it holds or the deadline passes.
+pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = tokio::time::Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until channel `name` has `n` receivers registered.
+pub async fn wait_receivers(t: &TestRelay, name: &str, n: usize) {
+    eventually(&format!("{n} receivers on {name}"), || {
+        t.relay.channels.get(name).is_some_and(|c| c.receiver_count() == n)
+    })
+    .await;
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
