@@ -144,3 +144,17 @@ impl Relay {
         }
     }
 }
+
+/// Resolves once shutdown has begun, including when it began before this
+/// receiver was created or first polled.
+pub async fn shutting_down(rx: &mut watch::Receiver<bool>) {
+    loop {
+        if *rx.borrow_and_update() {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            // The relay is gone: nothing will ever signal shutdown.
+            std::future::pending::<()>().await;
+        }
+    }
+}

@@ -30,7 +30,7 @@ pub async fn serve(listener: TcpListener, relay: Arc<Relay>) {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             },
-            _ = shutdown.changed() => return,
+            _ = crate::relay::shutting_down(&mut shutdown) => return,
         }
     }
 }

@@ -115,7 +115,7 @@ pub async fn run(relay: Arc<Relay>, channel: Arc<Channel>, peer: Arc<Peer>, role
                 peer.egress.send(&WireMessage::encode(ws::OP_PING, b"").wire);
                 next_ping = Instant::now() + ping_every;
             }
-            _ = shutdown.changed() => {
+            _ = crate::relay::shutting_down(&mut shutdown) => {
                 break Exit::Closed(ws::CLOSE_GOING_AWAY, "relay shutting down".into());
             }
         }
