@@ -41,6 +41,8 @@ pub enum Role {
     Receiver,
     /// A WebRTC signaling peer.
     Signal,
+    /// A `/echo` peer (conformance testing): every message comes back.
+    Echo,
 }
 
 /// One connected peer, shared between its own task and the fan-out.

@@ -40,7 +40,7 @@ pub struct Config {
     #[arg(long, env = "RELAY_MAX_CONNECTIONS", default_value_t = 60_000)]
     pub max_connections: usize,
     /// Maximum open connections from one client IP address.
-    #[arg(long, env = "RELAY_MAX_CONNECTIONS_PER_IP", default_value_t = 20_000)]
+    #[arg(long, env = "RELAY_MAX_CONNECTIONS_PER_IP", default_value_t = 1_000)]
     pub max_connections_per_ip: usize,
     /// Maximum size of one message from a source, in bytes (default: one
     /// 3840×2160 RGBA keyframe fits). Larger messages close the peer with 1009.
@@ -87,6 +87,31 @@ pub struct Config {
     /// Invalid messages a source may send before it is closed (1008).
     #[arg(long, env = "RELAY_MAX_INVALID", default_value_t = 100)]
     pub max_invalid: u64,
+    /// A receiver whose queue has not drained for this long is closed with
+    /// 3008 ("slow"), in milliseconds.
+    #[arg(long, env = "RELAY_SLOW_TIMEOUT_MS", default_value_t = 15_000)]
+    pub slow_timeout_ms: u64,
+    /// A receiver skipped forward more than this many times within
+    /// `--slow-window-ms` is closed with 3008.
+    #[arg(long, env = "RELAY_SLOW_MAX_SKIPS", default_value_t = 8)]
+    pub slow_max_skips: usize,
+    /// The window for `--slow-max-skips`, in milliseconds.
+    #[arg(long, env = "RELAY_SLOW_WINDOW_MS", default_value_t = 60_000)]
+    pub slow_window_ms: u64,
+    /// Inputs per second a receiver may send (token bucket rate).
+    #[arg(long, env = "RELAY_INPUT_RATE", default_value_t = 1_000)]
+    pub input_rate: u64,
+    /// Inputs a receiver may send in a burst (token bucket size).
+    #[arg(long, env = "RELAY_INPUT_BURST", default_value_t = 200)]
+    pub input_burst: u64,
+    /// A receiver with more than this many inputs dropped within one second
+    /// is closed with 1008 as an abuser.
+    #[arg(long, env = "RELAY_INPUT_FLOOD_DROPS", default_value_t = 2_000)]
+    pub input_flood_drops: u64,
+    /// Serve `/echo`, which echoes every message through the relay's own read
+    /// and write paths (for WebSocket conformance suites). Off by default.
+    #[arg(long, env = "RELAY_ECHO_ENDPOINT", default_value_t = false)]
+    pub echo_endpoint: bool,
     /// Log format.
     #[arg(long, env = "RELAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -114,6 +139,14 @@ impl Config {
     /// `--handshake-timeout-ms` as a duration.
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_millis(self.handshake_timeout_ms.max(1))
+    }
+    /// `--slow-timeout-ms` as a duration.
+    pub fn slow_timeout(&self) -> Duration {
+        Duration::from_millis(self.slow_timeout_ms.max(1))
+    }
+    /// `--slow-window-ms` as a duration.
+    pub fn slow_window(&self) -> Duration {
+        Duration::from_millis(self.slow_window_ms)
     }
     /// `--shutdown-grace-ms` as a duration.
     pub fn shutdown_grace(&self) -> Duration {

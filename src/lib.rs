@@ -25,6 +25,7 @@ pub mod gc;
 pub mod handshake;
 pub mod http;
 pub mod protocol;
+pub mod ratelimit;
 pub mod relay;
 pub mod server;
 pub mod session;

@@ -119,6 +119,12 @@ async fn handle(relay: &Arc<Relay>, stream: TcpStream, addr: SocketAddr) {
         Route::Receiver(n) => (n.as_str(), Some(Role::Receiver)),
         Route::Signal(n) => (n.as_str(), Some(Role::Signal)),
         Route::Legacy => (DEFAULT_CHANNEL, None),
+        Route::Other(p) if p == "/echo" && cfg.echo_endpoint => {
+            // Echo peers get a private channel: nothing is shared or fanned out.
+            let channel = Arc::new(Channel::new(Arc::from("echo"), 0));
+            channel.attach();
+            return admit(relay, &channel, stream, addr, Some(Role::Echo), key, &rest).await;
+        }
         Route::Other(_) => return refuse(relay, &stream, Refusal::BadRequest, 404, "Not Found", "no such endpoint").await,
     };
     let channel = match relay.attach(name) {
@@ -145,12 +151,13 @@ async fn admit(relay: &Arc<Relay>, channel: &Arc<Channel>, stream: TcpStream, ad
             return refuse(relay, &stream, Refusal::SourceTaken, 409, "Conflict", "channel already has a source").await;
         }
         Some(Role::Signal) => Role::Signal,
+        Some(Role::Echo) => Role::Echo,
         Some(Role::Receiver) | None => Role::Receiver,
     };
     let full = match role {
         Role::Receiver => channel.receiver_count() >= cfg.max_receivers,
         Role::Signal => channel.signal_peer_count() >= cfg.max_signal_peers,
-        Role::Source => false,
+        Role::Source | Role::Echo => false,
     };
     if full {
         return refuse(relay, &stream, Refusal::ReceiverLimit, 503, "Service Unavailable", "receiver limit reached on this channel").await;
@@ -159,7 +166,7 @@ async fn admit(relay: &Arc<Relay>, channel: &Arc<Channel>, stream: TcpStream, ad
     let joined = match role {
         Role::Receiver => channel.add_receiver(&peer, cfg.max_receivers),
         Role::Signal => channel.add_signal_peer(&peer, cfg.max_signal_peers),
-        Role::Source => Ok(()),
+        Role::Source | Role::Echo => Ok(()),
     };
     if let Err(why) = joined {
         relay.connections.refuse(why);
@@ -172,12 +179,13 @@ async fn admit(relay: &Arc<Relay>, channel: &Arc<Channel>, stream: TcpStream, ad
         Role::Source => (cfg.max_message, 64 * 1024),
         Role::Receiver => (cfg.max_input_message, 512),
         Role::Signal => (cfg.max_signal_message, 2048),
+        Role::Echo => (cfg.max_message, 64 * 1024),
     };
     let reader = WsReader::new(ws::Role::Server, max_message, chunk, rest);
     let gauge = match role {
         Role::Source => &relay.connections.sources,
         Role::Receiver => &relay.connections.receivers,
-        Role::Signal => &relay.connections.signal_peers,
+        Role::Signal | Role::Echo => &relay.connections.signal_peers,
     };
     gauge.inc();
     tracing::debug!(peer = peer.id, %addr, channel = %channel.name, ?role, "peer joined");

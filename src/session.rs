@@ -1,8 +1,10 @@
 //! A connected peer's life after the handshake: one task per connection that
 //! reads its messages, drains its egress queue when the socket is writable,
 //! pings it, and closes it cleanly (close frame, flush, short wait for the
-//! peer's close) on error, over-size input, keepalive timeout or shutdown.
+//! peer's close) on error, over-size input, keepalive timeout, slowness,
+//! input flood or shutdown.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,11 +14,15 @@ use crate::channel::{Channel, Peer, Role};
 use crate::conn::{Incoming, WireMessage, WsReader};
 use crate::egress::Drain;
 use crate::protocol;
+use crate::ratelimit::{TokenBucket, Verdict};
 use crate::relay::Relay;
 use crate::ws;
 
 /// How long a closing peer gets to take its close frame and answer it.
 const CLOSE_LINGER: Duration = Duration::from_millis(1000);
+
+/// Close code for a receiver that cannot keep up (as Centrifugo uses).
+pub const CLOSE_SLOW: u16 = 3008;
 
 /// Why a session ended, for logs and counters.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +37,19 @@ pub enum Exit {
     KeepaliveTimeout,
 }
 
+/// Tracks how far behind a receiver is: since when its queue has not
+/// drained, and its recent skip-forwards.
+struct Lag {
+    behind_since: Option<Instant>,
+    skips: VecDeque<Instant>,
+}
+
+impl Lag {
+    fn far_behind(&self, timeout: Duration) -> Option<Instant> {
+        self.behind_since.map(|t| t + timeout)
+    }
+}
+
 /// Runs a peer of `role` on `channel` until it leaves. The peer is already
 /// registered on the channel; this task unregisters it.
 pub async fn run(relay: Arc<Relay>, channel: Arc<Channel>, peer: Arc<Peer>, role: Role, mut reader: WsReader) -> Exit {
@@ -39,14 +58,25 @@ pub async fn run(relay: Arc<Relay>, channel: Arc<Channel>, peer: Arc<Peer>, role
     let mut shutdown = relay.shutdown_signal();
     let ping_every = cfg.ping_interval();
     let timeout = cfg.keepalive_timeout();
+    let slow_timeout = cfg.slow_timeout();
     let mut next_ping = Instant::now() + ping_every;
     let mut last_seen = Instant::now();
     let mut want_write = true;
     let mut invalid = 0u64;
+    let mut bucket = TokenBucket::new(cfg.input_rate, cfg.input_burst, std::time::Instant::now());
+    let mut lag = Lag {
+        behind_since: None,
+        skips: VecDeque::new(),
+    };
+    let far_future = Instant::now() + Duration::from_secs(86_400 * 365);
 
     let exit = loop {
+        // An echo peer is read only while its queue has room: backpressure
+        // instead of dropping what it asked to have echoed.
+        let may_read = role != Role::Echo || peer.egress.queued_bytes() < cfg.egress_queue;
+        let slow_deadline = lag.far_behind(slow_timeout).unwrap_or(far_future);
         tokio::select! {
-            ev = reader.next(&stream) => {
+            ev = reader.next(&stream), if may_read => {
                 last_seen = Instant::now();
                 let msg = match ev {
                     Ok(m) => m,
@@ -72,24 +102,36 @@ pub async fn run(relay: Arc<Relay>, channel: Arc<Channel>, peer: Arc<Peer>, role
                                 }
                             }
                         }
-                        Role::Receiver => on_input(&channel, &m),
+                        Role::Receiver => match bucket.take(std::time::Instant::now(), cfg.input_flood_drops) {
+                            Verdict::Allow => on_input(&channel, &m),
+                            Verdict::Drop => channel.traffic.dropped.inc(),
+                            Verdict::Abuse => {
+                                channel.traffic.dropped.inc();
+                                break Exit::Closed(ws::CLOSE_POLICY, "input flood".into());
+                            }
+                        },
+                        Role::Echo => {
+                            peer.egress.send(&m.wire);
+                        }
                         Role::Signal => {
                             break Exit::Closed(ws::CLOSE_UNSUPPORTED, "signaling carries text messages only".into());
                         }
                     },
                     Incoming::Text(m) => match role {
                         Role::Signal => channel.broadcast_signal(&peer, &m),
-                        _ => break Exit::Closed(ws::CLOSE_UNSUPPORTED, "text messages are not accepted on data paths".into()),
+                        Role::Echo => {
+                            peer.egress.send(&m.wire);
+                        }
+                        Role::Source | Role::Receiver => {
+                            break Exit::Closed(ws::CLOSE_UNSUPPORTED, "text messages are not accepted on data paths".into());
+                        }
                     },
                     Incoming::Ping(p) => {
                         peer.egress.send(&WireMessage::encode(ws::OP_PONG, &p).wire);
                     }
                     Incoming::Pong => {}
                     Incoming::Close(close) => {
-                        let code = match close {
-                            Some((c, _)) => c,
-                            None => ws::CLOSE_NORMAL,
-                        };
+                        let code = close.map_or(ws::CLOSE_NORMAL, |(c, _)| c);
                         peer.egress.send(&WireMessage::encode(ws::OP_CLOSE, &ws::close_payload(code, "")).wire);
                         break Exit::PeerClosed;
                     }
@@ -101,11 +143,32 @@ pub async fn run(relay: Arc<Relay>, channel: Arc<Channel>, peer: Arc<Peer>, role
                     break Exit::Disconnected;
                 }
                 match peer.egress.drain() {
-                    Drain::Empty => want_write = false,
-                    Drain::Pending => {}
-                    Drain::NeedsResync => channel.resync(&peer),
+                    Drain::Empty => {
+                        want_write = false;
+                        lag.behind_since = None;
+                    }
+                    Drain::Pending => {
+                        lag.behind_since.get_or_insert_with(Instant::now);
+                    }
+                    Drain::NeedsResync => {
+                        let now = Instant::now();
+                        lag.skips.push_back(now);
+                        while lag.skips.front().is_some_and(|t| now.duration_since(*t) > cfg.slow_window()) {
+                            lag.skips.pop_front();
+                        }
+                        if lag.skips.len() > cfg.slow_max_skips {
+                            channel.traffic.slow_closes.inc();
+                            break Exit::Closed(CLOSE_SLOW, "slow receiver: skipped forward too often".into());
+                        }
+                        channel.resync(&peer);
+                        lag.behind_since.get_or_insert(now);
+                    }
                     Drain::Closed => break Exit::Disconnected,
                 }
+            }
+            _ = tokio::time::sleep_until(slow_deadline), if lag.behind_since.is_some() => {
+                channel.traffic.slow_closes.inc();
+                break Exit::Closed(CLOSE_SLOW, "slow receiver: queue not drained in time".into());
             }
             _ = tokio::time::sleep_until(next_ping) => {
                 if last_seen.elapsed() >= timeout {
@@ -125,6 +188,7 @@ pub async fn run(relay: Arc<Relay>, channel: Arc<Channel>, peer: Arc<Peer>, role
         Role::Source => channel.release_source(&peer),
         Role::Receiver => channel.remove_receiver(&peer),
         Role::Signal => channel.remove_signal_peer(&peer),
+        Role::Echo => {}
     }
     match &exit {
         Exit::Closed(code, reason) => {
@@ -175,11 +239,7 @@ async fn close_gracefully(peer: &Peer, reader: &mut WsReader, close: Option<Wire
         peer.egress.send(&frame.wire);
     }
     let deadline = Instant::now() + CLOSE_LINGER;
-    loop {
-        match peer.egress.drain() {
-            Drain::Pending => {}
-            _ => break,
-        }
+    while peer.egress.drain() == Drain::Pending {
         tokio::select! {
             r = stream.writable() => if r.is_err() { return },
             _ = tokio::time::sleep_until(deadline) => return,
