@@ -75,7 +75,11 @@ fn cases() -> Vec<(&'static str, Vec<u8>, Vec<u8>)> {
     let prev = base_frame(&mut rng);
     let unchanged = prev.clone();
     // 768 + 400 + 512 + 384 + 256 = 2320 px of 230400 (~1%).
-    let pct1 = with_rects(&prev, &[(32, 24), (20, 20), (16, 32), (24, 16), (16, 16)], &mut rng);
+    let pct1 = with_rects(
+        &prev,
+        &[(32, 24), (20, 20), (16, 32), (24, 16), (16, 16)],
+        &mut rng,
+    );
     // 11520 + 5760 + 5760 = 23040 px (10%).
     let pct10 = with_rects(&prev, &[(160, 72), (96, 60), (80, 72)], &mut rng);
     let mut noise = vec![0u8; FRAME_LEN];

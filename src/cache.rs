@@ -127,7 +127,12 @@ impl CacheWriter {
     /// Returns the new snapshot when the catch-up state changed, `None` when
     /// the frame is live-only (audio, opaque types, …). On error the message
     /// must be neither cached nor forwarded.
-    pub fn apply(&mut self, h: &Header, msg: &WireMessage, seq: u64) -> Result<Option<Arc<CatchUp>>, CacheError> {
+    pub fn apply(
+        &mut self,
+        h: &Header,
+        msg: &WireMessage,
+        seq: u64,
+    ) -> Result<Option<Arc<CatchUp>>, CacheError> {
         let payload = &msg.payload()[HEADER_LEN..];
         let cur = self.current.clone();
         let next = match h.frame_type() {
@@ -141,7 +146,8 @@ impl CacheWriter {
                 codec::zrle_validate(payload, h.rgba_len())?;
                 match cur.keyframe.as_ref().map(|k| keyframe_dims(k)) {
                     Some(dims) if dims == (h.width, h.height) => {
-                        let (count, bytes) = cur.deltas.as_ref().map_or((0, 0), |d| (d.count, d.bytes));
+                        let (count, bytes) =
+                            cur.deltas.as_ref().map_or((0, 0), |d| (d.count, d.bytes));
                         let node = DeltaNode {
                             frame: msg.wire.clone(),
                             prev: cur.deltas.clone(),
@@ -190,7 +196,8 @@ impl CacheWriter {
     /// Folds a sync or diff into the signal state and encodes the result as
     /// one `SignalSync` wire frame. The state is unchanged on error.
     fn fold_signal(&mut self, diff: bool, payload: &[u8], h: &Header) -> Result<Bytes, CacheError> {
-        let value: Value = serde_json::from_slice(payload).map_err(|e| CacheError::SignalJson(e.to_string()))?;
+        let value: Value =
+            serde_json::from_slice(payload).map_err(|e| CacheError::SignalJson(e.to_string()))?;
         let Value::Object(obj) = value else {
             return Err(CacheError::SignalNotObject);
         };
@@ -208,7 +215,8 @@ impl CacheWriter {
             let old = std::mem::replace(&mut self.signal, obj);
             undo.extend(old.into_iter().map(|(k, v)| (k, Some(v))));
         }
-        let json = serde_json::to_vec(&self.signal).map_err(|e| CacheError::SignalJson(e.to_string()))?;
+        let json =
+            serde_json::to_vec(&self.signal).map_err(|e| CacheError::SignalJson(e.to_string()))?;
         if json.len() > self.max_signal_state {
             if !diff {
                 self.signal.clear();
@@ -271,7 +279,10 @@ fn fold_chain(snap: CatchUp, last: &Header) -> Result<CatchUp, CacheError> {
     let Some(kf) = snap.keyframe.as_ref() else {
         return Ok(snap);
     };
-    let mut pixels = message_of(kf).get(HEADER_LEN..).unwrap_or_default().to_vec();
+    let mut pixels = message_of(kf)
+        .get(HEADER_LEN..)
+        .unwrap_or_default()
+        .to_vec();
     for frame in chain(&snap.deltas) {
         let delta = message_of(&frame).get(HEADER_LEN..).unwrap_or_default();
         codec::apply_delta(&mut pixels, delta)?;
@@ -315,7 +326,9 @@ mod tests {
             let h = Header::parse(&m).unwrap();
             match h.frame_type() {
                 FrameType::Pixels | FrameType::Keyframe => pixels = Some(m[HEADER_LEN..].to_vec()),
-                FrameType::DeltaPixels => codec::apply_delta(pixels.as_mut()?, &m[HEADER_LEN..]).unwrap(),
+                FrameType::DeltaPixels => {
+                    codec::apply_delta(pixels.as_mut()?, &m[HEADER_LEN..]).unwrap()
+                }
                 _ => {}
             }
         }
@@ -340,7 +353,11 @@ mod tests {
             assert_eq!(snap.seq, i + 2);
             assert_eq!(rebuild(&snap).unwrap(), cur, "after delta {i}");
             // Bounded: never much more than two frames' worth.
-            assert!(snap.size() < 3 * (cur.len() + 64), "catch-up of {} bytes", snap.size());
+            assert!(
+                snap.size() < 3 * (cur.len() + 64),
+                "catch-up of {} bytes",
+                snap.size()
+            );
         }
     }
 
@@ -371,7 +388,12 @@ mod tests {
         let (h, m) = wire(signal(false, 0, 0, br#"{"a":1,"b":2}"#));
         w.apply(&h, &m, 1).unwrap();
         for i in 0..2000 {
-            let (h, m) = wire(signal(true, i as u16, 0, format!(r#"{{"k{}":{i},"b":null}}"#, i % 50).as_bytes()));
+            let (h, m) = wire(signal(
+                true,
+                i as u16,
+                0,
+                format!(r#"{{"k{}":{i},"b":null}}"#, i % 50).as_bytes(),
+            ));
             w.apply(&h, &m, 2 + i).unwrap();
         }
         let snap = w.current().clone();
@@ -386,19 +408,57 @@ mod tests {
         assert_eq!(state.as_object().unwrap().len(), 51);
     }
 
+    proptest::proptest! {
+        /// Arbitrary signal and delta payloads never panic the fold; the
+        /// state stays within its limit.
+        #[test]
+        fn arbitrary_payloads_never_panic(payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200), kind in 0usize..3) {
+            let mut w = CacheWriter::new(64);
+            let (h, m) = wire(pixels_keyframe(0, 0, 2, 2, &[0u8; 16]));
+            w.apply(&h, &m, 1).unwrap();
+            let msg = match kind {
+                0 => signal(false, 0, 0, &payload),
+                1 => signal(true, 0, 0, &payload),
+                _ => delta_pixels(0, 0, 2, 2, &payload),
+            };
+            let (h, m) = wire(msg);
+            let _ = w.apply(&h, &m, 2);
+            proptest::prop_assert!(serde_json::to_vec(w.signal_state()).unwrap().len() <= 64);
+        }
+    }
+
     #[test]
     fn signal_limits_and_errors_leave_state_unchanged() {
         let mut w = CacheWriter::new(32);
         let (h, m) = wire(signal(false, 0, 0, br#"{"a":1}"#));
         w.apply(&h, &m, 1).unwrap();
-        let (h, m) = wire(signal(true, 0, 0, br#"{"a":null,"big":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#));
-        assert!(matches!(w.apply(&h, &m, 2), Err(CacheError::SignalTooLarge { .. })));
-        let (h, m) = wire(signal(false, 0, 0, br#"{"zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz":1}"#));
+        let (h, m) = wire(signal(
+            true,
+            0,
+            0,
+            br#"{"a":null,"big":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#,
+        ));
+        assert!(matches!(
+            w.apply(&h, &m, 2),
+            Err(CacheError::SignalTooLarge { .. })
+        ));
+        let (h, m) = wire(signal(
+            false,
+            0,
+            0,
+            br#"{"zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz":1}"#,
+        ));
         assert!(w.apply(&h, &m, 3).is_err());
         let (h, m) = wire(signal(true, 0, 0, b"[1]"));
-        assert!(matches!(w.apply(&h, &m, 4), Err(CacheError::SignalNotObject)));
+        assert!(matches!(
+            w.apply(&h, &m, 4),
+            Err(CacheError::SignalNotObject)
+        ));
         let (h, m) = wire(signal(true, 0, 0, b"{nope"));
         assert!(matches!(w.apply(&h, &m, 5), Err(CacheError::SignalJson(_))));
-        assert_eq!(Value::Object(w.signal_state().clone()), serde_json::json!({"a": 1}));
+        assert_eq!(
+            Value::Object(w.signal_state().clone()),
+            serde_json::json!({"a": 1})
+        );
     }
 }

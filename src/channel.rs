@@ -161,7 +161,8 @@ impl Channel {
         let cur = self.source.load();
         if cur.as_ref().is_some_and(|s| Arc::ptr_eq(s, peer)) {
             self.source.store(None);
-            self.source_left_ms.store(clock_ms().max(1), Ordering::Relaxed);
+            self.source_left_ms
+                .store(clock_ms().max(1), Ordering::Relaxed);
         }
     }
 
@@ -215,7 +216,11 @@ impl Channel {
         if !cur.iter().any(|p| Arc::ptr_eq(p, peer)) {
             return;
         }
-        let next: Vec<Arc<Peer>> = cur.iter().filter(|p| !Arc::ptr_eq(p, peer)).cloned().collect();
+        let next: Vec<Arc<Peer>> = cur
+            .iter()
+            .filter(|p| !Arc::ptr_eq(p, peer))
+            .cloned()
+            .collect();
         list.store(Arc::new(next));
     }
 

@@ -55,7 +55,9 @@ pub enum Message {
 
 /// Splits `ws://host:port/path` into the socket address string and path.
 pub fn parse_url(url: &str) -> Result<(String, String), ClientError> {
-    let rest = url.strip_prefix("ws://").ok_or_else(|| ClientError::BadUrl(url.into()))?;
+    let rest = url
+        .strip_prefix("ws://")
+        .ok_or_else(|| ClientError::BadUrl(url.into()))?;
     let (host, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -86,12 +88,21 @@ impl Client {
     }
 
     /// Completes the client handshake on an already connected socket.
-    pub async fn handshake(stream: TcpStream, host: &str, path: &str, max_message: usize) -> Result<Self, ClientError> {
+    pub async fn handshake(
+        stream: TcpStream,
+        host: &str,
+        path: &str,
+        max_message: usize,
+    ) -> Result<Self, ClientError> {
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or(7)
-            ^ stream.local_addr().map(|a| a.port() as u32).unwrap_or(0).rotate_left(16);
+            ^ stream
+                .local_addr()
+                .map(|a| a.port() as u32)
+                .unwrap_or(0)
+                .rotate_left(16);
         let key = {
             use base64::Engine;
             let mut k = [0u8; 16];
@@ -106,7 +117,11 @@ impl Client {
             stream.readable().await?;
             let mut chunk = [0u8; 4096];
             match stream.try_read(&mut chunk) {
-                Ok(0) => return Err(ClientError::BadHandshake("connection closed during handshake".into())),
+                Ok(0) => {
+                    return Err(ClientError::BadHandshake(
+                        "connection closed during handshake".into(),
+                    ))
+                }
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e.into()),
@@ -123,13 +138,17 @@ impl Client {
                             .find(|h| h.name.eq_ignore_ascii_case("sec-websocket-accept"))
                             .map(|h| String::from_utf8_lossy(h.value).trim().to_owned());
                         if accept.as_deref() != Some(ws::accept_key(&key).as_str()) {
-                            return Err(ClientError::BadHandshake("wrong Sec-WebSocket-Accept".into()));
+                            return Err(ClientError::BadHandshake(
+                                "wrong Sec-WebSocket-Accept".into(),
+                            ));
                         }
                     }
                     break (n, status, n);
                 }
                 Ok(httparse::Status::Partial) if buf.len() < 16 * 1024 => {}
-                Ok(httparse::Status::Partial) => return Err(ClientError::BadHandshake("response head too large".into())),
+                Ok(httparse::Status::Partial) => {
+                    return Err(ClientError::BadHandshake("response head too large".into()))
+                }
                 Err(e) => return Err(ClientError::BadHandshake(e.to_string())),
             }
         };
@@ -150,7 +169,9 @@ impl Client {
                 }
             })
             .await;
-            let body = String::from_utf8_lossy(&buf[body_start..]).trim().to_owned();
+            let body = String::from_utf8_lossy(&buf[body_start..])
+                .trim()
+                .to_owned();
             return Err(ClientError::Refused { status, body });
         }
         let peer = stream.peer_addr()?;
@@ -175,14 +196,18 @@ impl Client {
     /// Sends one binary message.
     pub async fn send(&mut self, msg: &[u8]) -> Result<(), ClientError> {
         let mask = self.next_mask();
-        self.stream.write_all(&ws::client_frame(ws::OP_BINARY, true, msg, mask)).await?;
+        self.stream
+            .write_all(&ws::client_frame(ws::OP_BINARY, true, msg, mask))
+            .await?;
         Ok(())
     }
 
     /// Sends one text message.
     pub async fn send_text(&mut self, text: &str) -> Result<(), ClientError> {
         let mask = self.next_mask();
-        self.stream.write_all(&ws::client_frame(ws::OP_TEXT, true, text.as_bytes(), mask)).await?;
+        self.stream
+            .write_all(&ws::client_frame(ws::OP_TEXT, true, text.as_bytes(), mask))
+            .await?;
         Ok(())
     }
 
@@ -198,10 +223,16 @@ impl Client {
         loop {
             match self.reader.next(&self.stream).await? {
                 Incoming::Binary(m) => return Ok(Message::Binary(m.payload_bytes())),
-                Incoming::Text(m) => return Ok(Message::Text(String::from_utf8_lossy(m.payload()).into_owned())),
+                Incoming::Text(m) => {
+                    return Ok(Message::Text(
+                        String::from_utf8_lossy(m.payload()).into_owned(),
+                    ))
+                }
                 Incoming::Ping(p) => {
                     let mask = self.next_mask();
-                    self.stream.write_all(&ws::client_frame(ws::OP_PONG, true, &p, mask)).await?;
+                    self.stream
+                        .write_all(&ws::client_frame(ws::OP_PONG, true, &p, mask))
+                        .await?;
                 }
                 Incoming::Pong => {}
                 Incoming::Close(c) => {
@@ -209,7 +240,12 @@ impl Client {
                     let mask = self.next_mask();
                     let _ = self
                         .stream
-                        .write_all(&ws::client_frame(ws::OP_CLOSE, true, &ws::close_payload(code, ""), mask))
+                        .write_all(&ws::client_frame(
+                            ws::OP_CLOSE,
+                            true,
+                            &ws::close_payload(code, ""),
+                            mask,
+                        ))
                         .await;
                     return Err(ClientError::Closed(code, reason));
                 }
@@ -229,7 +265,12 @@ impl Client {
     pub async fn close(mut self, code: u16) -> Result<(), ClientError> {
         let mask = self.next_mask();
         self.stream
-            .write_all(&ws::client_frame(ws::OP_CLOSE, true, &ws::close_payload(code, ""), mask))
+            .write_all(&ws::client_frame(
+                ws::OP_CLOSE,
+                true,
+                &ws::close_payload(code, ""),
+                mask,
+            ))
             .await?;
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
             loop {

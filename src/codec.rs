@@ -426,14 +426,22 @@ fn walk_tokens(
     let mut i = 0usize;
     while pos < frame_len {
         if i == payload.len() {
-            return Err(CodecError::Incomplete { decoded: pos, frame_len });
+            return Err(CodecError::Incomplete {
+                decoded: pos,
+                frame_len,
+            });
         }
         let offset = i;
         let room = frame_len - pos;
         let (zeros, c) = read_varint(&payload[i..])?;
         i += c;
         if zeros > room as u64 {
-            return Err(CodecError::FrameOverrun { offset, position: pos, count: zeros, frame_len });
+            return Err(CodecError::FrameOverrun {
+                offset,
+                position: pos,
+                count: zeros,
+                frame_len,
+            });
         }
         let zeros = zeros as usize;
         let (lits, c) = read_varint(&payload[i..])?;
@@ -449,14 +457,19 @@ fn walk_tokens(
         let lits = lits as usize;
         let rest = &payload[i..];
         if rest.len() < lits {
-            return Err(CodecError::TruncatedLiterals { needed: lits, available: rest.len() });
+            return Err(CodecError::TruncatedLiterals {
+                needed: lits,
+                available: rest.len(),
+            });
         }
         f(pos, zeros, &rest[..lits]);
         i += lits;
         pos += zeros + lits;
     }
     if i != payload.len() {
-        return Err(CodecError::TrailingBytes { extra: payload.len() - i });
+        return Err(CodecError::TrailingBytes {
+            extra: payload.len() - i,
+        });
     }
     Ok(())
 }
@@ -609,12 +622,18 @@ mod tests {
         assert_eq!(out, [0, 2, 0, 0xfb, 1]);
         assert_eq!(
             xor_into(&a, &b[..4], &mut out),
-            Err(CodecError::LengthMismatch { expected: 5, actual: 4 })
+            Err(CodecError::LengthMismatch {
+                expected: 5,
+                actual: 4
+            })
         );
         let mut short = [9u8; 3];
         assert_eq!(
             xor_into(&a, &b, &mut short),
-            Err(CodecError::LengthMismatch { expected: 5, actual: 3 })
+            Err(CodecError::LengthMismatch {
+                expected: 5,
+                actual: 3
+            })
         );
         assert_eq!(short, [9; 3]);
     }
@@ -624,7 +643,10 @@ mod tests {
         let mut out = vec![7];
         assert_eq!(
             encode_delta(&[0; 4], &[0; 5], &mut out),
-            Err(CodecError::LengthMismatch { expected: 4, actual: 5 })
+            Err(CodecError::LengthMismatch {
+                expected: 4,
+                actual: 5
+            })
         );
         assert_eq!(out, [7]);
     }
@@ -677,7 +699,11 @@ mod tests {
                 x.extend([0u8; 40]);
                 let mut p = Vec::new();
                 zrle_encode(&x, &mut p);
-                assert_eq!(tokens(&p, x.len()), [(lead, gap + 2), (40, 0)], "gap {gap} lead {lead}");
+                assert_eq!(
+                    tokens(&p, x.len()),
+                    [(lead, gap + 2), (40, 0)],
+                    "gap {gap} lead {lead}"
+                );
                 assert_eq!(zrle_decode(&p, x.len()).unwrap(), x);
             }
         }
@@ -690,7 +716,11 @@ mod tests {
                 x.push(2);
                 let mut p = Vec::new();
                 zrle_encode(&x, &mut p);
-                assert_eq!(tokens(&p, x.len()), [(lead, 3), (gap, 1)], "gap {gap} lead {lead}");
+                assert_eq!(
+                    tokens(&p, x.len()),
+                    [(lead, 3), (gap, 1)],
+                    "gap {gap} lead {lead}"
+                );
             }
         }
     }
@@ -698,8 +728,14 @@ mod tests {
     #[test]
     fn rgba_alpha_zeros_stay_literal() {
         // Every pixel changed in RGB, alpha unchanged: a single literal token.
-        let prev: Vec<u8> = (0..4096u32).map(|i| if i % 4 == 3 { 255 } else { (i % 200) as u8 }).collect();
-        let cur: Vec<u8> = prev.iter().enumerate().map(|(i, &b)| if i % 4 == 3 { b } else { b ^ 0x5a }).collect();
+        let prev: Vec<u8> = (0..4096u32)
+            .map(|i| if i % 4 == 3 { 255 } else { (i % 200) as u8 })
+            .collect();
+        let cur: Vec<u8> = prev
+            .iter()
+            .enumerate()
+            .map(|(i, &b)| if i % 4 == 3 { b } else { b ^ 0x5a })
+            .collect();
         let p = enc(&prev, &cur);
         let t = tokens(&p, prev.len());
         assert_eq!(t, [(0, 4095), (1, 0)]);
@@ -744,37 +780,134 @@ mod tests {
         use CodecError::*;
         let cases: &[(&[u8], usize, CodecError)] = &[
             // zeros past the end
-            (&[5, 0], 4, FrameOverrun { offset: 0, position: 0, count: 5, frame_len: 4 }),
+            (
+                &[5, 0],
+                4,
+                FrameOverrun {
+                    offset: 0,
+                    position: 0,
+                    count: 5,
+                    frame_len: 4,
+                },
+            ),
             // literals past the end
-            (&[1, 2, 0, 0, 1, 4, 1, 2, 3, 4], 5, FrameOverrun { offset: 4, position: 4, count: 4, frame_len: 5 }),
+            (
+                &[1, 2, 0, 0, 1, 4, 1, 2, 3, 4],
+                5,
+                FrameOverrun {
+                    offset: 4,
+                    position: 4,
+                    count: 4,
+                    frame_len: 5,
+                },
+            ),
             // huge counts don't overflow
-            (&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01, 0], 4, FrameOverrun { offset: 0, position: 0, count: u64::MAX, frame_len: 4 }),
-            (&[0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01], 4, FrameOverrun { offset: 0, position: 0, count: u64::MAX, frame_len: 4 }),
+            (
+                &[
+                    0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01, 0,
+                ],
+                4,
+                FrameOverrun {
+                    offset: 0,
+                    position: 0,
+                    count: u64::MAX,
+                    frame_len: 4,
+                },
+            ),
+            (
+                &[
+                    0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+                ],
+                4,
+                FrameOverrun {
+                    offset: 0,
+                    position: 0,
+                    count: u64::MAX,
+                    frame_len: 4,
+                },
+            ),
             // literal bytes missing
-            (&[0, 3, 1, 2], 3, TruncatedLiterals { needed: 3, available: 2 }),
-            (&[1, 3], 4, TruncatedLiterals { needed: 3, available: 0 }),
+            (
+                &[0, 3, 1, 2],
+                3,
+                TruncatedLiterals {
+                    needed: 3,
+                    available: 2,
+                },
+            ),
+            (
+                &[1, 3],
+                4,
+                TruncatedLiterals {
+                    needed: 3,
+                    available: 0,
+                },
+            ),
             // payload ends inside a varint
             (&[0x80], 4, TruncatedVarint),
             (&[1], 4, TruncatedVarint),
             (&[1, 0x80], 4, TruncatedVarint),
-            (&[0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x00], 4, VarintOverflow),
+            (
+                &[
+                    0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x00,
+                ],
+                4,
+                VarintOverflow,
+            ),
             // payload ends between tokens
-            (&[], 4, Incomplete { decoded: 0, frame_len: 4 }),
-            (&[2, 0], 4, Incomplete { decoded: 2, frame_len: 4 }),
-            (&[0, 0, 0, 0], 4, Incomplete { decoded: 0, frame_len: 4 }),
+            (
+                &[],
+                4,
+                Incomplete {
+                    decoded: 0,
+                    frame_len: 4,
+                },
+            ),
+            (
+                &[2, 0],
+                4,
+                Incomplete {
+                    decoded: 2,
+                    frame_len: 4,
+                },
+            ),
+            (
+                &[0, 0, 0, 0],
+                4,
+                Incomplete {
+                    decoded: 0,
+                    frame_len: 4,
+                },
+            ),
             // bytes left over
             (&[4, 0, 0], 4, TrailingBytes { extra: 1 }),
             (&[4, 0, 0, 0], 4, TrailingBytes { extra: 2 }),
-            (&[0, 2, 1, 1, 2, 0, 0, 0, 0, 0], 4, TrailingBytes { extra: 4 }),
+            (
+                &[0, 2, 1, 1, 2, 0, 0, 0, 0, 0],
+                4,
+                TrailingBytes { extra: 4 },
+            ),
             // a zero-length frame takes only the empty payload
             (&[0, 0], 0, TrailingBytes { extra: 2 }),
             (&[0x80], 0, TrailingBytes { extra: 1 }),
         ];
         for (payload, len, err) in cases {
-            assert_eq!(zrle_decode(payload, *len), Err(*err), "decode {payload:?} len {len}");
-            assert_eq!(zrle_validate(payload, *len), Err(*err), "validate {payload:?} len {len}");
+            assert_eq!(
+                zrle_decode(payload, *len),
+                Err(*err),
+                "decode {payload:?} len {len}"
+            );
+            assert_eq!(
+                zrle_validate(payload, *len),
+                Err(*err),
+                "validate {payload:?} len {len}"
+            );
             let mut frame = vec![0x5au8; *len];
-            assert_eq!(apply_delta(&mut frame, payload), Err(*err), "apply {payload:?} len {len}");
+            assert_eq!(
+                apply_delta(&mut frame, payload),
+                Err(*err),
+                "apply {payload:?} len {len}"
+            );
             assert_eq!(frame, vec![0x5a; *len], "frame touched on error");
         }
     }
@@ -783,7 +916,10 @@ mod tests {
     fn endless_zero_tokens_after_completion_are_trailing() {
         let mut p = vec![4, 0];
         p.extend(std::iter::repeat_n(0u8, 1_000_000));
-        assert_eq!(zrle_validate(&p, 4), Err(CodecError::TrailingBytes { extra: 1_000_000 }));
+        assert_eq!(
+            zrle_validate(&p, 4),
+            Err(CodecError::TrailingBytes { extra: 1_000_000 })
+        );
         // Before completion they are consumed, two bytes each.
         let mut p = vec![0u8; 1_000_000];
         p.extend([4, 0]);
@@ -797,7 +933,12 @@ mod tests {
         let mut f = [1u8, 2, 3, 4];
         assert_eq!(
             apply_delta(&mut f, &p),
-            Err(CodecError::FrameOverrun { offset: 4, position: 2, count: 3, frame_len: 4 })
+            Err(CodecError::FrameOverrun {
+                offset: 4,
+                position: 2,
+                count: 3,
+                frame_len: 4
+            })
         );
         assert_eq!(f, [1, 2, 3, 4]);
     }
@@ -821,7 +962,10 @@ mod tests {
     #[test]
     fn error_display() {
         let e = CodecError::TrailingBytes { extra: 3 };
-        assert_eq!(e.to_string(), "3 trailing bytes after the frame is complete");
+        assert_eq!(
+            e.to_string(),
+            "3 trailing bytes after the frame is complete"
+        );
     }
 
     // ----- properties -----
@@ -830,7 +974,10 @@ mod tests {
     fn sparse_pair() -> impl Strategy<Value = (Vec<u8>, Vec<u8>)> {
         (
             prop::collection::vec(any::<u8>(), 0..3000),
-            prop::collection::vec((any::<prop::sample::Index>(), 1usize..40, any::<u8>()), 0..12),
+            prop::collection::vec(
+                (any::<prop::sample::Index>(), 1usize..40, any::<u8>()),
+                0..12,
+            ),
         )
             .prop_map(|(prev, edits)| {
                 let mut cur = prev.clone();
@@ -858,7 +1005,10 @@ mod tests {
     /// XOR data made of zero runs and nonzero-ish runs of lengths around the thresholds.
     fn runs_buffer() -> impl Strategy<Value = Vec<u8>> {
         prop::collection::vec(
-            (0usize..2 * MIN_ZERO_RUN + 10, prop::collection::vec(any::<u8>(), 0..30)),
+            (
+                0usize..2 * MIN_ZERO_RUN + 10,
+                prop::collection::vec(any::<u8>(), 0..30),
+            ),
             0..40,
         )
         .prop_map(|runs| {
@@ -875,7 +1025,10 @@ mod tests {
     /// near their total.
     fn near_valid_payload() -> impl Strategy<Value = (Vec<u8>, usize)> {
         (
-            prop::collection::vec((0u64..20, 0u64..6, prop::collection::vec(any::<u8>(), 0..7)), 0..8),
+            prop::collection::vec(
+                (0u64..20, 0u64..6, prop::collection::vec(any::<u8>(), 0..7)),
+                0..8,
+            ),
             -3i64..3,
             prop::collection::vec(any::<u8>(), 0..3),
         )

@@ -19,7 +19,11 @@ pub enum LogFormat {
 /// The relay's configuration. Durations are in milliseconds on the command
 /// line so tests can use short ones; sizes are in bytes.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "bitstream-relay", version, about = "Fan-out WebSocket relay for PROTOCOL.md bitstreams")]
+#[command(
+    name = "bitstream-relay",
+    version,
+    about = "Fan-out WebSocket relay for PROTOCOL.md bitstreams"
+)]
 pub struct Config {
     /// Address to listen on.
     #[arg(long, env = "RELAY_ADDR", default_value = "127.0.0.1:9100")]

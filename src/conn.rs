@@ -149,7 +149,10 @@ impl WsReader {
                 self.reserve(ws::MAX_HEAD_LEN);
                 return Ok(None);
             };
-            let so_far = self.partial.as_ref().map_or(0, |p| p.buf.len() - ws::MAX_SERVER_HEAD_LEN);
+            let so_far = self
+                .partial
+                .as_ref()
+                .map_or(0, |p| p.buf.len() - ws::MAX_SERVER_HEAD_LEN);
             let size = so_far as u64 + head.payload_len;
             if !head.is_control() && size > self.max_message as u64 {
                 return Err(ReadError::TooBig {
@@ -172,7 +175,11 @@ impl WsReader {
         }
     }
 
-    fn on_frame(&mut self, head: ws::FrameHead, mut frame: BytesMut) -> Result<Option<Incoming>, ReadError> {
+    fn on_frame(
+        &mut self,
+        head: ws::FrameHead,
+        mut frame: BytesMut,
+    ) -> Result<Option<Incoming>, ReadError> {
         match head.opcode {
             ws::OP_PING => {
                 frame.advance(head.head_len);
@@ -191,7 +198,8 @@ impl WsReader {
                 if !head.fin {
                     return Ok(None);
                 }
-                let Partial { opcode, mut buf } = self.partial.take().ok_or(WsError::BadFragmentation)?;
+                let Partial { opcode, mut buf } =
+                    self.partial.take().ok_or(WsError::BadFragmentation)?;
                 let len = buf.len() - ws::MAX_SERVER_HEAD_LEN;
                 let mut h = [0u8; ws::MAX_SERVER_HEAD_LEN];
                 let n = ws::server_header(opcode, len, &mut h);
@@ -211,7 +219,9 @@ impl WsReader {
                     return Err(WsError::BadFragmentation.into());
                 }
                 if !head.fin {
-                    let mut buf = BytesMut::with_capacity(ws::MAX_SERVER_HEAD_LEN + head.payload_len as usize);
+                    let mut buf = BytesMut::with_capacity(
+                        ws::MAX_SERVER_HEAD_LEN + head.payload_len as usize,
+                    );
                     buf.extend_from_slice(&[0u8; ws::MAX_SERVER_HEAD_LEN]);
                     buf.extend_from_slice(&frame[head.head_len..]);
                     self.partial = Some(Partial { opcode, buf });
@@ -274,9 +284,14 @@ mod tests {
         for len in [0usize, 10, 200, 70_000] {
             let payload: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
             let mut r = WsReader::new(Role::Server, 1 << 20, 1024, &[]);
-            let got = feed(&mut r, &ws::client_frame(ws::OP_BINARY, true, &payload, [9, 8, 7, 6]));
+            let got = feed(
+                &mut r,
+                &ws::client_frame(ws::OP_BINARY, true, &payload, [9, 8, 7, 6]),
+            );
             assert_eq!(got.len(), 1);
-            let Incoming::Binary(m) = &got[0] else { panic!("not binary") };
+            let Incoming::Binary(m) = &got[0] else {
+                panic!("not binary")
+            };
             assert_eq!(m.payload(), &payload[..]);
             assert_eq!(&m.wire[..], &ws::server_frame(ws::OP_BINARY, &payload)[..]);
         }
@@ -287,8 +302,18 @@ mod tests {
         let mut r = WsReader::new(Role::Server, 1 << 20, 64, &[]);
         let mut wire = ws::client_frame(ws::OP_BINARY, false, b"hello ", [1, 2, 3, 4]);
         wire.extend(ws::client_frame(ws::OP_PING, true, b"p", [5, 5, 5, 5]));
-        wire.extend(ws::client_frame(ws::OP_CONTINUATION, false, &[b'x'; 300], [1, 1, 1, 1]));
-        wire.extend(ws::client_frame(ws::OP_CONTINUATION, true, b"!", [0, 0, 0, 9]));
+        wire.extend(ws::client_frame(
+            ws::OP_CONTINUATION,
+            false,
+            &[b'x'; 300],
+            [1, 1, 1, 1],
+        ));
+        wire.extend(ws::client_frame(
+            ws::OP_CONTINUATION,
+            true,
+            b"!",
+            [0, 0, 0, 9],
+        ));
         // Feed one byte at a time: every split point must work.
         let mut got = Vec::new();
         for b in wire {
@@ -296,7 +321,9 @@ mod tests {
         }
         assert_eq!(got.len(), 2);
         assert_eq!(got[0], Incoming::Ping(Bytes::from_static(b"p")));
-        let Incoming::Binary(m) = &got[1] else { panic!("not binary") };
+        let Incoming::Binary(m) = &got[1] else {
+            panic!("not binary")
+        };
         let mut expect = b"hello ".to_vec();
         expect.extend([b'x'; 300]);
         expect.push(b'!');
@@ -309,28 +336,71 @@ mod tests {
         let mut r = WsReader::new(Role::Server, 1000, 64, &[]);
         let wire = ws::client_frame(ws::OP_BINARY, true, &[0u8; 1001], [1, 2, 3, 4]);
         r.buf.extend_from_slice(&wire[..8]);
-        assert!(matches!(r.parse(), Err(ReadError::TooBig { size: 1001, .. })));
+        assert!(matches!(
+            r.parse(),
+            Err(ReadError::TooBig { size: 1001, .. })
+        ));
         let mut r = WsReader::new(Role::Server, 1000, 64, &[]);
         let mut wire = ws::client_frame(ws::OP_BINARY, false, &[0u8; 600], [1, 2, 3, 4]);
-        wire.extend(ws::client_frame(ws::OP_CONTINUATION, true, &[0u8; 600], [1, 2, 3, 4]));
+        wire.extend(ws::client_frame(
+            ws::OP_CONTINUATION,
+            true,
+            &[0u8; 600],
+            [1, 2, 3, 4],
+        ));
         r.buf.extend_from_slice(&wire);
-        assert!(matches!(r.parse(), Err(ReadError::TooBig { size: 1200, .. })));
+        assert!(matches!(
+            r.parse(),
+            Err(ReadError::TooBig { size: 1200, .. })
+        ));
     }
 
     #[test]
     fn protocol_errors() {
         let mut r = WsReader::new(Role::Server, 1000, 64, &[]);
-        r.buf.extend_from_slice(&ws::client_frame(ws::OP_CONTINUATION, true, b"x", [1, 2, 3, 4]));
-        assert!(matches!(r.parse(), Err(ReadError::Ws(WsError::BadFragmentation))));
+        r.buf.extend_from_slice(&ws::client_frame(
+            ws::OP_CONTINUATION,
+            true,
+            b"x",
+            [1, 2, 3, 4],
+        ));
+        assert!(matches!(
+            r.parse(),
+            Err(ReadError::Ws(WsError::BadFragmentation))
+        ));
         let mut r = WsReader::new(Role::Server, 1000, 64, &[]);
-        r.buf.extend_from_slice(&ws::client_frame(ws::OP_TEXT, true, &[0xFF, 0xFE], [1, 2, 3, 4]));
+        r.buf.extend_from_slice(&ws::client_frame(
+            ws::OP_TEXT,
+            true,
+            &[0xFF, 0xFE],
+            [1, 2, 3, 4],
+        ));
         let e = r.parse().unwrap_err();
         assert_eq!(e.close_code(), Some(ws::CLOSE_INVALID_DATA));
         let mut r = WsReader::new(Role::Server, 1000, 64, &[]);
         let mut wire = ws::client_frame(ws::OP_TEXT, false, b"a", [1, 2, 3, 4]);
         wire.extend(ws::client_frame(ws::OP_BINARY, true, b"b", [1, 2, 3, 4]));
         r.buf.extend_from_slice(&wire);
-        assert!(matches!(r.parse(), Err(ReadError::Ws(WsError::BadFragmentation))));
+        assert!(matches!(
+            r.parse(),
+            Err(ReadError::Ws(WsError::BadFragmentation))
+        ));
+    }
+
+    proptest::proptest! {
+        /// No byte string, however split, makes the reader panic; it either
+        /// waits for more, yields messages, or returns a typed error.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300), split in 0usize..300) {
+            for role in [Role::Server, Role::Client] {
+                let mut r = WsReader::new(role, 100, 64, &[]);
+                let split = split.min(bytes.len());
+                for part in [&bytes[..split], &bytes[split..]] {
+                    r.buf.extend_from_slice(part);
+                    while let Ok(Some(_)) = r.parse() {}
+                }
+            }
+        }
     }
 
     #[test]
@@ -338,7 +408,12 @@ mod tests {
         let mut r = WsReader::new(Role::Server, 1000, 64, &[]);
         let got = feed(
             &mut r,
-            &ws::client_frame(ws::OP_CLOSE, true, &ws::close_payload(1000, "bye"), [1, 2, 3, 4]),
+            &ws::client_frame(
+                ws::OP_CLOSE,
+                true,
+                &ws::close_payload(1000, "bye"),
+                [1, 2, 3, 4],
+            ),
         );
         assert_eq!(got, vec![Incoming::Close(Some((1000, "bye".into())))]);
     }

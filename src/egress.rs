@@ -120,7 +120,11 @@ impl Egress {
             return Outcome::Skipped;
         }
         if !st.queue.is_empty() && st.queued + frame.len() > self.limit {
-            let keep = if st.front_started { st.queue.pop_front() } else { None };
+            let keep = if st.front_started {
+                st.queue.pop_front()
+            } else {
+                None
+            };
             st.queue.clear();
             st.queued = 0;
             if let Some(front) = keep {
@@ -228,7 +232,9 @@ impl Egress {
                 Ok(mut n) => {
                     st.queued -= n;
                     while n > 0 {
-                        let Some(front) = st.queue.front_mut() else { break };
+                        let Some(front) = st.queue.front_mut() else {
+                            break;
+                        };
                         if n >= front.len() {
                             n -= front.len();
                             st.queue.pop_front();

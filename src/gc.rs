@@ -46,17 +46,24 @@ pub fn sweep(relay: &Relay) -> Sweep {
 pub fn spawn(relay: &Arc<Relay>) -> std::io::Result<thread::JoinHandle<()>> {
     let weak: Weak<Relay> = Arc::downgrade(relay);
     let every = Duration::from_millis(relay.config.gc_interval_ms.max(10));
-    thread::Builder::new().name("relay-gc".into()).spawn(move || loop {
-        thread::sleep(every);
-        let Some(relay) = weak.upgrade() else { return };
-        if relay.is_draining() {
-            return;
-        }
-        let s = sweep(&relay);
-        if s.expired + s.removed > 0 {
-            tracing::debug!(expired = s.expired, removed = s.removed, channels = relay.channels.len(), "gc sweep");
-        }
-    })
+    thread::Builder::new()
+        .name("relay-gc".into())
+        .spawn(move || loop {
+            thread::sleep(every);
+            let Some(relay) = weak.upgrade() else { return };
+            if relay.is_draining() {
+                return;
+            }
+            let s = sweep(&relay);
+            if s.expired + s.removed > 0 {
+                tracing::debug!(
+                    expired = s.expired,
+                    removed = s.removed,
+                    channels = relay.channels.len(),
+                    "gc sweep"
+                );
+            }
+        })
 }
 
 #[cfg(test)]
@@ -77,7 +84,11 @@ mod tests {
         assert_eq!(s.removed, 1);
         assert!(relay.channels.contains_key("busy"));
         assert!(!relay.channels.contains_key("idle"));
-        assert_eq!(relay.summary().traffic.frames_in, 5, "retired traffic is kept");
+        assert_eq!(
+            relay.summary().traffic.frames_in,
+            5,
+            "retired traffic is kept"
+        );
         busy.detach();
     }
 

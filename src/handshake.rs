@@ -121,7 +121,10 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(Request, usize)>, RequestErro
 
 /// Reads a request head of at most `max` bytes; returns it and any bytes the
 /// client sent after it (the start of its WebSocket stream).
-pub async fn read_request(stream: &TcpStream, max: usize) -> Result<(Request, Vec<u8>), RequestError> {
+pub async fn read_request(
+    stream: &TcpStream,
+    max: usize,
+) -> Result<(Request, Vec<u8>), RequestError> {
     let mut buf = Vec::with_capacity(1024.min(max));
     loop {
         if let Some((req, n)) = parse_request(&buf)? {
@@ -163,14 +166,20 @@ mod tests {
     fn routes() {
         assert_eq!(route("/source/cam1"), Ok(Route::Source("cam1".into())));
         assert_eq!(route("/stream"), Ok(Route::Receiver("default".into())));
-        assert_eq!(route("/signal/a.b-c_d?token=1"), Ok(Route::Signal("a.b-c_d".into())));
+        assert_eq!(
+            route("/signal/a.b-c_d?token=1"),
+            Ok(Route::Signal("a.b-c_d".into()))
+        );
         assert_eq!(route("/"), Ok(Route::Legacy));
         assert_eq!(route("/?x=1"), Ok(Route::Legacy));
         assert_eq!(route("/metrics"), Ok(Route::Other("/metrics".into())));
         assert_eq!(route("/stream/"), Err(RouteError::BadName));
         assert_eq!(route("/stream/a/b"), Err(RouteError::BadName));
         assert_eq!(route("/stream/bad%20name"), Err(RouteError::BadName));
-        assert_eq!(route(&format!("/source/{}", "x".repeat(65))), Err(RouteError::BadName));
+        assert_eq!(
+            route(&format!("/source/{}", "x".repeat(65))),
+            Err(RouteError::BadName)
+        );
     }
 
     #[test]
@@ -183,7 +192,9 @@ mod tests {
         assert_eq!(&raw[n..], b"rest");
         assert!(parse_request(&raw[..20]).unwrap().is_none());
         assert!(parse_request(b"\x00\x01garbage\r\n\r\n").is_err());
-        let (plain, _) = parse_request(b"GET /healthz HTTP/1.1\r\n\r\n").unwrap().unwrap();
+        let (plain, _) = parse_request(b"GET /healthz HTTP/1.1\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert!(!plain.upgrade);
     }
 }

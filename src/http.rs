@@ -11,7 +11,12 @@ use crate::ws::http_response;
 /// The full HTTP response to a plain (non-upgrade) request.
 pub fn respond(relay: &Relay, req: &Request, route: &Route) -> Vec<u8> {
     if req.method != "GET" && req.method != "HEAD" {
-        return http_response(405, "Method Not Allowed", "text/plain", b"method not allowed\n");
+        return http_response(
+            405,
+            "Method Not Allowed",
+            "text/plain",
+            b"method not allowed\n",
+        );
     }
     match route {
         Route::Other(p) if p == "/healthz" => {
@@ -27,7 +32,12 @@ pub fn respond(relay: &Relay, req: &Request, route: &Route) -> Vec<u8> {
             } else {
                 (200, "OK")
             };
-            http_response(status, reason, "application/json", body.to_string().as_bytes())
+            http_response(
+                status,
+                reason,
+                "application/json",
+                body.to_string().as_bytes(),
+            )
         }
         Route::Other(p) if p == "/channels" => {
             let list: Vec<_> = relay
@@ -48,7 +58,12 @@ pub fn respond(relay: &Relay, req: &Request, route: &Route) -> Vec<u8> {
                     })
                 })
                 .collect();
-            http_response(200, "OK", "application/json", serde_json::Value::from(list).to_string().as_bytes())
+            http_response(
+                200,
+                "OK",
+                "application/json",
+                serde_json::Value::from(list).to_string().as_bytes(),
+            )
         }
         Route::Other(_) => http_response(404, "Not Found", "text/plain", b"not found\n"),
         _ => http_response(

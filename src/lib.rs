@@ -74,7 +74,9 @@ impl Server {
         }
         tracing::info!(addr = %self.local_addr, "relay listening");
         server::serve(self.listener, relay.clone()).await;
-        let deadline = tokio::time::Instant::now() + relay.config.shutdown_grace() + Duration::from_millis(500);
+        let deadline = tokio::time::Instant::now()
+            + relay.config.shutdown_grace()
+            + Duration::from_millis(500);
         while relay.connections.open.get() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -101,8 +103,14 @@ async fn log_stats(relay: Arc<Relay>) {
             connections = s.connections,
             sources = s.sources,
             receivers = s.receivers,
-            fps_in = format!("{:.1}", (s.traffic.frames_in - prev.traffic.frames_in) as f64 / secs),
-            mb_out_per_s = format!("{:.1}", (s.traffic.bytes_out - prev.traffic.bytes_out) as f64 / secs / 1e6),
+            fps_in = format!(
+                "{:.1}",
+                (s.traffic.frames_in - prev.traffic.frames_in) as f64 / secs
+            ),
+            mb_out_per_s = format!(
+                "{:.1}",
+                (s.traffic.bytes_out - prev.traffic.bytes_out) as f64 / secs / 1e6
+            ),
             invalid = s.traffic.invalid,
             dropped = s.traffic.dropped,
             slow_skips = s.traffic.slow_skips,

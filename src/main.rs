@@ -12,7 +12,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() {
     let config = Config::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match config.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -31,7 +33,9 @@ fn main() {
     };
     let addr = config.addr;
     let result = rt.block_on(async move {
-        let server = Server::bind(config).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        let server = Server::bind(config)
+            .await
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         let relay = server.relay.clone();
         tokio::spawn(async move {
             wait_for_signal().await;
@@ -50,7 +54,10 @@ fn main() {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         // Without signal handlers the relay still runs; it just cannot drain.
         std::future::pending::<()>().await;
         return;

@@ -483,7 +483,14 @@ pub fn input(kind: InputType, seq: u16, timestamp: u32, payload: &[u8]) -> Vec<u
 }
 
 /// Builds a pointer-family input (`Pointer`, `PointerDown`, `PointerUp`).
-pub fn pointer_input(kind: InputType, seq: u16, timestamp: u32, x: u16, y: u16, buttons: u8) -> Vec<u8> {
+pub fn pointer_input(
+    kind: InputType,
+    seq: u16,
+    timestamp: u32,
+    x: u16,
+    y: u16,
+    buttons: u8,
+) -> Vec<u8> {
     let mut p = [0u8; 5];
     p[0..2].copy_from_slice(&x.to_le_bytes());
     p[2..4].copy_from_slice(&y.to_le_bytes());
@@ -582,7 +589,10 @@ mod tests {
         m[12] = 15;
         assert!(matches!(
             validate_source_message(&m),
-            Err(ProtocolError::LengthMismatch { header: 15, actual: 16 })
+            Err(ProtocolError::LengthMismatch {
+                header: 15,
+                actual: 16
+            })
         ));
         let m = pixels_keyframe(1, 2, 2, 2, &[0u8; 12]);
         assert_eq!(

@@ -69,11 +69,15 @@ mod tests {
     fn allows_the_burst_then_the_rate() {
         let t0 = Instant::now();
         let mut b = TokenBucket::new(100, 10, t0);
-        let allowed = (0..50).filter(|_| b.take(t0, 1000) == Verdict::Allow).count();
+        let allowed = (0..50)
+            .filter(|_| b.take(t0, 1000) == Verdict::Allow)
+            .count();
         assert_eq!(allowed, 10);
         // 0.1 s later: 10 more tokens.
         let t1 = t0 + Duration::from_millis(100);
-        let allowed = (0..50).filter(|_| b.take(t1, 1000) == Verdict::Allow).count();
+        let allowed = (0..50)
+            .filter(|_| b.take(t1, 1000) == Verdict::Allow)
+            .count();
         assert_eq!(allowed, 10);
     }
 

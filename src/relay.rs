@@ -85,10 +85,9 @@ impl Relay {
         if self.channels.len() >= self.config.max_channels {
             return Err(Refusal::ChannelLimit);
         }
-        let entry = self
-            .channels
-            .entry(Arc::from(name))
-            .or_insert_with(|| Arc::new(Channel::new(Arc::from(name), self.config.max_signal_state)));
+        let entry = self.channels.entry(Arc::from(name)).or_insert_with(|| {
+            Arc::new(Channel::new(Arc::from(name), self.config.max_signal_state))
+        });
         entry.attach();
         Ok(entry.clone())
     }

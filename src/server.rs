@@ -64,7 +64,9 @@ fn accept(relay: &Arc<Relay>, stream: TcpStream, addr: SocketAddr) {
         tokio::spawn(async move {
             let body = format!("{}\n", why.label());
             let resp = ws::http_response(503, "Service Unavailable", "text/plain", body.as_bytes());
-            let _ = tokio::time::timeout(Duration::from_secs(1), handshake::write_all(&stream, &resp)).await;
+            let _ =
+                tokio::time::timeout(Duration::from_secs(1), handshake::write_all(&stream, &resp))
+                    .await;
         });
         return;
     }
@@ -79,7 +81,14 @@ fn accept(relay: &Arc<Relay>, stream: TcpStream, addr: SocketAddr) {
     });
 }
 
-async fn refuse(relay: &Relay, stream: &TcpStream, why: Refusal, status: u16, reason: &str, text: &str) {
+async fn refuse(
+    relay: &Relay,
+    stream: &TcpStream,
+    why: Refusal,
+    status: u16,
+    reason: &str,
+    text: &str,
+) {
     relay.connections.refuse(why);
     let resp = ws::http_response(status, reason, "text/plain", format!("{text}\n").as_bytes());
     let _ = tokio::time::timeout(Duration::from_secs(1), handshake::write_all(stream, &resp)).await;
@@ -92,27 +101,84 @@ async fn handle(relay: &Arc<Relay>, stream: TcpStream, addr: SocketAddr) {
         Ok(Ok(r)) => r,
         Ok(Err(RequestError::Io(_))) => return,
         Ok(Err(e @ RequestError::TooLarge(_))) => {
-            return refuse(relay, &stream, Refusal::BadRequest, 431, "Request Header Fields Too Large", &e.to_string()).await;
+            return refuse(
+                relay,
+                &stream,
+                Refusal::BadRequest,
+                431,
+                "Request Header Fields Too Large",
+                &e.to_string(),
+            )
+            .await;
         }
-        Ok(Err(e)) => return refuse(relay, &stream, Refusal::BadRequest, 400, "Bad Request", &e.to_string()).await,
+        Ok(Err(e)) => {
+            return refuse(
+                relay,
+                &stream,
+                Refusal::BadRequest,
+                400,
+                "Bad Request",
+                &e.to_string(),
+            )
+            .await
+        }
         Err(_) => {
-            return refuse(relay, &stream, Refusal::HandshakeTimeout, 408, "Request Timeout", "handshake timed out").await;
+            return refuse(
+                relay,
+                &stream,
+                Refusal::HandshakeTimeout,
+                408,
+                "Request Timeout",
+                "handshake timed out",
+            )
+            .await;
         }
     };
     let route = match handshake::route(&req.target) {
         Ok(r) => r,
-        Err(e) => return refuse(relay, &stream, Refusal::BadName, 400, "Bad Request", &e.to_string()).await,
+        Err(e) => {
+            return refuse(
+                relay,
+                &stream,
+                Refusal::BadName,
+                400,
+                "Bad Request",
+                &e.to_string(),
+            )
+            .await
+        }
     };
     if !req.upgrade {
         let resp = http::respond(relay, &req, &route);
-        let _ = tokio::time::timeout(Duration::from_secs(5), handshake::write_all(&stream, &resp)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), handshake::write_all(&stream, &resp))
+            .await;
         return;
     }
     if relay.is_draining() {
-        return refuse(relay, &stream, Refusal::ShuttingDown, 503, "Service Unavailable", "relay shutting down").await;
+        return refuse(
+            relay,
+            &stream,
+            Refusal::ShuttingDown,
+            503,
+            "Service Unavailable",
+            "relay shutting down",
+        )
+        .await;
     }
-    let Some(key) = req.ws_key.as_deref().filter(|_| req.ws_version.as_deref() == Some("13")) else {
-        return refuse(relay, &stream, Refusal::BadRequest, 400, "Bad Request", "WebSocket version 13 and a key are required").await;
+    let Some(key) = req
+        .ws_key
+        .as_deref()
+        .filter(|_| req.ws_version.as_deref() == Some("13"))
+    else {
+        return refuse(
+            relay,
+            &stream,
+            Refusal::BadRequest,
+            400,
+            "Bad Request",
+            "WebSocket version 13 and a key are required",
+        )
+        .await;
     };
     let (name, wanted) = match &route {
         Route::Source(n) => (n.as_str(), Some(Role::Source)),
@@ -125,11 +191,31 @@ async fn handle(relay: &Arc<Relay>, stream: TcpStream, addr: SocketAddr) {
             channel.attach();
             return admit(relay, &channel, stream, addr, Some(Role::Echo), key, &rest).await;
         }
-        Route::Other(_) => return refuse(relay, &stream, Refusal::BadRequest, 404, "Not Found", "no such endpoint").await,
+        Route::Other(_) => {
+            return refuse(
+                relay,
+                &stream,
+                Refusal::BadRequest,
+                404,
+                "Not Found",
+                "no such endpoint",
+            )
+            .await
+        }
     };
     let channel = match relay.attach(name) {
         Ok(c) => c,
-        Err(why) => return refuse(relay, &stream, why, 503, "Service Unavailable", "channel limit reached").await,
+        Err(why) => {
+            return refuse(
+                relay,
+                &stream,
+                why,
+                503,
+                "Service Unavailable",
+                "channel limit reached",
+            )
+            .await
+        }
     };
     admit(relay, &channel, stream, addr, wanted, key, &rest).await;
     channel.detach();
@@ -137,7 +223,15 @@ async fn handle(relay: &Arc<Relay>, stream: TcpStream, addr: SocketAddr) {
 
 /// Admits an upgraded connection to `channel` (role `wanted`, or the legacy
 /// rule when `None`), answers the handshake and runs its session.
-async fn admit(relay: &Arc<Relay>, channel: &Arc<Channel>, stream: TcpStream, addr: SocketAddr, wanted: Option<Role>, key: &str, rest: &[u8]) {
+async fn admit(
+    relay: &Arc<Relay>,
+    channel: &Arc<Channel>,
+    stream: TcpStream,
+    addr: SocketAddr,
+    wanted: Option<Role>,
+    key: &str,
+    rest: &[u8],
+) {
     let cfg = &relay.config;
     let stream = Arc::new(stream);
     let peer = Arc::new(Peer {
@@ -148,7 +242,15 @@ async fn admit(relay: &Arc<Relay>, channel: &Arc<Channel>, stream: TcpStream, ad
     let role = match wanted {
         Some(Role::Source) | None if channel.claim_source(&peer) => Role::Source,
         Some(Role::Source) => {
-            return refuse(relay, &stream, Refusal::SourceTaken, 409, "Conflict", "channel already has a source").await;
+            return refuse(
+                relay,
+                &stream,
+                Refusal::SourceTaken,
+                409,
+                "Conflict",
+                "channel already has a source",
+            )
+            .await;
         }
         Some(Role::Signal) => Role::Signal,
         Some(Role::Echo) => Role::Echo,
@@ -160,9 +262,18 @@ async fn admit(relay: &Arc<Relay>, channel: &Arc<Channel>, stream: TcpStream, ad
         Role::Source | Role::Echo => false,
     };
     if full {
-        return refuse(relay, &stream, Refusal::ReceiverLimit, 503, "Service Unavailable", "receiver limit reached on this channel").await;
+        return refuse(
+            relay,
+            &stream,
+            Refusal::ReceiverLimit,
+            503,
+            "Service Unavailable",
+            "receiver limit reached on this channel",
+        )
+        .await;
     }
-    peer.egress.send(&bytes::Bytes::from(ws::upgrade_response(key)));
+    peer.egress
+        .send(&bytes::Bytes::from(ws::upgrade_response(key)));
     let joined = match role {
         Role::Receiver => channel.add_receiver(&peer, cfg.max_receivers),
         Role::Signal => channel.add_signal_peer(&peer, cfg.max_signal_peers),
@@ -170,7 +281,10 @@ async fn admit(relay: &Arc<Relay>, channel: &Arc<Channel>, stream: TcpStream, ad
     };
     if let Err(why) = joined {
         relay.connections.refuse(why);
-        let close = crate::conn::WireMessage::encode(ws::OP_CLOSE, &ws::close_payload(ws::CLOSE_TRY_AGAIN, "receiver limit reached"));
+        let close = crate::conn::WireMessage::encode(
+            ws::OP_CLOSE,
+            &ws::close_payload(ws::CLOSE_TRY_AGAIN, "receiver limit reached"),
+        );
         peer.egress.send(&close.wire);
         let _ = peer.egress.drain();
         return;

@@ -52,7 +52,13 @@ impl Lag {
 
 /// Runs a peer of `role` on `channel` until it leaves. The peer is already
 /// registered on the channel; this task unregisters it.
-pub async fn run(relay: Arc<Relay>, channel: Arc<Channel>, peer: Arc<Peer>, role: Role, mut reader: WsReader) -> Exit {
+pub async fn run(
+    relay: Arc<Relay>,
+    channel: Arc<Channel>,
+    peer: Arc<Peer>,
+    role: Role,
+    mut reader: WsReader,
+) -> Exit {
     let stream = peer.egress.stream().clone();
     let cfg = &relay.config;
     let mut shutdown = relay.shutdown_signal();

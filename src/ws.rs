@@ -389,7 +389,10 @@ mod tests {
         let p = close_payload(1009, "too big");
         assert_eq!(parse_close(&p), Ok(Some((1009, "too big"))));
         assert_eq!(parse_close(&[3]), Err(WsError::BadClose));
-        assert_eq!(parse_close(&close_payload(1005, "")), Err(WsError::BadClose));
+        assert_eq!(
+            parse_close(&close_payload(1005, "")),
+            Err(WsError::BadClose)
+        );
         assert_eq!(parse_close(&[0x03, 0xE8, 0xFF]), Err(WsError::InvalidUtf8));
         let long = "é".repeat(100);
         assert!(close_payload(1000, &long).len() <= 125);

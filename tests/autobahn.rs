@@ -8,7 +8,10 @@ use std::process::Command;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn autobahn_cases_1_to_10_pass_against_echo() {
-    let have_kosoku = Command::new("kosoku").arg("--help").output().is_ok_and(|o| o.status.success());
+    let have_kosoku = Command::new("kosoku")
+        .arg("--help")
+        .output()
+        .is_ok_and(|o| o.status.success());
     if !have_kosoku {
         let msg = "kosoku is not installed (pip install kosoku): Autobahn conformance NOT CHECKED";
         assert!(std::env::var_os("CI").is_none(), "{msg}");
@@ -30,9 +33,14 @@ async fn autobahn_cases_1_to_10_pass_against_echo() {
     .unwrap()
     .expect("run kosoku");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "kosoku failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "kosoku failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out_dir.join("index.json")).expect("index.json")).expect("json");
+        serde_json::from_slice(&std::fs::read(out_dir.join("index.json")).expect("index.json"))
+            .expect("json");
     let mut cases = 0;
     for agent in index.as_object().unwrap().values() {
         for (case, result) in agent.as_object().unwrap() {
@@ -43,7 +51,10 @@ async fn autobahn_cases_1_to_10_pass_against_echo() {
                 "case {case}: {behavior}"
             );
             let close = result["behaviorClose"].as_str().unwrap_or("OK");
-            assert!(matches!(close, "OK" | "INFORMATIONAL"), "case {case} close: {close}");
+            assert!(
+                matches!(close, "OK" | "INFORMATIONAL"),
+                "case {case} close: {close}"
+            );
         }
     }
     assert!(cases >= 300, "only {cases} cases ran");

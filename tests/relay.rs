@@ -18,17 +18,27 @@ async fn tungstenite_receiver(
     let mut cfg = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default();
     cfg.max_message_size = Some(64 << 20);
     cfg.max_frame_size = Some(64 << 20);
-    let (ws, _) = within(tokio_tungstenite::connect_async_with_config(url, Some(cfg), false))
-        .await
-        .expect("tungstenite connect");
+    let (ws, _) = within(tokio_tungstenite::connect_async_with_config(
+        url,
+        Some(cfg),
+        false,
+    ))
+    .await
+    .expect("tungstenite connect");
     ws
 }
 
 async fn next_binary(
-    ws: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    ws: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
 ) -> Vec<u8> {
     loop {
-        match within(ws.next()).await.expect("stream ended").expect("read") {
+        match within(ws.next())
+            .await
+            .expect("stream ended")
+            .expect("read")
+        {
             TMessage::Binary(b) => return b.to_vec(),
             TMessage::Ping(_) | TMessage::Pong(_) => {}
             other => panic!("unexpected {other:?}"),
@@ -74,8 +84,18 @@ async fn fragmented_messages_are_reassembled() {
     let msg = protocol::frame(FrameType::NeuralFrame, 0, 9, 9, (0, 0), &noise(200_000, 4));
     let mut wire = ws::client_frame(ws::OP_BINARY, false, &msg[..10], [1, 2, 3, 4]);
     wire.extend(ws::client_frame(ws::OP_PING, true, b"hi", [4, 3, 2, 1]));
-    wire.extend(ws::client_frame(ws::OP_CONTINUATION, false, &msg[10..100_000], [5, 6, 7, 8]));
-    wire.extend(ws::client_frame(ws::OP_CONTINUATION, true, &msg[100_000..], [9, 9, 9, 9]));
+    wire.extend(ws::client_frame(
+        ws::OP_CONTINUATION,
+        false,
+        &msg[10..100_000],
+        [5, 6, 7, 8],
+    ));
+    wire.extend(ws::client_frame(
+        ws::OP_CONTINUATION,
+        true,
+        &msg[100_000..],
+        [9, 9, 9, 9],
+    ));
     src.send_raw(&wire).await.unwrap();
     assert_eq!(&within(r.recv_binary()).await.unwrap()[..], &msg[..]);
 }
@@ -90,14 +110,24 @@ async fn channels_are_isolated() {
     let mut sa = connect(&t.url("/source/a")).await;
     let mut sb = connect(&t.url("/source/b")).await;
     for i in 0..20u16 {
-        sa.send(&protocol::frame(FrameType::Haptic, 0, i, 0, (0, 0), b"A")).await.unwrap();
-        sb.send(&protocol::frame(FrameType::Haptic, 0, i, 0, (0, 0), b"B")).await.unwrap();
+        sa.send(&protocol::frame(FrameType::Haptic, 0, i, 0, (0, 0), b"A"))
+            .await
+            .unwrap();
+        sb.send(&protocol::frame(FrameType::Haptic, 0, i, 0, (0, 0), b"B"))
+            .await
+            .unwrap();
     }
     for i in 0..20u16 {
         let ma = within(a.recv_binary()).await.unwrap();
         let mb = within(b.recv_binary()).await.unwrap();
-        assert_eq!((Header::parse(&ma).unwrap().seq, &ma[HEADER_LEN..]), (i, &b"A"[..]));
-        assert_eq!((Header::parse(&mb).unwrap().seq, &mb[HEADER_LEN..]), (i, &b"B"[..]));
+        assert_eq!(
+            (Header::parse(&ma).unwrap().seq, &ma[HEADER_LEN..]),
+            (i, &b"A"[..])
+        );
+        assert_eq!(
+            (Header::parse(&mb).unwrap().seq, &mb[HEADER_LEN..]),
+            (i, &b"B"[..])
+        );
     }
 }
 
@@ -106,12 +136,21 @@ async fn default_aliases_and_legacy_root_share_the_default_channel() {
     let t = start(&[]).await;
     // First `/` connection becomes the source of `default`, the next receives.
     let mut legacy_src = connect(&t.url("/")).await;
-    eventually("legacy source", || t.relay.channels.get("default").is_some_and(|c| c.has_source())).await;
+    eventually("legacy source", || {
+        t.relay
+            .channels
+            .get("default")
+            .is_some_and(|c| c.has_source())
+    })
+    .await;
     let mut legacy_rx = connect(&t.url("/")).await;
     let mut alias_rx = connect(&t.url("/stream")).await;
     wait_receivers(&t, "default", 2).await;
     // `/source` is refused: `default` already has its source.
-    assert!(matches!(connect_err(&t.url("/source")).await, ClientError::Refused { status: 409, .. }));
+    assert!(matches!(
+        connect_err(&t.url("/source")).await,
+        ClientError::Refused { status: 409, .. }
+    ));
     let m = protocol::frame(FrameType::Haptic, 0, 1, 2, (0, 0), b"legacy");
     legacy_src.send(&m).await.unwrap();
     assert_eq!(&within(legacy_rx.recv_binary()).await.unwrap()[..], &m[..]);
@@ -126,13 +165,30 @@ async fn inputs_reach_the_source_in_order_and_bad_ones_do_not() {
     let mut r2 = connect(&t.url("/stream/in")).await;
     wait_receivers(&t, "in", 2).await;
     // Not inputs, unknown type, wrong size, truncated: none may be forwarded.
-    r1.send(&protocol::frame(FrameType::Haptic, 0, 0, 0, (0, 0), b"x")).await.unwrap();
-    r1.send(&protocol::input(InputType::Unknown(0x7E), 0, 0, &[1, 2, 3])).await.unwrap();
-    r1.send(&protocol::input(InputType::KeyDown, 0, 0, &[1, 2, 3, 4])).await.unwrap();
+    r1.send(&protocol::frame(FrameType::Haptic, 0, 0, 0, (0, 0), b"x"))
+        .await
+        .unwrap();
+    r1.send(&protocol::input(InputType::Unknown(0x7E), 0, 0, &[1, 2, 3]))
+        .await
+        .unwrap();
+    r1.send(&protocol::input(InputType::KeyDown, 0, 0, &[1, 2, 3, 4]))
+        .await
+        .unwrap();
     r1.send(&[0x01, 0x01, 0]).await.unwrap();
     for i in 0..100u16 {
-        r1.send(&protocol::pointer_input(InputType::Pointer, i, 1, i, 2 * i, 0)).await.unwrap();
-        r2.send(&protocol::key_input(true, i, 2, 1000 + i, 3)).await.unwrap();
+        r1.send(&protocol::pointer_input(
+            InputType::Pointer,
+            i,
+            1,
+            i,
+            2 * i,
+            0,
+        ))
+        .await
+        .unwrap();
+        r2.send(&protocol::key_input(true, i, 2, 1000 + i, 3))
+            .await
+            .unwrap();
     }
     let (mut next1, mut next2) = (0u16, 0u16);
     while next1 < 100 || next2 < 100 {
@@ -162,7 +218,11 @@ fn apply(picture: &mut Option<Vec<u8>>, msg: &[u8]) {
     let h = Header::parse(msg).unwrap();
     match h.frame_type() {
         FrameType::Pixels | FrameType::Keyframe => *picture = Some(msg[HEADER_LEN..].to_vec()),
-        FrameType::DeltaPixels => codec::apply_delta(picture.as_mut().expect("delta before keyframe"), &msg[HEADER_LEN..]).unwrap(),
+        FrameType::DeltaPixels => codec::apply_delta(
+            picture.as_mut().expect("delta before keyframe"),
+            &msg[HEADER_LEN..],
+        )
+        .unwrap(),
         _ => {}
     }
 }
@@ -173,17 +233,28 @@ async fn late_joiner_rebuilds_the_current_picture_and_signal_state() {
     let mut src = connect(&t.url("/source/late")).await;
     let (w, h) = (64u16, 48u16);
     let mut cur = noise(w as usize * h as usize * 4, 5);
-    src.send(&protocol::pixels_keyframe(0, 0, w, h, &cur)).await.unwrap();
+    src.send(&protocol::pixels_keyframe(0, 0, w, h, &cur))
+        .await
+        .unwrap();
     for i in 1..=300u16 {
         let mut next = cur.clone();
         let at = (i as usize * 131) % next.len();
         next[at..(at + 40).min(cur.len())].fill(i as u8);
         let mut z = Vec::new();
         codec::encode_delta(&cur, &next, &mut z).unwrap();
-        src.send(&protocol::delta_pixels(i, i as u32, w, h, &z)).await.unwrap();
+        src.send(&protocol::delta_pixels(i, i as u32, w, h, &z))
+            .await
+            .unwrap();
         cur = next;
     }
-    src.send(&protocol::signal(false, 0, 0, br#"{"title":"demo","gone":true}"#)).await.unwrap();
+    src.send(&protocol::signal(
+        false,
+        0,
+        0,
+        br#"{"title":"demo","gone":true}"#,
+    ))
+    .await
+    .unwrap();
     let mut expected = serde_json::json!({"title": "demo"});
     for i in 0..2000u32 {
         let key = format!("k{}", i % 97);
@@ -193,11 +264,21 @@ async fn late_joiner_rebuilds_the_current_picture_and_signal_state() {
             serde_json::json!({ key.clone(): i })
         };
         expected[&key] = i.into();
-        src.send(&protocol::signal(true, i as u16, i, diff.to_string().as_bytes())).await.unwrap();
+        src.send(&protocol::signal(
+            true,
+            i as u16,
+            i,
+            diff.to_string().as_bytes(),
+        ))
+        .await
+        .unwrap();
     }
     // Let the relay take all of it before the receiver joins.
     eventually("all frames in", || {
-        t.relay.channels.get("late").is_some_and(|c| c.traffic.snapshot().frames_in == 1 + 300 + 1 + 2000)
+        t.relay
+            .channels
+            .get("late")
+            .is_some_and(|c| c.traffic.snapshot().frames_in == 1 + 300 + 1 + 2000)
     })
     .await;
     let mut r = connect(&t.url("/stream/late")).await;
@@ -206,7 +287,9 @@ async fn late_joiner_rebuilds_the_current_picture_and_signal_state() {
     while picture.as_ref() != Some(&cur) || state.is_none() {
         let m = within(r.recv_binary()).await.unwrap();
         match Header::parse(&m).unwrap().frame_type() {
-            FrameType::SignalSync => state = Some(serde_json::from_slice::<serde_json::Value>(&m[HEADER_LEN..]).unwrap()),
+            FrameType::SignalSync => {
+                state = Some(serde_json::from_slice::<serde_json::Value>(&m[HEADER_LEN..]).unwrap())
+            }
             FrameType::SignalDiff => panic!("catch-up sends the folded state as one SignalSync"),
             _ => apply(&mut picture, &m),
         }
@@ -218,7 +301,9 @@ async fn late_joiner_rebuilds_the_current_picture_and_signal_state() {
     next[0] ^= 0xFF;
     let mut z = Vec::new();
     codec::encode_delta(&cur, &next, &mut z).unwrap();
-    src.send(&protocol::delta_pixels(999, 0, w, h, &z)).await.unwrap();
+    src.send(&protocol::delta_pixels(999, 0, w, h, &z))
+        .await
+        .unwrap();
     let m = within(r.recv_binary()).await.unwrap();
     let mut p = Some(cur);
     apply(&mut p, &m);
@@ -246,21 +331,33 @@ async fn receiver_limit_refuses_the_65th_while_64_keep_receiving() {
     for r in &mut rx {
         assert_eq!(&within(r.recv_binary()).await.unwrap()[..], &m[..]);
     }
-    assert_eq!(t.relay.connections.refused[bitstream_relay::stats::Refusal::ReceiverLimit as usize].get(), 1);
+    assert_eq!(
+        t.relay.connections.refused[bitstream_relay::stats::Refusal::ReceiverLimit as usize].get(),
+        1
+    );
 }
 
 #[tokio::test]
 async fn invalid_channel_names_are_refused_at_the_handshake() {
     let t = start(&[]).await;
     let long = format!("/stream/{}", "x".repeat(65));
-    for path in ["/stream/", "/source/a%20b", "/signal/a/b", "/stream/caf\u{e9}", long.as_str()] {
+    for path in [
+        "/stream/",
+        "/source/a%20b",
+        "/signal/a/b",
+        "/stream/caf\u{e9}",
+        long.as_str(),
+    ] {
         match connect_err(&t.url(path)).await {
             ClientError::Refused { status, .. } => assert_eq!(status, 400, "{path}"),
             e => panic!("{path}: unexpected {e}"),
         }
     }
     assert!(t.relay.channels.is_empty(), "no channel was created");
-    assert!(matches!(connect_err(&t.url("/nope")).await, ClientError::Refused { status: 404, .. }));
+    assert!(matches!(
+        connect_err(&t.url("/nope")).await,
+        ClientError::Refused { status: 404, .. }
+    ));
 }
 
 #[tokio::test]
@@ -269,12 +366,18 @@ async fn second_source_is_refused_and_a_returning_source_continues() {
     let mut src = connect(&t.url("/source/s")).await;
     let mut r = connect(&t.url("/stream/s")).await;
     wait_receivers(&t, "s", 1).await;
-    assert!(matches!(connect_err(&t.url("/source/s")).await, ClientError::Refused { status: 409, .. }));
+    assert!(matches!(
+        connect_err(&t.url("/source/s")).await,
+        ClientError::Refused { status: 409, .. }
+    ));
     let kf = protocol::pixels_keyframe(1, 0, 2, 2, &[7u8; 16]);
     src.send(&kf).await.unwrap();
     assert_eq!(&within(r.recv_binary()).await.unwrap()[..], &kf[..]);
     src.close(1000).await.unwrap();
-    eventually("source gone", || !t.relay.channels.get("s").unwrap().has_source()).await;
+    eventually("source gone", || {
+        !t.relay.channels.get("s").unwrap().has_source()
+    })
+    .await;
     // The receiver stays; a late joiner still gets the cached keyframe.
     let mut late = connect(&t.url("/stream/s")).await;
     assert_eq!(&within(late.recv_binary()).await.unwrap()[..], &kf[..]);
@@ -310,7 +413,16 @@ async fn invalid_source_messages_are_not_forwarded() {
     let good = protocol::frame(FrameType::Haptic, 0, 42, 0, (0, 0), b"good");
     src.send(&good).await.unwrap();
     assert_eq!(&within(r.recv_binary()).await.unwrap()[..], &good[..]);
-    assert_eq!(t.relay.channels.get("v").unwrap().traffic.snapshot().invalid, 8);
+    assert_eq!(
+        t.relay
+            .channels
+            .get("v")
+            .unwrap()
+            .traffic
+            .snapshot()
+            .invalid,
+        8
+    );
 }
 
 #[tokio::test]
@@ -326,7 +438,10 @@ async fn oversize_message_closes_that_peer_with_1009_only() {
         Err(ClientError::Closed(code, _)) => assert_eq!(code, 1009),
         other => panic!("expected a 1009 close, got {other:?}"),
     }
-    eventually("source slot free", || !t.relay.channels.get("big").unwrap().has_source()).await;
+    eventually("source slot free", || {
+        !t.relay.channels.get("big").unwrap().has_source()
+    })
+    .await;
     let mut src = connect(&t.url("/source/big")).await;
     let m = protocol::frame(FrameType::Haptic, 0, 1, 0, (0, 0), b"ok");
     src.send(&m).await.unwrap();
@@ -339,14 +454,29 @@ async fn signaling_text_is_broadcast_to_the_other_peers() {
     let mut a = connect(&t.url("/signal/room")).await;
     let mut b = connect(&t.url("/signal/room")).await;
     let mut c = connect(&t.url("/signal/room")).await;
-    eventually("3 signal peers", || t.relay.channels.get("room").is_some_and(|c| c.signal_peer_count() == 3)).await;
+    eventually("3 signal peers", || {
+        t.relay
+            .channels
+            .get("room")
+            .is_some_and(|c| c.signal_peer_count() == 3)
+    })
+    .await;
     a.send_text(r#"{"sdp":"offer"}"#).await.unwrap();
     for p in [&mut b, &mut c] {
-        assert_eq!(within(p.recv()).await.unwrap(), Message::Text(r#"{"sdp":"offer"}"#.into()));
+        assert_eq!(
+            within(p.recv()).await.unwrap(),
+            Message::Text(r#"{"sdp":"offer"}"#.into())
+        );
     }
     b.send_text("answer").await.unwrap();
-    assert_eq!(within(a.recv()).await.unwrap(), Message::Text("answer".into()));
-    assert_eq!(within(c.recv()).await.unwrap(), Message::Text("answer".into()));
+    assert_eq!(
+        within(a.recv()).await.unwrap(),
+        Message::Text("answer".into())
+    );
+    assert_eq!(
+        within(c.recv()).await.unwrap(),
+        Message::Text("answer".into())
+    );
 }
 
 #[tokio::test]
@@ -372,7 +502,10 @@ async fn silent_peers_are_dropped_and_answering_peers_kept() {
         let r = alive.recv().await;
         (alive, r)
     });
-    eventually("silent receiver dropped", || t.relay.connections.keepalive_drops.get() >= 1).await;
+    eventually("silent receiver dropped", || {
+        t.relay.connections.keepalive_drops.get() >= 1
+    })
+    .await;
     wait_receivers(&t, "ka", 1).await;
     let mut src = connect(&t.url("/source/ka")).await;
     let m = protocol::frame(FrameType::Haptic, 0, 1, 0, (0, 0), b"ping?");
@@ -396,7 +529,10 @@ async fn plain_http_gets_an_answer() {
         s.write_all(req.as_bytes()).await.unwrap();
         let mut out = String::new();
         within(s.read_to_string(&mut out)).await.unwrap();
-        assert!(out.starts_with(&format!("HTTP/1.1 {status}")), "{req:?} -> {out}");
+        assert!(
+            out.starts_with(&format!("HTTP/1.1 {status}")),
+            "{req:?} -> {out}"
+        );
     }
 }
 
@@ -409,6 +545,13 @@ async fn tungstenite_source_and_receiver_interoperate() {
     let m = protocol::frame(FrameType::AudioPcm, 0, 1, 2, (2, 4800), &noise(70_000, 9));
     s.send(TMessage::Binary(m.clone().into())).await.unwrap();
     assert_eq!(next_binary(&mut r).await, m);
-    r.send(TMessage::Binary(protocol::key_input(false, 5, 6, 65, 0).into())).await.unwrap();
-    assert_eq!(next_binary(&mut s).await, protocol::key_input(false, 5, 6, 65, 0));
+    r.send(TMessage::Binary(
+        protocol::key_input(false, 5, 6, 65, 0).into(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        next_binary(&mut s).await,
+        protocol::key_input(false, 5, 6, 65, 0)
+    );
 }

@@ -9,7 +9,11 @@ use bitstream_relay::client::{Client, ClientError};
 use common::within;
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn spawn_relay(port: u16) -> Child {
@@ -60,7 +64,10 @@ async fn check_signal(sig: i32) {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        assert!(sent.elapsed() < Duration::from_secs(10), "relay did not exit within 10 s");
+        assert!(
+            sent.elapsed() < Duration::from_secs(10),
+            "relay did not exit within 10 s"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert!(status.success(), "exit status {status:?}");
@@ -78,7 +85,10 @@ async fn sigint_closes_every_peer_with_1001_and_exits_0() {
 
 #[test]
 fn help_lists_every_limit_with_its_default() {
-    let out = Command::new(env!("CARGO_BIN_EXE_bitstream-relay")).arg("--help").output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_bitstream-relay"))
+        .arg("--help")
+        .output()
+        .unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
     for opt in [
         "--addr",

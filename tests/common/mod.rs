@@ -29,7 +29,13 @@ impl TestRelay {
 
 /// Starts a relay on 127.0.0.1:0 with extra command-line flags.
 pub async fn start(flags: &[&str]) -> TestRelay {
-    let mut args = vec!["bitstream-relay", "--addr", "127.0.0.1:0", "--stats-interval-ms", "0"];
+    let mut args = vec![
+        "bitstream-relay",
+        "--addr",
+        "127.0.0.1:0",
+        "--stats-interval-ms",
+        "0",
+    ];
     args.extend_from_slice(flags);
     let server = Server::bind(Config::parse_from(args)).await.expect("bind");
     let t = TestRelay {
@@ -42,7 +48,9 @@ pub async fn start(flags: &[&str]) -> TestRelay {
 
 /// Connects a client, panicking with the error if it fails.
 pub async fn connect(url: &str) -> Client {
-    within(Client::connect(url, 64 << 20)).await.unwrap_or_else(|e| panic!("connect {url}: {e}"))
+    within(Client::connect(url, 64 << 20))
+        .await
+        .unwrap_or_else(|e| panic!("connect {url}: {e}"))
 }
 
 /// Connects a client expecting a refusal.
@@ -70,7 +78,10 @@ pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
 /// Waits until channel `name` has `n` receivers registered.
 pub async fn wait_receivers(t: &TestRelay, name: &str, n: usize) {
     eventually(&format!("{n} receivers on {name}"), || {
-        t.relay.channels.get(name).is_some_and(|c| c.receiver_count() == n)
+        t.relay
+            .channels
+            .get(name)
+            .is_some_and(|c| c.receiver_count() == n)
     })
     .await;
 }
