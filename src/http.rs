@@ -6,6 +6,7 @@ use serde_json::json;
 
 use crate::handshake::{Request, Route};
 use crate::relay::Relay;
+use crate::web;
 use crate::ws::http_response;
 
 /// The full HTTP response to a plain (non-upgrade) request.
@@ -65,7 +66,14 @@ pub fn respond(relay: &Relay, req: &Request, route: &Route) -> Vec<u8> {
                 serde_json::Value::from(list).to_string().as_bytes(),
             )
         }
-        Route::Other(_) => http_response(404, "Not Found", "text/plain", b"not found\n"),
+        Route::Legacy => {
+            let (ct, body) = web::asset("/").unwrap_or(("text/plain", b"no page\n"));
+            http_response(200, "OK", ct, body)
+        }
+        Route::Other(p) => match web::asset(p) {
+            Some((ct, body)) => http_response(200, "OK", ct, body),
+            None => http_response(404, "Not Found", "text/plain", b"not found\n"),
+        },
         _ => http_response(
             426,
             "Upgrade Required",

@@ -30,6 +30,7 @@ pub mod relay;
 pub mod server;
 pub mod session;
 pub mod stats;
+pub mod web;
 pub mod ws;
 
 use std::io;
