@@ -132,6 +132,15 @@ impl Channel {
         self.receivers.load().len()
     }
 
+    /// Bytes queued for this channel's receivers right now.
+    pub fn egress_queued_bytes(&self) -> usize {
+        self.receivers
+            .load()
+            .iter()
+            .map(|r| r.egress.queued_bytes())
+            .sum()
+    }
+
     /// Signaling peers connected now.
     pub fn signal_peer_count(&self) -> usize {
         self.signal_peers.load().len()

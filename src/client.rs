@@ -12,8 +12,12 @@ use thiserror::Error;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use serde_json::{Map, Value};
+
+use crate::codec::{self, CodecError};
 use crate::conn::{Incoming, ReadError, WsReader};
 use crate::handshake;
+use crate::protocol::{self, FrameType, Header, HEADER_LEN};
 use crate::ws;
 
 /// Why a client operation failed.
@@ -42,6 +46,9 @@ pub enum ClientError {
     /// The server closed the connection with this code and reason.
     #[error("closed by server: {0} {1}")]
     Closed(u16, String),
+    /// A picture could not be delta-encoded (size mismatch).
+    #[error("codec: {0}")]
+    Codec(#[from] CodecError),
 }
 
 /// A message received by a client.
@@ -290,9 +297,408 @@ impl Client {
     }
 }
 
+/// Exponential backoff with jitter for reconnection: the n-th wait is a
+/// random duration in `[d/2, d]` where `d = min(base * 2^n, max)`.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    base: Duration,
+    max: Duration,
+    attempt: u32,
+    seed: u64,
+}
+
+impl Backoff {
+    /// A backoff starting at `base` and capped at `max`.
+    pub fn new(base: Duration, max: Duration) -> Self {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0x5EED)
+            | 1;
+        Self {
+            base,
+            max,
+            attempt: 0,
+            seed,
+        }
+    }
+
+    /// The next wait.
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self
+            .base
+            .saturating_mul(1u32 << self.attempt.min(16))
+            .min(self.max);
+        self.attempt += 1;
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        let half = d / 2;
+        half + Duration::from_nanos(self.seed % (half.as_nanos() as u64 + 1))
+    }
+
+    /// Starts over after a success.
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+/// The current picture a [`Receiver`] has rebuilt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Picture {
+    /// Width in pixels.
+    pub width: u16,
+    /// Height in pixels.
+    pub height: u16,
+    /// RGBA8 pixels, `width*height*4` bytes.
+    pub rgba: Vec<u8>,
+}
+
+/// What [`Receiver::next`] saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The picture changed (keyframe or delta applied).
+    Picture(Header),
+    /// The signal state changed.
+    Signal(Header),
+    /// Any other frame (audio, opaque, ping, stream end), as received.
+    Frame(Header, Bytes),
+    /// The connection was lost and re-established; state was reset and the
+    /// relay's catch-up follows.
+    Reconnected,
+}
+
+/// Folds a signal message into a JSON object: sync replaces, diff merges
+/// shallowly, `null` deletes. Errors if the payload is not a JSON object.
+pub fn fold_signal(
+    state: &mut Map<String, Value>,
+    diff: bool,
+    json: &[u8],
+) -> Result<(), serde_json::Error> {
+    let obj: Map<String, Value> = serde_json::from_slice(json)?;
+    if diff {
+        for (k, v) in obj {
+            if v.is_null() {
+                state.remove(&k);
+            } else {
+                state.insert(k, v);
+            }
+        }
+    } else {
+        *state = obj;
+    }
+    Ok(())
+}
+
+/// A receiver that rebuilds the source's current picture (keyframes and
+/// ZRLE deltas) and signal state, and reconnects with backoff and jitter,
+/// resynchronizing from the relay's catch-up.
+pub struct Receiver {
+    url: String,
+    client: Option<Client>,
+    picture: Option<Picture>,
+    signal: Map<String, Value>,
+    backoff: Backoff,
+    /// Frames received since creation.
+    pub frames: u64,
+    /// Reconnections so far.
+    pub reconnects: u64,
+    /// Deltas that could not be applied (no picture yet, or bad data).
+    pub undecodable: u64,
+}
+
+impl Receiver {
+    /// Connects to a `/stream/{name}` URL.
+    pub async fn connect(url: &str) -> Result<Self, ClientError> {
+        let client = Client::connect(url, 64 << 20).await?;
+        Ok(Self {
+            url: url.to_owned(),
+            client: Some(client),
+            picture: None,
+            signal: Map::new(),
+            backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
+            frames: 0,
+            reconnects: 0,
+            undecodable: 0,
+        })
+    }
+
+    /// The rebuilt picture, once a keyframe has arrived.
+    pub fn picture(&self) -> Option<&Picture> {
+        self.picture.as_ref()
+    }
+
+    /// The folded signal state.
+    pub fn signal(&self) -> &Map<String, Value> {
+        &self.signal
+    }
+
+    /// Sends an input message to the source (dropped while disconnected).
+    pub async fn send_input(&mut self, msg: &[u8]) -> Result<(), ClientError> {
+        match self.client.as_mut() {
+            Some(c) => c.send(msg).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Receives and applies the next message, reconnecting as needed.
+    pub async fn next(&mut self) -> Result<Event, ClientError> {
+        loop {
+            let Some(client) = self.client.as_mut() else {
+                tokio::time::sleep(self.backoff.next_delay()).await;
+                if let Ok(c) = Client::connect(&self.url, 64 << 20).await {
+                    self.client = Some(c);
+                    self.backoff.reset();
+                    self.reconnects += 1;
+                    // The relay's catch-up is the new truth.
+                    self.picture = None;
+                    self.signal.clear();
+                    return Ok(Event::Reconnected);
+                }
+                continue;
+            };
+            let msg = match client.recv().await {
+                Ok(Message::Binary(b)) => b,
+                Ok(Message::Text(_)) => continue,
+                Err(_) => {
+                    self.client = None;
+                    continue;
+                }
+            };
+            self.frames += 1;
+            return Ok(self.apply(msg));
+        }
+    }
+
+    fn apply(&mut self, msg: Bytes) -> Event {
+        let Ok(h) = Header::parse(&msg) else {
+            return Event::Frame(Header::default(), msg);
+        };
+        let payload = &msg[HEADER_LEN.min(msg.len())..];
+        match h.frame_type() {
+            FrameType::Pixels | FrameType::Keyframe if payload.len() == h.rgba_len() => {
+                self.picture = Some(Picture {
+                    width: h.width,
+                    height: h.height,
+                    rgba: payload.to_vec(),
+                });
+                Event::Picture(h)
+            }
+            FrameType::DeltaPixels => {
+                let ok = match self.picture.as_mut() {
+                    Some(p) if (p.width, p.height) == (h.width, h.height) => {
+                        let mut next = p.rgba.clone();
+                        if codec::apply_delta(&mut next, payload).is_ok() {
+                            p.rgba = next;
+                            true
+                        } else {
+                            false
+                        }
+                    }
+                    _ => false,
+                };
+                if ok {
+                    Event::Picture(h)
+                } else {
+                    self.undecodable += 1;
+                    Event::Frame(h, msg)
+                }
+            }
+            t @ (FrameType::SignalSync | FrameType::SignalDiff) => {
+                if fold_signal(&mut self.signal, t == FrameType::SignalDiff, payload).is_ok() {
+                    Event::Signal(h)
+                } else {
+                    Event::Frame(h, msg)
+                }
+            }
+            _ => Event::Frame(h, msg),
+        }
+    }
+}
+
+/// A source that sends pictures (as keyframes and ZRLE deltas, choosing for
+/// itself), signal state and other frames, and reconnects with backoff and
+/// jitter. After a reconnect it first re-sends its current picture as a
+/// keyframe and its whole signal state as a `SignalSync`, so the relay and
+/// every receiver resynchronize.
+pub struct Source {
+    url: String,
+    client: Option<Client>,
+    prev: Option<Picture>,
+    signal: Map<String, Value>,
+    backoff: Backoff,
+    seq: u16,
+    started: std::time::Instant,
+    since_keyframe: u32,
+    /// Send a keyframe at least every this many pictures.
+    pub keyframe_interval: u32,
+    /// Reconnections so far.
+    pub reconnects: u64,
+}
+
+impl Source {
+    /// Connects to a `/source/{name}` URL.
+    pub async fn connect(url: &str) -> Result<Self, ClientError> {
+        let client = Client::connect(url, 16 << 20).await?;
+        Ok(Self {
+            url: url.to_owned(),
+            client: Some(client),
+            prev: None,
+            signal: Map::new(),
+            backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
+            seq: 0,
+            started: std::time::Instant::now(),
+            since_keyframe: 0,
+            keyframe_interval: 120,
+            reconnects: 0,
+        })
+    }
+
+    fn header(&mut self) -> (u16, u32) {
+        self.seq = self.seq.wrapping_add(1);
+        (self.seq, self.started.elapsed().as_millis() as u32)
+    }
+
+    /// Sends a raw protocol message, reconnecting (and resynchronizing) first
+    /// if the connection is down. A message that fails mid-send is retried
+    /// once on the new connection.
+    pub async fn send_message(&mut self, msg: &[u8]) -> Result<(), ClientError> {
+        for _ in 0..2 {
+            self.ensure_connected().await?;
+            if let Some(c) = self.client.as_mut() {
+                match c.send(msg).await {
+                    Ok(()) => return Ok(()),
+                    Err(_) => self.client = None,
+                }
+            }
+        }
+        Err(ClientError::Io(std::io::Error::from(
+            std::io::ErrorKind::NotConnected,
+        )))
+    }
+
+    async fn ensure_connected(&mut self) -> Result<(), ClientError> {
+        while self.client.is_none() {
+            tokio::time::sleep(self.backoff.next_delay()).await;
+            let Ok(mut c) = Client::connect(&self.url, 16 << 20).await else {
+                continue;
+            };
+            self.backoff.reset();
+            self.reconnects += 1;
+            let (seq, ts) = self.header();
+            let mut resync = Vec::new();
+            if let Some(p) = &self.prev {
+                resync.push(protocol::pixels_keyframe(
+                    seq, ts, p.width, p.height, &p.rgba,
+                ));
+            }
+            if !self.signal.is_empty() {
+                let json = serde_json::to_vec(&self.signal).unwrap_or_default();
+                resync.push(protocol::signal(false, seq, ts, &json));
+            }
+            let mut ok = true;
+            for m in &resync {
+                ok &= c.send(m).await.is_ok();
+            }
+            if ok {
+                self.client = Some(c);
+                self.since_keyframe = 0;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a picture: a keyframe when needed (first picture, size change,
+    /// every `keyframe_interval`, or a delta larger than the picture), else
+    /// a ZRLE delta against the previous picture.
+    pub async fn send_picture(
+        &mut self,
+        width: u16,
+        height: u16,
+        rgba: &[u8],
+    ) -> Result<(), ClientError> {
+        let (seq, ts) = self.header();
+        let delta = match &self.prev {
+            Some(p)
+                if (p.width, p.height) == (width, height)
+                    && self.since_keyframe < self.keyframe_interval =>
+            {
+                let mut z = Vec::new();
+                codec::encode_delta(&p.rgba, rgba, &mut z)?;
+                (z.len() < rgba.len()).then_some(z)
+            }
+            _ => None,
+        };
+        let msg = match delta {
+            Some(z) => {
+                self.since_keyframe += 1;
+                protocol::delta_pixels(seq, ts, width, height, &z)
+            }
+            None => {
+                self.since_keyframe = 0;
+                protocol::pixels_keyframe(seq, ts, width, height, rgba)
+            }
+        };
+        self.prev = Some(Picture {
+            width,
+            height,
+            rgba: rgba.to_vec(),
+        });
+        self.send_message(&msg).await
+    }
+
+    /// Merges `diff` into the signal state and sends it as a `SignalDiff`.
+    pub async fn send_signal_diff(&mut self, diff: &Map<String, Value>) -> Result<(), ClientError> {
+        let json = serde_json::to_vec(diff).unwrap_or_default();
+        let _ = fold_signal(&mut self.signal, true, &json);
+        let (seq, ts) = self.header();
+        self.send_message(&protocol::signal(true, seq, ts, &json))
+            .await
+    }
+
+    /// Receives the next input from a receiver (reconnecting as needed).
+    pub async fn recv_input(&mut self) -> Result<Bytes, ClientError> {
+        loop {
+            self.ensure_connected().await?;
+            if let Some(c) = self.client.as_mut() {
+                match c.recv().await {
+                    Ok(Message::Binary(b)) => return Ok(b),
+                    Ok(Message::Text(_)) => {}
+                    Err(_) => self.client = None,
+                }
+            }
+        }
+    }
+
+    /// The folded signal state this source has sent.
+    pub fn signal(&self) -> &Map<String, Value> {
+        &self.signal
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_caps() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let d: Vec<_> = (0..8).map(|_| b.next_delay()).collect();
+        assert!(d[0] >= Duration::from_millis(50) && d[0] <= Duration::from_millis(100));
+        assert!(d[3] >= Duration::from_millis(400) && d[3] <= Duration::from_millis(800));
+        assert!(d.iter().all(|x| *x <= Duration::from_secs(2)));
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn signal_folding() {
+        let mut m = Map::new();
+        fold_signal(&mut m, false, br#"{"a":1,"b":2}"#).unwrap();
+        fold_signal(&mut m, true, br#"{"a":null,"c":3}"#).unwrap();
+        assert_eq!(Value::Object(m.clone()), serde_json::json!({"b":2,"c":3}));
+        assert!(fold_signal(&mut m, true, b"[]").is_err());
+    }
 
     #[test]
     fn urls() {

@@ -43,7 +43,7 @@ use thiserror::Error;
 /// Zero runs of at least this many bytes between changed bytes end a literal run
 /// (shorter runs are kept as literal bytes). Must be at least 8: the encoder only
 /// looks for zero runs that cross or fill a 64-bit word.
-pub const MIN_ZERO_RUN: usize = 16;
+pub const MIN_ZERO_RUN: usize = 8;
 
 /// The encoder splits literal runs into tokens of at most this many literal bytes.
 /// A multiple of 8.

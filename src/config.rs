@@ -116,6 +116,10 @@ pub struct Config {
     /// and write paths (for WebSocket conformance suites). Off by default.
     #[arg(long, env = "RELAY_ECHO_ENDPOINT", default_value_t = false)]
     pub echo_endpoint: bool,
+    /// Channels exported one by one in `/metrics` (the busiest by bytes
+    /// out); the rest are only in the totals.
+    #[arg(long, env = "RELAY_METRICS_MAX_CHANNELS", default_value_t = 100)]
+    pub metrics_max_channels: usize,
     /// Log format.
     #[arg(long, env = "RELAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

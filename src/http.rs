@@ -40,6 +40,12 @@ pub fn respond(relay: &Relay, req: &Request, route: &Route) -> Vec<u8> {
                 body.to_string().as_bytes(),
             )
         }
+        Route::Other(p) if p == "/metrics" => http_response(
+            200,
+            "OK",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            crate::metrics::render(relay).as_bytes(),
+        ),
         Route::Other(p) if p == "/channels" => {
             let list: Vec<_> = relay
                 .channels

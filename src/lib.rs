@@ -24,6 +24,7 @@ pub mod egress;
 pub mod gc;
 pub mod handshake;
 pub mod http;
+pub mod metrics;
 pub mod protocol;
 pub mod ratelimit;
 pub mod relay;

@@ -17,20 +17,17 @@ use crate::relay::Relay;
 use crate::stats::Refusal;
 use crate::{http, session, ws};
 
-/// Accepts connections until the relay shuts down.
+/// Accepts connections until the task is dropped. While the relay drains
+/// at shutdown it keeps answering: health says 503, upgrades are refused.
 pub async fn serve(listener: TcpListener, relay: Arc<Relay>) {
-    let mut shutdown = relay.shutdown_signal();
     loop {
-        tokio::select! {
-            r = listener.accept() => match r {
-                Ok((stream, addr)) => accept(&relay, stream, addr),
-                Err(e) => {
-                    // Typically EMFILE: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            },
-            _ = crate::relay::shutting_down(&mut shutdown) => return,
+        match listener.accept().await {
+            Ok((stream, addr)) => accept(&relay, stream, addr),
+            Err(e) => {
+                // Typically EMFILE: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
     }
 }

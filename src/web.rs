@@ -7,8 +7,14 @@ pub type Asset = (&'static str, &'static [u8]);
 /// The embedded file served at `path`, if any.
 pub fn asset(path: &str) -> Option<Asset> {
     match path {
-        "/" | "/index.html" => Some(("text/html; charset=utf-8", include_bytes!("../web/index.html"))),
-        "/client.js" => Some(("text/javascript; charset=utf-8", include_bytes!("../web/client.js"))),
+        "/" | "/index.html" => Some((
+            "text/html; charset=utf-8",
+            include_bytes!("../web/index.html"),
+        )),
+        "/client.js" => Some((
+            "text/javascript; charset=utf-8",
+            include_bytes!("../web/client.js"),
+        )),
         _ => None,
     }
 }

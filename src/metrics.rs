@@ -1,0 +1,206 @@
+//! `GET /metrics`: the relay's atomic counters in the Prometheus text
+//! format, through `prometheus-client`. A registry is filled from the
+//! counters at each scrape, so the hot path never touches it. Per-channel
+//! series are capped at `--metrics-max-channels` (the busiest by bytes out).
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::relay::Relay;
+use crate::stats::{Refusal, TrafficSnapshot};
+
+type Labels = Vec<(&'static str, String)>;
+
+fn counter(reg: &mut Registry, name: &str, help: &str, v: u64) {
+    let c: Counter = Counter::default();
+    c.inc_by(v);
+    reg.register(name, help, c);
+}
+
+fn gauge(reg: &mut Registry, name: &str, help: &str, v: u64) {
+    let g: Gauge = Gauge::default();
+    g.set(v as i64);
+    reg.register(name, help, g);
+}
+
+/// One traffic counter: its metric name, help, and how to read it.
+const TRAFFIC: [(&str, &str, fn(&TrafficSnapshot) -> u64); 11] = [
+    ("frames_in", "Valid frames received from sources", |t| {
+        t.frames_in
+    }),
+    (
+        "bytes_in",
+        "Bytes of valid frames received from sources",
+        |t| t.bytes_in,
+    ),
+    ("frames_out", "Frame deliveries to receivers", |t| {
+        t.frames_out
+    }),
+    ("bytes_out", "Bytes delivered to receivers", |t| t.bytes_out),
+    ("inputs", "Inputs forwarded to sources", |t| t.inputs),
+    ("invalid", "Messages refused by validation", |t| t.invalid),
+    (
+        "dropped",
+        "Messages dropped (queue full, no source, rate limit)",
+        |t| t.dropped,
+    ),
+    ("catchups", "Catch-ups sent (joins and resyncs)", |t| {
+        t.catchups
+    }),
+    ("slow_skips", "Slow receivers skipped forward", |t| {
+        t.slow_skips
+    }),
+    ("slow_closes", "Slow receivers closed (3008)", |t| {
+        t.slow_closes
+    }),
+    ("signal_messages", "Signaling messages broadcast", |t| {
+        t.signal_messages
+    }),
+];
+
+/// Renders every metric in the Prometheus text exposition format.
+pub fn render(relay: &Relay) -> String {
+    let mut reg = Registry::with_prefix("relay");
+    let summary = relay.summary();
+    let c = &relay.connections;
+    gauge(
+        &mut reg,
+        "uptime_seconds",
+        "Seconds since the relay started",
+        relay.uptime_ms() / 1000,
+    );
+    gauge(
+        &mut reg,
+        "channels",
+        "Channels that exist now",
+        summary.channels as u64,
+    );
+    gauge(
+        &mut reg,
+        "connections_open",
+        "Open connections (handshakes included)",
+        c.open.get(),
+    );
+    counter(
+        &mut reg,
+        "connections_accepted",
+        "TCP connections accepted",
+        c.accepted.get(),
+    );
+    counter(
+        &mut reg,
+        "keepalive_drops",
+        "Peers dropped for not answering pings",
+        c.keepalive_drops.get(),
+    );
+    counter(
+        &mut reg,
+        "too_big",
+        "Peers closed with 1009 for an over-size message",
+        c.too_big.get(),
+    );
+
+    let by_role = Family::<Labels, Gauge>::default();
+    for (role, v) in [
+        ("source", &c.sources),
+        ("receiver", &c.receivers),
+        ("signal", &c.signal_peers),
+    ] {
+        by_role
+            .get_or_create(&vec![("role", role.to_owned())])
+            .set(v.get() as i64);
+    }
+    reg.register("connections", "Connected peers by role", by_role);
+
+    let refused = Family::<Labels, Counter>::default();
+    for why in Refusal::ALL {
+        refused
+            .get_or_create(&vec![("reason", why.label().to_owned())])
+            .inc_by(c.refused[why as usize].get());
+    }
+    reg.register("refused", "Connections refused, by reason", refused);
+
+    for (name, help, get) in TRAFFIC {
+        counter(&mut reg, name, help, get(&summary.traffic));
+    }
+
+    let mut channels: Vec<_> = relay.channels.iter().map(|e| e.value().clone()).collect();
+    let queued: u64 = channels
+        .iter()
+        .map(|ch| ch.egress_queued_bytes() as u64)
+        .sum();
+    gauge(
+        &mut reg,
+        "egress_queue_bytes",
+        "Bytes queued for receivers right now",
+        queued,
+    );
+    channels.sort_by_key(|ch| std::cmp::Reverse(ch.traffic.bytes_out.get()));
+    channels.truncate(relay.config.metrics_max_channels);
+    let per_channel: Vec<Family<Labels, Counter>> =
+        TRAFFIC.iter().map(|_| Family::default()).collect();
+    let receivers = Family::<Labels, Gauge>::default();
+    let cached = Family::<Labels, Gauge>::default();
+    for ch in &channels {
+        let labels = vec![("channel", ch.name.to_string())];
+        let t = ch.traffic.snapshot();
+        for ((_, _, get), fam) in TRAFFIC.iter().zip(&per_channel) {
+            fam.get_or_create(&labels).inc_by(get(&t));
+        }
+        receivers
+            .get_or_create(&labels)
+            .set(ch.receiver_count() as i64);
+        cached
+            .get_or_create(&labels)
+            .set(ch.catch_up().size() as i64);
+    }
+    let mut sub = reg.sub_registry_with_prefix("channel");
+    for ((name, help, _), fam) in TRAFFIC.iter().zip(per_channel) {
+        sub.register(*name, *help, fam);
+    }
+    sub = sub.sub_registry_with_prefix("state");
+    sub.register("receivers", "Receivers connected to the channel", receivers);
+    sub.register(
+        "cached_bytes",
+        "Size of the channel's catch-up state",
+        cached,
+    );
+
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = encode(&mut out, &reg);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use clap::Parser;
+
+    #[test]
+    fn renders_counters_and_channels() {
+        let relay = Relay::new(Config::parse_from(["x"]));
+        let ch = relay.attach("cam").unwrap();
+        ch.traffic.frames_in.add(7);
+        relay.connections.refuse(Refusal::BadName);
+        let text = render(&relay);
+        assert!(text.contains("relay_frames_in_total 7"), "{text}");
+        assert!(
+            text.contains("relay_channel_frames_in_total{channel=\"cam\"} 7"),
+            "{text}"
+        );
+        assert!(
+            text.contains("relay_refused_total{reason=\"bad_name\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("relay_connections{role=\"receiver\"} 0"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"));
+    }
+}
