@@ -6,6 +6,14 @@
 //! leave, source claim) serialize on a small mutex that the fan-out never
 //! takes, and rebuild the receiver list copy-on-write.
 //!
+//! Fan-out of a big channel scales with cores: receivers are sharded by
+//! peer id; the source's task writes shard 0 itself and, once the channel
+//! has `--fanout-shard-min` receivers (and the runtime has more than one
+//! worker), hands every frame to one worker task per other shard over a
+//! bounded queue. A receiver always stays in its shard and a shard's frames
+//! are handled by one task in order, so per-receiver order holds; the switch
+//! to workers is one-way for the same reason.
+//!
 //! Ordering of a join against the live stream: the source stores the new
 //! snapshot, then loads the receiver list; a joiner stores the new list, then
 //! loads the snapshot under its own egress lock. With a `SeqCst` fence on
@@ -19,6 +27,8 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
+use bytes::Bytes;
+use tokio::sync::mpsc;
 
 use crate::cache::{CacheError, CacheWriter, CatchUp};
 use crate::conn::WireMessage;
@@ -56,6 +66,35 @@ pub struct Peer {
     pub egress: Egress,
 }
 
+/// How a channel spreads its fan-out over cores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fanout {
+    /// Receiver shards (one per runtime worker; 1 disables sharding).
+    pub shards: usize,
+    /// Receivers at which the other shards move to their own tasks.
+    pub shard_min: usize,
+}
+
+impl Default for Fanout {
+    fn default() -> Self {
+        Self {
+            shards: 1,
+            shard_min: usize::MAX,
+        }
+    }
+}
+
+/// One frame for a shard worker.
+#[derive(Debug)]
+struct Job {
+    frame: Bytes,
+    seq: u64,
+    len: u64,
+}
+
+/// Frames a shard worker may have queued before the source waits.
+const SHARD_QUEUE: usize = 64;
+
 /// A channel. See the module docs.
 #[derive(Debug)]
 pub struct Channel {
@@ -65,7 +104,10 @@ pub struct Channel {
     pub traffic: Traffic,
     cache: ArcSwap<CatchUp>,
     writer: Mutex<CacheWriter>,
-    receivers: ArcSwap<Vec<Arc<Peer>>>,
+    receivers: Box<[ArcSwap<Vec<Arc<Peer>>>]>,
+    receiver_count: AtomicUsize,
+    fanout: Fanout,
+    workers: OnceLock<Vec<mpsc::Sender<Job>>>,
     signal_peers: ArcSwap<Vec<Arc<Peer>>>,
     source: ArcSwapOption<Peer>,
     membership: Mutex<()>,
@@ -84,13 +126,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Channel {
     /// A new, empty channel.
-    pub fn new(name: Arc<str>, max_signal_state: usize) -> Self {
+    pub fn new(name: Arc<str>, max_signal_state: usize, fanout: Fanout) -> Self {
+        let shards = fanout.shards.max(1);
         Self {
             name,
             traffic: Traffic::default(),
             cache: ArcSwap::from_pointee(CatchUp::default()),
             writer: Mutex::new(CacheWriter::new(max_signal_state)),
-            receivers: ArcSwap::from_pointee(Vec::new()),
+            receivers: (0..shards)
+                .map(|_| ArcSwap::from_pointee(Vec::new()))
+                .collect(),
+            receiver_count: AtomicUsize::new(0),
+            fanout: Fanout { shards, ..fanout },
+            workers: OnceLock::new(),
             signal_peers: ArcSwap::from_pointee(Vec::new()),
             source: ArcSwapOption::empty(),
             membership: Mutex::new(()),
@@ -129,16 +177,24 @@ impl Channel {
 
     /// Receivers connected now.
     pub fn receiver_count(&self) -> usize {
-        self.receivers.load().len()
+        self.receiver_count.load(Ordering::Relaxed)
+    }
+
+    fn shard_of(&self, peer: &Peer) -> &ArcSwap<Vec<Arc<Peer>>> {
+        &self.receivers[peer.id as usize % self.receivers.len()]
     }
 
     /// Bytes queued for this channel's receivers right now.
     pub fn egress_queued_bytes(&self) -> usize {
-        self.receivers
-            .load()
-            .iter()
-            .map(|r| r.egress.queued_bytes())
-            .sum()
+        let mut total = 0;
+        for shard in self.receivers.iter() {
+            total += shard
+                .load()
+                .iter()
+                .map(|r| r.egress.queued_bytes())
+                .sum::<usize>();
+        }
+        total
     }
 
     /// Signaling peers connected now.
@@ -181,14 +237,16 @@ impl Channel {
         peer.egress.mark_resync();
         {
             let _m = lock(&self.membership);
-            let cur = self.receivers.load();
-            if cur.len() >= max {
+            if self.receiver_count() >= max {
                 return Err(Refusal::ReceiverLimit);
             }
+            let shard = self.shard_of(peer);
+            let cur = shard.load();
             let mut next = Vec::with_capacity(cur.len() + 1);
             next.extend(cur.iter().cloned());
             next.push(peer.clone());
-            self.receivers.store(Arc::new(next));
+            shard.store(Arc::new(next));
+            self.receiver_count.fetch_add(1, Ordering::Relaxed);
         }
         fence(Ordering::SeqCst);
         self.resync(peer);
@@ -197,7 +255,9 @@ impl Channel {
 
     /// Removes a receiver.
     pub fn remove_receiver(&self, peer: &Arc<Peer>) {
-        Self::remove_from(&self.membership, &self.receivers, peer);
+        if Self::remove_from(&self.membership, self.shard_of(peer), peer) {
+            self.receiver_count.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// Adds a signaling peer unless `max` are connected.
@@ -219,11 +279,16 @@ impl Channel {
         Self::remove_from(&self.membership, &self.signal_peers, peer);
     }
 
-    fn remove_from(membership: &Mutex<()>, list: &ArcSwap<Vec<Arc<Peer>>>, peer: &Arc<Peer>) {
+    /// Removes `peer` from `list`; false if it was not there.
+    fn remove_from(
+        membership: &Mutex<()>,
+        list: &ArcSwap<Vec<Arc<Peer>>>,
+        peer: &Arc<Peer>,
+    ) -> bool {
         let _m = lock(membership);
         let cur = list.load();
         if !cur.iter().any(|p| Arc::ptr_eq(p, peer)) {
-            return;
+            return false;
         }
         let next: Vec<Arc<Peer>> = cur
             .iter()
@@ -231,6 +296,7 @@ impl Channel {
             .cloned()
             .collect();
         list.store(Arc::new(next));
+        true
     }
 
     /// Sends `peer` the current catch-up state (join or skip-forward).
@@ -243,30 +309,85 @@ impl Channel {
     }
 
     /// Folds a validated source message into the catch-up state, then hands
-    /// it to every receiver, in order, the same `Bytes` to each. Returns how
-    /// many receivers took it (written or queued). On error the message is
-    /// neither cached nor forwarded.
-    pub fn publish(&self, h: &Header, msg: &WireMessage) -> Result<usize, CacheError> {
+    /// it to every receiver, in order, the same `Bytes` to each. On error the
+    /// message is neither cached nor forwarded.
+    pub async fn publish(
+        self: &Arc<Self>,
+        h: &Header,
+        msg: &WireMessage,
+    ) -> Result<(), CacheError> {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
         if let Some(snap) = lock(&self.writer).apply(h, msg, seq)? {
             self.cache.store(snap);
         }
         fence(Ordering::SeqCst);
-        let receivers = self.receivers.load_full();
+        let len = msg.payload().len() as u64;
+        self.traffic.frames_in.inc();
+        self.traffic.bytes_in.add(len);
+        let workers = match self.workers.get() {
+            Some(w) => Some(w),
+            None if self.fanout.shards > 1 && self.receiver_count() >= self.fanout.shard_min => {
+                Some(self.start_workers())
+            }
+            None => None,
+        };
+        match workers {
+            Some(workers) => {
+                for tx in workers {
+                    // A worker only ends with the channel, which we hold.
+                    let _ = tx
+                        .send(Job {
+                            frame: msg.wire.clone(),
+                            seq,
+                            len,
+                        })
+                        .await;
+                }
+                self.fan_shard(0, &msg.wire, seq, len);
+            }
+            None => {
+                for k in 0..self.receivers.len() {
+                    self.fan_shard(k, &msg.wire, seq, len);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands a frame to every receiver of shard `k`.
+    fn fan_shard(&self, k: usize, frame: &Bytes, seq: u64, len: u64) {
+        let receivers = self.receivers[k].load_full();
         let mut delivered = 0u64;
         for r in receivers.iter() {
-            match r.egress.send_live(&msg.wire, seq) {
+            match r.egress.send_live(frame, seq) {
                 Outcome::Sent | Outcome::Queued => delivered += 1,
                 Outcome::Overflow => self.traffic.slow_skips.inc(),
                 Outcome::Skipped | Outcome::Dropped | Outcome::Closed => {}
             }
         }
-        let len = msg.payload().len() as u64;
-        self.traffic.frames_in.inc();
-        self.traffic.bytes_in.add(len);
-        self.traffic.frames_out.add(delivered);
-        self.traffic.bytes_out.add(delivered * len);
-        Ok(delivered as usize)
+        if delivered > 0 {
+            self.traffic.frames_out.add(delivered);
+            self.traffic.bytes_out.add(delivered * len);
+        }
+    }
+
+    /// Spawns one worker task per shard but the first (once per channel).
+    fn start_workers(self: &Arc<Self>) -> &Vec<mpsc::Sender<Job>> {
+        self.workers.get_or_init(|| {
+            (1..self.receivers.len())
+                .map(|k| {
+                    let (tx, mut rx) = mpsc::channel::<Job>(SHARD_QUEUE);
+                    let weak = Arc::downgrade(self);
+                    tokio::spawn(async move {
+                        while let Some(job) = rx.recv().await {
+                            let Some(ch) = weak.upgrade() else { return };
+                            ch.fan_shard(k, &job.frame, job.seq, job.len);
+                        }
+                    });
+                    tx
+                })
+                .collect()
+        })
     }
 
     /// Forwards a validated input to the source; false if there is none or

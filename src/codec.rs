@@ -41,15 +41,14 @@
 use thiserror::Error;
 
 /// Zero runs of at least this many bytes between changed bytes end a literal run
-/// (shorter runs are kept as literal bytes). Must be at least 8: the encoder only
-/// looks for zero runs that cross or fill a 64-bit word.
-pub const MIN_ZERO_RUN: usize = 8;
+/// (shorter runs are kept as literal bytes). Between 2 and 64.
+pub const MIN_ZERO_RUN: usize = 5;
 
 /// The encoder splits literal runs into tokens of at most this many literal bytes.
 /// A multiple of 8.
 pub const MAX_LITERAL_RUN: usize = 16 * 1024;
 
-const _: () = assert!(MIN_ZERO_RUN >= 8 && MAX_LITERAL_RUN % 8 == 0 && MAX_LITERAL_RUN > 0);
+const _: () = assert!(MIN_ZERO_RUN >= 2 && MIN_ZERO_RUN <= 64 && MAX_LITERAL_RUN % 8 == 0);
 
 /// Errors from the ZRLE codec and the LEB128 helpers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
@@ -305,69 +304,98 @@ fn find_nonzero<S: XorSource>(s: &S, p: usize) -> usize {
     n
 }
 
+/// Bit `k` set iff byte `k` (in memory order) of the little-endian word `w` is zero.
+#[inline(always)]
+fn zero_bytes(w: u64) -> u64 {
+    const LO7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    // 0x80 in exactly the zero bytes: adding 0x7f to the low 7 bits sets bit 7 of every byte
+    // whose low bits are nonzero, without carrying into the next byte.
+    let hi = !(((w & LO7).wrapping_add(LO7)) | w | LO7);
+    // Gather bit 7 of each byte into the top byte (the partial products cannot collide
+    // or carry into it), then shift down.
+    (hi >> 7).wrapping_mul(0x0102_0408_1020_4080) >> 56
+}
+
+/// Bit `k` set iff bits `k..k + MIN_ZERO_RUN` of `z` are all set (bits past 63 count as clear).
+#[inline(always)]
+fn run_starts(z: u64) -> u64 {
+    let mut s = z;
+    let mut len = 1;
+    while len * 2 <= MIN_ZERO_RUN {
+        s &= s >> len;
+        len *= 2;
+    }
+    if len < MIN_ZERO_RUN {
+        s &= s >> (MIN_ZERO_RUN - len);
+    }
+    s
+}
+
+/// Scan the 64 bytes at `i` whose zero bytes are the set bits of `z`, with `run` zero bytes
+/// just before them (since the last nonzero byte). Returns the start of the first zero run
+/// of at least `MIN_ZERO_RUN` bytes (counting `run`), or updates `run` for the next block.
+#[inline(always)]
+fn scan_block(z: u64, i: usize, run: &mut usize) -> Option<usize> {
+    if z == !0 {
+        *run += 64;
+        return (*run >= MIN_ZERO_RUN).then(|| i + 64 - *run);
+    }
+    let head = (!z).trailing_zeros() as usize;
+    if *run + head >= MIN_ZERO_RUN {
+        return Some(i - *run);
+    }
+    // Runs that start after the first nonzero byte (`head < 64` here). The lowest such
+    // bit is preceded by a nonzero byte, so it is where a run starts.
+    let starts = run_starts(z) & (!0u64 << head);
+    if starts != 0 {
+        return Some(i + starts.trailing_zeros() as usize);
+    }
+    *run = (!z).leading_zeros() as usize;
+    None
+}
+
 /// End of the literal run that starts at the nonzero byte `q`: the start of the first
 /// zero run of at least `MIN_ZERO_RUN` bytes, or `limit` minus the zero bytes just before
 /// it. Always `> q`.
 #[inline(always)]
 fn find_literal_end<S: XorSource>(s: &S, q: usize, limit: usize) -> usize {
-    /// Account for word `w` at offset `i`; `Some(end)` if a long enough zero run ends the literals.
-    #[inline(always)]
-    fn step(w: u64, i: usize, run: &mut usize) -> Option<usize> {
-        if w == 0 {
-            *run += 8;
-            if *run >= MIN_ZERO_RUN {
-                return Some(i + 8 - *run);
-            }
-        } else {
-            // Little-endian: low-order zero bytes come first in memory.
-            let head = (w.trailing_zeros() / 8) as usize;
-            *run += head;
-            if *run >= MIN_ZERO_RUN {
-                return Some(i + head - *run);
-            }
-            *run = (w.leading_zeros() / 8) as usize;
-        }
-        None
-    }
-
     let mut i = q;
     // Zero bytes since the last nonzero byte.
     let mut run = 0usize;
     while i + 64 <= limit {
         let ws = s.words8(i);
-        let all_nonzero = ws.iter().fold(true, |acc, &w| acc & (w != 0));
-        // With no all-zero word, zero runs inside the block are at most 14 bytes long and
-        // the one entering it grows by at most 7: no run of MIN_ZERO_RUN can end here.
-        if MIN_ZERO_RUN >= 15 && all_nonzero && run + 7 < MIN_ZERO_RUN {
-            run = (ws[7].leading_zeros() / 8) as usize;
-        } else {
-            for (k, &w) in ws.iter().enumerate() {
-                if let Some(end) = step(w, i + 8 * k, &mut run) {
-                    return end;
-                }
-            }
+        let mut z = 0u64;
+        for (k, &w) in ws.iter().enumerate() {
+            z |= zero_bytes(w) << (8 * k);
+        }
+        if z == 0 {
+            run = 0;
+        } else if let Some(end) = scan_block(z, i, &mut run) {
+            return end;
         }
         i += 64;
     }
-    while i + 8 <= limit {
-        if let Some(end) = step(s.word(i), i, &mut run) {
-            return end;
-        }
-        i += 8;
+    if i == limit {
+        return limit - run;
     }
-    while i < limit {
-        if s.byte(i) == 0 {
-            run += 1;
-            if run >= MIN_ZERO_RUN {
-                return i + 1 - run;
-            }
-        } else {
-            run = 0;
-        }
-        i += 1;
+    // Tail of 1..=63 bytes, scanned as a block padded with zero bytes. A run that reaches
+    // the padding ends at `limit` either way, so the padding cannot change the result.
+    let mut z = 0u64;
+    let mut k = 0usize;
+    while i + k + 8 <= limit {
+        z |= zero_bytes(s.word(i + k)) << k;
+        k += 8;
     }
-    // Leave zeros before the cut to the next token's zero count.
-    limit - run
+    while i + k < limit {
+        z |= u64::from(s.byte(i + k) == 0) << k;
+        k += 1;
+    }
+    let pad = 64 - k;
+    z |= !0u64 << k;
+    match scan_block(z, i, &mut run) {
+        Some(end) => end,
+        None => limit - (run - pad),
+    }
 }
 
 #[inline(always)]
@@ -689,8 +717,8 @@ mod tests {
 
     #[test]
     fn short_zero_runs_stay_literal_long_ones_split() {
-        // Changed bytes separated by a zero run of MIN_ZERO_RUN - 1 bytes: one token.
-        for gap in [1, 3, 7, 8, 9, MIN_ZERO_RUN - 1] {
+        // Changed bytes separated by a zero run shorter than MIN_ZERO_RUN: one token.
+        for gap in 1..MIN_ZERO_RUN {
             for lead in [0usize, 1, 5, 8, 13] {
                 let mut x = vec![0u8; lead];
                 x.push(1);
@@ -708,7 +736,15 @@ mod tests {
             }
         }
         // A zero run of MIN_ZERO_RUN bytes or more: two tokens.
-        for gap in [MIN_ZERO_RUN, MIN_ZERO_RUN + 1, MIN_ZERO_RUN + 7, 100] {
+        for gap in [
+            MIN_ZERO_RUN,
+            MIN_ZERO_RUN + 1,
+            MIN_ZERO_RUN + 7,
+            63,
+            64,
+            65,
+            100,
+        ] {
             for lead in [0usize, 1, 5, 8, 13] {
                 let mut x = vec![0u8; lead];
                 x.extend([1, 1, 1]);
@@ -1002,16 +1038,12 @@ mod tests {
         prop::collection::vec(any::<(u8, u8)>(), 0..2000).prop_map(|v| v.into_iter().unzip())
     }
 
-    /// XOR data made of zero runs and nonzero-ish runs of lengths around the thresholds.
+    /// XOR data made of zero runs and mostly-nonzero runs, with lengths around the
+    /// threshold and around the 64-byte block size.
     fn runs_buffer() -> impl Strategy<Value = Vec<u8>> {
-        prop::collection::vec(
-            (
-                0usize..2 * MIN_ZERO_RUN + 10,
-                prop::collection::vec(any::<u8>(), 0..30),
-            ),
-            0..40,
-        )
-        .prop_map(|runs| {
+        let zeros = prop_oneof![0usize..2 * MIN_ZERO_RUN + 2, 0usize..140];
+        let byte = prop_oneof![3 => 1u8.., 1 => Just(0u8)];
+        prop::collection::vec((zeros, prop::collection::vec(byte, 0..90)), 0..40).prop_map(|runs| {
             let mut x = Vec::new();
             for (z, lits) in runs {
                 x.extend(std::iter::repeat_n(0, z));
@@ -1046,12 +1078,104 @@ mod tests {
             })
     }
 
+    /// The greedy tokenization, byte at a time: the specification of the encoder.
+    fn reference_encode(x: &[u8]) -> Vec<u8> {
+        let n = x.len();
+        let mut out = Vec::new();
+        let mut p = 0;
+        while p < n {
+            let Some(q) = (p..n).find(|&i| x[i] != 0) else {
+                write_varint((n - p) as u64, &mut out);
+                out.push(0);
+                break;
+            };
+            let limit = n.min(q + MAX_LITERAL_RUN);
+            let mut run = 0;
+            let mut end = None;
+            for (i, &b) in x.iter().enumerate().take(limit).skip(q) {
+                if b == 0 {
+                    run += 1;
+                    if run >= MIN_ZERO_RUN {
+                        end = Some(i + 1 - run);
+                        break;
+                    }
+                } else {
+                    run = 0;
+                }
+            }
+            let e = end.unwrap_or(limit - run);
+            write_varint((q - p) as u64, &mut out);
+            write_varint((e - q) as u64, &mut out);
+            out.extend_from_slice(&x[q..e]);
+            p = e;
+        }
+        out
+    }
+
+    #[test]
+    fn zero_bytes_mask() {
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        for pattern in 0u32..256 {
+            for _ in 0..8 {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                let mut b = rng.to_le_bytes();
+                for (k, v) in b.iter_mut().enumerate() {
+                    if pattern & (1 << k) != 0 {
+                        *v = 0;
+                    } else if *v == 0 {
+                        *v = 0x80 >> (k % 8);
+                    }
+                }
+                assert_eq!(
+                    zero_bytes(u64::from_le_bytes(b)),
+                    u64::from(pattern),
+                    "{b:?}"
+                );
+            }
+        }
+        assert_eq!(zero_bytes(0x0100_0000_0000_0080), 0b0111_1110);
+        assert_eq!(zero_bytes(0x8000_0000_0000_0001), 0b0111_1110);
+    }
+
+    #[test]
+    fn matches_reference_across_blocks_and_caps() {
+        // Data spanning several literal caps, with zero runs of every length up to 70.
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        for round in 0..4u64 {
+            let mut x = Vec::new();
+            while x.len() < 3 * MAX_LITERAL_RUN + 77 * round as usize {
+                let r = next();
+                let zeros = if r >> 60 < 3 + round * 4 {
+                    (r % 71) as usize
+                } else {
+                    0
+                };
+                x.extend(std::iter::repeat_n(0u8, zeros));
+                let lits = ((r >> 8) % 40) as usize;
+                x.extend((0..lits).map(|k| ((r >> (16 + k % 40)) as u8) | 1));
+            }
+            let mut p = Vec::new();
+            zrle_encode(&x, &mut p);
+            assert_eq!(p, reference_encode(&x), "round {round}");
+            assert_eq!(zrle_decode(&p, x.len()).unwrap(), x);
+        }
+    }
+
     fn check_round_trip(prev: &[u8], cur: &[u8]) -> Result<(), TestCaseError> {
         let x = xor(prev, cur);
         let p = enc(prev, cur);
         let mut p2 = Vec::new();
         zrle_encode(&x, &mut p2);
         prop_assert_eq!(&p, &p2, "encode_delta != zrle_encode(xor)");
+        prop_assert_eq!(&p, &reference_encode(&x), "encoder != reference");
         prop_assert_eq!(zrle_validate(&p, x.len()), Ok(()));
         prop_assert_eq!(zrle_decode(&p, x.len()).unwrap(), x.clone());
         let mut f = prev.to_vec();

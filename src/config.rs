@@ -31,6 +31,10 @@ pub struct Config {
     /// Worker threads of the async runtime (0 = one per core).
     #[arg(long, env = "RELAY_THREADS", default_value_t = 0)]
     pub threads: usize,
+    /// Receivers at which a channel's fan-out is spread over one task per
+    /// runtime worker (sharded by receiver).
+    #[arg(long, env = "RELAY_FANOUT_SHARD_MIN", default_value_t = 512)]
+    pub fanout_shard_min: usize,
     /// Maximum receivers per channel.
     #[arg(long, env = "RELAY_MAX_RECEIVERS", default_value_t = 20_000)]
     pub max_receivers: usize,
@@ -132,6 +136,14 @@ impl Default for Config {
 }
 
 impl Config {
+    /// Runtime worker threads in effect (`--threads`, or one per core).
+    pub fn worker_threads(&self) -> usize {
+        match self.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
     /// `--ping-interval-ms` as a duration.
     pub fn ping_interval(&self) -> Duration {
         Duration::from_millis(self.ping_interval_ms.max(1))

@@ -19,11 +19,17 @@ fn main() {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    // One core (e.g. under `taskset -c 0`) gets a current-thread runtime: no
+    // work-stealing bookkeeping for a scheduler that cannot steal.
+    let threads = config.worker_threads();
+    let mut rt = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
     rt.enable_all();
-    if config.threads > 0 {
-        rt.worker_threads(config.threads);
-    }
     let rt = match rt.build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use tokio::sync::watch;
 
-use crate::channel::{clock_ms, Channel};
+use crate::channel::{clock_ms, Channel, Fanout};
 use crate::config::Config;
 use crate::stats::{Connections, Refusal, Traffic, TrafficSnapshot};
 
@@ -86,10 +86,22 @@ impl Relay {
             return Err(Refusal::ChannelLimit);
         }
         let entry = self.channels.entry(Arc::from(name)).or_insert_with(|| {
-            Arc::new(Channel::new(Arc::from(name), self.config.max_signal_state))
+            Arc::new(Channel::new(
+                Arc::from(name),
+                self.config.max_signal_state,
+                self.fanout(),
+            ))
         });
         entry.attach();
         Ok(entry.clone())
+    }
+
+    /// The fan-out sharding new channels get.
+    pub fn fanout(&self) -> Fanout {
+        Fanout {
+            shards: self.config.worker_threads(),
+            shard_min: self.config.fanout_shard_min,
+        }
     }
 
     /// Counts a connection from `ip` unless it already has the per-IP maximum.

@@ -184,7 +184,7 @@ async fn handle(relay: &Arc<Relay>, stream: TcpStream, addr: SocketAddr) {
         Route::Legacy => (DEFAULT_CHANNEL, None),
         Route::Other(p) if p == "/echo" && cfg.echo_endpoint => {
             // Echo peers get a private channel: nothing is shared or fanned out.
-            let channel = Arc::new(Channel::new(Arc::from("echo"), 0));
+            let channel = Arc::new(Channel::new(Arc::from("echo"), 0, Default::default()));
             channel.attach();
             return admit(relay, &channel, stream, addr, Some(Role::Echo), key, &rest).await;
         }

@@ -101,7 +101,7 @@ pub async fn run(
                 match msg {
                     Incoming::Binary(m) => match role {
                         Role::Source => {
-                            if !on_source_message(&channel, &m) {
+                            if !on_source_message(&channel, &m).await {
                                 invalid += 1;
                                 if invalid > cfg.max_invalid {
                                     break Exit::Closed(ws::CLOSE_POLICY, "too many invalid messages".into());
@@ -210,9 +210,9 @@ pub async fn run(
 }
 
 /// Validates, caches and fans out one source message; false if it was refused.
-fn on_source_message(channel: &Channel, m: &WireMessage) -> bool {
+async fn on_source_message(channel: &Arc<Channel>, m: &WireMessage) -> bool {
     let refused = match protocol::validate_source_message(m.payload()) {
-        Ok(h) => match channel.publish(&h, m) {
+        Ok(h) => match channel.publish(&h, m).await {
             Ok(_) => return true,
             Err(e) => e.to_string(),
         },

@@ -8,11 +8,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn get(t: &TestRelay, path: &str) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(t.addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
     let mut out = String::new();
     within(s.read_to_string(&mut out)).await.unwrap();
     let status = out[9..12].parse().unwrap();
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -34,7 +39,16 @@ async fn metrics_move_with_traffic() {
     wait_receivers(&t, "m", 1).await;
     let mut src = connect(&t.url("/source/m")).await;
     for i in 0..5 {
-        src.send(&protocol::frame(FrameType::Haptic, 0, i, 0, (0, 0), b"12345")).await.unwrap();
+        src.send(&protocol::frame(
+            FrameType::Haptic,
+            0,
+            i,
+            0,
+            (0, 0),
+            b"12345",
+        ))
+        .await
+        .unwrap();
     }
     for _ in 0..5 {
         within(r.recv_binary()).await.unwrap();
@@ -44,10 +58,16 @@ async fn metrics_move_with_traffic() {
     assert_eq!(metric(&after, "relay_frames_in_total"), 5);
     assert_eq!(metric(&after, "relay_frames_out_total"), 5);
     assert_eq!(metric(&after, "relay_bytes_out_total"), 5 * 21);
-    assert_eq!(metric(&after, "relay_channel_frames_in_total{channel=\"m\"}"), 5);
+    assert_eq!(
+        metric(&after, "relay_channel_frames_in_total{channel=\"m\"}"),
+        5
+    );
     assert_eq!(metric(&after, "relay_connections{role=\"receiver\"}"), 1);
     assert_eq!(metric(&after, "relay_connections{role=\"source\"}"), 1);
-    assert_eq!(metric(&after, "relay_refused_total{reason=\"bad_name\"}"), 1);
+    assert_eq!(
+        metric(&after, "relay_refused_total{reason=\"bad_name\"}"),
+        1
+    );
     assert_eq!(metric(&after, "relay_catchups_total"), 1);
 }
 
@@ -57,7 +77,9 @@ async fn channels_lists_every_channel() {
     let _r = connect(&t.url("/stream/list")).await;
     wait_receivers(&t, "list", 1).await;
     let mut src = connect(&t.url("/source/list")).await;
-    src.send(&protocol::pixels_keyframe(0, 0, 2, 2, &[9u8; 16])).await.unwrap();
+    src.send(&protocol::pixels_keyframe(0, 0, 2, 2, &[9u8; 16]))
+        .await
+        .unwrap();
     eventually("frame counted", || t.relay.summary().traffic.frames_in == 1).await;
     let (status, body) = get(&t, "/channels").await;
     assert_eq!(status, 200);

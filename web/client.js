@@ -1,1 +1,1280 @@
-// placeholder: the browser client module
+// bitstream-relay browser client: a dependency-free ES module.
+//
+// The first half is a DOM-free client API (the PROTOCOL.md header, ZRLE
+// delta codec, input messages, signal folding, a reconnecting socket). The
+// second half drives index.html: receiver mode (the default) renders a
+// channel and sends input back, source mode (`?mode=source`) streams a
+// generated animation and lists the inputs it receives. The page state is
+// exposed as `window.relayClient` for tests and the console.
+//
+// Query parameters: channel=NAME (default "default"), mode=receiver|source;
+// source mode also takes fps=N, encoding=delta|keyframe, keyframe=N
+// (a keyframe every N frames), size=WxH, signal=0|1 and autostart=1.
+
+// ---------------------------------------------------------------------------
+// Protocol: header, types, messages
+// ---------------------------------------------------------------------------
+
+/** Length of the message header in bytes. */
+export const HEADER_LEN = 16;
+/** Header flag: the message is an input (receiver → source). */
+export const FLAG_INPUT = 0x01;
+/** Header flag: a self-contained frame. */
+export const FLAG_KEYFRAME = 0x02;
+/** Header flag: the payload is compressed (type-specific). */
+export const FLAG_COMPRESSED = 0x04;
+
+/** Frame types (source → receivers). */
+export const Frame = Object.freeze({
+  Pixels: 0x01,
+  CompressedPixels: 0x02,
+  DeltaPixels: 0x03,
+  AudioPcm: 0x10,
+  AudioCompressed: 0x11,
+  Haptic: 0x20,
+  SignalSync: 0x30,
+  SignalDiff: 0x31,
+  NeuralFrame: 0x40,
+  NeuralAudio: 0x41,
+  NeuralActuator: 0x42,
+  NeuralLatent: 0x43,
+  Keyframe: 0xf0,
+  Ping: 0xfe,
+  StreamEnd: 0xff,
+});
+
+/** Input types (receiver → source, INPUT flag set). */
+export const Input = Object.freeze({
+  Pointer: 0x01,
+  PointerDown: 0x02,
+  PointerUp: 0x03,
+  KeyDown: 0x10,
+  KeyUp: 0x11,
+  Touch: 0x20,
+  TouchEnd: 0x21,
+  GamepadAxis: 0x30,
+  GamepadButton: 0x31,
+  Midi: 0x40,
+  Scroll: 0x50,
+  Resize: 0x60,
+  BciInput: 0x90,
+});
+
+const FRAME_NAMES = invert(Frame);
+const INPUT_NAMES = invert(Input);
+
+function invert(table) {
+  const out = new Map();
+  for (const [name, value] of Object.entries(table)) out.set(value, name);
+  return out;
+}
+
+/** The name of a frame type byte ("Unknown(0x..)" if PROTOCOL.md has none). */
+export function frameName(type) {
+  return FRAME_NAMES.get(type) ?? `Unknown(0x${hex(type)})`;
+}
+
+/** The name of an input type byte. */
+export function inputName(type) {
+  return INPUT_NAMES.get(type) ?? `Unknown(0x${hex(type)})`;
+}
+
+function hex(v) {
+  return v.toString(16).padStart(2, '0');
+}
+
+/** A message that breaks PROTOCOL.md. */
+export class ProtocolError extends Error {
+  constructor(message) {
+    super(message);
+    this.name = 'ProtocolError';
+  }
+}
+
+function bytesOf(buf) {
+  if (buf instanceof Uint8Array) return buf;
+  if (ArrayBuffer.isView(buf)) return new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength);
+  return new Uint8Array(buf);
+}
+
+/**
+ * Decodes the 16-byte little-endian header at the start of `buf`
+ * (ArrayBuffer or typed array): {type, flags, seq, timestamp, width, height, length}.
+ */
+export function parseHeader(buf) {
+  const b = bytesOf(buf);
+  if (b.length < HEADER_LEN) {
+    throw new ProtocolError(`message of ${b.length} bytes is shorter than the ${HEADER_LEN}-byte header`);
+  }
+  const v = new DataView(b.buffer, b.byteOffset, HEADER_LEN);
+  return {
+    type: v.getUint8(0),
+    flags: v.getUint8(1),
+    seq: v.getUint16(2, true),
+    timestamp: v.getUint32(4, true),
+    width: v.getUint16(8, true),
+    height: v.getUint16(10, true),
+    length: v.getUint32(12, true),
+  };
+}
+
+/** Encodes a header (missing fields are 0) into 16 bytes. */
+export function buildHeader({ type = 0, flags = 0, seq = 0, timestamp = 0, width = 0, height = 0, length = 0 }) {
+  const b = new Uint8Array(HEADER_LEN);
+  const v = new DataView(b.buffer);
+  v.setUint8(0, type & 0xff);
+  v.setUint8(1, flags & 0xff);
+  v.setUint16(2, seq & 0xffff, true);
+  v.setUint32(4, timestamp >>> 0, true);
+  v.setUint16(8, width & 0xffff, true);
+  v.setUint16(10, height & 0xffff, true);
+  v.setUint32(12, length >>> 0, true);
+  return b;
+}
+
+/** Builds a whole message: the header (its length filled in) + payload. */
+export function buildMessage(header, payload = new Uint8Array(0)) {
+  const p = bytesOf(payload);
+  const out = new Uint8Array(HEADER_LEN + p.length);
+  out.set(buildHeader({ ...header, length: p.length }), 0);
+  out.set(p, HEADER_LEN);
+  return out;
+}
+
+/** Splits a message into {header, payload}, checking the length field. */
+export function splitMessage(buf) {
+  const b = bytesOf(buf);
+  const header = parseHeader(b);
+  if (header.length !== b.length - HEADER_LEN) {
+    throw new ProtocolError(`length field ${header.length} does not match the ${b.length - HEADER_LEN}-byte payload`);
+  }
+  return { header, payload: b.subarray(HEADER_LEN) };
+}
+
+// ---------------------------------------------------------------------------
+// ZRLE: token := zeros:varint literals:varint literal_bytes[literals]
+// ---------------------------------------------------------------------------
+
+/** A malformed ZRLE payload. */
+export class CodecError extends Error {
+  constructor(message) {
+    super(message);
+    this.name = 'CodecError';
+  }
+}
+
+/** Reads an unsigned LEB128 varint at `pos`; returns [value, next position]. */
+export function readVarint(buf, pos) {
+  let value = 0;
+  let scale = 1;
+  for (let k = 0; k < 10; k++) {
+    if (pos + k >= buf.length) throw new CodecError('payload ends inside a varint');
+    const b = buf[pos + k];
+    value += (b & 0x7f) * scale; // exact below 2^53; anything larger overruns any frame
+    if (b < 0x80) return [value, pos + k + 1];
+    scale *= 128;
+  }
+  throw new CodecError('varint longer than 10 bytes');
+}
+
+// Walks the tokens of `payload` for a frame of `frameLen` bytes, XORing the
+// literal bytes into `frame` when one is given. Throws on overrun,
+// truncation or trailing bytes.
+function zrleWalk(payload, frameLen, frame) {
+  let pos = 0;
+  let out = 0;
+  while (out < frameLen) {
+    if (pos >= payload.length) {
+      throw new CodecError(`payload ends after ${out} of ${frameLen} frame bytes`);
+    }
+    const tokenAt = pos;
+    let zeros;
+    let literals;
+    [zeros, pos] = readVarint(payload, pos);
+    [literals, pos] = readVarint(payload, pos);
+    if (zeros > frameLen - out) {
+      throw new CodecError(`token at ${tokenAt}: ${zeros} zeros overrun the frame at ${out} of ${frameLen}`);
+    }
+    out += zeros;
+    if (literals > frameLen - out) {
+      throw new CodecError(`token at ${tokenAt}: ${literals} literals overrun the frame at ${out} of ${frameLen}`);
+    }
+    if (literals > payload.length - pos) {
+      throw new CodecError(`payload ends inside a token: ${literals} literal bytes needed, ${payload.length - pos} left`);
+    }
+    if (frame) {
+      for (let i = 0; i < literals; i++) frame[out + i] ^= payload[pos + i];
+    }
+    out += literals;
+    pos += literals;
+  }
+  if (pos !== payload.length) {
+    throw new CodecError(`${payload.length - pos} trailing bytes after the frame is complete`);
+  }
+}
+
+/** Checks that `payload` decodes to exactly `frameLen` bytes (throws CodecError). */
+export function zrleValidate(payload, frameLen) {
+  zrleWalk(bytesOf(payload), frameLen, null);
+}
+
+/**
+ * Applies a DeltaPixels payload in place: XORs ZRLE(prev XOR cur) onto
+ * `frame` (the previous RGBA frame), turning it into the current one. The
+ * payload is validated first, so `frame` is untouched when it throws.
+ */
+export function applyDelta(frame, payload) {
+  const p = bytesOf(payload);
+  zrleWalk(p, frame.length, null);
+  zrleWalk(p, frame.length, frame);
+}
+
+/** Decodes a ZRLE payload to the XOR bytes it stands for. */
+export function zrleDecode(payload, frameLen) {
+  const out = new Uint8Array(frameLen);
+  applyDelta(out, payload);
+  return out;
+}
+
+/** Zero runs shorter than this between changed bytes stay literal. */
+export const MIN_ZERO_RUN = 8;
+/** Literal runs are cut into tokens of about this many bytes. */
+export const MAX_LITERAL_RUN = 16 * 1024;
+
+class ByteWriter {
+  constructor(capacity) {
+    this.buf = new Uint8Array(Math.max(64, capacity));
+    this.len = 0;
+  }
+  reserve(n) {
+    if (this.len + n <= this.buf.length) return;
+    const next = new Uint8Array(Math.max(this.buf.length * 2, this.len + n));
+    next.set(this.buf.subarray(0, this.len));
+    this.buf = next;
+  }
+  varint(v) {
+    this.reserve(10);
+    while (v >= 0x80) {
+      this.buf[this.len++] = (v % 128) | 0x80;
+      v = Math.floor(v / 128);
+    }
+    this.buf[this.len++] = v;
+  }
+  bytes(src) {
+    this.reserve(src.length);
+    this.buf.set(src, this.len);
+    this.len += src.length;
+  }
+  result() {
+    return this.buf.slice(0, this.len);
+  }
+}
+
+/** ZRLE-encodes XOR bytes (greedy; minimal varints). */
+export function zrleEncode(xored) {
+  const x = bytesOf(xored);
+  const n = x.length;
+  const words = x.byteOffset % 4 === 0 ? new Uint32Array(x.buffer, x.byteOffset, n >>> 2) : null;
+  // First index >= i whose byte is not zero (or n), a word at a time when aligned.
+  const zeroEnd = (i) => {
+    while (i < n && (i & 3) !== 0) {
+      if (x[i] !== 0) return i;
+      i++;
+    }
+    if (words) {
+      let w = i >>> 2;
+      while (w < words.length && words[w] === 0) w++;
+      i = w << 2;
+    }
+    while (i < n && x[i] === 0) i++;
+    return i;
+  };
+  const out = new ByteWriter((n >>> 4) + 16);
+  let i = 0;
+  while (i < n) {
+    const litStart = zeroEnd(i);
+    let j = litStart;
+    let litEnd = litStart;
+    while (j < n && litEnd - litStart < MAX_LITERAL_RUN) {
+      if (x[j] !== 0) {
+        litEnd = ++j;
+        continue;
+      }
+      const k = zeroEnd(j);
+      if (k - j >= MIN_ZERO_RUN || k >= n) break;
+      j = k;
+    }
+    out.varint(litStart - i);
+    out.varint(litEnd - litStart);
+    out.bytes(x.subarray(litStart, litEnd));
+    i = litEnd;
+  }
+  return out.result();
+}
+
+/** out[i] = a[i] ^ b[i] (a word at a time when the buffers allow). */
+export function xorInto(a, b, out) {
+  if (a.length !== b.length || out.length < a.length) {
+    throw new CodecError(`length mismatch: ${a.length}, ${b.length}, ${out.length}`);
+  }
+  const n = a.length;
+  if (n % 4 === 0 && a.byteOffset % 4 === 0 && b.byteOffset % 4 === 0 && out.byteOffset % 4 === 0) {
+    const a32 = new Uint32Array(a.buffer, a.byteOffset, n >>> 2);
+    const b32 = new Uint32Array(b.buffer, b.byteOffset, n >>> 2);
+    const o32 = new Uint32Array(out.buffer, out.byteOffset, n >>> 2);
+    for (let i = 0; i < a32.length; i++) o32[i] = a32[i] ^ b32[i];
+  } else {
+    for (let i = 0; i < n; i++) out[i] = a[i] ^ b[i];
+  }
+  return out;
+}
+
+/** The DeltaPixels payload ZRLE(prev XOR cur). `scratch` (optional) is reused for the XOR. */
+export function encodeDelta(prev, cur, scratch) {
+  const p = bytesOf(prev);
+  const c = bytesOf(cur);
+  const x = scratch && scratch.length >= c.length ? scratch.subarray(0, c.length) : new Uint8Array(c.length);
+  xorInto(p, c, x);
+  return zrleEncode(x);
+}
+
+// ---------------------------------------------------------------------------
+// Signal state
+// ---------------------------------------------------------------------------
+
+/**
+ * Folds one signal message into `state` and returns the new state (a new
+ * object): SignalSync replaces it, SignalDiff shallow-merges (null deletes).
+ */
+export function foldSignal(state, type, value) {
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+    throw new ProtocolError('signal JSON is not an object');
+  }
+  if (type === Frame.SignalSync) return { ...value };
+  if (type !== Frame.SignalDiff) throw new ProtocolError(`${frameName(type)} is not a signal message`);
+  const next = { ...state };
+  for (const [k, v] of Object.entries(value)) {
+    if (v === null) delete next[k];
+    else next[k] = v;
+  }
+  return next;
+}
+
+// ---------------------------------------------------------------------------
+// Inputs
+// ---------------------------------------------------------------------------
+
+const FIELD = {
+  u8: [1, 0, 0xff],
+  u16: [2, 0, 0xffff],
+  i16: [2, -0x8000, 0x7fff],
+};
+
+/** Field layout of every fixed-size input payload. */
+export const INPUT_LAYOUT = Object.freeze({
+  [Input.Pointer]: [['x', 'u16'], ['y', 'u16'], ['buttons', 'u8']],
+  [Input.PointerDown]: [['x', 'u16'], ['y', 'u16'], ['buttons', 'u8']],
+  [Input.PointerUp]: [['x', 'u16'], ['y', 'u16'], ['buttons', 'u8']],
+  [Input.KeyDown]: [['keycode', 'u16'], ['modifiers', 'u8']],
+  [Input.KeyUp]: [['keycode', 'u16'], ['modifiers', 'u8']],
+  [Input.Touch]: [['id', 'u8'], ['x', 'u16'], ['y', 'u16']],
+  [Input.TouchEnd]: [['id', 'u8'], ['x', 'u16'], ['y', 'u16']],
+  [Input.GamepadAxis]: [['axis', 'u8'], ['value', 'i16']],
+  [Input.GamepadButton]: [['button', 'u8'], ['pressed', 'u8'], ['value', 'u16']],
+  [Input.Midi]: [['status', 'u8'], ['data1', 'u8'], ['data2', 'u8']],
+  [Input.Scroll]: [['dx', 'i16'], ['dy', 'i16']],
+  [Input.Resize]: [['width', 'u16'], ['height', 'u16']],
+});
+
+/** Clamps `v` to an integer in [lo, hi]. */
+export function clampInt(v, lo, hi) {
+  const r = Math.round(Number(v) || 0);
+  return r < lo ? lo : r > hi ? hi : r;
+}
+
+/**
+ * Builds an input message of `type` from named fields (clamped to the
+ * field types), e.g. inputMessage(Input.PointerDown, {x, y, buttons}).
+ * BciInput takes `fields.payload` (bytes).
+ */
+export function inputMessage(type, fields = {}, seq = 0, timestamp = 0) {
+  const layout = INPUT_LAYOUT[type];
+  let payload;
+  if (layout) {
+    payload = new Uint8Array(layout.reduce((n, [, t]) => n + FIELD[t][0], 0));
+    const v = new DataView(payload.buffer);
+    let off = 0;
+    for (const [name, t] of layout) {
+      const [size, lo, hi] = FIELD[t];
+      const x = clampInt(fields[name], lo, hi);
+      if (t === 'u8') v.setUint8(off, x);
+      else if (t === 'u16') v.setUint16(off, x, true);
+      else v.setInt16(off, x, true);
+      off += size;
+    }
+  } else if (type === Input.BciInput) {
+    payload = bytesOf(fields.payload ?? new Uint8Array(0));
+  } else {
+    throw new ProtocolError(`unknown input type 0x${hex(type)}`);
+  }
+  return buildMessage({ type, flags: FLAG_INPUT, seq, timestamp }, payload);
+}
+
+/**
+ * Decodes an input message: {type, name, seq, timestamp, ...fields}
+ * (BciInput: {bytes}). Throws on anything that is not a valid input.
+ */
+export function decodeInput(buf) {
+  const { header, payload } = splitMessage(buf);
+  if (!(header.flags & FLAG_INPUT)) throw new ProtocolError(`${frameName(header.type)} is not an input (INPUT flag clear)`);
+  const out = { type: header.type, name: inputName(header.type), seq: header.seq, timestamp: header.timestamp };
+  const layout = INPUT_LAYOUT[header.type];
+  if (layout) {
+    const want = layout.reduce((n, [, t]) => n + FIELD[t][0], 0);
+    if (payload.length !== want) throw new ProtocolError(`${out.name} payload is ${payload.length} bytes, expected ${want}`);
+    const v = new DataView(payload.buffer, payload.byteOffset, payload.byteLength);
+    let off = 0;
+    for (const [name, t] of layout) {
+      out[name] = t === 'u8' ? v.getUint8(off) : t === 'u16' ? v.getUint16(off, true) : v.getInt16(off, true);
+      off += FIELD[t][0];
+    }
+  } else if (header.type === Input.BciInput) {
+    out.bytes = payload.length;
+  } else {
+    throw new ProtocolError(`unknown input type 0x${hex(header.type)}`);
+  }
+  return out;
+}
+
+/** One line describing a decoded input, e.g. "PointerDown x=3 y=4 buttons=1". */
+export function describeInput(ev) {
+  const skip = new Set(['type', 'name', 'seq', 'timestamp']);
+  const fields = Object.entries(ev).filter(([k]) => !skip.has(k)).map(([k, v]) => `${k}=${v}`);
+  return [ev.name, ...fields].join(' ');
+}
+
+/** Modifier bit mask of a keyboard event: shift=1 ctrl=2 alt=4 meta=8. */
+export function modifierMask(e) {
+  return (e.shiftKey ? 1 : 0) | (e.ctrlKey ? 2 : 0) | (e.altKey ? 4 : 0) | (e.metaKey ? 8 : 0);
+}
+
+/**
+ * Maps client (CSS) coordinates onto a canvas' pixels: [x, y] clamped to
+ * the canvas, or null if the canvas has no layout box. The canvas must not
+ * have a border or padding.
+ */
+export function canvasPoint(canvas, clientX, clientY) {
+  const r = canvas.getBoundingClientRect();
+  if (!(r.width > 0 && r.height > 0)) return null;
+  const x = Math.floor(((clientX - r.left) * canvas.width) / r.width);
+  const y = Math.floor(((clientY - r.top) * canvas.height) / r.height);
+  return [clampInt(x, 0, canvas.width - 1), clampInt(y, 0, canvas.height - 1)];
+}
+
+// ---------------------------------------------------------------------------
+// A reconnecting WebSocket
+// ---------------------------------------------------------------------------
+
+/** The relay URL of `role` ('source' | 'stream') for channel `name`, from `loc`. */
+export function relayUrl(loc, role, name) {
+  const scheme = loc.protocol === 'https:' ? 'wss' : 'ws';
+  return `${scheme}://${loc.host}/${role}/${encodeURIComponent(name)}`;
+}
+
+/** Channel names: 1–64 bytes of [A-Za-z0-9._-]. */
+export function validChannelName(name) {
+  return /^[A-Za-z0-9._-]{1,64}$/.test(name);
+}
+
+/**
+ * A binary WebSocket that reconnects with exponential backoff and jitter
+ * (250 ms doubling, capped at `maxDelay`). `state` is 'connecting', 'open'
+ * or 'closed'. Callbacks: onOpen(), onMessage(ArrayBuffer), onState(state, detail).
+ */
+export class ReconnectingSocket {
+  constructor(url, { onOpen = () => {}, onMessage = () => {}, onState = () => {}, minDelay = 250, maxDelay = 10000 } = {}) {
+    Object.assign(this, { url, onOpen, onMessage, onState, minDelay, maxDelay });
+    this.state = 'closed';
+    this.attempt = 0;
+    this.retryAt = 0;
+    this.ws = null;
+    this.timer = null;
+    this.stopped = false;
+    this.detail = '';
+    this.connect();
+  }
+
+  setState(state, detail = '') {
+    this.state = state;
+    this.detail = detail;
+    this.onState(state, detail);
+  }
+
+  connect() {
+    this.timer = null;
+    if (this.stopped) return;
+    this.setState('connecting');
+    let ws;
+    try {
+      ws = new WebSocket(this.url);
+    } catch (e) {
+      this.setState('closed', String(e.message || e));
+      this.stopped = true;
+      return;
+    }
+    ws.binaryType = 'arraybuffer';
+    let openedAt = 0;
+    ws.onopen = () => {
+      openedAt = performance.now();
+      this.setState('open');
+      this.onOpen();
+    };
+    ws.onmessage = (e) => this.onMessage(e.data);
+    ws.onclose = (e) => {
+      if (this.ws !== ws) return;
+      this.ws = null;
+      // A connection that lasted resets the backoff; a flapping one does not.
+      if (openedAt && performance.now() - openedAt > 5000) this.attempt = 0;
+      if (this.stopped) {
+        this.setState('closed', `closed (${e.code})`);
+        return;
+      }
+      const base = Math.min(this.maxDelay, this.minDelay * 2 ** this.attempt);
+      const delay = Math.round(base / 2 + (Math.random() * base) / 2);
+      this.attempt++;
+      this.retryAt = performance.now() + delay;
+      this.timer = setTimeout(() => this.connect(), delay);
+      const why = e.code === 1006 ? 'connection failed' : `closed ${e.code}${e.reason ? ' ' + e.reason : ''}`;
+      this.setState('closed', `${why}; retrying in ${(delay / 1000).toFixed(1)} s`);
+    };
+    this.ws = ws;
+  }
+
+  /** Sends bytes if open; returns whether it did. */
+  send(bytes) {
+    if (this.ws && this.ws.readyState === WebSocket.OPEN) {
+      this.ws.send(bytes);
+      return true;
+    }
+    return false;
+  }
+
+  /** Bytes queued in the browser, not yet sent. */
+  get bufferedAmount() {
+    return this.ws ? this.ws.bufferedAmount : 0;
+  }
+
+  /** Closes for good. */
+  close() {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    if (this.ws) this.ws.close(1000);
+    else this.setState('closed', 'closed');
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Receiver state (DOM-free): decoded frame and folded signal
+// ---------------------------------------------------------------------------
+
+/**
+ * What a receiver has rebuilt from the stream: the current RGBA frame and
+ * the folded signal state. `handle(message)` returns {header, payload, kind}
+ * where kind is 'pixels' | 'compressed' | 'signal' | 'audio' | 'end' | 'ping' | 'other'.
+ */
+export class ReceiverState {
+  constructor() {
+    this.width = 0;
+    this.height = 0;
+    this.frame = null; // Uint8Array, RGBA
+    this.haveBase = false; // deltas may be applied to `frame`
+    this.frames = 0; // pixel frames applied
+    this.seq = -1; // seq of the last pixel frame applied
+    this.timestamp = 0;
+    this.signal = {};
+    this.messages = 0;
+    this.bytes = 0;
+    this.errors = 0;
+    this.lastError = null;
+  }
+
+  /** A new connection: keep the picture, but wait for a full frame before deltas. */
+  reset() {
+    this.haveBase = false;
+    this.signal = {};
+  }
+
+  fail(msg) {
+    this.errors++;
+    this.lastError = msg;
+  }
+
+  handle(data) {
+    if (typeof data === 'string') throw new ProtocolError('text message on a data path');
+    this.messages++;
+    this.bytes += data.byteLength;
+    const { header, payload } = splitMessage(data);
+    const h = header;
+    if (h.flags & FLAG_INPUT) throw new ProtocolError('a receiver got an input message');
+    switch (h.type) {
+      case Frame.Pixels:
+      case Frame.Keyframe: {
+        const need = h.width * h.height * 4;
+        if (need === 0 || payload.length !== need) {
+          throw new ProtocolError(`${frameName(h.type)} ${h.width}x${h.height} with a ${payload.length}-byte payload`);
+        }
+        if (this.frame && this.frame.length === need) this.frame.set(payload);
+        else this.frame = payload.slice();
+        this.setFrame(h);
+        return { header: h, payload, kind: 'pixels' };
+      }
+      case Frame.DeltaPixels: {
+        if (!this.haveBase) throw new ProtocolError('DeltaPixels before any full frame (waiting for a keyframe)');
+        if (h.width !== this.width || h.height !== this.height) {
+          this.haveBase = false;
+          throw new ProtocolError(`DeltaPixels ${h.width}x${h.height} onto a ${this.width}x${this.height} frame`);
+        }
+        try {
+          applyDelta(this.frame, payload);
+        } catch (e) {
+          this.haveBase = false; // the chain is broken: wait for the next full frame
+          throw e;
+        }
+        this.setFrame(h);
+        return { header: h, payload, kind: 'pixels' };
+      }
+      case Frame.CompressedPixels:
+        this.haveBase = false;
+        this.frames++;
+        this.seq = h.seq;
+        return { header: h, payload, kind: 'compressed' };
+      case Frame.SignalSync:
+      case Frame.SignalDiff: {
+        let value;
+        try {
+          value = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(payload));
+        } catch (e) {
+          throw new ProtocolError(`${frameName(h.type)}: ${e.message}`);
+        }
+        this.signal = foldSignal(this.signal, h.type, value);
+        return { header: h, payload, kind: 'signal' };
+      }
+      case Frame.AudioPcm:
+        return { header: h, payload, kind: 'audio' };
+      case Frame.StreamEnd:
+        return { header: h, payload, kind: 'end' };
+      case Frame.Ping:
+        return { header: h, payload, kind: 'ping' };
+      default:
+        return { header: h, payload, kind: 'other' };
+    }
+  }
+
+  setFrame(h) {
+    this.width = h.width;
+    this.height = h.height;
+    this.haveBase = true;
+    this.frames++;
+    this.seq = h.seq;
+    this.timestamp = h.timestamp;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Audio: interleaved s16le PCM through WebAudio
+// ---------------------------------------------------------------------------
+
+/** Plays AudioPcm payloads (channels = width, rate = height*10) back to back. */
+export class PcmPlayer {
+  constructor() {
+    this.ctx = null;
+    this.next = 0;
+    this.chunks = 0;
+  }
+
+  /** Must run from a user gesture (autoplay policy). */
+  async enable() {
+    const Ctx = globalThis.AudioContext || globalThis.webkitAudioContext;
+    if (!Ctx) throw new Error('WebAudio is not available');
+    this.ctx ??= new Ctx();
+    await this.ctx.resume();
+  }
+
+  play(header, payload) {
+    const ctx = this.ctx;
+    if (!ctx || header.flags & FLAG_COMPRESSED) return;
+    const channels = header.width;
+    const rate = header.height * 10;
+    if (channels < 1 || channels > 32 || rate < 3000 || rate > 768000) {
+      throw new ProtocolError(`AudioPcm with ${channels} channels at ${rate} Hz`);
+    }
+    const frames = Math.floor(payload.length / (2 * channels));
+    if (frames === 0) return;
+    const buf = ctx.createBuffer(channels, frames, rate);
+    const v = new DataView(payload.buffer, payload.byteOffset, payload.byteLength);
+    for (let c = 0; c < channels; c++) {
+      const out = buf.getChannelData(c);
+      for (let i = 0; i < frames; i++) out[i] = v.getInt16((i * channels + c) * 2, true) / 32768;
+    }
+    const src = ctx.createBufferSource();
+    src.buffer = buf;
+    src.connect(ctx.destination);
+    const now = ctx.currentTime;
+    // Keep a small lead; resynchronize after an underrun or a pile-up.
+    if (this.next < now + 0.01 || this.next > now + 1) this.next = now + 0.06;
+    src.start(this.next);
+    this.next += frames / rate;
+    this.chunks++;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// The page
+// ---------------------------------------------------------------------------
+
+const $ = (id) => document.getElementById(id);
+
+function pageClock() {
+  const t0 = performance.now();
+  return () => Math.floor(performance.now() - t0) >>> 0;
+}
+
+function showStatus(state, detail, what) {
+  const el = $('status');
+  el.textContent = detail ? `${state} (${detail})` : state;
+  el.className = state;
+  document.title = `${what} · ${state} · bitstream-relay`;
+}
+
+function formatJson(v) {
+  return JSON.stringify(v, null, 2);
+}
+
+/** Receiver mode: render the channel, play audio, send input back. */
+function startReceiver(channel) {
+  const canvas = $('view');
+  const ctx = canvas.getContext('2d');
+  const st = new ReceiverState();
+  const audio = new PcmPlayer();
+  const now = pageClock();
+  let inputSeq = 0;
+  let inputsSent = 0;
+  let drawn = 0; // st.frames at the last draw
+  let drawPending = false;
+  let compressedGen = 0;
+  let ended = false;
+  let minOffset = Infinity; // min(arrival - frame timestamp): the latency baseline
+  let lastTimestamp = 0;
+  let latency = null;
+
+  const draw = () => {
+    drawPending = false;
+    if (!st.frame || !st.haveBase) return;
+    if (canvas.width !== st.width || canvas.height !== st.height) {
+      canvas.width = st.width;
+      canvas.height = st.height;
+    }
+    const img = new ImageData(new Uint8ClampedArray(st.frame.buffer, st.frame.byteOffset, st.frame.length), st.width, st.height);
+    ctx.putImageData(img, 0, 0);
+    drawn = st.frames;
+  };
+  const scheduleDraw = () => {
+    if (drawPending) return;
+    drawPending = true;
+    // Coalesce to one draw per display frame; draw at once when hidden (no rAF).
+    if (document.hidden) queueMicrotask(draw);
+    else requestAnimationFrame(draw);
+  };
+
+  const drawCompressed = async (payload) => {
+    const gen = ++compressedGen;
+    const bitmap = await createImageBitmap(new Blob([payload]));
+    if (gen !== compressedGen) return; // a newer frame arrived meanwhile
+    canvas.width = bitmap.width;
+    canvas.height = bitmap.height;
+    ctx.drawImage(bitmap, 0, 0);
+    drawn = st.frames;
+  };
+
+  const onMessage = (data) => {
+    let m;
+    try {
+      m = st.handle(data);
+    } catch (e) {
+      st.fail(`${e.name}: ${e.message}`);
+      return;
+    }
+    switch (m.kind) {
+      case 'pixels': {
+        compressedGen++;
+        ended = false;
+        const arrival = performance.now();
+        if (m.header.timestamp < lastTimestamp) minOffset = Infinity; // the stream restarted
+        lastTimestamp = m.header.timestamp;
+        const offset = arrival - m.header.timestamp;
+        minOffset = Math.min(minOffset, offset);
+        latency = offset - minOffset;
+        scheduleDraw();
+        break;
+      }
+      case 'compressed':
+        drawCompressed(m.payload.slice()).catch((e) => st.fail(`CompressedPixels: ${e.message}`));
+        break;
+      case 'signal':
+        $('signal').textContent = formatJson(st.signal);
+        break;
+      case 'audio':
+        try {
+          audio.play(m.header, m.payload);
+        } catch (e) {
+          st.fail(`${e.name}: ${e.message}`);
+        }
+        break;
+      case 'end':
+        ended = true;
+        break;
+    }
+  };
+
+  const conn = new ReconnectingSocket(relayUrl(location, 'stream', channel), {
+    onOpen: () => {
+      st.reset();
+      $('signal').textContent = formatJson(st.signal);
+    },
+    onMessage,
+    onState: (state, detail) => showStatus(state, detail, channel),
+  });
+
+  // --- input ---------------------------------------------------------------
+  const send = (type, fields) => {
+    if (conn.send(inputMessage(type, fields, inputSeq, now()))) {
+      inputSeq = (inputSeq + 1) & 0xffff;
+      inputsSent++;
+    }
+  };
+  const pointer = (type) => (e) => {
+    if (e.pointerType === 'touch') return; // touch has its own messages
+    const p = canvasPoint(canvas, e.clientX, e.clientY);
+    if (!p) return;
+    if (type === Input.PointerDown) {
+      canvas.focus();
+      canvas.setPointerCapture?.(e.pointerId);
+    }
+    send(type, { x: p[0], y: p[1], buttons: e.buttons });
+  };
+  canvas.addEventListener('pointermove', pointer(Input.Pointer));
+  canvas.addEventListener('pointerdown', pointer(Input.PointerDown));
+  canvas.addEventListener('pointerup', pointer(Input.PointerUp));
+  canvas.addEventListener('contextmenu', (e) => e.preventDefault());
+
+  const touch = (type) => (e) => {
+    e.preventDefault();
+    for (const t of e.changedTouches) {
+      const p = canvasPoint(canvas, t.clientX, t.clientY);
+      if (p) send(type, { id: t.identifier & 0xff, x: p[0], y: p[1] });
+    }
+  };
+  canvas.addEventListener('touchstart', touch(Input.Touch), { passive: false });
+  canvas.addEventListener('touchmove', touch(Input.Touch), { passive: false });
+  canvas.addEventListener('touchend', touch(Input.TouchEnd), { passive: false });
+  canvas.addEventListener('touchcancel', touch(Input.TouchEnd), { passive: false });
+
+  const key = (type) => (e) => {
+    if (e.isComposing) return;
+    // Keep the browser's own shortcuts (ctrl/meta combinations, F-keys).
+    if (!e.ctrlKey && !e.metaKey && !/^F\d+$/.test(e.key)) e.preventDefault();
+    send(type, { keycode: e.keyCode, modifiers: modifierMask(e) });
+  };
+  canvas.addEventListener('keydown', key(Input.KeyDown));
+  canvas.addEventListener('keyup', key(Input.KeyUp));
+
+  canvas.addEventListener(
+    'wheel',
+    (e) => {
+      e.preventDefault();
+      const k = e.deltaMode === 1 ? 16 : e.deltaMode === 2 ? canvas.height : 1;
+      send(Input.Scroll, { dx: e.deltaX * k, dy: e.deltaY * k });
+    },
+    { passive: false },
+  );
+
+  // Gamepad: the first connected pad, polled once per display frame while one is there.
+  let polling = false;
+  const lastAxes = [];
+  const lastButtons = [];
+  const pollPad = () => {
+    const pads = navigator.getGamepads ? Array.from(navigator.getGamepads()) : [];
+    const pad = pads.find((p) => p && p.connected);
+    if (!pad) {
+      polling = false;
+      return;
+    }
+    pad.axes.slice(0, 256).forEach((a, i) => {
+      const v = clampInt(a * 32767, -32768, 32767);
+      const last = lastAxes[i] ?? 0;
+      if (Math.abs(v - last) >= 256 || (v === 0 && last !== 0)) {
+        lastAxes[i] = v;
+        send(Input.GamepadAxis, { axis: i, value: v });
+      }
+    });
+    pad.buttons.slice(0, 256).forEach((b, i) => {
+      const v = clampInt(b.value * 65535, 0, 65535);
+      const last = lastButtons[i] ?? { pressed: false, value: 0 };
+      if (b.pressed !== last.pressed || Math.abs(v - last.value) >= 256) {
+        lastButtons[i] = { pressed: b.pressed, value: v };
+        send(Input.GamepadButton, { button: i, pressed: b.pressed ? 1 : 0, value: v });
+      }
+    });
+    requestAnimationFrame(pollPad);
+  };
+  const startPad = () => {
+    if (polling) return;
+    polling = true;
+    requestAnimationFrame(pollPad);
+  };
+  window.addEventListener('gamepadconnected', startPad);
+  if (navigator.getGamepads && Array.from(navigator.getGamepads()).some((p) => p)) startPad();
+
+  // --- audio button and stats ------------------------------------------------
+  const audioButton = $('audio');
+  audioButton.hidden = false;
+  audioButton.addEventListener('click', async () => {
+    try {
+      await audio.enable();
+      audioButton.textContent = 'audio on';
+      audioButton.disabled = true;
+    } catch (e) {
+      st.fail(`audio: ${e.message}`);
+    }
+  });
+
+  let prev = { t: performance.now(), frames: 0, bytes: 0 };
+  setInterval(() => {
+    const t = performance.now();
+    const secs = (t - prev.t) / 1000;
+    const fps = (st.frames - prev.frames) / secs;
+    const mbps = (st.bytes - prev.bytes) / secs / 1e6;
+    prev = { t, frames: st.frames, bytes: st.bytes };
+    const parts = [
+      `${fps.toFixed(1)} fps`,
+      `${mbps.toFixed(2)} MB/s`,
+      `frames ${st.frames}`,
+      `messages ${st.messages}`,
+      st.width ? `${st.width}×${st.height}` : 'no picture yet',
+      latency === null ? null : `latency +${latency.toFixed(0)} ms (vs. best)`,
+      `inputs sent ${inputsSent}`,
+      audio.ctx ? `audio chunks ${audio.chunks}` : null,
+      ended ? 'stream ended' : null,
+      st.lastError ? `last error: ${st.lastError}` : null,
+    ];
+    $('stats').textContent = parts.filter(Boolean).join(' · ');
+  }, 1000);
+
+  return {
+    mode: 'receiver',
+    channel,
+    get state() {
+      return conn.state;
+    },
+    get frames() {
+      return st.frames;
+    },
+    get drawn() {
+      return drawn;
+    },
+    get seq() {
+      return st.seq;
+    },
+    get width() {
+      return st.width;
+    },
+    get height() {
+      return st.height;
+    },
+    get signal() {
+      return st.signal;
+    },
+    get lastError() {
+      return st.lastError;
+    },
+    get errors() {
+      return st.errors;
+    },
+    get messages() {
+      return st.messages;
+    },
+    get bytes() {
+      return st.bytes;
+    },
+    get inputsSent() {
+      return inputsSent;
+    },
+    pixels() {
+      return st.frame ? st.frame.slice() : new Uint8Array(0);
+    },
+    close() {
+      conn.close();
+    },
+  };
+}
+
+/** Draws one frame of the generated animation (opaque, so alpha is 255). */
+function drawScene(ctx, w, h, n, marks) {
+  const t = n / 30;
+  const bg = ctx.createLinearGradient(0, 0, 0, h);
+  bg.addColorStop(0, '#14213d');
+  bg.addColorStop(1, '#3a0ca3');
+  ctx.fillStyle = bg;
+  ctx.fillRect(0, 0, w, h);
+  ctx.strokeStyle = 'rgba(255,255,255,0.12)';
+  ctx.lineWidth = 1;
+  const step = Math.max(8, Math.round(Math.min(w, h) / 8));
+  ctx.beginPath();
+  for (let x = 0.5; x < w; x += step) ctx.moveTo(x, 0), ctx.lineTo(x, h);
+  for (let y = 0.5; y < h; y += step) ctx.moveTo(0, y), ctx.lineTo(w, y);
+  ctx.stroke();
+  // A bouncing ball and a sweeping bar: small moving parts, so deltas stay small.
+  const r = Math.max(3, Math.min(w, h) / 10);
+  const bx = r + (w - 2 * r) * (0.5 + 0.5 * Math.sin(t * 1.3));
+  const by = r + (h - 2 * r) * Math.abs(Math.sin(t * 2.1));
+  ctx.fillStyle = '#ffb703';
+  ctx.beginPath();
+  ctx.arc(bx, by, r, 0, Math.PI * 2);
+  ctx.fill();
+  ctx.fillStyle = '#06d6a0';
+  ctx.fillRect(((n * 3) % (w + 40)) - 40, h - Math.max(4, h / 20), 40, Math.max(4, h / 20));
+  for (const [mx, my] of marks) {
+    ctx.strokeStyle = '#ef476f';
+    ctx.lineWidth = 2;
+    ctx.beginPath();
+    ctx.arc(mx, my, Math.max(3, r / 2), 0, Math.PI * 2);
+    ctx.stroke();
+  }
+  ctx.fillStyle = '#fff';
+  ctx.font = `${Math.max(10, Math.round(h / 12))}px monospace`;
+  ctx.textBaseline = 'top';
+  ctx.fillText(`#${n}`, 4, 4);
+}
+
+function parseSize(s) {
+  const m = /^(\d{1,5})x(\d{1,5})$/.exec(String(s).trim());
+  if (!m) return null;
+  const w = Number(m[1]);
+  const h = Number(m[2]);
+  return w >= 1 && h >= 1 && w <= 4096 && h <= 4096 ? [w, h] : null;
+}
+
+/** Source mode: stream a generated animation, list the inputs that come back. */
+function startSource(channel, params) {
+  const canvas = $('view');
+  const ctx = canvas.getContext('2d', { willReadFrequently: true });
+  const now = pageClock();
+  const fpsInput = $('fps');
+  const encodingInput = $('encoding');
+  const everyInput = $('keyframe-every');
+  const sizeInput = $('size');
+  const signalInput = $('send-signal');
+  if (params.get('fps')) fpsInput.value = params.get('fps');
+  if (params.get('encoding')) encodingInput.value = params.get('encoding');
+  if (params.get('keyframe')) everyInput.value = params.get('keyframe');
+  if (params.get('size')) sizeInput.value = params.get('size');
+  if (params.get('signal')) signalInput.checked = params.get('signal') !== '0';
+  $('source-controls').hidden = false;
+  $('inputs-box').hidden = false;
+
+  let seq = 0;
+  let n = 0; // frames generated
+  let sent = 0; // frames sent
+  let keyframes = 0;
+  let bytesSent = 0;
+  let skipped = 0;
+  let lastSeq = -1;
+  let forceKey = true;
+  let prev = null; // the last frame sent (Uint8Array)
+  let scratch = null;
+  let lastPayload = 0;
+  let timer = null;
+  let running = false;
+  let lastError = null;
+  let signal = {};
+  let signalSeq = 0;
+  const inputs = [];
+  const marks = [];
+  let width = 0;
+  let height = 0;
+
+  const conn = new ReconnectingSocket(relayUrl(location, 'source', channel), {
+    onOpen: () => {
+      forceKey = true; // whoever joins now needs a full frame
+      if (signalInput.checked) sendSignal(Frame.SignalSync, { source: 'browser', started: new Date().toISOString() });
+    },
+    onMessage: (data) => {
+      try {
+        const ev = decodeInput(data);
+        inputs.push(ev);
+        if (inputs.length > 200) inputs.shift();
+        if (ev.type === Input.PointerDown) {
+          marks.push([ev.x, ev.y]);
+          if (marks.length > 8) marks.shift();
+        }
+        const lines = inputs.slice(-40).reverse().map((e) => `#${e.seq} +${e.timestamp} ms  ${describeInput(e)}`);
+        $('inputs').textContent = lines.join('\n');
+      } catch (e) {
+        lastError = `${e.name}: ${e.message}`;
+      }
+    },
+    onState: (state, detail) => showStatus(state, detail, `source ${channel}`),
+  });
+
+  function sendSignal(type, value) {
+    const msg = buildMessage({ type, seq: signalSeq, timestamp: now() }, new TextEncoder().encode(JSON.stringify(value)));
+    if (conn.send(msg)) {
+      signalSeq = (signalSeq + 1) & 0xffff;
+      signal = foldSignal(signal, type, value);
+      $('signal').textContent = formatJson(signal);
+    }
+  }
+
+  function tick() {
+    const size = parseSize(sizeInput.value);
+    if (!size) {
+      lastError = `bad size ${JSON.stringify(sizeInput.value)} (want WxH)`;
+      return;
+    }
+    const [w, h] = size;
+    if (canvas.width !== w || canvas.height !== h) {
+      canvas.width = w;
+      canvas.height = h;
+      forceKey = true;
+    }
+    n++;
+    drawScene(ctx, w, h, n, marks);
+    if (conn.state !== 'open') return;
+    if (conn.bufferedAmount > 8 << 20) {
+      skipped++; // the socket is behind: drop this frame (the next delta is against the last one sent)
+      return;
+    }
+    const rgba = new Uint8Array(ctx.getImageData(0, 0, w, h).data.buffer);
+    const every = Math.max(1, Number(everyInput.value) || 1);
+    const key = forceKey || encodingInput.value !== 'delta' || !prev || prev.length !== rgba.length || sent % every === 0;
+    const header = { seq, timestamp: now(), width: w, height: h };
+    let msg;
+    if (key) {
+      msg = buildMessage({ ...header, type: Frame.Pixels, flags: FLAG_KEYFRAME }, rgba);
+    } else {
+      if (!scratch || scratch.length !== rgba.length) scratch = new Uint8Array(rgba.length);
+      msg = buildMessage({ ...header, type: Frame.DeltaPixels }, encodeDelta(prev, rgba, scratch));
+    }
+    if (!conn.send(msg)) return;
+    lastPayload = msg.length - HEADER_LEN;
+    lastSeq = seq;
+    seq = (seq + 1) & 0xffff;
+    sent++;
+    bytesSent += msg.length;
+    if (key) keyframes++;
+    forceKey = false;
+    prev = rgba;
+    width = w;
+    height = h;
+  }
+
+  function start() {
+    stop();
+    const fps = Math.min(120, Math.max(1, Number(fpsInput.value) || 30));
+    running = true;
+    timer = setInterval(tick, 1000 / fps);
+  }
+  function stop() {
+    running = false;
+    clearInterval(timer);
+    timer = null;
+  }
+  $('start').addEventListener('click', start);
+  $('stop').addEventListener('click', stop);
+  fpsInput.addEventListener('change', () => running && start());
+
+  let last = { t: performance.now(), sent: 0, bytes: 0 };
+  setInterval(() => {
+    const t = performance.now();
+    const secs = (t - last.t) / 1000;
+    const fps = (sent - last.sent) / secs;
+    const mbps = (bytesSent - last.bytes) / secs / 1e6;
+    last = { t, sent, bytes: bytesSent };
+    if (running && signalInput.checked && conn.state === 'open') {
+      sendSignal(Frame.SignalDiff, { frame: n, fps: Math.round(fps * 10) / 10, encoding: encodingInput.value, size: `${canvas.width}x${canvas.height}` });
+    }
+    const parts = [
+      running ? 'streaming' : 'stopped',
+      `${fps.toFixed(1)} fps`,
+      `${mbps.toFixed(2)} MB/s`,
+      `frames sent ${sent} (keyframes ${keyframes})`,
+      `last payload ${lastPayload} B`,
+      skipped ? `skipped ${skipped}` : null,
+      `inputs ${inputs.length}`,
+      lastError ? `last error: ${lastError}` : null,
+    ];
+    $('stats').textContent = parts.filter(Boolean).join(' · ');
+  }, 1000);
+
+  drawScene(ctx, canvas.width, canvas.height, 0, marks);
+  if (params.get('autostart') === '1') start();
+
+  return {
+    mode: 'source',
+    channel,
+    get state() {
+      return conn.state;
+    },
+    get frames() {
+      return sent;
+    },
+    get seq() {
+      return lastSeq;
+    },
+    get width() {
+      return width;
+    },
+    get height() {
+      return height;
+    },
+    get signal() {
+      return signal;
+    },
+    get lastError() {
+      return lastError;
+    },
+    get inputs() {
+      return inputs.slice();
+    },
+    get running() {
+      return running;
+    },
+    pixels() {
+      return prev ? prev.slice() : new Uint8Array(0);
+    },
+    start,
+    stop,
+    close() {
+      stop();
+      conn.close();
+    },
+  };
+}
+
+function boot() {
+  const params = new URLSearchParams(location.search);
+  const channel = params.get('channel') || 'default';
+  const mode = params.get('mode') === 'source' ? 'source' : 'receiver';
+  $('mode').textContent = mode;
+  $('channel').textContent = channel;
+  if (!validChannelName(channel)) {
+    const msg = `invalid channel name ${JSON.stringify(channel)}: 1-64 characters of A-Z a-z 0-9 . _ -`;
+    $('status').textContent = msg;
+    $('status').className = 'closed';
+    window.relayClient = { mode, channel, state: 'closed', frames: 0, width: 0, height: 0, signal: {}, lastError: msg, pixels: () => new Uint8Array(0) };
+    return;
+  }
+  window.relayClient = mode === 'source' ? startSource(channel, params) : startReceiver(channel);
+}
+
+if (globalThis.document?.getElementById('relay-app')) boot();
