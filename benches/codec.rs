@@ -57,7 +57,7 @@ fn with_rects(prev: &[u8], rects: &[(usize, usize)], rng: &mut XorShift) -> Vec<
         for y in y0..y0 + rh {
             for x in x0..x0 + rw {
                 let n = rng.next();
-                if n % 8 == 0 {
+                if n.is_multiple_of(8) {
                     continue;
                 }
                 let i = (y * W + x) * 4;

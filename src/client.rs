@@ -486,14 +486,9 @@ impl Receiver {
             }
             FrameType::DeltaPixels => {
                 let ok = match self.picture.as_mut() {
+                    // `apply_delta` validates first: on error the picture is untouched.
                     Some(p) if (p.width, p.height) == (h.width, h.height) => {
-                        let mut next = p.rgba.clone();
-                        if codec::apply_delta(&mut next, payload).is_ok() {
-                            p.rgba = next;
-                            true
-                        } else {
-                            false
-                        }
+                        codec::apply_delta(&mut p.rgba, payload).is_ok()
                     }
                     _ => false,
                 };
