@@ -75,14 +75,20 @@ impl Server {
             tokio::spawn(log_stats(relay.clone()));
         }
         tracing::info!(addr = %self.local_addr, "relay listening");
-        server::serve(self.listener, relay.clone()).await;
+        let accept = tokio::spawn(server::serve(self.listener, relay.clone()));
+        relay::shutting_down(&mut relay.shutdown_signal()).await;
         let deadline = tokio::time::Instant::now()
             + relay.config.shutdown_grace()
             + Duration::from_millis(500);
-        while relay.connections.open.get() > 0 && tokio::time::Instant::now() < deadline {
+        let c = &relay.connections;
+        while c.sources.get() + c.receivers.get() + c.signal_peers.get() > 0
+            && tokio::time::Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        tracing::info!(open = relay.connections.open.get(), "relay stopped");
+        // Dropping the accept loop closes the listening socket.
+        accept.abort();
+        tracing::info!(open = c.open.get(), "relay stopped");
         Ok(())
     }
 }

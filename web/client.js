@@ -284,7 +284,7 @@ export function zrleEncode(xored) {
     if (words) {
       let w = i >>> 2;
       while (w < words.length && words[w] === 0) w++;
-      i = w << 2;
+      if (w << 2 > i) i = w << 2;
     }
     while (i < n && x[i] === 0) i++;
     return i;
@@ -1009,6 +1009,12 @@ function startReceiver(channel) {
     get inputsSent() {
       return inputsSent;
     },
+    get retries() {
+      return conn.attempt;
+    },
+    get audioChunks() {
+      return audio.chunks;
+    },
     pixels() {
       return st.frame ? st.frame.slice() : new Uint8Array(0);
     },
@@ -1248,6 +1254,9 @@ function startSource(channel, params) {
     },
     get running() {
       return running;
+    },
+    get retries() {
+      return conn.attempt;
     },
     pixels() {
       return prev ? prev.slice() : new Uint8Array(0);

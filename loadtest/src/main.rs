@@ -1,1 +1,358 @@
-fn main() {}
+//! `loadtest`: a load driver for PROTOCOL.md relays. One source per
+//! channel and N receivers, all in this process; see loadtest/README.md.
+//!
+//!     cargo run --release -p loadtest -- headline --url ws://127.0.0.1:9100 --relay-pid PID
+//!     cargo run --release -p loadtest -- saturate --start ours
+//!     cargo run --release -p loadtest -- compare --scenario headline --rounds 3
+
+mod relays;
+mod report;
+mod run;
+mod sys;
+mod tcpserver;
+mod wire;
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use relays::{Paths, RelayKind};
+use run::RunCfg;
+
+static EPOCH: OnceLock<Instant> = OnceLock::new();
+
+/// Nanoseconds since the driver's one monotonic epoch.
+pub fn now_ns() -> u64 {
+    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+/// Seconds since the epoch, as f64.
+pub fn now_secs() -> f64 {
+    now_ns() as f64 / 1e9
+}
+
+/// A load scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// 640×360 RGBA keyframes at 30 fps to 64 receivers.
+    Headline,
+    /// The same frames as fast as the relay takes them.
+    Saturate,
+    /// Many receivers on one channel (default 15,000), small frames at 10 Hz.
+    Receivers,
+    /// Many channels at once (default 256 × 8 receivers), small frames.
+    Channels,
+}
+
+impl Scenario {
+    /// Its name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Headline => "headline",
+            Scenario::Saturate => "saturate",
+            Scenario::Receivers => "receivers",
+            Scenario::Channels => "channels",
+        }
+    }
+
+    /// (receivers, channels, width, height, fps, check_every)
+    fn defaults(self) -> (usize, usize, u16, u16, f64, u64) {
+        match self {
+            Scenario::Headline => (64, 1, 640, 360, 30.0, 1),
+            Scenario::Saturate => (64, 1, 640, 360, 0.0, 8),
+            Scenario::Receivers => (15_000, 1, 64, 64, 10.0, 1),
+            Scenario::Channels => (2048, 256, 64, 64, 30.0, 1),
+        }
+    }
+}
+
+#[derive(Parser)]
+#[command(name = "loadtest", about = "Load driver for PROTOCOL.md relays")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// 640×360 RGBA keyframes at 30 fps to 64 receivers.
+    Headline(Opts),
+    /// The same frames as fast as the relay takes them (TCP backpressure).
+    Saturate(Opts),
+    /// N receivers on one channel (default 15,000): all connected? all frames? RSS per connection.
+    Receivers(Opts),
+    /// Many channels at once (default 256 channels × 8 receivers).
+    Channels(Opts),
+    /// Runs a scenario against this relay, the baseline, the uWS peer and plain TCP, round by round.
+    Compare(CompareOpts),
+    /// The plain-TCP fan-out reference server (started by `compare`).
+    #[command(hide = true)]
+    TcpServer {
+        #[arg(long)]
+        addr: String,
+    },
+}
+
+#[derive(Args, Clone, Debug)]
+struct Opts {
+    /// Relay base URL: ws://HOST:PORT (paths /source/{ch}, /stream/{ch}), or tcp://HOST:PORT for the plain-TCP reference.
+    #[arg(long, default_value = "ws://127.0.0.1:9100")]
+    url: String,
+    /// Receivers in total, spread round-robin over the channels.
+    #[arg(long)]
+    receivers: Option<usize>,
+    /// Frame width in pixels.
+    #[arg(long)]
+    width: Option<u16>,
+    /// Frame height in pixels.
+    #[arg(long)]
+    height: Option<u16>,
+    /// Frames per second per channel (0 = as fast as the relay accepts).
+    #[arg(long)]
+    fps: Option<f64>,
+    /// Seconds the source sends.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Channels (one source each).
+    #[arg(long)]
+    channels: Option<usize>,
+    /// Output directory for the JSON and text reports.
+    #[arg(long, default_value = "target/loadtest")]
+    out: PathBuf,
+    /// Measure this relay process (CPU from /proc/PID/stat, RSS from /proc/PID/status).
+    #[arg(long)]
+    relay_pid: Option<u32>,
+    /// Start this relay instead of using --url (pinned to --relay-cpu; the driver moves to --driver-cpu).
+    #[arg(long, value_enum)]
+    start: Option<RelayKind>,
+    /// Each receiver checksums every n-th frame's payload (default 1; 8 for saturate).
+    #[arg(long)]
+    check_every: Option<u64>,
+    /// Tokio worker threads for the receivers (the source has its own thread).
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Receivers connecting at once.
+    #[arg(long, default_value_t = 500)]
+    connect_batch: usize,
+    /// Longest wait for in-flight frames after the source stops, seconds.
+    #[arg(long, default_value_t = 3.0)]
+    drain: f64,
+    /// KiB per read syscall (one buffer per driver thread, shared by its receivers).
+    #[arg(long, default_value_t = 256)]
+    read_buf_kib: usize,
+    /// Pin the driver to this CPU (default: 1 when it starts relays, else unpinned).
+    #[arg(long)]
+    driver_cpu: Option<usize>,
+    /// CPU for relays the driver starts (`--relay-cpu none` to leave them unpinned).
+    #[arg(long, default_value = "0")]
+    relay_cpu: String,
+    /// bitstream-relay binary (default: next to this executable).
+    #[arg(long)]
+    relay_bin: Option<PathBuf>,
+    /// baseline-relay binary.
+    #[arg(
+        long,
+        default_value = "/work/shared/baseline/target/release/baseline-relay"
+    )]
+    baseline_bin: PathBuf,
+    /// bun executable for the uWS peer.
+    #[arg(long, default_value = "/tmp/bun/package/bin/bun")]
+    bun: PathBuf,
+    /// The uWS peer's script.
+    #[arg(long, default_value = "/work/shared/peers/bun-relay/relay.js")]
+    bun_script: PathBuf,
+    /// Name of the relay in reports (default: the --start kind, else "relay").
+    #[arg(long)]
+    label: Option<String>,
+}
+
+#[derive(Args, Clone, Debug)]
+struct CompareOpts {
+    /// Scenario to compare.
+    #[arg(long, value_enum, default_value = "headline")]
+    scenario: Scenario,
+    /// Rounds; each round runs every relay once, in rotating order.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Relays to compare.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "ours,baseline,bun,tcp"
+    )]
+    relays: Vec<RelayKind>,
+    #[command(flatten)]
+    opts: Opts,
+}
+
+impl Opts {
+    fn paths(&self) -> Paths {
+        let relay_bin = self.relay_bin.clone().unwrap_or_else(|| {
+            std::env::current_exe()
+                .ok()
+                .and_then(|p| p.parent().map(|d| d.join("bitstream-relay")))
+                .unwrap_or_else(|| PathBuf::from("target/release/bitstream-relay"))
+        });
+        Paths {
+            relay_bin,
+            baseline_bin: self.baseline_bin.clone(),
+            bun: self.bun.clone(),
+            bun_script: self.bun_script.clone(),
+        }
+    }
+
+    fn relay_cpu(&self) -> Option<usize> {
+        self.relay_cpu.parse().ok()
+    }
+
+    fn run_cfg(&self, scenario: Scenario, nofile: u64) -> RunCfg {
+        let (r, c, w, h, fps, check) = scenario.defaults();
+        let channels = self.channels.unwrap_or(c).max(1);
+        let mut receivers = self.receivers.unwrap_or(
+            if self.channels.is_some() && scenario == Scenario::Channels {
+                channels * 8
+            } else {
+                r
+            },
+        );
+        // One socket per receiver, one per source, plus some slack.
+        let room = nofile.saturating_sub(channels as u64 + 64) as usize;
+        if receivers > room {
+            eprintln!(
+                "loadtest: the open-files limit is {nofile} (hard limit, `ulimit -Hn`); capping receivers at {room} instead of {receivers}"
+            );
+            receivers = room;
+        }
+        RunCfg {
+            scenario,
+            url: self.url.clone(),
+            receivers,
+            channels,
+            width: self.width.unwrap_or(w),
+            height: self.height.unwrap_or(h),
+            fps: self.fps.unwrap_or(fps),
+            duration: self.duration,
+            check_every: self.check_every.unwrap_or(check).max(1),
+            connect_batch: self.connect_batch,
+            drain_secs: self.drain,
+            relay_pid: self.relay_pid,
+            label: self
+                .label
+                .clone()
+                .or_else(|| self.start.map(|k| k.label().to_owned()))
+                .unwrap_or_else(|| "relay".into()),
+            read_buf: self.read_buf_kib.max(4) * 1024,
+            progress: true,
+        }
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    EPOCH.get_or_init(Instant::now);
+    let (scenario, opts, compare) = match cli.cmd {
+        Cmd::TcpServer { addr } => {
+            sys::raise_nofile();
+            if let Err(e) = tcpserver::serve(&addr) {
+                eprintln!("tcp-server: {e}");
+                std::process::exit(1);
+            }
+            return;
+        }
+        Cmd::Headline(o) => (Scenario::Headline, o, None),
+        Cmd::Saturate(o) => (Scenario::Saturate, o, None),
+        Cmd::Receivers(o) => (Scenario::Receivers, o, None),
+        Cmd::Channels(o) => (Scenario::Channels, o, None),
+        Cmd::Compare(c) => (c.scenario, c.opts.clone(), Some(c)),
+    };
+    let nofile = sys::raise_nofile();
+    let pin = opts
+        .driver_cpu
+        .or(if compare.is_some() || opts.start.is_some() {
+            Some(1)
+        } else {
+            None
+        });
+    if let Some(cpu) = pin {
+        match sys::pin_self(cpu) {
+            Ok(()) => eprintln!("loadtest: driver pinned to CPU {cpu}"),
+            Err(e) => eprintln!("loadtest: cannot pin the driver: {e}"),
+        }
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(opts.workers.max(1))
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let code = rt.block_on(async move {
+        match compare {
+            Some(c) => report::compare(c.scenario, c.rounds, &c.relays, &c.opts, nofile).await,
+            None => single(scenario, &opts, nofile).await,
+        }
+    });
+    rt.shutdown_background();
+    std::process::exit(code);
+}
+
+async fn single(scenario: Scenario, opts: &Opts, nofile: u64) -> i32 {
+    let mut cfg = opts.run_cfg(scenario, nofile);
+    let mut relay = None;
+    if let Some(kind) = opts.start {
+        let per_ch = cfg.receivers.div_ceil(cfg.channels);
+        match relays::spawn(
+            kind,
+            &opts.paths(),
+            opts.relay_cpu(),
+            per_ch,
+            &opts.out.join("logs"),
+            &report::stamp(),
+        ) {
+            Ok(p) => {
+                eprintln!(
+                    "loadtest: started {} (pid {}) at {}",
+                    kind.label(),
+                    p.pid,
+                    p.url
+                );
+                cfg.url = p.url.clone();
+                cfg.relay_pid = Some(p.pid);
+                relay = Some(p);
+            }
+            Err(e) => {
+                eprintln!("loadtest: {e}");
+                return 2;
+            }
+        }
+    }
+    eprintln!(
+        "loadtest {}: {} receivers on {} channel(s) at {}, {}x{} RGBA ({} B/message), {}, {} s",
+        scenario.name(),
+        cfg.receivers,
+        cfg.channels,
+        cfg.url,
+        cfg.width,
+        cfg.height,
+        cfg.width as usize * cfg.height as usize * 4 + 16,
+        if cfg.fps > 0.0 {
+            format!("{} fps", cfg.fps)
+        } else {
+            "as fast as accepted".into()
+        },
+        cfg.duration
+    );
+    let mut s = run::run(&cfg).await;
+    if let Some(p) = relay.as_mut() {
+        s.relay_exit = p.exit_status();
+        p.stop();
+    }
+    let text = report::text(&s);
+    println!("{text}");
+    match report::write_single(&opts.out, &s, &text) {
+        Ok(p) => eprintln!("loadtest: wrote {}", p.display()),
+        Err(e) => eprintln!("loadtest: cannot write results: {e}"),
+    }
+    0
+}

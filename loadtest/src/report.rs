@@ -1,0 +1,483 @@
+//! Reports: text and JSON for one run, the `compare` loop and its table.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::relays::{self, RelayKind};
+use crate::run::{self, Summary};
+use crate::{Opts, Scenario};
+
+/// UTC `YYYYMMDD-HHMMSS` now.
+pub fn stamp() -> String {
+    let (d, t) = utc_now();
+    format!("{}-{}", d.replace('-', ""), t.replace(':', ""))
+}
+
+/// (YYYY-MM-DD, HH:MM:SS) in UTC.
+pub fn utc_now() -> (String, String) {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (
+        format!("{year:04}-{month:02}-{day:02}"),
+        format!("{:02}:{:02}:{:02}", rem / 3600, rem / 60 % 60, rem % 60),
+    )
+}
+
+fn opt(v: Option<f64>, prec: usize) -> String {
+    v.map_or("-".into(), |x| format!("{x:.prec$}"))
+}
+
+/// The JSON result of one run.
+pub fn json(s: &Summary) -> Value {
+    json!({
+        "scenario": s.scenario,
+        "relay": s.label,
+        "url": s.url,
+        "config": {
+            "receivers": s.receivers_target,
+            "channels": s.channels,
+            "width": s.width,
+            "height": s.height,
+            "fps": if s.fps_target > 0.0 { json!(s.fps_target) } else { json!("max") },
+            "message_bytes": s.msg_bytes,
+            "checksum_every_nth_frame": s.check_every,
+        },
+        "connect": {
+            "receivers_connected": s.receivers_connected,
+            "failures": s.connect_failures,
+            "first_error": s.connect_error,
+            "seconds": s.connect_secs,
+        },
+        "source": {
+            "frames_sent": s.frames_sent,
+            "window_s": s.window_s,
+            "fps_achieved": s.fps_achieved,
+            "pacing_late_ms": {"p50": s.pacing_late_ms[0], "p99": s.pacing_late_ms[1], "max": s.pacing_late_ms[2]},
+            "error": s.source_error,
+        },
+        "offered_MBps": {"per_receiver": s.offered_mbps_per_rx, "aggregate": s.offered_mbps_agg},
+        "delivered_MBps": {
+            "aggregate": s.delivered_mbps_agg,
+            "aggregate_GBps": s.delivered_mbps_agg / 1000.0,
+            "per_receiver_min": s.per_rx_mbps[0],
+            "per_receiver_median": s.per_rx_mbps[1],
+            "per_receiver_max": s.per_rx_mbps[2],
+        },
+        "delivery": {
+            "expected_frames": s.expected_frames,
+            "delivered_frames": s.delivered_frames,
+            "delivered_fraction": s.delivered_fraction,
+            "per_receiver_fraction_min": s.per_rx_fraction[0],
+            "per_receiver_fraction_median": s.per_rx_fraction[1],
+            "receivers_with_every_frame": s.receivers_all_frames,
+            "missing_frames": s.missing,
+            "out_of_order_or_duplicate": s.out_of_order,
+            "corrupted": s.corrupted,
+            "payloads_checksummed": s.checked,
+            "non_test_messages": s.foreign,
+            "receivers_ended_early": s.receivers_ended,
+        },
+        "latency_ms": {
+            "p50": s.lat_ms[0], "p90": s.lat_ms[1], "p99": s.lat_ms[2], "p99_9": s.lat_ms[3],
+            "max": s.lat_ms[4], "mean": s.lat_mean_ms, "samples": s.lat_count,
+        },
+        "relay_process": {
+            "cpu_percent_of_one_core": s.relay_cpu_pct,
+            "peak_rss_MB_vmhwm": s.relay_hwm_mb,
+            "peak_rss_MB_sampled": s.relay_rss_peak_mb,
+            "idle_rss_MB": s.relay_idle_rss_mb,
+            "connected_rss_MB": s.relay_connected_rss_mb,
+            "rss_per_connection_KiB": s.rss_per_conn_kib,
+            "rss_per_connection_KiB_at_peak": s.rss_per_conn_peak_kib,
+            "exit": s.relay_exit,
+        },
+        "driver_cpu_percent_of_one_core": s.driver_cpu_pct,
+        "notes": s.notes,
+    })
+}
+
+/// The human-readable report of one run.
+pub fn text(s: &Summary) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "== {} against {} ({})", s.scenario, s.label, s.url);
+    let _ = writeln!(
+        o,
+        "frames        {}x{} RGBA Pixels+KEYFRAME, {} B per message, {} channel(s), target {}",
+        s.width,
+        s.height,
+        s.msg_bytes,
+        s.channels,
+        if s.fps_target > 0.0 {
+            format!("{} fps", s.fps_target)
+        } else {
+            "as fast as accepted".into()
+        }
+    );
+    let _ = writeln!(
+        o,
+        "receivers     {}/{} connected in {:.1} s{}",
+        s.receivers_connected,
+        s.receivers_target,
+        s.connect_secs,
+        s.connect_error.as_ref().map_or(String::new(), |e| format!(
+            " ({} failed; first: {e})",
+            s.connect_failures
+        ))
+    );
+    let _ = writeln!(
+        o,
+        "source        {} frames in {:.2} s = {:.1} fps per channel (pacing lateness p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms){}",
+        s.frames_sent,
+        s.window_s,
+        s.fps_achieved,
+        s.pacing_late_ms[0],
+        s.pacing_late_ms[1],
+        s.pacing_late_ms[2],
+        s.source_error
+            .as_ref()
+            .map_or(String::new(), |e| format!("; ERROR {e}"))
+    );
+    let _ = writeln!(
+        o,
+        "offered       {:.1} MB/s per receiver, {:.1} MB/s aggregate",
+        s.offered_mbps_per_rx, s.offered_mbps_agg
+    );
+    let _ = writeln!(
+        o,
+        "delivered     {:.1} MB/s aggregate ({:.3} GB/s); per receiver min {:.1} / median {:.1} / max {:.1} MB/s",
+        s.delivered_mbps_agg,
+        s.delivered_mbps_agg / 1000.0,
+        s.per_rx_mbps[0],
+        s.per_rx_mbps[1],
+        s.per_rx_mbps[2]
+    );
+    let _ = writeln!(
+        o,
+        "delivery      {}/{} frames intact = {:.4}% (per receiver min {:.2}%, median {:.2}%); {} of {} receivers got every frame",
+        s.delivered_frames,
+        s.expected_frames,
+        s.delivered_fraction * 100.0,
+        s.per_rx_fraction[0] * 100.0,
+        s.per_rx_fraction[1] * 100.0,
+        s.receivers_all_frames,
+        s.receivers_connected
+    );
+    let _ = writeln!(
+        o,
+        "errors        missing {}  out-of-order/duplicate {}  corrupted {}  (payloads checksummed: {}; other messages: {})",
+        s.missing, s.out_of_order, s.corrupted, s.checked, s.foreign
+    );
+    if !s.receivers_ended.is_empty() {
+        let _ = writeln!(o, "ended early   {:?}", s.receivers_ended);
+    }
+    let _ = writeln!(
+        o,
+        "latency ms    p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}  (mean {:.2}, {} samples; send→last byte read)",
+        s.lat_ms[0], s.lat_ms[1], s.lat_ms[2], s.lat_ms[3], s.lat_ms[4], s.lat_mean_ms, s.lat_count
+    );
+    let _ = writeln!(
+        o,
+        "relay         CPU {}% of one core; peak RSS {} MB (VmHWM), {} MB sampled; idle {} MB, connected {} MB",
+        opt(s.relay_cpu_pct, 1),
+        opt(s.relay_hwm_mb, 1),
+        opt(s.relay_rss_peak_mb, 1),
+        opt(s.relay_idle_rss_mb, 1),
+        opt(s.relay_connected_rss_mb, 1)
+    );
+    if s.rss_per_conn_kib.is_some() {
+        let _ = writeln!(
+            o,
+            "rss/conn      {} KiB after connecting, {} KiB at peak (relay RSS over idle / receivers)",
+            opt(s.rss_per_conn_kib, 2),
+            opt(s.rss_per_conn_peak_kib, 2)
+        );
+    }
+    let _ = writeln!(
+        o,
+        "driver        CPU {}% of one core (source thread + receivers; near 100% means the driver may be the limit)",
+        opt(s.driver_cpu_pct, 1)
+    );
+    if let Some(e) = &s.relay_exit {
+        let _ = writeln!(o, "relay EXITED  {e}");
+    }
+    for n in &s.notes {
+        let _ = writeln!(o, "note          {n}");
+    }
+    o
+}
+
+/// Writes `{out}/{scenario}-{relay}-{stamp}.json` and `.txt`; returns the JSON path.
+pub fn write_single(out: &Path, s: &Summary, text: &str) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(out)?;
+    let base = format!("{}-{}-{}", s.scenario, s.label, stamp());
+    let j = out.join(format!("{base}.json"));
+    std::fs::write(
+        &j,
+        serde_json::to_string_pretty(&json(s)).unwrap_or_default(),
+    )?;
+    std::fs::write(out.join(format!("{base}.txt")), text)?;
+    Ok(j)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+struct Row {
+    label: String,
+    runs: usize,
+    delivered: f64,
+    mbps: f64,
+    per_rx: f64,
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    cpu: f64,
+    rss: f64,
+    rss_conn: f64,
+    connected: f64,
+}
+
+impl Row {
+    fn of(label: &str, v: &[Summary]) -> Row {
+        let m = |f: &dyn Fn(&Summary) -> f64| median(v.iter().map(f).collect());
+        Row {
+            label: label.into(),
+            runs: v.len(),
+            delivered: m(&|s| s.delivered_fraction),
+            mbps: m(&|s| s.delivered_mbps_agg),
+            per_rx: m(&|s| s.per_rx_mbps[1]),
+            p50: m(&|s| s.lat_ms[0]),
+            p99: m(&|s| s.lat_ms[2]),
+            p999: m(&|s| s.lat_ms[3]),
+            cpu: m(&|s| s.relay_cpu_pct.unwrap_or(f64::NAN)),
+            rss: m(&|s| s.relay_hwm_mb.or(s.relay_rss_peak_mb).unwrap_or(f64::NAN)),
+            rss_conn: m(&|s| s.rss_per_conn_kib.unwrap_or(f64::NAN)),
+            connected: m(&|s| s.receivers_connected as f64),
+        }
+    }
+    fn per_core(&self) -> f64 {
+        self.mbps / (self.cpu / 100.0)
+    }
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    if a.is_finite() && b.is_finite() && b != 0.0 {
+        format!("{:.2}×", a / b)
+    } else {
+        "-".into()
+    }
+}
+
+/// The Markdown table of medians, with ratios vs the uWS peer and the baseline.
+fn table(scenario: Scenario, cfg: &run::RunCfg, rows: &[Row], rounds: usize) -> String {
+    let mut o = String::new();
+    let (date, time) = utc_now();
+    let _ = writeln!(
+        o,
+        "### `{}`: {} receivers, {} channel(s), {}×{} RGBA ({} B/msg), {}, {} s × {} rounds ({date} {time} UTC, 2 cores: relay pinned to CPU 0, driver to CPU 1)\n",
+        scenario.name(),
+        cfg.receivers,
+        cfg.channels,
+        cfg.width,
+        cfg.height,
+        cfg.width as usize * cfg.height as usize * 4 + 16,
+        if cfg.fps > 0.0 {
+            format!("{} fps", cfg.fps)
+        } else {
+            "as fast as accepted".into()
+        },
+        cfg.duration,
+        rounds
+    );
+    let recv = scenario == Scenario::Receivers;
+    let _ = writeln!(
+        o,
+        "| relay | runs | delivered | aggregate MB/s | per-receiver MB/s | p50 ms | p99 ms | p99.9 ms | relay CPU % | MB/s per core | peak RSS MB |{}",
+        if recv { " connected | RSS/conn KiB |" } else { "" }
+    );
+    let _ = writeln!(
+        o,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|{}",
+        if recv { "---:|---:|" } else { "" }
+    );
+    for r in rows {
+        let _ = writeln!(
+            o,
+            "| {} | {} | {:.3}% | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} | {:.1} | {:.0} | {:.1} |{}",
+            r.label,
+            r.runs,
+            r.delivered * 100.0,
+            r.mbps,
+            r.per_rx,
+            r.p50,
+            r.p99,
+            r.p999,
+            r.cpu,
+            r.per_core(),
+            r.rss,
+            if recv {
+                format!(" {:.0} | {:.2} |", r.connected, r.rss_conn)
+            } else {
+                String::new()
+            }
+        );
+    }
+    let find = |l: &str| rows.iter().find(|r| r.label == l);
+    let refs: Vec<&Row> = [RelayKind::Bun.label(), RelayKind::Baseline.label()]
+        .iter()
+        .filter_map(|l| find(l))
+        .collect();
+    if !refs.is_empty() {
+        let _ = writeln!(
+            o,
+            "\nRatios (row ÷ reference; MB/s and MB/s per core: higher is better; CPU, latency, RSS: lower is better):\n"
+        );
+        let _ = writeln!(
+            o,
+            "| relay | vs | aggregate MB/s | relay CPU % | MB/s per core | p50 | p99 | peak RSS |"
+        );
+        let _ = writeln!(o, "|---|---|---:|---:|---:|---:|---:|---:|");
+        for r in rows {
+            for b in &refs {
+                if b.label == r.label {
+                    continue;
+                }
+                let _ = writeln!(
+                    o,
+                    "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                    r.label,
+                    b.label,
+                    ratio(r.mbps, b.mbps),
+                    ratio(r.cpu, b.cpu),
+                    ratio(r.per_core(), b.per_core()),
+                    ratio(r.p50, b.p50),
+                    ratio(r.p99, b.p99),
+                    ratio(r.rss, b.rss)
+                );
+            }
+        }
+    }
+    o
+}
+
+/// Runs `scenario` against each relay, `rounds` times in rotating order.
+pub async fn compare(
+    scenario: Scenario,
+    rounds: usize,
+    kinds: &[RelayKind],
+    opts: &Opts,
+    nofile: u64,
+) -> i32 {
+    let paths = opts.paths();
+    let mut avail = Vec::new();
+    for &k in kinds {
+        match paths.missing(k) {
+            Some(m) => eprintln!("loadtest: skipping {}: {m}", k.label()),
+            None => avail.push(k),
+        }
+    }
+    if avail.is_empty() {
+        eprintln!("loadtest: no relay to compare");
+        return 2;
+    }
+    let mut cfg = opts.run_cfg(scenario, nofile);
+    let per_ch = cfg.receivers.div_ceil(cfg.channels);
+    let st = stamp();
+    let dir = opts.out.join(format!("compare-{}-{st}", scenario.name()));
+    let _ = std::fs::create_dir_all(&dir);
+    let mut results: BTreeMap<&'static str, Vec<Summary>> = BTreeMap::new();
+    let mut all = Vec::new();
+    for round in 0..rounds.max(1) {
+        for i in 0..avail.len() {
+            let kind = avail[(i + round) % avail.len()];
+            eprintln!(
+                "\n== compare {}: round {}/{}: {}",
+                scenario.name(),
+                round + 1,
+                rounds,
+                kind.label()
+            );
+            let tag = format!("{}-r{}", scenario.name(), round + 1);
+            let mut p = match relays::spawn(kind, &paths, opts.relay_cpu(), per_ch, &dir, &tag) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("loadtest: {e}");
+                    continue;
+                }
+            };
+            cfg.url = p.url.clone();
+            cfg.relay_pid = Some(p.pid);
+            cfg.label = kind.label().into();
+            let mut s = run::run(&cfg).await;
+            s.relay_exit = p.exit_status();
+            if let Some(e) = &s.relay_exit {
+                eprintln!(
+                    "loadtest: {} EXITED during the run ({e}); log {}:\n{}",
+                    kind.label(),
+                    p.log.display(),
+                    relays::tail(&p.log)
+                );
+            }
+            p.stop();
+            drop(p);
+            let t = text(&s);
+            eprintln!("{t}");
+            let _ = std::fs::write(dir.join(format!("{}-{tag}.txt", kind.label())), &t);
+            let mut j = json(&s);
+            j["round"] = json!(round + 1);
+            all.push(j);
+            results.entry(kind.label()).or_default().push(s);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    let rows: Vec<Row> = avail
+        .iter()
+        .filter_map(|k| results.get(k.label()).map(|v| Row::of(k.label(), v)))
+        .collect();
+    let md = table(scenario, &cfg, &rows, rounds);
+    println!("\n{md}");
+    let md_path = dir.join("table.md");
+    let _ = std::fs::write(&md_path, &md);
+    let _ = std::fs::write(
+        opts.out
+            .join(format!("compare-{}-latest.md", scenario.name())),
+        &md,
+    );
+    let _ = std::fs::write(
+        dir.join("results.json"),
+        serde_json::to_string_pretty(&json!({ "scenario": scenario.name(), "runs": all }))
+            .unwrap_or_default(),
+    );
+    eprintln!(
+        "loadtest: wrote {} and {}",
+        md_path.display(),
+        dir.join("results.json").display()
+    );
+    0
+}
