@@ -59,14 +59,6 @@ async fn receiver_rebuilds_pictures_and_signal_state() {
     assert_eq!(r.picture().unwrap().width, 96);
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Relay(Child);
 
 impl Relay {

@@ -6,15 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bitstream_relay::client::{Client, ClientError};
-use common::within;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::{free_port, within};
 
 fn spawn_relay(port: u16) -> Child {
     Command::new(env!("CARGO_BIN_EXE_bitstream-relay"))
