@@ -108,8 +108,13 @@ pub struct WsReader {
     role: Role,
     max_message: usize,
     chunk: usize,
+    /// Bytes wanted from the buffer's start to make progress.
+    need: usize,
     partial: Option<Partial>,
 }
+
+/// Readers with a read chunk up to this size free their buffer when idle.
+const IDLE_FREE_CHUNK: usize = 4096;
 
 impl WsReader {
     /// A reader for our `role`, refusing messages over `max_message` bytes
@@ -121,6 +126,7 @@ impl WsReader {
             role,
             max_message,
             chunk: chunk.max(64),
+            need: ws::MAX_HEAD_LEN,
             partial: None,
         }
     }
@@ -131,7 +137,12 @@ impl WsReader {
             if let Some(msg) = self.parse()? {
                 return Ok(msg);
             }
+            if self.buf.is_empty() && self.partial.is_none() && self.chunk <= IDLE_FREE_CHUNK {
+                // An idle peer holds no read buffer between messages.
+                self.buf = BytesMut::new();
+            }
             stream.readable().await?;
+            self.reserve(self.need);
             match stream.try_read_buf(&mut self.buf) {
                 Ok(0) => return Err(ReadError::Eof),
                 Ok(_) => {}
@@ -146,7 +157,7 @@ impl WsReader {
     pub fn parse(&mut self) -> Result<Option<Incoming>, ReadError> {
         loop {
             let Some(head) = ws::parse_head(&self.buf, self.role)? else {
-                self.reserve(ws::MAX_HEAD_LEN);
+                self.need = ws::MAX_HEAD_LEN;
                 return Ok(None);
             };
             let so_far = self
@@ -162,7 +173,7 @@ impl WsReader {
             }
             let total = head.head_len + head.payload_len as usize;
             if self.buf.len() < total {
-                self.reserve(total);
+                self.need = total;
                 return Ok(None);
             }
             let mut frame = self.buf.split_to(total);

@@ -172,11 +172,15 @@ pub async fn run(
                     Drain::Closed => break Exit::Disconnected,
                 }
             }
-            _ = tokio::time::sleep_until(slow_deadline), if lag.behind_since.is_some() => {
-                channel.traffic.slow_closes.inc();
-                break Exit::Closed(CLOSE_SLOW, "slow receiver: queue not drained in time".into());
-            }
-            _ = tokio::time::sleep_until(next_ping) => {
+            // One timer for both deadlines keeps an idle connection small.
+            _ = tokio::time::sleep_until(next_ping.min(slow_deadline)) => {
+                if Instant::now() >= slow_deadline {
+                    channel.traffic.slow_closes.inc();
+                    break Exit::Closed(CLOSE_SLOW, "slow receiver: queue not drained in time".into());
+                }
+                if Instant::now() < next_ping {
+                    continue;
+                }
                 if last_seen.elapsed() >= timeout {
                     relay.connections.keepalive_drops.inc();
                     break Exit::KeepaliveTimeout;
