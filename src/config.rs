@@ -28,6 +28,9 @@ pub struct Config {
     /// Address to listen on.
     #[arg(long, env = "RELAY_ADDR", default_value = "127.0.0.1:9100")]
     pub addr: SocketAddr,
+    /// Length of the kernel's accept queue (capped by net.core.somaxconn).
+    #[arg(long, env = "RELAY_LISTEN_BACKLOG", default_value_t = 4096)]
+    pub listen_backlog: u32,
     /// Worker threads of the async runtime (0 = one per core).
     #[arg(long, env = "RELAY_THREADS", default_value_t = 0)]
     pub threads: usize,

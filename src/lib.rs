@@ -56,7 +56,15 @@ pub struct Server {
 impl Server {
     /// Binds the listening socket.
     pub async fn bind(config: Config) -> io::Result<Self> {
-        let listener = TcpListener::bind(config.addr).await?;
+        let socket = if config.addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(config.addr)?;
+        // A deep accept queue so a storm of joins is not dropped at SYN time.
+        let listener = socket.listen(config.listen_backlog)?;
         let local_addr = listener.local_addr()?;
         Ok(Self {
             relay: Relay::new(config),

@@ -287,7 +287,7 @@ async fn admit(
         return;
     }
     let (max_message, chunk) = match role {
-        Role::Source => (cfg.max_message, 64 * 1024),
+        Role::Source => (cfg.max_message, 16 * 1024),
         Role::Receiver => (cfg.max_input_message, 512),
         Role::Signal => (cfg.max_signal_message, 2048),
         Role::Echo => (cfg.max_message, 64 * 1024),
