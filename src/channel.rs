@@ -360,7 +360,11 @@ impl Channel {
         let mut delivered = 0u64;
         for r in receivers.iter() {
             match r.egress.send_live(frame, seq) {
-                Outcome::Sent | Outcome::Queued => delivered += 1,
+                Outcome::Sent => delivered += 1,
+                Outcome::Queued => {
+                    delivered += 1;
+                    self.traffic.queued.inc();
+                }
                 Outcome::Overflow => self.traffic.slow_skips.inc(),
                 Outcome::Skipped | Outcome::Dropped | Outcome::Closed => {}
             }

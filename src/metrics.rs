@@ -27,7 +27,7 @@ fn gauge(reg: &mut Registry, name: &str, help: &str, v: u64) {
 }
 
 /// One traffic counter: its metric name, help, and how to read it.
-const TRAFFIC: [(&str, &str, fn(&TrafficSnapshot) -> u64); 11] = [
+const TRAFFIC: [(&str, &str, fn(&TrafficSnapshot) -> u64); 12] = [
     ("frames_in", "Valid frames received from sources", |t| {
         t.frames_in
     }),
@@ -59,6 +59,11 @@ const TRAFFIC: [(&str, &str, fn(&TrafficSnapshot) -> u64); 11] = [
     ("signal_messages", "Signaling messages broadcast", |t| {
         t.signal_messages
     }),
+    (
+        "queued",
+        "Deliveries the socket did not take at once",
+        |t| t.queued,
+    ),
 ];
 
 /// Renders every metric in the Prometheus text exposition format.

@@ -62,6 +62,9 @@ pub struct Traffic {
     pub slow_closes: Counter,
     /// Signaling text messages broadcast.
     pub signal_messages: Counter,
+    /// Frame deliveries the socket did not take at once (queued for the
+    /// receiver's task to finish).
+    pub queued: Counter,
 }
 
 /// A plain copy of [`Traffic`] at one instant.
@@ -89,6 +92,8 @@ pub struct TrafficSnapshot {
     pub slow_closes: u64,
     /// See [`Traffic::signal_messages`].
     pub signal_messages: u64,
+    /// See [`Traffic::queued`].
+    pub queued: u64,
 }
 
 impl Traffic {
@@ -106,6 +111,7 @@ impl Traffic {
             slow_skips: self.slow_skips.get(),
             slow_closes: self.slow_closes.get(),
             signal_messages: self.signal_messages.get(),
+            queued: self.queued.get(),
         }
     }
 
@@ -122,6 +128,7 @@ impl Traffic {
         self.slow_skips.add(s.slow_skips);
         self.slow_closes.add(s.slow_closes);
         self.signal_messages.add(s.signal_messages);
+        self.queued.add(s.queued);
     }
 }
 
@@ -138,6 +145,7 @@ impl std::ops::AddAssign for TrafficSnapshot {
         self.slow_skips += o.slow_skips;
         self.slow_closes += o.slow_closes;
         self.signal_messages += o.signal_messages;
+        self.queued += o.queued;
     }
 }
 
