@@ -40,7 +40,7 @@ pub enum Scenario {
     Headline,
     /// The same frames as fast as the relay takes them.
     Saturate,
-    /// Many receivers on one channel (default 15,000), small frames at 10 Hz.
+    /// Many receivers on one channel (default 15,000), small frames at 5 Hz.
     Receivers,
     /// Many channels at once (default 256 × 8 receivers), small frames.
     Channels,
@@ -61,8 +61,8 @@ impl Scenario {
     fn defaults(self) -> (usize, usize, u16, u16, f64, u64) {
         match self {
             Scenario::Headline => (64, 1, 640, 360, 30.0, 1),
-            Scenario::Saturate => (64, 1, 640, 360, 0.0, 8),
-            Scenario::Receivers => (15_000, 1, 64, 64, 10.0, 1),
+            Scenario::Saturate => (64, 1, 640, 360, 0.0, 1),
+            Scenario::Receivers => (15_000, 1, 64, 64, 5.0, 1),
             Scenario::Channels => (2048, 256, 64, 64, 30.0, 1),
         }
     }
@@ -127,7 +127,7 @@ struct Opts {
     /// Start this relay instead of using --url (pinned to --relay-cpu; the driver moves to --driver-cpu).
     #[arg(long, value_enum)]
     start: Option<RelayKind>,
-    /// Each receiver checksums every n-th frame's payload (default 1; 8 for saturate).
+    /// Each receiver checksums the payload of every n-th frame (default 1: every frame).
     #[arg(long)]
     check_every: Option<u64>,
     /// Tokio worker threads for the receivers (the source has its own thread).

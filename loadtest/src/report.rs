@@ -63,6 +63,7 @@ pub fn json(s: &Summary) -> Value {
             "failures": s.connect_failures,
             "first_error": s.connect_error,
             "seconds": s.connect_secs,
+            "listen_overflows_while_connecting": s.listen_overflows,
         },
         "source": {
             "frames_sent": s.frames_sent,
@@ -131,10 +132,11 @@ pub fn text(s: &Summary) -> String {
     );
     let _ = writeln!(
         o,
-        "receivers     {}/{} connected in {:.1} s{}",
+        "receivers     {}/{} connected in {:.1} s ({} listen-queue overflows, system-wide){}",
         s.receivers_connected,
         s.receivers_target,
         s.connect_secs,
+        s.listen_overflows,
         s.connect_error.as_ref().map_or(String::new(), |e| format!(
             " ({} failed; first: {e})",
             s.connect_failures
@@ -142,13 +144,18 @@ pub fn text(s: &Summary) -> String {
     );
     let _ = writeln!(
         o,
-        "source        {} frames in {:.2} s = {:.1} fps per channel (pacing lateness p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms){}",
+        "source        {} frames in {:.2} s = {:.1} fps per channel ({}){}",
         s.frames_sent,
         s.window_s,
         s.fps_achieved,
-        s.pacing_late_ms[0],
-        s.pacing_late_ms[1],
-        s.pacing_late_ms[2],
+        if s.fps_target > 0.0 {
+            format!(
+                "pacing lateness p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+                s.pacing_late_ms[0], s.pacing_late_ms[1], s.pacing_late_ms[2]
+            )
+        } else {
+            "unpaced: each send awaited".into()
+        },
         s.source_error
             .as_ref()
             .map_or(String::new(), |e| format!("; ERROR {e}"))
@@ -200,7 +207,7 @@ pub fn text(s: &Summary) -> String {
         opt(s.relay_idle_rss_mb, 1),
         opt(s.relay_connected_rss_mb, 1)
     );
-    if s.rss_per_conn_kib.is_some() {
+    if s.rss_per_conn_kib.is_some() && s.scenario == "receivers" {
         let _ = writeln!(
             o,
             "rss/conn      {} KiB after connecting, {} KiB at peak (relay RSS over idle / receivers)",
@@ -258,6 +265,7 @@ struct Row {
     p99: f64,
     p999: f64,
     cpu: f64,
+    driver_cpu: f64,
     rss: f64,
     rss_conn: f64,
     connected: f64,
@@ -276,6 +284,7 @@ impl Row {
             p99: m(&|s| s.lat_ms[2]),
             p999: m(&|s| s.lat_ms[3]),
             cpu: m(&|s| s.relay_cpu_pct.unwrap_or(f64::NAN)),
+            driver_cpu: m(&|s| s.driver_cpu_pct.unwrap_or(f64::NAN)),
             rss: m(&|s| s.relay_hwm_mb.or(s.relay_rss_peak_mb).unwrap_or(f64::NAN)),
             rss_conn: m(&|s| s.rss_per_conn_kib.unwrap_or(f64::NAN)),
             connected: m(&|s| s.receivers_connected as f64),
@@ -318,18 +327,18 @@ fn table(scenario: Scenario, cfg: &run::RunCfg, rows: &[Row], rounds: usize) -> 
     let recv = scenario == Scenario::Receivers;
     let _ = writeln!(
         o,
-        "| relay | runs | delivered | aggregate MB/s | per-receiver MB/s | p50 ms | p99 ms | p99.9 ms | relay CPU % | MB/s per core | peak RSS MB |{}",
+        "| relay | runs | delivered | aggregate MB/s | per-receiver MB/s | p50 ms | p99 ms | p99.9 ms | relay CPU % | MB/s per core | peak RSS MB | driver CPU % |{}",
         if recv { " connected | RSS/conn KiB |" } else { "" }
     );
     let _ = writeln!(
         o,
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|{}",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|{}",
         if recv { "---:|---:|" } else { "" }
     );
     for r in rows {
         let _ = writeln!(
             o,
-            "| {} | {} | {:.3}% | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} | {:.1} | {:.0} | {:.1} |{}",
+            "| {} | {} | {:.3}% | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} | {:.1} | {:.0} | {:.1} | {:.0} |{}",
             r.label,
             r.runs,
             r.delivered * 100.0,
@@ -341,6 +350,7 @@ fn table(scenario: Scenario, cfg: &run::RunCfg, rows: &[Row], rounds: usize) -> 
             r.cpu,
             r.per_core(),
             r.rss,
+            r.driver_cpu,
             if recv {
                 format!(" {:.0} | {:.2} |", r.connected, r.rss_conn)
             } else {

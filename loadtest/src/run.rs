@@ -70,6 +70,7 @@ pub struct Summary {
     pub connect_failures: usize,
     pub connect_error: Option<String>,
     pub connect_secs: f64,
+    pub listen_overflows: u64,
     pub frames_sent: u64,
     pub window_s: f64,
     pub fps_achieved: f64,
@@ -546,6 +547,7 @@ pub async fn run(cfg: &RunCfg) -> Summary {
     let t_conn = Instant::now();
     let mut i = 0usize;
     let mut conn_cpu = pid.and_then(ProcSample::take);
+    let overflows0 = sys::tcpext("ListenOverflows");
     while i < cfg.receivers {
         let n = cfg.connect_batch.max(1).min(cfg.receivers - i);
         let mut batch = Vec::with_capacity(n);
@@ -608,6 +610,9 @@ pub async fn run(cfg: &RunCfg) -> Summary {
         }
     }
     s.connect_secs = t_conn.elapsed().as_secs_f64();
+    if let (Some(a), Some(b)) = (sys::tcpext("ListenOverflows"), overflows0) {
+        s.listen_overflows = a.saturating_sub(b);
+    }
     s.receivers_connected = stats.len();
     if let Some(e) = &s.connect_error {
         eprintln!(

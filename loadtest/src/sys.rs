@@ -107,3 +107,12 @@ impl ProcSample {
         (self.ticks.saturating_sub(earlier.ticks)) as f64 / ticks_per_sec() / dt * 100.0
     }
 }
+
+/// A `TcpExt:` counter of /proc/net/netstat (system-wide), e.g. `ListenOverflows`.
+pub fn tcpext(name: &str) -> Option<u64> {
+    let s = fs::read_to_string("/proc/net/netstat").ok()?;
+    let mut lines = s.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (h, v) = (lines.next()?, lines.next()?);
+    let i = h.split_whitespace().position(|x| x == name)?;
+    v.split_whitespace().nth(i)?.parse().ok()
+}
