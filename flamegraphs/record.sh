@@ -8,18 +8,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scenario=$1; name=$2; shift 2
 port=${PORT:-9190}
-cargo build --release --bin bitstream-relay -p loadtest >/dev/null
+cargo build --release --bin bitstream-relay >/dev/null && cargo build --release -p loadtest >/dev/null
 tmp=$(mktemp -d)
 taskset -c 0 perf record -e cpu-clock -F 999 -g -o "$tmp/perf.data" -- \
     target/release/bitstream-relay --addr 127.0.0.1:$port --max-receivers 100000 \
     --max-connections-per-ip 100000 --stats-interval-ms 0 2>"$tmp/relay.log" &
 perf_pid=$!
 sleep 1
-relay_pid=$(pgrep -f "bitstream-relay --addr 127.0.0.1:$port" | head -1)
-taskset -c 1 target/release/loadtest "$scenario" --url ws://127.0.0.1:$port --relay-pid "$relay_pid" "$@"
+relay_pid=$(pgrep -f "^target/release/bitstream-relay --addr 127.0.0.1:$port" | head -1)
+taskset -c 1 target/release/loadtest "$scenario" --out target/loadtest/flame --url ws://127.0.0.1:$port --relay-pid "$relay_pid" "$@"
 kill -INT "$relay_pid"
 wait "$perf_pid" || true
 perf script -i "$tmp/perf.data" 2>/dev/null | inferno-collapse-perf > "$tmp/stacks.folded"
 inferno-flamegraph --title "bitstream-relay: $scenario ($name)" < "$tmp/stacks.folded" > "flamegraphs/$name.svg"
-cp "$tmp/stacks.folded" "flamegraphs/$name.folded"
+cp "$tmp/stacks.folded" "target/$name.folded"
 echo "flamegraphs/$name.svg"

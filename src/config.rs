@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use crate::egress::EgressMode;
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -70,6 +72,10 @@ pub struct Config {
     /// exceed it is skipped forward and resynchronized from the catch-up state.
     #[arg(long, env = "RELAY_EGRESS_QUEUE", default_value_t = 4 * 1024 * 1024)]
     pub egress_queue: usize,
+    /// How frames reach receivers' sockets: `direct` (written back to back
+    /// by the fan-out) or `queued` (each peer's task writes its queue).
+    #[arg(long, env = "RELAY_EGRESS_MODE", value_enum, default_value_t = EgressMode::Direct)]
+    pub egress_mode: EgressMode,
     /// Interval between pings to every peer, in milliseconds.
     #[arg(long, env = "RELAY_PING_INTERVAL_MS", default_value_t = 10_000)]
     pub ping_interval_ms: u64,

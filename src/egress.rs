@@ -67,9 +67,22 @@ struct State {
     skip_upto: u64,
 }
 
+/// How frames reach the socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum EgressMode {
+    /// Written by the task that fans the frame out, back to back for every
+    /// receiver; only what the socket does not take is queued (the default).
+    #[default]
+    Direct,
+    /// Always queued; each peer's own task writes its queue with `writev`.
+    /// Kept as the measured alternative (see `flamegraphs/README.md`).
+    Queued,
+}
+
 /// A peer's outbound side. Shared (`Arc`) by the fan-out and the peer's task.
 #[derive(Debug)]
 pub struct Egress {
+    mode: EgressMode,
     stream: Arc<TcpStream>,
     state: Mutex<State>,
     wake: Notify,
@@ -82,8 +95,9 @@ fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
 
 impl Egress {
     /// An egress on `stream` whose queue holds at most `limit` bytes.
-    pub fn new(stream: Arc<TcpStream>, limit: usize) -> Self {
+    pub fn new(stream: Arc<TcpStream>, limit: usize, mode: EgressMode) -> Self {
         Self {
+            mode,
             stream,
             state: Mutex::new(State::default()),
             wake: Notify::new(),
@@ -155,7 +169,7 @@ impl Egress {
     }
 
     fn push_or_write(&self, mut st: MutexGuard<'_, State>, frame: &Bytes) -> Outcome {
-        if st.queue.is_empty() {
+        if st.queue.is_empty() && self.mode == EgressMode::Direct {
             match self.stream.try_write(frame) {
                 Ok(n) if n == frame.len() => return Outcome::Sent,
                 Ok(n) => {
@@ -177,8 +191,13 @@ impl Egress {
             self.wake.notify_one();
             Outcome::Queued
         } else {
+            let was_empty = st.queue.is_empty();
             st.queued += frame.len();
             st.queue.push_back(frame.clone());
+            drop(st);
+            if was_empty {
+                self.wake.notify_one();
+            }
             Outcome::Queued
         }
     }

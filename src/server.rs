@@ -234,7 +234,7 @@ async fn admit(
     let peer = Arc::new(Peer {
         id: relay.next_peer_id(),
         addr,
-        egress: Egress::new(stream.clone(), cfg.egress_queue),
+        egress: Egress::new(stream.clone(), cfg.egress_queue, cfg.egress_mode),
     });
     let role = match wanted {
         Some(Role::Source) | None if channel.claim_source(&peer) => Role::Source,
