@@ -12,7 +12,7 @@ fn pattern(w: u16, h: u16, t: u32, out: &mut Vec<u8>) {
     out.clear();
     for y in 0..h as u32 {
         for x in 0..w as u32 {
-            let band = ((x + 2 * t) / 32 + y / 32) % 2 == 0;
+            let band = ((x + 2 * t) / 32 + y / 32).is_multiple_of(2);
             let (r, g, b) = if band {
                 (240, 200, 40)
             } else {

@@ -144,7 +144,7 @@ impl CacheWriter {
             },
             FrameType::DeltaPixels => {
                 codec::zrle_validate(payload, h.rgba_len())?;
-                match cur.keyframe.as_ref().map(|k| keyframe_dims(k)) {
+                match cur.keyframe.as_ref().map(keyframe_dims) {
                     Some(dims) if dims == (h.width, h.height) => {
                         let (count, bytes) =
                             cur.deltas.as_ref().map_or((0, 0), |d| (d.count, d.bytes));

@@ -27,7 +27,10 @@ fn gauge(reg: &mut Registry, name: &str, help: &str, v: u64) {
 }
 
 /// One traffic counter: its metric name, help, and how to read it.
-const TRAFFIC: [(&str, &str, fn(&TrafficSnapshot) -> u64); 12] = [
+type TrafficMetric = (&'static str, &'static str, fn(&TrafficSnapshot) -> u64);
+
+/// Every traffic counter, global and per channel.
+const TRAFFIC: [TrafficMetric; 12] = [
     ("frames_in", "Valid frames received from sources", |t| {
         t.frames_in
     }),

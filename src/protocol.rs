@@ -363,15 +363,11 @@ pub fn validate_source_message(msg: &[u8]) -> Result<Header, ProtocolError> {
                 });
             }
         }
-        FrameType::DeltaPixels => {
-            if h.width == 0 || h.height == 0 {
-                return Err(ProtocolError::EmptyFrame);
-            }
+        FrameType::DeltaPixels if (h.width == 0 || h.height == 0) => {
+            return Err(ProtocolError::EmptyFrame);
         }
-        t @ (FrameType::Ping | FrameType::StreamEnd) => {
-            if payload != 0 {
-                return Err(ProtocolError::NonEmptyPayload(t));
-            }
+        t @ (FrameType::Ping | FrameType::StreamEnd) if payload != 0 => {
+            return Err(ProtocolError::NonEmptyPayload(t));
         }
         _ => {}
     }

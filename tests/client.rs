@@ -14,7 +14,7 @@ fn pattern(w: u16, h: u16, t: u32) -> Vec<u8> {
     let mut v = Vec::with_capacity(w as usize * h as usize * 4);
     for y in 0..h as u32 {
         for x in 0..w as u32 {
-            let on = ((x + t) / 8 + y / 8) % 2 == 0;
+            let on = ((x + t) / 8 + y / 8).is_multiple_of(2);
             v.extend_from_slice(&[
                 if on { 255 } else { (x * 3) as u8 },
                 (y * 5) as u8,

@@ -197,7 +197,7 @@ async fn a_throttled_receiver_ends_with_the_exact_current_state() {
         ))
         .await
         .unwrap();
-        if i % 50 == 0 {
+        if i.is_multiple_of(50) {
             src.send(&protocol::pixels_keyframe(i, 0, w, h, &cur))
                 .await
                 .unwrap();
