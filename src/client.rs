@@ -671,6 +671,60 @@ impl Source {
     }
 }
 
+/// A WebRTC signaling peer on `/signal/{name}`: text messages it sends go
+/// to every other peer of the channel. Reconnects with backoff and jitter.
+pub struct SignalPeer {
+    url: String,
+    client: Option<Client>,
+    backoff: Backoff,
+}
+
+impl SignalPeer {
+    /// Connects to a `/signal/{name}` URL.
+    pub async fn connect(url: &str) -> Result<Self, ClientError> {
+        Ok(Self {
+            client: Some(Client::connect(url, 1 << 20).await?),
+            url: url.to_owned(),
+            backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
+        })
+    }
+
+    async fn connected(&mut self) -> &mut Client {
+        loop {
+            if self.client.is_none() {
+                tokio::time::sleep(self.backoff.next_delay()).await;
+                if let Ok(c) = Client::connect(&self.url, 1 << 20).await {
+                    self.backoff.reset();
+                    self.client = Some(c);
+                }
+            }
+            if let Some(c) = self.client.as_mut() {
+                return c;
+            }
+        }
+    }
+
+    /// Sends a text message (SDP, ICE candidate…) to the other peers.
+    pub async fn send(&mut self, text: &str) -> Result<(), ClientError> {
+        let r = self.connected().await.send_text(text).await;
+        if r.is_err() {
+            self.client = None;
+        }
+        r
+    }
+
+    /// Receives the next text message from another peer.
+    pub async fn recv(&mut self) -> String {
+        loop {
+            match self.connected().await.recv().await {
+                Ok(Message::Text(t)) => return t,
+                Ok(Message::Binary(_)) => {}
+                Err(_) => self.client = None,
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

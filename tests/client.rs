@@ -6,7 +6,7 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use bitstream_relay::client::{Event, Receiver, Source};
+use bitstream_relay::client::{Event, Receiver, SignalPeer, Source};
 use common::*;
 use serde_json::{json, Map, Value};
 
@@ -132,4 +132,22 @@ async fn both_ends_reconnect_and_resync_after_a_relay_restart() {
     assert!(saw_reconnect);
     assert!(s.reconnects >= 1);
     assert_eq!(r.signal(), &obj(json!({"score": 2, "level": "b"})));
+}
+
+#[tokio::test]
+async fn signal_peers_exchange_text() {
+    let t = start(&[]).await;
+    let mut a = SignalPeer::connect(&t.url("/signal/call")).await.unwrap();
+    let mut b = SignalPeer::connect(&t.url("/signal/call")).await.unwrap();
+    eventually("2 signal peers", || {
+        t.relay
+            .channels
+            .get("call")
+            .is_some_and(|c| c.signal_peer_count() == 2)
+    })
+    .await;
+    a.send(r#"{"type":"offer"}"#).await.unwrap();
+    assert_eq!(within(b.recv()).await, r#"{"type":"offer"}"#);
+    b.send(r#"{"type":"answer"}"#).await.unwrap();
+    assert_eq!(within(a.recv()).await, r#"{"type":"answer"}"#);
 }
