@@ -689,24 +689,23 @@ impl SignalPeer {
         })
     }
 
-    async fn connected(&mut self) -> &mut Client {
-        loop {
-            if self.client.is_none() {
-                tokio::time::sleep(self.backoff.next_delay()).await;
-                if let Ok(c) = Client::connect(&self.url, 1 << 20).await {
-                    self.backoff.reset();
-                    self.client = Some(c);
-                }
-            }
-            if let Some(c) = self.client.as_mut() {
-                return c;
+    async fn ensure_connected(&mut self) {
+        while self.client.is_none() {
+            tokio::time::sleep(self.backoff.next_delay()).await;
+            if let Ok(c) = Client::connect(&self.url, 1 << 20).await {
+                self.backoff.reset();
+                self.client = Some(c);
             }
         }
     }
 
     /// Sends a text message (SDP, ICE candidate…) to the other peers.
     pub async fn send(&mut self, text: &str) -> Result<(), ClientError> {
-        let r = self.connected().await.send_text(text).await;
+        self.ensure_connected().await;
+        let Some(c) = self.client.as_mut() else {
+            return Err(ClientError::Io(std::io::ErrorKind::NotConnected.into()));
+        };
+        let r = c.send_text(text).await;
         if r.is_err() {
             self.client = None;
         }
@@ -716,7 +715,11 @@ impl SignalPeer {
     /// Receives the next text message from another peer.
     pub async fn recv(&mut self) -> String {
         loop {
-            match self.connected().await.recv().await {
+            self.ensure_connected().await;
+            let Some(c) = self.client.as_mut() else {
+                continue;
+            };
+            match c.recv().await {
                 Ok(Message::Text(t)) => return t,
                 Ok(Message::Binary(_)) => {}
                 Err(_) => self.client = None,
