@@ -93,6 +93,47 @@ mod tests {
     }
 
     #[test]
+    fn drops_cached_state_once_the_source_is_gone_past_grace() {
+        use crate::channel::Peer;
+        use crate::conn::WireMessage;
+        use crate::egress::{Egress, EgressMode};
+        use crate::protocol;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let relay = Relay::new(Config::parse_from(["x", "--grace-ms", "20"]));
+            let ch = relay.attach("kept").unwrap();
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let std_stream = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            std_stream.set_nonblocking(true).unwrap();
+            let stream = std::sync::Arc::new(tokio::net::TcpStream::from_std(std_stream).unwrap());
+            let peer = std::sync::Arc::new(Peer {
+                id: 1,
+                addr: listener.local_addr().unwrap(),
+                egress: Egress::new(stream, 1 << 20, EgressMode::Direct),
+            });
+            assert!(ch.claim_source(&peer));
+            let msg = protocol::pixels_keyframe(0, 0, 1, 1, &[1, 2, 3, 4]);
+            let h = protocol::validate_source_message(&msg).unwrap();
+            ch.publish(&h, &WireMessage::encode(crate::ws::OP_BINARY, &msg))
+                .await
+                .unwrap();
+            assert!(!ch.catch_up().is_empty());
+            // Within grace (source present, then just gone): kept.
+            assert_eq!(sweep(&relay).expired, 0);
+            ch.release_source(&peer);
+            assert_eq!(sweep(&relay).expired, 0);
+            std::thread::sleep(Duration::from_millis(40));
+            assert_eq!(sweep(&relay).expired, 1);
+            assert!(ch.catch_up().is_empty());
+            // A member is still attached, so the channel itself stays.
+            assert!(relay.channels.contains_key("kept"));
+        });
+    }
+
+    #[test]
     fn keeps_channels_within_grace() {
         let relay = Relay::new(Config::parse_from(["x", "--grace-ms", "60000"]));
         relay.attach("a").unwrap().detach();
