@@ -100,6 +100,25 @@ impl ReadError {
 struct Partial {
     opcode: u8,
     buf: BytesMut,
+    /// Bytes of a text message's payload known to be valid UTF-8 so far.
+    utf8_ok: usize,
+}
+
+impl Partial {
+    /// Fails fast on a text message whose fragments so far cannot be the
+    /// start of valid UTF-8 (a code point cut at the end is fine).
+    fn check_utf8(&mut self) -> Result<(), WsError> {
+        if self.opcode != ws::OP_TEXT {
+            return Ok(());
+        }
+        let payload = &self.buf[ws::MAX_SERVER_HEAD_LEN + self.utf8_ok..];
+        match std::str::from_utf8(payload) {
+            Ok(_) => self.utf8_ok += payload.len(),
+            Err(e) if e.error_len().is_none() => self.utf8_ok += e.valid_up_to(),
+            Err(_) => return Err(WsError::InvalidUtf8),
+        }
+        Ok(())
+    }
 }
 
 /// Reads WebSocket messages from a socket. See the module docs.
@@ -206,11 +225,13 @@ impl WsReader {
                     return Err(WsError::BadFragmentation.into());
                 };
                 p.buf.extend_from_slice(&frame[head.head_len..]);
+                p.check_utf8()?;
                 if !head.fin {
                     return Ok(None);
                 }
-                let Partial { opcode, mut buf } =
-                    self.partial.take().ok_or(WsError::BadFragmentation)?;
+                let Partial {
+                    opcode, mut buf, ..
+                } = self.partial.take().ok_or(WsError::BadFragmentation)?;
                 let len = buf.len() - ws::MAX_SERVER_HEAD_LEN;
                 let mut h = [0u8; ws::MAX_SERVER_HEAD_LEN];
                 let n = ws::server_header(opcode, len, &mut h);
@@ -235,7 +256,13 @@ impl WsReader {
                     );
                     buf.extend_from_slice(&[0u8; ws::MAX_SERVER_HEAD_LEN]);
                     buf.extend_from_slice(&frame[head.head_len..]);
-                    self.partial = Some(Partial { opcode, buf });
+                    let mut p = Partial {
+                        opcode,
+                        buf,
+                        utf8_ok: 0,
+                    };
+                    p.check_utf8()?;
+                    self.partial = Some(p);
                     return Ok(None);
                 }
                 // Rewrite the (masked) client head as the server head in place:
@@ -412,6 +439,38 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn invalid_utf8_in_a_first_fragment_fails_fast() {
+        let mut r = WsReader::new(Role::Server, 1000, 64, &[]);
+        r.buf.extend_from_slice(&ws::client_frame(
+            ws::OP_TEXT,
+            false,
+            &[b'a', 0xFF],
+            [1, 2, 3, 4],
+        ));
+        assert!(matches!(
+            r.parse(),
+            Err(ReadError::Ws(WsError::InvalidUtf8))
+        ));
+        // A code point (the euro sign) split across fragments is fine.
+        let mut r = WsReader::new(Role::Server, 1000, 64, &[]);
+        let euro = [0xE2u8, 0x82, 0xAC];
+        let mut wire = ws::client_frame(ws::OP_TEXT, false, &euro[..1], [1, 2, 3, 4]);
+        wire.extend(ws::client_frame(
+            ws::OP_CONTINUATION,
+            false,
+            &euro[1..2],
+            [1, 2, 3, 4],
+        ));
+        wire.extend(ws::client_frame(
+            ws::OP_CONTINUATION,
+            true,
+            &euro[2..],
+            [1, 2, 3, 4],
+        ));
+        assert_eq!(feed(&mut r, &wire).len(), 1);
     }
 
     #[test]
