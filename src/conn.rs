@@ -130,7 +130,13 @@ pub struct WsReader {
     /// Bytes wanted from the buffer's start to make progress.
     need: usize,
     partial: Option<Partial>,
+    /// Retired large buffers, reused once every message cut from them has
+    /// been released (written to every receiver, replaced in the cache).
+    spares: Vec<BytesMut>,
 }
+
+/// Retired large buffers a reader keeps for reuse.
+const MAX_SPARES: usize = 2;
 
 /// Readers with a read chunk up to this size free their buffer when idle.
 const IDLE_FREE_CHUNK: usize = 4096;
@@ -147,6 +153,7 @@ impl WsReader {
             chunk: chunk.max(64),
             need: ws::MAX_HEAD_LEN,
             partial: None,
+            spares: Vec::new(),
         }
     }
 
@@ -196,6 +203,9 @@ impl WsReader {
                 return Ok(None);
             }
             let mut frame = self.buf.split_to(total);
+            if total > self.chunk {
+                self.retire_tail();
+            }
             if let Some(mask) = head.mask {
                 ws::apply_mask(&mut frame[head.head_len..], mask, 0);
             }
@@ -296,11 +306,39 @@ impl WsReader {
 
     /// Ensures the buffer can hold `total` bytes from its start, reading at
     /// least `chunk` bytes at a time.
+    ///
+    /// A message larger than a read chunk gets a buffer of its own: a retired
+    /// one whose earlier messages are all released if there is one (warm
+    /// pages, no page faults), else a fresh one.
     fn reserve(&mut self, total: usize) {
         let want = total.saturating_sub(self.buf.len()).max(self.chunk);
-        if self.buf.capacity() - self.buf.len() < want {
-            self.buf.reserve(want);
+        if self.buf.capacity() - self.buf.len() >= want {
+            return;
         }
+        if want <= self.chunk {
+            self.buf.reserve(want);
+            return;
+        }
+        let needed = self.buf.len() + want;
+        let mut next = match self.spares.iter_mut().position(|s| s.try_reclaim(needed)) {
+            Some(i) => self.spares.swap_remove(i),
+            None => BytesMut::with_capacity(needed),
+        };
+        next.extend_from_slice(&self.buf);
+        self.buf = next;
+    }
+
+    /// After a large message was cut from the buffer: keep the buffer's tail
+    /// (which shares the large allocation) as a spare, and carry the few
+    /// bytes read past the message over into a small buffer.
+    fn retire_tail(&mut self) {
+        let mut tail = std::mem::take(&mut self.buf);
+        self.buf = BytesMut::from(&tail[..]);
+        tail.clear();
+        if self.spares.len() >= MAX_SPARES {
+            self.spares.remove(0);
+        }
+        self.spares.push(tail);
     }
 }
 
@@ -471,6 +509,41 @@ mod tests {
             [1, 2, 3, 4],
         ));
         assert_eq!(feed(&mut r, &wire).len(), 1);
+    }
+
+    #[test]
+    fn large_message_buffers_are_reused_once_released() {
+        let mut r = WsReader::new(Role::Server, 1 << 20, 64, &[]);
+        let mut prev: Option<(WireMessage, Vec<u8>)> = None;
+        let mut ptrs = Vec::new();
+        for i in 0..8u8 {
+            let payload = vec![i; 100_000];
+            let wire = ws::client_frame(ws::OP_BINARY, true, &payload, [1, 2, 3, 4]);
+            // Deliver the head, let the reader size its buffer, then the rest.
+            r.buf.extend_from_slice(&wire[..14]);
+            assert!(r.parse().unwrap().is_none());
+            r.reserve(r.need);
+            r.buf.extend_from_slice(&wire[14..]);
+            let Some(Incoming::Binary(m)) = r.parse().unwrap() else {
+                panic!("no message")
+            };
+            assert_eq!(m.payload(), &payload[..]);
+            // The message still held (as the cache holds the latest frame)
+            // is never overwritten by a reused buffer.
+            if let Some((p, bytes)) = &prev {
+                assert_eq!(p.payload(), &bytes[..]);
+            }
+            ptrs.push(m.wire.as_ptr() as usize);
+            prev = Some((m, payload));
+        }
+        ptrs.sort();
+        ptrs.dedup();
+        assert!(
+            ptrs.len() <= MAX_SPARES + 1,
+            "{} distinct buffers for 8 messages",
+            ptrs.len()
+        );
+        assert!(r.spares.len() <= MAX_SPARES);
     }
 
     #[test]
