@@ -4,7 +4,9 @@
 //!     cargo run --release -p loadtest -- headline --url ws://127.0.0.1:9100 --relay-pid PID
 //!     cargo run --release -p loadtest -- saturate --start ours
 //!     cargo run --release -p loadtest -- compare --scenario headline --rounds 3
+//!     cargo run --release -p loadtest -- chaos --start ours
 
+mod chaos;
 mod relays;
 mod report;
 mod run;
@@ -87,6 +89,8 @@ enum Cmd {
     Channels(Opts),
     /// Runs a scenario against this relay, the baseline, the uWS peer and plain TCP, round by round.
     Compare(CompareOpts),
+    /// A healthy 30 fps stream to N receivers while hostile clients attack the relay (calm, chaos, settle).
+    Chaos(chaos::ChaosOpts),
     /// The plain-TCP fan-out reference server (started by `compare`).
     #[command(hide = true)]
     TcpServer {
@@ -262,6 +266,7 @@ fn main() {
             }
             return;
         }
+        Cmd::Chaos(o) => std::process::exit(chaos::main(o)),
         Cmd::Headline(o) => (Scenario::Headline, o, None),
         Cmd::Saturate(o) => (Scenario::Saturate, o, None),
         Cmd::Receivers(o) => (Scenario::Receivers, o, None),
@@ -309,6 +314,7 @@ async fn single(scenario: Scenario, opts: &Opts, nofile: u64) -> i32 {
             per_ch,
             &opts.out.join("logs"),
             &report::stamp(),
+            &[],
         ) {
             Ok(p) => {
                 eprintln!(

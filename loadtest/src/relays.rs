@@ -90,7 +90,8 @@ fn free_port() -> std::io::Result<u16> {
 }
 
 /// Starts `kind` on a free loopback port, pinned to `cpu` if given, sized for
-/// `per_channel` receivers per channel, and waits until it accepts.
+/// `per_channel` receivers per channel, with `extra` arguments, and waits
+/// until it accepts.
 pub fn spawn(
     kind: RelayKind,
     paths: &Paths,
@@ -98,6 +99,7 @@ pub fn spawn(
     per_channel: usize,
     log_dir: &Path,
     tag: &str,
+    extra: &[&str],
 ) -> Result<RelayProc, String> {
     if let Some(m) = paths.missing(kind) {
         return Err(m);
@@ -130,6 +132,7 @@ pub fn spawn(
             c
         }
     };
+    cmd.args(extra);
     std::fs::create_dir_all(log_dir).map_err(|e| format!("{}: {e}", log_dir.display()))?;
     let log = log_dir.join(format!("{}-{tag}.log", kind.label()));
     let f = File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;

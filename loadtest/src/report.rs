@@ -434,7 +434,8 @@ pub async fn compare(
                 kind.label()
             );
             let tag = format!("{}-r{}", scenario.name(), round + 1);
-            let mut p = match relays::spawn(kind, &paths, opts.relay_cpu(), per_ch, &dir, &tag) {
+            let mut p = match relays::spawn(kind, &paths, opts.relay_cpu(), per_ch, &dir, &tag, &[])
+            {
                 Ok(p) => p,
                 Err(e) => {
                     eprintln!("loadtest: {e}");

@@ -1,0 +1,2401 @@
+//! `chaos`: a healthy 30 fps stream to N receivers while hostile clients
+//! hammer the same relay, then a settle phase. See loadtest/README.md.
+//!
+//! Threads (all on the driver's CPU): the source on its own thread and
+//! current-thread runtime (paced, stamps every frame, validates every input
+//! the relay forwards to it); the controller and the healthy receivers on
+//! the main thread's current-thread runtime; every hostile client on a
+//! separate one-worker runtime whose threads run at nice 10, so the healthy
+//! side, which is what is measured, gets the driver's core first.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::future::Future;
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use bitstream_relay::conn::{Incoming, WsReader};
+use bitstream_relay::protocol::{self, Header, InputType, FLAG_INPUT, FLAG_KEYFRAME};
+use bitstream_relay::ws::{self, Role};
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::runtime::Handle;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::relays::{self, Paths, RelayKind};
+use crate::sys::{self, ProcSample};
+use crate::wire::{Ev, FrameTemplate, Framing, Parser};
+use crate::{now_ns, report};
+
+/// Options of `loadtest chaos`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ChaosOpts {
+    /// Relay base URL (ws://HOST:PORT) when the driver does not start it.
+    #[arg(long, default_value = "ws://127.0.0.1:9100")]
+    pub url: String,
+    /// Measure this relay process (CPU, RSS, open fds from /proc).
+    #[arg(long)]
+    pub relay_pid: Option<u32>,
+    /// Start this relay (only `ours`), pinned to --relay-cpu, with
+    /// --max-connections-per-ip 100000 --max-receivers 100000 --slow-timeout-ms.
+    #[arg(long, value_enum)]
+    pub start: Option<RelayKind>,
+    /// Seconds of the chaos phase.
+    #[arg(long, default_value_t = 30.0)]
+    pub duration: f64,
+    /// Seconds of the calm phase before it.
+    #[arg(long, default_value_t = 5.0)]
+    pub calm: f64,
+    /// Seconds of the settle phase after it (stream only, every hostile connection closed).
+    #[arg(long, default_value_t = 5.0)]
+    pub settle: f64,
+    /// Healthy receivers.
+    #[arg(long, default_value_t = 16)]
+    pub receivers: usize,
+    /// Frame width.
+    #[arg(long, default_value_t = 640)]
+    pub width: u16,
+    /// Frame height.
+    #[arg(long, default_value_t = 360)]
+    pub height: u16,
+    /// Frames per second of the healthy stream.
+    #[arg(long, default_value_t = 30.0)]
+    pub fps: f64,
+    /// The relay's --slow-timeout-ms (passed to a relay the driver starts; stallers wait past it).
+    #[arg(long, default_value_t = 3000)]
+    pub slow_timeout_ms: u64,
+    /// The relay's --handshake-timeout-ms (slowloris waves start only while this much chaos time is left).
+    #[arg(long, default_value_t = 10000)]
+    pub handshake_timeout_ms: u64,
+    /// How long a staller stays silent before it reads to see how it ended (default slow timeout + 3 s).
+    #[arg(long)]
+    pub stall_secs: Option<f64>,
+    /// Receivers per reconnect storm (all at once).
+    #[arg(long, default_value_t = 200)]
+    pub storm: usize,
+    /// Seconds between reconnect storms.
+    #[arg(long, default_value_t = 3.0)]
+    pub storm_every: f64,
+    /// Connect-and-vanish receivers per burst (one burst a second).
+    #[arg(long, default_value_t = 50)]
+    pub vanish: usize,
+    /// Stallers per wave (one wave every 2 s).
+    #[arg(long, default_value_t = 8)]
+    pub stallers: usize,
+    /// Slowloris connections per wave (one wave every 2 s; half silent, half dripping).
+    #[arg(long, default_value_t = 10)]
+    pub slowloris: usize,
+    /// Hostile kinds to leave out (for attributing an effect), e.g. `--skip storm,garbage`.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub skip: Vec<HostileKind>,
+    /// Most hostile connections open at once (driver-side cap).
+    #[arg(long, default_value_t = 5000)]
+    pub max_hostile: usize,
+    /// Longest wait for the healthy receivers' last frames after the source stops, seconds.
+    #[arg(long, default_value_t = 3.0)]
+    pub drain: f64,
+    /// Output directory for the JSON and text reports.
+    #[arg(long, default_value = "target/loadtest")]
+    pub out: PathBuf,
+    /// Pin the driver to this CPU (default: 1 when it starts the relay).
+    #[arg(long)]
+    pub driver_cpu: Option<usize>,
+    /// CPU for a relay the driver starts (`none` to leave it unpinned).
+    #[arg(long, default_value = "0")]
+    pub relay_cpu: String,
+    /// bitstream-relay binary (default: next to this executable).
+    #[arg(long)]
+    pub relay_bin: Option<PathBuf>,
+    /// Name of the relay in reports.
+    #[arg(long)]
+    pub label: Option<String>,
+}
+
+/// The hostile schedules (for `--skip`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HostileKind {
+    /// Connect-and-vanish bursts.
+    Vanish,
+    /// Reconnect storms.
+    Storm,
+    /// Stallers.
+    Staller,
+    /// Slowloris.
+    Slowloris,
+    /// Garbage senders, plain HTTP, second source.
+    Garbage,
+    /// The input flood.
+    Flood,
+}
+
+// ---------------------------------------------------------------- helpers
+
+const WS_KEY: &str = "Y2hhb3MtbG9hZHRlc3QtMDE=";
+
+/// xorshift64*: masks, random bytes, jitter.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Rng(seed | 1)
+    }
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn mask(&mut self) -> [u8; 4] {
+        (self.next() as u32).to_ne_bytes()
+    }
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        let mut v = Vec::with_capacity(n + 8);
+        while v.len() < n {
+            v.extend_from_slice(&self.next().to_le_bytes());
+        }
+        v.truncate(n);
+        v
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+fn nice_self(n: i32) {
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, n);
+    }
+}
+
+/// Abortive close: SO_LINGER {on, 0}, so dropping the socket sends RST.
+fn set_rst_on_close(s: &TcpStream) {
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &l as *const libc::linger as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+}
+
+async fn tcp_connect(addr: SocketAddr, rcvbuf: Option<u32>) -> io::Result<TcpStream> {
+    let sock = TcpSocket::new_v4()?;
+    if let Some(b) = rcvbuf {
+        sock.set_recv_buffer_size(b)?;
+    }
+    let s = sock.connect(addr).await?;
+    let _ = s.set_nodelay(true);
+    Ok(s)
+}
+
+/// write_all on a shared `&TcpStream`.
+async fn write_all(s: &TcpStream, mut b: &[u8]) -> io::Result<()> {
+    while !b.is_empty() {
+        s.writable().await?;
+        match s.try_write(b) {
+            Ok(n) => b = &b[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn io_end(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::ConnectionReset => "reset by relay".into(),
+        io::ErrorKind::BrokenPipe => "broken pipe".into(),
+        _ => format!("error: {e}"),
+    }
+}
+
+/// Reads an HTTP response head. Ok((status, head, bytes after the head)).
+async fn read_head(s: &TcpStream, limit: Duration) -> Result<(u16, String, Vec<u8>), String> {
+    let deadline = Instant::now() + limit;
+    let mut buf = Vec::with_capacity(512);
+    loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..i + 4]).into_owned();
+            let status = head
+                .split_whitespace()
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
+            return Ok((status, head, buf[i + 4..].to_vec()));
+        }
+        if buf.len() > 64 * 1024 {
+            return Err("response head too large".into());
+        }
+        match tokio::time::timeout_at(deadline, s.readable()).await {
+            Err(_) => return Err("no answer".into()),
+            Ok(Err(e)) => return Err(io_end(&e)),
+            Ok(Ok(())) => {}
+        }
+        let mut chunk = [0u8; 4096];
+        match s.try_read(&mut chunk) {
+            Ok(0) => {
+                return Err(if buf.is_empty() {
+                    "EOF, no answer".into()
+                } else {
+                    "EOF inside the response head".into()
+                })
+            }
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(io_end(&e)),
+        }
+    }
+}
+
+/// The result of a WebSocket handshake attempt.
+enum Hs {
+    /// 101 with the right accept key; bytes read past the head.
+    Ok(Vec<u8>),
+    /// Any other answer: "HTTP 409" etc., or the failure.
+    Refused(String),
+}
+
+async fn handshake(s: &TcpStream, host: &str, path: &str, limit: Duration) -> Hs {
+    if let Err(e) = write_all(s, &ws::client_request(host, path, WS_KEY)).await {
+        return Hs::Refused(format!("handshake write: {}", io_end(&e)));
+    }
+    match read_head(s, limit).await {
+        Ok((101, head, rest)) => {
+            let want = ws::accept_key(WS_KEY);
+            let ok = head.lines().any(|l| {
+                l.split_once(':').is_some_and(|(k, v)| {
+                    k.trim().eq_ignore_ascii_case("sec-websocket-accept") && v.trim() == want
+                })
+            });
+            if ok {
+                Hs::Ok(rest)
+            } else {
+                Hs::Refused("101 with a wrong Sec-WebSocket-Accept".into())
+            }
+        }
+        Ok((code, _, _)) => Hs::Refused(format!("HTTP {code}")),
+        Err(e) => Hs::Refused(format!("handshake: {e}")),
+    }
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// How a watched connection ended.
+#[derive(Debug)]
+enum End {
+    Close(u16),
+    Eof,
+    Reset,
+    Timeout,
+    Enough,
+    Err(String),
+}
+
+impl End {
+    fn outcome(&self) -> String {
+        match self {
+            End::Close(c) => format!("close {c}"),
+            End::Eof => "EOF, no close frame".into(),
+            End::Reset => "reset by relay".into(),
+            End::Timeout => "no close from relay (closed by us)".into(),
+            End::Enough => "read 128 KiB, closed by us".into(),
+            End::Err(e) => format!("error: {e}"),
+        }
+    }
+}
+
+/// What [`watch_end`] saw.
+struct Watched {
+    end: End,
+    bytes: u64,
+    msgs: u64,
+}
+
+/// Reads (and discards) server frames until a close frame, EOF, reset,
+/// `limit`, or `enough` bytes. Answers a close frame with a close frame.
+async fn watch_end(
+    s: &TcpStream,
+    leftover: &[u8],
+    limit: Duration,
+    enough: Option<u64>,
+) -> Watched {
+    let deadline = Instant::now() + limit;
+    let mut p = Parser::new(Framing::Ws, u64::MAX, 1);
+    let mut w = Watched {
+        end: End::Timeout,
+        bytes: leftover.len() as u64,
+        msgs: 0,
+    };
+    let mut close = None;
+    let mut msgs = 0u64;
+    let feed = |p: &mut Parser, d: &[u8], close: &mut Option<u16>, msgs: &mut u64| {
+        p.feed(d, &mut |e| match e {
+            Ev::Msg(_) => *msgs += 1,
+            Ev::Close(c) => *close = Some(c),
+            Ev::Ping(_) => {}
+        })
+    };
+    if let Err(e) = feed(&mut p, leftover, &mut close, &mut msgs) {
+        w.end = End::Err(e);
+        return w;
+    }
+    loop {
+        if let Some(c) = close {
+            let _ = s.try_write(&ws::client_frame(
+                ws::OP_CLOSE,
+                true,
+                &ws::close_payload(c.clamp(1000, 4999), ""),
+                [7, 7, 7, 7],
+            ));
+            w.end = End::Close(c);
+            break;
+        }
+        if enough.is_some_and(|n| w.bytes >= n) {
+            w.end = End::Enough;
+            break;
+        }
+        match tokio::time::timeout_at(deadline, s.readable()).await {
+            Err(_) => {
+                w.end = End::Timeout;
+                break;
+            }
+            Ok(Err(e)) => {
+                w.end = End::Err(e.to_string());
+                break;
+            }
+            Ok(Ok(())) => {}
+        }
+        let r = SCRATCH.with(|cell| {
+            let mut buf = cell.borrow_mut();
+            if buf.len() != 64 * 1024 {
+                buf.resize(64 * 1024, 0);
+            }
+            match s.try_read(&mut buf) {
+                Ok(0) => Err(End::Eof),
+                Ok(n) => {
+                    w.bytes += n as u64;
+                    feed(&mut p, &buf[..n], &mut close, &mut msgs).map_err(End::Err)
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Err(End::Reset),
+                Err(e) => Err(End::Err(e.to_string())),
+            }
+        });
+        if let Err(e) = r {
+            w.end = e;
+            break;
+        }
+    }
+    w.msgs = msgs;
+    w
+}
+
+/// Plain HTTP GET with `Connection: close`; (status, body).
+async fn http_get(addr: SocketAddr, host: &str, path: &str) -> Result<(u16, String), String> {
+    let s = tcp_connect(addr, None).await.map_err(|e| e.to_string())?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    write_all(&s, req.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let (status, head, mut body) = read_head(&s, Duration::from_secs(5)).await?;
+    let want: Option<usize> = head.lines().find_map(|l| {
+        l.split_once(':')
+            .filter(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.trim().parse().ok())
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while want.is_none_or(|n| body.len() < n) {
+        match tokio::time::timeout_at(deadline, s.readable()).await {
+            Err(_) | Ok(Err(_)) => break,
+            Ok(Ok(())) => {}
+        }
+        let mut chunk = [0u8; 16384];
+        match s.try_read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => body.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => break,
+        }
+    }
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// The metric lines the report keeps (name before any `{`).
+const METRICS: [&str; 14] = [
+    "relay_slow_skips_total",
+    "relay_slow_closes_total",
+    "relay_invalid_total",
+    "relay_dropped_total",
+    "relay_keepalive_drops_total",
+    "relay_refused_total",
+    "relay_too_big_total",
+    "relay_inputs_total",
+    "relay_catchups_total",
+    "relay_connections_accepted_total",
+    "relay_connections_open",
+    "relay_connections",
+    "relay_channels",
+    "relay_egress_queue_bytes",
+];
+
+fn metric_lines(body: &str) -> Vec<String> {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            let name = l.split(['{', ' ']).next().unwrap_or("");
+            METRICS.contains(&name)
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+fn metric_value(lines: &[String], key: &str) -> Option<f64> {
+    lines
+        .iter()
+        .find(|l| l.rsplit_once(' ').is_some_and(|(k, _)| k == key))
+        .and_then(|l| l.rsplit_once(' ')?.1.parse().ok())
+}
+
+fn fd_count(pid: u32) -> Option<usize> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()
+        .map(|d| d.count())
+}
+
+fn new_hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("histogram bounds")
+}
+
+// ---------------------------------------------------------------- healthy side
+
+/// Phase boundaries (ns since the epoch; 0 = not yet).
+struct Phases {
+    chaos_ns: AtomicU64,
+    settle_ns: AtomicU64,
+}
+
+impl Phases {
+    fn of(&self, ns: u64) -> usize {
+        let s = self.settle_ns.load(Relaxed);
+        let c = self.chaos_ns.load(Relaxed);
+        if s != 0 && ns >= s {
+            2
+        } else if c != 0 && ns >= c {
+            1
+        } else {
+            0
+        }
+    }
+}
+
+const PHASES: [&str; 3] = ["calm", "chaos", "settle"];
+
+#[derive(Default)]
+struct HStat {
+    /// Per frame index: 0 not (yet) delivered, 1 intact, 2 corrupted.
+    got: Mutex<Vec<u8>>,
+    ooo: AtomicU64,
+    corrupt: AtomicU64,
+    foreign: AtomicU64,
+    next: AtomicU64,
+    done: AtomicBool,
+    ended: Mutex<Option<String>>,
+}
+
+struct HShared {
+    phases: Arc<Phases>,
+    hist: Mutex<[Histogram<u64>; 3]>,
+    sec: Mutex<Histogram<u64>>,
+    /// Per frame index: (min, max) latency over the healthy receivers, µs.
+    per_frame: Mutex<Vec<(u64, u64)>>,
+}
+
+struct HRx {
+    st: Arc<HStat>,
+    expect: u64,
+    lat: Vec<(u64, u64, u64)>,
+    pongs: Vec<Vec<u8>>,
+    close: Option<u16>,
+    now_us: u64,
+    mask: u32,
+}
+
+impl HRx {
+    fn mark(&self, idx: u64, v: u8) {
+        if idx > 50_000_000 {
+            return;
+        }
+        let mut g = self.st.got.lock().unwrap();
+        if g.len() <= idx as usize {
+            g.resize(idx as usize + 1, 0);
+        }
+        if g[idx as usize] == 0 {
+            g[idx as usize] = v;
+        }
+    }
+
+    fn on(&mut self, e: Ev<'_>) {
+        match e {
+            Ev::Msg(m) => {
+                if !m.test_frame {
+                    self.st.foreign.fetch_add(1, Relaxed);
+                    return;
+                }
+                if m.checked && !m.sum_ok {
+                    self.st.corrupt.fetch_add(1, Relaxed);
+                    return;
+                }
+                if m.idx < self.expect {
+                    self.st.ooo.fetch_add(1, Relaxed);
+                    return;
+                }
+                self.mark(m.idx, 1);
+                self.expect = m.idx + 1;
+                self.st.next.store(self.expect, Relaxed);
+                self.lat.push((
+                    m.idx,
+                    m.send_ns,
+                    self.now_us.saturating_sub(m.send_ns / 1000).max(1),
+                ));
+            }
+            Ev::Ping(b) => {
+                self.mask = self.mask.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                self.pongs.push(ws::client_frame(
+                    ws::OP_PONG,
+                    true,
+                    b,
+                    self.mask.to_ne_bytes(),
+                ));
+            }
+            Ev::Close(c) => self.close = Some(c),
+        }
+    }
+}
+
+async fn healthy_rx(s: TcpStream, left: Vec<u8>, rid: u64, st: Arc<HStat>, sh: Arc<HShared>) {
+    let mut p = Parser::new(Framing::Ws, 1, rid);
+    let mut rx = HRx {
+        st: st.clone(),
+        expect: 0,
+        lat: Vec::with_capacity(64),
+        pongs: Vec::new(),
+        close: None,
+        now_us: now_ns() / 1000,
+        mask: rid as u32 | 1,
+    };
+    let ended = 'outer: {
+        if let Err(e) = p.feed(&left, &mut |e| rx.on(e)) {
+            break 'outer format!("parse error: {e}");
+        }
+        loop {
+            let r: Result<bool, String> = SCRATCH.with(|cell| {
+                let mut buf = cell.borrow_mut();
+                if buf.len() != 256 * 1024 {
+                    buf.resize(256 * 1024, 0);
+                }
+                for _ in 0..16 {
+                    match s.try_read(&mut buf) {
+                        Ok(0) => return Err("connection closed without close frame".into()),
+                        Ok(n) => {
+                            rx.now_us = now_ns() / 1000;
+                            p.feed(&buf[..n], &mut |e| rx.on(e))?;
+                            if let Some(c) = rx.close {
+                                return Err(format!("closed by relay with {c}"));
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                        Err(e) => return Err(e.to_string()),
+                    }
+                }
+                Ok(true)
+            });
+            if !rx.lat.is_empty() {
+                let mut h = sh.hist.lock().unwrap();
+                let mut sec = sh.sec.lock().unwrap();
+                let mut pf = sh.per_frame.lock().unwrap();
+                for &(idx, send, v) in &rx.lat {
+                    h[sh.phases.of(send)].saturating_record(v);
+                    sec.saturating_record(v);
+                    if idx < 10_000_000 {
+                        if pf.len() <= idx as usize {
+                            pf.resize(idx as usize + 1, (u64::MAX, 0));
+                        }
+                        let e = &mut pf[idx as usize];
+                        *e = (e.0.min(v), e.1.max(v));
+                    }
+                }
+                rx.lat.clear();
+            }
+            for pong in std::mem::take(&mut rx.pongs) {
+                let _ = write_all(&s, &pong).await;
+            }
+            match r {
+                Ok(true) => tokio::task::yield_now().await,
+                Ok(false) => {
+                    if let Err(e) = s.readable().await {
+                        break 'outer format!("socket error: {e}");
+                    }
+                }
+                Err(e) => break 'outer e,
+            }
+        }
+    };
+    st.done.store(true, Relaxed);
+    *st.ended.lock().unwrap() = Some(ended);
+}
+
+/// The healthy source: paced frames, and every input the relay forwards.
+#[derive(Default)]
+struct Src {
+    sent: AtomicU64,
+    send_ns: Mutex<Vec<u64>>,
+    stop: AtomicBool,
+    done: AtomicBool,
+    release: AtomicBool,
+    late: Mutex<Option<Histogram<u64>>>,
+    error: Mutex<Option<String>>,
+    inputs_valid: AtomicU64,
+    inputs_invalid: AtomicU64,
+    invalid_examples: Mutex<Vec<String>>,
+    input_kinds: Mutex<BTreeMap<String, u64>>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn source_thread(
+    addr: SocketAddr,
+    host: String,
+    path: String,
+    w: u16,
+    h: u16,
+    fps: f64,
+    src: Arc<Src>,
+    ready: mpsc::Sender<Result<(), String>>,
+    go: mpsc::Receiver<()>,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = ready.send(Err(e.to_string()));
+            return;
+        }
+    };
+    let conn = rt.block_on(async {
+        let s = tcp_connect(addr, None).await.map_err(|e| e.to_string())?;
+        match handshake(&s, &host, &path, Duration::from_secs(10)).await {
+            Hs::Ok(left) => Ok((Arc::new(s), left)),
+            Hs::Refused(r) => Err(r),
+        }
+    });
+    let (stream, left) = match conn {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = ready.send(Err(format!("source: {e}")));
+            return;
+        }
+    };
+    let mut tpl = FrameTemplate::new(Framing::Ws, w, h);
+    let _ = ready.send(Ok(()));
+    if go.recv().is_err() {
+        return;
+    }
+    *src.late.lock().unwrap() = Some(new_hist());
+    rt.block_on(async move {
+        // Inputs the relay forwards to the source: every one must be valid.
+        let rd = {
+            let (stream, src) = (stream.clone(), src.clone());
+            tokio::spawn(async move {
+                let mut r = WsReader::new(Role::Client, 1 << 20, 64 * 1024, &left);
+                loop {
+                    match r.next(&stream).await {
+                        Ok(Incoming::Binary(m)) => {
+                            let p = m.payload();
+                            match protocol::validate_input_message(p) {
+                                Ok(h) => {
+                                    src.inputs_valid.fetch_add(1, Relaxed);
+                                    *src.input_kinds
+                                        .lock()
+                                        .unwrap()
+                                        .entry(format!("{:?}", h.input_type()))
+                                        .or_default() += 1;
+                                }
+                                Err(e) => {
+                                    src.inputs_invalid.fetch_add(1, Relaxed);
+                                    let mut ex = src.invalid_examples.lock().unwrap();
+                                    if ex.len() < 5 {
+                                        ex.push(format!("{e} ({} bytes)", p.len()));
+                                    }
+                                }
+                            }
+                        }
+                        Ok(Incoming::Text(_)) => {
+                            src.inputs_invalid.fetch_add(1, Relaxed);
+                        }
+                        Ok(Incoming::Close(c)) => {
+                            if !src.release.load(Relaxed) {
+                                src.error
+                                    .lock()
+                                    .unwrap()
+                                    .get_or_insert(format!("source closed by relay: {c:?}"));
+                            }
+                            return;
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            if !src.release.load(Relaxed) {
+                                src.error
+                                    .lock()
+                                    .unwrap()
+                                    .get_or_insert(format!("source read: {e}"));
+                            }
+                            return;
+                        }
+                    }
+                }
+            })
+        };
+        let period = Duration::from_secs_f64(1.0 / fps.max(0.1));
+        let start = Instant::now();
+        let t0 = std::time::Instant::now();
+        let mut k: u64 = 0;
+        while !src.stop.load(Relaxed) {
+            let deadline = start + period.mul_f64(k as f64);
+            tokio::time::sleep_until(deadline).await;
+            let late = Instant::now().saturating_duration_since(deadline);
+            if let Some(h) = src.late.lock().unwrap().as_mut() {
+                h.saturating_record(late.as_micros().max(1) as u64);
+            }
+            let ts = now_ns();
+            tpl.patch(k, ts, t0.elapsed().as_millis() as u32);
+            src.send_ns.lock().unwrap().push(ts);
+            if let Err(e) = write_all(&stream, &tpl.wire).await {
+                src.error
+                    .lock()
+                    .unwrap()
+                    .get_or_insert(format!("send of frame {k}: {e}"));
+                break;
+            }
+            k += 1;
+            src.sent.store(k, Relaxed);
+        }
+        src.done.store(true, Relaxed);
+        while !src.release.load(Relaxed) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        rd.abort();
+    });
+}
+
+// ---------------------------------------------------------------- hostile side
+
+#[derive(Default, Clone)]
+struct Kind {
+    attempted: u64,
+    outcomes: BTreeMap<String, u64>,
+    secs: Vec<f64>,
+    extra: Vec<f64>,
+}
+
+struct Hostile {
+    rt: Handle,
+    addr: SocketAddr,
+    host: String,
+    live: String,
+    run_id: String,
+    next_ch: AtomicU64,
+    kinds: Mutex<BTreeMap<&'static str, Kind>>,
+    stop: watch::Receiver<bool>,
+    sem: Arc<Semaphore>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    open: AtomicUsize,
+    stall: Duration,
+    /// Messages a witness receiver got from a source that sent only invalid ones.
+    witness_msgs: AtomicU64,
+    /// When each reconnect storm started (ns since the epoch).
+    storm_ns: Mutex<Vec<u64>>,
+}
+
+/// What a hostile connection reports: its outcome and one number of interest.
+type Out = (String, Option<f64>);
+
+const CUT: &str = "cut at end of chaos (closed by us)";
+
+impl Hostile {
+    fn stopped(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    fn fresh_channel(&self) -> String {
+        format!("{}-g{}", self.run_id, self.next_ch.fetch_add(1, Relaxed))
+    }
+
+    fn record(&self, kind: &'static str, out: &str, secs: f64, extra: Option<f64>) {
+        let mut k = self.kinds.lock().unwrap();
+        let e = k.entry(kind).or_default();
+        *e.outcomes.entry(out.to_owned()).or_default() += 1;
+        if out != CUT && !out.starts_with("skipped") {
+            e.secs.push(secs);
+        }
+        if let Some(x) = extra {
+            e.extra.push(x);
+        }
+    }
+
+    /// Runs one hostile connection on the hostile runtime, bounded by the
+    /// end of chaos (then dropped, which closes its sockets).
+    fn spawn<F>(self: &Arc<Self>, kind: &'static str, fut: F)
+    where
+        F: Future<Output = Out> + Send + 'static,
+    {
+        self.kinds
+            .lock()
+            .unwrap()
+            .entry(kind)
+            .or_default()
+            .attempted += 1;
+        let Ok(permit) = self.sem.clone().try_acquire_owned() else {
+            self.record(
+                kind,
+                "skipped: driver cap on open hostile connections",
+                0.0,
+                None,
+            );
+            return;
+        };
+        let h = self.clone();
+        let mut stop = self.stop.clone();
+        let t0 = Instant::now();
+        self.open.fetch_add(1, Relaxed);
+        let jh = self.rt.spawn(async move {
+            let (out, extra) = tokio::select! {
+                biased;
+                _ = stop.wait_for(|v| *v) => (CUT.to_owned(), None),
+                o = fut => o,
+            };
+            h.record(kind, &out, t0.elapsed().as_secs_f64(), extra);
+            h.open.fetch_sub(1, Relaxed);
+            drop(permit);
+        });
+        let mut t = self.tasks.lock().unwrap();
+        if t.len() % 1024 == 1023 {
+            t.retain(|j| !j.is_finished());
+        }
+        t.push(jh);
+    }
+
+    /// A repeating schedule on the hostile runtime: `tick` every `every`
+    /// from `first`, while at least `room` of chaos remains.
+    fn every<F>(self: &Arc<Self>, first: f64, every: f64, end: Instant, room: f64, mut tick: F)
+    where
+        F: FnMut(&Arc<Hostile>, u64) + Send + 'static,
+    {
+        let h = self.clone();
+        let mut stop = self.stop.clone();
+        let jh = self.rt.spawn(async move {
+            let start = Instant::now();
+            let mut n = 0u64;
+            loop {
+                let at = start + Duration::from_secs_f64(first + every * n as f64);
+                if at + Duration::from_secs_f64(room) > end {
+                    return;
+                }
+                tokio::select! {
+                    _ = stop.wait_for(|v| *v) => return,
+                    _ = tokio::time::sleep_until(at) => {}
+                }
+                if h.stopped() {
+                    return;
+                }
+                tick(&h, n);
+                n += 1;
+            }
+        });
+        self.tasks.lock().unwrap().push(jh);
+    }
+}
+
+/// A receiver (or source) connection on `path`, handshake done.
+async fn join(
+    h: &Hostile,
+    path: &str,
+    rcvbuf: Option<u32>,
+) -> Result<(TcpStream, Vec<u8>), String> {
+    let s = tcp_connect(h.addr, rcvbuf)
+        .await
+        .map_err(|e| format!("connect failed: {e}"))?;
+    match handshake(&s, &h.host, path, Duration::from_secs(10)).await {
+        Hs::Ok(left) => Ok((s, left)),
+        Hs::Refused(r) => Err(r),
+    }
+}
+
+/// Connects on `path`, sends `bytes` while reading, and reports how the
+/// relay ended the connection (within `limit`).
+async fn send_and_watch(h: Arc<Hostile>, path: String, bytes: Arc<Vec<u8>>, limit: f64) -> Out {
+    let (s, left) = match join(&h, &path, None).await {
+        Ok(x) => x,
+        Err(e) => return (e, None),
+    };
+    let writer = async {
+        let _ = write_all(&s, &bytes).await;
+        std::future::pending::<()>().await
+    };
+    let w = tokio::select! {
+        w = watch_end(&s, &left, Duration::from_secs_f64(limit), None) => w,
+        _ = writer => unreachable!(),
+    };
+    (w.end.outcome(), None)
+}
+
+const WITNESS: &str = "witness receiver of an invalid source";
+
+/// A source on a fresh channel sends only invalid messages; a witness
+/// receiver on that channel must get none of them.
+async fn invalid_source(h: Arc<Hostile>, bytes: Arc<Vec<u8>>) -> Out {
+    let ch = h.fresh_channel();
+    h.kinds
+        .lock()
+        .unwrap()
+        .entry(WITNESS)
+        .or_default()
+        .attempted += 1;
+    let witness = match join(&h, &format!("/stream/{ch}"), None).await {
+        Ok(w) => Some(w),
+        Err(e) => {
+            h.record(WITNESS, &e, 0.0, None);
+            None
+        }
+    };
+    let out = send_and_watch(h.clone(), format!("/source/{ch}"), bytes, 5.0).await;
+    if let Some((w, left)) = witness {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let seen = watch_end(&w, &left, Duration::from_millis(50), None).await;
+        h.witness_msgs.fetch_add(seen.msgs, Relaxed);
+        let out = if seen.msgs == 0 {
+            "0 messages forwarded"
+        } else {
+            "messages forwarded (an invalid message was relayed)"
+        };
+        h.record(WITNESS, out, 0.0, None);
+    }
+    out
+}
+
+/// Plain HTTP: send `req`, report the status.
+async fn http_probe(h: Arc<Hostile>, req: Arc<Vec<u8>>, limit: f64) -> Out {
+    let s = match tcp_connect(h.addr, None).await {
+        Ok(s) => s,
+        Err(e) => return (format!("connect failed: {e}"), None),
+    };
+    if let Err(e) = write_all(&s, &req).await {
+        return (format!("write: {}", io_end(&e)), None);
+    }
+    match read_head(&s, Duration::from_secs_f64(limit)).await {
+        Ok((code, _, _)) => (format!("HTTP {code}"), None),
+        Err(e) => (e, None),
+    }
+}
+
+/// Slowloris: the start of a request, then silence (`drip` false) or one
+/// more byte a second (`drip` true). The relay should answer 408.
+async fn slowloris(h: Arc<Hostile>, drip: bool) -> Out {
+    let t0 = Instant::now();
+    let s = match tcp_connect(h.addr, None).await {
+        Ok(s) => s,
+        Err(e) => return (format!("connect failed: {e}"), None),
+    };
+    let req = ws::client_request(&h.host, &format!("/stream/{}", h.live), WS_KEY);
+    let first = if drip { 16 } else { req.len() - 2 };
+    if let Err(e) = write_all(&s, &req[..first]).await {
+        return (format!("write: {}", io_end(&e)), None);
+    }
+    let dripper = async {
+        if drip {
+            for i in first..req.len() - 2 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if write_all(&s, &req[i..i + 1]).await.is_err() {
+                    break;
+                }
+            }
+        }
+        std::future::pending::<()>().await
+    };
+    let r = tokio::select! {
+        r = read_head(&s, Duration::from_secs(30)) => r,
+        _ = dripper => unreachable!(),
+    };
+    let secs = t0.elapsed().as_secs_f64();
+    match r {
+        Ok((code, _, _)) => (format!("HTTP {code}"), Some(secs)),
+        Err(e) => (e, Some(secs)),
+    }
+}
+
+/// Connect-and-vanish: `mode` 0 after joining and reading a little, 1 in
+/// the middle of the handshake, 2 after joining without reading.
+async fn vanish(h: Arc<Hostile>, mode: u8, wait_ms: u64) -> Out {
+    let path = format!("/stream/{}", h.live);
+    if mode == 1 {
+        let s = match tcp_connect(h.addr, None).await {
+            Ok(s) => s,
+            Err(e) => return (format!("connect failed: {e}"), None),
+        };
+        let _ = write_all(&s, &ws::client_request(&h.host, &path, WS_KEY)).await;
+        set_rst_on_close(&s);
+        drop(s);
+        return ("we reset mid-handshake".into(), None);
+    }
+    let (s, left) = match join(&h, &path, None).await {
+        Ok(x) => x,
+        Err(e) => return (e, None),
+    };
+    if mode == 0 {
+        let w = watch_end(&s, &left, Duration::from_millis(wait_ms), None).await;
+        if !matches!(w.end, End::Timeout) {
+            return (w.end.outcome(), None);
+        }
+    } else {
+        tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+    }
+    set_rst_on_close(&s);
+    drop(s);
+    (
+        if mode == 0 {
+            "we reset after join".into()
+        } else {
+            "we reset with unread data".into()
+        },
+        None,
+    )
+}
+
+/// Reconnect storm member: join, read 128 KiB (or 2 s), close.
+async fn storm_member(h: Arc<Hostile>) -> Out {
+    let (s, left) = match join(&h, &format!("/stream/{}", h.live), None).await {
+        Ok(x) => x,
+        Err(e) => return (e, None),
+    };
+    let w = watch_end(&s, &left, Duration::from_secs(2), Some(128 * 1024)).await;
+    let _ = s.try_write(&ws::client_frame(
+        ws::OP_CLOSE,
+        true,
+        &ws::close_payload(1000, ""),
+        [1, 2, 3, 4],
+    ));
+    (w.end.outcome(), None)
+}
+
+/// Staller: tiny receive buffer, never reads for `stall`; then reads to
+/// see how the relay ended it (a relay close after a full window shows as
+/// EOF once the bytes already in flight are read).
+async fn staller(h: Arc<Hostile>) -> Out {
+    let (s, left) = match join(&h, &format!("/stream/{}", h.live), Some(4096)).await {
+        Ok(x) => x,
+        Err(e) => return (e, None),
+    };
+    tokio::time::sleep(h.stall).await;
+    let w = watch_end(&s, &left, Duration::from_secs(4), None).await;
+    let out = match w.end {
+        End::Timeout => "not closed by the relay (still streaming after the stall)".into(),
+        e => e.outcome(),
+    };
+    (out, Some(w.bytes as f64 / 1e6))
+}
+
+/// Input flood: one receiver on the healthy channel writes valid Pointer
+/// inputs as fast as the socket takes them (while reading its stream),
+/// for up to 5 s. Extra number: inputs written.
+async fn flooder(h: Arc<Hostile>, batch: Arc<Vec<u8>>, per_input: usize) -> Out {
+    let (s, left) = match join(&h, &format!("/stream/{}", h.live), None).await {
+        Ok(x) => x,
+        Err(e) => return (e, None),
+    };
+    let written = AtomicU64::new(0);
+    let writer = async {
+        let until = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < until {
+            if write_all(&s, &batch).await.is_err() {
+                break;
+            }
+            written.fetch_add((batch.len() / per_input) as u64, Relaxed);
+            tokio::task::yield_now().await;
+        }
+        std::future::pending::<()>().await
+    };
+    let w = tokio::select! {
+        w = watch_end(&s, &left, Duration::from_secs(6), None) => w,
+        _ = writer => unreachable!(),
+    };
+    (w.end.outcome(), Some(written.load(Relaxed) as f64))
+}
+
+/// Frames and messages of the garbage probes.
+struct Probes {
+    /// (kind, as source on a fresh channel with a witness, bytes, expected)
+    src_invalid: Vec<(&'static str, Arc<Vec<u8>>)>,
+    /// (kind, path is "source" (fresh channel) or "stream" (healthy channel), bytes, watch secs)
+    ws_level: Vec<(&'static str, bool, Arc<Vec<u8>>, f64)>,
+    /// (kind, raw request)
+    http: Vec<(&'static str, Arc<Vec<u8>>)>,
+    flood: Arc<Vec<u8>>,
+    flood_each: usize,
+}
+
+fn msg(kind: u8, flags: u8, w: u16, h: u16, payload: &[u8], len: Option<u32>) -> Vec<u8> {
+    let hd = Header {
+        kind,
+        flags,
+        seq: 0,
+        timestamp: 0,
+        width: w,
+        height: h,
+        length: len.unwrap_or(payload.len() as u32),
+    };
+    let mut v = hd.to_bytes().to_vec();
+    v.extend_from_slice(payload);
+    v
+}
+
+/// A frame head with any first byte; masked with the all-zero key.
+fn raw_head(b0: u8, masked: bool, len: u64) -> Vec<u8> {
+    let m = if masked { 0x80 } else { 0 };
+    let mut v = vec![b0];
+    if len < 126 {
+        v.push(m | len as u8);
+    } else if len <= 0xFFFF {
+        v.push(m | 126);
+        v.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        v.push(m | 127);
+        v.extend_from_slice(&len.to_be_bytes());
+    }
+    if masked {
+        v.extend_from_slice(&[0; 4]);
+    }
+    v
+}
+
+fn raw(b0: u8, masked: bool, payload: &[u8]) -> Vec<u8> {
+    let mut v = raw_head(b0, masked, payload.len() as u64);
+    v.extend_from_slice(payload);
+    v
+}
+
+impl Probes {
+    fn new(host: &str, live: &str, rng: &mut Rng) -> Self {
+        let rep = |m: &[u8], n: usize, rng: &mut Rng| -> Arc<Vec<u8>> {
+            let mut v = Vec::new();
+            for _ in 0..n {
+                v.extend(ws::client_frame(ws::OP_BINARY, true, m, rng.mask()));
+            }
+            Arc::new(v)
+        };
+        let px = protocol::pixels_keyframe(0, 0, 2, 2, &[9u8; 16]);
+        let ptr = [1u8, 0, 2, 0, 1];
+        // 110 > --max-invalid (100): each of these sources must be closed with 1008.
+        let n = 110;
+        let src_invalid = vec![
+            (
+                "src: bad length field",
+                rep(&msg(0x01, FLAG_KEYFRAME, 2, 2, &[0; 16], Some(23)), n, rng),
+            ),
+            (
+                "src: reserved flag bits",
+                rep(
+                    &msg(0x01, FLAG_KEYFRAME | 0x40, 2, 2, &[0; 16], None),
+                    n,
+                    rng,
+                ),
+            ),
+            (
+                "src: unknown frame type",
+                rep(&msg(0x77, 0, 0, 0, &[1, 2, 3], None), n, rng),
+            ),
+            (
+                "src: wrong pixel size",
+                rep(
+                    &msg(0x01, FLAG_KEYFRAME, 640, 360, &[0; 1000], None),
+                    n,
+                    rng,
+                ),
+            ),
+            (
+                "src: INPUT flag from a source",
+                rep(&msg(0x01, FLAG_INPUT, 0, 0, &ptr, None), n, rng),
+            ),
+            (
+                "src: shorter than a header",
+                rep(&[1u8, 2, 0, 0, 0, 0, 0, 0, 0, 0], n, rng),
+            ),
+            (
+                "src: Ping with a payload",
+                rep(&msg(0xFE, 0, 0, 0, &[1, 2, 3, 4], None), n, rng),
+            ),
+            (
+                "src: undecodable ZRLE delta",
+                rep(&msg(0x03, 0, 64, 64, &[0xFF; 64], None), n, rng),
+            ),
+            (
+                "src: signal that is not JSON",
+                rep(&msg(0x30, 0, 0, 0, b"{not json", None), n, rng),
+            ),
+            (
+                "src: signal JSON not an object",
+                rep(&msg(0x31, 0, 0, 0, b"[1,2,3]", None), n, rng),
+            ),
+        ];
+        let random = Arc::new(rng.bytes(64 * 1024));
+        let mut giant = raw_head(0x82, true, 1 << 30);
+        giant.extend_from_slice(&[0u8; 4096]);
+        let giant = Arc::new(giant);
+        let mut msb = raw_head(0x82, true, 1 << 63);
+        msb.extend_from_slice(&[0u8; 64]);
+        let msb = Arc::new(msb);
+        let text = Arc::new(ws::client_frame(ws::OP_TEXT, true, b"hello", rng.mask()));
+        let unmasked = Arc::new(raw(0x82, false, &px));
+        let ws_level: Vec<(&'static str, bool, Arc<Vec<u8>>, f64)> = vec![
+            ("src: random bytes", true, random.clone(), 5.0),
+            ("src: text frame", true, text.clone(), 5.0),
+            ("src: 1 GiB frame head", true, giant.clone(), 5.0),
+            ("src: 64-bit length with MSB set", true, msb, 5.0),
+            ("src: unmasked frame", true, unmasked.clone(), 5.0),
+            ("src: RSV1 set", true, Arc::new(raw(0xC2, true, &px)), 5.0),
+            (
+                "src: reserved opcode 0x3",
+                true,
+                Arc::new(raw(0x83, true, &px)),
+                5.0,
+            ),
+            (
+                "src: 200-byte ping",
+                true,
+                Arc::new(raw(0x89, true, &[0u8; 200])),
+                5.0,
+            ),
+            (
+                "src: fragmented ping",
+                true,
+                Arc::new(raw(0x09, true, &[0u8; 4])),
+                5.0,
+            ),
+            (
+                "src: continuation without start",
+                true,
+                Arc::new(raw(0x80, true, &px)),
+                5.0,
+            ),
+            (
+                "src: close code 999",
+                true,
+                Arc::new(raw(0x88, true, &999u16.to_be_bytes())),
+                5.0,
+            ),
+            (
+                "rx: random bytes",
+                false,
+                Arc::new(rng.bytes(64 * 1024)),
+                5.0,
+            ),
+            ("rx: text frame", false, text, 5.0),
+            ("rx: 1 GiB frame head", false, giant, 5.0),
+            ("rx: unmasked frame", false, unmasked, 5.0),
+            (
+                "rx: invalid inputs (no close expected)",
+                false,
+                {
+                    let mut v = Vec::new();
+                    for _ in 0..40 {
+                        for m in [
+                            msg(0x01, FLAG_INPUT, 0, 0, &ptr, Some(9)),
+                            msg(0x01, FLAG_INPUT | 0x20, 0, 0, &ptr, None),
+                            msg(0x77, FLAG_INPUT, 0, 0, &ptr, None),
+                            msg(0x01, FLAG_INPUT, 0, 0, &ptr[..3], None),
+                            msg(0x01, 0, 0, 0, &ptr, None),
+                        ] {
+                            v.extend(ws::client_frame(ws::OP_BINARY, true, &m, rng.mask()));
+                        }
+                    }
+                    Arc::new(v)
+                },
+                1.5,
+            ),
+        ];
+        let get = |path: &str| {
+            Arc::new(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").into_bytes())
+        };
+        let upgrade = |path: &str, extra: &str, key: bool| {
+            Arc::new(
+                format!(
+                    "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{}{extra}\r\n",
+                    if key { format!("Sec-WebSocket-Key: {WS_KEY}\r\n") } else { String::new() }
+                )
+                .into_bytes(),
+            )
+        };
+        let http = vec![
+            ("http: GET /healthz", get("/healthz")),
+            ("http: GET /metrics", get("/metrics")),
+            ("http: GET /channels", get("/channels")),
+            ("http: GET /nope", get("/nope")),
+            ("http: GET /stream/x without upgrade", get(&format!("/stream/{live}"))),
+            ("http: malformed request", Arc::new(b"\x16\x03\x01\x02\x00 nonsense\r\n\r\n".to_vec())),
+            ("http: 10 KB header", Arc::new(format!("GET / HTTP/1.1\r\nHost: {host}\r\nX-Pad: {}\r\n\r\n", "a".repeat(10_000)).into_bytes())),
+            ("http: POST with a body", Arc::new(format!("POST /source/{live} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 5\r\n\r\nhello").into_bytes())),
+            ("ws: bad channel name", upgrade("/stream/bad!name", "Sec-WebSocket-Version: 13\r\n", true)),
+            ("ws: 65-byte channel name", upgrade(&format!("/stream/{}", "n".repeat(65)), "Sec-WebSocket-Version: 13\r\n", true)),
+            ("ws: second source on the healthy channel", upgrade(&format!("/source/{live}"), "Sec-WebSocket-Version: 13\r\n", true)),
+            ("ws: Sec-WebSocket-Version 8", upgrade(&format!("/stream/{live}"), "Sec-WebSocket-Version: 8\r\n", true)),
+            ("ws: no Sec-WebSocket-Key", upgrade(&format!("/stream/{live}"), "Sec-WebSocket-Version: 13\r\n", false)),
+        ];
+        let one = ws::client_frame(
+            ws::OP_BINARY,
+            true,
+            &protocol::input(InputType::Pointer, 1, 2, &ptr),
+            [3, 1, 4, 1],
+        );
+        let flood_each = one.len();
+        let mut flood = Vec::with_capacity(flood_each * 1000);
+        for _ in 0..1000 {
+            flood.extend_from_slice(&one);
+        }
+        Probes {
+            src_invalid,
+            ws_level,
+            http,
+            flood: Arc::new(flood),
+            flood_each,
+        }
+    }
+}
+
+/// The outcomes a hostile kind should end with ("cut at end of chaos" is
+/// always allowed: it only means the phase ended first).
+fn expected(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "vanish: reset after join" => &["we reset after join"],
+        "vanish: reset mid-handshake" => &["we reset mid-handshake"],
+        "vanish: reset with unread data" => &["we reset with unread data"],
+        "storm: join, read 128 KiB, close" => &["read 128 KiB, closed by us"],
+        "staller: 4 KiB SO_RCVBUF, never reads" => &["EOF, no close frame", "close 3008"],
+        "input flood on the healthy channel" => &["close 1008"],
+        "slowloris: silent after a partial head" | "slowloris: one byte a second" => &["HTTP 408"],
+        "witness receiver of an invalid source" => &["0 messages forwarded"],
+        "src: random bytes" | "rx: random bytes" => {
+            &["close 1002", "close 1009", "close 1003", "close 1007"]
+        }
+        "src: text frame" | "rx: text frame" => &["close 1003"],
+        "src: 1 GiB frame head" | "rx: 1 GiB frame head" => &["close 1009"],
+        "rx: invalid inputs (no close expected)" => &["no close from relay (closed by us)"],
+        "http: GET /healthz" | "http: GET /metrics" | "http: GET /channels" => &["HTTP 200"],
+        "http: GET /nope" => &["HTTP 404"],
+        "http: GET /stream/x without upgrade" => &["HTTP 426"],
+        "http: malformed request" => &["HTTP 400"],
+        "http: 10 KB header" => &["HTTP 431"],
+        "http: POST with a body" => &["HTTP 400", "HTTP 404", "HTTP 405", "HTTP 426"],
+        "ws: bad channel name" | "ws: 65-byte channel name" => &["HTTP 400"],
+        "ws: second source on the healthy channel" => &["HTTP 409"],
+        "ws: Sec-WebSocket-Version 8" | "ws: no Sec-WebSocket-Key" => &["HTTP 400", "HTTP 426"],
+        k if k.starts_with("src: ") && !k.contains("frame head") => {
+            // message-level invalid → 1008; frame-level → 1002
+            match k {
+                "src: unmasked frame"
+                | "src: RSV1 set"
+                | "src: reserved opcode 0x3"
+                | "src: 200-byte ping"
+                | "src: fragmented ping"
+                | "src: continuation without start"
+                | "src: close code 999"
+                | "src: 64-bit length with MSB set" => &["close 1002"],
+                _ => &["close 1008"],
+            }
+        }
+        "rx: unmasked frame" => &["close 1002"],
+        _ => &[],
+    }
+}
+
+/// Starts every hostile schedule for a chaos phase ending at `end`.
+fn start_chaos(h: &Arc<Hostile>, o: &ChaosOpts, end: Instant, probes: Arc<Probes>) {
+    if !o.skip.contains(&HostileKind::Vanish) {
+        // Connect-and-vanish: one burst a second on the healthy channel.
+        let n = o.vanish;
+        h.every(0.0, 1.0, end, 0.0, move |h, tick| {
+            let mut rng = Rng::new(now_ns() ^ tick);
+            for i in 0..n {
+                let (mode, kind) = match i % 5 {
+                    0..=2 => (0u8, "vanish: reset after join"),
+                    3 => (1, "vanish: reset mid-handshake"),
+                    _ => (2, "vanish: reset with unread data"),
+                };
+                let wait = rng.below(300);
+                h.spawn(kind, vanish(h.clone(), mode, wait));
+            }
+        });
+    }
+    if !o.skip.contains(&HostileKind::Storm) {
+        // Reconnect storms: all at once on the healthy channel.
+        let n = o.storm;
+        h.every(1.5, o.storm_every, end, 0.0, move |h, _| {
+            h.storm_ns.lock().unwrap().push(now_ns());
+            for _ in 0..n {
+                h.spawn("storm: join, read 128 KiB, close", storm_member(h.clone()));
+            }
+        });
+    }
+    if !o.skip.contains(&HostileKind::Staller) {
+        // Stallers: a wave every 2 s while a whole stall (+ 4 s of reading) fits.
+        let n = o.stallers;
+        let room = h.stall.as_secs_f64() + 4.0;
+        h.every(0.5, 2.0, end, room, move |h, _| {
+            for _ in 0..n {
+                h.spawn("staller: 4 KiB SO_RCVBUF, never reads", staller(h.clone()));
+            }
+        });
+    }
+    if !o.skip.contains(&HostileKind::Slowloris) {
+        // Slowloris: a wave every 2 s while the relay's handshake timeout fits.
+        let n = o.slowloris;
+        let room = o.handshake_timeout_ms as f64 / 1000.0 + 2.0;
+        h.every(0.25, 2.0, end, room, move |h, _| {
+            for i in 0..n {
+                if i % 2 == 0 {
+                    h.spawn(
+                        "slowloris: silent after a partial head",
+                        slowloris(h.clone(), false),
+                    );
+                } else {
+                    h.spawn("slowloris: one byte a second", slowloris(h.clone(), true));
+                }
+            }
+        });
+    }
+    if !o.skip.contains(&HostileKind::Garbage) {
+        // Garbage: one of every probe each second.
+        let p = probes.clone();
+        h.every(0.1, 1.0, end, 0.0, move |h, _| {
+            for &(kind, ref bytes) in &p.src_invalid {
+                h.spawn(kind, invalid_source(h.clone(), bytes.clone()));
+            }
+            for &(kind, as_source, ref bytes, limit) in &p.ws_level {
+                let path = if as_source {
+                    format!("/source/{}", h.fresh_channel())
+                } else {
+                    format!("/stream/{}", h.live)
+                };
+                h.spawn(kind, send_and_watch(h.clone(), path, bytes.clone(), limit));
+            }
+            for &(kind, ref req) in &p.http {
+                h.spawn(kind, http_probe(h.clone(), req.clone(), 5.0));
+            }
+        });
+    }
+    if o.skip.contains(&HostileKind::Flood) {
+        return;
+    }
+    // Input flood: one flooder at a time, back to back (1 s apart).
+    let hh = h.clone();
+    let mut stop = h.stop.clone();
+    let jh = h.rt.spawn(async move {
+        loop {
+            if hh.stopped() || Instant::now() + Duration::from_secs(1) > end {
+                return;
+            }
+            let done = Arc::new(tokio::sync::Notify::new());
+            let d2 = done.clone();
+            let (h2, batch, each) = (hh.clone(), probes.flood.clone(), probes.flood_each);
+            hh.spawn("input flood on the healthy channel", async move {
+                let r = flooder(h2, batch, each).await;
+                d2.notify_one();
+                r
+            });
+            tokio::select! {
+                _ = stop.wait_for(|v| *v) => return,
+                _ = done.notified() => {}
+            }
+            tokio::select! {
+                _ = stop.wait_for(|v| *v) => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    });
+    h.tasks.lock().unwrap().push(jh);
+}
+
+// ---------------------------------------------------------------- the run
+
+#[derive(Default, Clone, Copy)]
+struct PhaseCpu {
+    relay: Option<f64>,
+    driver: Option<f64>,
+}
+
+struct ChaosResult {
+    text: String,
+    json: Value,
+}
+
+fn cpu_between(a: Option<ProcSample>, b: Option<ProcSample>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(b.cpu_pct_since(&a)),
+        _ => None,
+    }
+}
+
+fn mb(kib: Option<u64>) -> Option<f64> {
+    kib.map(|k| k as f64 / 1024.0)
+}
+
+fn opt(v: Option<f64>, prec: usize) -> String {
+    v.map_or("-".into(), |x| format!("{x:.prec$}"))
+}
+
+/// `loadtest chaos`: returns the exit code.
+pub fn main(o: ChaosOpts) -> i32 {
+    let nofile = sys::raise_nofile();
+    let pin = o.driver_cpu.or(o.start.map(|_| 1));
+    if let Some(cpu) = pin {
+        match sys::pin_self(cpu) {
+            Ok(()) => eprintln!("loadtest: driver pinned to CPU {cpu}"),
+            Err(e) => eprintln!("loadtest: cannot pin the driver: {e}"),
+        }
+    }
+    let mut url = o.url.clone();
+    let mut pid = o.relay_pid;
+    let mut relay = None;
+    let mut relay_args = Vec::new();
+    if let Some(kind) = o.start {
+        if kind != RelayKind::Ours {
+            eprintln!("loadtest chaos: --start supports only `ours` (its options and close codes are what is checked)");
+            return 2;
+        }
+        let relay_bin = o.relay_bin.clone().unwrap_or_else(|| {
+            std::env::current_exe()
+                .ok()
+                .and_then(|p| p.parent().map(|d| d.join("bitstream-relay")))
+                .unwrap_or_else(|| PathBuf::from("target/release/bitstream-relay"))
+        });
+        let paths = Paths {
+            relay_bin,
+            baseline_bin: PathBuf::new(),
+            bun: PathBuf::new(),
+            bun_script: PathBuf::new(),
+        };
+        relay_args = vec![
+            "--slow-timeout-ms".to_owned(),
+            o.slow_timeout_ms.to_string(),
+            "--handshake-timeout-ms".to_owned(),
+            o.handshake_timeout_ms.to_string(),
+        ];
+        let extra: Vec<&str> = relay_args.iter().map(String::as_str).collect();
+        match relays::spawn(
+            kind,
+            &paths,
+            o.relay_cpu.parse().ok(),
+            o.receivers,
+            &o.out.join("logs"),
+            &format!("chaos-{}", report::stamp()),
+            &extra,
+        ) {
+            Ok(p) => {
+                eprintln!(
+                    "loadtest: started ours (pid {}) at {} with {}",
+                    p.pid,
+                    p.url,
+                    relay_args.join(" ")
+                );
+                url = p.url.clone();
+                pid = Some(p.pid);
+                relay = Some(p);
+            }
+            Err(e) => {
+                eprintln!("loadtest: {e}");
+                return 2;
+            }
+        }
+    }
+    let label = o
+        .label
+        .clone()
+        .or_else(|| o.start.map(|k| k.label().to_owned()))
+        .unwrap_or_else(|| "relay".into());
+    let hostile_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("hostile")
+        .on_thread_start(|| nice_self(10))
+        .enable_all()
+        .build()
+        .expect("hostile runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let res = rt.block_on(run(
+        &o,
+        &url,
+        pid,
+        &label,
+        nofile,
+        hostile_rt.handle().clone(),
+        &relay_args,
+    ));
+    hostile_rt.shutdown_timeout(Duration::from_secs(2));
+    let mut res = match res {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("loadtest chaos: {e}");
+            return 1;
+        }
+    };
+    if let Some(p) = relay.as_mut() {
+        let exit = p.exit_status();
+        if let Some(e) = &exit {
+            let _ = writeln!(
+                res.text,
+                "relay EXITED  {e}; log {}:\n{}",
+                p.log.display(),
+                relays::tail(&p.log)
+            );
+        }
+        res.json["relay_process"]["exit"] = json!(exit);
+        res.json["relay_process"]["log"] = json!(p.log.display().to_string());
+        p.stop();
+    }
+    println!("{}", res.text);
+    let _ = std::fs::create_dir_all(&o.out);
+    let base = o.out.join(format!("chaos-{label}-{}", report::stamp()));
+    let j = base.with_extension("json");
+    match std::fs::write(
+        &j,
+        serde_json::to_string_pretty(&res.json).unwrap_or_default(),
+    )
+    .and_then(|_| std::fs::write(base.with_extension("txt"), &res.text))
+    {
+        Ok(()) => eprintln!("loadtest: wrote {} and .txt", j.display()),
+        Err(e) => eprintln!("loadtest: cannot write results: {e}"),
+    }
+    0
+}
+
+struct Tick {
+    t: f64,
+    phase: usize,
+    p99_ms: f64,
+    max_ms: f64,
+    relay_cpu: Option<f64>,
+    rss_mb: Option<f64>,
+    hostile_open: usize,
+    driver_cpu: Option<f64>,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    o: &ChaosOpts,
+    url: &str,
+    pid: Option<u32>,
+    label: &str,
+    nofile: u64,
+    hrt: Handle,
+    relay_args: &[String],
+) -> Result<ChaosResult, String> {
+    let host = url
+        .strip_prefix("ws://")
+        .ok_or_else(|| format!("--url must be ws://HOST:PORT, not {url}"))?
+        .trim_end_matches('/')
+        .to_owned();
+    let addr = host
+        .to_socket_addrs()
+        .map_err(|e| format!("{host}: {e}"))?
+        .find(SocketAddr::is_ipv4)
+        .ok_or_else(|| format!("{host}: no IPv4 address"))?;
+    let stall = Duration::from_secs_f64(
+        o.stall_secs
+            .unwrap_or(o.slow_timeout_ms as f64 / 1000.0 + 3.0),
+    );
+    static RUN: AtomicU64 = AtomicU64::new(0);
+    let run_id = format!("chaos{}x{}", std::process::id(), RUN.fetch_add(1, Relaxed));
+    let live = format!("{run_id}-live");
+    let me = std::process::id();
+    if o.receivers + o.max_hostile + 64 > nofile as usize {
+        eprintln!(
+            "loadtest chaos: open-files limit {nofile} is below receivers + --max-hostile; hostile connections beyond it are skipped"
+        );
+    }
+    let metrics0 = http_get(addr, &host, "/metrics")
+        .await
+        .ok()
+        .map(|(_, b)| metric_lines(&b));
+
+    // Healthy receivers.
+    let phases = Arc::new(Phases {
+        chaos_ns: AtomicU64::new(0),
+        settle_ns: AtomicU64::new(0),
+    });
+    let sh = Arc::new(HShared {
+        phases: phases.clone(),
+        hist: Mutex::new([new_hist(), new_hist(), new_hist()]),
+        sec: Mutex::new(new_hist()),
+        per_frame: Mutex::new(Vec::new()),
+    });
+    let mut stats = Vec::new();
+    let mut rx_tasks = Vec::new();
+    for i in 0..o.receivers {
+        let s = tcp_connect(addr, None)
+            .await
+            .map_err(|e| format!("healthy receiver {i}: {e}"))?;
+        match handshake(
+            &s,
+            &host,
+            &format!("/stream/{live}"),
+            Duration::from_secs(10),
+        )
+        .await
+        {
+            Hs::Ok(left) => {
+                let st = Arc::new(HStat::default());
+                stats.push(st.clone());
+                rx_tasks.push(tokio::spawn(healthy_rx(s, left, i as u64, st, sh.clone())));
+            }
+            Hs::Refused(r) => return Err(format!("healthy receiver {i}: {r}")),
+        }
+    }
+
+    // Source.
+    let src = Arc::new(Src::default());
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel();
+    let th = {
+        let (src, host, path) = (src.clone(), host.clone(), format!("/source/{live}"));
+        let (w, h, fps) = (o.width, o.height, o.fps);
+        std::thread::Builder::new()
+            .name("source".into())
+            .spawn(move || source_thread(addr, host, path, w, h, fps, src, ready_tx, go_rx))
+            .map_err(|e| e.to_string())?
+    };
+    tokio::task::spawn_blocking(move || ready_rx.recv())
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|_| "source thread ended".to_string())??;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let rss_of = || pid.and_then(sys::rss_kib);
+    let rss_start = rss_of();
+    let fds_start = pid.and_then(fd_count);
+    let mut cpu = [None::<ProcSample>; 4];
+    let mut dcpu = [None::<ProcSample>; 4];
+    cpu[0] = pid.and_then(ProcSample::take);
+    dcpu[0] = ProcSample::take(me);
+    let _ = go_tx.send(());
+    let t_go = Instant::now();
+    let go_ns = now_ns();
+    eprintln!(
+        "loadtest chaos: {} healthy receivers of {}x{} @ {} fps on {live}; calm {} s, chaos {} s, settle {} s; stallers silent {:.1} s",
+        o.receivers, o.width, o.height, o.fps, o.calm, o.duration, o.settle, stall.as_secs_f64()
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let h = Arc::new(Hostile {
+        rt: hrt,
+        addr,
+        host: host.clone(),
+        live: live.clone(),
+        run_id: run_id.clone(),
+        next_ch: AtomicU64::new(0),
+        kinds: Mutex::new(BTreeMap::new()),
+        stop: stop_rx,
+        sem: Arc::new(Semaphore::new(o.max_hostile)),
+        tasks: Mutex::new(Vec::new()),
+        open: AtomicUsize::new(0),
+        stall,
+        witness_msgs: AtomicU64::new(0),
+        storm_ns: Mutex::new(Vec::new()),
+    });
+    let probes = Arc::new(Probes::new(&host, &live, &mut Rng::new(now_ns())));
+
+    let mut ticks: Vec<Tick> = Vec::new();
+    let mut rss_peak_chaos = 0u64;
+    // One phase of progress: a line a second, RSS sampled 4× a second.
+    let phase_loop = async |phase: usize, secs: f64, ticks: &mut Vec<Tick>, rss_peak: &mut u64| {
+        let end = Instant::now() + Duration::from_secs_f64(secs);
+        let mut last = (
+            Instant::now(),
+            pid.and_then(ProcSample::take),
+            ProcSample::take(me),
+        );
+        while Instant::now() < end {
+            tokio::time::sleep(
+                Duration::from_millis(250).min(end.saturating_duration_since(Instant::now())),
+            )
+            .await;
+            if let Some(r) = rss_of() {
+                *rss_peak = (*rss_peak).max(r);
+            }
+            if last.0.elapsed() < Duration::from_secs(1) && Instant::now() < end {
+                continue;
+            }
+            let (c, d) = (pid.and_then(ProcSample::take), ProcSample::take(me));
+            let (p99, max) = {
+                let mut s = sh.sec.lock().unwrap();
+                let v = (
+                    s.value_at_quantile(0.99) as f64 / 1000.0,
+                    s.max() as f64 / 1000.0,
+                );
+                s.reset();
+                v
+            };
+            let sent = src.sent.load(Relaxed);
+            let intact: u64 = stats.iter().map(|s| s.next.load(Relaxed)).sum();
+            let tk = Tick {
+                t: t_go.elapsed().as_secs_f64(),
+                phase,
+                p99_ms: p99,
+                max_ms: max,
+                relay_cpu: cpu_between(last.1, c),
+                rss_mb: mb(rss_of()),
+                hostile_open: h.open.load(Relaxed),
+                driver_cpu: cpu_between(last.2, d),
+            };
+            eprintln!(
+                "  [{:>5.1}s {:<6}] sent {:>5}  healthy next/sent {:>6.2}%  p99 {:>7.2} ms  max {:>7.2} ms  relay cpu {:>4}%  rss {:>6} MB  hostile open {:>5}  driver cpu {:>4}%",
+                tk.t,
+                PHASES[phase],
+                sent,
+                if sent > 0 { intact as f64 / (sent * stats.len() as u64) as f64 * 100.0 } else { 0.0 },
+                tk.p99_ms,
+                tk.max_ms,
+                opt(tk.relay_cpu, 0),
+                opt(tk.rss_mb, 1),
+                tk.hostile_open,
+                opt(tk.driver_cpu, 0),
+            );
+            ticks.push(tk);
+            last = (Instant::now(), c, d);
+        }
+    };
+
+    // (1) calm
+    let mut calm_peak = 0u64;
+    phase_loop(0, o.calm, &mut ticks, &mut calm_peak).await;
+    let rss_calm_end = rss_of();
+    // (2) chaos
+    phases.chaos_ns.store(now_ns(), Relaxed);
+    cpu[1] = pid.and_then(ProcSample::take);
+    dcpu[1] = ProcSample::take(me);
+    let chaos_end = Instant::now() + Duration::from_secs_f64(o.duration);
+    start_chaos(&h, o, chaos_end, probes);
+    phase_loop(1, o.duration, &mut ticks, &mut rss_peak_chaos).await;
+    // (3) settle: every hostile connection closed, the stream goes on.
+    let _ = stop_tx.send(true);
+    phases.settle_ns.store(now_ns(), Relaxed);
+    cpu[2] = pid.and_then(ProcSample::take);
+    dcpu[2] = ProcSample::take(me);
+    let hwm_after_chaos = pid.and_then(sys::hwm_kib);
+    let t_close = Instant::now();
+    let tasks: Vec<JoinHandle<()>> = std::mem::take(&mut *h.tasks.lock().unwrap());
+    let mut unfinished = 0;
+    for t in tasks {
+        match tokio::time::timeout(Duration::from_secs(5), t).await {
+            Ok(_) => {}
+            Err(_) => unfinished += 1,
+        }
+    }
+    let close_secs = t_close.elapsed().as_secs_f64();
+    let left_open = h.open.load(Relaxed);
+    eprintln!("  chaos over: every hostile connection closed in {close_secs:.2} s ({left_open} still open, {unfinished} tasks unfinished)");
+    let mut settle_peak = 0u64;
+    phase_loop(2, o.settle, &mut ticks, &mut settle_peak).await;
+    let rss_settle = rss_of();
+    let fds_settle = pid.and_then(fd_count);
+    cpu[3] = pid.and_then(ProcSample::take);
+    dcpu[3] = ProcSample::take(me);
+    let metrics_settle = http_get(addr, &host, "/metrics")
+        .await
+        .ok()
+        .map(|(_, b)| metric_lines(&b));
+    let healthz = http_get(addr, &host, "/healthz")
+        .await
+        .map(|(s, b)| format!("{s} {}", b.trim()));
+
+    // Stop the stream, drain the healthy receivers.
+    src.stop.store(true, Relaxed);
+    while !src.done.load(Relaxed) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let sent = src.sent.load(Relaxed);
+    let drain_until = Instant::now() + Duration::from_secs_f64(o.drain);
+    while Instant::now() < drain_until
+        && stats
+            .iter()
+            .any(|s| !s.done.load(Relaxed) && s.next.load(Relaxed) < sent)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let metrics_end = http_get(addr, &host, "/metrics")
+        .await
+        .map(|(_, b)| metric_lines(&b));
+    let hwm_end = pid.and_then(sys::hwm_kib);
+    for t in &rx_tasks {
+        t.abort();
+    }
+    src.release.store(true, Relaxed);
+    let _ = go_tx.send(());
+    let _ = tokio::task::spawn_blocking(move || th.join()).await;
+
+    // ------------------------------------------------------------ summary
+    let send_ns: Vec<u64> = src.send_ns.lock().unwrap()[..sent as usize].to_vec();
+    let phase_of: Vec<usize> = send_ns.iter().map(|&t| phases.of(t)).collect();
+    let mut sent_ph = [0u64; 3];
+    for &p in &phase_of {
+        sent_ph[p] += 1;
+    }
+    let n = stats.len() as u64;
+    let mut deliv_ph = [0u64; 3];
+    let mut corrupt_ph = [0u64; 3];
+    let mut all_frames = 0;
+    let mut per_rx_min = f64::INFINITY;
+    let mut ended: BTreeMap<String, u64> = BTreeMap::new();
+    for s in &stats {
+        let g = s.got.lock().unwrap();
+        let mut mine = 0u64;
+        for (i, &p) in phase_of.iter().enumerate() {
+            match g.get(i).copied().unwrap_or(0) {
+                1 => {
+                    deliv_ph[p] += 1;
+                    mine += 1;
+                }
+                2 => corrupt_ph[p] += 1,
+                _ => {}
+            }
+        }
+        if mine == sent {
+            all_frames += 1;
+        }
+        per_rx_min = per_rx_min.min(if sent > 0 {
+            mine as f64 / sent as f64
+        } else {
+            0.0
+        });
+        if s.done.load(Relaxed) {
+            if let Some(e) = s.ended.lock().unwrap().clone() {
+                *ended.entry(e).or_default() += 1;
+            }
+        }
+    }
+    let ooo: u64 = stats.iter().map(|s| s.ooo.load(Relaxed)).sum();
+    let corrupt: u64 = stats.iter().map(|s| s.corrupt.load(Relaxed)).sum();
+    let foreign: u64 = stats.iter().map(|s| s.foreign.load(Relaxed)).sum();
+    let lat: Vec<[f64; 6]> = {
+        let hs = sh.hist.lock().unwrap();
+        hs.iter()
+            .map(|h| {
+                let q = |x: f64| h.value_at_quantile(x) as f64 / 1000.0;
+                [
+                    q(0.5),
+                    q(0.99),
+                    q(0.999),
+                    h.max() as f64 / 1000.0,
+                    h.mean() / 1000.0,
+                    h.len() as f64,
+                ]
+            })
+            .collect()
+    };
+    let pcpu: Vec<PhaseCpu> = (0..3)
+        .map(|i| PhaseCpu {
+            relay: cpu_between(cpu[i], cpu[i + 1]),
+            driver: cpu_between(dcpu[i], dcpu[i + 1]),
+        })
+        .collect();
+    let late = src
+        .late
+        .lock()
+        .unwrap()
+        .as_ref()
+        .map(|h| {
+            [
+                h.value_at_quantile(0.5) as f64 / 1000.0,
+                h.value_at_quantile(0.99) as f64 / 1000.0,
+                h.max() as f64 / 1000.0,
+            ]
+        })
+        .unwrap_or([0.0; 3]);
+    let kinds = h.kinds.lock().unwrap().clone();
+    // The slowest frames: when they were sent, how slow for the fastest and
+    // the slowest healthy receiver, and the reconnect storm just before.
+    let storms: Vec<f64> = h
+        .storm_ns
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|&t| t.saturating_sub(go_ns) as f64 / 1e9)
+        .collect();
+    let worst: Vec<(u64, f64, usize, f64, f64, Option<f64>)> = {
+        let pf = sh.per_frame.lock().unwrap();
+        let mut v: Vec<(u64, u64, u64)> = pf
+            .iter()
+            .enumerate()
+            .filter(|(i, e)| (*i as u64) < sent && e.1 > 0)
+            .map(|(i, e)| (i as u64, e.0, e.1))
+            .collect();
+        v.sort_by_key(|e| std::cmp::Reverse(e.2));
+        v.truncate(8);
+        v.iter()
+            .map(|&(i, lo, hi)| {
+                let t = send_ns[i as usize].saturating_sub(go_ns) as f64 / 1e9;
+                let storm = storms
+                    .iter()
+                    .rev()
+                    .find(|&&s| s <= t + 0.2)
+                    .map(|&s| (t - s) * 1000.0);
+                (
+                    i,
+                    t,
+                    phase_of[i as usize],
+                    lo as f64 / 1000.0,
+                    hi as f64 / 1000.0,
+                    storm,
+                )
+            })
+            .collect()
+    };
+    let src_err = src.error.lock().unwrap().clone();
+    let inputs_valid = src.inputs_valid.load(Relaxed);
+    let inputs_invalid = src.inputs_invalid.load(Relaxed);
+    let invalid_examples = src.invalid_examples.lock().unwrap().clone();
+    let input_kinds = src.input_kinds.lock().unwrap().clone();
+    let rss_peak_mb = if pid.is_some() {
+        Some(rss_peak_chaos as f64 / 1024.0)
+    } else {
+        None
+    };
+    let ratio = |a: Option<u64>, b: Option<u64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0 => Some(a as f64 / b as f64),
+        _ => None,
+    };
+    let settle_vs_start = ratio(rss_settle, rss_start);
+    let settle_vs_calm = ratio(rss_settle, rss_calm_end);
+    let metrics_end = metrics_end.unwrap_or_else(|e| vec![format!("# scrape failed: {e}")]);
+    let rx_conn_settle = metrics_settle
+        .as_ref()
+        .and_then(|m| metric_value(m, "relay_connections{role=\"receiver\"}"));
+    let open_settle = metrics_settle
+        .as_ref()
+        .and_then(|m| metric_value(m, "relay_connections_open"));
+
+    // Checks: what must hold.
+    let mut findings: Vec<String> = Vec::new();
+    for p in 0..3 {
+        let exp = sent_ph[p] * n;
+        if deliv_ph[p] != exp {
+            findings.push(format!(
+                "FAIL healthy delivery in {}: {} of {} frames intact ({} corrupted)",
+                PHASES[p], deliv_ph[p], exp, corrupt_ph[p]
+            ));
+        }
+    }
+    if ooo > 0 || corrupt > 0 {
+        findings.push(format!("FAIL healthy receivers saw {ooo} out-of-order/duplicate and {corrupt} corrupted frames"));
+    }
+    if !ended.is_empty() {
+        findings.push(format!("FAIL healthy receivers ended early: {ended:?}"));
+    }
+    if let Some(e) = &src_err {
+        findings.push(format!("FAIL healthy source: {e}"));
+    }
+    if inputs_invalid > 0 {
+        findings.push(format!(
+            "FAIL {inputs_invalid} invalid inputs reached the source, e.g. {invalid_examples:?}"
+        ));
+    }
+    let wm = h.witness_msgs.load(Relaxed);
+    if wm > 0 {
+        findings.push(format!(
+            "FAIL witness receivers got {wm} messages from sources that sent only invalid ones"
+        ));
+    }
+    for (k, v) in &kinds {
+        let exp = expected(k);
+        let bad: Vec<String> = v
+            .outcomes
+            .iter()
+            .filter(|(out, _)| out.as_str() != CUT && !exp.contains(&out.as_str()))
+            .map(|(out, c)| format!("{c}× {out}"))
+            .collect();
+        if !bad.is_empty() {
+            findings.push(format!(
+                "UNEXPECTED {k}: {} (expected {})",
+                bad.join(", "),
+                exp.join(" or ")
+            ));
+        }
+    }
+    if let Some(r) = rx_conn_settle {
+        if r as u64 != n {
+            findings.push(format!(
+                "FAIL after settle the relay counts {r} receivers, expected the {n} healthy ones"
+            ));
+        }
+    }
+    if left_open > 0 || unfinished > 0 {
+        findings.push(format!("NOTE {left_open} hostile connections / {unfinished} tasks did not end within 5 s of the stop"));
+    }
+    let ok = !findings
+        .iter()
+        .any(|f| f.starts_with("FAIL") || f.starts_with("UNEXPECTED"));
+
+    // ------------------------------------------------------------ text
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "== chaos against {label} ({url}){}",
+        if relay_args.is_empty() {
+            String::new()
+        } else {
+            format!(", started with {}", relay_args.join(" "))
+        }
+    );
+    let _ = writeln!(
+        t,
+        "healthy       {n} receivers on {live}: {}x{} RGBA Pixels+KEYFRAME ({} B/message) at {} fps; calm {} s, chaos {} s, settle {} s; source pacing lateness p50 {:.2} / p99 {:.2} / max {:.2} ms",
+        o.width, o.height, o.width as usize * o.height as usize * 4 + 16, o.fps, o.calm, o.duration, o.settle, late[0], late[1], late[2]
+    );
+    let _ = writeln!(t, "\n| phase | frames sent | delivered intact | fraction | p50 ms | p99 ms | p99.9 ms | max ms | relay CPU % | driver CPU % |");
+    let _ = writeln!(t, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for p in 0..3 {
+        let exp = sent_ph[p] * n;
+        let _ = writeln!(
+            t,
+            "| {} | {} | {}/{} | {:.3}% | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} |",
+            PHASES[p],
+            sent_ph[p],
+            deliv_ph[p],
+            exp,
+            if exp > 0 {
+                deliv_ph[p] as f64 / exp as f64 * 100.0
+            } else {
+                0.0
+            },
+            lat[p][0],
+            lat[p][1],
+            lat[p][2],
+            lat[p][3],
+            opt(pcpu[p].relay, 1),
+            opt(pcpu[p].driver, 1)
+        );
+    }
+    let _ = writeln!(
+        t,
+        "\nin order      {all_frames} of {n} healthy receivers got every frame; out-of-order/duplicate {ooo}, corrupted {corrupt}, other messages {foreign}; per-receiver min {:.3}%{}",
+        per_rx_min * 100.0,
+        if ended.is_empty() { String::new() } else { format!("; ENDED EARLY {ended:?}") }
+    );
+    let _ = writeln!(
+        t,
+        "relay RSS     start of calm {} MB, end of calm {} MB, peak during chaos {} MB (sampled 4/s; VmHWM {} MB), after settle {} MB = {}× start ({}× end of calm)",
+        opt(mb(rss_start), 1),
+        opt(mb(rss_calm_end), 1),
+        opt(rss_peak_mb, 1),
+        opt(mb(hwm_after_chaos), 1),
+        opt(mb(rss_settle), 1),
+        opt(settle_vs_start, 2),
+        opt(settle_vs_calm, 2)
+    );
+    let _ = writeln!(
+        t,
+        "relay fds     {} at start, {} after settle; after settle /metrics: receivers {}, connections open {}; /healthz {}",
+        fds_start.map_or("-".into(), |x| x.to_string()),
+        fds_settle.map_or("-".into(), |x| x.to_string()),
+        opt(rx_conn_settle, 0),
+        opt(open_settle, 0),
+        healthz.as_ref().map_or_else(|e| format!("failed: {e}"), |s| s.clone())
+    );
+    let _ = writeln!(
+        t,
+        "source        inputs forwarded to it: {inputs_valid} valid {input_kinds:?}, {inputs_invalid} invalid{}",
+        if invalid_examples.is_empty() { String::new() } else { format!(" e.g. {invalid_examples:?}") }
+    );
+    let _ = writeln!(
+        t,
+        "hostile       every one closed {close_secs:.2} s after the stop; {} kinds:\n",
+        kinds.len()
+    );
+    let _ = writeln!(t, "| hostile client | attempted | how it ended (count) | expected | secs to end min/med/max | note |");
+    let _ = writeln!(t, "|---|---:|---|---|---|---|");
+    let total: u64 = kinds.values().map(|k| k.attempted).sum();
+    for (k, v) in &kinds {
+        let mut secs = v.secs.clone();
+        secs.sort_by(f64::total_cmp);
+        let q = |x: f64| {
+            secs.get(((secs.len().max(1) - 1) as f64 * x).round() as usize)
+                .copied()
+                .unwrap_or(0.0)
+        };
+        let mut ex = v.extra.clone();
+        ex.sort_by(f64::total_cmp);
+        let note = if ex.is_empty() {
+            String::new()
+        } else if k.starts_with("staller") {
+            format!(
+                "read {:.2}–{:.2} MB after the stall",
+                ex[0],
+                ex[ex.len() - 1]
+            )
+        } else if k.starts_with("input flood") {
+            format!("{:.0}–{:.0} inputs written", ex[0], ex[ex.len() - 1])
+        } else {
+            String::new()
+        };
+        let outs: Vec<String> = v
+            .outcomes
+            .iter()
+            .map(|(o, c)| format!("{o} ({c})"))
+            .collect();
+        let _ = writeln!(
+            t,
+            "| {k} | {} | {} | {} | {:.2}/{:.2}/{:.2} | {note} |",
+            v.attempted,
+            outs.join("; "),
+            expected(k).join(" or "),
+            q(0.0),
+            q(0.5),
+            q(1.0)
+        );
+    }
+    let mut by_outcome: BTreeMap<String, u64> = BTreeMap::new();
+    for v in kinds.values() {
+        for (out, c) in &v.outcomes {
+            let key = if out.starts_with("we reset") {
+                "we reset (SO_LINGER 0)".to_owned()
+            } else if out.contains("closed by us") {
+                "closed by us".to_owned()
+            } else {
+                out.clone()
+            };
+            *by_outcome.entry(key).or_default() += c;
+        }
+    }
+    let peak_open = ticks.iter().map(|k| k.hostile_open).max().unwrap_or(0);
+    let _ = writeln!(
+        t,
+        "\n{total} hostile connections attempted in {} s (at most {peak_open} open at a 1 s sample); all of them by outcome: {}",
+        o.duration,
+        by_outcome
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let _ = writeln!(
+        t,
+        "\nslowest frames (latency over the {n} healthy receivers; storms began at {} s after the stream started):",
+        storms.iter().map(|s| format!("{s:.1}")).collect::<Vec<_>>().join(", ")
+    );
+    for (i, ts, p, lo, hi, storm) in &worst {
+        let _ = writeln!(
+            t,
+            "  frame {i:>5} sent at {ts:>6.2} s ({}): fastest receiver {lo:.2} ms, slowest {hi:.2} ms{}",
+            PHASES[*p],
+            storm.map_or(String::new(), |d| format!("; {d:+.0} ms after a storm began"))
+        );
+    }
+    let _ = writeln!(t, "\nrelay /metrics at the end:");
+    for l in &metrics_end {
+        let _ = writeln!(t, "  {l}");
+    }
+    let _ = writeln!(t);
+    if findings.is_empty() {
+        let _ = writeln!(t, "checks        all passed: every healthy frame intact and in order, every hostile client ended as expected, no receiver left over");
+    }
+    for f in &findings {
+        let _ = writeln!(t, "check         {f}");
+    }
+
+    // ------------------------------------------------------------ json
+    let phase_json: Vec<Value> = (0..3)
+        .map(|p| {
+            let exp = sent_ph[p] * n;
+            json!({
+                "phase": PHASES[p],
+                "frames_sent": sent_ph[p],
+                "expected": exp,
+                "delivered_intact": deliv_ph[p],
+                "corrupted": corrupt_ph[p],
+                "delivered_fraction": if exp > 0 { deliv_ph[p] as f64 / exp as f64 } else { 0.0 },
+                "latency_ms": {"p50": lat[p][0], "p99": lat[p][1], "p99_9": lat[p][2], "max": lat[p][3], "mean": lat[p][4], "samples": lat[p][5]},
+                "relay_cpu_percent": pcpu[p].relay,
+                "driver_cpu_percent": pcpu[p].driver,
+            })
+        })
+        .collect();
+    let kinds_json: Value = kinds
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                json!({"attempted": v.attempted, "outcomes": v.outcomes, "expected": expected(k), "secs_to_end": v.secs, "extra": v.extra}),
+            )
+        })
+        .collect::<serde_json::Map<String, Value>>()
+        .into();
+    let json = json!({
+        "scenario": "chaos",
+        "relay": label,
+        "url": url,
+        "relay_args": relay_args,
+        "config": {
+            "receivers": n, "width": o.width, "height": o.height, "fps": o.fps,
+            "calm_s": o.calm, "chaos_s": o.duration, "settle_s": o.settle,
+            "stall_s": stall.as_secs_f64(), "slow_timeout_ms": o.slow_timeout_ms,
+            "storm": o.storm, "storm_every_s": o.storm_every, "vanish_per_s": o.vanish,
+            "stallers_per_wave": o.stallers, "skipped_kinds": format!("{:?}", o.skip), "slowloris_per_wave": o.slowloris, "max_hostile": o.max_hostile,
+        },
+        "phases": phase_json,
+        "healthy": {
+            "receivers_with_every_frame": all_frames, "out_of_order": ooo, "corrupted": corrupt,
+            "non_test_messages": foreign, "per_receiver_min_fraction": per_rx_min, "ended_early": ended,
+        },
+        "source": {"frames_sent": sent, "pacing_late_ms": late, "error": src_err,
+            "inputs_valid": inputs_valid, "inputs_invalid": inputs_invalid, "input_kinds": input_kinds,
+            "invalid_examples": invalid_examples},
+        "relay_process": {
+            "rss_MB_start_of_calm": mb(rss_start), "rss_MB_end_of_calm": mb(rss_calm_end),
+            "rss_MB_peak_chaos_sampled": rss_peak_mb, "vmhwm_MB_after_chaos": mb(hwm_after_chaos),
+            "vmhwm_MB_end": mb(hwm_end), "rss_MB_after_settle": mb(rss_settle),
+            "rss_after_settle_over_start": settle_vs_start, "rss_after_settle_over_end_of_calm": settle_vs_calm,
+            "fds_start": fds_start, "fds_after_settle": fds_settle,
+        },
+        "hostile": {"attempted_total": total, "by_outcome": by_outcome, "peak_open_sampled": peak_open, "close_secs_after_stop": close_secs, "left_open": left_open,
+            "witness_messages": wm, "kinds": kinds_json},
+        "metrics_before": metrics0, "metrics_after_settle": metrics_settle, "metrics_end": metrics_end,
+        "healthz_after_settle": healthz.ok(),
+        "timeline": ticks.iter().map(|k| json!({"t": k.t, "phase": PHASES[k.phase], "p99_ms": k.p99_ms, "max_ms": k.max_ms,
+            "relay_cpu": k.relay_cpu, "rss_MB": k.rss_mb, "hostile_open": k.hostile_open, "driver_cpu": k.driver_cpu})).collect::<Vec<_>>(),
+        "findings": findings,
+        "storm_start_s": storms,
+        "slowest_frames": worst.iter().map(|(i, ts, p, lo, hi, storm)| json!({"index": i, "sent_s": ts, "phase": PHASES[*p],
+            "fastest_receiver_ms": lo, "slowest_receiver_ms": hi, "ms_after_storm_start": storm})).collect::<Vec<_>>(),
+        "ok": ok,
+    });
+    Ok(ChaosResult { text: t, json })
+}
