@@ -157,6 +157,13 @@ impl WsReader {
         }
     }
 
+    /// Drops whatever is buffered (the connection is closing).
+    pub fn discard(&mut self) {
+        self.buf = BytesMut::new();
+        self.partial = None;
+        self.spares.clear();
+    }
+
     /// Reads until one message (or control frame) is complete.
     pub async fn next(&mut self, stream: &TcpStream) -> Result<Incoming, ReadError> {
         loop {

@@ -244,7 +244,6 @@ fn on_input(channel: &Channel, m: &WireMessage) {
 /// when we initiated the close waits for the peer's close frame.
 async fn close_gracefully(peer: &Peer, reader: &mut WsReader, close: Option<WireMessage>) {
     let stream = peer.egress.stream().clone();
-    let initiated = close.is_some();
     if let Some(frame) = close {
         peer.egress.send(&frame.wire);
     }
@@ -255,15 +254,34 @@ async fn close_gracefully(peer: &Peer, reader: &mut WsReader, close: Option<Wire
             _ = tokio::time::sleep_until(deadline) => return,
         }
     }
-    if initiated {
-        let _ = tokio::time::timeout_at(deadline, async {
-            loop {
-                match reader.next(&stream).await {
-                    Ok(Incoming::Close(_)) | Err(_) => return,
-                    Ok(_) => {}
+    // Half-close, then read and discard until the peer closes too: closing
+    // a socket with unread input makes the kernel send a reset, which can
+    // overtake the close frame still in flight (e.g. after garbage input).
+    let _ = socket2::SockRef::from(stream.as_ref()).shutdown(std::net::Shutdown::Write);
+    reader.discard();
+    loop {
+        tokio::select! {
+            r = stream.readable() => {
+                if r.is_err() || discard_input(&stream) {
+                    return;
                 }
             }
-        })
-        .await;
+            _ = tokio::time::sleep_until(deadline) => return,
+        }
+    }
+}
+
+/// Reads and drops whatever the socket has; true once the peer has closed
+/// (or the socket failed). A plain function, so its buffer lives on the
+/// stack and not in every session's future.
+fn discard_input(stream: &tokio::net::TcpStream) -> bool {
+    let mut sink = [0u8; 4096];
+    loop {
+        match stream.try_read(&mut sink) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(_) => return true,
+        }
     }
 }

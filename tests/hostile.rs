@@ -386,3 +386,43 @@ async fn input_floods_are_capped_and_abusers_closed() {
         other => panic!("expected a 1008 close, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_peer_closed_with_unread_input_still_gets_its_close_frame() {
+    let t = start(&["--egress-queue", "100000000", "--slow-timeout-ms", "60000"]).await;
+    let mut src = connect(&t.url("/source/unread")).await;
+    // A receiver that is behind: frames wait in the relay's socket buffer.
+    let mut r = small_window_client(&t, "/stream/unread").await;
+    wait_receivers(&t, "unread", 1).await;
+    for i in 0..20u16 {
+        src.send(&protocol::frame(
+            FrameType::Haptic,
+            0,
+            i,
+            0,
+            (0, 0),
+            &noise(200_000, i as u64),
+        ))
+        .await
+        .unwrap();
+    }
+    // Then it announces 1 GiB and keeps sending: the relay closes it with
+    // 1009 while our bytes are unread on its side. Closing a socket with
+    // unread input resets it and would throw away the frames and the close
+    // frame still waiting in the relay's send buffer.
+    let mut wire = vec![0x82u8, 0xFF, 0, 0, 0, 0, 0x40, 0, 0, 0, 1, 2, 3, 4];
+    wire.extend(std::iter::repeat_n(0x55u8, 64 * 1024));
+    r.send_raw(&wire).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let mut frames = 0;
+    loop {
+        match within(r.recv()).await {
+            Ok(_) => frames += 1,
+            Err(ClientError::Closed(code, _)) => {
+                assert_eq!(code, 1009);
+                break;
+            }
+            Err(e) => panic!("after {frames} frames: expected a 1009 close frame, got {e}"),
+        }
+    }
+}
