@@ -240,12 +240,7 @@ impl Channel {
             if self.receiver_count() >= max {
                 return Err(Refusal::ReceiverLimit);
             }
-            let shard = self.shard_of(peer);
-            let cur = shard.load();
-            let mut next = Vec::with_capacity(cur.len() + 1);
-            next.extend(cur.iter().cloned());
-            next.push(peer.clone());
-            shard.store(Arc::new(next));
+            Self::push_to(self.shard_of(peer), peer);
             self.receiver_count.fetch_add(1, Ordering::Relaxed);
         }
         fence(Ordering::SeqCst);
@@ -263,20 +258,26 @@ impl Channel {
     /// Adds a signaling peer unless `max` are connected.
     pub fn add_signal_peer(&self, peer: &Arc<Peer>, max: usize) -> Result<(), Refusal> {
         let _m = lock(&self.membership);
-        let cur = self.signal_peers.load();
-        if cur.len() >= max {
+        if self.signal_peers.load().len() >= max {
             return Err(Refusal::ReceiverLimit);
         }
-        let mut next = Vec::with_capacity(cur.len() + 1);
-        next.extend(cur.iter().cloned());
-        next.push(peer.clone());
-        self.signal_peers.store(Arc::new(next));
+        Self::push_to(&self.signal_peers, peer);
         Ok(())
     }
 
     /// Removes a signaling peer.
     pub fn remove_signal_peer(&self, peer: &Arc<Peer>) {
         Self::remove_from(&self.membership, &self.signal_peers, peer);
+    }
+
+    /// Publishes `list` with `peer` appended (copy-on-write). The caller
+    /// holds the membership lock.
+    fn push_to(list: &ArcSwap<Vec<Arc<Peer>>>, peer: &Arc<Peer>) {
+        let cur = list.load();
+        let mut next = Vec::with_capacity(cur.len() + 1);
+        next.extend(cur.iter().cloned());
+        next.push(peer.clone());
+        list.store(Arc::new(next));
     }
 
     /// Removes `peer` from `list`; false if it was not there.
