@@ -16,7 +16,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut last = Instant::now();
     let (mut frames, mut bytes) = (0u64, 0u64);
     loop {
-        match rx.next().await? {
+        match rx.next().await {
             Event::Picture(h) | Event::Signal(h) | Event::Frame(h, _) => {
                 frames += 1;
                 bytes += 16 + h.length as u64;
@@ -33,7 +33,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 size.0,
                 size.1,
                 rx.signal().len(),
-                rx.reconnects
+                rx.reconnects()
             );
             (frames, bytes) = (0, 0);
             last = Instant::now();

@@ -42,7 +42,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         src.send_picture(w, h, &frame).await?;
         let deadline = tokio::time::Instant::from_std(start + period * (t + 1));
         // Between frames, print whatever inputs arrive.
-        while let Ok(Ok(input)) = tokio::time::timeout_at(deadline, src.recv_input()).await {
+        while let Ok(input) = tokio::time::timeout_at(deadline, src.recv_input()).await {
             if let Ok(hd) = Header::parse(&input) {
                 eprintln!("input {:?} {:?}", hd.input_type(), &input[HEADER_LEN..]);
             }

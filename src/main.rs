@@ -1,7 +1,7 @@
 //! The `bitstream-relay` binary: parse options, set up logging, run until
 //! SIGINT/SIGTERM, close every peer with 1001 and exit 0.
 
-use bitstream_relay::config::{Config, LogFormat};
+use bitstream_relay::{Config, LogFormat};
 use bitstream_relay::Server;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
@@ -42,7 +42,7 @@ fn main() {
         let server = Server::bind(config)
             .await
             .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-        let relay = server.relay.clone();
+        let relay = server.relay().clone();
         tokio::spawn(async move {
             wait_for_signal().await;
             tracing::info!("shutting down: closing every peer with 1001");

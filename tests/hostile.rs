@@ -8,7 +8,7 @@ use std::time::Duration;
 use bitstream_relay::client::{Client, ClientError};
 use bitstream_relay::codec;
 use bitstream_relay::protocol::{self, FrameType, Header, InputType, HEADER_LEN};
-use bitstream_relay::stats::Refusal;
+use bitstream_relay::Refusal;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
@@ -91,9 +91,8 @@ async fn a_receiver_that_never_reads_hurts_nobody() {
     // The stuck receiver is closed as slow; its memory is released.
     eventually("stuck receiver closed as slow", || {
         t.relay
-            .channels
-            .get("hd")
-            .is_some_and(|c| c.traffic.slow_closes.get() >= 1 && c.receiver_count() == 4)
+            .channel("hd")
+            .is_some_and(|c| c.traffic.slow_closes >= 1 && c.receivers == 4)
     })
     .await;
     let grown = rss_bytes().saturating_sub(rss_start);
@@ -229,14 +228,7 @@ async fn a_throttled_receiver_ends_with_the_exact_current_state() {
     let (_n, picture, signal) = within(done).await;
     assert_eq!(picture, cur, "exact current picture");
     assert_eq!(signal, state, "exact current signal state");
-    let skips = t
-        .relay
-        .channels
-        .get("burst")
-        .unwrap()
-        .traffic
-        .slow_skips
-        .get();
+    let skips = t.relay.channel("burst").unwrap().traffic.slow_skips;
     assert!(
         skips >= 1,
         "the throttled receiver was never skipped forward"
@@ -260,7 +252,7 @@ async fn slowloris_handshakes_time_out() {
     within(s.read_to_string(&mut out)).await.unwrap();
     assert!(out.starts_with("HTTP/1.1 408"), "{out}");
     assert_eq!(
-        t.relay.connections.refused[Refusal::HandshakeTimeout as usize].get(),
+        t.relay.summary().refused(Refusal::HandshakeTimeout),
         1
     );
     // A client that sends nothing at all is dropped too.
@@ -268,7 +260,7 @@ async fn slowloris_handshakes_time_out() {
     let mut buf = Vec::new();
     within(idle.read_to_end(&mut buf)).await.unwrap();
     eventually("connections released", || {
-        t.relay.connections.open.get() == 0
+        t.relay.summary().connections == 0
     })
     .await;
 }
@@ -287,7 +279,7 @@ async fn per_ip_cap_holds() {
         e => panic!("unexpected {e}"),
     }
     a.close(1000).await.unwrap();
-    eventually("slot freed", || t.relay.connections.open.get() == 2).await;
+    eventually("slot freed", || t.relay.summary().connections == 2).await;
     let _d = connect(&t.url("/stream/ip")).await;
 }
 
@@ -347,12 +339,12 @@ async fn input_floods_are_capped_and_abusers_closed() {
     }
     r.send_raw(&batch).await.unwrap();
     eventually("all inputs processed", || {
-        let c = t.relay.channels.get("flood").unwrap().traffic.snapshot();
+        let c = t.relay.channel("flood").unwrap().traffic;
         c.inputs + c.dropped == 5000
     })
     .await;
     let elapsed = started.elapsed().as_secs_f64();
-    let c = t.relay.channels.get("flood").unwrap().traffic.snapshot();
+    let c = t.relay.channel("flood").unwrap().traffic;
     let cap = 20.0 + 100.0 * elapsed + 1.0;
     assert!(
         (c.inputs as f64) <= cap,

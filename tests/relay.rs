@@ -138,9 +138,8 @@ async fn default_aliases_and_legacy_root_share_the_default_channel() {
     let mut legacy_src = connect(&t.url("/")).await;
     eventually("legacy source", || {
         t.relay
-            .channels
-            .get("default")
-            .is_some_and(|c| c.has_source())
+            .channel("default")
+            .is_some_and(|c| c.source)
     })
     .await;
     let mut legacy_rx = connect(&t.url("/")).await;
@@ -208,7 +207,7 @@ async fn inputs_reach_the_source_in_order_and_bad_ones_do_not() {
             other => panic!("unexpected input {other:?}"),
         }
     }
-    let ch = t.relay.channels.get("in").unwrap().traffic.snapshot();
+    let ch = t.relay.channel("in").unwrap().traffic;
     assert_eq!(ch.inputs, 200);
     assert_eq!(ch.invalid, 4);
 }
@@ -276,9 +275,8 @@ async fn late_joiner_rebuilds_the_current_picture_and_signal_state() {
     // Let the relay take all of it before the receiver joins.
     eventually("all frames in", || {
         t.relay
-            .channels
-            .get("late")
-            .is_some_and(|c| c.traffic.snapshot().frames_in == 1 + 300 + 1 + 2000)
+            .channel("late")
+            .is_some_and(|c| c.traffic.frames_in == 1 + 300 + 1 + 2000)
     })
     .await;
     let mut r = connect(&t.url("/stream/late")).await;
@@ -332,7 +330,7 @@ async fn receiver_limit_refuses_the_65th_while_64_keep_receiving() {
         assert_eq!(&within(r.recv_binary()).await.unwrap()[..], &m[..]);
     }
     assert_eq!(
-        t.relay.connections.refused[bitstream_relay::stats::Refusal::ReceiverLimit as usize].get(),
+        t.relay.summary().refused(bitstream_relay::Refusal::ReceiverLimit),
         1
     );
 }
@@ -353,7 +351,7 @@ async fn invalid_channel_names_are_refused_at_the_handshake() {
             e => panic!("{path}: unexpected {e}"),
         }
     }
-    assert!(t.relay.channels.is_empty(), "no channel was created");
+    assert!(t.relay.summary().channels == 0, "no channel was created");
     assert!(matches!(
         connect_err(&t.url("/nope")).await,
         ClientError::Refused { status: 404, .. }
@@ -375,7 +373,7 @@ async fn second_source_is_refused_and_a_returning_source_continues() {
     assert_eq!(&within(r.recv_binary()).await.unwrap()[..], &kf[..]);
     src.close(1000).await.unwrap();
     eventually("source gone", || {
-        !t.relay.channels.get("s").unwrap().has_source()
+        !t.relay.channel("s").unwrap().source
     })
     .await;
     // The receiver stays; a late joiner still gets the cached keyframe.
@@ -415,11 +413,9 @@ async fn invalid_source_messages_are_not_forwarded() {
     assert_eq!(&within(r.recv_binary()).await.unwrap()[..], &good[..]);
     assert_eq!(
         t.relay
-            .channels
-            .get("v")
+            .channel("v")
             .unwrap()
             .traffic
-            .snapshot()
             .invalid,
         8
     );
@@ -439,7 +435,7 @@ async fn oversize_message_closes_that_peer_with_1009_only() {
         other => panic!("expected a 1009 close, got {other:?}"),
     }
     eventually("source slot free", || {
-        !t.relay.channels.get("big").unwrap().has_source()
+        !t.relay.channel("big").unwrap().source
     })
     .await;
     let mut src = connect(&t.url("/source/big")).await;
@@ -456,9 +452,8 @@ async fn signaling_text_is_broadcast_to_the_other_peers() {
     let mut c = connect(&t.url("/signal/room")).await;
     eventually("3 signal peers", || {
         t.relay
-            .channels
-            .get("room")
-            .is_some_and(|c| c.signal_peer_count() == 3)
+            .channel("room")
+            .is_some_and(|c| c.signal_peers == 3)
     })
     .await;
     a.send_text(r#"{"sdp":"offer"}"#).await.unwrap();
@@ -503,7 +498,7 @@ async fn silent_peers_are_dropped_and_answering_peers_kept() {
         (alive, r)
     });
     eventually("silent receiver dropped", || {
-        t.relay.connections.keepalive_drops.get() >= 1
+        t.relay.summary().keepalive_drops >= 1
     })
     .await;
     wait_receivers(&t, "ka", 1).await;

@@ -39,8 +39,8 @@ pub async fn start(flags: &[&str]) -> TestRelay {
     args.extend_from_slice(flags);
     let server = Server::bind(Config::parse_from(args)).await.expect("bind");
     let t = TestRelay {
-        addr: server.local_addr,
-        relay: server.relay.clone(),
+        addr: server.local_addr(),
+        relay: server.relay().clone(),
     };
     tokio::spawn(server.run());
     t
@@ -79,9 +79,8 @@ pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
 pub async fn wait_receivers(t: &TestRelay, name: &str, n: usize) {
     eventually(&format!("{n} receivers on {name}"), || {
         t.relay
-            .channels
-            .get(name)
-            .is_some_and(|c| c.receiver_count() == n)
+            .channel(name)
+            .is_some_and(|c| c.receivers == n)
     })
     .await;
 }

@@ -9,7 +9,7 @@
 
 use std::hint::black_box;
 
-use bitstream_relay::codec::{apply_delta, encode_delta, xor_into, zrle_decode};
+use bitstream_wire::codec::{apply_delta, encode_delta, xor_into, zrle_decode};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 const W: usize = 640;

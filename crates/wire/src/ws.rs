@@ -1,6 +1,6 @@
 //! WebSocket framing (RFC 6455) as pure functions over bytes: frame heads,
-//! masking, close payloads and the opening handshake. No I/O here: the relay
-//! (`conn`, `server`) and the client drive these with their own sockets.
+//! masking and close payloads. The opening handshake is in
+//! [`crate::handshake`], whole messages in [`crate::reader`].
 //!
 //! The relay writes every outgoing frame itself so that one encoded frame
 //! (`Bytes`) can be shared by all receivers; see [`server_header`].
@@ -39,15 +39,13 @@ pub const CLOSE_INVALID_DATA: u16 = 1007;
 pub const CLOSE_POLICY: u16 = 1008;
 /// Close code: message too big.
 pub const CLOSE_TOO_BIG: u16 = 1009;
-/// Close code: internal error.
-pub const CLOSE_INTERNAL: u16 = 1011;
 /// Close code: try again later (limits reached).
 pub const CLOSE_TRY_AGAIN: u16 = 1013;
 
 /// Which side of the connection we are: servers require masked frames from
 /// clients, clients require unmasked frames from servers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
+pub enum Side {
     /// We are the server; incoming frames must be masked.
     Server,
     /// We are the client; incoming frames must not be masked.
@@ -89,7 +87,7 @@ pub enum WsError {
     #[error("control frame fragmented or longer than 125 bytes")]
     BadControlFrame,
     /// A client frame without a mask, or a server frame with one.
-    #[error("frame masking does not match the peer's role")]
+    #[error("frame masking does not match the peer's side")]
     BadMask,
     /// A 64-bit length with the most significant bit set.
     #[error("frame length out of range")]
@@ -106,8 +104,8 @@ pub enum WsError {
 }
 
 /// Parses a frame head at the start of `buf`. `Ok(None)` means more bytes
-/// are needed. `role` is our side: a server requires masked frames.
-pub fn parse_head(buf: &[u8], role: Role) -> Result<Option<FrameHead>, WsError> {
+/// are needed. `side` is our side: a server requires masked frames.
+pub fn parse_head(buf: &[u8], side: Side) -> Result<Option<FrameHead>, WsError> {
     if buf.len() < 2 {
         return Ok(None);
     }
@@ -123,7 +121,7 @@ pub fn parse_head(buf: &[u8], role: Role) -> Result<Option<FrameHead>, WsError> 
         other => return Err(WsError::UnknownOpcode(other)),
     }
     let masked = b1 & 0x80 != 0;
-    if masked != (role == Role::Server) {
+    if masked != (side == Side::Server) {
         return Err(WsError::BadMask);
     }
     let (payload_len, mut pos) = match b1 & 0x7F {
@@ -284,69 +282,24 @@ pub fn parse_close(payload: &[u8]) -> Result<Option<(u16, &str)>, WsError> {
     }
 }
 
-/// `Sec-WebSocket-Accept` for a client's `Sec-WebSocket-Key`.
-pub fn accept_key(key: &str) -> String {
-    use base64::Engine;
-    let mut sha = sha1_smol::Sha1::new();
-    sha.update(key.trim().as_bytes());
-    sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
-    base64::engine::general_purpose::STANDARD.encode(sha.digest().bytes())
-}
-
-/// The `101 Switching Protocols` response completing a server handshake.
-pub fn upgrade_response(key: &str) -> Vec<u8> {
-    format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
-        accept_key(key)
-    )
-    .into_bytes()
-}
-
-/// A plain HTTP response with a text body that closes the connection.
-pub fn http_response(status: u16, reason: &str, content_type: &str, body: &[u8]) -> Vec<u8> {
-    let mut out = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    out.extend_from_slice(body);
-    out
-}
-
-/// A client's opening handshake request for `path` on `host`.
-pub fn client_request(host: &str, path: &str, key: &str) -> Vec<u8> {
-    format!(
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
-    .into_bytes()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
 
     #[test]
-    fn rfc_accept_key() {
-        assert_eq!(
-            accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-        );
-    }
-
-    #[test]
     fn client_frame_parses_on_server() {
         for len in [0usize, 5, 125, 126, 65535, 65536, 200_000] {
             let payload: Vec<u8> = (0..len).map(|i| i as u8).collect();
             let wire = client_frame(OP_BINARY, true, &payload, [1, 2, 3, 4]);
-            let h = parse_head(&wire, Role::Server).unwrap().unwrap();
+            let h = parse_head(&wire, Side::Server).unwrap().unwrap();
             assert_eq!(h.payload_len as usize, len);
             assert!(h.fin);
             let mut body = wire[h.head_len..].to_vec();
             apply_mask(&mut body, h.mask.unwrap(), 0);
             assert_eq!(body, payload);
-            assert_eq!(parse_head(&wire[..h.head_len - 1], Role::Server), Ok(None));
-            assert_eq!(parse_head(&wire, Role::Client), Err(WsError::BadMask));
+            assert_eq!(parse_head(&wire[..h.head_len - 1], Side::Server), Ok(None));
+            assert_eq!(parse_head(&wire, Side::Client), Err(WsError::BadMask));
         }
     }
 
@@ -354,7 +307,7 @@ mod tests {
     fn server_frame_parses_on_client() {
         for len in [0usize, 125, 126, 65536] {
             let wire = server_frame(OP_BINARY, &vec![7u8; len]);
-            let h = parse_head(&wire, Role::Client).unwrap().unwrap();
+            let h = parse_head(&wire, Side::Client).unwrap().unwrap();
             assert_eq!(h.head_len, server_header_len(len));
             assert_eq!(h.payload_len as usize, len);
         }
@@ -363,23 +316,23 @@ mod tests {
     #[test]
     fn bad_heads() {
         assert_eq!(
-            parse_head(&[0xC2, 0x80, 0, 0, 0, 0], Role::Server),
+            parse_head(&[0xC2, 0x80, 0, 0, 0, 0], Side::Server),
             Err(WsError::ReservedBits)
         );
         assert_eq!(
-            parse_head(&[0x83, 0x80, 0, 0, 0, 0], Role::Server),
+            parse_head(&[0x83, 0x80, 0, 0, 0, 0], Side::Server),
             Err(WsError::UnknownOpcode(3))
         );
         assert_eq!(
-            parse_head(&[0x09, 0x80, 0, 0, 0, 0], Role::Server),
+            parse_head(&[0x09, 0x80, 0, 0, 0, 0], Side::Server),
             Err(WsError::BadControlFrame)
         );
         assert_eq!(
-            parse_head(&[0x89, 0xFE, 0, 126, 0, 0, 0, 0], Role::Server),
+            parse_head(&[0x89, 0xFE, 0, 126, 0, 0, 0, 0], Side::Server),
             Err(WsError::BadControlFrame)
         );
         assert_eq!(
-            parse_head(&[0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0], Role::Server),
+            parse_head(&[0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0], Side::Server),
             Err(WsError::BadLength)
         );
     }
@@ -417,8 +370,8 @@ mod tests {
 
         #[test]
         fn parse_head_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..20)) {
-            let _ = parse_head(&bytes, Role::Server);
-            let _ = parse_head(&bytes, Role::Client);
+            let _ = parse_head(&bytes, Side::Server);
+            let _ = parse_head(&bytes, Side::Client);
             let _ = parse_close(&bytes);
         }
     }

@@ -1,20 +1,19 @@
-//! The read side of a WebSocket connection: a reader that owns its buffer,
-//! pulls bytes from a shared `TcpStream` and yields whole messages.
+//! Whole WebSocket messages out of a byte stream: a reader that owns its
+//! buffer, is fed by whatever socket the caller has, and yields messages.
 //!
 //! Large payloads are read straight into one allocation of their exact size
 //! and unmasked in place; the client's frame head is then rewritten in place
 //! as the server's (always 4 bytes shorter), so a received message is already
 //! the encoded frame every receiver gets: no copy between socket and fan-out.
 //! An over-size message is refused from its head alone, before any of it is
-//! buffered. Reading is cancel-safe: all progress lives in the reader.
-
-use std::io;
+//! buffered. No I/O here: the caller reads into [`MessageReader::read_buf`]
+//! and calls [`MessageReader::parse`], so all progress lives in the reader
+//! (which makes the caller's read loop cancel-safe).
 
 use bytes::{Buf, Bytes, BytesMut};
 use thiserror::Error;
-use tokio::net::TcpStream;
 
-use crate::ws::{self, Role, WsError};
+use crate::ws::{self, Side, WsError};
 
 /// A complete message as it will go out on a server→client connection: the
 /// unmasked frame head followed by the payload, in one shared buffer.
@@ -61,15 +60,9 @@ pub enum Incoming {
     Close(Option<(u16, String)>),
 }
 
-/// Why reading stopped.
-#[derive(Debug, Error)]
+/// Why a byte stream cannot yield another message (each closes the connection).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ReadError {
-    /// The socket failed.
-    #[error("socket error: {0}")]
-    Io(#[from] io::Error),
-    /// The peer closed the TCP connection without a close frame.
-    #[error("connection closed by peer")]
-    Eof,
     /// The peer broke RFC 6455.
     #[error("protocol error: {0}")]
     Ws(#[from] WsError),
@@ -84,13 +77,12 @@ pub enum ReadError {
 }
 
 impl ReadError {
-    /// The close code to send the peer for this error, if any.
-    pub fn close_code(&self) -> Option<u16> {
+    /// The close code to send the peer for this error.
+    pub fn close_code(&self) -> u16 {
         match self {
-            ReadError::Io(_) | ReadError::Eof => None,
-            ReadError::Ws(WsError::InvalidUtf8) => Some(ws::CLOSE_INVALID_DATA),
-            ReadError::Ws(_) => Some(ws::CLOSE_PROTOCOL),
-            ReadError::TooBig { .. } => Some(ws::CLOSE_TOO_BIG),
+            ReadError::Ws(WsError::InvalidUtf8) => ws::CLOSE_INVALID_DATA,
+            ReadError::Ws(_) => ws::CLOSE_PROTOCOL,
+            ReadError::TooBig { .. } => ws::CLOSE_TOO_BIG,
         }
     }
 }
@@ -121,10 +113,10 @@ impl Partial {
     }
 }
 
-/// Reads WebSocket messages from a socket. See the module docs.
-pub struct WsReader {
+/// Reads WebSocket messages out of the bytes fed to it. See the module docs.
+pub struct MessageReader {
     buf: BytesMut,
-    role: Role,
+    side: Side,
     max_message: usize,
     chunk: usize,
     /// Bytes wanted from the buffer's start to make progress.
@@ -141,14 +133,14 @@ const MAX_SPARES: usize = 2;
 /// Readers with a read chunk up to this size free their buffer when idle.
 const IDLE_FREE_CHUNK: usize = 4096;
 
-impl WsReader {
-    /// A reader for our `role`, refusing messages over `max_message` bytes
+impl MessageReader {
+    /// A reader for our `side`, refusing messages over `max_message` bytes
     /// and reading at least `chunk` bytes at a time. `initial` holds bytes
     /// already read past the handshake.
-    pub fn new(role: Role, max_message: usize, chunk: usize, initial: &[u8]) -> Self {
+    pub fn new(side: Side, max_message: usize, chunk: usize, initial: &[u8]) -> Self {
         Self {
             buf: BytesMut::from(initial),
-            role,
+            side,
             max_message,
             chunk: chunk.max(64),
             need: ws::MAX_HEAD_LEN,
@@ -164,33 +156,24 @@ impl WsReader {
         self.spares.clear();
     }
 
-    /// Reads until one message (or control frame) is complete.
-    pub async fn next(&mut self, stream: &TcpStream) -> Result<Incoming, ReadError> {
-        loop {
-            if let Some(msg) = self.parse()? {
-                return Ok(msg);
-            }
-            if self.buf.is_empty() && self.partial.is_none() && self.chunk <= IDLE_FREE_CHUNK {
-                // An idle peer holds no read buffer between messages.
-                self.buf = BytesMut::new();
-            }
-            stream.readable().await?;
-            self.reserve(self.need);
-            match stream.try_read_buf(&mut self.buf) {
-                Ok(0) => return Err(ReadError::Eof),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
+    /// The buffer to read socket bytes into, with room for at least what
+    /// the reader waits for (and at least one read chunk). Read into its
+    /// spare capacity, then call [`MessageReader::parse`].
+    pub fn read_buf(&mut self) -> &mut BytesMut {
+        self.reserve(self.need);
+        &mut self.buf
     }
 
     /// Parses one message out of the buffer if it is complete; otherwise
     /// makes room for what is missing and returns `None`.
     pub fn parse(&mut self) -> Result<Option<Incoming>, ReadError> {
         loop {
-            let Some(head) = ws::parse_head(&self.buf, self.role)? else {
+            let Some(head) = ws::parse_head(&self.buf, self.side)? else {
                 self.need = ws::MAX_HEAD_LEN;
+                if self.buf.is_empty() && self.partial.is_none() && self.chunk <= IDLE_FREE_CHUNK {
+                    // An idle peer holds no read buffer between messages.
+                    self.buf = BytesMut::new();
+                }
                 return Ok(None);
             };
             let so_far = self
@@ -246,22 +229,9 @@ impl WsReader {
                 if !head.fin {
                     return Ok(None);
                 }
-                let Partial {
-                    opcode, mut buf, ..
-                } = self.partial.take().ok_or(WsError::BadFragmentation)?;
-                let len = buf.len() - ws::MAX_SERVER_HEAD_LEN;
-                let mut h = [0u8; ws::MAX_SERVER_HEAD_LEN];
-                let n = ws::server_header(opcode, len, &mut h);
-                let start = ws::MAX_SERVER_HEAD_LEN - n;
-                buf[start..ws::MAX_SERVER_HEAD_LEN].copy_from_slice(&h[..n]);
-                buf.advance(start);
-                self.finish(
-                    opcode,
-                    WireMessage {
-                        wire: buf.freeze(),
-                        head_len: n,
-                    },
-                )
+                let Partial { opcode, buf, .. } =
+                    self.partial.take().ok_or(WsError::BadFragmentation)?;
+                finish(opcode, buf, ws::MAX_SERVER_HEAD_LEN).map(Some)
             }
             opcode => {
                 if self.partial.is_some() {
@@ -282,32 +252,8 @@ impl WsReader {
                     self.partial = Some(p);
                     return Ok(None);
                 }
-                // Rewrite the (masked) client head as the server head in place:
-                // the masked head is exactly 4 bytes longer.
-                let len = head.payload_len as usize;
-                let n = ws::server_header_len(len);
-                let start = head.head_len - n;
-                let mut h = [0u8; ws::MAX_SERVER_HEAD_LEN];
-                ws::server_header(opcode, len, &mut h);
-                frame[start..head.head_len].copy_from_slice(&h[..n]);
-                frame.advance(start);
-                self.finish(
-                    opcode,
-                    WireMessage {
-                        wire: frame.freeze(),
-                        head_len: n,
-                    },
-                )
+                finish(opcode, frame, head.head_len).map(Some)
             }
-        }
-    }
-
-    fn finish(&mut self, opcode: u8, msg: WireMessage) -> Result<Option<Incoming>, ReadError> {
-        if opcode == ws::OP_TEXT {
-            std::str::from_utf8(msg.payload()).map_err(|_| WsError::InvalidUtf8)?;
-            Ok(Some(Incoming::Text(msg)))
-        } else {
-            Ok(Some(Incoming::Binary(msg)))
         }
     }
 
@@ -349,11 +295,34 @@ impl WsReader {
     }
 }
 
+/// Turns a buffer holding a message's payload after `head_end` bytes into
+/// the server frame of that message: the server head is written in place
+/// just before the payload (there is always room: a client head is never
+/// shorter), so the payload is never copied. Text is checked for UTF-8.
+fn finish(opcode: u8, mut buf: BytesMut, head_end: usize) -> Result<Incoming, ReadError> {
+    let len = buf.len() - head_end;
+    let mut h = [0u8; ws::MAX_SERVER_HEAD_LEN];
+    let n = ws::server_header(opcode, len, &mut h);
+    let start = head_end - n;
+    buf[start..head_end].copy_from_slice(&h[..n]);
+    buf.advance(start);
+    let msg = WireMessage {
+        wire: buf.freeze(),
+        head_len: n,
+    };
+    if opcode == ws::OP_TEXT {
+        std::str::from_utf8(msg.payload()).map_err(|_| WsError::InvalidUtf8)?;
+        Ok(Incoming::Text(msg))
+    } else {
+        Ok(Incoming::Binary(msg))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn feed(r: &mut WsReader, bytes: &[u8]) -> Vec<Incoming> {
+    fn feed(r: &mut MessageReader, bytes: &[u8]) -> Vec<Incoming> {
         r.buf.extend_from_slice(bytes);
         let mut out = Vec::new();
         while let Some(m) = r.parse().unwrap() {
@@ -366,7 +335,7 @@ mod tests {
     fn rewrites_client_frames_as_server_frames() {
         for len in [0usize, 10, 200, 70_000] {
             let payload: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
-            let mut r = WsReader::new(Role::Server, 1 << 20, 1024, &[]);
+            let mut r = MessageReader::new(Side::Server, 1 << 20, 1024, &[]);
             let got = feed(
                 &mut r,
                 &ws::client_frame(ws::OP_BINARY, true, &payload, [9, 8, 7, 6]),
@@ -382,7 +351,7 @@ mod tests {
 
     #[test]
     fn reassembles_fragments_with_control_frames_between() {
-        let mut r = WsReader::new(Role::Server, 1 << 20, 64, &[]);
+        let mut r = MessageReader::new(Side::Server, 1 << 20, 64, &[]);
         let mut wire = ws::client_frame(ws::OP_BINARY, false, b"hello ", [1, 2, 3, 4]);
         wire.extend(ws::client_frame(ws::OP_PING, true, b"p", [5, 5, 5, 5]));
         wire.extend(ws::client_frame(
@@ -416,14 +385,14 @@ mod tests {
 
     #[test]
     fn refuses_oversize_from_the_head() {
-        let mut r = WsReader::new(Role::Server, 1000, 64, &[]);
+        let mut r = MessageReader::new(Side::Server, 1000, 64, &[]);
         let wire = ws::client_frame(ws::OP_BINARY, true, &[0u8; 1001], [1, 2, 3, 4]);
         r.buf.extend_from_slice(&wire[..8]);
         assert!(matches!(
             r.parse(),
             Err(ReadError::TooBig { size: 1001, .. })
         ));
-        let mut r = WsReader::new(Role::Server, 1000, 64, &[]);
+        let mut r = MessageReader::new(Side::Server, 1000, 64, &[]);
         let mut wire = ws::client_frame(ws::OP_BINARY, false, &[0u8; 600], [1, 2, 3, 4]);
         wire.extend(ws::client_frame(
             ws::OP_CONTINUATION,
@@ -440,7 +409,7 @@ mod tests {
 
     #[test]
     fn protocol_errors() {
-        let mut r = WsReader::new(Role::Server, 1000, 64, &[]);
+        let mut r = MessageReader::new(Side::Server, 1000, 64, &[]);
         r.buf.extend_from_slice(&ws::client_frame(
             ws::OP_CONTINUATION,
             true,
@@ -451,7 +420,7 @@ mod tests {
             r.parse(),
             Err(ReadError::Ws(WsError::BadFragmentation))
         ));
-        let mut r = WsReader::new(Role::Server, 1000, 64, &[]);
+        let mut r = MessageReader::new(Side::Server, 1000, 64, &[]);
         r.buf.extend_from_slice(&ws::client_frame(
             ws::OP_TEXT,
             true,
@@ -459,8 +428,8 @@ mod tests {
             [1, 2, 3, 4],
         ));
         let e = r.parse().unwrap_err();
-        assert_eq!(e.close_code(), Some(ws::CLOSE_INVALID_DATA));
-        let mut r = WsReader::new(Role::Server, 1000, 64, &[]);
+        assert_eq!(e.close_code(), ws::CLOSE_INVALID_DATA);
+        let mut r = MessageReader::new(Side::Server, 1000, 64, &[]);
         let mut wire = ws::client_frame(ws::OP_TEXT, false, b"a", [1, 2, 3, 4]);
         wire.extend(ws::client_frame(ws::OP_BINARY, true, b"b", [1, 2, 3, 4]));
         r.buf.extend_from_slice(&wire);
@@ -475,8 +444,8 @@ mod tests {
         /// waits for more, yields messages, or returns a typed error.
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300), split in 0usize..300) {
-            for role in [Role::Server, Role::Client] {
-                let mut r = WsReader::new(role, 100, 64, &[]);
+            for side in [Side::Server, Side::Client] {
+                let mut r = MessageReader::new(side, 100, 64, &[]);
                 let split = split.min(bytes.len());
                 for part in [&bytes[..split], &bytes[split..]] {
                     r.buf.extend_from_slice(part);
@@ -488,7 +457,7 @@ mod tests {
 
     #[test]
     fn invalid_utf8_in_a_first_fragment_fails_fast() {
-        let mut r = WsReader::new(Role::Server, 1000, 64, &[]);
+        let mut r = MessageReader::new(Side::Server, 1000, 64, &[]);
         r.buf.extend_from_slice(&ws::client_frame(
             ws::OP_TEXT,
             false,
@@ -500,7 +469,7 @@ mod tests {
             Err(ReadError::Ws(WsError::InvalidUtf8))
         ));
         // A code point (the euro sign) split across fragments is fine.
-        let mut r = WsReader::new(Role::Server, 1000, 64, &[]);
+        let mut r = MessageReader::new(Side::Server, 1000, 64, &[]);
         let euro = [0xE2u8, 0x82, 0xAC];
         let mut wire = ws::client_frame(ws::OP_TEXT, false, &euro[..1], [1, 2, 3, 4]);
         wire.extend(ws::client_frame(
@@ -520,7 +489,7 @@ mod tests {
 
     #[test]
     fn large_message_buffers_are_reused_once_released() {
-        let mut r = WsReader::new(Role::Server, 1 << 20, 64, &[]);
+        let mut r = MessageReader::new(Side::Server, 1 << 20, 64, &[]);
         let mut prev: Option<(WireMessage, Vec<u8>)> = None;
         let mut ptrs = Vec::new();
         for i in 0..8u8 {
@@ -555,7 +524,7 @@ mod tests {
 
     #[test]
     fn close_frames() {
-        let mut r = WsReader::new(Role::Server, 1000, 64, &[]);
+        let mut r = MessageReader::new(Side::Server, 1000, 64, &[]);
         let got = feed(
             &mut r,
             &ws::client_frame(

@@ -7,7 +7,18 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
-use crate::egress::EgressMode;
+
+/// How frames reach a receiver's socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum EgressMode {
+    /// Written by the task that fans the frame out, back to back for every
+    /// receiver; only what the socket does not take is queued (the default).
+    #[default]
+    Direct,
+    /// Always queued; each peer's own task writes its queue with `writev`.
+    /// Kept as the measured alternative (see `flamegraphs/README.md`).
+    Queued,
+}
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -154,31 +165,27 @@ impl Config {
     }
 
     /// `--ping-interval-ms` as a duration.
-    pub fn ping_interval(&self) -> Duration {
+    pub(crate) fn ping_interval(&self) -> Duration {
         Duration::from_millis(self.ping_interval_ms.max(1))
     }
     /// `--keepalive-timeout-ms` as a duration.
-    pub fn keepalive_timeout(&self) -> Duration {
+    pub(crate) fn keepalive_timeout(&self) -> Duration {
         Duration::from_millis(self.keepalive_timeout_ms.max(1))
     }
-    /// `--grace-ms` as a duration.
-    pub fn grace(&self) -> Duration {
-        Duration::from_millis(self.grace_ms)
-    }
     /// `--handshake-timeout-ms` as a duration.
-    pub fn handshake_timeout(&self) -> Duration {
+    pub(crate) fn handshake_timeout(&self) -> Duration {
         Duration::from_millis(self.handshake_timeout_ms.max(1))
     }
     /// `--slow-timeout-ms` as a duration.
-    pub fn slow_timeout(&self) -> Duration {
+    pub(crate) fn slow_timeout(&self) -> Duration {
         Duration::from_millis(self.slow_timeout_ms.max(1))
     }
     /// `--slow-window-ms` as a duration.
-    pub fn slow_window(&self) -> Duration {
+    pub(crate) fn slow_window(&self) -> Duration {
         Duration::from_millis(self.slow_window_ms)
     }
     /// `--shutdown-grace-ms` as a duration.
-    pub fn shutdown_grace(&self) -> Duration {
+    pub(crate) fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
     }
 }

@@ -2,18 +2,18 @@
 //! its dependency-free JS module from `web/`.
 
 /// A static file: content type and body.
-pub type Asset = (&'static str, &'static [u8]);
+pub(crate) type Asset = (&'static str, &'static [u8]);
 
 /// The embedded file served at `path`, if any.
-pub fn asset(path: &str) -> Option<Asset> {
+pub(crate) fn asset(path: &str) -> Option<Asset> {
     match path {
         "/" | "/index.html" => Some((
             "text/html; charset=utf-8",
-            include_bytes!("../web/index.html"),
+            include_bytes!("../../web/index.html"),
         )),
         "/client.js" => Some((
             "text/javascript; charset=utf-8",
-            include_bytes!("../web/client.js"),
+            include_bytes!("../../web/client.js"),
         )),
         _ => None,
     }

@@ -9,8 +9,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::relay::Relay;
-use crate::stats::{Refusal, TrafficSnapshot};
+use crate::relay::state::Relay;
+use crate::relay::stats::{Refusal, TrafficSnapshot};
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -70,7 +70,7 @@ const TRAFFIC: [TrafficMetric; 12] = [
 ];
 
 /// Renders every metric in the Prometheus text exposition format.
-pub fn render(relay: &Relay) -> String {
+pub(crate) fn render(relay: &Relay) -> String {
     let mut reg = Registry::with_prefix("relay");
     let summary = relay.summary();
     let c = &relay.connections;
@@ -186,7 +186,7 @@ pub fn render(relay: &Relay) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
+    use crate::relay::config::Config;
     use clap::Parser;
 
     #[test]

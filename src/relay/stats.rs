@@ -11,27 +11,27 @@ use crossbeam_utils::CachePadded;
 
 /// One padded relaxed counter.
 #[derive(Debug, Default)]
-pub struct Counter(CachePadded<AtomicU64>);
+pub(crate) struct Counter(CachePadded<AtomicU64>);
 
 impl Counter {
     /// Adds `n`.
     #[inline]
-    pub fn add(&self, n: u64) {
+    pub(crate) fn add(&self, n: u64) {
         self.0.fetch_add(n, Relaxed);
     }
     /// Adds one.
     #[inline]
-    pub fn inc(&self) {
+    pub(crate) fn inc(&self) {
         self.add(1);
     }
     /// Subtracts `n` (for gauges).
     #[inline]
-    pub fn sub(&self, n: u64) {
+    pub(crate) fn sub(&self, n: u64) {
         self.0.fetch_sub(n, Relaxed);
     }
     /// Current value.
     #[inline]
-    pub fn get(&self) -> u64 {
+    pub(crate) fn get(&self) -> u64 {
         self.0.load(Relaxed)
     }
 }
@@ -39,32 +39,32 @@ impl Counter {
 /// Traffic counters kept per channel; the relay-wide totals are the sum over
 /// live channels plus what retired (garbage-collected) channels counted.
 #[derive(Debug, Default)]
-pub struct Traffic {
+pub(crate) struct Traffic {
     /// Valid frames received from sources.
-    pub frames_in: Counter,
+    pub(crate) frames_in: Counter,
     /// Bytes of valid frames received from sources (protocol message bytes).
-    pub bytes_in: Counter,
+    pub(crate) bytes_in: Counter,
     /// Frame deliveries to receivers (one per frame per receiver).
-    pub frames_out: Counter,
+    pub(crate) frames_out: Counter,
     /// Bytes delivered to receivers (protocol message bytes).
-    pub bytes_out: Counter,
+    pub(crate) bytes_out: Counter,
     /// Inputs forwarded from receivers to sources.
-    pub inputs: Counter,
+    pub(crate) inputs: Counter,
     /// Messages refused by validation (never forwarded or cached).
-    pub invalid: Counter,
+    pub(crate) invalid: Counter,
     /// Messages dropped for a peer (queue full, no source, rate limit).
-    pub dropped: Counter,
+    pub(crate) dropped: Counter,
     /// Catch-ups sent (joins and resynchronizations).
-    pub catchups: Counter,
+    pub(crate) catchups: Counter,
     /// Slow receivers skipped forward (queue overflow → resync).
-    pub slow_skips: Counter,
+    pub(crate) slow_skips: Counter,
     /// Slow receivers closed.
-    pub slow_closes: Counter,
+    pub(crate) slow_closes: Counter,
     /// Signaling text messages broadcast.
-    pub signal_messages: Counter,
+    pub(crate) signal_messages: Counter,
     /// Frame deliveries the socket did not take at once (queued for the
     /// receiver's task to finish).
-    pub queued: Counter,
+    pub(crate) queued: Counter,
 }
 
 /// A plain copy of [`Traffic`] at one instant.
@@ -98,7 +98,7 @@ pub struct TrafficSnapshot {
 
 impl Traffic {
     /// Reads every counter.
-    pub fn snapshot(&self) -> TrafficSnapshot {
+    pub(crate) fn snapshot(&self) -> TrafficSnapshot {
         TrafficSnapshot {
             frames_in: self.frames_in.get(),
             bytes_in: self.bytes_in.get(),
@@ -116,7 +116,7 @@ impl Traffic {
     }
 
     /// Adds a snapshot into these counters (used when a channel retires).
-    pub fn absorb(&self, s: &TrafficSnapshot) {
+    pub(crate) fn absorb(&self, s: &TrafficSnapshot) {
         self.frames_in.add(s.frames_in);
         self.bytes_in.add(s.bytes_in);
         self.frames_out.add(s.frames_out);
@@ -204,34 +204,29 @@ impl Refusal {
 
 /// Relay-wide connection counters.
 #[derive(Debug, Default)]
-pub struct Connections {
+pub(crate) struct Connections {
     /// TCP connections accepted.
-    pub accepted: Counter,
+    pub(crate) accepted: Counter,
     /// Connections open now (all roles, including handshakes in progress).
-    pub open: Counter,
+    pub(crate) open: Counter,
     /// Sources connected now.
-    pub sources: Counter,
+    pub(crate) sources: Counter,
     /// Receivers connected now.
-    pub receivers: Counter,
+    pub(crate) receivers: Counter,
     /// Signaling peers connected now.
-    pub signal_peers: Counter,
+    pub(crate) signal_peers: Counter,
     /// Peers dropped for not answering pings.
-    pub keepalive_drops: Counter,
+    pub(crate) keepalive_drops: Counter,
     /// Peers closed for sending an over-size message.
-    pub too_big: Counter,
+    pub(crate) too_big: Counter,
     /// Refusals by [`Refusal`] index.
-    pub refused: [Counter; 9],
+    pub(crate) refused: [Counter; Refusal::ALL.len()],
 }
 
 impl Connections {
     /// Counts one refusal.
-    pub fn refuse(&self, why: Refusal) {
+    pub(crate) fn refuse(&self, why: Refusal) {
         self.refused[why as usize].inc();
-    }
-
-    /// All refusals together.
-    pub fn refused_total(&self) -> u64 {
-        self.refused.iter().map(Counter::get).sum()
     }
 }
 
@@ -261,7 +256,7 @@ mod tests {
         c.refuse(Refusal::BadName);
         c.refuse(Refusal::PerIpLimit);
         assert_eq!(c.refused[Refusal::BadName as usize].get(), 2);
-        assert_eq!(c.refused_total(), 3);
+        assert_eq!(c.refused.iter().map(Counter::get).sum::<u64>(), 3);
         assert_eq!(Refusal::ALL[8].label(), "per_ip_limit");
     }
 }

@@ -1,20 +1,20 @@
-//! The HTTP side of a connection: reading the request head within a time
-//! and size limit, routing its path, and the plain HTTP answers (refusals,
-//! health, channel list) the relay gives on the same port.
+//! The relay's side of the opening handshake: reading the request head
+//! within a size limit, routing its path, and writing the answer.
 
 use std::io;
 
 use thiserror::Error;
 use tokio::net::TcpStream;
 
-use crate::protocol::valid_channel_name;
+use bitstream_wire::handshake::{parse_request, HeadError, Request};
+use bitstream_wire::protocol::valid_channel_name;
 
 /// The channel every alias path (`/source`, `/stream`, `/signal`, `/`) uses.
-pub const DEFAULT_CHANNEL: &str = "default";
+pub(crate) const DEFAULT_CHANNEL: &str = "default";
 
 /// Where a request path leads.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Route {
+pub(crate) enum Route {
     /// `/source/{name}` or `/source`.
     Source(String),
     /// `/stream/{name}` or `/stream`.
@@ -29,14 +29,14 @@ pub enum Route {
 
 /// Why a request cannot be routed.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum RouteError {
+pub(crate) enum RouteError {
     /// The channel name breaks the 1–64 `[A-Za-z0-9._-]` rule.
     #[error("invalid channel name: must be 1-64 bytes of [A-Za-z0-9._-]")]
     BadName,
 }
 
 /// Routes a request target (query string ignored).
-pub fn route(target: &str) -> Result<Route, RouteError> {
+pub(crate) fn route(target: &str) -> Result<Route, RouteError> {
     let path = target.split(['?', '#']).next().unwrap_or("");
     if path == "/" {
         return Ok(Route::Legacy);
@@ -57,24 +57,9 @@ pub fn route(target: &str) -> Result<Route, RouteError> {
     }
 }
 
-/// The parts of a request head the relay uses.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Request {
-    /// HTTP method.
-    pub method: String,
-    /// Request target (path and query).
-    pub target: String,
-    /// `Sec-WebSocket-Key`, if this is a WebSocket upgrade.
-    pub ws_key: Option<String>,
-    /// `Sec-WebSocket-Version`.
-    pub ws_version: Option<String>,
-    /// True if `Upgrade: websocket` and `Connection: upgrade` are present.
-    pub upgrade: bool,
-}
-
 /// Why a request head could not be read.
 #[derive(Debug, Error)]
-pub enum RequestError {
+pub(crate) enum RequestError {
     /// The socket failed or closed before the head was complete.
     #[error("socket error: {0}")]
     Io(#[from] io::Error),
@@ -82,46 +67,13 @@ pub enum RequestError {
     #[error("request head over {0} bytes")]
     TooLarge(usize),
     /// The head is not valid HTTP/1.x.
-    #[error("malformed HTTP request: {0}")]
-    Malformed(String),
-}
-
-/// Parses a complete request head out of `buf`: `Ok(None)` if more bytes
-/// are needed, else the request and the head's length.
-pub fn parse_request(buf: &[u8]) -> Result<Option<(Request, usize)>, RequestError> {
-    let mut headers = [httparse::EMPTY_HEADER; 48];
-    let mut req = httparse::Request::new(&mut headers);
-    let n = match req.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(RequestError::Malformed(e.to_string())),
-    };
-    let header = |name: &str| {
-        req.headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .and_then(|h| std::str::from_utf8(h.value).ok())
-            .map(str::trim)
-    };
-    let has_token = |name: &str, token: &str| {
-        header(name).is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-    };
-    let upgrade = has_token("upgrade", "websocket") && has_token("connection", "upgrade");
-    Ok(Some((
-        Request {
-            method: req.method.unwrap_or("").to_owned(),
-            target: req.path.unwrap_or("").to_owned(),
-            ws_key: header("sec-websocket-key").map(str::to_owned),
-            ws_version: header("sec-websocket-version").map(str::to_owned),
-            upgrade,
-        },
-        n,
-    )))
+    #[error("{0}")]
+    Malformed(#[from] HeadError),
 }
 
 /// Reads a request head of at most `max` bytes; returns it and any bytes the
 /// client sent after it (the start of its WebSocket stream).
-pub async fn read_request(
+pub(crate) async fn read_request(
     stream: &TcpStream,
     max: usize,
 ) -> Result<(Request, Vec<u8>), RequestError> {
@@ -146,7 +98,7 @@ pub async fn read_request(
 }
 
 /// Writes all of `bytes` to a socket (handshake-time only; not the fan-out path).
-pub async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+pub(crate) async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
     while !bytes.is_empty() {
         stream.writable().await?;
         match stream.try_write(bytes) {
@@ -180,21 +132,5 @@ mod tests {
             route(&format!("/source/{}", "x".repeat(65))),
             Err(RouteError::BadName)
         );
-    }
-
-    #[test]
-    fn parses_upgrade_requests() {
-        let raw = b"GET /stream/x HTTP/1.1\r\nHost: a\r\nUpgrade: WebSocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Key: abc==\r\nSec-WebSocket-Version: 13\r\n\r\nrest";
-        let (req, n) = parse_request(raw).unwrap().unwrap();
-        assert!(req.upgrade);
-        assert_eq!(req.ws_key.as_deref(), Some("abc=="));
-        assert_eq!(req.target, "/stream/x");
-        assert_eq!(&raw[n..], b"rest");
-        assert!(parse_request(&raw[..20]).unwrap().is_none());
-        assert!(parse_request(b"\x00\x01garbage\r\n\r\n").is_err());
-        let (plain, _) = parse_request(b"GET /healthz HTTP/1.1\r\n\r\n")
-            .unwrap()
-            .unwrap();
-        assert!(!plain.upgrade);
     }
 }

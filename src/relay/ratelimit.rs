@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 /// Refills `rate` tokens per second up to `burst`; each input takes one.
 #[derive(Debug, Clone)]
-pub struct TokenBucket {
+pub(crate) struct TokenBucket {
     rate: f64,
     burst: f64,
     tokens: f64,
@@ -16,7 +16,7 @@ pub struct TokenBucket {
 
 /// What the bucket says about one input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Forward it.
     Allow,
     /// Drop it (over the rate).
@@ -27,7 +27,7 @@ pub enum Verdict {
 
 impl TokenBucket {
     /// A full bucket.
-    pub fn new(rate_per_sec: u64, burst: u64, now: Instant) -> Self {
+    pub(crate) fn new(rate_per_sec: u64, burst: u64, now: Instant) -> Self {
         Self {
             rate: rate_per_sec as f64,
             burst: burst.max(1) as f64,
@@ -40,7 +40,7 @@ impl TokenBucket {
 
     /// Takes a token for one input at `now`; `flood_drops` is how many drops
     /// within one second make the sender an abuser.
-    pub fn take(&mut self, now: Instant, flood_drops: u64) -> Verdict {
+    pub(crate) fn take(&mut self, now: Instant, flood_drops: u64) -> Verdict {
         let dt = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + dt * self.rate).min(self.burst);

@@ -8,21 +8,22 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use tokio::sync::watch;
 
-use crate::channel::{clock_ms, Channel, Fanout};
-use crate::config::Config;
-use crate::stats::{Connections, Refusal, Traffic, TrafficSnapshot};
+use crate::relay::channel::{Channel, Fanout};
+use crate::relay::clock::now_ms;
+use crate::relay::config::Config;
+use crate::relay::stats::{Connections, Refusal, Traffic, TrafficSnapshot};
 
 /// Shared relay state. See the module docs.
 #[derive(Debug)]
 pub struct Relay {
     /// Configuration in force.
-    pub config: Config,
+    pub(crate) config: Config,
     /// Channels by name, sharded.
-    pub channels: DashMap<Arc<str>, Arc<Channel>>,
+    pub(crate) channels: DashMap<Arc<str>, Arc<Channel>>,
     /// Connection counters.
-    pub connections: Connections,
+    pub(crate) connections: Connections,
     /// Traffic of channels the GC has removed.
-    pub retired: Traffic,
+    pub(crate) retired: Traffic,
     per_ip: DashMap<IpAddr, usize>,
     next_peer_id: AtomicU64,
     draining: AtomicBool,
@@ -43,13 +44,57 @@ pub struct Summary {
     pub sources: u64,
     /// Receivers connected.
     pub receivers: u64,
+    /// Peers dropped for not answering pings.
+    pub keepalive_drops: u64,
+    /// Refusals by reason, indexed by [`Refusal`] (see [`Summary::refused`]).
+    pub refused_by: [u64; Refusal::ALL.len()],
+}
+
+impl Summary {
+    /// Refusals of one kind.
+    pub fn refused(&self, why: Refusal) -> u64 {
+        self.refused_by[why as usize]
+    }
+
     /// Refusals of every kind.
-    pub refused: u64,
+    pub fn refused_total(&self) -> u64 {
+        self.refused_by.iter().sum()
+    }
+}
+
+/// One channel's view at one instant (what `GET /channels` lists).
+#[derive(Debug, Clone, Default)]
+pub struct ChannelSummary {
+    /// The channel's name.
+    pub name: String,
+    /// True while a source is connected.
+    pub source: bool,
+    /// Receivers connected.
+    pub receivers: usize,
+    /// Signaling peers connected.
+    pub signal_peers: usize,
+    /// The channel's traffic.
+    pub traffic: TrafficSnapshot,
+    /// Bytes a catch-up sends now.
+    pub cached_bytes: usize,
+}
+
+impl ChannelSummary {
+    fn of(ch: &Channel) -> Self {
+        Self {
+            name: ch.name.to_string(),
+            source: ch.has_source(),
+            receivers: ch.receiver_count(),
+            signal_peers: ch.signal_peer_count(),
+            traffic: ch.traffic.snapshot(),
+            cached_bytes: ch.catch_up().size(),
+        }
+    }
 }
 
 impl Relay {
     /// A relay with no channels.
-    pub fn new(config: Config) -> Arc<Self> {
+    pub(crate) fn new(config: Config) -> Arc<Self> {
         let (shutdown, _) = watch::channel(false);
         Arc::new(Self {
             config,
@@ -60,24 +105,24 @@ impl Relay {
             next_peer_id: AtomicU64::new(1),
             draining: AtomicBool::new(false),
             shutdown,
-            started_ms: clock_ms(),
+            started_ms: now_ms(),
         })
     }
 
     /// A fresh peer id.
-    pub fn next_peer_id(&self) -> u64 {
+    pub(crate) fn next_peer_id(&self) -> u64 {
         self.next_peer_id.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Milliseconds since the relay started.
-    pub fn uptime_ms(&self) -> u64 {
-        clock_ms().saturating_sub(self.started_ms)
+    pub(crate) fn uptime_ms(&self) -> u64 {
+        now_ms().saturating_sub(self.started_ms)
     }
 
     /// Finds or creates a channel and counts one member attaching to it.
     /// Attaching happens under the map's shard lock, which the GC also takes,
     /// so a channel is never removed between lookup and attach.
-    pub fn attach(&self, name: &str) -> Result<Arc<Channel>, Refusal> {
+    pub(crate) fn attach(&self, name: &str) -> Result<Arc<Channel>, Refusal> {
         if let Some(ch) = self.channels.get(name) {
             ch.attach();
             return Ok(ch.clone());
@@ -90,6 +135,7 @@ impl Relay {
                 Arc::from(name),
                 self.config.max_signal_state,
                 self.fanout(),
+                now_ms(),
             ))
         });
         entry.attach();
@@ -97,7 +143,7 @@ impl Relay {
     }
 
     /// The fan-out sharding new channels get.
-    pub fn fanout(&self) -> Fanout {
+    pub(crate) fn fanout(&self) -> Fanout {
         Fanout {
             shards: self.config.worker_threads(),
             shard_min: self.config.fanout_shard_min,
@@ -105,7 +151,7 @@ impl Relay {
     }
 
     /// Counts a connection from `ip` unless it already has the per-IP maximum.
-    pub fn admit_ip(&self, ip: IpAddr) -> bool {
+    pub(crate) fn admit_ip(&self, ip: IpAddr) -> bool {
         let mut n = self.per_ip.entry(ip).or_insert(0);
         if *n >= self.config.max_connections_per_ip {
             return false;
@@ -115,7 +161,7 @@ impl Relay {
     }
 
     /// Releases a connection counted by [`Relay::admit_ip`].
-    pub fn release_ip(&self, ip: IpAddr) {
+    pub(crate) fn release_ip(&self, ip: IpAddr) {
         self.per_ip.remove_if_mut(&ip, |_, n| {
             *n = n.saturating_sub(1);
             *n == 0
@@ -129,12 +175,12 @@ impl Relay {
     }
 
     /// True once shutdown has begun.
-    pub fn is_draining(&self) -> bool {
+    pub(crate) fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
     }
 
     /// A receiver of the shutdown signal for a session.
-    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+    pub(crate) fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.shutdown.subscribe()
     }
 
@@ -151,14 +197,25 @@ impl Relay {
             connections: c.open.get(),
             sources: c.sources.get(),
             receivers: c.receivers.get(),
-            refused: c.refused_total(),
+            keepalive_drops: c.keepalive_drops.get(),
+            refused_by: c.refused.each_ref().map(|r| r.get()),
         }
+    }
+
+    /// One channel's summary, if it exists.
+    pub fn channel(&self, name: &str) -> Option<ChannelSummary> {
+        self.channels.get(name).map(|ch| ChannelSummary::of(&ch))
+    }
+
+    /// Every channel's summary.
+    pub fn channel_summaries(&self) -> Vec<ChannelSummary> {
+        self.channels.iter().map(|ch| ChannelSummary::of(&ch)).collect()
     }
 }
 
 /// Resolves once shutdown has begun, including when it began before this
 /// receiver was created or first polled.
-pub async fn shutting_down(rx: &mut watch::Receiver<bool>) {
+pub(crate) async fn shutting_down(rx: &mut watch::Receiver<bool>) {
     loop {
         if *rx.borrow_and_update() {
             return;

@@ -4,13 +4,14 @@
 
 use serde_json::json;
 
-use crate::handshake::{Request, Route};
-use crate::relay::Relay;
-use crate::web;
-use crate::ws::http_response;
+use bitstream_wire::handshake::{http_response, Request};
+
+use crate::relay::handshake::Route;
+use crate::relay::state::Relay;
+use crate::relay::{metrics, web};
 
 /// The full HTTP response to a plain (non-upgrade) request.
-pub fn respond(relay: &Relay, req: &Request, route: &Route) -> Vec<u8> {
+pub(crate) fn respond(relay: &Relay, req: &Request, route: &Route) -> Vec<u8> {
     if req.method != "GET" && req.method != "HEAD" {
         return http_response(
             405,
@@ -44,24 +45,24 @@ pub fn respond(relay: &Relay, req: &Request, route: &Route) -> Vec<u8> {
             200,
             "OK",
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            crate::metrics::render(relay).as_bytes(),
+            metrics::render(relay).as_bytes(),
         ),
         Route::Other(p) if p == "/channels" => {
             let list: Vec<_> = relay
-                .channels
-                .iter()
+                .channel_summaries()
+                .into_iter()
                 .map(|ch| {
-                    let t = ch.traffic.snapshot();
+                    let t = ch.traffic;
                     json!({
-                        "name": &*ch.name,
-                        "source": ch.has_source(),
-                        "receivers": ch.receiver_count(),
-                        "signal_peers": ch.signal_peer_count(),
+                        "name": ch.name,
+                        "source": ch.source,
+                        "receivers": ch.receivers,
+                        "signal_peers": ch.signal_peers,
                         "frames_in": t.frames_in,
                         "bytes_in": t.bytes_in,
                         "frames_out": t.frames_out,
                         "bytes_out": t.bytes_out,
-                        "cached_bytes": ch.catch_up().size(),
+                        "cached_bytes": ch.cached_bytes,
                     })
                 })
                 .collect();

@@ -7,21 +7,20 @@ use std::sync::{Arc, Weak};
 use std::thread;
 use std::time::Duration;
 
-use crate::channel::clock_ms;
-use crate::relay::Relay;
+use crate::relay::clock::now_ms;
+use crate::relay::state::Relay;
 
 /// What one sweep did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Sweep {
+pub(crate) struct Sweep {
     /// Channels whose cached state expired.
-    pub expired: usize,
+    pub(crate) expired: usize,
     /// Channels removed.
-    pub removed: usize,
+    pub(crate) removed: usize,
 }
 
-/// One pass over every shard.
-pub fn sweep(relay: &Relay) -> Sweep {
-    let now = clock_ms();
+/// One pass over every shard at `now` (ms on the relay clock).
+pub(crate) fn sweep(relay: &Relay, now: u64) -> Sweep {
     let grace = relay.config.grace_ms;
     let mut out = Sweep::default();
     for ch in relay.channels.iter() {
@@ -43,7 +42,7 @@ pub fn sweep(relay: &Relay) -> Sweep {
 }
 
 /// Starts the GC thread; it stops when the relay is dropped or shuts down.
-pub fn spawn(relay: &Arc<Relay>) -> std::io::Result<thread::JoinHandle<()>> {
+pub(crate) fn spawn(relay: &Arc<Relay>) -> std::io::Result<thread::JoinHandle<()>> {
     let weak: Weak<Relay> = Arc::downgrade(relay);
     let every = Duration::from_millis(relay.config.gc_interval_ms.max(10));
     thread::Builder::new()
@@ -54,7 +53,7 @@ pub fn spawn(relay: &Arc<Relay>) -> std::io::Result<thread::JoinHandle<()>> {
             if relay.is_draining() {
                 return;
             }
-            let s = sweep(&relay);
+            let s = sweep(&relay, now_ms());
             if s.expired + s.removed > 0 {
                 tracing::debug!(
                     expired = s.expired,
@@ -69,19 +68,24 @@ pub fn spawn(relay: &Arc<Relay>) -> std::io::Result<thread::JoinHandle<()>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
+    use crate::relay::config::Config;
+    use crate::relay::egress::Egress;
+    use crate::relay::peer::Peer;
+    use bitstream_wire::protocol;
+    use bitstream_wire::reader::WireMessage;
+    use bitstream_wire::ws;
     use clap::Parser;
 
     #[test]
     fn removes_only_idle_channels_past_grace() {
-        let relay = Relay::new(Config::parse_from(["x", "--grace-ms", "0"]));
+        let relay = Relay::new(Config::parse_from(["x", "--grace-ms", "100"]));
         let busy = relay.attach("busy").unwrap();
         let idle = relay.attach("idle").unwrap();
         idle.traffic.frames_in.add(5);
-        idle.detach();
-        std::thread::sleep(Duration::from_millis(5));
-        let s = sweep(&relay);
-        assert_eq!(s.removed, 1);
+        let left = now_ms();
+        idle.detach(left);
+        assert_eq!(sweep(&relay, left + 99).removed, 0, "within grace");
+        assert_eq!(sweep(&relay, left + 100).removed, 1);
         assert!(relay.channels.contains_key("busy"));
         assert!(!relay.channels.contains_key("idle"));
         assert_eq!(
@@ -89,15 +93,11 @@ mod tests {
             5,
             "retired traffic is kept"
         );
-        busy.detach();
+        busy.detach(left);
     }
 
     #[test]
     fn drops_cached_state_once_the_source_is_gone_past_grace() {
-        use crate::channel::Peer;
-        use crate::conn::WireMessage;
-        use crate::egress::{Egress, EgressMode};
-        use crate::protocol;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -108,25 +108,24 @@ mod tests {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let std_stream = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
             std_stream.set_nonblocking(true).unwrap();
-            let stream = std::sync::Arc::new(tokio::net::TcpStream::from_std(std_stream).unwrap());
-            let peer = std::sync::Arc::new(Peer {
+            let stream = Arc::new(tokio::net::TcpStream::from_std(std_stream).unwrap());
+            let peer = Arc::new(Peer {
                 id: 1,
-                addr: listener.local_addr().unwrap(),
-                egress: Egress::new(stream, 1 << 20, EgressMode::Direct),
+                egress: Egress::new(stream, 1 << 20, Default::default()),
             });
             assert!(ch.claim_source(&peer));
             let msg = protocol::pixels_keyframe(0, 0, 1, 1, &[1, 2, 3, 4]);
             let h = protocol::validate_source_message(&msg).unwrap();
-            ch.publish(&h, &WireMessage::encode(crate::ws::OP_BINARY, &msg))
+            ch.publish(&h, &WireMessage::encode(ws::OP_BINARY, &msg))
                 .await
                 .unwrap();
             assert!(!ch.catch_up().is_empty());
-            // Within grace (source present, then just gone): kept.
-            assert_eq!(sweep(&relay).expired, 0);
-            ch.release_source(&peer);
-            assert_eq!(sweep(&relay).expired, 0);
-            std::thread::sleep(Duration::from_millis(40));
-            assert_eq!(sweep(&relay).expired, 1);
+            // Source present, then just gone: kept within grace.
+            let t = now_ms();
+            assert_eq!(sweep(&relay, t + 1000).expired, 0);
+            ch.release_source(&peer, t);
+            assert_eq!(sweep(&relay, t + 19).expired, 0);
+            assert_eq!(sweep(&relay, t + 20).expired, 1);
             assert!(ch.catch_up().is_empty());
             // A member is still attached, so the channel itself stays.
             assert!(relay.channels.contains_key("kept"));
@@ -136,8 +135,9 @@ mod tests {
     #[test]
     fn keeps_channels_within_grace() {
         let relay = Relay::new(Config::parse_from(["x", "--grace-ms", "60000"]));
-        relay.attach("a").unwrap().detach();
-        assert_eq!(sweep(&relay).removed, 0);
+        let t = now_ms();
+        relay.attach("a").unwrap().detach(t);
+        assert_eq!(sweep(&relay, t + 59_999).removed, 0);
         assert_eq!(relay.channels.len(), 1);
     }
 }

@@ -17,30 +17,26 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use serde_json::{Map, Value};
+use bitstream_wire::codec::{self, CodecError};
+use bitstream_wire::protocol::{self, FrameType, Header, FLAG_KEYFRAME, HEADER_LEN};
+use bitstream_wire::reader::WireMessage;
+use bitstream_wire::signal::{self, SignalError};
+use bitstream_wire::ws;
 use thiserror::Error;
 
-use crate::codec::{self, CodecError};
-use crate::conn::WireMessage;
-use crate::protocol::{self, FrameType, Header, FLAG_KEYFRAME, HEADER_LEN};
-use crate::ws;
-
 /// Longest delta chain kept before it is folded into a keyframe.
-pub const MAX_CHAIN: usize = 512;
+pub(crate) const MAX_CHAIN: usize = 512;
 
 /// Why a source message cannot be accepted into the channel state (it is
 /// then neither cached nor forwarded).
 #[derive(Debug, Error)]
-pub enum CacheError {
+pub(crate) enum CacheError {
     /// A `DeltaPixels` payload is not a valid ZRLE stream for its frame size.
     #[error("invalid delta: {0}")]
     Delta(#[from] CodecError),
-    /// A signal payload is not JSON.
-    #[error("signal payload is not valid JSON: {0}")]
-    SignalJson(String),
-    /// A signal payload is JSON but not an object.
-    #[error("signal payload is not a JSON object")]
-    SignalNotObject,
+    /// A signal payload is not one JSON object.
+    #[error("{0}")]
+    Signal(#[from] SignalError),
     /// Applying the message would grow the signal state past its limit.
     #[error("signal state would be {size} bytes, over the limit of {limit}")]
     SignalTooLarge {
@@ -53,33 +49,33 @@ pub enum CacheError {
 
 /// One link of the persistent delta list (newest first).
 #[derive(Debug)]
-pub struct DeltaNode {
+pub(crate) struct DeltaNode {
     /// The delta frame as sent on the wire.
-    pub frame: Bytes,
+    pub(crate) frame: Bytes,
     /// The delta before it, if any.
-    pub prev: Option<Arc<DeltaNode>>,
+    pub(crate) prev: Option<Arc<DeltaNode>>,
     /// Frames in the chain up to and including this one.
-    pub count: usize,
+    pub(crate) count: usize,
     /// Payload bytes in the chain up to and including this one.
-    pub bytes: usize,
+    pub(crate) bytes: usize,
 }
 
 /// An immutable snapshot of a channel's catch-up state.
 #[derive(Debug, Default)]
-pub struct CatchUp {
+pub(crate) struct CatchUp {
     /// Channel sequence of the last frame this snapshot includes.
-    pub seq: u64,
+    pub(crate) seq: u64,
     /// Latest full frame (`Pixels` or `Keyframe`), encoded for the wire.
-    pub keyframe: Option<Bytes>,
+    pub(crate) keyframe: Option<Bytes>,
     /// Deltas since the keyframe, newest first.
-    pub deltas: Option<Arc<DeltaNode>>,
+    pub(crate) deltas: Option<Arc<DeltaNode>>,
     /// The folded signal state as one `SignalSync`, encoded for the wire.
-    pub signal: Option<Bytes>,
+    pub(crate) signal: Option<Bytes>,
 }
 
 impl CatchUp {
     /// The frames to send, in order: keyframe, deltas oldest first, signal.
-    pub fn frames(&self) -> Vec<Bytes> {
+    pub(crate) fn frames(&self) -> Vec<Bytes> {
         let mut out: Vec<Bytes> = self.keyframe.iter().cloned().collect();
         out.extend(chain(&self.deltas));
         out.extend(self.signal.iter().cloned());
@@ -87,14 +83,14 @@ impl CatchUp {
     }
 
     /// Bytes a catch-up from this snapshot sends.
-    pub fn size(&self) -> usize {
+    pub(crate) fn size(&self) -> usize {
         self.keyframe.as_ref().map_or(0, Bytes::len)
             + self.deltas.as_ref().map_or(0, |d| d.bytes)
             + self.signal.as_ref().map_or(0, Bytes::len)
     }
 
     /// True if there is nothing to catch up on.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.keyframe.is_none() && self.deltas.is_none() && self.signal.is_none()
     }
 }
@@ -102,32 +98,27 @@ impl CatchUp {
 /// Keeps the catch-up state as the source's frames arrive. Owned by whichever
 /// source task currently feeds the channel.
 #[derive(Debug)]
-pub struct CacheWriter {
+pub(crate) struct CacheWriter {
     current: Arc<CatchUp>,
-    signal: Map<String, Value>,
+    signal: signal::State,
     max_signal_state: usize,
 }
 
 impl CacheWriter {
     /// A writer with an empty state and the given signal state limit.
-    pub fn new(max_signal_state: usize) -> Self {
+    pub(crate) fn new(max_signal_state: usize) -> Self {
         Self {
             current: Arc::new(CatchUp::default()),
-            signal: Map::new(),
+            signal: signal::State::new(),
             max_signal_state,
         }
-    }
-
-    /// The latest snapshot.
-    pub fn current(&self) -> &Arc<CatchUp> {
-        &self.current
     }
 
     /// Checks a validated source message against the state and folds it in.
     /// Returns the new snapshot when the catch-up state changed, `None` when
     /// the frame is live-only (audio, opaque types, …). On error the message
     /// must be neither cached nor forwarded.
-    pub fn apply(
+    pub(crate) fn apply(
         &mut self,
         h: &Header,
         msg: &WireMessage,
@@ -196,61 +187,36 @@ impl CacheWriter {
     /// Folds a sync or diff into the signal state and encodes the result as
     /// one `SignalSync` wire frame. The state is unchanged on error.
     fn fold_signal(&mut self, diff: bool, payload: &[u8], h: &Header) -> Result<Bytes, CacheError> {
-        let value: Value =
-            serde_json::from_slice(payload).map_err(|e| CacheError::SignalJson(e.to_string()))?;
-        let Value::Object(obj) = value else {
-            return Err(CacheError::SignalNotObject);
+        let obj = signal::parse(payload)?;
+        let undo = signal::fold(&mut self.signal, diff, obj);
+        let encoded = match serde_json::to_vec(&self.signal) {
+            Ok(json) if json.len() <= self.max_signal_state => json,
+            Ok(json) => {
+                undo.revert(&mut self.signal);
+                return Err(CacheError::SignalTooLarge {
+                    size: json.len(),
+                    limit: self.max_signal_state,
+                });
+            }
+            Err(e) => {
+                undo.revert(&mut self.signal);
+                return Err(SignalError::Json(e.to_string()).into());
+            }
         };
-        let mut undo: Vec<(String, Option<Value>)> = Vec::new();
-        if diff {
-            for (k, v) in obj {
-                let old = if v.is_null() {
-                    self.signal.remove(&k)
-                } else {
-                    self.signal.insert(k.clone(), v)
-                };
-                undo.push((k, old));
-            }
-        } else {
-            let old = std::mem::replace(&mut self.signal, obj);
-            undo.extend(old.into_iter().map(|(k, v)| (k, Some(v))));
-        }
-        let json =
-            serde_json::to_vec(&self.signal).map_err(|e| CacheError::SignalJson(e.to_string()))?;
-        if json.len() > self.max_signal_state {
-            if !diff {
-                self.signal.clear();
-            }
-            for (k, old) in undo.into_iter().rev() {
-                match old {
-                    Some(v) => self.signal.insert(k, v),
-                    None => self.signal.remove(&k),
-                };
-            }
-            return Err(CacheError::SignalTooLarge {
-                size: json.len(),
-                limit: self.max_signal_state,
-            });
-        }
-        let msg = protocol::signal(false, h.seq, h.timestamp, &json);
+        let msg = protocol::signal(false, h.seq, h.timestamp, &encoded);
         Ok(Bytes::from(ws::server_frame(ws::OP_BINARY, &msg)))
     }
 
     /// The signal state limit this writer enforces.
-    pub fn max_signal_state(&self) -> usize {
+    pub(crate) fn max_signal_state(&self) -> usize {
         self.max_signal_state
-    }
-
-    /// The folded signal state.
-    pub fn signal_state(&self) -> &Map<String, Value> {
-        &self.signal
     }
 }
 
 /// The protocol message inside a server wire frame (empty if malformed,
 /// which cannot happen for frames this module encoded).
 fn message_of(wire: &Bytes) -> &[u8] {
-    match ws::parse_head(wire, ws::Role::Client) {
+    match ws::parse_head(wire, ws::Side::Client) {
         Ok(Some(head)) => &wire[head.head_len..],
         _ => &[],
     }
@@ -306,7 +272,14 @@ fn fold_chain(snap: CatchUp, last: &Header) -> Result<CatchUp, CacheError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{delta_pixels, pixels_keyframe, signal};
+
+    impl CacheWriter {
+        fn signal_state(&self) -> &signal::State {
+            &self.signal
+        }
+    }
+    use bitstream_wire::protocol::{delta_pixels, pixels_keyframe};
+    use serde_json::Value;
 
     fn wire(msg: Vec<u8>) -> (Header, WireMessage) {
         let h = protocol::validate_source_message(&msg).unwrap();
@@ -314,7 +287,7 @@ mod tests {
     }
 
     fn payload_of(frame: &Bytes) -> Vec<u8> {
-        let h = ws::parse_head(frame, ws::Role::Client).unwrap().unwrap();
+        let h = ws::parse_head(frame, ws::Side::Client).unwrap().unwrap();
         frame[h.head_len..].to_vec()
     }
 
@@ -385,10 +358,10 @@ mod tests {
     #[test]
     fn signal_folds_sync_and_diffs() {
         let mut w = CacheWriter::new(1 << 20);
-        let (h, m) = wire(signal(false, 0, 0, br#"{"a":1,"b":2}"#));
+        let (h, m) = wire(protocol::signal(false, 0, 0, br#"{"a":1,"b":2}"#));
         w.apply(&h, &m, 1).unwrap();
         for i in 0..2000 {
-            let (h, m) = wire(signal(
+            let (h, m) = wire(protocol::signal(
                 true,
                 i as u16,
                 0,
@@ -396,7 +369,7 @@ mod tests {
             ));
             w.apply(&h, &m, 2 + i).unwrap();
         }
-        let snap = w.current().clone();
+        let snap = w.current.clone();
         let frames = snap.frames();
         assert_eq!(frames.len(), 1);
         let m = payload_of(&frames[0]);
@@ -417,8 +390,8 @@ mod tests {
             let (h, m) = wire(pixels_keyframe(0, 0, 2, 2, &[0u8; 16]));
             w.apply(&h, &m, 1).unwrap();
             let msg = match kind {
-                0 => signal(false, 0, 0, &payload),
-                1 => signal(true, 0, 0, &payload),
+                0 => protocol::signal(false, 0, 0, &payload),
+                1 => protocol::signal(true, 0, 0, &payload),
                 _ => delta_pixels(0, 0, 2, 2, &payload),
             };
             let (h, m) = wire(msg);
@@ -430,9 +403,9 @@ mod tests {
     #[test]
     fn signal_limits_and_errors_leave_state_unchanged() {
         let mut w = CacheWriter::new(32);
-        let (h, m) = wire(signal(false, 0, 0, br#"{"a":1}"#));
+        let (h, m) = wire(protocol::signal(false, 0, 0, br#"{"a":1}"#));
         w.apply(&h, &m, 1).unwrap();
-        let (h, m) = wire(signal(
+        let (h, m) = wire(protocol::signal(
             true,
             0,
             0,
@@ -442,20 +415,20 @@ mod tests {
             w.apply(&h, &m, 2),
             Err(CacheError::SignalTooLarge { .. })
         ));
-        let (h, m) = wire(signal(
+        let (h, m) = wire(protocol::signal(
             false,
             0,
             0,
             br#"{"zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz":1}"#,
         ));
         assert!(w.apply(&h, &m, 3).is_err());
-        let (h, m) = wire(signal(true, 0, 0, b"[1]"));
+        let (h, m) = wire(protocol::signal(true, 0, 0, b"[1]"));
         assert!(matches!(
             w.apply(&h, &m, 4),
-            Err(CacheError::SignalNotObject)
+            Err(CacheError::Signal(SignalError::NotObject))
         ));
-        let (h, m) = wire(signal(true, 0, 0, b"{nope"));
-        assert!(matches!(w.apply(&h, &m, 5), Err(CacheError::SignalJson(_))));
+        let (h, m) = wire(protocol::signal(true, 0, 0, b"{nope"));
+        assert!(matches!(w.apply(&h, &m, 5), Err(CacheError::Signal(SignalError::Json(_)))));
         assert_eq!(
             Value::Object(w.signal_state().clone()),
             serde_json::json!({"a": 1})

@@ -1,0 +1,26 @@
+//! `bitstream-client`: a Rust client for `bitstream-relay` (and any relay
+//! that speaks PROTOCOL.md), on the wire crate's own framing.
+//!
+//! - [`Client`]: one WebSocket connection, message by message;
+//! - [`Source`]: publishes pictures (keyframes and ZRLE deltas, chosen for
+//!   you), signal state and other frames, and reads the receivers' inputs;
+//! - [`Receiver`]: rebuilds the source's picture and signal state and sends
+//!   inputs;
+//! - [`SignalPeer`]: WebRTC signaling text between peers of a channel.
+//!
+//! Source, receiver and signaling peer reconnect by themselves with
+//! exponential backoff and jitter (one policy, in `reconnect`).
+
+#![warn(missing_docs, unreachable_pub)]
+
+mod conn;
+mod receiver;
+mod reconnect;
+mod signal_peer;
+mod source;
+
+pub use conn::{parse_url, Client, ClientError, Message};
+pub use receiver::{Event, Picture, Receiver};
+pub use reconnect::Backoff;
+pub use signal_peer::SignalPeer;
+pub use source::Source;

@@ -1,0 +1,161 @@
+//! A source that sends pictures (keyframes and ZRLE deltas, choosing for
+//! itself), signal state and other frames, and reads the receivers' inputs.
+//! After a reconnect it first sends its current picture as a keyframe and
+//! its whole signal state as a `SignalSync`, so the relay and every
+//! receiver resynchronize.
+
+use std::time::Instant;
+
+use bitstream_wire::codec;
+use bitstream_wire::protocol;
+use bitstream_wire::signal;
+use bytes::Bytes;
+
+use crate::conn::{ClientError, Message};
+use crate::receiver::Picture;
+use crate::reconnect::Link;
+
+/// Largest message a source accepts (inputs are small).
+const MAX_MESSAGE: usize = 16 << 20;
+
+/// Default for [`Source::keyframe_interval`].
+const KEYFRAME_INTERVAL: u32 = 120;
+
+/// A source on a `/source/{name}` URL. See the module docs.
+pub struct Source {
+    link: Link,
+    prev: Option<Picture>,
+    signal: signal::State,
+    seq: u16,
+    started: Instant,
+    since_keyframe: u32,
+    /// Send a keyframe at least every this many pictures.
+    pub keyframe_interval: u32,
+}
+
+impl Source {
+    /// Connects to a `/source/{name}` URL.
+    pub async fn connect(url: &str) -> Result<Self, ClientError> {
+        Ok(Self {
+            link: Link::connect(url, MAX_MESSAGE).await?,
+            prev: None,
+            signal: signal::State::new(),
+            seq: 0,
+            started: Instant::now(),
+            since_keyframe: 0,
+            keyframe_interval: KEYFRAME_INTERVAL,
+        })
+    }
+
+    /// Reconnections so far.
+    pub fn reconnects(&self) -> u64 {
+        self.link.reconnects
+    }
+
+    /// The folded signal state this source has sent.
+    pub fn signal(&self) -> &signal::State {
+        &self.signal
+    }
+
+    /// The next header sequence number and timestamp.
+    fn stamp(&mut self) -> (u16, u32) {
+        self.seq = self.seq.wrapping_add(1);
+        (self.seq, self.started.elapsed().as_millis() as u32)
+    }
+
+    /// Sends a raw protocol message, reconnecting (and resynchronizing) first
+    /// if the connection is down. A message that fails mid-send is retried
+    /// once on the new connection.
+    pub async fn send_message(&mut self, msg: &[u8]) -> Result<(), ClientError> {
+        self.ensure_connected().await;
+        if self.link.send(msg).await.is_ok() {
+            return Ok(());
+        }
+        self.ensure_connected().await;
+        self.link.send(msg).await
+    }
+
+    /// Waits for a connection; on a new one, sends the current state first.
+    async fn ensure_connected(&mut self) {
+        while self.link.ensure().await {
+            if self.send_state().await.is_ok() {
+                self.since_keyframe = 0;
+            }
+        }
+    }
+
+    /// Sends the current picture as a keyframe and the signal state as one
+    /// `SignalSync`.
+    async fn send_state(&mut self) -> Result<(), ClientError> {
+        let (seq, ts) = self.stamp();
+        if let Some(p) = &self.prev {
+            let msg = protocol::pixels_keyframe(seq, ts, p.width, p.height, &p.rgba);
+            self.link.send(&msg).await?;
+        }
+        if !self.signal.is_empty() {
+            let json = serde_json::Value::Object(self.signal.clone()).to_string();
+            self.link
+                .send(&protocol::signal(false, seq, ts, json.as_bytes()))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Sends a picture: a keyframe when needed (first picture, size change,
+    /// every `keyframe_interval`, or a delta larger than the picture), else
+    /// a ZRLE delta against the previous picture.
+    pub async fn send_picture(
+        &mut self,
+        width: u16,
+        height: u16,
+        rgba: &[u8],
+    ) -> Result<(), ClientError> {
+        let (seq, ts) = self.stamp();
+        let delta = match &self.prev {
+            Some(p)
+                if (p.width, p.height) == (width, height)
+                    && self.since_keyframe < self.keyframe_interval =>
+            {
+                let mut z = Vec::new();
+                codec::encode_delta(&p.rgba, rgba, &mut z)?;
+                (z.len() < rgba.len()).then_some(z)
+            }
+            _ => None,
+        };
+        let msg = match delta {
+            Some(z) => {
+                self.since_keyframe += 1;
+                protocol::delta_pixels(seq, ts, width, height, &z)
+            }
+            None => {
+                self.since_keyframe = 0;
+                protocol::pixels_keyframe(seq, ts, width, height, rgba)
+            }
+        };
+        self.prev = Some(Picture {
+            width,
+            height,
+            rgba: rgba.to_vec(),
+        });
+        self.send_message(&msg).await
+    }
+
+    /// Merges `diff` into the signal state and sends it as a `SignalDiff`.
+    pub async fn send_signal_diff(&mut self, diff: &signal::State) -> Result<(), ClientError> {
+        let json = serde_json::Value::Object(diff.clone()).to_string();
+        let _ = signal::fold(&mut self.signal, true, diff.clone());
+        let (seq, ts) = self.stamp();
+        self.send_message(&protocol::signal(true, seq, ts, json.as_bytes()))
+            .await
+    }
+
+    /// Receives the next input from a receiver (reconnecting as needed).
+    pub async fn recv_input(&mut self) -> Bytes {
+        loop {
+            self.ensure_connected().await;
+            if let Ok(Message::Binary(b)) = self.link.recv().await {
+                return b;
+            }
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! A source frame to every receiver, the same `Bytes` to each, in order.
+//!
+//! Fan-out of a big channel scales with cores: receivers are sharded by
+//! peer id; the source's task writes shard 0 itself and, once the channel
+//! has `--fanout-shard-min` receivers (and the runtime has more than one
+//! worker), hands every frame to one worker task per other shard over a
+//! bounded queue. A receiver always stays in its shard and a shard's frames
+//! are handled by one task in order, so per-receiver order holds; the switch
+//! to workers is one-way for the same reason.
+
+use std::sync::atomic::{fence, Ordering};
+use std::sync::Arc;
+
+use bitstream_wire::protocol::Header;
+use bitstream_wire::reader::WireMessage;
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::{lock, Channel};
+use crate::relay::cache::CacheError;
+use crate::relay::egress::Outcome;
+
+/// How a channel spreads its fan-out over cores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Fanout {
+    /// Receiver shards (one per runtime worker; 1 disables sharding).
+    pub(crate) shards: usize,
+    /// Receivers at which the other shards move to their own tasks.
+    pub(crate) shard_min: usize,
+}
+
+impl Fanout {
+    /// No sharding: the source's task writes every receiver.
+    pub(crate) const SINGLE: Fanout = Fanout {
+        shards: 1,
+        shard_min: usize::MAX,
+    };
+}
+
+/// One frame for a shard worker.
+#[derive(Debug)]
+pub(super) struct Job {
+    frame: Bytes,
+    seq: u64,
+    len: u64,
+}
+
+/// Frames a shard worker may have queued before the source waits.
+const SHARD_QUEUE: usize = 64;
+
+impl Channel {
+    /// Folds a validated source message into the catch-up state, then hands
+    /// it to every receiver, in order, the same `Bytes` to each. On error the
+    /// message is neither cached nor forwarded.
+    pub(crate) async fn publish(
+        self: &Arc<Self>,
+        h: &Header,
+        msg: &WireMessage,
+    ) -> Result<(), CacheError> {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some(snap) = lock(&self.writer).apply(h, msg, seq)? {
+            self.cache.store(snap);
+        }
+        fence(Ordering::SeqCst);
+        let len = msg.payload().len() as u64;
+        self.traffic.frames_in.inc();
+        self.traffic.bytes_in.add(len);
+        let workers = match self.workers.get() {
+            Some(w) => Some(w),
+            None if self.fanout.shards > 1 && self.receiver_count() >= self.fanout.shard_min => {
+                Some(self.start_workers())
+            }
+            None => None,
+        };
+        match workers {
+            Some(workers) => {
+                for tx in workers {
+                    let job = Job {
+                        frame: msg.wire.clone(),
+                        seq,
+                        len,
+                    };
+                    // A worker only ends with the channel, which we hold.
+                    let _ = tx.send(job).await;
+                }
+                self.fan_shard(0, &msg.wire, seq, len);
+            }
+            None => {
+                for k in 0..self.receivers.len() {
+                    self.fan_shard(k, &msg.wire, seq, len);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands a frame to every receiver of shard `k`.
+    fn fan_shard(&self, k: usize, frame: &Bytes, seq: u64, len: u64) {
+        let receivers = self.receivers[k].load_full();
+        let mut delivered = 0u64;
+        for r in receivers.iter() {
+            match r.egress.send_live(frame, seq) {
+                Outcome::Sent => delivered += 1,
+                Outcome::Queued => {
+                    delivered += 1;
+                    self.traffic.queued.inc();
+                }
+                Outcome::Overflow => self.traffic.slow_skips.inc(),
+                Outcome::NotSent => {}
+            }
+        }
+        if delivered > 0 {
+            self.traffic.frames_out.add(delivered);
+            self.traffic.bytes_out.add(delivered * len);
+        }
+    }
+
+    /// Spawns one worker task per shard but the first (once per channel).
+    fn start_workers(self: &Arc<Self>) -> &Vec<mpsc::Sender<Job>> {
+        self.workers.get_or_init(|| {
+            (1..self.receivers.len())
+                .map(|k| {
+                    let (tx, mut rx) = mpsc::channel::<Job>(SHARD_QUEUE);
+                    let weak = Arc::downgrade(self);
+                    tokio::spawn(async move {
+                        while let Some(job) = rx.recv().await {
+                            let Some(ch) = weak.upgrade() else { return };
+                            ch.fan_shard(k, &job.frame, job.seq, job.len);
+                        }
+                    });
+                    tx
+                })
+                .collect()
+        })
+    }
+}

@@ -1,0 +1,123 @@
+//! Who is attached to a channel and in which role: members counted for the
+//! GC, the source slot, the receiver shards and the signaling peers.
+
+use std::sync::atomic::{fence, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::{lock, Channel, PeerList};
+use crate::relay::peer::Peer;
+use crate::relay::stats::Refusal;
+
+impl Channel {
+    /// Counts a connection attaching (called under the map's shard lock).
+    pub(crate) fn attach(&self) {
+        self.members.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Counts a connection leaving at `now`.
+    pub(crate) fn detach(&self, now: u64) {
+        self.last_left_ms.store(now, Ordering::Relaxed);
+        self.members.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Connections attached now.
+    pub(crate) fn members(&self) -> usize {
+        self.members.load(Ordering::SeqCst)
+    }
+
+    /// Milliseconds from the last member leaving until `now`.
+    pub(crate) fn idle_ms(&self, now: u64) -> u64 {
+        now.saturating_sub(self.last_left_ms.load(Ordering::Relaxed))
+    }
+
+    /// Makes `peer` the source unless the channel has one.
+    pub(crate) fn claim_source(&self, peer: &Arc<Peer>) -> bool {
+        let _m = lock(&self.membership);
+        if self.source.load().is_some() {
+            return false;
+        }
+        self.source.store(Some(peer.clone()));
+        true
+    }
+
+    /// Releases the source slot at `now` if `peer` holds it; the cached state
+    /// is kept for the grace period so a returning source continues the channel.
+    pub(crate) fn release_source(&self, peer: &Arc<Peer>, now: u64) {
+        let _m = lock(&self.membership);
+        let cur = self.source.load();
+        if cur.as_ref().is_some_and(|s| Arc::ptr_eq(s, peer)) {
+            self.source.store(None);
+            self.source_left_ms.store(now.max(1), Ordering::Relaxed);
+        }
+    }
+
+    fn shard_of(&self, peer: &Peer) -> &PeerList {
+        &self.receivers[peer.id as usize % self.receivers.len()]
+    }
+
+    /// Adds a receiver (unless `max` are connected) and queues its catch-up.
+    /// Anything already queued on its egress (the handshake response) goes first.
+    pub(crate) fn add_receiver(&self, peer: &Arc<Peer>, max: usize) -> Result<(), Refusal> {
+        peer.egress.mark_resync();
+        {
+            let _m = lock(&self.membership);
+            if self.receiver_count() >= max {
+                return Err(Refusal::ReceiverLimit);
+            }
+            push_to(self.shard_of(peer), peer);
+            self.receiver_count.fetch_add(1, Ordering::Relaxed);
+        }
+        fence(Ordering::SeqCst);
+        self.resync(peer);
+        Ok(())
+    }
+
+    /// Removes a receiver.
+    pub(crate) fn remove_receiver(&self, peer: &Arc<Peer>) {
+        if remove_from(&self.membership, self.shard_of(peer), peer) {
+            self.receiver_count.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Adds a signaling peer unless `max` are connected.
+    pub(crate) fn add_signal_peer(&self, peer: &Arc<Peer>, max: usize) -> Result<(), Refusal> {
+        let _m = lock(&self.membership);
+        if self.signal_peers.load().len() >= max {
+            return Err(Refusal::ReceiverLimit);
+        }
+        push_to(&self.signal_peers, peer);
+        Ok(())
+    }
+
+    /// Removes a signaling peer.
+    pub(crate) fn remove_signal_peer(&self, peer: &Arc<Peer>) {
+        remove_from(&self.membership, &self.signal_peers, peer);
+    }
+}
+
+/// Publishes `list` with `peer` appended (copy-on-write). The caller holds
+/// the membership lock.
+fn push_to(list: &PeerList, peer: &Arc<Peer>) {
+    let cur = list.load();
+    let mut next = Vec::with_capacity(cur.len() + 1);
+    next.extend(cur.iter().cloned());
+    next.push(peer.clone());
+    list.store(Arc::new(next));
+}
+
+/// Removes `peer` from `list` under the membership lock; false if it was
+/// not there.
+fn remove_from(membership: &Mutex<()>, list: &PeerList, peer: &Arc<Peer>) -> bool {
+    let _m = lock(membership);
+    let cur = list.load();
+    if !cur.iter().any(|p| Arc::ptr_eq(p, peer)) {
+        return false;
+    }
+    let next: Vec<Arc<Peer>> = cur
+        .iter()
+        .filter(|p| !Arc::ptr_eq(p, peer))
+        .cloned()
+        .collect();
+    list.store(Arc::new(next));
+    true
+}

@@ -1,0 +1,119 @@
+//! One named channel: its source, receivers and signaling peers, its
+//! catch-up state, and the fan-out. The impl is spread by job:
+//! [`membership`] (who is attached, in which role), [`catchup`] (the state a
+//! joiner or a skipped-forward receiver is sent), [`fanout`] (a source frame
+//! to every receiver, sharded over cores) and [`routing`] (inputs to the
+//! source, signaling between peers).
+//!
+//! Readers never lock: the receiver list, the source slot and the catch-up
+//! snapshot are all published through `ArcSwap`. Membership changes (join,
+//! leave, source claim) serialize on a small mutex that the fan-out never
+//! takes, and rebuild the receiver list copy-on-write.
+//!
+//! Ordering of a join against the live stream: the source stores the new
+//! snapshot, then loads the receiver list; a joiner stores the new list, then
+//! loads the snapshot under its own egress lock. With a `SeqCst` fence on
+//! both sides at least one of them sees the other, and the per-receiver
+//! catch-up sequence removes the overlap, so a joiner gets every cacheable
+//! frame exactly once: from the snapshot or live, never both, never neither.
+
+mod catchup;
+mod fanout;
+mod membership;
+mod routing;
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use tokio::sync::mpsc;
+
+pub(crate) use fanout::Fanout;
+
+use crate::relay::cache::{CacheWriter, CatchUp};
+use crate::relay::peer::Peer;
+use crate::relay::stats::Traffic;
+
+/// A list of peers, replaced whole on every change.
+type PeerList = ArcSwap<Vec<Arc<Peer>>>;
+
+/// A channel. See the module docs.
+#[derive(Debug)]
+pub(crate) struct Channel {
+    /// The channel's name.
+    pub(crate) name: Arc<str>,
+    /// Traffic counters.
+    pub(crate) traffic: Traffic,
+    cache: ArcSwap<CatchUp>,
+    writer: Mutex<CacheWriter>,
+    receivers: Box<[PeerList]>,
+    receiver_count: AtomicUsize,
+    fanout: Fanout,
+    workers: OnceLock<Vec<mpsc::Sender<fanout::Job>>>,
+    signal_peers: PeerList,
+    source: ArcSwapOption<Peer>,
+    membership: Mutex<()>,
+    seq: AtomicU64,
+    /// Connections attached or attaching (the GC removes a channel only at 0).
+    members: AtomicUsize,
+    /// Last time a member left or the source left (ms on the relay clock).
+    last_left_ms: AtomicU64,
+    /// When the source left, if there is none now (0 = never had one).
+    source_left_ms: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Channel {
+    /// A new, empty channel created at `now` (ms on the relay clock).
+    pub(crate) fn new(name: Arc<str>, max_signal_state: usize, fanout: Fanout, now: u64) -> Self {
+        let shards = fanout.shards.max(1);
+        Self {
+            name,
+            traffic: Traffic::default(),
+            cache: ArcSwap::from_pointee(CatchUp::default()),
+            writer: Mutex::new(CacheWriter::new(max_signal_state)),
+            receivers: (0..shards)
+                .map(|_| ArcSwap::from_pointee(Vec::new()))
+                .collect(),
+            receiver_count: AtomicUsize::new(0),
+            fanout: Fanout { shards, ..fanout },
+            workers: OnceLock::new(),
+            signal_peers: ArcSwap::from_pointee(Vec::new()),
+            source: ArcSwapOption::empty(),
+            membership: Mutex::new(()),
+            seq: AtomicU64::new(0),
+            members: AtomicUsize::new(0),
+            last_left_ms: AtomicU64::new(now),
+            source_left_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// True if a source is connected.
+    pub(crate) fn has_source(&self) -> bool {
+        self.source.load().is_some()
+    }
+
+    /// Receivers connected now.
+    pub(crate) fn receiver_count(&self) -> usize {
+        self.receiver_count.load(Ordering::Relaxed)
+    }
+
+    /// Signaling peers connected now.
+    pub(crate) fn signal_peer_count(&self) -> usize {
+        self.signal_peers.load().len()
+    }
+
+    /// Bytes queued for this channel's receivers right now.
+    pub(crate) fn egress_queued_bytes(&self) -> usize {
+        self.receivers
+            .iter()
+            .map(|shard| {
+                let list = shard.load();
+                list.iter().map(|r| r.egress.queued_bytes()).sum::<usize>()
+            })
+            .sum()
+    }
+}

@@ -1,0 +1,36 @@
+//! Messages that do not fan out: a receiver's input goes to the source, a
+//! signaling message to every other signaling peer.
+
+use bitstream_wire::reader::WireMessage;
+
+use super::Channel;
+use crate::relay::egress::Outcome;
+use crate::relay::peer::Peer;
+
+impl Channel {
+    /// Forwards a validated input to the source; dropped (and counted) if
+    /// there is none or its queue is full.
+    pub(crate) fn forward_input(&self, msg: &WireMessage) {
+        let sent = self
+            .source
+            .load()
+            .as_ref()
+            .is_some_and(|src| matches!(src.egress.send(&msg.wire), Outcome::Sent | Outcome::Queued));
+        if sent {
+            self.traffic.inputs.inc();
+        } else {
+            self.traffic.dropped.inc();
+        }
+    }
+
+    /// Broadcasts a signaling message to every signaling peer but `from`.
+    pub(crate) fn broadcast_signal(&self, from: &Peer, msg: &WireMessage) {
+        let peers = self.signal_peers.load_full();
+        for p in peers.iter().filter(|p| p.id != from.id) {
+            if !matches!(p.egress.send(&msg.wire), Outcome::Sent | Outcome::Queued) {
+                self.traffic.dropped.inc();
+            }
+        }
+        self.traffic.signal_messages.inc();
+    }
+}

@@ -1,0 +1,326 @@
+//! The rules of a peer's outbound queue, without a socket: what a frame
+//! offered to a peer becomes (written, queued, skipped, dropped, or an
+//! overflow that skips the peer forward), and how the queue shrinks as the
+//! socket takes bytes. [`super::Egress`] runs these rules under its lock and
+//! does the writing.
+
+use std::collections::VecDeque;
+
+use bytes::{Buf, Bytes};
+
+/// Where a peer's stream stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Phase {
+    /// Live frames are accepted.
+    #[default]
+    Live,
+    /// The queue overflowed (or the peer just joined): live frames are
+    /// dropped until a catch-up is queued.
+    AwaitingResync,
+    /// The peer is gone; nothing is accepted.
+    Closed,
+}
+
+/// Whether the queue's front chunk is partly on the wire already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Front {
+    /// Not a byte of it is written (it may be dropped).
+    #[default]
+    Untouched,
+    /// Partly written: it must be finished or the WebSocket stream breaks.
+    Started,
+}
+
+/// What to do with a frame offered to the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Take it: write it now if the queue is empty, else queue it.
+    Accept,
+    /// Already covered by the peer's catch-up; not sent again.
+    Skipped,
+    /// Not sent: the peer awaits a catch-up, or (outside the live stream)
+    /// the queue is full.
+    Dropped,
+    /// This frame overflowed the queue: the queue was dropped and the peer
+    /// now awaits a catch-up.
+    Overflow,
+    /// The peer is closed.
+    Closed,
+}
+
+/// What is left after writing as much as the socket took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Drain {
+    /// Everything is written.
+    Empty,
+    /// Data is still queued (the socket would block).
+    Pending,
+    /// The queue is empty and the peer needs a catch-up.
+    NeedsResync,
+    /// The peer is closed.
+    Closed,
+}
+
+/// A peer's outbound queue, bounded in bytes. See the module docs.
+#[derive(Debug)]
+pub(crate) struct Queue {
+    chunks: VecDeque<Bytes>,
+    queued: usize,
+    limit: usize,
+    phase: Phase,
+    front: Front,
+    /// Live frames up to this channel sequence are covered by a catch-up.
+    skip_upto: u64,
+}
+
+impl Queue {
+    /// An empty queue holding at most `limit` bytes (one frame more may be
+    /// queued when the queue was empty: a frame is never refused for size alone).
+    pub(crate) fn new(limit: usize) -> Self {
+        Self {
+            chunks: VecDeque::new(),
+            queued: 0,
+            limit,
+            phase: Phase::Live,
+            front: Front::Untouched,
+            skip_upto: 0,
+        }
+    }
+
+    /// Decides about a live frame of channel sequence `seq` and `len` bytes.
+    /// On overflow the queue is dropped, except a front chunk already partly
+    /// written, and the peer awaits a catch-up.
+    pub(crate) fn offer_live(&mut self, len: usize, seq: u64) -> Verdict {
+        match self.phase {
+            Phase::Closed => return Verdict::Closed,
+            Phase::AwaitingResync => return Verdict::Dropped,
+            Phase::Live => {}
+        }
+        if seq <= self.skip_upto {
+            return Verdict::Skipped;
+        }
+        if !self.would_overflow(len) {
+            return Verdict::Accept;
+        }
+        let keep = match self.front {
+            Front::Started => self.chunks.pop_front(),
+            Front::Untouched => None,
+        };
+        self.chunks.clear();
+        self.queued = keep.as_ref().map_or(0, Bytes::len);
+        self.chunks.extend(keep);
+        if self.chunks.is_empty() {
+            self.front = Front::Untouched;
+        }
+        self.phase = Phase::AwaitingResync;
+        Verdict::Overflow
+    }
+
+    /// Decides about a frame outside the live sequence (control frames,
+    /// inputs, signaling): dropped when the queue is full.
+    pub(crate) fn offer(&mut self, len: usize) -> Verdict {
+        if self.phase == Phase::Closed {
+            Verdict::Closed
+        } else if self.would_overflow(len) {
+            Verdict::Dropped
+        } else {
+            Verdict::Accept
+        }
+    }
+
+    fn would_overflow(&self, len: usize) -> bool {
+        !self.chunks.is_empty() && self.queued + len > self.limit
+    }
+
+    /// True when nothing is queued (an accepted frame may go straight out).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    /// Queues what the socket did not take of an accepted frame: `written`
+    /// bytes of it are already on the wire.
+    pub(crate) fn push_rest(&mut self, frame: &Bytes, written: usize) {
+        if self.chunks.is_empty() {
+            self.front = if written > 0 {
+                Front::Started
+            } else {
+                Front::Untouched
+            };
+        }
+        self.queued += frame.len() - written;
+        self.chunks.push_back(frame.slice(written..));
+    }
+
+    /// Marks the peer as awaiting a catch-up (a joiner, before it is listed).
+    pub(crate) fn await_resync(&mut self) {
+        if self.phase == Phase::Live {
+            self.phase = Phase::AwaitingResync;
+        }
+    }
+
+    /// Queues a catch-up covering live frames up to `upto` and ends a
+    /// pending resynchronization. The catch-up may exceed the bound: it is
+    /// the minimum the peer needs. False if the peer is closed.
+    pub(crate) fn resync(&mut self, frames: &[Bytes], upto: u64) -> bool {
+        if self.phase == Phase::Closed {
+            return false;
+        }
+        self.phase = Phase::Live;
+        self.skip_upto = upto;
+        for f in frames {
+            self.push_rest(f, 0);
+        }
+        true
+    }
+
+    /// The queued chunks, front first (for a vectored write).
+    pub(crate) fn chunks(&self) -> impl Iterator<Item = &Bytes> {
+        self.chunks.iter()
+    }
+
+    /// Removes `n` bytes the socket took from the front.
+    pub(crate) fn consume(&mut self, mut n: usize) {
+        self.queued -= n.min(self.queued);
+        while n > 0 {
+            let Some(front) = self.chunks.front_mut() else {
+                break;
+            };
+            if n >= front.len() {
+                n -= front.len();
+                self.chunks.pop_front();
+                self.front = Front::Untouched;
+            } else {
+                front.advance(n);
+                self.front = Front::Started;
+                n = 0;
+            }
+        }
+    }
+
+    /// Where the queue stands after a write.
+    pub(crate) fn state(&self) -> Drain {
+        match self.phase {
+            Phase::Closed => Drain::Closed,
+            _ if !self.chunks.is_empty() => Drain::Pending,
+            Phase::AwaitingResync => Drain::NeedsResync,
+            Phase::Live => Drain::Empty,
+        }
+    }
+
+    /// Closes the peer and frees the queue; later offers return `Closed`.
+    pub(crate) fn close(&mut self) {
+        self.phase = Phase::Closed;
+        self.chunks.clear();
+        self.queued = 0;
+    }
+
+    /// Bytes queued now.
+    pub(crate) fn queued(&self) -> usize {
+        self.queued
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(len: usize, tag: u8) -> Bytes {
+        Bytes::from(vec![tag; len])
+    }
+
+    /// Everything queued, concatenated.
+    fn contents(q: &Queue) -> Vec<u8> {
+        q.chunks().flat_map(|c| c.iter().copied()).collect()
+    }
+
+    #[test]
+    fn an_empty_queue_accepts_any_frame_and_queues_the_rest() {
+        let mut q = Queue::new(10);
+        let f = frame(100, 1);
+        assert_eq!(q.offer_live(f.len(), 1), Verdict::Accept);
+        q.push_rest(&f, 40);
+        assert_eq!(q.queued(), 60);
+        assert_eq!(q.state(), Drain::Pending);
+    }
+
+    #[test]
+    fn overflow_drops_the_queue_and_awaits_a_catch_up() {
+        let mut q = Queue::new(100);
+        q.push_rest(&frame(60, 1), 0);
+        assert_eq!(q.offer_live(30, 2), Verdict::Accept);
+        q.push_rest(&frame(30, 2), 0);
+        assert_eq!(q.offer_live(30, 3), Verdict::Overflow);
+        assert_eq!(q.queued(), 0);
+        assert_eq!(q.state(), Drain::NeedsResync);
+        // Until the catch-up, live frames are dropped; control frames pass.
+        assert_eq!(q.offer_live(1, 4), Verdict::Dropped);
+        assert_eq!(q.offer(2), Verdict::Accept);
+    }
+
+    #[test]
+    fn a_half_written_front_frame_survives_an_overflow() {
+        let mut q = Queue::new(100);
+        q.push_rest(&frame(80, 1), 30);
+        q.push_rest(&frame(20, 2), 0);
+        assert_eq!(q.offer_live(50, 3), Verdict::Overflow);
+        // The rest of frame 1 stays, so the WebSocket stream stays valid.
+        assert_eq!(contents(&q), vec![1; 50]);
+        assert_eq!(q.state(), Drain::Pending);
+        q.consume(50);
+        assert_eq!(q.state(), Drain::NeedsResync);
+    }
+
+    #[test]
+    fn an_untouched_front_frame_is_dropped_on_overflow() {
+        let mut q = Queue::new(100);
+        q.push_rest(&frame(80, 1), 0);
+        q.consume(0);
+        assert_eq!(q.offer_live(50, 2), Verdict::Overflow);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn partial_writes_mark_the_front_started() {
+        let mut q = Queue::new(1000);
+        q.push_rest(&frame(10, 1), 0);
+        q.push_rest(&frame(10, 2), 0);
+        q.consume(15);
+        assert_eq!(q.queued(), 5);
+        assert_eq!(contents(&q), vec![2; 5]);
+        assert_eq!(q.offer_live(2000, 9), Verdict::Overflow);
+        assert_eq!(contents(&q), vec![2; 5], "the started frame is kept");
+    }
+
+    #[test]
+    fn resync_queues_the_catch_up_and_skips_what_it_covers() {
+        let mut q = Queue::new(10);
+        q.await_resync();
+        assert_eq!(q.offer_live(5, 1), Verdict::Dropped);
+        // A catch-up larger than the bound is still queued whole.
+        assert!(q.resync(&[frame(30, 7), frame(4, 8)], 5));
+        assert_eq!(q.queued(), 34);
+        assert_eq!(q.offer_live(5, 5), Verdict::Skipped);
+        assert_eq!(q.offer_live(5, 6), Verdict::Overflow);
+    }
+
+    #[test]
+    fn control_frames_are_dropped_when_full_but_never_overflow() {
+        let mut q = Queue::new(10);
+        q.push_rest(&frame(8, 1), 0);
+        assert_eq!(q.offer(5), Verdict::Dropped);
+        assert_eq!(q.offer(2), Verdict::Accept);
+        assert_eq!(q.state(), Drain::Pending);
+    }
+
+    #[test]
+    fn closed_refuses_everything() {
+        let mut q = Queue::new(10);
+        q.push_rest(&frame(8, 1), 0);
+        q.close();
+        assert_eq!(q.queued(), 0);
+        assert_eq!(q.offer(1), Verdict::Closed);
+        assert_eq!(q.offer_live(1, 1), Verdict::Closed);
+        assert!(!q.resync(&[frame(1, 1)], 1));
+        assert_eq!(q.state(), Drain::Closed);
+    }
+}

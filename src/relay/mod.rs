@@ -1,0 +1,32 @@
+//! The relay: everything with a socket or a runtime in it. The wire format
+//! it speaks is the `bitstream-wire` crate.
+//!
+//! Data path, in the order a frame takes it:
+//! [`server`] accepts and counts connections; [`admission`] reads the
+//! request ([`handshake`]), answers plain HTTP ([`http`], [`metrics`],
+//! [`web`]) or admits a WebSocket peer ([`peer`]) to its [`channel`]; each
+//! peer runs a [`session`] that reads through [`ingress`] and writes through
+//! [`egress`]. A channel folds its source's frames into the catch-up
+//! [`cache`] and fans them out. Around it: [`state`] (the channel map,
+//! limits, shutdown), [`stats`] (padded atomic counters), [`gc`] (the thread
+//! that drops idle channels), [`ratelimit`] (input token bucket),
+//! [`clock`] and [`config`] (every option and limit).
+
+pub(crate) mod admission;
+pub(crate) mod cache;
+pub(crate) mod channel;
+pub(crate) mod clock;
+pub(crate) mod config;
+pub(crate) mod egress;
+pub(crate) mod gc;
+pub(crate) mod handshake;
+pub(crate) mod http;
+pub(crate) mod ingress;
+pub(crate) mod metrics;
+pub(crate) mod peer;
+pub(crate) mod ratelimit;
+pub(crate) mod server;
+pub(crate) mod session;
+pub(crate) mod state;
+pub(crate) mod stats;
+pub(crate) mod web;

@@ -1,0 +1,171 @@
+//! The listening side: [`Server`] binds the socket and runs the relay until
+//! shutdown; the accept loop checks the connection limits and hands each
+//! connection to [`admission`](crate::relay::admission).
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::relay::config::Config;
+use crate::relay::state::{shutting_down, Relay};
+use crate::relay::stats::Refusal;
+use crate::relay::{admission, gc};
+
+/// A bound relay, ready to run.
+pub struct Server {
+    relay: Arc<Relay>,
+    local_addr: SocketAddr,
+    listener: TcpListener,
+}
+
+impl Server {
+    /// Binds the listening socket.
+    pub async fn bind(config: Config) -> io::Result<Self> {
+        let socket = if config.addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(config.addr)?;
+        // A deep accept queue so a storm of joins is not dropped at SYN time.
+        let listener = socket.listen(config.listen_backlog)?;
+        let local_addr = listener.local_addr()?;
+        Ok(Self {
+            relay: Relay::new(config),
+            local_addr,
+            listener,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The relay's shared state: counters, channel summaries, shutdown.
+    pub fn relay(&self) -> &Arc<Relay> {
+        &self.relay
+    }
+
+    /// Serves until [`Relay::begin_shutdown`], then gives every peer its
+    /// close frame and waits (at most `--shutdown-grace-ms` plus a little)
+    /// for the connections to finish.
+    pub async fn run(self) -> io::Result<()> {
+        let relay = self.relay;
+        gc::spawn(&relay)?;
+        if relay.config.stats_interval_ms > 0 {
+            tokio::spawn(log_stats(relay.clone()));
+        }
+        tracing::info!(addr = %self.local_addr, "relay listening");
+        let accept = tokio::spawn(accept_loop(self.listener, relay.clone()));
+        shutting_down(&mut relay.shutdown_signal()).await;
+        let deadline = tokio::time::Instant::now()
+            + relay.config.shutdown_grace()
+            + Duration::from_millis(500);
+        let c = &relay.connections;
+        while c.sources.get() + c.receivers.get() + c.signal_peers.get() > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Dropping the accept loop closes the listening socket.
+        accept.abort();
+        tracing::info!(open = c.open.get(), "relay stopped");
+        Ok(())
+    }
+}
+
+/// Accepts connections until the task is dropped. While the relay drains
+/// at shutdown it keeps answering: health says 503, upgrades are refused.
+async fn accept_loop(listener: TcpListener, relay: Arc<Relay>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, addr)) => accept(&relay, stream, addr),
+            Err(e) => {
+                // Typically EMFILE: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// Decrements the open-connection gauge and the per-IP count when a
+/// connection task ends, however it ends.
+struct OpenGuard {
+    relay: Arc<Relay>,
+    ip: IpAddr,
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.relay.connections.open.sub(1);
+        self.relay.release_ip(self.ip);
+    }
+}
+
+fn accept(relay: &Arc<Relay>, stream: TcpStream, addr: SocketAddr) {
+    relay.connections.accepted.inc();
+    let _ = stream.set_nodelay(true);
+    let over = if relay.connections.open.get() >= relay.config.max_connections as u64 {
+        Some(Refusal::ConnectionLimit)
+    } else if !relay.admit_ip(addr.ip()) {
+        Some(Refusal::PerIpLimit)
+    } else {
+        None
+    };
+    if let Some(why) = over {
+        relay.connections.refuse(why);
+        tokio::spawn(async move { admission::answer(&stream, 503, why.label()).await });
+        return;
+    }
+    relay.connections.open.inc();
+    let guard = OpenGuard {
+        relay: relay.clone(),
+        ip: addr.ip(),
+    };
+    tokio::spawn(async move {
+        admission::handle(&guard.relay, stream).await;
+        drop(guard);
+    });
+}
+
+/// Logs a one-line summary every `--stats-interval-ms`.
+async fn log_stats(relay: Arc<Relay>) {
+    let every = Duration::from_millis(relay.config.stats_interval_ms);
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    let mut prev = relay.summary();
+    loop {
+        tick.tick().await;
+        if relay.is_draining() {
+            return;
+        }
+        let s = relay.summary();
+        let secs = every.as_secs_f64();
+        tracing::info!(
+            channels = s.channels,
+            connections = s.connections,
+            sources = s.sources,
+            receivers = s.receivers,
+            fps_in = format!(
+                "{:.1}",
+                (s.traffic.frames_in - prev.traffic.frames_in) as f64 / secs
+            ),
+            mb_out_per_s = format!(
+                "{:.1}",
+                (s.traffic.bytes_out - prev.traffic.bytes_out) as f64 / secs / 1e6
+            ),
+            invalid = s.traffic.invalid,
+            dropped = s.traffic.dropped,
+            slow_skips = s.traffic.slow_skips,
+            refused = s.refused_total(),
+            "stats"
+        );
+        prev = s;
+    }
+}

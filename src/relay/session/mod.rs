@@ -1,0 +1,345 @@
+//! A connected peer's life after the handshake: one task per connection that
+//! reads its messages, drains its egress queue when the socket is writable,
+//! pings it, and closes it cleanly (see [`close`]) on error, over-size
+//! input, keepalive timeout, slowness, input flood or shutdown.
+
+mod close;
+
+use std::collections::VecDeque;
+use std::io;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use bitstream_wire::protocol;
+use bitstream_wire::reader::{Incoming, MessageReader, WireMessage};
+use bitstream_wire::ws;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::relay::channel::Channel;
+use crate::relay::clock::now_ms;
+use crate::relay::egress::Drain;
+use crate::relay::ingress::{self, RecvError};
+use crate::relay::peer::{Peer, Role};
+use crate::relay::ratelimit::{TokenBucket, Verdict};
+use crate::relay::state::{shutting_down, Relay};
+
+/// Close code for a receiver that cannot keep up (as Centrifugo uses).
+pub(crate) const CLOSE_SLOW: u16 = 3008;
+
+/// Why a session ended, for the log and the goodbye.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Exit {
+    /// The peer sent a close frame.
+    PeerClosed,
+    /// The TCP connection ended or failed.
+    Disconnected,
+    /// We close the peer with this code and reason.
+    Closed(u16, &'static str),
+    /// The peer stopped answering pings.
+    KeepaliveTimeout,
+}
+
+/// What a handler decided: go on, or end the session.
+type Step = ControlFlow<Exit>;
+
+/// How far behind a receiver is: since when its queue has not drained, and
+/// its recent skip-forwards.
+#[derive(Default)]
+struct Lag {
+    behind_since: Option<Instant>,
+    skips: VecDeque<Instant>,
+}
+
+/// One peer's task state. See the module docs.
+struct Session {
+    relay: Arc<Relay>,
+    channel: Arc<Channel>,
+    peer: Arc<Peer>,
+    role: Role,
+    stream: Arc<TcpStream>,
+    reader: MessageReader,
+    shutdown: watch::Receiver<bool>,
+    next_ping: Instant,
+    last_seen: Instant,
+    /// The egress queue has data to drain when the socket is writable.
+    want_write: bool,
+    invalid: u64,
+    bucket: TokenBucket,
+    lag: Lag,
+}
+
+/// Runs a peer of `role` on `channel` until it leaves. The peer is already
+/// registered on the channel; this task unregisters it.
+pub(crate) async fn run(
+    relay: Arc<Relay>,
+    channel: Arc<Channel>,
+    peer: Arc<Peer>,
+    role: Role,
+    reader: MessageReader,
+) {
+    let now = Instant::now();
+    let cfg = &relay.config;
+    let mut s = Session {
+        stream: peer.egress.stream().clone(),
+        shutdown: relay.shutdown_signal(),
+        next_ping: now + cfg.ping_interval(),
+        last_seen: now,
+        want_write: true,
+        invalid: 0,
+        bucket: TokenBucket::new(cfg.input_rate, cfg.input_burst, now.into_std()),
+        lag: Lag::default(),
+        relay,
+        channel,
+        peer,
+        role,
+        reader,
+    };
+    let exit = s.serve().await;
+    s.leave(exit).await;
+}
+
+impl Session {
+    /// The event loop: one arm per source of work, each handled below.
+    async fn serve(&mut self) -> Exit {
+        loop {
+            // An echo peer is read only while its queue has room: backpressure
+            // instead of dropping what it asked to have echoed.
+            let may_read = self.role != Role::Echo
+                || self.peer.egress.queued_bytes() < self.relay.config.egress_queue;
+            let deadline = self.next_deadline();
+            let step = tokio::select! {
+                ev = ingress::next(&mut self.reader, &self.stream), if may_read => self.on_read(ev).await,
+                _ = self.peer.egress.wanted(), if !self.want_write => {
+                    self.want_write = true;
+                    Step::Continue(())
+                }
+                r = self.stream.writable(), if self.want_write => self.on_writable(r),
+                // One timer for every deadline keeps an idle connection small.
+                _ = tokio::time::sleep_until(deadline) => self.on_tick(),
+                _ = shutting_down(&mut self.shutdown) => {
+                    Step::Break(Exit::Closed(ws::CLOSE_GOING_AWAY, "relay shutting down"))
+                }
+            };
+            if let ControlFlow::Break(exit) = step {
+                return exit;
+            }
+        }
+    }
+
+    /// A message (or a read error) from the peer.
+    async fn on_read(&mut self, ev: Result<Incoming, RecvError>) -> Step {
+        self.last_seen = Instant::now();
+        let msg = match ev {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!(peer = self.peer.id, error = %e, "read ended");
+                return Step::Break(match e.close_code() {
+                    Some(ws::CLOSE_TOO_BIG) => {
+                        self.relay.connections.too_big.inc();
+                        Exit::Closed(ws::CLOSE_TOO_BIG, "message too big")
+                    }
+                    Some(ws::CLOSE_INVALID_DATA) => {
+                        Exit::Closed(ws::CLOSE_INVALID_DATA, "invalid UTF-8")
+                    }
+                    Some(code) => Exit::Closed(code, "protocol error"),
+                    None => Exit::Disconnected,
+                });
+            }
+        };
+        match msg {
+            Incoming::Binary(m) => self.on_binary(&m).await,
+            Incoming::Text(m) => self.on_text(&m),
+            Incoming::Ping(p) => {
+                self.send_control(ws::OP_PONG, &p);
+                Step::Continue(())
+            }
+            Incoming::Pong => Step::Continue(()),
+            Incoming::Close(close) => {
+                let code = close.map_or(ws::CLOSE_NORMAL, |(c, _)| c);
+                self.send_control(ws::OP_CLOSE, &ws::close_payload(code, ""));
+                Step::Break(Exit::PeerClosed)
+            }
+        }
+    }
+
+    async fn on_binary(&mut self, m: &WireMessage) -> Step {
+        match self.role {
+            Role::Source => {
+                if !self.publish(m).await {
+                    self.invalid += 1;
+                    if self.invalid > self.relay.config.max_invalid {
+                        return Step::Break(Exit::Closed(
+                            ws::CLOSE_POLICY,
+                            "too many invalid messages",
+                        ));
+                    }
+                }
+            }
+            Role::Receiver => {
+                let cfg = &self.relay.config;
+                let now = Instant::now().into_std();
+                match self.bucket.take(now, cfg.input_flood_drops) {
+                    Verdict::Allow => self.forward_input(m),
+                    Verdict::Drop => self.channel.traffic.dropped.inc(),
+                    Verdict::Abuse => {
+                        self.channel.traffic.dropped.inc();
+                        return Step::Break(Exit::Closed(ws::CLOSE_POLICY, "input flood"));
+                    }
+                }
+            }
+            Role::Echo => {
+                self.peer.egress.send(&m.wire);
+            }
+            Role::Signal => {
+                return Step::Break(Exit::Closed(
+                    ws::CLOSE_UNSUPPORTED,
+                    "signaling carries text messages only",
+                ))
+            }
+        }
+        Step::Continue(())
+    }
+
+    fn on_text(&mut self, m: &WireMessage) -> Step {
+        match self.role {
+            Role::Signal => self.channel.broadcast_signal(&self.peer, m),
+            Role::Echo => {
+                self.peer.egress.send(&m.wire);
+            }
+            Role::Source | Role::Receiver => {
+                return Step::Break(Exit::Closed(
+                    ws::CLOSE_UNSUPPORTED,
+                    "text messages are not accepted on data paths",
+                ))
+            }
+        }
+        Step::Continue(())
+    }
+
+    /// Validates, caches and fans out one source message; false if it was refused.
+    async fn publish(&self, m: &WireMessage) -> bool {
+        let refused = match protocol::validate_source_message(m.payload()) {
+            Ok(h) => match self.channel.publish(&h, m).await {
+                Ok(()) => return true,
+                Err(e) => e.to_string(),
+            },
+            Err(e) => e.to_string(),
+        };
+        self.channel.traffic.invalid.inc();
+        tracing::debug!(channel = %self.channel.name, %refused, "source message refused");
+        false
+    }
+
+    /// Validates one receiver message and forwards it to the source if it
+    /// is an input.
+    fn forward_input(&self, m: &WireMessage) {
+        match protocol::validate_input_message(m.payload()) {
+            Ok(_) => self.channel.forward_input(m),
+            Err(e) => {
+                self.channel.traffic.invalid.inc();
+                tracing::debug!(channel = %self.channel.name, refused = %e, "receiver message refused");
+            }
+        }
+    }
+
+    /// The socket can take bytes: drain the queue, and resynchronize a
+    /// receiver that was skipped forward once it has drained.
+    fn on_writable(&mut self, ready: io::Result<()>) -> Step {
+        if ready.is_err() {
+            return Step::Break(Exit::Disconnected);
+        }
+        match self.peer.egress.drain() {
+            Drain::Empty => {
+                self.want_write = false;
+                self.lag.behind_since = None;
+            }
+            Drain::Pending => {
+                self.lag.behind_since.get_or_insert_with(Instant::now);
+            }
+            Drain::NeedsResync => {
+                let now = Instant::now();
+                let window = self.relay.config.slow_window();
+                let skips = &mut self.lag.skips;
+                skips.push_back(now);
+                while skips.front().is_some_and(|t| now.duration_since(*t) > window) {
+                    skips.pop_front();
+                }
+                if skips.len() > self.relay.config.slow_max_skips {
+                    self.channel.traffic.slow_closes.inc();
+                    return Step::Break(Exit::Closed(
+                        CLOSE_SLOW,
+                        "slow receiver: skipped forward too often",
+                    ));
+                }
+                self.channel.resync(&self.peer);
+                self.lag.behind_since.get_or_insert(now);
+            }
+            Drain::Closed => return Step::Break(Exit::Disconnected),
+        }
+        Step::Continue(())
+    }
+
+    /// The earliest of the next ping and the slow-receiver deadline.
+    fn next_deadline(&self) -> Instant {
+        match self.lag.behind_since {
+            Some(t) => self.next_ping.min(t + self.relay.config.slow_timeout()),
+            None => self.next_ping,
+        }
+    }
+
+    /// A deadline passed: close a receiver stuck behind, drop a peer that
+    /// stopped answering, or ping.
+    fn on_tick(&mut self) -> Step {
+        let now = Instant::now();
+        let cfg = &self.relay.config;
+        if self
+            .lag
+            .behind_since
+            .is_some_and(|t| now >= t + cfg.slow_timeout())
+        {
+            self.channel.traffic.slow_closes.inc();
+            return Step::Break(Exit::Closed(
+                CLOSE_SLOW,
+                "slow receiver: queue not drained in time",
+            ));
+        }
+        if now < self.next_ping {
+            return Step::Continue(());
+        }
+        if now.duration_since(self.last_seen) >= cfg.keepalive_timeout() {
+            self.relay.connections.keepalive_drops.inc();
+            return Step::Break(Exit::KeepaliveTimeout);
+        }
+        self.send_control(ws::OP_PING, b"");
+        self.next_ping = now + cfg.ping_interval();
+        Step::Continue(())
+    }
+
+    fn send_control(&self, opcode: u8, payload: &[u8]) {
+        self.peer.egress.send(&WireMessage::encode(opcode, payload).wire);
+    }
+
+    /// Unregisters the peer and closes the connection as `exit` calls for.
+    async fn leave(mut self, exit: Exit) {
+        match self.role {
+            Role::Source => self.channel.release_source(&self.peer, now_ms()),
+            Role::Receiver => self.channel.remove_receiver(&self.peer),
+            Role::Signal => self.channel.remove_signal_peer(&self.peer),
+            Role::Echo => {}
+        }
+        let goodbye = match &exit {
+            Exit::Closed(code, reason) => Some(Some(
+                WireMessage::encode(ws::OP_CLOSE, &ws::close_payload(*code, reason)).wire,
+            )),
+            Exit::PeerClosed => Some(None),
+            Exit::Disconnected | Exit::KeepaliveTimeout => None,
+        };
+        if let Some(frame) = goodbye {
+            close::close_gracefully(&self.peer, &mut self.reader, frame).await;
+        }
+        self.peer.egress.close();
+        tracing::debug!(peer = self.peer.id, channel = %self.channel.name, role = ?self.role, ?exit, "peer left");
+    }
+}
