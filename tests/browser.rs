@@ -19,14 +19,15 @@
 //!    refuses new ones; the page shows it is retrying, backs off, and
 //!    reconnects by itself once the proxy lets connections through again.
 //!
-//! Without chromium the test prints `BROWSER TEST SKIPPED` and passes, unless
-//! `CI` is set, where it fails. `CHROMIUM=/path/to/chromium` overrides the
-//! search on `PATH` (a path that does not exist counts as not installed).
+//! Without chromium the test fails, unless `RELAY_SKIP_BROWSER=1` says to
+//! skip it on purpose (it then says so loudly). `CHROMIUM=/path/to/chromium`
+//! overrides the search on `PATH` (a path that does not exist counts as not
+//! installed).
 
 mod common;
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -560,19 +561,11 @@ async fn recv_input(source: &mut Client) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_client_end_to_end() {
-    let Some(exe) = find_chromium() else {
-        if std::env::var_os("CI").is_some() {
-            panic!("chromium not installed, and CI is set: install the apt packages chromium chromium-driver");
-        }
-        // Straight to fd 2: the test harness captures eprintln!.
-        let bar = "=".repeat(64);
-        let _ = writeln!(
-            std::io::stderr(),
-            "\n{bar}\nBROWSER TEST SKIPPED: chromium not installed\n\
-             (apt-get install chromium chromium-driver, or set CHROMIUM=/path)\n{bar}\n"
-        );
+    let exe = find_chromium();
+    if !common::tool_available(exe.is_some(), "chromium (apt-get install chromium)", "RELAY_SKIP_BROWSER") {
         return;
-    };
+    }
+    let Some(exe) = exe else { return };
 
     let relay = common::start(&[]).await;
     let (browser, devtools_url) = Browser::launch(&exe).await;

@@ -352,11 +352,22 @@ async fn input_floods_are_capped_and_abusers_closed() {
         c.inputs
     );
     assert!(c.dropped >= 5000 - cap as u64);
-    // The source got exactly the forwarded ones, the first ones in order.
-    for i in 0..c.inputs as u16 {
+    // The source got exactly the forwarded ones: the burst (the bucket
+    // starts full) is the first 20 sent, and after it every forwarded input
+    // comes in the order it was sent, once, and nothing else.
+    let mut got = Vec::new();
+    for _ in 0..c.inputs {
         let m = within(src.recv_binary()).await.unwrap();
-        assert!(Header::parse(&m).unwrap().seq >= i);
+        got.push(Header::parse(&m).unwrap().seq);
     }
+    assert_eq!(got[..20], (0..20).collect::<Vec<u16>>()[..], "the burst, in order");
+    assert!(
+        got.windows(2).all(|w| w[0] < w[1]),
+        "forwarded inputs in send order, no duplicates: {got:?}"
+    );
+    assert!(got.iter().all(|&s| s < 5000));
+    let extra = tokio::time::timeout(Duration::from_millis(300), src.recv_binary()).await;
+    assert!(extra.is_err(), "an input the counters did not count: {extra:?}");
 
     // With a flood threshold, the abuser is closed with 1008.
     let t = start(&[

@@ -106,3 +106,24 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// Whether a test that needs an outside tool may run. A missing tool fails
+/// the test, unless `opt_out` (e.g. `RELAY_SKIP_BROWSER`) is set to 1, in
+/// which case the test says loudly that it checked nothing and returns
+/// false. Never a silent pass.
+pub fn tool_available(found: bool, what: &str, opt_out: &str) -> bool {
+    if found {
+        return true;
+    }
+    if std::env::var(opt_out).as_deref() != Ok("1") {
+        panic!("{what} is not installed (`bash .ci/run` installs it); set {opt_out}=1 to skip this test on purpose");
+    }
+    // Straight to fd 2: the test harness captures eprintln!.
+    use std::io::Write;
+    let bar = "=".repeat(64);
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n{bar}\nSKIPPED ON PURPOSE ({opt_out}=1): {what} not installed, nothing checked\n{bar}\n"
+    );
+    false
+}

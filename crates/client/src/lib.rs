@@ -21,6 +21,5 @@ mod source;
 
 pub use conn::{parse_url, Client, ClientError, Message};
 pub use receiver::{Event, Picture, Receiver};
-pub use reconnect::Backoff;
 pub use signal_peer::SignalPeer;
 pub use source::Source;

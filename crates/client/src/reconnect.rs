@@ -15,7 +15,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Exponential backoff with jitter for reconnection: the n-th wait is a
 /// random duration in `[d/2, d]` where `d = min(base * 2^n, max)`.
 #[derive(Debug, Clone)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     base: Duration,
     max: Duration,
     attempt: u32,
@@ -24,7 +24,7 @@ pub struct Backoff {
 
 impl Backoff {
     /// A backoff starting at `base` and capped at `max`.
-    pub fn new(base: Duration, max: Duration) -> Self {
+    pub(crate) fn new(base: Duration, max: Duration) -> Self {
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -39,7 +39,7 @@ impl Backoff {
     }
 
     /// The next wait.
-    pub fn next_delay(&mut self) -> Duration {
+    pub(crate) fn next_delay(&mut self) -> Duration {
         let d = self
             .base
             .saturating_mul(1u32 << self.attempt.min(16))
@@ -53,7 +53,7 @@ impl Backoff {
     }
 
     /// Starts over after a success.
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.attempt = 0;
     }
 }

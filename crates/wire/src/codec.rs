@@ -49,11 +49,11 @@ use thiserror::Error;
 /// Chosen by measurement on 640x360 RGBA deltas: against 16, 8 makes text-like and
 /// sprite-like deltas 3-25% smaller at a small decode cost; 5 saves another 8-9% but
 /// doubles the token count, halving decode and encode speed on a 10%-changed frame.
-pub const MIN_ZERO_RUN: usize = 8;
+pub(crate) const MIN_ZERO_RUN: usize = 8;
 
 /// The encoder splits literal runs into tokens of at most this many literal bytes
 /// (about 3 bytes of overhead per 16 KiB).
-pub const MAX_LITERAL_RUN: usize = 16 * 1024;
+pub(crate) const MAX_LITERAL_RUN: usize = 16 * 1024;
 
 const _: () = assert!(MIN_ZERO_RUN >= 2 && MIN_ZERO_RUN <= 64 && MAX_LITERAL_RUN > 0);
 
@@ -116,7 +116,7 @@ pub enum CodecError {
 
 /// Append `v` to `out` as an unsigned LEB128 varint (minimal length, 1 to 10 bytes).
 #[inline]
-pub fn write_varint(mut v: u64, out: &mut Vec<u8>) {
+pub(crate) fn write_varint(mut v: u64, out: &mut Vec<u8>) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;
@@ -130,7 +130,7 @@ pub fn write_varint(mut v: u64, out: &mut Vec<u8>) {
 /// if `buf` ends before the last byte (high bit clear), [`CodecError::VarintOverflow`] if the
 /// varint is longer than 10 bytes or its value exceeds `u64::MAX`.
 #[inline]
-pub fn read_varint(buf: &[u8]) -> Result<(u64, usize), CodecError> {
+pub(crate) fn read_varint(buf: &[u8]) -> Result<(u64, usize), CodecError> {
     match buf.first() {
         Some(&b) if b < 0x80 => Ok((u64::from(b), 1)),
         _ => read_varint_slow(buf),

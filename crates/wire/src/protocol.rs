@@ -15,9 +15,9 @@ pub const FLAG_INPUT: u8 = 0x01;
 /// Flag bit: a self-contained frame a receiver can start decoding at.
 pub const FLAG_KEYFRAME: u8 = 0x02;
 /// Flag bit: the payload is compressed (meaning is type-specific).
-pub const FLAG_COMPRESSED: u8 = 0x04;
+pub(crate) const FLAG_COMPRESSED: u8 = 0x04;
 /// Mask of the reserved flag bits, which must be zero.
-pub const FLAG_RESERVED: u8 = !(FLAG_INPUT | FLAG_KEYFRAME | FLAG_COMPRESSED);
+pub(crate) const FLAG_RESERVED: u8 = !(FLAG_INPUT | FLAG_KEYFRAME | FLAG_COMPRESSED);
 
 /// Frame types sent by a source to its receivers (`INPUT` clear).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -325,7 +325,7 @@ pub enum ProtocolError {
 
 /// Checks the rules every message shares: header present, length field equal
 /// to the payload size, reserved flags zero. Returns the decoded header.
-pub fn check_envelope(msg: &[u8]) -> Result<Header, ProtocolError> {
+pub(crate) fn check_envelope(msg: &[u8]) -> Result<Header, ProtocolError> {
     let h = Header::parse(msg)?;
     let actual = msg.len() - HEADER_LEN;
     if h.length as usize != actual || (h.length as u64) > u32::MAX as u64 {
@@ -399,7 +399,7 @@ pub fn validate_input_message(msg: &[u8]) -> Result<Header, ProtocolError> {
 }
 
 /// Builds a complete message: header (with `length` filled in) + payload.
-pub fn build_message(mut header: Header, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn build_message(mut header: Header, payload: &[u8]) -> Vec<u8> {
     header.length = payload.len() as u32;
     let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
     out.extend_from_slice(&header.to_bytes());

@@ -21,9 +21,9 @@ pub const OP_PING: u8 = 0x9;
 pub const OP_PONG: u8 = 0xA;
 
 /// Largest frame head: 2 bytes + 8 bytes of length + 4 bytes of mask.
-pub const MAX_HEAD_LEN: usize = 14;
+pub(crate) const MAX_HEAD_LEN: usize = 14;
 /// Largest unmasked (server) frame head.
-pub const MAX_SERVER_HEAD_LEN: usize = 10;
+pub(crate) const MAX_SERVER_HEAD_LEN: usize = 10;
 
 /// Close code: normal closure.
 pub const CLOSE_NORMAL: u16 = 1000;
@@ -69,7 +69,7 @@ pub struct FrameHead {
 
 impl FrameHead {
     /// True for close, ping and pong.
-    pub fn is_control(&self) -> bool {
+    pub(crate) fn is_control(&self) -> bool {
         self.opcode & 0x8 != 0
     }
 }
@@ -168,7 +168,7 @@ pub fn parse_head(buf: &[u8], side: Side) -> Result<Option<FrameHead>, WsError> 
 
 /// XORs `buf` with the masking key, as if `buf` started `offset` bytes into
 /// the payload. Works a machine word at a time.
-pub fn apply_mask(buf: &mut [u8], mask: [u8; 4], offset: usize) {
+pub(crate) fn apply_mask(buf: &mut [u8], mask: [u8; 4], offset: usize) {
     let mut key = [0u8; 4];
     for (i, k) in key.iter_mut().enumerate() {
         *k = mask[(offset + i) % 4];
@@ -189,7 +189,7 @@ pub fn apply_mask(buf: &mut [u8], mask: [u8; 4], offset: usize) {
 
 /// Writes an unmasked (server → client) frame head with FIN set into `out`
 /// and returns its length (2, 4 or 10).
-pub fn server_header(opcode: u8, payload_len: usize, out: &mut [u8; MAX_SERVER_HEAD_LEN]) -> usize {
+pub(crate) fn server_header(opcode: u8, payload_len: usize, out: &mut [u8; MAX_SERVER_HEAD_LEN]) -> usize {
     out[0] = 0x80 | opcode;
     if payload_len < 126 {
         out[1] = payload_len as u8;
@@ -206,7 +206,7 @@ pub fn server_header(opcode: u8, payload_len: usize, out: &mut [u8; MAX_SERVER_H
 }
 
 /// Length of the unmasked head [`server_header`] writes for a payload size.
-pub fn server_header_len(payload_len: usize) -> usize {
+pub(crate) fn server_header_len(payload_len: usize) -> usize {
     if payload_len < 126 {
         2
     } else if payload_len <= u16::MAX as usize {
@@ -261,13 +261,13 @@ pub fn close_payload(code: u16, reason: &str) -> Vec<u8> {
 }
 
 /// True for close codes a peer may put on the wire (RFC 6455 §7.4).
-pub fn close_code_allowed(code: u16) -> bool {
+pub(crate) fn close_code_allowed(code: u16) -> bool {
     matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
 /// Parses a received close payload into (code, reason); an empty payload
 /// is `None`.
-pub fn parse_close(payload: &[u8]) -> Result<Option<(u16, &str)>, WsError> {
+pub(crate) fn parse_close(payload: &[u8]) -> Result<Option<(u16, &str)>, WsError> {
     match payload.len() {
         0 => Ok(None),
         1 => Err(WsError::BadClose),
