@@ -38,10 +38,8 @@ pub struct Request {
 pub fn parse_request(buf: &[u8]) -> Result<Option<(Request, usize)>, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; 48];
     let mut req = httparse::Request::new(&mut headers);
-    let n = match req.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(HeadError::Malformed(e.to_string())),
+    let Some(n) = complete(req.parse(buf))? else {
+        return Ok(None);
     };
     let header = |name: &str| header_value(req.headers, name);
     let has_token = |name: &str, token: &str| {
@@ -74,10 +72,8 @@ pub struct Response {
 pub fn parse_response(buf: &[u8], key: &str) -> Result<Option<Response>, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut resp = httparse::Response::new(&mut headers);
-    let head_len = match resp.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(HeadError::Malformed(e.to_string())),
+    let Some(head_len) = complete(resp.parse(buf))? else {
+        return Ok(None);
     };
     let status = resp.code.unwrap_or(0);
     if status == 101
@@ -86,6 +82,15 @@ pub fn parse_response(buf: &[u8], key: &str) -> Result<Option<Response>, HeadErr
         return Err(HeadError::WrongAccept);
     }
     Ok(Some(Response { status, head_len }))
+}
+
+/// The head's length once it is complete, `None` while more bytes are needed.
+fn complete(parsed: httparse::Result<usize>) -> Result<Option<usize>, HeadError> {
+    match parsed {
+        Ok(httparse::Status::Complete(n)) => Ok(Some(n)),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(e) => Err(HeadError::Malformed(e.to_string())),
+    }
 }
 
 /// The trimmed value of header `name`, if present and UTF-8.
