@@ -136,6 +136,14 @@ pub struct Config {
     /// is closed with 1008 as an abuser.
     #[arg(long, env = "RELAY_INPUT_FLOOD_DROPS", default_value_t = 2_000)]
     pub input_flood_drops: u64,
+    /// Pings per second any peer may send (token bucket rate); pings over
+    /// the rate are not answered, and more than `--input-flood-drops` of
+    /// them within one second close the peer with 1008.
+    #[arg(long, env = "RELAY_PING_RATE", default_value_t = 50)]
+    pub ping_rate: u64,
+    /// Pings a peer may send in a burst (token bucket size).
+    #[arg(long, env = "RELAY_PING_BURST", default_value_t = 100)]
+    pub ping_burst: u64,
     /// Serve `/echo`, which echoes every message through the relay's own read
     /// and write paths (for WebSocket conformance suites). Off by default.
     #[arg(long, env = "RELAY_ECHO_ENDPOINT", default_value_t = false)]

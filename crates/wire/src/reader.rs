@@ -149,6 +149,17 @@ impl MessageReader {
         }
     }
 
+    /// True if a whole frame is already buffered: [`MessageReader::parse`]
+    /// will make progress without reading the socket (so a caller can put
+    /// off work, such as answering pings, until the burst has been parsed).
+    pub fn frame_ready(&self) -> bool {
+        match ws::parse_head(&self.buf, self.side) {
+            Ok(Some(head)) => self.buf.len() as u64 >= head.head_len as u64 + head.payload_len,
+            Ok(None) => false,
+            Err(_) => true,
+        }
+    }
+
     /// Drops whatever is buffered (the connection is closing).
     pub fn discard(&mut self) {
         self.buf = BytesMut::new();
@@ -520,6 +531,19 @@ mod tests {
             ptrs.len()
         );
         assert!(r.spares.len() <= MAX_SPARES);
+    }
+
+    #[test]
+    fn frame_ready_says_whether_parse_can_progress() {
+        let mut r = MessageReader::new(Side::Server, 1000, 64, &[]);
+        assert!(!r.frame_ready());
+        let wire = ws::client_frame(ws::OP_PING, true, b"abc", [1, 2, 3, 4]);
+        r.buf.extend_from_slice(&wire[..wire.len() - 1]);
+        assert!(!r.frame_ready());
+        r.buf.extend_from_slice(&wire[wire.len() - 1..]);
+        assert!(r.frame_ready());
+        assert!(r.parse().unwrap().is_some());
+        assert!(!r.frame_ready());
     }
 
     #[test]

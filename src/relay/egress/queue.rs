@@ -8,6 +8,15 @@ use std::collections::VecDeque;
 
 use bytes::{Buf, Bytes};
 
+/// What a queued chunk costs beyond its bytes (its slot in the deque, the
+/// `Bytes` handle, the allocation header): charged against the bound, so a
+/// flood of tiny frames cannot hold more memory than the bound says.
+pub(crate) const CHUNK_OVERHEAD: usize = 64;
+
+/// Chunks up to this size are copied when queued: a small frame cut from a
+/// large read buffer would otherwise keep the whole buffer alive.
+const COPY_BELOW: usize = 2048;
+
 /// Where a peer's stream stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 enum Phase {
@@ -65,6 +74,7 @@ pub(crate) enum Drain {
 #[derive(Debug)]
 pub(crate) struct Queue {
     chunks: VecDeque<Bytes>,
+    /// Bytes queued plus [`CHUNK_OVERHEAD`] per chunk.
     queued: usize,
     limit: usize,
     phase: Phase,
@@ -107,7 +117,7 @@ impl Queue {
             Front::Untouched => None,
         };
         self.chunks.clear();
-        self.queued = keep.as_ref().map_or(0, Bytes::len);
+        self.queued = keep.as_ref().map_or(0, |k| k.len() + CHUNK_OVERHEAD);
         self.chunks.extend(keep);
         if self.chunks.is_empty() {
             self.front = Front::Untouched;
@@ -129,7 +139,7 @@ impl Queue {
     }
 
     fn would_overflow(&self, len: usize) -> bool {
-        !self.chunks.is_empty() && self.queued + len > self.limit
+        !self.chunks.is_empty() && self.queued + len + CHUNK_OVERHEAD > self.limit
     }
 
     /// True when nothing is queued (an accepted frame may go straight out).
@@ -147,8 +157,13 @@ impl Queue {
                 Front::Untouched
             };
         }
-        self.queued += frame.len() - written;
-        self.chunks.push_back(frame.slice(written..));
+        let rest = &frame[written..];
+        self.queued += rest.len() + CHUNK_OVERHEAD;
+        self.chunks.push_back(if rest.len() <= COPY_BELOW {
+            Bytes::copy_from_slice(rest)
+        } else {
+            frame.slice(written..)
+        });
     }
 
     /// Marks the peer as awaiting a catch-up (a joiner, before it is listed).
@@ -180,7 +195,7 @@ impl Queue {
 
     /// Removes `n` bytes the socket took from the front.
     pub(crate) fn consume(&mut self, mut n: usize) {
-        self.queued -= n.min(self.queued);
+        self.queued = self.queued.saturating_sub(n);
         while n > 0 {
             let Some(front) = self.chunks.front_mut() else {
                 break;
@@ -188,6 +203,7 @@ impl Queue {
             if n >= front.len() {
                 n -= front.len();
                 self.chunks.pop_front();
+                self.queued = self.queued.saturating_sub(CHUNK_OVERHEAD);
                 self.front = Front::Untouched;
             } else {
                 front.advance(n);
@@ -214,7 +230,7 @@ impl Queue {
         self.queued = 0;
     }
 
-    /// Bytes queued now.
+    /// Memory the queue holds now: bytes plus [`CHUNK_OVERHEAD`] per chunk.
     pub(crate) fn queued(&self) -> usize {
         self.queued
     }
@@ -223,6 +239,11 @@ impl Queue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What one queued chunk of `len` bytes is charged.
+    const fn cost(len: usize) -> usize {
+        len + CHUNK_OVERHEAD
+    }
 
     fn frame(len: usize, tag: u8) -> Bytes {
         Bytes::from(vec![tag; len])
@@ -239,17 +260,17 @@ mod tests {
         let f = frame(100, 1);
         assert_eq!(q.offer_live(f.len(), 1), Verdict::Accept);
         q.push_rest(&f, 40);
-        assert_eq!(q.queued(), 60);
+        assert_eq!(q.queued(), cost(60));
         assert_eq!(q.state(), Drain::Pending);
     }
 
     #[test]
     fn overflow_drops_the_queue_and_awaits_a_catch_up() {
-        let mut q = Queue::new(100);
+        let mut q = Queue::new(cost(60) + cost(30));
         q.push_rest(&frame(60, 1), 0);
         assert_eq!(q.offer_live(30, 2), Verdict::Accept);
         q.push_rest(&frame(30, 2), 0);
-        assert_eq!(q.offer_live(30, 3), Verdict::Overflow);
+        assert_eq!(q.offer_live(1, 3), Verdict::Overflow);
         assert_eq!(q.queued(), 0);
         assert_eq!(q.state(), Drain::NeedsResync);
         // Until the catch-up, live frames are dropped; control frames pass.
@@ -258,21 +279,52 @@ mod tests {
     }
 
     #[test]
+    fn tiny_frames_are_charged_their_overhead() {
+        let mut q = Queue::new(4096);
+        let mut n = 0;
+        while q.offer(2) == Verdict::Accept {
+            q.push_rest(&frame(2, 9), 0);
+            n += 1;
+        }
+        // 2-byte pongs: the bound counts what they hold, not 2 bytes each.
+        assert_eq!(n, 4096 / cost(2));
+        assert!(q.queued() <= 4096);
+    }
+
+    #[test]
+    fn small_chunks_are_copied_out_of_the_buffer_they_came_from() {
+        let big = Bytes::from(vec![5u8; 100_000]);
+        let small = big.slice(10..20);
+        let mut q = Queue::new(1 << 20);
+        q.push_rest(&small, 0);
+        q.push_rest(&big.slice(0..50_000), 0);
+        let chunks: Vec<&Bytes> = q.chunks().collect();
+        let inside = |c: &Bytes| {
+            let p = c.as_ptr() as usize;
+            p >= big.as_ptr() as usize && p < big.as_ptr() as usize + big.len()
+        };
+        assert!(!inside(chunks[0]), "a 10-byte chunk must not pin 100 kB");
+        assert!(inside(chunks[1]), "a large chunk is shared, not copied");
+    }
+
+    #[test]
     fn a_half_written_front_frame_survives_an_overflow() {
-        let mut q = Queue::new(100);
+        let mut q = Queue::new(cost(50) + cost(20));
         q.push_rest(&frame(80, 1), 30);
         q.push_rest(&frame(20, 2), 0);
         assert_eq!(q.offer_live(50, 3), Verdict::Overflow);
         // The rest of frame 1 stays, so the WebSocket stream stays valid.
         assert_eq!(contents(&q), vec![1; 50]);
+        assert_eq!(q.queued(), cost(50));
         assert_eq!(q.state(), Drain::Pending);
         q.consume(50);
+        assert_eq!(q.queued(), 0);
         assert_eq!(q.state(), Drain::NeedsResync);
     }
 
     #[test]
     fn an_untouched_front_frame_is_dropped_on_overflow() {
-        let mut q = Queue::new(100);
+        let mut q = Queue::new(cost(80));
         q.push_rest(&frame(80, 1), 0);
         q.consume(0);
         assert_eq!(q.offer_live(50, 2), Verdict::Overflow);
@@ -285,7 +337,7 @@ mod tests {
         q.push_rest(&frame(10, 1), 0);
         q.push_rest(&frame(10, 2), 0);
         q.consume(15);
-        assert_eq!(q.queued(), 5);
+        assert_eq!(q.queued(), cost(5));
         assert_eq!(contents(&q), vec![2; 5]);
         assert_eq!(q.offer_live(2000, 9), Verdict::Overflow);
         assert_eq!(contents(&q), vec![2; 5], "the started frame is kept");
@@ -298,14 +350,14 @@ mod tests {
         assert_eq!(q.offer_live(5, 1), Verdict::Dropped);
         // A catch-up larger than the bound is still queued whole.
         assert!(q.resync(&[frame(30, 7), frame(4, 8)], 5));
-        assert_eq!(q.queued(), 34);
+        assert_eq!(q.queued(), cost(30) + cost(4));
         assert_eq!(q.offer_live(5, 5), Verdict::Skipped);
         assert_eq!(q.offer_live(5, 6), Verdict::Overflow);
     }
 
     #[test]
     fn control_frames_are_dropped_when_full_but_never_overflow() {
-        let mut q = Queue::new(10);
+        let mut q = Queue::new(cost(8) + cost(2));
         q.push_rest(&frame(8, 1), 0);
         assert_eq!(q.offer(5), Verdict::Dropped);
         assert_eq!(q.offer(2), Verdict::Accept);

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use bitstream_wire::protocol;
 use bitstream_wire::reader::{Incoming, MessageReader, WireMessage};
 use bitstream_wire::ws;
+use bytes::Bytes;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -66,7 +67,13 @@ struct Session {
     /// The egress queue has data to drain when the socket is writable.
     want_write: bool,
     invalid: u64,
-    bucket: TokenBucket,
+    /// Inputs a receiver may send.
+    inputs: TokenBucket,
+    /// Pings any peer may send.
+    pings: TokenBucket,
+    /// The payload of the latest ping not answered yet: one pong answers a
+    /// burst of pings (RFC 6455 §5.5.3 allows it).
+    pong: Option<Bytes>,
     lag: Lag,
 }
 
@@ -88,7 +95,9 @@ pub(crate) async fn run(
         last_seen: now,
         want_write: true,
         invalid: 0,
-        bucket: TokenBucket::new(cfg.input_rate, cfg.input_burst, now.into_std()),
+        inputs: TokenBucket::new(cfg.input_rate, cfg.input_burst, now.into_std()),
+        pings: TokenBucket::new(cfg.ping_rate, cfg.ping_burst, now.into_std()),
+        pong: None,
         lag: Lag::default(),
         relay,
         channel,
@@ -108,13 +117,21 @@ impl Session {
             // instead of dropping what it asked to have echoed.
             let may_read = self.role != Role::Echo
                 || self.peer.egress.queued_bytes() < self.relay.config.egress_queue;
+            if !self.reader.frame_ready() {
+                if let Some(p) = self.pong.take() {
+                    self.send_control(ws::OP_PONG, &p);
+                }
+            }
             let deadline = self.next_deadline();
             let step = tokio::select! {
-                ev = ingress::next(&mut self.reader, &self.stream), if may_read => self.on_read(ev).await,
-                _ = self.peer.egress.wanted(), if !self.want_write => {
-                    self.want_write = true;
-                    Step::Continue(())
+                ev = ingress::next(&mut self.reader, &self.stream), if may_read => {
+                    let step = self.on_read(ev).await;
+                    // Socket readiness spends no cooperative budget: without
+                    // this, a peer that keeps its socket full holds the worker.
+                    tokio::task::consume_budget().await;
+                    step
                 }
+                _ = self.peer.egress.wanted(), if !self.want_write => self.on_queued(),
                 r = self.stream.writable(), if self.want_write => self.on_writable(r),
                 // One timer for every deadline keeps an idle connection small.
                 _ = tokio::time::sleep_until(deadline) => self.on_tick(),
@@ -151,10 +168,7 @@ impl Session {
         match msg {
             Incoming::Binary(m) => self.on_binary(&m).await,
             Incoming::Text(m) => self.on_text(&m),
-            Incoming::Ping(p) => {
-                self.send_control(ws::OP_PONG, &p);
-                Step::Continue(())
-            }
+            Incoming::Ping(p) => self.on_ping(p),
             Incoming::Pong => Step::Continue(()),
             Incoming::Close(close) => {
                 let code = close.map_or(ws::CLOSE_NORMAL, |(c, _)| c);
@@ -162,6 +176,18 @@ impl Session {
                 Step::Break(Exit::PeerClosed)
             }
         }
+    }
+
+    /// A ping: answered (coalesced) within the ping rate; a flood closes
+    /// the peer.
+    fn on_ping(&mut self, payload: Bytes) -> Step {
+        let now = Instant::now().into_std();
+        match self.pings.take(now, self.relay.config.input_flood_drops) {
+            Verdict::Allow => self.pong = Some(payload),
+            Verdict::Drop => self.channel.traffic.dropped.inc(),
+            Verdict::Abuse => return Step::Break(Exit::Closed(ws::CLOSE_POLICY, "ping flood")),
+        }
+        Step::Continue(())
     }
 
     async fn on_binary(&mut self, m: &WireMessage) -> Step {
@@ -180,7 +206,7 @@ impl Session {
             Role::Receiver => {
                 let cfg = &self.relay.config;
                 let now = Instant::now().into_std();
-                match self.bucket.take(now, cfg.input_flood_drops) {
+                match self.inputs.take(now, cfg.input_flood_drops) {
                     Verdict::Allow => self.forward_input(m),
                     Verdict::Drop => self.channel.traffic.dropped.inc(),
                     Verdict::Abuse => {
@@ -242,6 +268,17 @@ impl Session {
                 tracing::debug!(channel = %self.channel.name, refused = %e, "receiver message refused");
             }
         }
+    }
+
+    /// The egress queue went from empty to holding data: watch the socket,
+    /// and start the slow-receiver clock now, not when the socket next
+    /// becomes writable (it may never).
+    fn on_queued(&mut self) -> Step {
+        self.want_write = true;
+        if self.peer.egress.queued_bytes() > 0 {
+            self.lag.behind_since.get_or_insert_with(Instant::now);
+        }
+        Step::Continue(())
     }
 
     /// The socket can take bytes: drain the queue, and resynchronize a

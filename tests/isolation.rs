@@ -1,0 +1,220 @@
+//! One peer must never hurt the others: a peer that floods control frames,
+//! or never reads what it asked for, neither holds the relay's worker nor
+//! escapes the slow-receiver clock.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bitstream_relay::protocol::{self, Header};
+use bitstream_relay::ws;
+use common::*;
+
+/// A raw blocking WebSocket connection (no client library, no runtime),
+/// made on a blocking thread so that a one-thread relay can answer it.
+async fn raw_ws(t: &TestRelay, path: &str) -> TcpStream {
+    let (addr, path) = (t.addr, path.to_owned());
+    tokio::task::spawn_blocking(move || raw_ws_blocking(addr, &path))
+        .await
+        .unwrap()
+}
+
+fn raw_ws_blocking(addr: std::net::SocketAddr, path: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let key = bitstream_relay::wire::handshake::client_key(7);
+    s.write_all(&bitstream_relay::wire::handshake::client_request("x", path, &key))
+        .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut b).unwrap();
+        head.push(b[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    s
+}
+
+/// How long a flood lasts at most (a stalled relay cannot stop it).
+const FLOOD_FOR: Duration = Duration::from_secs(8);
+
+/// Sends empty pings back to back until `stop` (or [`FLOOD_FOR`]), from a
+/// plain thread.
+fn flood_pings(mut s: TcpStream, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let ping = ws::client_frame(ws::OP_PING, true, b"", [1, 2, 3, 4]);
+        let batch: Vec<u8> = ping.iter().copied().cycle().take(ping.len() * 512).collect();
+        let mut sent = 0;
+        let started = Instant::now();
+        while !stop.load(Ordering::Relaxed) && started.elapsed() < FLOOD_FOR {
+            if s.write_all(&batch).is_err() {
+                break;
+            }
+            sent += 512;
+        }
+        // Unblocks the thread draining this socket.
+        let _ = s.shutdown(std::net::Shutdown::Both);
+        sent
+    })
+}
+
+/// Reads and drops whatever arrives, until the peer closes.
+fn drain(mut s: TcpStream) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut last = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            last = buf[..n].to_vec();
+        }
+        last
+    })
+}
+
+/// `GET /healthz` over a fresh connection: how long the answer took.
+async fn healthz_time(t: &TestRelay) -> Duration {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let started = Instant::now();
+    let mut s = tokio::net::TcpStream::connect(t.addr).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    within(s.read_to_string(&mut out)).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    started.elapsed()
+}
+
+/// With one runtime worker, two peers sending pings back to back (never
+/// over the ping rate here, so never closed) must not hold that worker:
+/// health answers and another channel streams while they flood.
+#[tokio::test(flavor = "current_thread")]
+async fn a_ping_flood_holds_no_worker() {
+    let t = start(&["--ping-rate", "100000000", "--ping-burst", "100000000"]).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::new();
+    for _ in 0..2 {
+        let s = raw_ws(&t, "/stream/flood").await;
+        threads.push(drain(s.try_clone().unwrap()));
+        threads.push(std::thread::spawn({
+            let f = flood_pings(s, stop.clone());
+            move || {
+                f.join().unwrap();
+                Vec::new()
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let mut r = connect(&t.url("/stream/healthy")).await;
+    wait_receivers(&t, "healthy", 1).await;
+    let mut src = connect(&t.url("/source/healthy")).await;
+    for i in 0..30u16 {
+        src.send(&protocol::pixels_keyframe(i, 0, 4, 4, &[i as u8; 64]))
+            .await
+            .unwrap();
+        let m = within(r.recv_binary()).await.unwrap();
+        assert_eq!(Header::parse(&m).unwrap().seq, i);
+    }
+    let worst = {
+        let mut worst = Duration::ZERO;
+        for _ in 0..5 {
+            worst = worst.max(healthz_time(&t).await);
+        }
+        worst
+    };
+    let took = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    // Generous bounds: a flood that held the worker would hold it until it
+    // stopped by itself (FLOOD_FOR).
+    assert!(worst < Duration::from_secs(2), "/healthz took {worst:?}");
+    assert!(
+        took < FLOOD_FOR / 2,
+        "30 frames and 5 health checks took {took:?} during the flood"
+    );
+    for th in threads {
+        let _ = tokio::task::spawn_blocking(move || th.join()).await;
+    }
+}
+
+/// Pings over the rate are not answered, and a flood closes the peer with
+/// 1008; one pong answers a burst of pings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ping_flood_is_closed_with_1008() {
+    let t = start(&["--ping-rate", "10", "--ping-burst", "10", "--input-flood-drops", "1000"]).await;
+    let s = raw_ws(&t, "/stream/f").await;
+    let reader = drain(s.try_clone().unwrap());
+    let stop = Arc::new(AtomicBool::new(false));
+    let flooder = flood_pings(s, stop.clone());
+    let last = tokio::task::spawn_blocking(move || reader.join().unwrap())
+        .await
+        .unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let _ = tokio::task::spawn_blocking(move || flooder.join()).await;
+    // The last bytes the relay sent end with its close frame: 1008 "ping flood".
+    let close = ws::close_payload(ws::CLOSE_POLICY, "ping flood");
+    assert!(
+        last.ends_with(&close),
+        "last bytes {:?} do not end with a 1008 close",
+        &last[last.len().saturating_sub(32)..]
+    );
+}
+
+/// A peer whose socket never takes our bytes is closed as slow even while
+/// it keeps sending (so it is never silent), counted from when data first
+/// queued: here only pongs queue, after a write that would block, so its
+/// socket never becomes writable again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_never_reads_is_closed_as_slow_whatever_it_sends() {
+    let t = start(&[
+        "--slow-timeout-ms",
+        "500",
+        "--ping-rate",
+        "100000000",
+        "--ping-burst",
+        "100000000",
+    ])
+    .await;
+    let addr = t.addr;
+    let s = tokio::task::spawn_blocking(move || {
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        sock.set_recv_buffer_size(4096).unwrap();
+        sock.connect(&addr.into()).unwrap();
+        let mut s: TcpStream = sock.into();
+        let key = bitstream_relay::wire::handshake::client_key(9);
+        s.write_all(&bitstream_relay::wire::handshake::client_request("x", "/stream/slow", &key))
+            .unwrap();
+        s
+    })
+    .await
+    .unwrap();
+    wait_receivers(&t, "slow", 1).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let pinger = {
+        let mut s = s.try_clone().unwrap();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let ping = ws::client_frame(ws::OP_PING, true, &[7u8; 125], [1, 2, 3, 4]);
+            let started = Instant::now();
+            while !stop.load(Ordering::Relaxed) && started.elapsed() < FLOOD_FOR {
+                if s.write_all(&ping).is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    eventually("the stuck peer closed as slow", || {
+        t.relay
+            .channel("slow")
+            .is_some_and(|c| c.traffic.slow_closes >= 1 && c.receivers == 0)
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let _ = tokio::task::spawn_blocking(move || pinger.join()).await;
+    drop(s);
+}
