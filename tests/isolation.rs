@@ -218,3 +218,43 @@ async fn a_peer_that_never_reads_is_closed_as_slow_whatever_it_sends() {
     let _ = tokio::task::spawn_blocking(move || pinger.join()).await;
     drop(s);
 }
+
+/// A 10-byte `SignalDiff` on a ~1 MiB signal state costs the relay about
+/// its own size, not a re-serialization of the state (which took ~4 ms per
+/// diff in release before); a joiner still gets the exact folded state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiny_diff_on_a_large_signal_state_costs_its_own_size() {
+    let t = start(&["--max-signal-state", "2000000"]).await;
+    let mut src = connect(&t.url("/source/sig")).await;
+    let mut expected = serde_json::Map::new();
+    for i in 0..8000 {
+        expected.insert(format!("key{i}"), serde_json::Value::from("x".repeat(120)));
+    }
+    let sync = serde_json::to_vec(&expected).unwrap();
+    assert!(sync.len() > 1_000_000);
+    src.send(&protocol::signal(false, 0, 0, &sync)).await.unwrap();
+    let started = Instant::now();
+    for i in 0..2000u32 {
+        let diff = format!(r#"{{"n":{i}}}"#);
+        src.send(&protocol::signal(true, i as u16, i, diff.as_bytes()))
+            .await
+            .unwrap();
+    }
+    eventually("every diff folded", || {
+        t.relay
+            .channel("sig")
+            .is_some_and(|c| c.traffic.frames_in == 2001)
+    })
+    .await;
+    let took = started.elapsed();
+    // Generous: re-serializing 1 MiB per diff costs seconds for 2000 diffs.
+    assert!(took < Duration::from_secs(5), "2000 tiny diffs took {took:?}");
+    expected.insert("n".into(), 1999.into());
+    let mut r = connect(&t.url("/stream/sig")).await;
+    let m = within(r.recv_binary()).await.unwrap();
+    let h = Header::parse(&m).unwrap();
+    assert_eq!(h.frame_type(), protocol::FrameType::SignalSync);
+    let state: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&m[protocol::HEADER_LEN..]).unwrap();
+    assert!(state == expected, "the joiner's state differs");
+}

@@ -163,7 +163,7 @@ pub(crate) fn render(relay: &Relay) -> String {
             .set(ch.receiver_count() as i64);
         cached
             .get_or_create(&labels)
-            .set(ch.catch_up().size() as i64);
+            .set(ch.cached_bytes() as i64);
     }
     let mut sub = reg.sub_registry_with_prefix("channel");
     for ((name, help, _), fam) in TRAFFIC.iter().zip(per_channel) {

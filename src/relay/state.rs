@@ -87,7 +87,7 @@ impl ChannelSummary {
             receivers: ch.receiver_count(),
             signal_peers: ch.signal_peer_count(),
             traffic: ch.traffic.snapshot(),
-            cached_bytes: ch.catch_up().size(),
+            cached_bytes: ch.cached_bytes(),
         }
     }
 }

@@ -129,7 +129,7 @@ impl Receiver {
             }
             t @ (FrameType::SignalSync | FrameType::SignalDiff) => match signal::parse(payload) {
                 Ok(obj) => {
-                    let _ = signal::fold(&mut self.signal, t == FrameType::SignalDiff, obj);
+                    signal::fold(&mut self.signal, t == FrameType::SignalDiff, obj);
                     Event::Signal(h)
                 }
                 Err(_) => Event::Frame(h, msg),

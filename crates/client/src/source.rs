@@ -143,7 +143,7 @@ impl Source {
     /// Merges `diff` into the signal state and sends it as a `SignalDiff`.
     pub async fn send_signal_diff(&mut self, diff: &signal::State) -> Result<(), ClientError> {
         let json = serde_json::Value::Object(diff.clone()).to_string();
-        let _ = signal::fold(&mut self.signal, true, diff.clone());
+        signal::fold(&mut self.signal, true, diff.clone());
         let (seq, ts) = self.stamp();
         self.send_message(&protocol::signal(true, seq, ts, json.as_bytes()))
             .await

@@ -9,16 +9,18 @@ use crate::relay::cache::{CacheWriter, CatchUp};
 use crate::relay::peer::Peer;
 
 impl Channel {
-    /// The current catch-up snapshot.
-    pub(crate) fn catch_up(&self) -> Arc<CatchUp> {
-        self.cache.load_full()
+    /// Bytes a catch-up sends now: picture and signal state.
+    pub(crate) fn cached_bytes(&self) -> usize {
+        self.cache.load().size() + lock(&self.writer).signal_size()
     }
 
     /// Sends `peer` the current catch-up state (join or skip-forward).
     pub(crate) fn resync(&self, peer: &Peer) {
         peer.egress.resync(|| {
             let snap = self.cache.load_full();
-            (snap.frames(), snap.seq)
+            let mut frames = snap.frames();
+            frames.extend(lock(&self.writer).signal_frame());
+            (frames, snap.seq)
         });
         self.traffic.catchups.inc();
     }
@@ -31,10 +33,10 @@ impl Channel {
         if self.source.load().is_some() || left == 0 || now.saturating_sub(left) < grace_ms {
             return false;
         }
-        if self.cache.load().is_empty() {
+        let mut w = lock(&self.writer);
+        if w.is_empty() {
             return false;
         }
-        let mut w = lock(&self.writer);
         *w = CacheWriter::new(w.max_signal_state());
         self.cache.store(Arc::new(CatchUp {
             seq: self.seq.load(Ordering::Relaxed),

@@ -118,9 +118,7 @@ impl Session {
             let may_read = self.role != Role::Echo
                 || self.peer.egress.queued_bytes() < self.relay.config.egress_queue;
             if !self.reader.frame_ready() {
-                if let Some(p) = self.pong.take() {
-                    self.send_control(ws::OP_PONG, &p);
-                }
+                self.flush_pong();
             }
             let deadline = self.next_deadline();
             let step = tokio::select! {
@@ -165,6 +163,10 @@ impl Session {
                 });
             }
         };
+        if !matches!(msg, Incoming::Ping(_)) {
+            // Pongs keep their place before later messages.
+            self.flush_pong();
+        }
         match msg {
             Incoming::Binary(m) => self.on_binary(&m).await,
             Incoming::Text(m) => self.on_text(&m),
@@ -178,16 +180,27 @@ impl Session {
         }
     }
 
-    /// A ping: answered (coalesced) within the ping rate; a flood closes
-    /// the peer.
+    /// A ping: answered at once within the ping rate; over it, only the
+    /// latest of a burst is answered (once the burst has been read); a
+    /// flood closes the peer.
     fn on_ping(&mut self, payload: Bytes) -> Step {
         let now = Instant::now().into_std();
         match self.pings.take(now, self.relay.config.input_flood_drops) {
-            Verdict::Allow => self.pong = Some(payload),
-            Verdict::Drop => self.channel.traffic.dropped.inc(),
+            Verdict::Allow => {
+                self.pong = None;
+                self.send_control(ws::OP_PONG, &payload);
+            }
+            Verdict::Drop => self.pong = Some(payload),
             Verdict::Abuse => return Step::Break(Exit::Closed(ws::CLOSE_POLICY, "ping flood")),
         }
         Step::Continue(())
+    }
+
+    /// Sends the pong owed for coalesced pings, if any.
+    fn flush_pong(&mut self) {
+        if let Some(p) = self.pong.take() {
+            self.send_control(ws::OP_PONG, &p);
+        }
     }
 
     async fn on_binary(&mut self, m: &WireMessage) -> Step {

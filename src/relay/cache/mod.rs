@@ -12,7 +12,7 @@
 //! [`MAX_CHAIN`] frames, the writer folds the chain into a new synthesized
 //! `Keyframe` (decoding the deltas onto a copy of the frame), so catch-up
 //! never costs more than about two frames and memory never grows with time.
-//! The folded signal state is capped by `--max-signal-state`.
+//! The folded signal state ([`signal`]) is capped by `--max-signal-state`.
 
 use std::sync::Arc;
 
@@ -20,9 +20,13 @@ use bytes::Bytes;
 use bitstream_wire::codec::{self, CodecError};
 use bitstream_wire::protocol::{self, FrameType, Header, FLAG_KEYFRAME, HEADER_LEN};
 use bitstream_wire::reader::WireMessage;
-use bitstream_wire::signal::{self, SignalError};
+use bitstream_wire::signal::SignalError;
 use bitstream_wire::ws;
 use thiserror::Error;
+
+mod signal;
+
+use signal::SignalState;
 
 /// Longest delta chain kept before it is folded into a keyframe.
 pub(crate) const MAX_CHAIN: usize = 512;
@@ -61,6 +65,9 @@ pub(crate) struct DeltaNode {
 }
 
 /// An immutable snapshot of a channel's catch-up state.
+///
+/// The signal state is not in the snapshot: it is kept by the writer and
+/// encoded lazily (see [`signal`]).
 #[derive(Debug, Default)]
 pub(crate) struct CatchUp {
     /// Channel sequence of the last frame this snapshot includes.
@@ -69,29 +76,24 @@ pub(crate) struct CatchUp {
     pub(crate) keyframe: Option<Bytes>,
     /// Deltas since the keyframe, newest first.
     pub(crate) deltas: Option<Arc<DeltaNode>>,
-    /// The folded signal state as one `SignalSync`, encoded for the wire.
-    pub(crate) signal: Option<Bytes>,
 }
 
 impl CatchUp {
-    /// The frames to send, in order: keyframe, deltas oldest first, signal.
+    /// The picture frames to send, in order: keyframe, deltas oldest first.
     pub(crate) fn frames(&self) -> Vec<Bytes> {
         let mut out: Vec<Bytes> = self.keyframe.iter().cloned().collect();
         out.extend(chain(&self.deltas));
-        out.extend(self.signal.iter().cloned());
         out
     }
 
-    /// Bytes a catch-up from this snapshot sends.
+    /// Bytes of picture a catch-up from this snapshot sends.
     pub(crate) fn size(&self) -> usize {
-        self.keyframe.as_ref().map_or(0, Bytes::len)
-            + self.deltas.as_ref().map_or(0, |d| d.bytes)
-            + self.signal.as_ref().map_or(0, Bytes::len)
+        self.keyframe.as_ref().map_or(0, Bytes::len) + self.deltas.as_ref().map_or(0, |d| d.bytes)
     }
 
-    /// True if there is nothing to catch up on.
+    /// True if there is no picture to catch up on.
     pub(crate) fn is_empty(&self) -> bool {
-        self.keyframe.is_none() && self.deltas.is_none() && self.signal.is_none()
+        self.keyframe.is_none() && self.deltas.is_none()
     }
 }
 
@@ -100,8 +102,7 @@ impl CatchUp {
 #[derive(Debug)]
 pub(crate) struct CacheWriter {
     current: Arc<CatchUp>,
-    signal: signal::State,
-    max_signal_state: usize,
+    signal: SignalState,
 }
 
 impl CacheWriter {
@@ -109,8 +110,7 @@ impl CacheWriter {
     pub(crate) fn new(max_signal_state: usize) -> Self {
         Self {
             current: Arc::new(CatchUp::default()),
-            signal: signal::State::new(),
-            max_signal_state,
+            signal: SignalState::new(max_signal_state),
         }
     }
 
@@ -131,7 +131,6 @@ impl CacheWriter {
                 seq,
                 keyframe: Some(msg.wire.clone()),
                 deltas: None,
-                signal: cur.signal.clone(),
             },
             FrameType::DeltaPixels => {
                 codec::zrle_validate(payload, h.rgba_len())?;
@@ -149,8 +148,7 @@ impl CacheWriter {
                             seq,
                             keyframe: cur.keyframe.clone(),
                             deltas: Some(Arc::new(node)),
-                            signal: cur.signal.clone(),
-                        };
+                                    };
                         let kf_len = snap.keyframe.as_ref().map_or(0, Bytes::len);
                         if count + 1 >= MAX_CHAIN || bytes + msg.wire.len() > kf_len {
                             snap = fold_chain(snap, h)?;
@@ -164,19 +162,13 @@ impl CacheWriter {
                         seq,
                         keyframe: None,
                         deltas: None,
-                        signal: cur.signal.clone(),
-                    },
+                            },
                     _ => return Ok(None),
                 }
             }
             t @ (FrameType::SignalSync | FrameType::SignalDiff) => {
-                let signal = self.fold_signal(t == FrameType::SignalDiff, payload, h)?;
-                CatchUp {
-                    seq,
-                    keyframe: cur.keyframe.clone(),
-                    deltas: cur.deltas.clone(),
-                    signal: Some(signal),
-                }
+                self.signal.apply(t == FrameType::SignalDiff, payload, h)?;
+                return Ok(None);
             }
             _ => return Ok(None),
         };
@@ -184,32 +176,24 @@ impl CacheWriter {
         Ok(Some(self.current.clone()))
     }
 
-    /// Folds a sync or diff into the signal state and encodes the result as
-    /// one `SignalSync` wire frame. The state is unchanged on error.
-    fn fold_signal(&mut self, diff: bool, payload: &[u8], h: &Header) -> Result<Bytes, CacheError> {
-        let obj = signal::parse(payload)?;
-        let undo = signal::fold(&mut self.signal, diff, obj);
-        let encoded = match serde_json::to_vec(&self.signal) {
-            Ok(json) if json.len() <= self.max_signal_state => json,
-            Ok(json) => {
-                undo.revert(&mut self.signal);
-                return Err(CacheError::SignalTooLarge {
-                    size: json.len(),
-                    limit: self.max_signal_state,
-                });
-            }
-            Err(e) => {
-                undo.revert(&mut self.signal);
-                return Err(SignalError::Json(e.to_string()).into());
-            }
-        };
-        let msg = protocol::signal(false, h.seq, h.timestamp, &encoded);
-        Ok(Bytes::from(ws::server_frame(ws::OP_BINARY, &msg)))
-    }
-
     /// The signal state limit this writer enforces.
     pub(crate) fn max_signal_state(&self) -> usize {
-        self.max_signal_state
+        self.signal.limit()
+    }
+
+    /// The signal state as one `SignalSync` frame, if there is one.
+    pub(crate) fn signal_frame(&mut self) -> Option<Bytes> {
+        self.signal.sync_frame()
+    }
+
+    /// Serialized size of the folded signal state.
+    pub(crate) fn signal_size(&self) -> usize {
+        self.signal.size()
+    }
+
+    /// True if there is no state at all to catch up on.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.current.is_empty() && self.signal.is_empty()
     }
 }
 
@@ -265,7 +249,6 @@ fn fold_chain(snap: CatchUp, last: &Header) -> Result<CatchUp, CacheError> {
         seq: snap.seq,
         keyframe: Some(Bytes::from(ws::server_frame(ws::OP_BINARY, &msg))),
         deltas: None,
-        signal: snap.signal,
     })
 }
 
@@ -274,8 +257,8 @@ mod tests {
     use super::*;
 
     impl CacheWriter {
-        fn signal_state(&self) -> &signal::State {
-            &self.signal
+        fn signal_state(&self) -> &bitstream_wire::signal::State {
+            self.signal.state()
         }
     }
     use bitstream_wire::protocol::{delta_pixels, pixels_keyframe};
@@ -369,10 +352,8 @@ mod tests {
             ));
             w.apply(&h, &m, 2 + i).unwrap();
         }
-        let snap = w.current.clone();
-        let frames = snap.frames();
-        assert_eq!(frames.len(), 1);
-        let m = payload_of(&frames[0]);
+        assert!(w.current.frames().is_empty(), "no picture");
+        let m = payload_of(&w.signal_frame().unwrap());
         assert_eq!(m[0], FrameType::SignalSync.to_u8());
         let state: Value = serde_json::from_slice(&m[HEADER_LEN..]).unwrap();
         assert_eq!(state["a"], 1);
