@@ -529,6 +529,16 @@ pub fn zrle_validate(payload: &[u8], frame_len: usize) -> Result<(), CodecError>
     walk_tokens(payload, frame_len, |_, _, _| {})
 }
 
+/// Like [`zrle_validate`], and tells whether the delta changes anything:
+/// false when every XOR byte it carries is zero (reads the literals).
+pub fn zrle_changes(payload: &[u8], frame_len: usize) -> Result<bool, CodecError> {
+    let mut changes = false;
+    walk_tokens(payload, frame_len, |_, _, lits| {
+        changes |= lits.iter().any(|&b| b != 0);
+    })?;
+    Ok(changes)
+}
+
 /// Decode a ZRLE payload into exactly `frame_len` bytes of XOR data.
 ///
 /// The payload is validated before anything is allocated, so an invalid payload never
@@ -825,6 +835,26 @@ mod tests {
         let mut f = [1u8, 2, 3, 4];
         apply_delta(&mut f, &p).unwrap();
         assert_eq!(f, [1, 2, 3 ^ 7, 4]);
+    }
+
+    #[test]
+    fn an_identity_delta_changes_nothing() {
+        let frame = vec![7u8; 4096];
+        let mut same = Vec::new();
+        encode_delta(&frame, &frame, &mut same).unwrap();
+        assert_eq!(zrle_changes(&same, frame.len()), Ok(false));
+        let mut other = frame.clone();
+        other[4000] ^= 1;
+        let mut diff = Vec::new();
+        encode_delta(&frame, &other, &mut diff).unwrap();
+        assert_eq!(zrle_changes(&diff, frame.len()), Ok(true));
+        // Literal zero bytes change nothing either.
+        let mut zeros = Vec::new();
+        write_varint(0, &mut zeros);
+        write_varint(4, &mut zeros);
+        zeros.extend([0, 0, 0, 0]);
+        assert_eq!(zrle_changes(&zeros, 4), Ok(false));
+        assert!(zrle_changes(&zeros, 5).is_err());
     }
 
     #[test]

@@ -4,15 +4,20 @@
 //! Readers load an immutable [`CatchUp`] snapshot through `ArcSwap` (in
 //! `channel`) and never lock; only the channel's source task runs the
 //! [`CacheWriter`]. The snapshot holds the latest full frame, every
-//! `DeltaPixels` since it (a persistent list, so appending is O(1) and old
-//! snapshots stay valid), and the signal state folded into one JSON object
-//! sent as one synthesized `SignalSync`.
+//! `DeltaPixels` since it that changes a pixel (a persistent list, so
+//! appending is O(1) and old snapshots stay valid; a delta that changes
+//! nothing is forwarded but not cached). The signal state is kept beside it
+//! ([`signal`]) and sent as one synthesized `SignalSync`.
 //!
-//! Bounds: when the delta chain grows past the keyframe's own size or
-//! [`MAX_CHAIN`] frames, the writer folds the chain into a new synthesized
-//! `Keyframe` (decoding the deltas onto a copy of the frame), so catch-up
-//! never costs more than about two frames and memory never grows with time.
-//! The folded signal state ([`signal`]) is capped by `--max-signal-state`.
+//! Bounds: the writer folds the chain into a new synthesized `Keyframe`
+//! (decoding the deltas onto a copy of the frame) when the chain outweighs
+//! the keyframe, or has [`MAX_CHAIN`] frames *and* weighs at least 1/16 of
+//! the keyframe, or has [`MAX_CHAIN_HARD`] frames. So catch-up never costs
+//! more than about two frames, memory never grows with time, and a fold (a
+//! new keyframe-sized allocation) always takes at least 1/16 of a keyframe,
+//! or 32,768 changing deltas, of upload: tiny deltas cannot make the relay
+//! allocate a 33 MB frame every few kilobytes. The folded signal state is
+//! capped by `--max-signal-state`.
 
 use std::sync::Arc;
 
@@ -28,8 +33,11 @@ mod signal;
 
 use signal::SignalState;
 
-/// Longest delta chain kept before it is folded into a keyframe.
+/// Delta chain length from which a chain that weighs 1/16 of its keyframe is folded.
 pub(crate) const MAX_CHAIN: usize = 512;
+
+/// Delta chain length at which the chain is folded whatever it weighs.
+pub(crate) const MAX_CHAIN_HARD: usize = 32_768;
 
 /// Why a source message cannot be accepted into the channel state (it is
 /// then neither cached nor forwarded).
@@ -133,7 +141,10 @@ impl CacheWriter {
                 deltas: None,
             },
             FrameType::DeltaPixels => {
-                codec::zrle_validate(payload, h.rgba_len())?;
+                if !codec::zrle_changes(payload, h.rgba_len())? {
+                    // Valid, and the picture stays as it is: nothing to cache.
+                    return Ok(None);
+                }
                 match cur.keyframe.as_ref().map(keyframe_dims) {
                     Some(dims) if dims == (h.width, h.height) => {
                         let (count, bytes) =
@@ -150,7 +161,11 @@ impl CacheWriter {
                             deltas: Some(Arc::new(node)),
                                     };
                         let kf_len = snap.keyframe.as_ref().map_or(0, Bytes::len);
-                        if count + 1 >= MAX_CHAIN || bytes + msg.wire.len() > kf_len {
+                        let (count, bytes) = (count + 1, bytes + msg.wire.len());
+                        if bytes > kf_len
+                            || (count >= MAX_CHAIN && bytes >= kf_len / 16)
+                            || count >= MAX_CHAIN_HARD
+                        {
                             snap = fold_chain(snap, h)?;
                         }
                         snap
@@ -315,6 +330,60 @@ mod tests {
                 snap.size()
             );
         }
+    }
+
+    /// A ZRLE delta that flips one byte at `pos` of a `len`-byte frame.
+    fn one_byte_delta(pos: usize, len: usize, xor: u8) -> Vec<u8> {
+        fn leb(mut v: usize, out: &mut Vec<u8>) {
+            while v >= 0x80 {
+                out.push(v as u8 | 0x80);
+                v >>= 7;
+            }
+            out.push(v as u8);
+        }
+        let mut z = Vec::new();
+        leb(pos, &mut z);
+        leb(1, &mut z);
+        z.push(xor);
+        if pos + 1 < len {
+            leb(len - pos - 1, &mut z);
+            leb(0, &mut z);
+        }
+        z
+    }
+
+    #[test]
+    fn deltas_that_change_nothing_are_not_cached() {
+        let mut w = CacheWriter::new(1 << 20);
+        let (h, m) = wire(pixels_keyframe(0, 0, 64, 64, &[3u8; 64 * 64 * 4]));
+        let kf = w.apply(&h, &m, 1).unwrap().unwrap().keyframe.clone().unwrap();
+        for i in 0..5000u64 {
+            let (h, m) = wire(delta_pixels(i as u16, 0, 64, 64, &one_byte_delta(9, 64 * 64 * 4, 0)));
+            assert!(w.apply(&h, &m, i + 2).unwrap().is_none());
+        }
+        assert_eq!(w.current.keyframe.as_ref().unwrap().as_ptr(), kf.as_ptr());
+        assert!(w.current.deltas.is_none());
+    }
+
+    #[test]
+    fn tiny_deltas_do_not_fold_a_big_keyframe_every_512() {
+        let mut w = CacheWriter::new(1 << 20);
+        let len = 512 * 512 * 4;
+        let (h, m) = wire(pixels_keyframe(0, 0, 512, 512, &vec![0u8; len]));
+        let kf = w.apply(&h, &m, 1).unwrap().unwrap().keyframe.clone().unwrap();
+        // 2000 deltas of a few bytes weigh far less than 1/16 of 1 MiB.
+        for i in 0..2000u64 {
+            let z = one_byte_delta(i as usize * 4, len, 0xFF);
+            let (h, m) = wire(delta_pixels(i as u16, 0, 512, 512, &z));
+            w.apply(&h, &m, i + 2).unwrap();
+        }
+        assert_eq!(w.current.keyframe.as_ref().unwrap().as_ptr(), kf.as_ptr(), "not folded");
+        assert_eq!(w.current.deltas.as_ref().unwrap().count, 2000);
+        let mut picture = vec![0u8; len];
+        for i in 0..2000 {
+            picture[i * 4] = 0xFF;
+        }
+        assert_eq!(rebuild(&w.current).unwrap(), picture);
     }
 
     #[test]
