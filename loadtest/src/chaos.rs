@@ -8,33 +8,37 @@
 //! separate one-worker runtime whose threads run at nice 10, so the healthy
 //! side, which is what is measured, gets the driver's core first.
 
-use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::future::Future;
 use std::io;
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bitstream_relay::conn::{Incoming, WsReader};
-use bitstream_relay::protocol::{self, Header, InputType, FLAG_INPUT, FLAG_KEYFRAME};
-use bitstream_relay::ws::{self, Role};
+use bitstream_wire::handshake;
+use bitstream_wire::protocol::{self, Header, InputType, FLAG_INPUT, FLAG_KEYFRAME};
+use bitstream_wire::ws;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::now_ns;
+use crate::peer::{
+    self, io_end, read_head, tcp_connect, write_all, RecvCfg, Sample, Sink, Source, SourceCfg,
+    Target,
+};
 use crate::relays::{self, Paths, RelayKind};
+use crate::report::{self, mb, opt};
 use crate::sys::{self, ProcSample};
-use crate::wire::{Ev, FrameTemplate, Framing, Parser};
-use crate::{now_ns, report};
+use crate::verify::Counts;
+use crate::wire::{Ev, Framing, Parser};
 
 /// Options of `loadtest chaos`.
 #[derive(clap::Args, Clone, Debug)]
@@ -196,110 +200,6 @@ fn set_rst_on_close(s: &TcpStream) {
     }
 }
 
-async fn tcp_connect(addr: SocketAddr, rcvbuf: Option<u32>) -> io::Result<TcpStream> {
-    let sock = TcpSocket::new_v4()?;
-    if let Some(b) = rcvbuf {
-        sock.set_recv_buffer_size(b)?;
-    }
-    let s = sock.connect(addr).await?;
-    let _ = s.set_nodelay(true);
-    Ok(s)
-}
-
-/// write_all on a shared `&TcpStream`.
-async fn write_all(s: &TcpStream, mut b: &[u8]) -> io::Result<()> {
-    while !b.is_empty() {
-        s.writable().await?;
-        match s.try_write(b) {
-            Ok(n) => b = &b[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-fn io_end(e: &io::Error) -> String {
-    match e.kind() {
-        io::ErrorKind::ConnectionReset => "reset by relay".into(),
-        io::ErrorKind::BrokenPipe => "broken pipe".into(),
-        _ => format!("error: {e}"),
-    }
-}
-
-/// Reads an HTTP response head. Ok((status, head, bytes after the head)).
-async fn read_head(s: &TcpStream, limit: Duration) -> Result<(u16, String, Vec<u8>), String> {
-    let deadline = Instant::now() + limit;
-    let mut buf = Vec::with_capacity(512);
-    loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..i + 4]).into_owned();
-            let status = head
-                .split_whitespace()
-                .nth(1)
-                .and_then(|c| c.parse().ok())
-                .unwrap_or(0);
-            return Ok((status, head, buf[i + 4..].to_vec()));
-        }
-        if buf.len() > 64 * 1024 {
-            return Err("response head too large".into());
-        }
-        match tokio::time::timeout_at(deadline, s.readable()).await {
-            Err(_) => return Err("no answer".into()),
-            Ok(Err(e)) => return Err(io_end(&e)),
-            Ok(Ok(())) => {}
-        }
-        let mut chunk = [0u8; 4096];
-        match s.try_read(&mut chunk) {
-            Ok(0) => {
-                return Err(if buf.is_empty() {
-                    "EOF, no answer".into()
-                } else {
-                    "EOF inside the response head".into()
-                })
-            }
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(io_end(&e)),
-        }
-    }
-}
-
-/// The result of a WebSocket handshake attempt.
-enum Hs {
-    /// 101 with the right accept key; bytes read past the head.
-    Ok(Vec<u8>),
-    /// Any other answer: "HTTP 409" etc., or the failure.
-    Refused(String),
-}
-
-async fn handshake(s: &TcpStream, host: &str, path: &str, limit: Duration) -> Hs {
-    if let Err(e) = write_all(s, &ws::client_request(host, path, WS_KEY)).await {
-        return Hs::Refused(format!("handshake write: {}", io_end(&e)));
-    }
-    match read_head(s, limit).await {
-        Ok((101, head, rest)) => {
-            let want = ws::accept_key(WS_KEY);
-            let ok = head.lines().any(|l| {
-                l.split_once(':').is_some_and(|(k, v)| {
-                    k.trim().eq_ignore_ascii_case("sec-websocket-accept") && v.trim() == want
-                })
-            });
-            if ok {
-                Hs::Ok(rest)
-            } else {
-                Hs::Refused("101 with a wrong Sec-WebSocket-Accept".into())
-            }
-        }
-        Ok((code, _, _)) => Hs::Refused(format!("HTTP {code}")),
-        Err(e) => Hs::Refused(format!("handshake: {e}")),
-    }
-}
-
-thread_local! {
-    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
-
 /// How a watched connection ended.
 #[derive(Debug)]
 enum End {
@@ -385,21 +285,15 @@ async fn watch_end(
             }
             Ok(Ok(())) => {}
         }
-        let r = SCRATCH.with(|cell| {
-            let mut buf = cell.borrow_mut();
-            if buf.len() != 64 * 1024 {
-                buf.resize(64 * 1024, 0);
+        let r = peer::with_scratch(64 * 1024, |buf| match s.try_read(buf) {
+            Ok(0) => Err(End::Eof),
+            Ok(n) => {
+                w.bytes += n as u64;
+                feed(&mut p, &buf[..n], &mut close, &mut msgs).map_err(End::Err)
             }
-            match s.try_read(&mut buf) {
-                Ok(0) => Err(End::Eof),
-                Ok(n) => {
-                    w.bytes += n as u64;
-                    feed(&mut p, &buf[..n], &mut close, &mut msgs).map_err(End::Err)
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Err(End::Reset),
-                Err(e) => Err(End::Err(e.to_string())),
-            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Err(End::Reset),
+            Err(e) => Err(End::Err(e.to_string())),
         });
         if let Err(e) = r {
             w.end = e;
@@ -411,14 +305,17 @@ async fn watch_end(
 }
 
 /// Plain HTTP GET with `Connection: close`; (status, body).
-async fn http_get(addr: SocketAddr, host: &str, path: &str) -> Result<(u16, String), String> {
-    let s = tcp_connect(addr, None).await.map_err(|e| e.to_string())?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+async fn http_get(t: &Target, path: &str) -> Result<(u16, String), String> {
+    let s = tcp_connect(t.addr, None).await.map_err(|e| e.to_string())?;
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        t.host
+    );
     write_all(&s, req.as_bytes())
         .await
         .map_err(|e| e.to_string())?;
     let (status, head, mut body) = read_head(&s, Duration::from_secs(5)).await?;
-    let want: Option<usize> = head.lines().find_map(|l| {
+    let want: Option<usize> = String::from_utf8_lossy(&head).lines().find_map(|l| {
         l.split_once(':')
             .filter(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
             .and_then(|(_, v)| v.trim().parse().ok())
@@ -482,10 +379,6 @@ fn fd_count(pid: u32) -> Option<usize> {
         .map(|d| d.count())
 }
 
-fn new_hist() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("histogram bounds")
-}
-
 // ---------------------------------------------------------------- healthy side
 
 /// Phase boundaries (ns since the epoch; 0 = not yet).
@@ -510,302 +403,40 @@ impl Phases {
 
 const PHASES: [&str; 3] = ["calm", "chaos", "settle"];
 
-#[derive(Default)]
-struct HStat {
-    /// Per frame index: 0 not (yet) delivered, 1 intact, 2 corrupted.
-    got: Mutex<Vec<u8>>,
-    ooo: AtomicU64,
-    corrupt: AtomicU64,
-    foreign: AtomicU64,
-    next: AtomicU64,
-    done: AtomicBool,
-    ended: Mutex<Option<String>>,
-}
-
+/// What the healthy receivers measured, by phase.
 struct HShared {
     phases: Arc<Phases>,
+    /// Latency by the phase the frame was sent in.
     hist: Mutex<[Histogram<u64>; 3]>,
+    /// Latency since the last progress line.
     sec: Mutex<Histogram<u64>>,
     /// Per frame index: (min, max) latency over the healthy receivers, µs.
     per_frame: Mutex<Vec<(u64, u64)>>,
+    /// Corrupt frames by the phase they arrived in.
+    corrupt: [AtomicU64; 3],
 }
 
-struct HRx {
-    st: Arc<HStat>,
-    expect: u64,
-    lat: Vec<(u64, u64, u64)>,
-    pongs: Vec<Vec<u8>>,
-    close: Option<u16>,
-    now_us: u64,
-    mask: u32,
-}
-
-impl HRx {
-    fn mark(&self, idx: u64, v: u8) {
-        if idx > 50_000_000 {
-            return;
-        }
-        let mut g = self.st.got.lock().unwrap();
-        if g.len() <= idx as usize {
-            g.resize(idx as usize + 1, 0);
-        }
-        if g[idx as usize] == 0 {
-            g[idx as usize] = v;
+impl Sink for HShared {
+    fn record(&self, delivered: &[Sample]) {
+        let mut h = self.hist.lock().unwrap();
+        let mut sec = self.sec.lock().unwrap();
+        let mut pf = self.per_frame.lock().unwrap();
+        for d in delivered {
+            h[self.phases.of(d.send_ns)].saturating_record(d.lat_us);
+            sec.saturating_record(d.lat_us);
+            if d.idx < 10_000_000 {
+                if pf.len() <= d.idx as usize {
+                    pf.resize(d.idx as usize + 1, (u64::MAX, 0));
+                }
+                let e = &mut pf[d.idx as usize];
+                *e = (e.0.min(d.lat_us), e.1.max(d.lat_us));
+            }
         }
     }
 
-    fn on(&mut self, e: Ev<'_>) {
-        match e {
-            Ev::Msg(m) => {
-                if !m.test_frame {
-                    self.st.foreign.fetch_add(1, Relaxed);
-                    return;
-                }
-                if m.checked && !m.sum_ok {
-                    self.st.corrupt.fetch_add(1, Relaxed);
-                    return;
-                }
-                if m.idx < self.expect {
-                    self.st.ooo.fetch_add(1, Relaxed);
-                    return;
-                }
-                self.mark(m.idx, 1);
-                self.expect = m.idx + 1;
-                self.st.next.store(self.expect, Relaxed);
-                self.lat.push((
-                    m.idx,
-                    m.send_ns,
-                    self.now_us.saturating_sub(m.send_ns / 1000).max(1),
-                ));
-            }
-            Ev::Ping(b) => {
-                self.mask = self.mask.wrapping_mul(1_103_515_245).wrapping_add(12_345);
-                self.pongs.push(ws::client_frame(
-                    ws::OP_PONG,
-                    true,
-                    b,
-                    self.mask.to_ne_bytes(),
-                ));
-            }
-            Ev::Close(c) => self.close = Some(c),
-        }
+    fn corrupt(&self, n: u64) {
+        self.corrupt[self.phases.of(now_ns())].fetch_add(n, Relaxed);
     }
-}
-
-async fn healthy_rx(s: TcpStream, left: Vec<u8>, rid: u64, st: Arc<HStat>, sh: Arc<HShared>) {
-    let mut p = Parser::new(Framing::Ws, 1, rid);
-    let mut rx = HRx {
-        st: st.clone(),
-        expect: 0,
-        lat: Vec::with_capacity(64),
-        pongs: Vec::new(),
-        close: None,
-        now_us: now_ns() / 1000,
-        mask: rid as u32 | 1,
-    };
-    let ended = 'outer: {
-        if let Err(e) = p.feed(&left, &mut |e| rx.on(e)) {
-            break 'outer format!("parse error: {e}");
-        }
-        loop {
-            let r: Result<bool, String> = SCRATCH.with(|cell| {
-                let mut buf = cell.borrow_mut();
-                if buf.len() != 256 * 1024 {
-                    buf.resize(256 * 1024, 0);
-                }
-                for _ in 0..16 {
-                    match s.try_read(&mut buf) {
-                        Ok(0) => return Err("connection closed without close frame".into()),
-                        Ok(n) => {
-                            rx.now_us = now_ns() / 1000;
-                            p.feed(&buf[..n], &mut |e| rx.on(e))?;
-                            if let Some(c) = rx.close {
-                                return Err(format!("closed by relay with {c}"));
-                            }
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                        Err(e) => return Err(e.to_string()),
-                    }
-                }
-                Ok(true)
-            });
-            if !rx.lat.is_empty() {
-                let mut h = sh.hist.lock().unwrap();
-                let mut sec = sh.sec.lock().unwrap();
-                let mut pf = sh.per_frame.lock().unwrap();
-                for &(idx, send, v) in &rx.lat {
-                    h[sh.phases.of(send)].saturating_record(v);
-                    sec.saturating_record(v);
-                    if idx < 10_000_000 {
-                        if pf.len() <= idx as usize {
-                            pf.resize(idx as usize + 1, (u64::MAX, 0));
-                        }
-                        let e = &mut pf[idx as usize];
-                        *e = (e.0.min(v), e.1.max(v));
-                    }
-                }
-                rx.lat.clear();
-            }
-            for pong in std::mem::take(&mut rx.pongs) {
-                let _ = write_all(&s, &pong).await;
-            }
-            match r {
-                Ok(true) => tokio::task::yield_now().await,
-                Ok(false) => {
-                    if let Err(e) = s.readable().await {
-                        break 'outer format!("socket error: {e}");
-                    }
-                }
-                Err(e) => break 'outer e,
-            }
-        }
-    };
-    st.done.store(true, Relaxed);
-    *st.ended.lock().unwrap() = Some(ended);
-}
-
-/// The healthy source: paced frames, and every input the relay forwards.
-#[derive(Default)]
-struct Src {
-    sent: AtomicU64,
-    send_ns: Mutex<Vec<u64>>,
-    stop: AtomicBool,
-    done: AtomicBool,
-    release: AtomicBool,
-    late: Mutex<Option<Histogram<u64>>>,
-    error: Mutex<Option<String>>,
-    inputs_valid: AtomicU64,
-    inputs_invalid: AtomicU64,
-    invalid_examples: Mutex<Vec<String>>,
-    input_kinds: Mutex<BTreeMap<String, u64>>,
-}
-
-#[allow(clippy::too_many_arguments)]
-fn source_thread(
-    addr: SocketAddr,
-    host: String,
-    path: String,
-    w: u16,
-    h: u16,
-    fps: f64,
-    src: Arc<Src>,
-    ready: mpsc::Sender<Result<(), String>>,
-    go: mpsc::Receiver<()>,
-) {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            let _ = ready.send(Err(e.to_string()));
-            return;
-        }
-    };
-    let conn = rt.block_on(async {
-        let s = tcp_connect(addr, None).await.map_err(|e| e.to_string())?;
-        match handshake(&s, &host, &path, Duration::from_secs(10)).await {
-            Hs::Ok(left) => Ok((Arc::new(s), left)),
-            Hs::Refused(r) => Err(r),
-        }
-    });
-    let (stream, left) = match conn {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = ready.send(Err(format!("source: {e}")));
-            return;
-        }
-    };
-    let mut tpl = FrameTemplate::new(Framing::Ws, w, h);
-    let _ = ready.send(Ok(()));
-    if go.recv().is_err() {
-        return;
-    }
-    *src.late.lock().unwrap() = Some(new_hist());
-    rt.block_on(async move {
-        // Inputs the relay forwards to the source: every one must be valid.
-        let rd = {
-            let (stream, src) = (stream.clone(), src.clone());
-            tokio::spawn(async move {
-                let mut r = WsReader::new(Role::Client, 1 << 20, 64 * 1024, &left);
-                loop {
-                    match r.next(&stream).await {
-                        Ok(Incoming::Binary(m)) => {
-                            let p = m.payload();
-                            match protocol::validate_input_message(p) {
-                                Ok(h) => {
-                                    src.inputs_valid.fetch_add(1, Relaxed);
-                                    *src.input_kinds
-                                        .lock()
-                                        .unwrap()
-                                        .entry(format!("{:?}", h.input_type()))
-                                        .or_default() += 1;
-                                }
-                                Err(e) => {
-                                    src.inputs_invalid.fetch_add(1, Relaxed);
-                                    let mut ex = src.invalid_examples.lock().unwrap();
-                                    if ex.len() < 5 {
-                                        ex.push(format!("{e} ({} bytes)", p.len()));
-                                    }
-                                }
-                            }
-                        }
-                        Ok(Incoming::Text(_)) => {
-                            src.inputs_invalid.fetch_add(1, Relaxed);
-                        }
-                        Ok(Incoming::Close(c)) => {
-                            if !src.release.load(Relaxed) {
-                                src.error
-                                    .lock()
-                                    .unwrap()
-                                    .get_or_insert(format!("source closed by relay: {c:?}"));
-                            }
-                            return;
-                        }
-                        Ok(_) => {}
-                        Err(e) => {
-                            if !src.release.load(Relaxed) {
-                                src.error
-                                    .lock()
-                                    .unwrap()
-                                    .get_or_insert(format!("source read: {e}"));
-                            }
-                            return;
-                        }
-                    }
-                }
-            })
-        };
-        let period = Duration::from_secs_f64(1.0 / fps.max(0.1));
-        let start = Instant::now();
-        let t0 = std::time::Instant::now();
-        let mut k: u64 = 0;
-        while !src.stop.load(Relaxed) {
-            let deadline = start + period.mul_f64(k as f64);
-            tokio::time::sleep_until(deadline).await;
-            let late = Instant::now().saturating_duration_since(deadline);
-            if let Some(h) = src.late.lock().unwrap().as_mut() {
-                h.saturating_record(late.as_micros().max(1) as u64);
-            }
-            let ts = now_ns();
-            tpl.patch(k, ts, t0.elapsed().as_millis() as u32);
-            src.send_ns.lock().unwrap().push(ts);
-            if let Err(e) = write_all(&stream, &tpl.wire).await {
-                src.error
-                    .lock()
-                    .unwrap()
-                    .get_or_insert(format!("send of frame {k}: {e}"));
-                break;
-            }
-            k += 1;
-            src.sent.store(k, Relaxed);
-        }
-        src.done.store(true, Relaxed);
-        while !src.release.load(Relaxed) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        rd.abort();
-    });
 }
 
 // ---------------------------------------------------------------- hostile side
@@ -820,8 +451,7 @@ struct Kind {
 
 struct Hostile {
     rt: Handle,
-    addr: SocketAddr,
-    host: String,
+    target: Target,
     live: String,
     run_id: String,
     next_ch: AtomicU64,
@@ -942,13 +572,7 @@ async fn join(
     path: &str,
     rcvbuf: Option<u32>,
 ) -> Result<(TcpStream, Vec<u8>), String> {
-    let s = tcp_connect(h.addr, rcvbuf)
-        .await
-        .map_err(|e| format!("connect failed: {e}"))?;
-    match handshake(&s, &h.host, path, Duration::from_secs(10)).await {
-        Hs::Ok(left) => Ok((s, left)),
-        Hs::Refused(r) => Err(r),
-    }
+    peer::open_path(&h.target, path, rcvbuf, 0xC4A05).await
 }
 
 /// Connects on `path`, sends `bytes` while reading, and reports how the
@@ -1005,7 +629,7 @@ async fn invalid_source(h: Arc<Hostile>, bytes: Arc<Vec<u8>>) -> Out {
 
 /// Plain HTTP: send `req`, report the status.
 async fn http_probe(h: Arc<Hostile>, req: Arc<Vec<u8>>, limit: f64) -> Out {
-    let s = match tcp_connect(h.addr, None).await {
+    let s = match tcp_connect(h.target.addr, None).await {
         Ok(s) => s,
         Err(e) => return (format!("connect failed: {e}"), None),
     };
@@ -1022,11 +646,11 @@ async fn http_probe(h: Arc<Hostile>, req: Arc<Vec<u8>>, limit: f64) -> Out {
 /// more byte a second (`drip` true). The relay should answer 408.
 async fn slowloris(h: Arc<Hostile>, drip: bool) -> Out {
     let t0 = Instant::now();
-    let s = match tcp_connect(h.addr, None).await {
+    let s = match tcp_connect(h.target.addr, None).await {
         Ok(s) => s,
         Err(e) => return (format!("connect failed: {e}"), None),
     };
-    let req = ws::client_request(&h.host, &format!("/stream/{}", h.live), WS_KEY);
+    let req = handshake::client_request(&h.target.host, &format!("/stream/{}", h.live), WS_KEY);
     let first = if drip { 16 } else { req.len() - 2 };
     if let Err(e) = write_all(&s, &req[..first]).await {
         return (format!("write: {}", io_end(&e)), None);
@@ -1058,11 +682,15 @@ async fn slowloris(h: Arc<Hostile>, drip: bool) -> Out {
 async fn vanish(h: Arc<Hostile>, mode: u8, wait_ms: u64) -> Out {
     let path = format!("/stream/{}", h.live);
     if mode == 1 {
-        let s = match tcp_connect(h.addr, None).await {
+        let s = match tcp_connect(h.target.addr, None).await {
             Ok(s) => s,
             Err(e) => return (format!("connect failed: {e}"), None),
         };
-        let _ = write_all(&s, &ws::client_request(&h.host, &path, WS_KEY)).await;
+        let _ = write_all(
+            &s,
+            &handshake::client_request(&h.target.host, &path, WS_KEY),
+        )
+        .await;
         set_rst_on_close(&s);
         drop(s);
         return ("we reset mid-handshake".into(), None);
@@ -1554,6 +1182,10 @@ struct PhaseCpu {
 struct ChaosResult {
     text: String,
     json: Value,
+    /// The healthy receivers' totals.
+    healthy: Counts,
+    /// The checks that failed (`FAIL ...`, `UNEXPECTED ...`); empty: passed.
+    failures: Vec<String>,
 }
 
 fn cpu_between(a: Option<ProcSample>, b: Option<ProcSample>) -> Option<f64> {
@@ -1563,24 +1195,10 @@ fn cpu_between(a: Option<ProcSample>, b: Option<ProcSample>) -> Option<f64> {
     }
 }
 
-fn mb(kib: Option<u64>) -> Option<f64> {
-    kib.map(|k| k as f64 / 1024.0)
-}
-
-fn opt(v: Option<f64>, prec: usize) -> String {
-    v.map_or("-".into(), |x| format!("{x:.prec$}"))
-}
-
 /// `loadtest chaos`: returns the exit code.
 pub fn main(o: ChaosOpts) -> i32 {
     let nofile = sys::raise_nofile();
-    let pin = o.driver_cpu.or(o.start.map(|_| 1));
-    if let Some(cpu) = pin {
-        match sys::pin_self(cpu) {
-            Ok(()) => eprintln!("loadtest: driver pinned to CPU {cpu}"),
-            Err(e) => eprintln!("loadtest: cannot pin the driver: {e}"),
-        }
-    }
+    sys::pin_driver(o.driver_cpu.or(o.start.map(|_| 1)));
     let mut url = o.url.clone();
     let mut pid = o.relay_pid;
     let mut relay = None;
@@ -1590,18 +1208,7 @@ pub fn main(o: ChaosOpts) -> i32 {
             eprintln!("loadtest chaos: --start supports only `ours` (its options and close codes are what is checked)");
             return 2;
         }
-        let relay_bin = o.relay_bin.clone().unwrap_or_else(|| {
-            std::env::current_exe()
-                .ok()
-                .and_then(|p| p.parent().map(|d| d.join("bitstream-relay")))
-                .unwrap_or_else(|| PathBuf::from("target/release/bitstream-relay"))
-        });
-        let paths = Paths {
-            relay_bin,
-            baseline_bin: PathBuf::new(),
-            bun: PathBuf::new(),
-            bun_script: PathBuf::new(),
-        };
+        let paths = Paths::find(o.relay_bin.clone(), None, None, None);
         relay_args = vec![
             "--slow-timeout-ms".to_owned(),
             o.slow_timeout_ms.to_string(),
@@ -1619,12 +1226,6 @@ pub fn main(o: ChaosOpts) -> i32 {
             &extra,
         ) {
             Ok(p) => {
-                eprintln!(
-                    "loadtest: started ours (pid {}) at {} with {}",
-                    p.pid,
-                    p.url,
-                    relay_args.join(" ")
-                );
                 url = p.url.clone();
                 pid = Some(p.pid);
                 relay = Some(p);
@@ -1647,10 +1248,7 @@ pub fn main(o: ChaosOpts) -> i32 {
         .enable_all()
         .build()
         .expect("hostile runtime");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = peer::current_thread_rt().expect("runtime");
     let res = rt.block_on(run(
         &o,
         &url,
@@ -1664,13 +1262,15 @@ pub fn main(o: ChaosOpts) -> i32 {
     let mut res = match res {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("loadtest chaos: {e}");
+            eprintln!("loadtest: FAIL chaos against {label} ({url}): {e}");
             return 1;
         }
     };
     if let Some(p) = relay.as_mut() {
         let exit = p.exit_status();
         if let Some(e) = &exit {
+            res.failures.push(format!("FAIL relay exited: {e}"));
+            res.json["ok"] = json!(false);
             let _ = writeln!(
                 res.text,
                 "relay EXITED  {e}; log {}:\n{}",
@@ -1695,7 +1295,17 @@ pub fn main(o: ChaosOpts) -> i32 {
         Ok(()) => eprintln!("loadtest: wrote {} and .txt", j.display()),
         Err(e) => eprintln!("loadtest: cannot write results: {e}"),
     }
-    0
+    let ok = res.failures.is_empty();
+    eprintln!(
+        "loadtest: {} chaos against {label} ({url}): healthy receivers {}; {} failed check(s)",
+        if ok { "OK" } else { "FAIL" },
+        res.healthy.defects(),
+        res.failures.len()
+    );
+    for f in &res.failures {
+        eprintln!("loadtest:   {f}");
+    }
+    i32::from(!ok)
 }
 
 struct Tick {
@@ -1719,16 +1329,11 @@ async fn run(
     hrt: Handle,
     relay_args: &[String],
 ) -> Result<ChaosResult, String> {
-    let host = url
-        .strip_prefix("ws://")
-        .ok_or_else(|| format!("--url must be ws://HOST:PORT, not {url}"))?
-        .trim_end_matches('/')
-        .to_owned();
-    let addr = host
-        .to_socket_addrs()
-        .map_err(|e| format!("{host}: {e}"))?
-        .find(SocketAddr::is_ipv4)
-        .ok_or_else(|| format!("{host}: no IPv4 address"))?;
+    let target = Target::parse(url)?;
+    if target.framing != Framing::Ws {
+        return Err(format!("--url must be ws://HOST:PORT, not {url}"));
+    }
+    let host = target.host.clone();
     let stall = Duration::from_secs_f64(
         o.stall_secs
             .unwrap_or(o.slow_timeout_ms as f64 / 1000.0 + 3.0),
@@ -1742,7 +1347,7 @@ async fn run(
             "loadtest chaos: open-files limit {nofile} is below receivers + --max-hostile; hostile connections beyond it are skipped"
         );
     }
-    let metrics0 = http_get(addr, &host, "/metrics")
+    let metrics0 = http_get(&target, "/metrics")
         .await
         .ok()
         .map(|(_, b)| metric_lines(&b));
@@ -1754,49 +1359,37 @@ async fn run(
     });
     let sh = Arc::new(HShared {
         phases: phases.clone(),
-        hist: Mutex::new([new_hist(), new_hist(), new_hist()]),
-        sec: Mutex::new(new_hist()),
+        hist: Mutex::new([peer::new_hist(), peer::new_hist(), peer::new_hist()]),
+        sec: Mutex::new(peer::new_hist()),
         per_frame: Mutex::new(Vec::new()),
+        corrupt: Default::default(),
     });
-    let mut stats = Vec::new();
-    let mut rx_tasks = Vec::new();
-    for i in 0..o.receivers {
-        let s = tcp_connect(addr, None)
-            .await
-            .map_err(|e| format!("healthy receiver {i}: {e}"))?;
-        match handshake(
-            &s,
-            &host,
-            &format!("/stream/{live}"),
-            Duration::from_secs(10),
-        )
-        .await
-        {
-            Hs::Ok(left) => {
-                let st = Arc::new(HStat::default());
-                stats.push(st.clone());
-                rx_tasks.push(tokio::spawn(healthy_rx(s, left, i as u64, st, sh.clone())));
-            }
-            Hs::Refused(r) => return Err(format!("healthy receiver {i}: {r}")),
-        }
+    let live_ch = [live.clone()];
+    let joins = peer::join_receivers(&target, &live_ch, o.receivers, o.receivers, |_| {}).await;
+    if let Some(e) = joins.first_error {
+        return Err(format!(
+            "{} of {} healthy receivers failed to connect; first: {e}",
+            joins.failures, o.receivers
+        ));
     }
-
-    // Source.
-    let src = Arc::new(Src::default());
-    let (ready_tx, ready_rx) = mpsc::channel();
-    let (go_tx, go_rx) = mpsc::channel();
-    let th = {
-        let (src, host, path) = (src.clone(), host.clone(), format!("/source/{live}"));
-        let (w, h, fps) = (o.width, o.height, o.fps);
-        std::thread::Builder::new()
-            .name("source".into())
-            .spawn(move || source_thread(addr, host, path, w, h, fps, src, ready_tx, go_rx))
-            .map_err(|e| e.to_string())?
+    let rcfg = RecvCfg {
+        framing: Framing::Ws,
+        check_every: 1,
+        read_buf: 256 * 1024,
     };
-    tokio::task::spawn_blocking(move || ready_rx.recv())
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|_| "source thread ended".to_string())??;
+    let (stats, rx_tasks) = peer::spawn_receivers(joins.ok, rcfg, &sh);
+
+    // Source: paced, every send time kept (for the phases), until stopped.
+    let src = Source::connect(SourceCfg {
+        target: target.clone(),
+        channels: live_ch.to_vec(),
+        width: o.width,
+        height: o.height,
+        fps: o.fps.max(0.1),
+        duration: None,
+        record_sends: true,
+    })
+    .await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let rss_of = || pid.and_then(sys::rss_kib);
@@ -1806,7 +1399,7 @@ async fn run(
     let mut dcpu = [None::<ProcSample>; 4];
     cpu[0] = pid.and_then(ProcSample::take);
     dcpu[0] = ProcSample::take(me);
-    let _ = go_tx.send(());
+    src.go();
     let t_go = Instant::now();
     let go_ns = now_ns();
     eprintln!(
@@ -1817,8 +1410,7 @@ async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let h = Arc::new(Hostile {
         rt: hrt,
-        addr,
-        host: host.clone(),
+        target: target.clone(),
         live: live.clone(),
         run_id: run_id.clone(),
         next_ch: AtomicU64::new(0),
@@ -1864,8 +1456,8 @@ async fn run(
                 s.reset();
                 v
             };
-            let sent = src.sent.load(Relaxed);
-            let intact: u64 = stats.iter().map(|s| s.next.load(Relaxed)).sum();
+            let sent = src.sh.sent.load(Relaxed);
+            let intact: u64 = stats.iter().map(|s| s.next()).sum();
             let tk = Tick {
                 t: t_go.elapsed().as_secs_f64(),
                 phase,
@@ -1929,41 +1521,36 @@ async fn run(
     let fds_settle = pid.and_then(fd_count);
     cpu[3] = pid.and_then(ProcSample::take);
     dcpu[3] = ProcSample::take(me);
-    let metrics_settle = http_get(addr, &host, "/metrics")
+    let metrics_settle = http_get(&target, "/metrics")
         .await
         .ok()
         .map(|(_, b)| metric_lines(&b));
-    let healthz = http_get(addr, &host, "/healthz")
+    let healthz = http_get(&target, "/healthz")
         .await
         .map(|(s, b)| format!("{s} {}", b.trim()));
 
     // Stop the stream, drain the healthy receivers.
-    src.stop.store(true, Relaxed);
-    while !src.done.load(Relaxed) {
+    let ssh = src.sh.clone();
+    ssh.stop.store(true, Relaxed);
+    while !src.stopped() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let sent = src.sent.load(Relaxed);
+    let sent = ssh.sent.load(Relaxed);
     let drain_until = Instant::now() + Duration::from_secs_f64(o.drain);
-    while Instant::now() < drain_until
-        && stats
-            .iter()
-            .any(|s| !s.done.load(Relaxed) && s.next.load(Relaxed) < sent)
-    {
+    while Instant::now() < drain_until && stats.iter().any(|s| s.behind(sent)) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let metrics_end = http_get(addr, &host, "/metrics")
+    let metrics_end = http_get(&target, "/metrics")
         .await
         .map(|(_, b)| metric_lines(&b));
     let hwm_end = pid.and_then(sys::hwm_kib);
     for t in &rx_tasks {
         t.abort();
     }
-    src.release.store(true, Relaxed);
-    let _ = go_tx.send(());
-    let _ = tokio::task::spawn_blocking(move || th.join()).await;
+    src.finish().await;
 
     // ------------------------------------------------------------ summary
-    let send_ns: Vec<u64> = src.send_ns.lock().unwrap()[..sent as usize].to_vec();
+    let send_ns: Vec<u64> = ssh.send_ns.lock().unwrap()[..sent as usize].to_vec();
     let phase_of: Vec<usize> = send_ns.iter().map(|&t| phases.of(t)).collect();
     let mut sent_ph = [0u64; 3];
     for &p in &phase_of {
@@ -1971,21 +1558,16 @@ async fn run(
     }
     let n = stats.len() as u64;
     let mut deliv_ph = [0u64; 3];
-    let mut corrupt_ph = [0u64; 3];
+    let corrupt_ph: [u64; 3] = std::array::from_fn(|p| sh.corrupt[p].load(Relaxed));
     let mut all_frames = 0;
     let mut per_rx_min = f64::INFINITY;
-    let mut ended: BTreeMap<String, u64> = BTreeMap::new();
     for s in &stats {
-        let g = s.got.lock().unwrap();
+        let v = s.v.lock().unwrap();
         let mut mine = 0u64;
         for (i, &p) in phase_of.iter().enumerate() {
-            match g.get(i).copied().unwrap_or(0) {
-                1 => {
-                    deliv_ph[p] += 1;
-                    mine += 1;
-                }
-                2 => corrupt_ph[p] += 1,
-                _ => {}
+            if v.has(i as u64) {
+                deliv_ph[p] += 1;
+                mine += 1;
             }
         }
         if mine == sent {
@@ -1996,15 +1578,15 @@ async fn run(
         } else {
             0.0
         });
-        if s.done.load(Relaxed) {
-            if let Some(e) = s.ended.lock().unwrap().clone() {
-                *ended.entry(e).or_default() += 1;
-            }
-        }
     }
-    let ooo: u64 = stats.iter().map(|s| s.ooo.load(Relaxed)).sum();
-    let corrupt: u64 = stats.iter().map(|s| s.corrupt.load(Relaxed)).sum();
-    let foreign: u64 = stats.iter().map(|s| s.foreign.load(Relaxed)).sum();
+    let ended = peer::ended_early(&stats);
+    let healthy = peer::totals(&stats, sent);
+    let (ooo, dup, corrupt, foreign) = (
+        healthy.out_of_order,
+        healthy.duplicate,
+        healthy.corrupt,
+        healthy.other,
+    );
     let lat: Vec<[f64; 6]> = {
         let hs = sh.hist.lock().unwrap();
         hs.iter()
@@ -2027,19 +1609,14 @@ async fn run(
             driver: cpu_between(dcpu[i], dcpu[i + 1]),
         })
         .collect();
-    let late = src
-        .late
-        .lock()
-        .unwrap()
-        .as_ref()
-        .map(|h| {
-            [
-                h.value_at_quantile(0.5) as f64 / 1000.0,
-                h.value_at_quantile(0.99) as f64 / 1000.0,
-                h.max() as f64 / 1000.0,
-            ]
-        })
-        .unwrap_or([0.0; 3]);
+    let late = {
+        let h = ssh.late.lock().unwrap();
+        [
+            h.value_at_quantile(0.5) as f64 / 1000.0,
+            h.value_at_quantile(0.99) as f64 / 1000.0,
+            h.max() as f64 / 1000.0,
+        ]
+    };
     let kinds = h.kinds.lock().unwrap().clone();
     // The slowest frames: when they were sent, how slow for the fastest and
     // the slowest healthy receiver, and the reconnect storm just before.
@@ -2079,11 +1656,11 @@ async fn run(
             })
             .collect()
     };
-    let src_err = src.error.lock().unwrap().clone();
-    let inputs_valid = src.inputs_valid.load(Relaxed);
-    let inputs_invalid = src.inputs_invalid.load(Relaxed);
-    let invalid_examples = src.invalid_examples.lock().unwrap().clone();
-    let input_kinds = src.input_kinds.lock().unwrap().clone();
+    let src_err = ssh.error.lock().unwrap().clone();
+    let inputs_valid = ssh.inputs.valid.load(Relaxed);
+    let inputs_invalid = ssh.inputs.invalid.load(Relaxed);
+    let invalid_examples = ssh.inputs.examples.lock().unwrap().clone();
+    let input_kinds = ssh.inputs.kinds.lock().unwrap().clone();
     let rss_peak_mb = if pid.is_some() {
         Some(rss_peak_chaos as f64 / 1024.0)
     } else {
@@ -2114,8 +1691,8 @@ async fn run(
             ));
         }
     }
-    if ooo > 0 || corrupt > 0 {
-        findings.push(format!("FAIL healthy receivers saw {ooo} out-of-order/duplicate and {corrupt} corrupted frames"));
+    if !healthy.clean() {
+        findings.push(format!("FAIL healthy receivers: {}", healthy.defects()));
     }
     if !ended.is_empty() {
         findings.push(format!("FAIL healthy receivers ended early: {ended:?}"));
@@ -2160,9 +1737,12 @@ async fn run(
     if left_open > 0 || unfinished > 0 {
         findings.push(format!("NOTE {left_open} hostile connections / {unfinished} tasks did not end within 5 s of the stop"));
     }
-    let ok = !findings
+    let failures: Vec<String> = findings
         .iter()
-        .any(|f| f.starts_with("FAIL") || f.starts_with("UNEXPECTED"));
+        .filter(|f| f.starts_with("FAIL") || f.starts_with("UNEXPECTED"))
+        .cloned()
+        .collect();
+    let ok = failures.is_empty();
 
     // ------------------------------------------------------------ text
     let mut t = String::new();
@@ -2206,7 +1786,8 @@ async fn run(
     }
     let _ = writeln!(
         t,
-        "\nin order      {all_frames} of {n} healthy receivers got every frame; out-of-order/duplicate {ooo}, corrupted {corrupt}, other messages {foreign}; per-receiver min {:.3}%{}",
+        "\nin order      {all_frames} of {n} healthy receivers got every frame; missing {}, duplicate {dup}, out-of-order {ooo}, corrupted {corrupt}, other messages {foreign}; per-receiver min {:.3}%{}",
+        healthy.missing,
         per_rx_min * 100.0,
         if ended.is_empty() { String::new() } else { format!("; ENDED EARLY {ended:?}") }
     );
@@ -2372,7 +1953,7 @@ async fn run(
         },
         "phases": phase_json,
         "healthy": {
-            "receivers_with_every_frame": all_frames, "out_of_order": ooo, "corrupted": corrupt,
+            "receivers_with_every_frame": all_frames, "missing": healthy.missing, "duplicate": dup, "out_of_order": ooo, "corrupted": corrupt,
             "non_test_messages": foreign, "per_receiver_min_fraction": per_rx_min, "ended_early": ended,
         },
         "source": {"frames_sent": sent, "pacing_late_ms": late, "error": src_err,
@@ -2397,5 +1978,10 @@ async fn run(
             "fastest_receiver_ms": lo, "slowest_receiver_ms": hi, "ms_after_storm_start": storm})).collect::<Vec<_>>(),
         "ok": ok,
     });
-    Ok(ChaosResult { text: t, json })
+    Ok(ChaosResult {
+        text: t,
+        json,
+        healthy,
+        failures,
+    })
 }

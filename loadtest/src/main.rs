@@ -7,11 +7,13 @@
 //!     cargo run --release -p loadtest -- chaos --start ours
 
 mod chaos;
+mod peer;
 mod relays;
 mod report;
 mod run;
 mod sys;
 mod tcpserver;
+mod verify;
 mod wire;
 
 use std::path::PathBuf;
@@ -63,7 +65,11 @@ impl Scenario {
     fn defaults(self) -> (usize, usize, u16, u16, f64, u64) {
         match self {
             Scenario::Headline => (64, 1, 640, 360, 30.0, 1),
-            Scenario::Saturate => (64, 1, 640, 360, 0.0, 1),
+            // Hashing every frame at ~9 GB/s would cost the driver more than
+            // the third of a core it has left there: each receiver hashes
+            // every 4th frame (a different one per receiver); index, channel
+            // and length are checked on every frame.
+            Scenario::Saturate => (64, 1, 640, 360, 0.0, 4),
             Scenario::Receivers => (15_000, 1, 64, 64, 5.0, 1),
             Scenario::Channels => (2048, 256, 64, 64, 30.0, 1),
         }
@@ -131,7 +137,7 @@ struct Opts {
     /// Start this relay instead of using --url (pinned to --relay-cpu; the driver moves to --driver-cpu).
     #[arg(long, value_enum)]
     start: Option<RelayKind>,
-    /// Each receiver checksums the payload of every n-th frame (default 1: every frame).
+    /// Each receiver hashes the bytes of every n-th frame (default 1: every frame; saturate 4).
     #[arg(long)]
     check_every: Option<u64>,
     /// Tokio worker threads for the receivers (the source has its own thread).
@@ -155,18 +161,15 @@ struct Opts {
     /// bitstream-relay binary (default: next to this executable).
     #[arg(long)]
     relay_bin: Option<PathBuf>,
-    /// baseline-relay binary.
-    #[arg(
-        long,
-        default_value = "/work/shared/baseline/target/release/baseline-relay"
-    )]
-    baseline_bin: PathBuf,
-    /// bun executable for the uWS peer.
-    #[arg(long, default_value = "/tmp/bun/package/bin/bun")]
-    bun: PathBuf,
-    /// The uWS peer's script.
-    #[arg(long, default_value = "/work/shared/peers/bun-relay/relay.js")]
-    bun_script: PathBuf,
+    /// baseline-relay binary (default: shared/baseline/target/release/baseline-relay, shared/ found next to the repository).
+    #[arg(long)]
+    baseline_bin: Option<PathBuf>,
+    /// bun executable for the uWS peer (default: bun on PATH, else /tmp/bun/package/bin/bun).
+    #[arg(long)]
+    bun: Option<PathBuf>,
+    /// The uWS peer's script (default: shared/peers/bun-relay/relay.js).
+    #[arg(long)]
+    bun_script: Option<PathBuf>,
     /// Name of the relay in reports (default: the --start kind, else "relay").
     #[arg(long)]
     label: Option<String>,
@@ -194,18 +197,12 @@ struct CompareOpts {
 
 impl Opts {
     fn paths(&self) -> Paths {
-        let relay_bin = self.relay_bin.clone().unwrap_or_else(|| {
-            std::env::current_exe()
-                .ok()
-                .and_then(|p| p.parent().map(|d| d.join("bitstream-relay")))
-                .unwrap_or_else(|| PathBuf::from("target/release/bitstream-relay"))
-        });
-        Paths {
-            relay_bin,
-            baseline_bin: self.baseline_bin.clone(),
-            bun: self.bun.clone(),
-            bun_script: self.bun_script.clone(),
-        }
+        Paths::find(
+            self.relay_bin.clone(),
+            self.baseline_bin.clone(),
+            self.bun.clone(),
+            self.bun_script.clone(),
+        )
     }
 
     fn relay_cpu(&self) -> Option<usize> {
@@ -274,19 +271,10 @@ fn main() {
         Cmd::Compare(c) => (c.scenario, c.opts.clone(), Some(c)),
     };
     let nofile = sys::raise_nofile();
-    let pin = opts
-        .driver_cpu
-        .or(if compare.is_some() || opts.start.is_some() {
-            Some(1)
-        } else {
-            None
-        });
-    if let Some(cpu) = pin {
-        match sys::pin_self(cpu) {
-            Ok(()) => eprintln!("loadtest: driver pinned to CPU {cpu}"),
-            Err(e) => eprintln!("loadtest: cannot pin the driver: {e}"),
-        }
-    }
+    sys::pin_driver(
+        opts.driver_cpu
+            .or((compare.is_some() || opts.start.is_some()).then_some(1)),
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(opts.workers.max(1))
         .enable_all()
@@ -317,12 +305,6 @@ async fn single(scenario: Scenario, opts: &Opts, nofile: u64) -> i32 {
             &[],
         ) {
             Ok(p) => {
-                eprintln!(
-                    "loadtest: started {} (pid {}) at {}",
-                    kind.label(),
-                    p.pid,
-                    p.url
-                );
                 cfg.url = p.url.clone();
                 cfg.relay_pid = Some(p.pid);
                 relay = Some(p);
@@ -341,12 +323,8 @@ async fn single(scenario: Scenario, opts: &Opts, nofile: u64) -> i32 {
         cfg.url,
         cfg.width,
         cfg.height,
-        cfg.width as usize * cfg.height as usize * 4 + 16,
-        if cfg.fps > 0.0 {
-            format!("{} fps", cfg.fps)
-        } else {
-            "as fast as accepted".into()
-        },
+        cfg.msg_bytes(),
+        cfg.rate(),
         cfg.duration
     );
     let mut s = run::run(&cfg).await;
@@ -360,5 +338,6 @@ async fn single(scenario: Scenario, opts: &Opts, nofile: u64) -> i32 {
         Ok(p) => eprintln!("loadtest: wrote {}", p.display()),
         Err(e) => eprintln!("loadtest: cannot write results: {e}"),
     }
-    0
+    eprintln!("{}", report::verdict(&s, None));
+    i32::from(s.failed())
 }

@@ -14,7 +14,7 @@ use clap::ValueEnum;
 pub enum RelayKind {
     /// This project's relay (`target/release/bitstream-relay`).
     Ours,
-    /// The baseline relay (`/work/shared/baseline`).
+    /// The baseline relay (`shared/baseline` next to the repository).
     Baseline,
     /// The uWebSockets peer (`bun relay.js`).
     Bun,
@@ -47,24 +47,86 @@ pub struct Paths {
     pub bun_script: PathBuf,
 }
 
+/// The project's `shared/` folder (PROTOCOL.md, the baseline, the peers),
+/// which sits next to the repository: the first folder named `shared` with
+/// a PROTOCOL.md in it beside the current directory, the driver's
+/// executable or (as built) this crate, or any folder above them; else
+/// `../shared` from the repository this crate was built in.
+pub fn shared_dir() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let starts = [
+        std::env::current_dir().ok(),
+        std::env::current_exe().ok(),
+        Some(manifest.to_path_buf()),
+    ];
+    starts
+        .iter()
+        .flatten()
+        .flat_map(|p| p.ancestors())
+        .map(|a| a.join("shared"))
+        .find(|d| d.join("PROTOCOL.md").is_file())
+        .unwrap_or_else(|| manifest.join("../../shared"))
+}
+
+/// `name` in a folder of `PATH`, if there is one.
+fn on_path(name: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
 impl Paths {
+    /// The given paths, the rest found: the relay next to the driver's
+    /// executable, the baseline and the bun peer's script under
+    /// [`shared_dir`], bun on `PATH` or where shared/peers/bun-relay's
+    /// README unpacks it (`/tmp/bun/package/bin/bun`).
+    pub fn find(
+        relay_bin: Option<PathBuf>,
+        baseline_bin: Option<PathBuf>,
+        bun: Option<PathBuf>,
+        bun_script: Option<PathBuf>,
+    ) -> Self {
+        let shared = shared_dir();
+        Paths {
+            relay_bin: relay_bin.unwrap_or_else(|| {
+                std::env::current_exe()
+                    .ok()
+                    .and_then(|p| p.parent().map(|d| d.join("bitstream-relay")))
+                    .unwrap_or_else(|| PathBuf::from("target/release/bitstream-relay"))
+            }),
+            baseline_bin: baseline_bin
+                .unwrap_or_else(|| shared.join("baseline/target/release/baseline-relay")),
+            bun: bun
+                .or_else(|| on_path("bun"))
+                .unwrap_or_else(|| PathBuf::from("/tmp/bun/package/bin/bun")),
+            bun_script: bun_script.unwrap_or_else(|| shared.join("peers/bun-relay/relay.js")),
+        }
+    }
+
     /// Why `kind` cannot be started, if it cannot.
     pub fn missing(&self, kind: RelayKind) -> Option<String> {
-        let need: Vec<(&Path, &str)> = match kind {
+        let shared = shared_dir();
+        let need: Vec<(&Path, String)> = match kind {
             RelayKind::Ours => vec![(
                 &self.relay_bin,
-                "build it with `cargo build --release --bin bitstream-relay` or pass --relay-bin",
+                "build it with `cargo build --release --bin bitstream-relay` or pass --relay-bin".into(),
             )],
             RelayKind::Baseline => vec![(
                 &self.baseline_bin,
-                "build it with `cargo build --release --manifest-path /work/shared/baseline/Cargo.toml` or pass --baseline-bin",
+                format!(
+                    "build it with `cargo build --release --manifest-path {}` or pass --baseline-bin",
+                    shared.join("baseline/Cargo.toml").display()
+                ),
             )],
             RelayKind::Bun => vec![
                 (
                     &self.bun,
-                    "see /work/shared/peers/bun-relay/README.md (npm pack @oven/bun-linux-x64) or pass --bun",
+                    format!(
+                        "see {} (npm pack @oven/bun-linux-x64) or pass --bun",
+                        shared.join("peers/bun-relay/README.md").display()
+                    ),
                 ),
-                (&self.bun_script, "pass --bun-script"),
+                (&self.bun_script, "pass --bun-script".into()),
             ],
             RelayKind::Tcp => vec![],
         };
@@ -90,8 +152,8 @@ fn free_port() -> std::io::Result<u16> {
 }
 
 /// Starts `kind` on a free loopback port, pinned to `cpu` if given, sized for
-/// `per_channel` receivers per channel, with `extra` arguments, and waits
-/// until it accepts.
+/// `per_channel` receivers per channel, with `extra` arguments, waits
+/// until it accepts and says so on stderr.
 pub fn spawn(
     kind: RelayKind,
     paths: &Paths,
@@ -186,6 +248,17 @@ pub fn spawn(
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(200));
+    eprintln!(
+        "loadtest: started {} (pid {}) at {}{}",
+        kind.label(),
+        p.pid,
+        p.url,
+        if extra.is_empty() {
+            String::new()
+        } else {
+            format!(" with {}", extra.join(" "))
+        }
+    );
     Ok(p)
 }
 

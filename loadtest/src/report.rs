@@ -39,8 +39,28 @@ pub fn utc_now() -> (String, String) {
     )
 }
 
-fn opt(v: Option<f64>, prec: usize) -> String {
+/// `v` with `prec` decimals, or `-`.
+pub fn opt(v: Option<f64>, prec: usize) -> String {
     v.map_or("-".into(), |x| format!("{x:.prec$}"))
+}
+
+/// KiB as MB.
+pub fn mb(kib: Option<u64>) -> Option<f64> {
+    kib.map(|k| k as f64 / 1024.0)
+}
+
+/// The stderr line that says whether a run kept every frame intact, once
+/// and in order, with the count of each kind of failure either way.
+pub fn verdict(s: &Summary, round: Option<(usize, usize)>) -> String {
+    format!(
+        "loadtest: {} {} against {} ({}){}: {}",
+        if s.failed() { "FAIL" } else { "OK" },
+        s.scenario,
+        s.label,
+        s.url,
+        round.map_or(String::new(), |(r, n)| format!(", round {r}/{n}")),
+        s.integrity()
+    )
 }
 
 /// The JSON result of one run.
@@ -56,7 +76,7 @@ pub fn json(s: &Summary) -> Value {
             "height": s.height,
             "fps": if s.fps_target > 0.0 { json!(s.fps_target) } else { json!("max") },
             "message_bytes": s.msg_bytes,
-            "checksum_every_nth_frame": s.check_every,
+            "hash_every_nth_frame": s.check_every,
         },
         "connect": {
             "receivers_connected": s.receivers_connected,
@@ -88,9 +108,10 @@ pub fn json(s: &Summary) -> Value {
             "per_receiver_fraction_median": s.per_rx_fraction[1],
             "receivers_with_every_frame": s.receivers_all_frames,
             "missing_frames": s.missing,
-            "out_of_order_or_duplicate": s.out_of_order,
+            "duplicate": s.duplicate,
+            "out_of_order": s.out_of_order,
             "corrupted": s.corrupted,
-            "payloads_checksummed": s.checked,
+            "payloads_hashed": s.checked,
             "non_test_messages": s.foreign,
             "receivers_ended_early": s.receivers_ended,
         },
@@ -109,6 +130,7 @@ pub fn json(s: &Summary) -> Value {
             "exit": s.relay_exit,
         },
         "driver_cpu_percent_of_one_core": s.driver_cpu_pct,
+        "integrity": {"failed": s.failed(), "summary": s.integrity()},
         "notes": s.notes,
     })
 }
@@ -187,8 +209,8 @@ pub fn text(s: &Summary) -> String {
     );
     let _ = writeln!(
         o,
-        "errors        missing {}  out-of-order/duplicate {}  corrupted {}  (payloads checksummed: {}; other messages: {})",
-        s.missing, s.out_of_order, s.corrupted, s.checked, s.foreign
+        "errors        missing {}  duplicate {}  out-of-order {}  corrupted {}  (payloads hashed: {}; other messages: {})",
+        s.missing, s.duplicate, s.out_of_order, s.corrupted, s.checked, s.foreign
     );
     if !s.receivers_ended.is_empty() {
         let _ = writeln!(o, "ended early   {:?}", s.receivers_ended);
@@ -226,6 +248,15 @@ pub fn text(s: &Summary) -> String {
     for n in &s.notes {
         let _ = writeln!(o, "note          {n}");
     }
+    let _ = writeln!(
+        o,
+        "result        {}",
+        if s.failed() {
+            format!("FAIL: {}", s.integrity())
+        } else {
+            "OK: every frame intact, once and in order, at every receiver".into()
+        }
+    );
     o
 }
 
@@ -315,12 +346,8 @@ fn table(scenario: Scenario, cfg: &run::RunCfg, rows: &[Row], rounds: usize) -> 
         cfg.channels,
         cfg.width,
         cfg.height,
-        cfg.width as usize * cfg.height as usize * 4 + 16,
-        if cfg.fps > 0.0 {
-            format!("{} fps", cfg.fps)
-        } else {
-            "as fast as accepted".into()
-        },
+        cfg.msg_bytes(),
+        cfg.rate(),
         cfg.duration,
         rounds
     );
@@ -423,6 +450,8 @@ pub async fn compare(
     let _ = std::fs::create_dir_all(&dir);
     let mut results: BTreeMap<&'static str, Vec<Summary>> = BTreeMap::new();
     let mut all = Vec::new();
+    // Every run that lost, damaged, repeated or reordered a frame (or could not run).
+    let mut failures: Vec<String> = Vec::new();
     for round in 0..rounds.max(1) {
         for i in 0..avail.len() {
             let kind = avail[(i + round) % avail.len()];
@@ -439,6 +468,12 @@ pub async fn compare(
                 Ok(p) => p,
                 Err(e) => {
                     eprintln!("loadtest: {e}");
+                    failures.push(format!(
+                        "loadtest: FAIL {} against {}, round {}/{rounds}: could not start: {e}",
+                        scenario.name(),
+                        kind.label(),
+                        round + 1
+                    ));
                     continue;
                 }
             };
@@ -459,6 +494,11 @@ pub async fn compare(
             drop(p);
             let t = text(&s);
             eprintln!("{t}");
+            let v = verdict(&s, Some((round + 1, rounds)));
+            eprintln!("{v}");
+            if s.failed() {
+                failures.push(v);
+            }
             let _ = std::fs::write(dir.join(format!("{}-{tag}.txt", kind.label())), &t);
             let mut j = json(&s);
             j["round"] = json!(round + 1);
@@ -471,7 +511,16 @@ pub async fn compare(
         .iter()
         .filter_map(|k| results.get(k.label()).map(|v| Row::of(k.label(), v)))
         .collect();
-    let md = table(scenario, &cfg, &rows, rounds);
+    let mut md = table(scenario, &cfg, &rows, rounds);
+    if !failures.is_empty() {
+        let _ = writeln!(
+            md,
+            "\n**Failed runs** (not every frame intact, once and in order):\n"
+        );
+        for f in &failures {
+            let _ = writeln!(md, "- {}", f.trim_start_matches("loadtest: "));
+        }
+    }
     println!("\n{md}");
     let md_path = dir.join("table.md");
     let _ = std::fs::write(&md_path, &md);
@@ -490,5 +539,8 @@ pub async fn compare(
         md_path.display(),
         dir.join("results.json").display()
     );
-    0
+    for f in &failures {
+        eprintln!("{f}");
+    }
+    i32::from(!failures.is_empty())
 }

@@ -60,6 +60,16 @@ pub fn pin_self(cpu: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// Pins the driver to `cpu`, if given, saying how that went on stderr.
+pub fn pin_driver(cpu: Option<usize>) {
+    if let Some(cpu) = cpu {
+        match pin_self(cpu) {
+            Ok(()) => eprintln!("loadtest: driver pinned to CPU {cpu}"),
+            Err(e) => eprintln!("loadtest: cannot pin the driver: {e}"),
+        }
+    }
+}
+
 /// Raises the soft open-files limit to the hard one; returns the soft limit in force.
 pub fn raise_nofile() -> u64 {
     unsafe {

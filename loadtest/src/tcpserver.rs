@@ -16,6 +16,8 @@ use std::rc::Rc;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::peer::write_all;
+
 type Channels = Rc<RefCell<HashMap<String, Vec<Rc<TcpStream>>>>>;
 
 /// Serves forever on `addr`.
@@ -90,15 +92,4 @@ async fn handle(stream: TcpStream, channels: Channels) {
         }
         _ => {}
     }
-}
-
-async fn write_all(s: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
-    while !buf.is_empty() {
-        match s.try_write(buf) {
-            Ok(n) => buf = &buf[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => s.writable().await?,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }

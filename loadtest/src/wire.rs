@@ -1,32 +1,38 @@
 //! Test frames and a streaming receiver-side parser.
 //!
 //! A test frame is a PROTOCOL.md `Pixels` message with the `KEYFRAME` flag.
-//! Its payload (width*height*4 bytes) is read as little-endian u64 words
-//! (the last one zero-padded):
+//! Its payload (width*height*4 bytes) is read as little-endian u64 words:
 //!
 //! - word 0: frame index (one sequence per run, the same on every channel),
 //! - word 1: send time in ns since the driver's epoch (one `Instant`),
-//! - word 2: check word, chosen so that the wrapping sum of all words is [`MAGIC`],
-//! - the word at each 4 KiB boundary: a stamp derived from the index (so a
-//!   frame torn between two indices fails the sum),
-//! - everything else: fixed pseudo-random filler.
+//! - word 2: the channel's number in the run (a frame on the wrong channel is corrupt),
+//! - word 3: XXH3-64 of every other byte of the message: the 16-byte
+//!   protocol header, payload bytes 0..24 and 32..end, in that order,
+//! - everything else: fixed pseudo-random filler XORed with a key derived
+//!   from (channel, index), so no two frames of a run share their bytes and
+//!   a stale or misplaced block of another frame cannot pass.
+//!
+//! XXH3 is position-sensitive: any changed, moved, missing or extra byte
+//! changes the hash (unlike a sum of words, which misses reordered words).
 //!
 //! The receiver never assembles a message: [`Parser`] walks the byte stream
-//! as it comes off the socket (WebSocket frames via the crate's
+//! as it comes off the socket (WebSocket frame heads via the wire crate's
 //! `ws::parse_head`, or the plain-TCP reference's u32 length prefix), keeps
-//! the first 40 bytes of each message and sums the rest word by word.
+//! the first [`FIRST`] bytes of each message and streams the rest into the
+//! hash.
 
-use bitstream_relay::protocol::{self, FrameType, Header, FLAG_KEYFRAME, HEADER_LEN};
-use bitstream_relay::ws::{self, Role};
+use bitstream_wire::protocol::{self, FrameType, FLAG_KEYFRAME, HEADER_LEN};
+use bitstream_wire::ws::{self, Side};
+use xxhash_rust::xxh3::Xxh3Default;
 
-/// The wrapping sum of every payload word of an intact test frame.
-pub const MAGIC: u64 = 0x5EED_F00D_CAFE_BABE;
-/// A stamp word every this many payload bytes.
-const STAMP_EVERY: usize = 4096;
-/// Bytes of a message the parser keeps: protocol header + words 0..=2.
-const FIRST: usize = HEADER_LEN + 24;
-/// Smallest payload that carries a test frame.
-pub const MIN_PAYLOAD: usize = 24;
+/// Smallest payload that carries a test frame (words 0..=3).
+pub const MIN_PAYLOAD: usize = 32;
+/// Bytes of a message the parser keeps: protocol header + words 0..=3.
+const FIRST: usize = HEADER_LEN + MIN_PAYLOAD;
+/// Longest WebSocket frame head (2 + 8 length + 4 mask bytes).
+const WS_MAX_HEAD: usize = 14;
+/// Offset of the hash word in a message.
+const HASH_AT: usize = HEADER_LEN + 24;
 
 /// How messages are framed on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,39 +43,28 @@ pub enum Framing {
     Tcp,
 }
 
-fn stamp(idx: u64, k: usize) -> u64 {
-    idx.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (k as u64)
+/// splitmix64's finalizer: a bijective 64-bit mix.
+fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
-fn word_at(p: &[u8], off: usize) -> u64 {
-    let mut w = [0u8; 8];
-    let end = (off + 8).min(p.len());
-    w[..end - off].copy_from_slice(&p[off..end]);
-    u64::from_le_bytes(w)
+/// The filler key of frame `idx` on channel `channel`.
+fn frame_key(channel: u64, idx: u64) -> u64 {
+    mix64(idx ^ channel.rotate_left(40) ^ 0x5EED_F00D_CAFE_BABE)
 }
 
-/// Wrapping sum of the whole 8-byte words of `d` (a trailing partial word is ignored).
-#[inline]
-pub fn sum_words(d: &[u8]) -> u64 {
-    let mut acc = [0u64; 4];
-    let mut c = d.chunks_exact(32);
-    for b in &mut c {
-        for (i, a) in acc.iter_mut().enumerate() {
-            *a = a.wrapping_add(u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap()));
-        }
-    }
-    let mut s = acc[0]
-        .wrapping_add(acc[1])
-        .wrapping_add(acc[2])
-        .wrapping_add(acc[3]);
-    for w in c.remainder().chunks_exact(8) {
-        s = s.wrapping_add(u64::from_le_bytes(w.try_into().unwrap()));
-    }
-    s
+/// XXH3-64 of a whole message but its hash word.
+pub fn message_hash(msg: &[u8]) -> u64 {
+    let mut h = Xxh3Default::new();
+    h.update(&msg[..HASH_AT]);
+    h.update(&msg[HASH_AT + 8..]);
+    h.digest()
 }
 
-/// A test frame on the wire, patched in place for each send (no copy, no
-/// per-frame allocation). WebSocket frames use the all-zero masking key, so
+/// A test frame on the wire, rewritten in place for each send (no
+/// allocation per frame). WebSocket frames use the all-zero masking key, so
 /// the masked payload equals the plain one.
 pub struct FrameTemplate {
     /// The whole wire frame.
@@ -78,8 +73,8 @@ pub struct FrameTemplate {
     msg_off: usize,
     /// Protocol message length (16 + payload).
     pub msg_len: usize,
-    fill_sum: u64,
-    stamps: Vec<usize>,
+    /// The filler before keying (payload bytes from 32 on).
+    base: Vec<u8>,
 }
 
 impl FrameTemplate {
@@ -90,26 +85,13 @@ impl FrameTemplate {
             plen >= MIN_PAYLOAD,
             "frame payload must be at least {MIN_PAYLOAD} bytes"
         );
-        let mut payload = vec![0u8; plen];
+        let mut base = vec![0u8; plen - MIN_PAYLOAD];
         let mut x: u64 = 0x1234_5678_9ABC_DEF1;
-        for b in payload.chunks_mut(8) {
+        for b in base.chunks_mut(8) {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            let w = x.to_le_bytes();
-            b.copy_from_slice(&w[..b.len()]);
-        }
-        payload[..24].fill(0);
-        let stamps: Vec<usize> = (1..)
-            .map(|k| k * STAMP_EVERY)
-            .take_while(|&o| o + 8 <= plen)
-            .collect();
-        for &o in &stamps {
-            payload[o..o + 8].fill(0);
-        }
-        let mut fill_sum = 0u64;
-        for off in (0..plen).step_by(8) {
-            fill_sum = fill_sum.wrapping_add(word_at(&payload, off));
+            b.copy_from_slice(&x.to_le_bytes()[..b.len()]);
         }
         let msg = protocol::frame(
             FrameType::Pixels,
@@ -117,7 +99,7 @@ impl FrameTemplate {
             0,
             0,
             (width, height),
-            &payload,
+            &vec![0u8; plen],
         );
         debug_assert!(protocol::validate_source_message(&msg).is_ok());
         let (wire, msg_off) = match framing {
@@ -137,44 +119,75 @@ impl FrameTemplate {
             msg_len: msg.len(),
             wire,
             msg_off,
-            fill_sum,
-            stamps,
+            base,
         }
     }
 
-    /// Writes frame `idx`, sent at `send_ns`, into the template.
-    pub fn patch(&mut self, idx: u64, send_ns: u64, stream_ms: u32) {
+    /// The protocol message inside [`FrameTemplate::wire`].
+    #[cfg(test)]
+    pub fn message(&self) -> &[u8] {
+        &self.wire[self.msg_off..]
+    }
+
+    /// Writes frame `idx` of `channel`, sent at `send_ns`, into the template.
+    pub fn patch(&mut self, channel: u64, idx: u64, send_ns: u64, stream_ms: u32) {
         let m = &mut self.wire[self.msg_off..];
         m[2..4].copy_from_slice(&(idx as u16).to_le_bytes());
         m[4..8].copy_from_slice(&stream_ms.to_le_bytes());
-        let p = &mut m[HEADER_LEN..];
-        let mut s = self.fill_sum.wrapping_add(idx).wrapping_add(send_ns);
-        for (k, &o) in self.stamps.iter().enumerate() {
-            let v = stamp(idx, k + 1);
-            p[o..o + 8].copy_from_slice(&v.to_le_bytes());
-            s = s.wrapping_add(v);
+        let (words, fill) = m[HEADER_LEN..].split_at_mut(MIN_PAYLOAD);
+        words[0..8].copy_from_slice(&idx.to_le_bytes());
+        words[8..16].copy_from_slice(&send_ns.to_le_bytes());
+        words[16..24].copy_from_slice(&channel.to_le_bytes());
+        let key = frame_key(channel, idx).to_le_bytes();
+        let mut out = fill.chunks_exact_mut(8);
+        let mut inp = self.base.chunks_exact(8);
+        let k = u64::from_le_bytes(key);
+        for (o, i) in (&mut out).zip(&mut inp) {
+            let w = u64::from_le_bytes(i.try_into().unwrap()) ^ k;
+            o.copy_from_slice(&w.to_le_bytes());
         }
-        p[0..8].copy_from_slice(&idx.to_le_bytes());
-        p[8..16].copy_from_slice(&send_ns.to_le_bytes());
-        p[16..24].copy_from_slice(&MAGIC.wrapping_sub(s).to_le_bytes());
+        for ((o, i), k) in out
+            .into_remainder()
+            .iter_mut()
+            .zip(inp.remainder())
+            .zip(key)
+        {
+            *o = i ^ k;
+        }
+        let h = message_hash(m);
+        m[HASH_AT..HASH_AT + 8].copy_from_slice(&h.to_le_bytes());
     }
 }
 
+/// What the parser found a complete message to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// Not a test frame (another frame type, e.g. a relay's protocol `Ping`).
+    Other,
+    /// A `Pixels` message that cannot be a test frame: wrong flags, shorter
+    /// than [`FIRST`], or a header length that disagrees with its size.
+    Malformed,
+    /// A well-formed test frame whose hash was not computed (sampling).
+    Unchecked,
+    /// A test frame whose hash matches its bytes.
+    Intact,
+    /// A test frame whose hash does not match its bytes.
+    Mismatch,
+}
+
 /// One complete message as the parser saw it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MsgInfo {
     /// Message length (protocol header + payload).
     pub len: u64,
-    /// Frame index, for test frames.
+    /// Frame index (word 0), for test frames.
     pub idx: u64,
-    /// Send time (ns since epoch), for test frames.
+    /// Send time (ns since epoch, word 1), for test frames.
     pub send_ns: u64,
-    /// A test frame: Pixels, long enough, header length field consistent.
-    pub test_frame: bool,
-    /// Its payload sum was computed.
-    pub checked: bool,
-    /// The sum matched (meaningful when `checked`).
-    pub sum_ok: bool,
+    /// Channel number (word 2), for test frames.
+    pub channel: u64,
+    /// What it is.
+    pub check: Check,
 }
 
 /// What the parser reports.
@@ -191,7 +204,7 @@ pub enum Ev<'a> {
 /// A streaming parser of server→client traffic. See the module docs.
 pub struct Parser {
     framing: Framing,
-    head: [u8; 14],
+    head: [u8; WS_MAX_HEAD],
     head_have: usize,
     in_frame: bool,
     frame_left: u64,
@@ -202,20 +215,18 @@ pub struct Parser {
     msg_len: u64,
     first: [u8; FIRST],
     checking: bool,
-    sum: u64,
-    carry: [u8; 8],
-    carry_len: usize,
+    hash: Xxh3Default,
     check_every: u64,
     salt: u64,
 }
 
 impl Parser {
-    /// A parser that sums the payload of every `check_every`-th frame
+    /// A parser that hashes the payload of every `check_every`-th frame
     /// (offset by `salt`, so receivers check different frames).
     pub fn new(framing: Framing, check_every: u64, salt: u64) -> Self {
         Self {
             framing,
-            head: [0; 14],
+            head: [0; WS_MAX_HEAD],
             head_have: 0,
             in_frame: false,
             frame_left: 0,
@@ -225,9 +236,7 @@ impl Parser {
             msg_len: 0,
             first: [0; FIRST],
             checking: false,
-            sum: 0,
-            carry: [0; 8],
-            carry_len: 0,
+            hash: Xxh3Default::new(),
             check_every: check_every.max(1),
             salt,
         }
@@ -247,12 +256,12 @@ impl Parser {
                 self.frame_left -= n as u64;
                 data = rest;
                 if self.frame_left == 0 {
-                    self.end_frame(ev)?;
+                    self.end_frame(ev);
                 }
                 continue;
             }
             let want = match self.framing {
-                Framing::Ws => 14,
+                Framing::Ws => WS_MAX_HEAD,
                 Framing::Tcp => 4,
             };
             let n = (want - self.head_have).min(data.len());
@@ -260,11 +269,11 @@ impl Parser {
             self.head[had..had + n].copy_from_slice(&data[..n]);
             let have = had + n;
             match self.framing {
-                Framing::Ws => match ws::parse_head(&self.head[..have], Role::Client) {
+                Framing::Ws => match ws::parse_head(&self.head[..have], Side::Client) {
                     Ok(Some(h)) => {
                         data = &data[h.head_len - had..];
                         self.head_have = 0;
-                        self.start_frame(h.opcode, h.fin, h.payload_len, ev)?;
+                        self.start_frame(h.opcode, h.fin, h.payload_len, ev);
                     }
                     Ok(None) if have < want => {
                         self.head_have = have;
@@ -278,7 +287,7 @@ impl Parser {
                     if have == 4 {
                         self.head_have = 0;
                         let len = u32::from_le_bytes(self.head[..4].try_into().unwrap());
-                        self.start_frame(ws::OP_BINARY, true, len as u64, ev)?;
+                        self.start_frame(ws::OP_BINARY, true, len as u64, ev);
                     } else {
                         self.head_have = have;
                     }
@@ -288,13 +297,7 @@ impl Parser {
         Ok(())
     }
 
-    fn start_frame(
-        &mut self,
-        op: u8,
-        fin: bool,
-        len: u64,
-        ev: &mut impl FnMut(Ev<'_>),
-    ) -> Result<(), String> {
+    fn start_frame(&mut self, op: u8, fin: bool, len: u64, ev: &mut impl FnMut(Ev<'_>)) {
         self.in_frame = true;
         self.frame_left = len;
         self.frame_op = op;
@@ -302,16 +305,13 @@ impl Parser {
         if op & 0x8 == 0 && op != ws::OP_CONTINUATION {
             self.msg_len = 0;
             self.checking = false;
-            self.sum = 0;
-            self.carry_len = 0;
         }
         if len == 0 {
-            self.end_frame(ev)?;
+            self.end_frame(ev);
         }
-        Ok(())
     }
 
-    fn end_frame(&mut self, ev: &mut impl FnMut(Ev<'_>)) -> Result<(), String> {
+    fn end_frame(&mut self, ev: &mut impl FnMut(Ev<'_>)) {
         self.in_frame = false;
         match self.frame_op {
             ws::OP_PING => ev(Ev::Ping(&self.ctrl)),
@@ -328,7 +328,6 @@ impl Parser {
             _ => {}
         }
         self.ctrl.clear();
-        Ok(())
     }
 
     #[inline]
@@ -343,63 +342,50 @@ impl Parser {
                 let idx = u64::from_le_bytes(self.first[16..24].try_into().unwrap());
                 self.checking =
                     self.check_every <= 1 || idx.wrapping_add(self.salt) % self.check_every == 0;
+                if self.checking {
+                    self.hash.reset();
+                    self.hash.update(&self.first[..HASH_AT]);
+                }
             }
         }
         if d.is_empty() {
             return;
         }
         self.msg_len += d.len() as u64;
-        if !self.checking {
-            return;
+        if self.checking {
+            self.hash.update(d);
         }
-        if self.carry_len > 0 {
-            let n = (8 - self.carry_len).min(d.len());
-            self.carry[self.carry_len..self.carry_len + n].copy_from_slice(&d[..n]);
-            self.carry_len += n;
-            d = &d[n..];
-            if self.carry_len < 8 {
-                return;
-            }
-            self.sum = self.sum.wrapping_add(u64::from_le_bytes(self.carry));
-            self.carry_len = 0;
-        }
-        let whole = d.len() & !7;
-        self.sum = self.sum.wrapping_add(sum_words(&d[..whole]));
-        let rest = &d[whole..];
-        self.carry[..rest.len()].copy_from_slice(rest);
-        self.carry_len = rest.len();
     }
 
     fn finish(&mut self) -> MsgInfo {
         let len = self.msg_len;
+        let f = &self.first;
         let mut info = MsgInfo {
             len,
             idx: 0,
             send_ns: 0,
-            test_frame: false,
-            checked: false,
-            sum_ok: false,
+            channel: 0,
+            check: Check::Other,
         };
-        if (len as usize) < FIRST {
+        if len == 0 || f[0] != FrameType::Pixels.to_u8() {
             return info;
         }
-        let Ok(h) = Header::parse(&self.first) else {
+        info.check = Check::Malformed;
+        let word = |i: usize| u64::from_le_bytes(f[i..i + 8].try_into().unwrap());
+        let length = u32::from_le_bytes(f[12..16].try_into().unwrap()) as u64;
+        if (len as usize) < FIRST || f[1] != FLAG_KEYFRAME || length + HEADER_LEN as u64 != len {
             return info;
-        };
-        info.test_frame =
-            h.kind == FrameType::Pixels.to_u8() && h.length as u64 + HEADER_LEN as u64 == len;
-        info.idx = u64::from_le_bytes(self.first[16..24].try_into().unwrap());
-        info.send_ns = u64::from_le_bytes(self.first[24..32].try_into().unwrap());
-        if self.checking {
-            let mut s = self.sum;
-            if self.carry_len > 0 {
-                self.carry[self.carry_len..].fill(0);
-                s = s.wrapping_add(u64::from_le_bytes(self.carry));
-            }
-            s = s.wrapping_add(sum_words(&self.first[16..40]));
-            info.checked = true;
-            info.sum_ok = s == MAGIC;
         }
+        info.idx = word(HEADER_LEN);
+        info.send_ns = word(HEADER_LEN + 8);
+        info.channel = word(HEADER_LEN + 16);
+        info.check = if !self.checking {
+            Check::Unchecked
+        } else if self.hash.digest() == word(HASH_AT) {
+            Check::Intact
+        } else {
+            Check::Mismatch
+        };
         info
     }
 }
@@ -409,70 +395,145 @@ mod tests {
     use super::*;
 
     fn server_wire(tpl: &FrameTemplate) -> Vec<u8> {
-        let msg = &tpl.wire[tpl.wire.len() - tpl.msg_len..];
-        ws::server_frame(ws::OP_BINARY, msg)
+        ws::server_frame(ws::OP_BINARY, tpl.message())
+    }
+
+    fn parse_all(wire: &[u8], split: usize, check_every: u64) -> (Vec<MsgInfo>, usize) {
+        let mut p = Parser::new(Framing::Ws, check_every, 0);
+        let mut got = Vec::new();
+        let mut pings = 0;
+        for c in wire.chunks(split) {
+            p.feed(c, &mut |e| match e {
+                Ev::Msg(m) => got.push(m),
+                Ev::Ping(b) => {
+                    assert_eq!(b, b"hi");
+                    pings += 1
+                }
+                Ev::Close(_) => panic!("no close sent"),
+            })
+            .unwrap();
+        }
+        (got, pings)
     }
 
     #[test]
     fn roundtrip_any_split() {
-        for (w, h) in [(3u16, 2u16), (5, 3), (64, 64), (33, 17)] {
+        for (w, h) in [(4u16, 2u16), (5, 3), (64, 64), (33, 17)] {
             let mut tpl = FrameTemplate::new(Framing::Ws, w, h);
             let mut wire = Vec::new();
             for i in 0..3u64 {
-                tpl.patch(i, 1000 + i, 0);
+                tpl.patch(7, i, 1000 + i, 0);
+                assert!(protocol::validate_source_message(tpl.message()).is_ok());
                 wire.extend(server_wire(&tpl));
                 wire.extend(ws::server_frame(ws::OP_PING, b"hi"));
             }
             for split in [1usize, 2, 3, 7, 13, 4096, wire.len()] {
-                let mut p = Parser::new(Framing::Ws, 1, 0);
-                let mut got = Vec::new();
-                let mut pings = 0;
-                for c in wire.chunks(split) {
-                    p.feed(c, &mut |e| match e {
-                        Ev::Msg(m) => got.push(m),
-                        Ev::Ping(b) => {
-                            assert_eq!(b, b"hi");
-                            pings += 1
-                        }
-                        Ev::Close(_) => panic!(),
-                    })
-                    .unwrap();
-                }
+                let (got, pings) = parse_all(&wire, split, 1);
                 assert_eq!(pings, 3);
                 assert_eq!(got.len(), 3);
                 for (i, m) in got.iter().enumerate() {
-                    assert!(
-                        m.test_frame && m.checked && m.sum_ok,
-                        "{w}x{h} split {split}: {m:?}"
+                    assert_eq!(m.check, Check::Intact, "{w}x{h} split {split}");
+                    assert_eq!(
+                        (m.idx, m.send_ns, m.channel),
+                        (i as u64, 1000 + i as u64, 7)
                     );
-                    assert_eq!(m.idx, i as u64);
-                    assert_eq!(m.send_ns, 1000 + i as u64);
+                    assert_eq!(m.len as usize, tpl.msg_len);
                 }
             }
         }
     }
 
     #[test]
-    fn detects_corruption_and_tearing() {
-        let mut tpl = FrameTemplate::new(Framing::Tcp, 64, 64);
-        tpl.patch(7, 1, 0);
-        let a = tpl.wire.clone();
-        tpl.patch(8, 1, 0);
-        let b = tpl.wire.clone();
-        let mut torn = a.clone();
-        torn[9000..].copy_from_slice(&b[9000..]);
-        let mut flipped = a.clone();
-        flipped[5000] ^= 0x10;
-        for (wire, ok) in [(a, true), (torn, false), (flipped, false)] {
+    fn the_streamed_hash_is_the_one_shot_hash() {
+        let mut tpl = FrameTemplate::new(Framing::Ws, 33, 17);
+        tpl.patch(1, 2, 3, 4);
+        let m = tpl.message();
+        let mut joined = m[..HASH_AT].to_vec();
+        joined.extend_from_slice(&m[HASH_AT + 8..]);
+        assert_eq!(message_hash(m), xxhash_rust::xxh3::xxh3_64(&joined));
+    }
+
+    #[test]
+    fn frames_differ_in_every_filler_word() {
+        let mut tpl = FrameTemplate::new(Framing::Ws, 16, 16);
+        tpl.patch(0, 1, 0, 0);
+        let a = tpl.message().to_vec();
+        tpl.patch(0, 2, 0, 0);
+        let b = tpl.message().to_vec();
+        tpl.patch(1, 1, 0, 0);
+        let c = tpl.message().to_vec();
+        for other in [&b, &c] {
+            let same = a[FIRST..]
+                .chunks(8)
+                .zip(other[FIRST..].chunks(8))
+                .filter(|(x, y)| x == y)
+                .count();
+            assert_eq!(same, 0);
+        }
+    }
+
+    #[test]
+    fn any_flipped_byte_or_swapped_words_fail_the_hash() {
+        let mut tpl = FrameTemplate::new(Framing::Tcp, 8, 8);
+        tpl.patch(0, 5, 99, 0);
+        let good = tpl.message().to_vec();
+        let check = |msg: &[u8]| {
+            let mut wire = (msg.len() as u32).to_le_bytes().to_vec();
+            wire.extend_from_slice(msg);
             let mut p = Parser::new(Framing::Tcp, 1, 0);
             let mut got = None;
             p.feed(&wire, &mut |e| {
                 if let Ev::Msg(m) = e {
-                    got = Some(m)
+                    got = Some(m.check)
                 }
             })
             .unwrap();
-            assert_eq!(got.unwrap().sum_ok, ok);
+            got.unwrap()
+        };
+        assert_eq!(check(&good), Check::Intact);
+        // Every byte but the type byte (a non-Pixels type is `Other`).
+        for i in 1..good.len() {
+            let mut bad = good.clone();
+            bad[i] ^= 0x10;
+            assert_ne!(check(&bad), Check::Intact, "byte {i}");
         }
+        let mut swapped = good.clone();
+        let (a, b) = (FIRST + 16, FIRST + 24);
+        let word_a = swapped[a..a + 8].to_vec();
+        swapped.copy_within(b..b + 8, a);
+        swapped[b..b + 8].copy_from_slice(&word_a);
+        assert_ne!(swapped, good);
+        assert_eq!(check(&swapped), Check::Mismatch);
+    }
+
+    #[test]
+    fn sampling_hashes_every_nth_frame() {
+        let mut tpl = FrameTemplate::new(Framing::Ws, 8, 8);
+        let mut wire = Vec::new();
+        for i in 0..8u64 {
+            tpl.patch(0, i, 0, 0);
+            wire.extend(server_wire(&tpl));
+        }
+        let (got, _) = parse_all(&wire, 100, 4);
+        let checked: Vec<u64> = got
+            .iter()
+            .filter(|m| m.check == Check::Intact)
+            .map(|m| m.idx)
+            .collect();
+        assert_eq!(checked, [0, 4]);
+        assert!(got
+            .iter()
+            .all(|m| matches!(m.check, Check::Intact | Check::Unchecked)));
+    }
+
+    #[test]
+    fn other_and_malformed_messages() {
+        let ping = protocol::frame(FrameType::Ping, 0, 0, 0, (0, 0), &[]);
+        let short = protocol::frame(FrameType::Pixels, FLAG_KEYFRAME, 0, 0, (2, 2), &[0; 16]);
+        let mut wire = ws::server_frame(ws::OP_BINARY, &ping);
+        wire.extend(ws::server_frame(ws::OP_BINARY, &short));
+        let (got, _) = parse_all(&wire, 5, 1);
+        let kinds: Vec<Check> = got.iter().map(|m| m.check).collect();
+        assert_eq!(kinds, [Check::Other, Check::Malformed]);
     }
 }
