@@ -1,0 +1,250 @@
+//! End to end: the `loadtest` binary against a tiny fake relay on
+//! 127.0.0.1 that damages one frame on its way to every receiver. The run
+//! must fail (exit code 1) and count exactly that damage; with no damage it
+//! must pass (exit code 0).
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use bitstream_wire::handshake;
+use bitstream_wire::ws::{self, Side};
+
+/// What the fake relay does to the source's `k`-th message (0-based).
+#[derive(Clone, Copy, Debug)]
+enum Defect {
+    None,
+    /// One byte of the payload flipped.
+    Flip(usize),
+    /// Not forwarded.
+    Drop(usize),
+    /// Forwarded twice.
+    Duplicate(usize),
+    /// Forwarded after the next one.
+    Swap(usize),
+}
+
+type Channels = Arc<Mutex<HashMap<String, Vec<TcpStream>>>>;
+
+/// Starts the fake relay: `/stream/{ch}` joins a channel, `/source/{ch}`
+/// sends to it, every message forwarded to each receiver in turn (after
+/// `defect`).
+fn fake_relay(defect: Defect) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let channels: Channels = Arc::default();
+    thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let channels = channels.clone();
+            thread::spawn(move || serve(s, channels, defect));
+        }
+    });
+    addr
+}
+
+fn serve(mut s: TcpStream, channels: Channels, defect: Defect) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 65536];
+    let (req, n) = loop {
+        let got = match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(got) => got,
+        };
+        buf.extend_from_slice(&chunk[..got]);
+        if let Ok(Some(r)) = handshake::parse_request(&buf) {
+            break r;
+        }
+    };
+    buf.drain(..n);
+    let key = req.ws_key.unwrap_or_default();
+    if let Some(ch) = req.target.strip_prefix("/stream/") {
+        // Joined before the answer, so the driver's first frame reaches it.
+        let mut m = channels.lock().unwrap();
+        m.entry(ch.to_owned())
+            .or_default()
+            .push(s.try_clone().unwrap());
+        drop(m);
+        let _ = s.write_all(&handshake::upgrade_response(&key));
+        return; // the driver's receivers only read
+    }
+    let Some(ch) = req.target.strip_prefix("/source/") else {
+        return;
+    };
+    let ch = ch.to_owned();
+    let _ = s.write_all(&handshake::upgrade_response(&key));
+    let mut k = 0usize;
+    let mut held: Option<Vec<u8>> = None;
+    loop {
+        // Every whole client frame in the buffer (the driver sends unfragmented binary messages).
+        while let Ok(Some(h)) = ws::parse_head(&buf, Side::Server) {
+            let end = h.head_len + h.payload_len as usize;
+            if buf.len() < end {
+                break;
+            }
+            let mut payload: Vec<u8> = buf[h.head_len..end].to_vec();
+            let mask = h.mask.unwrap_or([0; 4]);
+            for (i, b) in payload.iter_mut().enumerate() {
+                *b ^= mask[i % 4];
+            }
+            buf.drain(..end);
+            if h.opcode != ws::OP_BINARY {
+                continue;
+            }
+            let frame = ws::server_frame(ws::OP_BINARY, &payload);
+            let mut out: Vec<&[u8]> = vec![&frame];
+            let mut damaged;
+            let held_now = held.take();
+            match defect {
+                Defect::Flip(at) if at == k => {
+                    damaged = frame.clone();
+                    let last = damaged.len() - 1;
+                    damaged[last - 100] ^= 0x01;
+                    out = vec![&damaged];
+                }
+                Defect::Drop(at) if at == k => out.clear(),
+                Defect::Duplicate(at) if at == k => out.push(&frame),
+                Defect::Swap(at) if at == k => {
+                    held = Some(frame.clone());
+                    out.clear();
+                }
+                _ => {}
+            }
+            if let Some(h) = &held_now {
+                out.push(h);
+            }
+            let mut m = channels.lock().unwrap();
+            for r in m.get_mut(&ch).into_iter().flatten() {
+                for f in &out {
+                    let _ = r.write_all(f);
+                }
+            }
+            k += 1;
+        }
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(got) => buf.extend_from_slice(&chunk[..got]),
+        }
+    }
+}
+
+/// What one `loadtest headline` run against a fake relay did.
+struct Outcome {
+    code: Option<i32>,
+    stderr: String,
+    /// [missing, duplicate, out_of_order, corrupted, delivered]
+    counts: [u64; 5],
+}
+
+/// Runs `loadtest headline` for 0.5 s at 50 fps (25 frames of 64×64) to
+/// 2 receivers through a fake relay with `defect`.
+fn headline_through(defect: Defect) -> Outcome {
+    let addr = fake_relay(defect);
+    let out = std::env::temp_dir().join(format!(
+        "loadtest-integrity-{}-{}",
+        std::process::id(),
+        addr.port()
+    ));
+    std::fs::create_dir_all(&out).unwrap();
+    let log = out.join("stderr.txt");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args(["headline", "--url", &format!("ws://{addr}")])
+        .args(["--receivers", "2", "--width", "64", "--height", "64"])
+        .args(["--fps", "50", "--duration", "0.5", "--drain", "2"])
+        .arg("--out")
+        .arg(&out)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("run loadtest");
+    // A run takes about a second; a driver that hangs fails the test.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break Some(st);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+    let status = status.unwrap_or_else(|| panic!("loadtest did not end within 30 s:\n{stderr}"));
+    let json: PathBuf = std::fs::read_dir(&out)
+        .unwrap_or_else(|e| panic!("no results in {}: {e}\n{stderr}", out.display()))
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "json"))
+        .unwrap_or_else(|| panic!("no JSON result\n{stderr}"));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let _ = std::fs::remove_dir_all(&out);
+    let d = &v["delivery"];
+    let n = |k: &str| d[k].as_u64().unwrap_or_else(|| panic!("{k} in {d}"));
+    assert_eq!(v["source"]["frames_sent"], 25, "{stderr}");
+    assert_eq!(v["connect"]["receivers_connected"], 2, "{stderr}");
+    Outcome {
+        code: status.code(),
+        counts: [
+            n("missing_frames"),
+            n("duplicate"),
+            n("out_of_order"),
+            n("corrupted"),
+            n("delivered_frames"),
+        ],
+        stderr,
+    }
+}
+
+/// The run failed with exactly `counts` ([missing, duplicate,
+/// out-of-order, corrupt] over both receivers) and said so on stderr.
+fn assert_fails_with(o: &Outcome, counts: [u64; 4]) {
+    assert_eq!(&o.counts[..4], &counts, "{}", o.stderr);
+    assert_eq!(o.code, Some(1), "{}", o.stderr);
+    let line = format!(
+        "missing {}, duplicate {}, out-of-order {}, corrupt {}",
+        counts[0], counts[1], counts[2], counts[3]
+    );
+    assert!(
+        o.stderr.lines().any(|l| l
+            .starts_with("loadtest: FAIL headline against relay (ws://127.0.0.1:")
+            && l.contains(&line)),
+        "no FAIL line with `{line}`:\n{}",
+        o.stderr
+    );
+}
+
+#[test]
+fn a_clean_relay_passes() {
+    let o = headline_through(Defect::None);
+    assert_eq!(o.counts, [0, 0, 0, 0, 50], "{}", o.stderr);
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    assert!(o.stderr.contains("loadtest: OK headline"), "{}", o.stderr);
+}
+
+#[test]
+fn a_flipped_byte_fails_the_run() {
+    let o = headline_through(Defect::Flip(5));
+    assert_fails_with(&o, [0, 0, 0, 2]);
+    assert_eq!(o.counts[4], 48);
+}
+
+#[test]
+fn a_dropped_frame_fails_the_run() {
+    assert_fails_with(&headline_through(Defect::Drop(5)), [2, 0, 0, 0]);
+}
+
+#[test]
+fn a_duplicated_frame_fails_the_run() {
+    assert_fails_with(&headline_through(Defect::Duplicate(5)), [0, 2, 0, 0]);
+}
+
+#[test]
+fn a_reordered_pair_fails_the_run() {
+    assert_fails_with(&headline_through(Defect::Swap(5)), [0, 0, 2, 0]);
+}
