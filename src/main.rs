@@ -10,7 +10,7 @@ use tracing_subscriber::EnvFilter;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    let config = Config::parse();
+    let mut config = Config::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -19,6 +19,7 @@ fn main() {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
+    fit_open_files(&mut config);
     // One core (e.g. under `taskset -c 0`) gets a current-thread runtime: no
     // work-stealing bookkeeping for a scheduler that cannot steal.
     let threads = config.worker_threads();
@@ -56,6 +57,43 @@ fn main() {
     }
     // Connection tasks still lingering are dropped with the runtime.
     rt.shutdown_background();
+}
+
+/// File descriptors kept for everything but peers (listener, GC, logs…).
+const RESERVED_FDS: u64 = 64;
+
+/// Raises the open-file soft limit to the hard limit, and caps
+/// `--max-connections` to what the limit allows (with a log line): past it,
+/// `accept` would fail instead of the relay refusing with a clear 503.
+fn fit_open_files(config: &mut bitstream_relay::Config) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read or write the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim = raised;
+        }
+    }
+    let allowed = (lim.rlim_cur as u64).saturating_sub(RESERVED_FDS) as usize;
+    if config.max_connections > allowed {
+        tracing::warn!(
+            requested = config.max_connections,
+            allowed,
+            open_files = lim.rlim_cur as u64,
+            "--max-connections capped to the open-file limit"
+        );
+        config.max_connections = allowed;
+    }
 }
 
 async fn wait_for_signal() {

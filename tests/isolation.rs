@@ -258,3 +258,27 @@ async fn a_tiny_diff_on_a_large_signal_state_costs_its_own_size() {
         serde_json::from_slice(&m[protocol::HEADER_LEN..]).unwrap();
     assert!(state == expected, "the joiner's state differs");
 }
+
+/// Receivers that join channels nobody publishes on, then leave, do not
+/// fill the channel table: such a channel goes with its last member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_storm_leaves_no_channels_behind() {
+    let t = start(&["--max-channels", "50", "--grace-ms", "600000"]).await;
+    for round in 0..3 {
+        let mut peers = Vec::new();
+        for i in 0..50 {
+            peers.push(connect(&t.url(&format!("/stream/r{round}c{i}"))).await);
+        }
+        assert_eq!(t.relay.summary().channels, 50);
+        for p in peers {
+            p.close(1000).await.unwrap();
+        }
+        eventually("the empty channels removed", || t.relay.summary().channels == 0).await;
+    }
+    // A real source still gets a channel at once.
+    let _src = connect(&t.url("/source/real")).await;
+    // ...and its channel stays for the grace period after it leaves.
+    drop(_src);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(t.relay.summary().channels, 1);
+}

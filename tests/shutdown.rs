@@ -110,3 +110,32 @@ fn env_configures_the_relay() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not-an-address"));
 }
+
+#[test]
+fn max_connections_is_capped_to_the_open_file_limit() {
+    let port = free_port();
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -n 300 && exec {} --addr 127.0.0.1:{port} --max-connections 60000 --log-format json",
+            env!("CARGO_BIN_EXE_bitstream-relay")
+        ))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut lines = Vec::new();
+    loop {
+        let mut line = String::new();
+        use std::io::BufRead;
+        if err.read_line(&mut line).unwrap_or(0) == 0 || line.contains("relay listening") {
+            break;
+        }
+        lines.push(line);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let capped = lines.iter().find(|l| l.contains("capped"));
+    let capped = capped.unwrap_or_else(|| panic!("no log line about the cap in {lines:?}"));
+    assert!(capped.contains(r#""allowed":236"#), "{capped}");
+}

@@ -94,17 +94,23 @@ async fn serve(relay: &Arc<Relay>, stream: &Arc<TcpStream>) -> Result<(), Refuse
     let channel = relay
         .attach(name)
         .map_err(|why| Refused::new(why, 503, "channel limit reached"))?;
-    let attached = Attached(channel);
-    join(relay, &attached.0, stream, wanted, key, &rest).await
+    let attached = Attached {
+        relay: relay.clone(),
+        channel,
+    };
+    join(relay, &attached.channel, stream, wanted, key, &rest).await
 }
 
 /// Detaches from the channel however the connection ends (a panic in the
 /// session included), so the GC can collect it.
-struct Attached(Arc<Channel>);
+struct Attached {
+    relay: Arc<Relay>,
+    channel: Arc<Channel>,
+}
 
 impl Drop for Attached {
     fn drop(&mut self) {
-        self.0.detach(now_ms());
+        self.relay.detach(&self.channel);
     }
 }
 

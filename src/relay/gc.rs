@@ -28,16 +28,7 @@ pub(crate) fn sweep(relay: &Relay, now: u64) -> Sweep {
             out.expired += 1;
         }
     }
-    relay.channels.retain(|_, ch| {
-        // `retain` holds the shard's write lock, and attaching takes it too:
-        // a member count of zero here cannot change under us.
-        let keep = ch.members() > 0 || ch.idle_ms(now) < grace;
-        if !keep {
-            relay.retired.absorb(&ch.traffic.snapshot());
-            out.removed += 1;
-        }
-        keep
-    });
+    out.removed = relay.retire_where(|ch| ch.members() == 0 && ch.idle_ms(now) >= grace);
     out
 }
 

@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
 use tokio::sync::watch;
@@ -25,6 +25,11 @@ pub struct Relay {
     /// Traffic of channels the GC has removed.
     pub(crate) retired: Traffic,
     per_ip: DashMap<IpAddr, usize>,
+    /// Serializes removals of channels (GC sweeps, empty channels leaving).
+    retiring: Mutex<()>,
+    /// Odd while a removal moves a channel's traffic into `retired`: a
+    /// summary taken meanwhile is retried, so totals never go backwards.
+    retire_gen: AtomicU64,
     next_peer_id: AtomicU64,
     draining: AtomicBool,
     shutdown: watch::Sender<bool>,
@@ -102,6 +107,8 @@ impl Relay {
             connections: Connections::default(),
             retired: Traffic::default(),
             per_ip: DashMap::new(),
+            retiring: Mutex::new(()),
+            retire_gen: AtomicU64::new(0),
             next_peer_id: AtomicU64::new(1),
             draining: AtomicBool::new(false),
             shutdown,
@@ -142,6 +149,53 @@ impl Relay {
         Ok(entry.clone())
     }
 
+    /// Counts a member leaving `ch`. A channel that never had a source and
+    /// has no member left is removed at once: a storm of receivers that
+    /// leave cannot fill the channel table for a grace period.
+    pub(crate) fn detach(&self, ch: &Arc<Channel>) {
+        ch.detach(now_ms());
+        if ch.members() > 0 || ch.had_source() {
+            return;
+        }
+        self.retire(|| {
+            self.channels
+                .remove_if(&ch.name, |_, c| {
+                    Arc::ptr_eq(c, ch) && c.members() == 0 && !c.had_source()
+                })
+                .map_or(0, |(_, c)| {
+                    self.retired.absorb(&c.traffic.snapshot());
+                    1
+                })
+        });
+    }
+
+    /// Removes (and retires the traffic of) every channel `gone` says so of.
+    pub(crate) fn retire_where(&self, mut gone: impl FnMut(&Channel) -> bool) -> usize {
+        self.retire(|| {
+            let mut removed = 0;
+            // `retain` holds each shard's write lock, and attaching takes it
+            // too: a member count of zero seen here cannot change under us.
+            self.channels.retain(|_, ch| {
+                if !gone(ch) {
+                    return true;
+                }
+                self.retired.absorb(&ch.traffic.snapshot());
+                removed += 1;
+                false
+            });
+            removed
+        })
+    }
+
+    /// Runs a removal with the retire generation odd.
+    fn retire(&self, f: impl FnOnce() -> usize) -> usize {
+        let _one_at_a_time = self.retiring.lock().unwrap_or_else(|e| e.into_inner());
+        self.retire_gen.fetch_add(1, Ordering::SeqCst);
+        let removed = f();
+        self.retire_gen.fetch_add(1, Ordering::SeqCst);
+        removed
+    }
+
     /// The fan-out sharding new channels get.
     pub(crate) fn fanout(&self) -> Fanout {
         Fanout {
@@ -152,7 +206,7 @@ impl Relay {
 
     /// Counts a connection from `ip` unless it already has the per-IP maximum.
     pub(crate) fn admit_ip(&self, ip: IpAddr) -> bool {
-        let mut n = self.per_ip.entry(ip).or_insert(0);
+        let mut n = self.per_ip.entry(ip_key(ip)).or_insert(0);
         if *n >= self.config.max_connections_per_ip {
             return false;
         }
@@ -162,7 +216,7 @@ impl Relay {
 
     /// Releases a connection counted by [`Relay::admit_ip`].
     pub(crate) fn release_ip(&self, ip: IpAddr) {
-        self.per_ip.remove_if_mut(&ip, |_, n| {
+        self.per_ip.remove_if_mut(&ip_key(ip), |_, n| {
             *n = n.saturating_sub(1);
             *n == 0
         });
@@ -184,12 +238,24 @@ impl Relay {
         self.shutdown.subscribe()
     }
 
-    /// Relay-wide totals: retired traffic plus every live channel's.
+    /// Relay-wide totals: retired traffic plus every live channel's. Taken
+    /// again if a channel was retired meanwhile, so no total ever goes
+    /// backwards between two summaries.
     pub fn summary(&self) -> Summary {
-        let mut traffic = self.retired.snapshot();
-        for ch in self.channels.iter() {
-            traffic += ch.traffic.snapshot();
-        }
+        let traffic = loop {
+            let gen = self.retire_gen.load(Ordering::SeqCst);
+            if gen % 2 == 1 {
+                std::thread::yield_now();
+                continue;
+            }
+            let mut traffic = self.retired.snapshot();
+            for ch in self.channels.iter() {
+                traffic += ch.traffic.snapshot();
+            }
+            if self.retire_gen.load(Ordering::SeqCst) == gen {
+                break traffic;
+            }
+        };
         let c = &self.connections;
         Summary {
             traffic,
@@ -213,6 +279,18 @@ impl Relay {
     }
 }
 
+/// What the per-IP cap counts by: the address, but an IPv6 peer by its /64
+/// (one host gets a whole /64; counting single addresses would not cap it).
+fn ip_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        },
+    }
+}
+
 /// Resolves once shutdown has begun, including when it began before this
 /// receiver was created or first polled.
 pub(crate) async fn shutting_down(rx: &mut watch::Receiver<bool>) {
@@ -224,5 +302,41 @@ pub(crate) async fn shutting_down(rx: &mut watch::Receiver<bool>) {
             // The relay is gone: nothing will ever signal shutdown.
             std::future::pending::<()>().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn ipv6_peers_are_capped_by_their_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(ip_key(a), ip_key(b));
+        assert_ne!(ip_key(a), ip_key(other));
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(ip_key(mapped), "10.0.0.1".parse::<IpAddr>().unwrap());
+        let relay = Relay::new(Config::parse_from(["x", "--max-connections-per-ip", "2"]));
+        assert!(relay.admit_ip(a) && relay.admit_ip(b));
+        assert!(!relay.admit_ip("2001:db8:1:2::77".parse().unwrap()));
+        assert!(relay.admit_ip(other));
+        relay.release_ip(a);
+        assert!(relay.admit_ip(b));
+    }
+
+    #[test]
+    fn a_channel_that_never_had_a_source_goes_when_its_last_member_leaves() {
+        let relay = Relay::new(Config::default());
+        let a = relay.attach("a").unwrap();
+        let a2 = relay.attach("a").unwrap();
+        a.traffic.dropped.add(3);
+        relay.detach(&a);
+        assert_eq!(relay.summary().channels, 1, "one member left");
+        relay.detach(&a2);
+        assert_eq!(relay.summary().channels, 0);
+        assert_eq!(relay.summary().traffic.dropped, 3, "its traffic is kept");
     }
 }

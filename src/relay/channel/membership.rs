@@ -30,6 +30,11 @@ impl Channel {
         now.saturating_sub(self.last_left_ms.load(Ordering::Relaxed))
     }
 
+    /// True if the channel has, or ever had, a source.
+    pub(crate) fn had_source(&self) -> bool {
+        self.source.load().is_some() || self.source_left_ms.load(Ordering::Relaxed) != 0
+    }
+
     /// Makes `peer` the source unless the channel has one.
     pub(crate) fn claim_source(&self, peer: &Arc<Peer>) -> bool {
         let _m = lock(&self.membership);
