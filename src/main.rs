@@ -84,12 +84,12 @@ fn fit_open_files(config: &mut bitstream_relay::Config) {
             lim = raised;
         }
     }
-    let allowed = (lim.rlim_cur as u64).saturating_sub(RESERVED_FDS) as usize;
+    let allowed = lim.rlim_cur.saturating_sub(RESERVED_FDS) as usize;
     if config.max_connections > allowed {
         tracing::warn!(
             requested = config.max_connections,
             allowed,
-            open_files = lim.rlim_cur as u64,
+            open_files = lim.rlim_cur,
             "--max-connections capped to the open-file limit"
         );
         config.max_connections = allowed;
