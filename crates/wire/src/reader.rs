@@ -125,6 +125,18 @@ pub struct MessageReader {
     /// Retired large buffers, reused once every message cut from them has
     /// been released (written to every receiver, replaced in the cache).
     spares: Vec<BytesMut>,
+    /// Progress through an incomplete text frame at the buffer's start.
+    early: EarlyText,
+}
+
+/// How far an incomplete text frame has been unmasked and checked, so that
+/// invalid UTF-8 fails as soon as it arrives, not when the frame completes.
+#[derive(Debug, Default, Clone, Copy)]
+struct EarlyText {
+    /// Payload bytes already unmasked in place.
+    unmasked: usize,
+    /// Payload bytes known to be whole, valid code points.
+    valid: usize,
 }
 
 /// Retired large buffers a reader keeps for reuse.
@@ -146,6 +158,7 @@ impl MessageReader {
             need: ws::MAX_HEAD_LEN,
             partial: None,
             spares: Vec::new(),
+            early: EarlyText::default(),
         }
     }
 
@@ -163,6 +176,7 @@ impl MessageReader {
     /// Drops whatever is buffered (the connection is closing).
     pub fn discard(&mut self) {
         self.buf = BytesMut::new();
+        self.early = EarlyText::default();
         self.partial = None;
         self.spares.clear();
     }
@@ -201,19 +215,66 @@ impl MessageReader {
             let total = head.head_len + head.payload_len as usize;
             if self.buf.len() < total {
                 self.need = total;
+                self.check_text_early(&head)?;
                 return Ok(None);
             }
             let mut frame = self.buf.split_to(total);
             if total > self.chunk {
                 self.retire_tail();
             }
+            let done = std::mem::take(&mut self.early).unmasked;
             if let Some(mask) = head.mask {
-                ws::apply_mask(&mut frame[head.head_len..], mask, 0);
+                ws::apply_mask(&mut frame[head.head_len + done..], mask, done);
             }
             if let Some(msg) = self.on_frame(head, frame)? {
                 return Ok(Some(msg));
             }
         }
+    }
+
+    /// Unmasks and checks what has arrived of an incomplete text frame (or
+    /// text continuation), so invalid UTF-8 fails fast (Autobahn 6.4.x).
+    fn check_text_early(&mut self, head: &ws::FrameHead) -> Result<(), WsError> {
+        let text = match head.opcode {
+            ws::OP_TEXT => true,
+            ws::OP_CONTINUATION => self.partial.as_ref().is_some_and(|p| p.opcode == ws::OP_TEXT),
+            _ => false,
+        };
+        if !text {
+            return Ok(());
+        }
+        let payload = &mut self.buf[head.head_len..];
+        let early = &mut self.early;
+        if let Some(mask) = head.mask {
+            ws::apply_mask(&mut payload[early.unmasked..], mask, early.unmasked);
+        }
+        early.unmasked = payload.len();
+        if early.valid == 0 {
+            // The first bytes may complete a code point the message's earlier
+            // fragments left cut.
+            let carry = match (&self.partial, head.opcode) {
+                (Some(p), ws::OP_CONTINUATION) => &p.buf[ws::MAX_SERVER_HEAD_LEN + p.utf8_ok..],
+                _ => &[][..],
+            };
+            if !carry.is_empty() {
+                let mut joined = carry.to_vec();
+                joined.extend_from_slice(&payload[..payload.len().min(4)]);
+                early.valid = match std::str::from_utf8(&joined) {
+                    Ok(_) => joined.len() - carry.len(),
+                    Err(e) if e.error_len().is_some() => return Err(WsError::InvalidUtf8),
+                    Err(e) => e.valid_up_to().saturating_sub(carry.len()),
+                };
+                if early.valid == 0 {
+                    return Ok(());
+                }
+            }
+        }
+        match std::str::from_utf8(&payload[early.valid..]) {
+            Ok(rest) => early.valid += rest.len(),
+            Err(e) if e.error_len().is_none() => early.valid += e.valid_up_to(),
+            Err(_) => return Err(WsError::InvalidUtf8),
+        }
+        Ok(())
     }
 
     fn on_frame(
@@ -544,6 +605,70 @@ mod tests {
         assert!(r.frame_ready());
         assert!(r.parse().unwrap().is_some());
         assert!(!r.frame_ready());
+    }
+
+    #[test]
+    fn invalid_utf8_in_an_incomplete_text_frame_fails_as_it_arrives() {
+        // One frame, delivered in three chops: the second one is invalid.
+        let mut payload = "héllo wörld ".repeat(4).into_bytes();
+        payload.extend([0xF4, 0x90, 0x80, 0x80]); // above U+10FFFF
+        payload.extend(b"tail".repeat(20));
+        let wire = ws::client_frame(ws::OP_TEXT, true, &payload, [9, 8, 7, 6]);
+        let mut r = MessageReader::new(Side::Server, 1000, 64, &[]);
+        r.buf.extend_from_slice(&wire[..30]);
+        assert!(r.parse().unwrap().is_none(), "a valid prefix waits");
+        r.buf.extend_from_slice(&wire[30..70]);
+        assert_eq!(r.parse(), Err(ReadError::Ws(WsError::InvalidUtf8)));
+        // A code point cut by a chop, or by a fragment boundary, is fine.
+        let euro = "€€€€".as_bytes();
+        let wire = ws::client_frame(ws::OP_TEXT, true, euro, [1, 2, 3, 4]);
+        let mut r = MessageReader::new(Side::Server, 1000, 64, &[]);
+        let mut got = Vec::new();
+        for b in &wire {
+            got.extend(feed(&mut r, &[*b]));
+        }
+        assert_eq!(got.len(), 1);
+        let Incoming::Text(m) = &got[0] else { panic!("not text") };
+        assert_eq!(m.payload(), euro);
+        let mut wire = ws::client_frame(ws::OP_TEXT, false, &euro[..2], [1, 2, 3, 4]);
+        wire.extend(ws::client_frame(ws::OP_CONTINUATION, true, &euro[2..], [5, 6, 7, 8]));
+        let mut r = MessageReader::new(Side::Server, 1000, 64, &[]);
+        let mut got = Vec::new();
+        for b in &wire {
+            got.extend(feed(&mut r, &[*b]));
+        }
+        let Incoming::Text(m) = &got[0] else { panic!("not text") };
+        assert_eq!(m.payload(), euro);
+        // An invalid continuation byte right after the cut fails early too.
+        let mut wire = ws::client_frame(ws::OP_TEXT, false, &euro[..1], [1, 2, 3, 4]);
+        let mut bad = vec![b'x'; 40];
+        bad[0] = b'A';
+        wire.extend(ws::client_frame(ws::OP_CONTINUATION, true, &bad, [5, 6, 7, 8]));
+        let mut r = MessageReader::new(Side::Server, 1000, 64, &[]);
+        r.buf.extend_from_slice(&wire[..wire.len() - 30]);
+        assert_eq!(r.parse(), Err(ReadError::Ws(WsError::InvalidUtf8)));
+    }
+
+    proptest::proptest! {
+        /// However a valid text message is fragmented and chopped, it comes
+        /// out whole and equal; early checking never refuses valid UTF-8.
+        #[test]
+        fn valid_text_passes_any_chopping(text in "\\PC{0,40}", cut in 0usize..200, chop in 1usize..7) {
+            let bytes = text.as_bytes();
+            let cut = cut.min(bytes.len());
+            let mut wire = ws::client_frame(ws::OP_TEXT, cut == bytes.len(), &bytes[..cut], [3, 1, 4, 1]);
+            if cut < bytes.len() {
+                wire.extend(ws::client_frame(ws::OP_CONTINUATION, true, &bytes[cut..], [5, 9, 2, 6]));
+            }
+            let mut r = MessageReader::new(Side::Server, 1000, 64, &[]);
+            let mut got = Vec::new();
+            for part in wire.chunks(chop) {
+                got.extend(feed(&mut r, part));
+            }
+            proptest::prop_assert_eq!(got.len(), 1);
+            let Incoming::Text(m) = &got[0] else { panic!("not text") };
+            proptest::prop_assert_eq!(m.payload(), bytes);
+        }
     }
 
     #[test]
