@@ -78,15 +78,9 @@ fn drain(mut s: TcpStream) -> std::thread::JoinHandle<Vec<u8>> {
 
 /// `GET /healthz` over a fresh connection: how long the answer took.
 async fn healthz_time(t: &TestRelay) -> Duration {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let started = Instant::now();
-    let mut s = tokio::net::TcpStream::connect(t.addr).await.unwrap();
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = String::new();
-    within(s.read_to_string(&mut out)).await.unwrap();
-    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let (status, body) = http_get(t, "/healthz").await;
+    assert_eq!(status, 200, "{body}");
     started.elapsed()
 }
 

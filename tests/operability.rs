@@ -4,22 +4,6 @@ mod common;
 
 use bitstream_relay::protocol::{self, FrameType};
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-async fn get(t: &TestRelay, path: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(t.addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = String::new();
-    within(s.read_to_string(&mut out)).await.unwrap();
-    let status = out[9..12].parse().unwrap();
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
 
 fn metric(text: &str, name: &str) -> u64 {
     text.lines()
@@ -32,7 +16,7 @@ fn metric(text: &str, name: &str) -> u64 {
 #[tokio::test]
 async fn metrics_move_with_traffic() {
     let t = start(&[]).await;
-    let (status, before) = get(&t, "/metrics").await;
+    let (status, before) = http_get(&t, "/metrics").await;
     assert_eq!(status, 200);
     assert_eq!(metric(&before, "relay_frames_in_total"), 0);
     let mut r = connect(&t.url("/stream/m")).await;
@@ -54,7 +38,7 @@ async fn metrics_move_with_traffic() {
         within(r.recv_binary()).await.unwrap();
     }
     let _ = connect_err(&t.url("/stream/bad%20name")).await;
-    let (_, after) = get(&t, "/metrics").await;
+    let (_, after) = http_get(&t, "/metrics").await;
     assert_eq!(metric(&after, "relay_frames_in_total"), 5);
     assert_eq!(metric(&after, "relay_frames_out_total"), 5);
     assert_eq!(metric(&after, "relay_bytes_out_total"), 5 * 21);
@@ -81,7 +65,7 @@ async fn channels_lists_every_channel() {
         .await
         .unwrap();
     eventually("frame counted", || t.relay.summary().traffic.frames_in == 1).await;
-    let (status, body) = get(&t, "/channels").await;
+    let (status, body) = http_get(&t, "/channels").await;
     assert_eq!(status, 200);
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     let ch = &v.as_array().unwrap()[0];
@@ -95,14 +79,14 @@ async fn channels_lists_every_channel() {
 #[tokio::test]
 async fn health_turns_503_while_shutting_down() {
     let t = start(&["--shutdown-grace-ms", "3000"]).await;
-    let (status, body) = get(&t, "/healthz").await;
+    let (status, body) = http_get(&t, "/healthz").await;
     assert_eq!(status, 200);
     assert!(body.contains("\"ok\""));
     // A receiver that does not answer the close keeps the relay draining a while.
     let _r = connect(&t.url("/stream/h")).await;
     wait_receivers(&t, "h", 1).await;
     t.relay.begin_shutdown();
-    let (status, body) = get(&t, "/healthz").await;
+    let (status, body) = http_get(&t, "/healthz").await;
     assert_eq!(status, 503);
     assert!(body.contains("shutting_down"));
     match connect_err(&t.url("/stream/h")).await {
@@ -114,9 +98,9 @@ async fn health_turns_503_while_shutting_down() {
 #[tokio::test]
 async fn the_page_and_its_module_are_served() {
     let t = start(&[]).await;
-    let (status, body) = get(&t, "/").await;
+    let (status, body) = http_get(&t, "/").await;
     assert_eq!(status, 200);
     assert!(body.contains("client.js"));
-    let (status, _) = get(&t, "/client.js").await;
+    let (status, _) = http_get(&t, "/client.js").await;
     assert_eq!(status, 200);
 }
