@@ -78,9 +78,8 @@ pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
 /// Waits until channel `name` has `n` receivers registered.
 pub async fn wait_receivers(t: &TestRelay, name: &str, n: usize) {
     eventually(&format!("{n} receivers on {name}"), || {
-        t.relay
-            .channel(name)
-            .is_some_and(|c| c.receivers == n)
+        // A channel nobody published on goes with its last member.
+        t.relay.channel(name).map_or(0, |c| c.receivers) == n
     })
     .await;
 }
