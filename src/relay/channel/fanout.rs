@@ -96,17 +96,19 @@ impl Channel {
 
     /// Hands a frame to every receiver of shard `k`.
     fn fan_shard(&self, k: usize, frame: &Bytes, seq: u64, len: u64) {
-        let receivers = self.receivers[k].load_full();
+        let blocks = self.receivers[k].load();
         let mut delivered = 0u64;
-        for r in receivers.iter() {
-            match r.egress.send_live(frame, seq) {
-                Outcome::Sent => delivered += 1,
-                Outcome::Queued => {
-                    delivered += 1;
-                    self.traffic.queued.inc();
+        for block in blocks.iter() {
+            for r in block.iter() {
+                match r.egress.send_live(frame, seq) {
+                    Outcome::Sent => delivered += 1,
+                    Outcome::Queued => {
+                        delivered += 1;
+                        self.traffic.queued.inc();
+                    }
+                    Outcome::Overflow => self.traffic.slow_skips.inc(),
+                    Outcome::NotSent => {}
                 }
-                Outcome::Overflow => self.traffic.slow_skips.inc(),
-                Outcome::NotSent => {}
             }
         }
         if delivered > 0 {

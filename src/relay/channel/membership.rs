@@ -2,9 +2,10 @@
 //! GC, the source slot, the receiver shards and the signaling peers.
 
 use std::sync::atomic::{fence, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use super::{lock, Channel, PeerList};
+use super::roster::Roster;
+use super::{lock, Channel};
 use crate::relay::peer::Peer;
 use crate::relay::stats::Refusal;
 
@@ -56,7 +57,7 @@ impl Channel {
         }
     }
 
-    fn shard_of(&self, peer: &Peer) -> &PeerList {
+    fn shard_of(&self, peer: &Peer) -> &Roster {
         &self.receivers[peer.id as usize % self.receivers.len()]
     }
 
@@ -69,7 +70,7 @@ impl Channel {
             if self.receiver_count() >= max {
                 return Err(Refusal::ReceiverLimit);
             }
-            push_to(self.shard_of(peer), peer);
+            self.shard_of(peer).push(peer);
             self.receiver_count.fetch_add(1, Ordering::Relaxed);
         }
         fence(Ordering::SeqCst);
@@ -79,7 +80,11 @@ impl Channel {
 
     /// Removes a receiver.
     pub(crate) fn remove_receiver(&self, peer: &Arc<Peer>) {
-        if remove_from(&self.membership, self.shard_of(peer), peer) {
+        let removed = {
+            let _m = lock(&self.membership);
+            self.shard_of(peer).remove(peer)
+        };
+        if removed {
             self.receiver_count.fetch_sub(1, Ordering::Relaxed);
         }
     }
@@ -87,42 +92,16 @@ impl Channel {
     /// Adds a signaling peer unless `max` are connected.
     pub(crate) fn add_signal_peer(&self, peer: &Arc<Peer>, max: usize) -> Result<(), Refusal> {
         let _m = lock(&self.membership);
-        if self.signal_peers.load().len() >= max {
+        if self.signal_peers.len() >= max {
             return Err(Refusal::ReceiverLimit);
         }
-        push_to(&self.signal_peers, peer);
+        self.signal_peers.push(peer);
         Ok(())
     }
 
     /// Removes a signaling peer.
     pub(crate) fn remove_signal_peer(&self, peer: &Arc<Peer>) {
-        remove_from(&self.membership, &self.signal_peers, peer);
+        let _m = lock(&self.membership);
+        self.signal_peers.remove(peer);
     }
-}
-
-/// Publishes `list` with `peer` appended (copy-on-write). The caller holds
-/// the membership lock.
-fn push_to(list: &PeerList, peer: &Arc<Peer>) {
-    let cur = list.load();
-    let mut next = Vec::with_capacity(cur.len() + 1);
-    next.extend(cur.iter().cloned());
-    next.push(peer.clone());
-    list.store(Arc::new(next));
-}
-
-/// Removes `peer` from `list` under the membership lock; false if it was
-/// not there.
-fn remove_from(membership: &Mutex<()>, list: &PeerList, peer: &Arc<Peer>) -> bool {
-    let _m = lock(membership);
-    let cur = list.load();
-    if !cur.iter().any(|p| Arc::ptr_eq(p, peer)) {
-        return false;
-    }
-    let next: Vec<Arc<Peer>> = cur
-        .iter()
-        .filter(|p| !Arc::ptr_eq(p, peer))
-        .cloned()
-        .collect();
-    list.store(Arc::new(next));
-    true
 }

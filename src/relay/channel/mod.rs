@@ -20,12 +20,14 @@
 mod catchup;
 mod fanout;
 mod membership;
+mod roster;
 mod routing;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
+use roster::Roster;
 use tokio::sync::mpsc;
 
 pub(crate) use fanout::Fanout;
@@ -33,9 +35,6 @@ pub(crate) use fanout::Fanout;
 use crate::relay::cache::{CacheWriter, CatchUp};
 use crate::relay::peer::Peer;
 use crate::relay::stats::Traffic;
-
-/// A list of peers, replaced whole on every change.
-type PeerList = ArcSwap<Vec<Arc<Peer>>>;
 
 /// A channel. See the module docs.
 #[derive(Debug)]
@@ -46,11 +45,12 @@ pub(crate) struct Channel {
     pub(crate) traffic: Traffic,
     cache: ArcSwap<CatchUp>,
     writer: Mutex<CacheWriter>,
-    receivers: Box<[PeerList]>,
+    /// Receivers, sharded by peer id (one shard per fan-out task).
+    receivers: Box<[Roster]>,
     receiver_count: AtomicUsize,
     fanout: Fanout,
     workers: OnceLock<Vec<mpsc::Sender<fanout::Job>>>,
-    signal_peers: PeerList,
+    signal_peers: Roster,
     source: ArcSwapOption<Peer>,
     membership: Mutex<()>,
     seq: AtomicU64,
@@ -75,13 +75,11 @@ impl Channel {
             traffic: Traffic::default(),
             cache: ArcSwap::from_pointee(CatchUp::default()),
             writer: Mutex::new(CacheWriter::new(max_signal_state)),
-            receivers: (0..shards)
-                .map(|_| ArcSwap::from_pointee(Vec::new()))
-                .collect(),
+            receivers: (0..shards).map(|_| Roster::default()).collect(),
             receiver_count: AtomicUsize::new(0),
             fanout: Fanout { shards, ..fanout },
             workers: OnceLock::new(),
-            signal_peers: ArcSwap::from_pointee(Vec::new()),
+            signal_peers: Roster::default(),
             source: ArcSwapOption::empty(),
             membership: Mutex::new(()),
             seq: AtomicU64::new(0),
@@ -103,17 +101,15 @@ impl Channel {
 
     /// Signaling peers connected now.
     pub(crate) fn signal_peer_count(&self) -> usize {
-        self.signal_peers.load().len()
+        self.signal_peers.len()
     }
 
     /// Bytes queued for this channel's receivers right now.
     pub(crate) fn egress_queued_bytes(&self) -> usize {
-        self.receivers
-            .iter()
-            .map(|shard| {
-                let list = shard.load();
-                list.iter().map(|r| r.egress.queued_bytes()).sum::<usize>()
-            })
-            .sum()
+        let mut total = 0;
+        for shard in self.receivers.iter() {
+            shard.for_each(|r| total += r.egress.queued_bytes());
+        }
+        total
     }
 }

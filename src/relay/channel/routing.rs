@@ -25,12 +25,11 @@ impl Channel {
 
     /// Broadcasts a signaling message to every signaling peer but `from`.
     pub(crate) fn broadcast_signal(&self, from: &Peer, msg: &WireMessage) {
-        let peers = self.signal_peers.load_full();
-        for p in peers.iter().filter(|p| p.id != from.id) {
-            if !matches!(p.egress.send(&msg.wire), Outcome::Sent | Outcome::Queued) {
+        self.signal_peers.for_each(|p| {
+            if p.id != from.id && !matches!(p.egress.send(&msg.wire), Outcome::Sent | Outcome::Queued) {
                 self.traffic.dropped.inc();
             }
-        }
+        });
         self.traffic.signal_messages.inc();
     }
 }
