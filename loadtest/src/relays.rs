@@ -173,6 +173,7 @@ pub fn spawn(
             let mut c = Command::new(&paths.relay_bin);
             c.args(["--addr", &addr, "--max-receivers", "100000"])
                 .args(["--max-connections-per-ip", "100000"])
+                .args(["--max-channels-per-ip", "100000"])
                 .args(["--max-connections", "200000"]);
             c
         }

@@ -3,6 +3,7 @@
 //! and a WebSocket peer admitted to its channel in its role, or refused with
 //! a clear HTTP status.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -86,14 +87,19 @@ async fn serve(relay: &Arc<Relay>, stream: &Arc<TcpStream>) -> Result<(), Refuse
         Route::Legacy => (DEFAULT_CHANNEL, None),
         Route::Other(p) if p == "/echo" && relay.config.echo_endpoint => {
             // Echo peers get a private channel: nothing is shared or fanned out.
-            let channel = Arc::new(Channel::new(Arc::from("echo"), 0, Fanout::SINGLE, now_ms()));
+            let channel = Arc::new(Channel::new(Arc::from("echo"), None, 0, Fanout::SINGLE, now_ms()));
             return join(relay, &channel, stream, Some(Role::Echo), key, &rest).await;
         }
         Route::Other(_) => return Err(Refused::new(Refusal::BadRequest, 404, "no such endpoint")),
     };
-    let channel = relay
-        .attach(name)
-        .map_err(|why| Refused::new(why, 503, "channel limit reached"))?;
+    let ip = stream.peer_addr().map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+    let channel = relay.attach(name, ip).map_err(|why| {
+        let text = match why {
+            Refusal::ChannelsPerIpLimit => "channel limit for your address reached",
+            _ => "channel limit reached",
+        };
+        Refused::new(why, 503, text)
+    })?;
     let attached = Attached {
         relay: relay.clone(),
         channel,

@@ -60,6 +60,10 @@ pub struct Config {
     /// Maximum channels that exist at once.
     #[arg(long, env = "RELAY_MAX_CHANNELS", default_value_t = 10_000)]
     pub max_channels: usize,
+    /// Maximum channels that exist at once having been created by one
+    /// client IP address (IPv6: one /64).
+    #[arg(long, env = "RELAY_MAX_CHANNELS_PER_IP", default_value_t = 100)]
+    pub max_channels_per_ip: usize,
     /// Maximum open connections in total (handshakes included).
     #[arg(long, env = "RELAY_MAX_CONNECTIONS", default_value_t = 60_000)]
     pub max_connections: usize,

@@ -192,7 +192,7 @@ mod tests {
     #[test]
     fn renders_counters_and_channels() {
         let relay = Relay::new(Config::parse_from(["x"]));
-        let ch = relay.attach("cam").unwrap();
+        let ch = relay.attach("cam", std::net::IpAddr::from([127, 0, 0, 1])).unwrap();
         ch.traffic.frames_in.add(7);
         relay.connections.refuse(Refusal::BadName);
         let text = render(&relay);

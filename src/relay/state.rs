@@ -25,6 +25,8 @@ pub struct Relay {
     /// Traffic of channels the GC has removed.
     pub(crate) retired: Traffic,
     per_ip: DashMap<IpAddr, usize>,
+    /// Channels that exist, by the per-IP key of who created them.
+    channels_per_ip: DashMap<IpAddr, usize>,
     /// Serializes removals of channels (GC sweeps, empty channels leaving).
     retiring: Mutex<()>,
     /// Odd while a removal moves a channel's traffic into `retired`: a
@@ -107,6 +109,7 @@ impl Relay {
             connections: Connections::default(),
             retired: Traffic::default(),
             per_ip: DashMap::new(),
+            channels_per_ip: DashMap::new(),
             retiring: Mutex::new(()),
             retire_gen: AtomicU64::new(0),
             next_peer_id: AtomicU64::new(1),
@@ -129,7 +132,9 @@ impl Relay {
     /// Finds or creates a channel and counts one member attaching to it.
     /// Attaching happens under the map's shard lock, which the GC also takes,
     /// so a channel is never removed between lookup and attach.
-    pub(crate) fn attach(&self, name: &str) -> Result<Arc<Channel>, Refusal> {
+    /// A peer from `ip` may create at most `--max-channels-per-ip` of the
+    /// channels that exist.
+    pub(crate) fn attach(&self, name: &str, ip: IpAddr) -> Result<Arc<Channel>, Refusal> {
         if let Some(ch) = self.channels.get(name) {
             ch.attach();
             return Ok(ch.clone());
@@ -137,16 +142,50 @@ impl Relay {
         if self.channels.len() >= self.config.max_channels {
             return Err(Refusal::ChannelLimit);
         }
+        let key = ip_key(ip);
+        {
+            // Reserve a creation for this address; given back if someone
+            // else created the channel meanwhile.
+            let mut n = self.channels_per_ip.entry(key).or_insert(0);
+            if *n >= self.config.max_channels_per_ip {
+                return Err(Refusal::ChannelsPerIpLimit);
+            }
+            *n += 1;
+        }
+        let mut created = false;
         let entry = self.channels.entry(Arc::from(name)).or_insert_with(|| {
+            created = true;
             Arc::new(Channel::new(
                 Arc::from(name),
+                Some(key),
                 self.config.max_signal_state,
                 self.fanout(),
                 now_ms(),
             ))
         });
         entry.attach();
-        Ok(entry.clone())
+        let ch = entry.clone();
+        drop(entry);
+        if !created {
+            self.forget_creation(key);
+        }
+        Ok(ch)
+    }
+
+    fn forget_creation(&self, key: IpAddr) {
+        self.channels_per_ip.remove_if_mut(&key, |_, n| {
+            *n = n.saturating_sub(1);
+            *n == 0
+        });
+    }
+
+    /// Moves a removed channel's traffic into the retired totals and gives
+    /// its creator's slot back.
+    fn retire_channel(&self, ch: &Channel) {
+        self.retired.absorb(&ch.traffic.snapshot());
+        if let Some(key) = ch.creator {
+            self.forget_creation(key);
+        }
     }
 
     /// Counts a member leaving `ch`. A channel that never had a source and
@@ -163,7 +202,7 @@ impl Relay {
                     Arc::ptr_eq(c, ch) && c.members() == 0 && !c.had_source()
                 })
                 .map_or(0, |(_, c)| {
-                    self.retired.absorb(&c.traffic.snapshot());
+                    self.retire_channel(&c);
                     1
                 })
         });
@@ -179,7 +218,7 @@ impl Relay {
                 if !gone(ch) {
                     return true;
                 }
-                self.retired.absorb(&ch.traffic.snapshot());
+                self.retire_channel(ch);
                 removed += 1;
                 false
             });
@@ -328,10 +367,32 @@ mod tests {
     }
 
     #[test]
+    fn one_address_creates_at_most_its_share_of_channels() {
+        let relay = Relay::new(Config::parse_from(["x", "--max-channels-per-ip", "2"]));
+        let me = IpAddr::from([10, 0, 0, 1]);
+        let other = IpAddr::from([10, 0, 0, 2]);
+        let a = relay.attach("a", me).unwrap();
+        let b = relay.attach("b", me).unwrap();
+        assert_eq!(relay.attach("c", me).err(), Some(Refusal::ChannelsPerIpLimit));
+        // Joining a channel that exists creates nothing.
+        let b2 = relay.attach("b", me).unwrap();
+        let c = relay.attach("c", other).unwrap();
+        relay.detach(&a);
+        let c2 = relay.attach("c", me).unwrap();
+        let d = relay.attach("d", me).unwrap();
+        for ch in [b, b2, c, c2, d] {
+            relay.detach(&ch);
+        }
+        assert_eq!(relay.summary().channels, 0);
+        assert!(relay.channels_per_ip.is_empty(), "every creation given back");
+    }
+
+    #[test]
     fn a_channel_that_never_had_a_source_goes_when_its_last_member_leaves() {
         let relay = Relay::new(Config::default());
-        let a = relay.attach("a").unwrap();
-        let a2 = relay.attach("a").unwrap();
+        let ip = IpAddr::from([127, 0, 0, 1]);
+        let a = relay.attach("a", ip).unwrap();
+        let a2 = relay.attach("a", ip).unwrap();
         a.traffic.dropped.add(3);
         relay.detach(&a);
         assert_eq!(relay.summary().channels, 1, "one member left");

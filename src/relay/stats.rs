@@ -170,11 +170,13 @@ pub enum Refusal {
     ShuttingDown = 7,
     /// `--max-connections-per-ip` reached.
     PerIpLimit = 8,
+    /// `--max-channels-per-ip` reached.
+    ChannelsPerIpLimit = 9,
 }
 
 impl Refusal {
     /// Every refusal reason, in index order.
-    pub const ALL: [Refusal; 9] = [
+    pub const ALL: [Refusal; 10] = [
         Refusal::BadName,
         Refusal::BadRequest,
         Refusal::SourceTaken,
@@ -184,6 +186,7 @@ impl Refusal {
         Refusal::HandshakeTimeout,
         Refusal::ShuttingDown,
         Refusal::PerIpLimit,
+        Refusal::ChannelsPerIpLimit,
     ];
 
     /// A short label for logs and metrics.
@@ -198,6 +201,7 @@ impl Refusal {
             Refusal::HandshakeTimeout => "handshake_timeout",
             Refusal::ShuttingDown => "shutting_down",
             Refusal::PerIpLimit => "per_ip_limit",
+            Refusal::ChannelsPerIpLimit => "channels_per_ip_limit",
         }
     }
 }

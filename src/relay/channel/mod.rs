@@ -23,6 +23,7 @@ mod membership;
 mod roster;
 mod routing;
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
@@ -41,6 +42,8 @@ use crate::relay::stats::Traffic;
 pub(crate) struct Channel {
     /// The channel's name.
     pub(crate) name: Arc<str>,
+    /// Who created it (the per-IP key), for `--max-channels-per-ip`.
+    pub(crate) creator: Option<IpAddr>,
     /// Traffic counters.
     pub(crate) traffic: Traffic,
     cache: ArcSwap<CatchUp>,
@@ -68,10 +71,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Channel {
     /// A new, empty channel created at `now` (ms on the relay clock).
-    pub(crate) fn new(name: Arc<str>, max_signal_state: usize, fanout: Fanout, now: u64) -> Self {
+    pub(crate) fn new(
+        name: Arc<str>,
+        creator: Option<IpAddr>,
+        max_signal_state: usize,
+        fanout: Fanout,
+        now: u64,
+    ) -> Self {
         let shards = fanout.shards.max(1);
         Self {
             name,
+            creator,
             traffic: Traffic::default(),
             cache: ArcSwap::from_pointee(CatchUp::default()),
             writer: Mutex::new(CacheWriter::new(max_signal_state)),
