@@ -2,10 +2,13 @@
 //! upgrade get a proper response (health, channel list, 426 on WebSocket
 //! paths, 404 elsewhere) instead of a hang.
 
+use std::sync::{Arc, Mutex};
+
 use serde_json::json;
 
 use bitstream_wire::handshake::{http_response, Request};
 
+use crate::relay::clock::now_ms;
 use crate::relay::handshake::Route;
 use crate::relay::state::Relay;
 use crate::relay::{metrics, web};
@@ -48,30 +51,8 @@ pub(crate) fn respond(relay: &Relay, req: &Request, route: &Route) -> Vec<u8> {
             metrics::render(relay).as_bytes(),
         ),
         Route::Other(p) if p == "/channels" => {
-            let list: Vec<_> = relay
-                .channel_summaries()
-                .into_iter()
-                .map(|ch| {
-                    let t = ch.traffic;
-                    json!({
-                        "name": ch.name,
-                        "source": ch.source,
-                        "receivers": ch.receivers,
-                        "signal_peers": ch.signal_peers,
-                        "frames_in": t.frames_in,
-                        "bytes_in": t.bytes_in,
-                        "frames_out": t.frames_out,
-                        "bytes_out": t.bytes_out,
-                        "cached_bytes": ch.cached_bytes,
-                    })
-                })
-                .collect();
-            http_response(
-                200,
-                "OK",
-                "application/json",
-                serde_json::Value::from(list).to_string().as_bytes(),
-            )
+            let body = relay.channels_page.get_or_render(now_ms(), || channels_json(relay));
+            http_response(200, "OK", "application/json", &body)
         }
         Route::Legacy => {
             let (ct, body) = web::asset("/").unwrap_or(("text/plain", b"no page\n"));
@@ -87,5 +68,77 @@ pub(crate) fn respond(relay: &Relay, req: &Request, route: &Route) -> Vec<u8> {
             "text/plain",
             b"this path takes WebSocket connections\n",
         ),
+    }
+}
+
+/// The `/channels` body: one object per channel.
+fn channels_json(relay: &Relay) -> Vec<u8> {
+    let list: Vec<_> = relay
+        .channel_summaries()
+        .into_iter()
+        .map(|ch| {
+            let t = ch.traffic;
+            json!({
+                "name": ch.name,
+                "source": ch.source,
+                "receivers": ch.receivers,
+                "signal_peers": ch.signal_peers,
+                "frames_in": t.frames_in,
+                "bytes_in": t.bytes_in,
+                "frames_out": t.frames_out,
+                "bytes_out": t.bytes_out,
+                "cached_bytes": ch.cached_bytes,
+            })
+        })
+        .collect();
+    serde_json::Value::from(list).to_string().into_bytes()
+}
+
+/// How long a rendered page is served again before it is rendered anew.
+const PAGE_TTL_MS: u64 = 1000;
+
+/// A page rendered at most once per [`PAGE_TTL_MS`] and shared by every
+/// request meanwhile: on a full table, listing every channel costs
+/// milliseconds, and a client polling it must not make the relay do that
+/// work per request. Concurrent requests wait for one rendering.
+#[derive(Debug, Default)]
+pub(crate) struct PageCache {
+    page: Mutex<Option<(u64, Arc<[u8]>)>>,
+}
+
+impl PageCache {
+    /// The page rendered at most [`PAGE_TTL_MS`] before `now`, rendering
+    /// it with `render` if there is none.
+    pub(crate) fn get_or_render(&self, now: u64, render: impl FnOnce() -> Vec<u8>) -> Arc<[u8]> {
+        let mut page = self.page.lock().unwrap_or_else(|e| e.into_inner());
+        match page.as_ref() {
+            Some((at, body)) if now.saturating_sub(*at) < PAGE_TTL_MS => body.clone(),
+            _ => {
+                let body: Arc<[u8]> = render().into();
+                *page = Some((now, body.clone()));
+                body
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_is_rendered_once_per_interval() {
+        let cache = PageCache::default();
+        let mut renders = 0;
+        for now in [1000, 1500, 1999] {
+            let body = cache.get_or_render(now, || {
+                renders += 1;
+                b"a".to_vec()
+            });
+            assert_eq!(&body[..], b"a");
+        }
+        assert_eq!(renders, 1);
+        let body = cache.get_or_render(2000, || b"b".to_vec());
+        assert_eq!(&body[..], b"b", "rendered anew after the interval");
     }
 }

@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use crate::relay::channel::{Channel, Fanout};
 use crate::relay::clock::now_ms;
 use crate::relay::config::Config;
+use crate::relay::http::PageCache;
 use crate::relay::stats::{Connections, Refusal, Traffic, TrafficSnapshot};
 
 /// Shared relay state. See the module docs.
@@ -22,6 +23,8 @@ pub struct Relay {
     pub(crate) channels: DashMap<Arc<str>, Arc<Channel>>,
     /// Connection counters.
     pub(crate) connections: Connections,
+    /// `GET /channels`, rendered at most once a second.
+    pub(crate) channels_page: PageCache,
     /// Traffic of channels the GC has removed.
     pub(crate) retired: Traffic,
     per_ip: DashMap<IpAddr, usize>,
@@ -107,6 +110,7 @@ impl Relay {
             config,
             channels: DashMap::new(),
             connections: Connections::default(),
+            channels_page: PageCache::default(),
             retired: Traffic::default(),
             per_ip: DashMap::new(),
             channels_per_ip: DashMap::new(),
