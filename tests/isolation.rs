@@ -276,3 +276,42 @@ async fn a_handshake_storm_leaves_no_channels_behind() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(t.relay.summary().channels, 1);
 }
+
+/// Cached state over all channels stays within `--max-cache-memory`: the
+/// channel that would pass it stops caching (its live frames still flow),
+/// the others keep theirs, and room freed by an expired channel is used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_state_stays_within_the_cache_budget() {
+    let t = start(&["--max-cache-memory", "2500000", "--grace-ms", "200", "--gc-interval-ms", "50"]).await;
+    let picture = noise(640 * 400 * 4, 11);
+    let mut live = connect(&t.url("/stream/c")).await;
+    wait_receivers(&t, "c", 1).await;
+    let mut sources = Vec::new();
+    for name in ["a", "b", "c"] {
+        let mut src = connect(&t.url(&format!("/source/{name}"))).await;
+        src.send(&protocol::pixels_keyframe(1, 0, 640, 400, &picture))
+            .await
+            .unwrap();
+        eventually(&format!("{name} took its frame"), || {
+            t.relay.channel(name).is_some_and(|c| c.traffic.frames_in == 1)
+        })
+        .await;
+        sources.push(src);
+    }
+    let cached = |name: &str| t.relay.channel(name).map_or(0, |c| c.cached_bytes);
+    assert!(cached("a") > 1_000_000 && cached("b") > 1_000_000);
+    assert_eq!(cached("c"), 0, "over the budget: not cached");
+    assert_eq!(t.relay.channel("c").unwrap().traffic.cache_sheds, 1);
+    // Live delivery is not affected.
+    let m = within(live.recv_binary()).await.unwrap();
+    assert_eq!(&m[protocol::HEADER_LEN..], &picture[..]);
+    // Channel a's source leaves; once its cache expires, c's next keyframe fits.
+    let a = sources.remove(0);
+    a.close(1000).await.unwrap();
+    eventually("a's cache expired", || cached("a") == 0).await;
+    sources[1]
+        .send(&protocol::pixels_keyframe(2, 0, 640, 400, &picture))
+        .await
+        .unwrap();
+    eventually("c cached again", || cached("c") > 1_000_000).await;
+}

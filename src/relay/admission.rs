@@ -87,7 +87,14 @@ async fn serve(relay: &Arc<Relay>, stream: &Arc<TcpStream>) -> Result<(), Refuse
         Route::Legacy => (DEFAULT_CHANNEL, None),
         Route::Other(p) if p == "/echo" && relay.config.echo_endpoint => {
             // Echo peers get a private channel: nothing is shared or fanned out.
-            let channel = Arc::new(Channel::new(Arc::from("echo"), None, 0, Fanout::SINGLE, now_ms()));
+            let channel = Arc::new(Channel::new(
+                Arc::from("echo"),
+                None,
+                relay.cache_budget.clone(),
+                0,
+                Fanout::SINGLE,
+                now_ms(),
+            ));
             return join(relay, &channel, stream, Some(Role::Echo), key, &rest).await;
         }
         Route::Other(_) => return Err(Refused::new(Refusal::BadRequest, 404, "no such endpoint")),

@@ -156,6 +156,11 @@ pub struct Config {
     /// out); the rest are only in the totals.
     #[arg(long, env = "RELAY_METRICS_MAX_CHANNELS", default_value_t = 100)]
     pub metrics_max_channels: usize,
+    /// Memory for cached catch-up state over all channels (keyframes, delta
+    /// chains, signal state), in bytes. A channel whose cache would pass it
+    /// stops caching (live frames still flow); `/metrics` counts it.
+    #[arg(long, env = "RELAY_MAX_CACHE_MEMORY", default_value_t = 1 << 30)]
+    pub max_cache_memory: usize,
     /// Log format.
     #[arg(long, env = "RELAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -30,7 +30,7 @@ fn gauge(reg: &mut Registry, name: &str, help: &str, v: u64) {
 type TrafficMetric = (&'static str, &'static str, fn(&TrafficSnapshot) -> u64);
 
 /// Every traffic counter, global and per channel.
-const TRAFFIC: [TrafficMetric; 12] = [
+const TRAFFIC: [TrafficMetric; 13] = [
     ("frames_in", "Valid frames received from sources", |t| {
         t.frames_in
     }),
@@ -66,6 +66,11 @@ const TRAFFIC: [TrafficMetric; 12] = [
         "queued",
         "Deliveries the socket did not take at once",
         |t| t.queued,
+    ),
+    (
+        "cache_sheds",
+        "Cached states dropped to stay within --max-cache-memory",
+        |t| t.cache_sheds,
     ),
 ];
 
@@ -145,6 +150,18 @@ pub(crate) fn render(relay: &Relay) -> String {
         "egress_queue_bytes",
         "Bytes queued for receivers right now",
         queued,
+    );
+    gauge(
+        &mut reg,
+        "cache_memory_bytes",
+        "Cached catch-up state held now, over all channels",
+        relay.cache_budget.used() as u64,
+    );
+    gauge(
+        &mut reg,
+        "cache_memory_limit_bytes",
+        "--max-cache-memory",
+        relay.cache_budget.limit() as u64,
     );
     channels.sort_by_key(|ch| std::cmp::Reverse(ch.traffic.bytes_out.get()));
     channels.truncate(relay.config.metrics_max_channels);

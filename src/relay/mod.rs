@@ -7,12 +7,13 @@
 //! [`web`]) or admits a WebSocket peer ([`peer`]) to its [`channel`]; each
 //! peer runs a [`session`] that reads through [`ingress`] and writes through
 //! [`egress`]. A channel folds its source's frames into the catch-up
-//! [`cache`] and fans them out. Around it: [`state`] (the channel map,
+//! [`cache`] (charged to the [`budget`]) and fans them out. Around it: [`state`] (the channel map,
 //! limits, shutdown), [`stats`] (padded atomic counters), [`gc`] (the thread
 //! that drops idle channels), [`ratelimit`] (input token bucket),
 //! [`clock`] and [`config`] (every option and limit).
 
 pub(crate) mod admission;
+pub(crate) mod budget;
 pub(crate) mod cache;
 pub(crate) mod channel;
 pub(crate) mod clock;

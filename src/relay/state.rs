@@ -10,6 +10,7 @@ use tokio::sync::watch;
 
 use crate::relay::channel::{Channel, Fanout};
 use crate::relay::clock::now_ms;
+use crate::relay::budget::Budget;
 use crate::relay::config::Config;
 use crate::relay::http::PageCache;
 use crate::relay::stats::{Connections, Refusal, Traffic, TrafficSnapshot};
@@ -23,6 +24,8 @@ pub struct Relay {
     pub(crate) channels: DashMap<Arc<str>, Arc<Channel>>,
     /// Connection counters.
     pub(crate) connections: Connections,
+    /// What every channel's cached state may hold together.
+    pub(crate) cache_budget: Arc<Budget>,
     /// `GET /channels`, rendered at most once a second.
     pub(crate) channels_page: PageCache,
     /// Traffic of channels the GC has removed.
@@ -107,6 +110,7 @@ impl Relay {
     pub(crate) fn new(config: Config) -> Arc<Self> {
         let (shutdown, _) = watch::channel(false);
         Arc::new(Self {
+            cache_budget: Arc::new(Budget::new(config.max_cache_memory)),
             config,
             channels: DashMap::new(),
             connections: Connections::default(),
@@ -162,6 +166,7 @@ impl Relay {
             Arc::new(Channel::new(
                 Arc::from(name),
                 Some(key),
+                self.cache_budget.clone(),
                 self.config.max_signal_state,
                 self.fanout(),
                 now_ms(),

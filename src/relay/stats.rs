@@ -65,6 +65,9 @@ pub(crate) struct Traffic {
     /// Frame deliveries the socket did not take at once (queued for the
     /// receiver's task to finish).
     pub(crate) queued: Counter,
+    /// Times the channel's cached state was dropped to stay within
+    /// `--max-cache-memory`.
+    pub(crate) cache_sheds: Counter,
 }
 
 /// A plain copy of [`Traffic`] at one instant.
@@ -94,6 +97,8 @@ pub struct TrafficSnapshot {
     pub signal_messages: u64,
     /// See [`Traffic::queued`].
     pub queued: u64,
+    /// See [`Traffic::cache_sheds`].
+    pub cache_sheds: u64,
 }
 
 impl Traffic {
@@ -112,6 +117,7 @@ impl Traffic {
             slow_closes: self.slow_closes.get(),
             signal_messages: self.signal_messages.get(),
             queued: self.queued.get(),
+            cache_sheds: self.cache_sheds.get(),
         }
     }
 
@@ -129,6 +135,7 @@ impl Traffic {
         self.slow_closes.add(s.slow_closes);
         self.signal_messages.add(s.signal_messages);
         self.queued.add(s.queued);
+        self.cache_sheds.add(s.cache_sheds);
     }
 }
 
@@ -146,6 +153,7 @@ impl std::ops::AddAssign for TrafficSnapshot {
         self.slow_closes += o.slow_closes;
         self.signal_messages += o.signal_messages;
         self.queued += o.queued;
+        self.cache_sheds += o.cache_sheds;
     }
 }
 

@@ -206,6 +206,19 @@ impl CacheWriter {
         self.signal.size()
     }
 
+    /// Bytes the cached state holds: picture frames and signal state.
+    pub(crate) fn size(&self) -> usize {
+        self.current.size() + self.signal.size()
+    }
+
+    /// Drops the cached state to save memory. Joiners then get no picture
+    /// until the next full frame and no signal state until the next
+    /// `SignalSync` (diffs alone cannot rebuild it).
+    pub(crate) fn shed(&mut self) {
+        self.current = Arc::new(CatchUp::default());
+        self.signal.forget();
+    }
+
     /// True if there is no state at all to catch up on.
     pub(crate) fn is_empty(&self) -> bool {
         self.current.is_empty() && self.signal.is_empty()

@@ -37,6 +37,9 @@ pub(crate) struct SignalState {
     /// The last `SignalSync` built, and the version it was built from.
     encoded: Option<(u64, Bytes)>,
     limit: usize,
+    /// The state was dropped ([`SignalState::forget`]): diffs are checked
+    /// but not folded until the next sync makes it whole again.
+    forgotten: bool,
 }
 
 /// Serialized size of one object entry `"key":value`.
@@ -64,6 +67,7 @@ impl SignalState {
             version: 0,
             encoded: None,
             limit,
+            forgotten: false,
         }
     }
 
@@ -94,6 +98,10 @@ impl SignalState {
             return Err(self.too_large(payload.len()));
         }
         let obj = signal::parse(payload)?;
+        if self.forgotten && diff {
+            return Ok(());
+        }
+        self.forgotten = false;
         let sizes: Vec<Option<usize>> = obj
             .iter()
             .map(|(k, v)| (!(diff && v.is_null())).then(|| entry_size(k, v)))
@@ -133,6 +141,12 @@ impl SignalState {
         self.last = Some((h.seq, h.timestamp));
         self.version += 1;
         Ok(())
+    }
+
+    /// Drops the state to save memory; it stays unknown until the next sync.
+    pub(crate) fn forget(&mut self) {
+        *self = Self::new(self.limit);
+        self.forgotten = true;
     }
 
     fn too_large(&self, size: usize) -> CacheError {
@@ -208,6 +222,18 @@ mod tests {
         assert!(s.apply(false, &[b' '; 21], &header()).is_err(), "refused before parsing");
         assert_eq!(s.sync_frame(), before);
         assert_eq!(s.size(), 7);
+    }
+
+    #[test]
+    fn a_forgotten_state_waits_for_the_next_sync() {
+        let mut s = SignalState::new(1000);
+        s.apply(false, br#"{"a":1,"b":2}"#, &header()).unwrap();
+        s.forget();
+        s.apply(true, br#"{"c":3}"#, &header()).unwrap();
+        assert_eq!(s.sync_frame(), None, "a diff alone would give a wrong state");
+        assert!(s.apply(true, b"[1]", &header()).is_err(), "still validated");
+        s.apply(false, br#"{"z":0}"#, &header()).unwrap();
+        assert!(s.sync_frame().unwrap().ends_with(br#"{"z":0}"#));
     }
 
     #[test]

@@ -38,6 +38,7 @@ impl Channel {
             return false;
         }
         *w = CacheWriter::new(w.max_signal_state());
+        self.budget.resize(self.charged.swap(0, Ordering::Relaxed), 0);
         self.cache.store(Arc::new(CatchUp {
             seq: self.seq.load(Ordering::Relaxed),
             ..CatchUp::default()

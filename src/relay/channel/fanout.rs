@@ -17,7 +17,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::{lock, Channel};
-use crate::relay::cache::CacheError;
+use crate::relay::cache::{CacheError, CatchUp};
 use crate::relay::egress::Outcome;
 
 /// How a channel spreads its fan-out over cores.
@@ -58,9 +58,7 @@ impl Channel {
         msg: &WireMessage,
     ) -> Result<(), CacheError> {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
-        if let Some(snap) = lock(&self.writer).apply(h, msg, seq)? {
-            self.cache.store(snap);
-        }
+        self.cache_frame(h, msg, seq)?;
         fence(Ordering::SeqCst);
         let len = msg.payload().len() as u64;
         self.traffic.frames_in.inc();
@@ -90,6 +88,33 @@ impl Channel {
                     self.fan_shard(k, &msg.wire, seq, len);
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Folds a frame into the cached state and charges the state's growth
+    /// to the budget; over the budget, the channel's cached state is dropped
+    /// instead (the frame still goes out live).
+    fn cache_frame(&self, h: &Header, msg: &WireMessage, seq: u64) -> Result<(), CacheError> {
+        let mut w = lock(&self.writer);
+        let snap = w.apply(h, msg, seq)?;
+        let charged = self.charged.load(Ordering::Relaxed);
+        let size = w.size();
+        if self.budget.resize(charged, size) {
+            self.charged.store(size, Ordering::Relaxed);
+            if let Some(snap) = snap {
+                self.cache.store(snap);
+            }
+        } else {
+            w.shed();
+            self.budget.resize(charged, 0);
+            self.charged.store(0, Ordering::Relaxed);
+            self.cache.store(Arc::new(CatchUp {
+                seq,
+                ..CatchUp::default()
+            }));
+            self.traffic.cache_sheds.inc();
+            tracing::debug!(channel = %self.name, size, "cached state dropped: over --max-cache-memory");
         }
         Ok(())
     }

@@ -33,6 +33,7 @@ use tokio::sync::mpsc;
 
 pub(crate) use fanout::Fanout;
 
+use crate::relay::budget::Budget;
 use crate::relay::cache::{CacheWriter, CatchUp};
 use crate::relay::peer::Peer;
 use crate::relay::stats::Traffic;
@@ -48,6 +49,10 @@ pub(crate) struct Channel {
     pub(crate) traffic: Traffic,
     cache: ArcSwap<CatchUp>,
     writer: Mutex<CacheWriter>,
+    /// Where the cached state's memory is charged.
+    budget: Arc<Budget>,
+    /// Bytes charged to the budget now (changed under the writer lock).
+    charged: AtomicUsize,
     /// Receivers, sharded by peer id (one shard per fan-out task).
     receivers: Box<[Roster]>,
     receiver_count: AtomicUsize,
@@ -65,6 +70,12 @@ pub(crate) struct Channel {
     source_left_ms: AtomicU64,
 }
 
+impl Drop for Channel {
+    fn drop(&mut self) {
+        self.budget.resize(*self.charged.get_mut(), 0);
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -74,6 +85,7 @@ impl Channel {
     pub(crate) fn new(
         name: Arc<str>,
         creator: Option<IpAddr>,
+        budget: Arc<Budget>,
         max_signal_state: usize,
         fanout: Fanout,
         now: u64,
@@ -85,6 +97,8 @@ impl Channel {
             traffic: Traffic::default(),
             cache: ArcSwap::from_pointee(CatchUp::default()),
             writer: Mutex::new(CacheWriter::new(max_signal_state)),
+            budget,
+            charged: AtomicUsize::new(0),
             receivers: (0..shards).map(|_| Roster::default()).collect(),
             receiver_count: AtomicUsize::new(0),
             fanout: Fanout { shards, ..fanout },
