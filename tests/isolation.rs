@@ -315,3 +315,56 @@ async fn cached_state_stays_within_the_cache_budget() {
         .unwrap();
     eventually("c cached again", || cached("c") > 1_000_000).await;
 }
+
+/// A receiver slower than the stream, but never stalled, stays connected:
+/// the slow clock counts time without progress, not time behind. It is
+/// skipped forward to the latest state instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_receiver_that_keeps_reading_is_not_closed() {
+    let t = start(&[
+        "--slow-timeout-ms",
+        "1500",
+        "--slow-max-skips",
+        "1000",
+        "--egress-queue",
+        "200000",
+    ])
+    .await;
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let stream = within(sock.connect(t.addr)).await.unwrap();
+    let mut slow = within(bitstream_relay::client::Client::handshake(
+        stream,
+        &t.addr.to_string(),
+        "/stream/slowpoke",
+        64 << 20,
+    ))
+    .await
+    .unwrap();
+    wait_receivers(&t, "slowpoke", 1).await;
+    let mut src = connect(&t.url("/source/slowpoke")).await;
+    let frame = noise(256 * 256 * 4, 5);
+    let sender = tokio::spawn(async move {
+        for i in 0..110u16 {
+            src.send(&protocol::pixels_keyframe(i, 0, 256, 256, &frame))
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        src
+    });
+    // Read a frame every 150 ms: about a third of the stream's rate.
+    let mut got = Vec::new();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(5500) {
+        let m = within(slow.recv_binary()).await.expect("the slow receiver was closed");
+        got.push(Header::parse(&m).unwrap().seq);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let _src = sender.await.unwrap();
+    let c = t.relay.channel("slowpoke").unwrap();
+    assert_eq!(c.traffic.slow_closes, 0);
+    assert_eq!(c.receivers, 1);
+    assert!(c.traffic.slow_skips > 0, "it was skipped forward");
+    assert!(got.windows(2).all(|w| w[0] < w[1]), "in order: {got:?}");
+}

@@ -152,7 +152,13 @@ impl Egress {
 
     /// Writes as much of the queue as the socket takes, without blocking.
     pub(crate) fn drain(&self) -> Drain {
+        self.drain_counting().0
+    }
+
+    /// [`Egress::drain`], also telling how many bytes went out.
+    pub(crate) fn drain_counting(&self) -> (Drain, usize) {
         let mut q = self.lock();
+        let mut written = 0;
         while q.state() == Drain::Pending {
             let mut iov = [IoSlice::new(&[]); MAX_IOV];
             let mut n_iov = 0;
@@ -161,12 +167,15 @@ impl Egress {
                 n_iov += 1;
             }
             match self.stream.try_write_vectored(&iov[..n_iov]) {
-                Ok(n) => q.consume(n),
+                Ok(n) => {
+                    written += n;
+                    q.consume(n);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(_) => q.close(),
             }
         }
-        q.state()
+        (q.state(), written)
     }
 
     /// Marks the peer closed and frees its queue; later sends are not sent.

@@ -45,7 +45,7 @@ enum Exit {
 /// What a handler decided: go on, or end the session.
 type Step = ControlFlow<Exit>;
 
-/// How far behind a receiver is: since when its queue has not drained, and
+/// How far behind a receiver is: since when its queue has made no progress, and
 /// its recent skip-forwards.
 #[derive(Default)]
 struct Lag {
@@ -300,11 +300,16 @@ impl Session {
         if ready.is_err() {
             return Step::Break(Exit::Disconnected);
         }
-        match self.peer.egress.drain() {
+        let (state, written) = self.peer.egress.drain_counting();
+        match state {
             Drain::Empty => {
                 self.want_write = false;
                 self.lag.behind_since = None;
             }
+            // The slow clock measures time without progress: a receiver
+            // that drains, however slowly, is not closed (it is skipped
+            // forward to the latest state when its queue overflows).
+            Drain::Pending if written > 0 => self.lag.behind_since = Some(Instant::now()),
             Drain::Pending => {
                 self.lag.behind_since.get_or_insert_with(Instant::now);
             }
