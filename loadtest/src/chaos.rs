@@ -11,9 +11,6 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::future::Future;
-use std::io;
-use std::os::fd::AsRawFd;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,7 +18,6 @@ use std::time::Duration;
 use bitstream_wire::handshake;
 use bitstream_wire::protocol::{self, Header, InputType, FLAG_INPUT, FLAG_KEYFRAME};
 use bitstream_wire::ws;
-use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
 use tokio::runtime::Handle;
@@ -29,30 +25,25 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::healthy::{cpu_between, Monitor, Stream, StreamOpts};
 use crate::now_ns;
-use crate::peer::{
-    self, io_end, read_head, tcp_connect, write_all, RecvCfg, Sample, Sink, Source, SourceCfg,
-    Target,
+use crate::peer::{self, io_end, read_head, tcp_connect, write_all, Target};
+use crate::probe::{
+    self, fd_count, http_get, metric_lines, metric_value, set_rst_on_close, watch_end, End, Rng,
 };
-use crate::relays::{self, Paths, RelayKind};
+use crate::relays::{self, RelayKind, TargetOpts};
 use crate::report::{self, mb, opt};
 use crate::sys::{self, ProcSample};
 use crate::verify::Counts;
-use crate::wire::{Ev, Framing, Parser};
+use crate::wire::Framing;
 
 /// Options of `loadtest chaos`.
 #[derive(clap::Args, Clone, Debug)]
 pub struct ChaosOpts {
-    /// Relay base URL (ws://HOST:PORT) when the driver does not start it.
-    #[arg(long, default_value = "ws://127.0.0.1:9100")]
-    pub url: String,
-    /// Measure this relay process (CPU, RSS, open fds from /proc).
-    #[arg(long)]
-    pub relay_pid: Option<u32>,
-    /// Start this relay (only `ours`), pinned to --relay-cpu, with
-    /// --max-connections-per-ip 100000 --max-receivers 100000 --slow-timeout-ms.
-    #[arg(long, value_enum)]
-    pub start: Option<RelayKind>,
+    #[command(flatten)]
+    pub target: TargetOpts,
+    #[command(flatten)]
+    pub stream: StreamOpts,
     /// Seconds of the chaos phase.
     #[arg(long, default_value_t = 30.0)]
     pub duration: f64,
@@ -62,18 +53,6 @@ pub struct ChaosOpts {
     /// Seconds of the settle phase after it (stream only, every hostile connection closed).
     #[arg(long, default_value_t = 5.0)]
     pub settle: f64,
-    /// Healthy receivers.
-    #[arg(long, default_value_t = 16)]
-    pub receivers: usize,
-    /// Frame width.
-    #[arg(long, default_value_t = 640)]
-    pub width: u16,
-    /// Frame height.
-    #[arg(long, default_value_t = 360)]
-    pub height: u16,
-    /// Frames per second of the healthy stream.
-    #[arg(long, default_value_t = 30.0)]
-    pub fps: f64,
     /// The relay's --slow-timeout-ms (passed to a relay the driver starts; stallers wait past it).
     #[arg(long, default_value_t = 3000)]
     pub slow_timeout_ms: u64,
@@ -104,24 +83,6 @@ pub struct ChaosOpts {
     /// Most hostile connections open at once (driver-side cap).
     #[arg(long, default_value_t = 5000)]
     pub max_hostile: usize,
-    /// Longest wait for the healthy receivers' last frames after the source stops, seconds.
-    #[arg(long, default_value_t = 3.0)]
-    pub drain: f64,
-    /// Output directory for the JSON and text reports.
-    #[arg(long, default_value = "target/loadtest")]
-    pub out: PathBuf,
-    /// Pin the driver to this CPU (default: 1 when it starts the relay).
-    #[arg(long)]
-    pub driver_cpu: Option<usize>,
-    /// CPU for a relay the driver starts (`none` to leave it unpinned).
-    #[arg(long, default_value = "0")]
-    pub relay_cpu: String,
-    /// bitstream-relay binary (default: next to this executable).
-    #[arg(long)]
-    pub relay_bin: Option<PathBuf>,
-    /// Name of the relay in reports.
-    #[arg(long)]
-    pub label: Option<String>,
 }
 
 /// The hostile schedules (for `--skip`).
@@ -145,299 +106,7 @@ pub enum HostileKind {
 
 const WS_KEY: &str = "Y2hhb3MtbG9hZHRlc3QtMDE=";
 
-/// xorshift64*: masks, random bytes, jitter.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed | 1)
-    }
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn mask(&mut self) -> [u8; 4] {
-        (self.next() as u32).to_ne_bytes()
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        let mut v = Vec::with_capacity(n + 8);
-        while v.len() < n {
-            v.extend_from_slice(&self.next().to_le_bytes());
-        }
-        v.truncate(n);
-        v
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
-fn nice_self(n: i32) {
-    unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, n);
-    }
-}
-
-/// Abortive close: SO_LINGER {on, 0}, so dropping the socket sends RST.
-fn set_rst_on_close(s: &TcpStream) {
-    let l = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            &l as *const libc::linger as *const libc::c_void,
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
-}
-
-/// How a watched connection ended.
-#[derive(Debug)]
-enum End {
-    Close(u16),
-    Eof,
-    Reset,
-    Timeout,
-    Enough,
-    Err(String),
-}
-
-impl End {
-    fn outcome(&self) -> String {
-        match self {
-            End::Close(c) => format!("close {c}"),
-            End::Eof => "EOF, no close frame".into(),
-            End::Reset => "reset by relay".into(),
-            End::Timeout => "no close from relay (closed by us)".into(),
-            End::Enough => "read 128 KiB, closed by us".into(),
-            End::Err(e) => format!("error: {e}"),
-        }
-    }
-}
-
-/// What [`watch_end`] saw.
-struct Watched {
-    end: End,
-    bytes: u64,
-    msgs: u64,
-}
-
-/// Reads (and discards) server frames until a close frame, EOF, reset,
-/// `limit`, or `enough` bytes. Answers a close frame with a close frame.
-async fn watch_end(
-    s: &TcpStream,
-    leftover: &[u8],
-    limit: Duration,
-    enough: Option<u64>,
-) -> Watched {
-    let deadline = Instant::now() + limit;
-    let mut p = Parser::new(Framing::Ws, u64::MAX, 1);
-    let mut w = Watched {
-        end: End::Timeout,
-        bytes: leftover.len() as u64,
-        msgs: 0,
-    };
-    let mut close = None;
-    let mut msgs = 0u64;
-    let feed = |p: &mut Parser, d: &[u8], close: &mut Option<u16>, msgs: &mut u64| {
-        p.feed(d, &mut |e| match e {
-            Ev::Msg(_) => *msgs += 1,
-            Ev::Close(c) => *close = Some(c),
-            Ev::Ping(_) => {}
-        })
-    };
-    if let Err(e) = feed(&mut p, leftover, &mut close, &mut msgs) {
-        w.end = End::Err(e);
-        return w;
-    }
-    loop {
-        if let Some(c) = close {
-            let _ = s.try_write(&ws::client_frame(
-                ws::OP_CLOSE,
-                true,
-                &ws::close_payload(c.clamp(1000, 4999), ""),
-                [7, 7, 7, 7],
-            ));
-            w.end = End::Close(c);
-            break;
-        }
-        if enough.is_some_and(|n| w.bytes >= n) {
-            w.end = End::Enough;
-            break;
-        }
-        match tokio::time::timeout_at(deadline, s.readable()).await {
-            Err(_) => {
-                w.end = End::Timeout;
-                break;
-            }
-            Ok(Err(e)) => {
-                w.end = End::Err(e.to_string());
-                break;
-            }
-            Ok(Ok(())) => {}
-        }
-        let r = peer::with_scratch(64 * 1024, |buf| match s.try_read(buf) {
-            Ok(0) => Err(End::Eof),
-            Ok(n) => {
-                w.bytes += n as u64;
-                feed(&mut p, &buf[..n], &mut close, &mut msgs).map_err(End::Err)
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Err(End::Reset),
-            Err(e) => Err(End::Err(e.to_string())),
-        });
-        if let Err(e) = r {
-            w.end = e;
-            break;
-        }
-    }
-    w.msgs = msgs;
-    w
-}
-
-/// Plain HTTP GET with `Connection: close`; (status, body).
-async fn http_get(t: &Target, path: &str) -> Result<(u16, String), String> {
-    let s = tcp_connect(t.addr, None).await.map_err(|e| e.to_string())?;
-    let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-        t.host
-    );
-    write_all(&s, req.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    let (status, head, mut body) = read_head(&s, Duration::from_secs(5)).await?;
-    let want: Option<usize> = String::from_utf8_lossy(&head).lines().find_map(|l| {
-        l.split_once(':')
-            .filter(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
-            .and_then(|(_, v)| v.trim().parse().ok())
-    });
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while want.is_none_or(|n| body.len() < n) {
-        match tokio::time::timeout_at(deadline, s.readable()).await {
-            Err(_) | Ok(Err(_)) => break,
-            Ok(Ok(())) => {}
-        }
-        let mut chunk = [0u8; 16384];
-        match s.try_read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => body.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(_) => break,
-        }
-    }
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
-}
-
-/// The metric lines the report keeps (name before any `{`).
-const METRICS: [&str; 14] = [
-    "relay_slow_skips_total",
-    "relay_slow_closes_total",
-    "relay_invalid_total",
-    "relay_dropped_total",
-    "relay_keepalive_drops_total",
-    "relay_refused_total",
-    "relay_too_big_total",
-    "relay_inputs_total",
-    "relay_catchups_total",
-    "relay_connections_accepted_total",
-    "relay_connections_open",
-    "relay_connections",
-    "relay_channels",
-    "relay_egress_queue_bytes",
-];
-
-fn metric_lines(body: &str) -> Vec<String> {
-    body.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            let name = l.split(['{', ' ']).next().unwrap_or("");
-            METRICS.contains(&name)
-        })
-        .map(str::to_owned)
-        .collect()
-}
-
-fn metric_value(lines: &[String], key: &str) -> Option<f64> {
-    lines
-        .iter()
-        .find(|l| l.rsplit_once(' ').is_some_and(|(k, _)| k == key))
-        .and_then(|l| l.rsplit_once(' ')?.1.parse().ok())
-}
-
-fn fd_count(pid: u32) -> Option<usize> {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .ok()
-        .map(|d| d.count())
-}
-
-// ---------------------------------------------------------------- healthy side
-
-/// Phase boundaries (ns since the epoch; 0 = not yet).
-struct Phases {
-    chaos_ns: AtomicU64,
-    settle_ns: AtomicU64,
-}
-
-impl Phases {
-    fn of(&self, ns: u64) -> usize {
-        let s = self.settle_ns.load(Relaxed);
-        let c = self.chaos_ns.load(Relaxed);
-        if s != 0 && ns >= s {
-            2
-        } else if c != 0 && ns >= c {
-            1
-        } else {
-            0
-        }
-    }
-}
-
 const PHASES: [&str; 3] = ["calm", "chaos", "settle"];
-
-/// What the healthy receivers measured, by phase.
-struct HShared {
-    phases: Arc<Phases>,
-    /// Latency by the phase the frame was sent in.
-    hist: Mutex<[Histogram<u64>; 3]>,
-    /// Latency since the last progress line.
-    sec: Mutex<Histogram<u64>>,
-    /// Per frame index: (min, max) latency over the healthy receivers, µs.
-    per_frame: Mutex<Vec<(u64, u64)>>,
-    /// Corrupt frames by the phase they arrived in.
-    corrupt: [AtomicU64; 3],
-}
-
-impl Sink for HShared {
-    fn record(&self, delivered: &[Sample]) {
-        let mut h = self.hist.lock().unwrap();
-        let mut sec = self.sec.lock().unwrap();
-        let mut pf = self.per_frame.lock().unwrap();
-        for d in delivered {
-            h[self.phases.of(d.send_ns)].saturating_record(d.lat_us);
-            sec.saturating_record(d.lat_us);
-            if d.idx < 10_000_000 {
-                if pf.len() <= d.idx as usize {
-                    pf.resize(d.idx as usize + 1, (u64::MAX, 0));
-                }
-                let e = &mut pf[d.idx as usize];
-                *e = (e.0.min(d.lat_us), e.1.max(d.lat_us));
-            }
-        }
-    }
-
-    fn corrupt(&self, n: u64) {
-        self.corrupt[self.phases.of(now_ns())].fetch_add(n, Relaxed);
-    }
-}
 
 // ---------------------------------------------------------------- hostile side
 
@@ -1188,71 +857,38 @@ struct ChaosResult {
     failures: Vec<String>,
 }
 
-fn cpu_between(a: Option<ProcSample>, b: Option<ProcSample>) -> Option<f64> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(b.cpu_pct_since(&a)),
-        _ => None,
-    }
-}
-
 /// `loadtest chaos`: returns the exit code.
 pub fn main(o: ChaosOpts) -> i32 {
     let nofile = sys::raise_nofile();
-    sys::pin_driver(o.driver_cpu.or(o.start.map(|_| 1)));
-    let mut url = o.url.clone();
-    let mut pid = o.relay_pid;
-    let mut relay = None;
+    o.target.pin_driver(o.target.start.is_some());
     let mut relay_args = Vec::new();
-    if let Some(kind) = o.start {
+    if let Some(kind) = o.target.start {
         if kind != RelayKind::Ours {
             eprintln!("loadtest chaos: --start supports only `ours` (its options and close codes are what is checked)");
             return 2;
         }
-        let paths = Paths::find(o.relay_bin.clone(), None, None, None);
         relay_args = vec![
             "--slow-timeout-ms".to_owned(),
             o.slow_timeout_ms.to_string(),
             "--handshake-timeout-ms".to_owned(),
             o.handshake_timeout_ms.to_string(),
         ];
-        let extra: Vec<&str> = relay_args.iter().map(String::as_str).collect();
-        match relays::spawn(
-            kind,
-            &paths,
-            o.relay_cpu.parse().ok(),
-            o.receivers,
-            &o.out.join("logs"),
-            &format!("chaos-{}", report::stamp()),
-            &extra,
-        ) {
-            Ok(p) => {
-                url = p.url.clone();
-                pid = Some(p.pid);
-                relay = Some(p);
-            }
-            Err(e) => {
-                eprintln!("loadtest: {e}");
-                return 2;
-            }
-        }
     }
-    let label = o
-        .label
-        .clone()
-        .or_else(|| o.start.map(|k| k.label().to_owned()))
-        .unwrap_or_else(|| "relay".into());
-    let hostile_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("hostile")
-        .on_thread_start(|| nice_self(10))
-        .enable_all()
-        .build()
-        .expect("hostile runtime");
+    let tag = format!("chaos-{}", report::stamp());
+    let mut relay = match o.target.under_test(o.stream.receivers, &tag, &relay_args) {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("loadtest: {e}");
+            return 2;
+        }
+    };
+    let (url, label) = (relay.url.clone(), relay.label.clone());
+    let hostile_rt = probe::hostile_runtime();
     let rt = peer::current_thread_rt().expect("runtime");
     let res = rt.block_on(run(
         &o,
         &url,
-        pid,
+        relay.pid,
         &label,
         nofile,
         hostile_rt.handle().clone(),
@@ -1266,35 +902,30 @@ pub fn main(o: ChaosOpts) -> i32 {
             return 1;
         }
     };
-    if let Some(p) = relay.as_mut() {
-        let exit = p.exit_status();
-        if let Some(e) = &exit {
-            res.failures.push(format!("FAIL relay exited: {e}"));
-            res.json["ok"] = json!(false);
-            let _ = writeln!(
-                res.text,
-                "relay EXITED  {e}; log {}:\n{}",
-                p.log.display(),
-                relays::tail(&p.log)
-            );
-        }
+    let log = relay.log().map(|l| l.to_path_buf());
+    let exit = relay.finish();
+    if let Some(e) = &exit {
+        res.failures.push(format!("FAIL relay exited: {e}"));
+        res.json["ok"] = json!(false);
+        let log = log.as_deref().unwrap_or(std::path::Path::new("-"));
+        let _ = writeln!(
+            res.text,
+            "relay EXITED  {e}; log {}:\n{}",
+            log.display(),
+            relays::tail(log)
+        );
+    }
+    if let Some(l) = &log {
         res.json["relay_process"]["exit"] = json!(exit);
-        res.json["relay_process"]["log"] = json!(p.log.display().to_string());
-        p.stop();
+        res.json["relay_process"]["log"] = json!(l.display().to_string());
     }
     println!("{}", res.text);
-    let _ = std::fs::create_dir_all(&o.out);
-    let base = o.out.join(format!("chaos-{label}-{}", report::stamp()));
-    let j = base.with_extension("json");
-    match std::fs::write(
-        &j,
-        serde_json::to_string_pretty(&res.json).unwrap_or_default(),
-    )
-    .and_then(|_| std::fs::write(base.with_extension("txt"), &res.text))
-    {
-        Ok(()) => eprintln!("loadtest: wrote {} and .txt", j.display()),
-        Err(e) => eprintln!("loadtest: cannot write results: {e}"),
-    }
+    report::write_pair(
+        &o.target.out,
+        &format!("chaos-{label}-{}", report::stamp()),
+        &res.text,
+        &res.json,
+    );
     let ok = res.failures.is_empty();
     eprintln!(
         "loadtest: {} chaos against {label} ({url}): healthy receivers {}; {} failed check(s)",
@@ -1306,17 +937,6 @@ pub fn main(o: ChaosOpts) -> i32 {
         eprintln!("loadtest:   {f}");
     }
     i32::from(!ok)
-}
-
-struct Tick {
-    t: f64,
-    phase: usize,
-    p99_ms: f64,
-    max_ms: f64,
-    relay_cpu: Option<f64>,
-    rss_mb: Option<f64>,
-    hostile_open: usize,
-    driver_cpu: Option<f64>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1342,7 +962,7 @@ async fn run(
     let run_id = format!("chaos{}x{}", std::process::id(), RUN.fetch_add(1, Relaxed));
     let live = format!("{run_id}-live");
     let me = std::process::id();
-    if o.receivers + o.max_hostile + 64 > nofile as usize {
+    if o.stream.receivers + o.max_hostile + 64 > nofile as usize {
         eprintln!(
             "loadtest chaos: open-files limit {nofile} is below receivers + --max-hostile; hostile connections beyond it are skipped"
         );
@@ -1352,46 +972,7 @@ async fn run(
         .ok()
         .map(|(_, b)| metric_lines(&b));
 
-    // Healthy receivers.
-    let phases = Arc::new(Phases {
-        chaos_ns: AtomicU64::new(0),
-        settle_ns: AtomicU64::new(0),
-    });
-    let sh = Arc::new(HShared {
-        phases: phases.clone(),
-        hist: Mutex::new([peer::new_hist(), peer::new_hist(), peer::new_hist()]),
-        sec: Mutex::new(peer::new_hist()),
-        per_frame: Mutex::new(Vec::new()),
-        corrupt: Default::default(),
-    });
-    let live_ch = [live.clone()];
-    let joins = peer::join_receivers(&target, &live_ch, o.receivers, o.receivers, |_| {}).await;
-    if let Some(e) = joins.first_error {
-        return Err(format!(
-            "{} of {} healthy receivers failed to connect; first: {e}",
-            joins.failures, o.receivers
-        ));
-    }
-    let rcfg = RecvCfg {
-        framing: Framing::Ws,
-        check_every: 1,
-        read_buf: 256 * 1024,
-    };
-    let (stats, rx_tasks) = peer::spawn_receivers(joins.ok, rcfg, &sh);
-
-    // Source: paced, every send time kept (for the phases), until stopped.
-    let src = Source::connect(SourceCfg {
-        target: target.clone(),
-        channels: live_ch.to_vec(),
-        width: o.width,
-        height: o.height,
-        fps: o.fps.max(0.1),
-        duration: None,
-        record_sends: true,
-    })
-    .await?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-
+    let stream = Stream::start(&target, &live, &o.stream, PHASES.len()).await?;
     let rss_of = || pid.and_then(sys::rss_kib);
     let rss_start = rss_of();
     let fds_start = pid.and_then(fd_count);
@@ -1399,12 +980,11 @@ async fn run(
     let mut dcpu = [None::<ProcSample>; 4];
     cpu[0] = pid.and_then(ProcSample::take);
     dcpu[0] = ProcSample::take(me);
-    src.go();
-    let t_go = Instant::now();
+    stream.go();
     let go_ns = now_ns();
     eprintln!(
         "loadtest chaos: {} healthy receivers of {}x{} @ {} fps on {live}; calm {} s, chaos {} s, settle {} s; stallers silent {:.1} s",
-        o.receivers, o.width, o.height, o.fps, o.calm, o.duration, o.settle, stall.as_secs_f64()
+        o.stream.receivers, o.stream.width, o.stream.height, o.stream.fps, o.calm, o.duration, o.settle, stall.as_secs_f64()
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -1424,82 +1004,24 @@ async fn run(
         storm_ns: Mutex::new(Vec::new()),
     });
     let probes = Arc::new(Probes::new(&host, &live, &mut Rng::new(now_ns())));
-
-    let mut ticks: Vec<Tick> = Vec::new();
-    let mut rss_peak_chaos = 0u64;
-    // One phase of progress: a line a second, RSS sampled 4× a second.
-    let phase_loop = async |phase: usize, secs: f64, ticks: &mut Vec<Tick>, rss_peak: &mut u64| {
-        let end = Instant::now() + Duration::from_secs_f64(secs);
-        let mut last = (
-            Instant::now(),
-            pid.and_then(ProcSample::take),
-            ProcSample::take(me),
-        );
-        while Instant::now() < end {
-            tokio::time::sleep(
-                Duration::from_millis(250).min(end.saturating_duration_since(Instant::now())),
-            )
-            .await;
-            if let Some(r) = rss_of() {
-                *rss_peak = (*rss_peak).max(r);
-            }
-            if last.0.elapsed() < Duration::from_secs(1) && Instant::now() < end {
-                continue;
-            }
-            let (c, d) = (pid.and_then(ProcSample::take), ProcSample::take(me));
-            let (p99, max) = {
-                let mut s = sh.sec.lock().unwrap();
-                let v = (
-                    s.value_at_quantile(0.99) as f64 / 1000.0,
-                    s.max() as f64 / 1000.0,
-                );
-                s.reset();
-                v
-            };
-            let sent = src.sh.sent.load(Relaxed);
-            let intact: u64 = stats.iter().map(|s| s.next()).sum();
-            let tk = Tick {
-                t: t_go.elapsed().as_secs_f64(),
-                phase,
-                p99_ms: p99,
-                max_ms: max,
-                relay_cpu: cpu_between(last.1, c),
-                rss_mb: mb(rss_of()),
-                hostile_open: h.open.load(Relaxed),
-                driver_cpu: cpu_between(last.2, d),
-            };
-            eprintln!(
-                "  [{:>5.1}s {:<6}] sent {:>5}  healthy next/sent {:>6.2}%  p99 {:>7.2} ms  max {:>7.2} ms  relay cpu {:>4}%  rss {:>6} MB  hostile open {:>5}  driver cpu {:>4}%",
-                tk.t,
-                PHASES[phase],
-                sent,
-                if sent > 0 { intact as f64 / (sent * stats.len() as u64) as f64 * 100.0 } else { 0.0 },
-                tk.p99_ms,
-                tk.max_ms,
-                opt(tk.relay_cpu, 0),
-                opt(tk.rss_mb, 1),
-                tk.hostile_open,
-                opt(tk.driver_cpu, 0),
-            );
-            ticks.push(tk);
-            last = (Instant::now(), c, d);
-        }
-    };
+    let open = || h.open.load(Relaxed);
+    let mut mon = Monitor::new(&stream, pid, &PHASES, &open);
 
     // (1) calm
     let mut calm_peak = 0u64;
-    phase_loop(0, o.calm, &mut ticks, &mut calm_peak).await;
+    mon.watch_for(0, o.calm, &mut calm_peak).await;
     let rss_calm_end = rss_of();
     // (2) chaos
-    phases.chaos_ns.store(now_ns(), Relaxed);
+    stream.tally.clock.begin(1);
     cpu[1] = pid.and_then(ProcSample::take);
     dcpu[1] = ProcSample::take(me);
     let chaos_end = Instant::now() + Duration::from_secs_f64(o.duration);
     start_chaos(&h, o, chaos_end, probes);
-    phase_loop(1, o.duration, &mut ticks, &mut rss_peak_chaos).await;
+    let mut rss_peak_chaos = 0u64;
+    mon.watch_for(1, o.duration, &mut rss_peak_chaos).await;
     // (3) settle: every hostile connection closed, the stream goes on.
     let _ = stop_tx.send(true);
-    phases.settle_ns.store(now_ns(), Relaxed);
+    stream.tally.clock.begin(2);
     cpu[2] = pid.and_then(ProcSample::take);
     dcpu[2] = ProcSample::take(me);
     let hwm_after_chaos = pid.and_then(sys::hwm_kib);
@@ -1516,7 +1038,8 @@ async fn run(
     let left_open = h.open.load(Relaxed);
     eprintln!("  chaos over: every hostile connection closed in {close_secs:.2} s ({left_open} still open, {unfinished} tasks unfinished)");
     let mut settle_peak = 0u64;
-    phase_loop(2, o.settle, &mut ticks, &mut settle_peak).await;
+    mon.watch_for(2, o.settle, &mut settle_peak).await;
+    let ticks = std::mem::take(&mut mon.ticks);
     let rss_settle = rss_of();
     let fds_settle = pid.and_then(fd_count);
     cpu[3] = pid.and_then(ProcSample::take);
@@ -1530,93 +1053,31 @@ async fn run(
         .map(|(s, b)| format!("{s} {}", b.trim()));
 
     // Stop the stream, drain the healthy receivers.
-    let ssh = src.sh.clone();
-    ssh.stop.store(true, Relaxed);
-    while !src.stopped() {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let sent = ssh.sent.load(Relaxed);
-    let drain_until = Instant::now() + Duration::from_secs_f64(o.drain);
-    while Instant::now() < drain_until && stats.iter().any(|s| s.behind(sent)) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    stream.stop(o.stream.drain).await;
     let metrics_end = http_get(&target, "/metrics")
         .await
         .map(|(_, b)| metric_lines(&b));
     let hwm_end = pid.and_then(sys::hwm_kib);
-    for t in &rx_tasks {
-        t.abort();
-    }
-    src.finish().await;
+    let fin = stream.finish().await;
 
     // ------------------------------------------------------------ summary
-    let send_ns: Vec<u64> = ssh.send_ns.lock().unwrap()[..sent as usize].to_vec();
-    let phase_of: Vec<usize> = send_ns.iter().map(|&t| phases.of(t)).collect();
-    let mut sent_ph = [0u64; 3];
-    for &p in &phase_of {
-        sent_ph[p] += 1;
-    }
-    let n = stats.len() as u64;
-    let mut deliv_ph = [0u64; 3];
-    let corrupt_ph: [u64; 3] = std::array::from_fn(|p| sh.corrupt[p].load(Relaxed));
-    let mut all_frames = 0;
-    let mut per_rx_min = f64::INFINITY;
-    for s in &stats {
-        let v = s.v.lock().unwrap();
-        let mut mine = 0u64;
-        for (i, &p) in phase_of.iter().enumerate() {
-            if v.has(i as u64) {
-                deliv_ph[p] += 1;
-                mine += 1;
-            }
-        }
-        if mine == sent {
-            all_frames += 1;
-        }
-        per_rx_min = per_rx_min.min(if sent > 0 {
-            mine as f64 / sent as f64
-        } else {
-            0.0
-        });
-    }
-    let ended = peer::ended_early(&stats);
-    let healthy = peer::totals(&stats, sent);
+    let (sent, n, ssh) = (fin.sent, fin.receivers, fin.source.clone());
+    let (send_ns, phase_of, ph) = (&fin.send_ns, &fin.phase_of, &fin.phases);
+    let (all_frames, per_rx_min, ended, healthy) =
+        (fin.all_frames, fin.per_rx_min, &fin.ended, fin.counts);
     let (ooo, dup, corrupt, foreign) = (
         healthy.out_of_order,
         healthy.duplicate,
         healthy.corrupt,
         healthy.other,
     );
-    let lat: Vec<[f64; 6]> = {
-        let hs = sh.hist.lock().unwrap();
-        hs.iter()
-            .map(|h| {
-                let q = |x: f64| h.value_at_quantile(x) as f64 / 1000.0;
-                [
-                    q(0.5),
-                    q(0.99),
-                    q(0.999),
-                    h.max() as f64 / 1000.0,
-                    h.mean() / 1000.0,
-                    h.len() as f64,
-                ]
-            })
-            .collect()
-    };
     let pcpu: Vec<PhaseCpu> = (0..3)
         .map(|i| PhaseCpu {
             relay: cpu_between(cpu[i], cpu[i + 1]),
             driver: cpu_between(dcpu[i], dcpu[i + 1]),
         })
         .collect();
-    let late = {
-        let h = ssh.late.lock().unwrap();
-        [
-            h.value_at_quantile(0.5) as f64 / 1000.0,
-            h.value_at_quantile(0.99) as f64 / 1000.0,
-            h.max() as f64 / 1000.0,
-        ]
-    };
+    let late = fin.late_ms;
     let kinds = h.kinds.lock().unwrap().clone();
     // The slowest frames: when they were sent, how slow for the fastest and
     // the slowest healthy receiver, and the reconnect storm just before.
@@ -1628,7 +1089,7 @@ async fn run(
         .map(|&t| t.saturating_sub(go_ns) as f64 / 1e9)
         .collect();
     let worst: Vec<(u64, f64, usize, f64, f64, Option<f64>)> = {
-        let pf = sh.per_frame.lock().unwrap();
+        let pf = fin.tally.per_frame();
         let mut v: Vec<(u64, u64, u64)> = pf
             .iter()
             .enumerate()
@@ -1683,11 +1144,11 @@ async fn run(
     // Checks: what must hold.
     let mut findings: Vec<String> = Vec::new();
     for p in 0..3 {
-        let exp = sent_ph[p] * n;
-        if deliv_ph[p] != exp {
+        let exp = ph[p].expected;
+        if ph[p].delivered != exp {
             findings.push(format!(
                 "FAIL healthy delivery in {}: {} of {} frames intact ({} corrupted)",
-                PHASES[p], deliv_ph[p], exp, corrupt_ph[p]
+                PHASES[p], ph[p].delivered, exp, ph[p].corrupt
             ));
         }
     }
@@ -1758,28 +1219,24 @@ async fn run(
     let _ = writeln!(
         t,
         "healthy       {n} receivers on {live}: {}x{} RGBA Pixels+KEYFRAME ({} B/message) at {} fps; calm {} s, chaos {} s, settle {} s; source pacing lateness p50 {:.2} / p99 {:.2} / max {:.2} ms",
-        o.width, o.height, o.width as usize * o.height as usize * 4 + 16, o.fps, o.calm, o.duration, o.settle, late[0], late[1], late[2]
+        o.stream.width, o.stream.height, o.stream.msg_bytes(), o.stream.fps, o.calm, o.duration, o.settle, late[0], late[1], late[2]
     );
     let _ = writeln!(t, "\n| phase | frames sent | delivered intact | fraction | p50 ms | p99 ms | p99.9 ms | max ms | relay CPU % | driver CPU % |");
     let _ = writeln!(t, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for p in 0..3 {
-        let exp = sent_ph[p] * n;
+        let exp = ph[p].expected;
         let _ = writeln!(
             t,
             "| {} | {} | {}/{} | {:.3}% | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} |",
             PHASES[p],
-            sent_ph[p],
-            deliv_ph[p],
+            ph[p].sent,
+            ph[p].delivered,
             exp,
-            if exp > 0 {
-                deliv_ph[p] as f64 / exp as f64 * 100.0
-            } else {
-                0.0
-            },
-            lat[p][0],
-            lat[p][1],
-            lat[p][2],
-            lat[p][3],
+            ph[p].fraction() * 100.0,
+            ph[p].lat.p50,
+            ph[p].lat.p99,
+            ph[p].lat.p999,
+            ph[p].lat.max,
             opt(pcpu[p].relay, 1),
             opt(pcpu[p].driver, 1)
         );
@@ -1915,15 +1372,15 @@ async fn run(
     // ------------------------------------------------------------ json
     let phase_json: Vec<Value> = (0..3)
         .map(|p| {
-            let exp = sent_ph[p] * n;
+            let exp = ph[p].expected;
             json!({
                 "phase": PHASES[p],
-                "frames_sent": sent_ph[p],
+                "frames_sent": ph[p].sent,
                 "expected": exp,
-                "delivered_intact": deliv_ph[p],
-                "corrupted": corrupt_ph[p],
-                "delivered_fraction": if exp > 0 { deliv_ph[p] as f64 / exp as f64 } else { 0.0 },
-                "latency_ms": {"p50": lat[p][0], "p99": lat[p][1], "p99_9": lat[p][2], "max": lat[p][3], "mean": lat[p][4], "samples": lat[p][5]},
+                "delivered_intact": ph[p].delivered,
+                "corrupted": ph[p].corrupt,
+                "delivered_fraction": ph[p].fraction(),
+                "latency_ms": ph[p].lat.json(),
                 "relay_cpu_percent": pcpu[p].relay,
                 "driver_cpu_percent": pcpu[p].driver,
             })
@@ -1945,7 +1402,7 @@ async fn run(
         "url": url,
         "relay_args": relay_args,
         "config": {
-            "receivers": n, "width": o.width, "height": o.height, "fps": o.fps,
+            "receivers": n, "width": o.stream.width, "height": o.stream.height, "fps": o.stream.fps,
             "calm_s": o.calm, "chaos_s": o.duration, "settle_s": o.settle,
             "stall_s": stall.as_secs_f64(), "slow_timeout_ms": o.slow_timeout_ms,
             "storm": o.storm, "storm_every_s": o.storm_every, "vanish_per_s": o.vanish,
@@ -1970,8 +1427,7 @@ async fn run(
             "witness_messages": wm, "kinds": kinds_json},
         "metrics_before": metrics0, "metrics_after_settle": metrics_settle, "metrics_end": metrics_end,
         "healthz_after_settle": healthz.ok(),
-        "timeline": ticks.iter().map(|k| json!({"t": k.t, "phase": PHASES[k.phase], "p99_ms": k.p99_ms, "max_ms": k.max_ms,
-            "relay_cpu": k.relay_cpu, "rss_MB": k.rss_mb, "hostile_open": k.hostile_open, "driver_cpu": k.driver_cpu})).collect::<Vec<_>>(),
+        "timeline": ticks.iter().map(|k| k.json(&PHASES)).collect::<Vec<_>>(),
         "findings": findings,
         "storm_start_s": storms,
         "slowest_frames": worst.iter().map(|(i, ts, p, lo, hi, storm)| json!({"index": i, "sent_s": ts, "phase": PHASES[*p],

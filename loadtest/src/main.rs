@@ -7,7 +7,9 @@
 //!     cargo run --release -p loadtest -- chaos --start ours
 
 mod chaos;
+mod healthy;
 mod peer;
+mod probe;
 mod relays;
 mod report;
 mod run;
@@ -16,13 +18,12 @@ mod tcpserver;
 mod verify;
 mod wire;
 
-use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use relays::{Paths, RelayKind};
+use relays::{RelayKind, TargetOpts};
 use run::RunCfg;
 
 static EPOCH: OnceLock<Instant> = OnceLock::new();
@@ -107,9 +108,8 @@ enum Cmd {
 
 #[derive(Args, Clone, Debug)]
 struct Opts {
-    /// Relay base URL: ws://HOST:PORT (paths /source/{ch}, /stream/{ch}), or tcp://HOST:PORT for the plain-TCP reference.
-    #[arg(long, default_value = "ws://127.0.0.1:9100")]
-    url: String,
+    #[command(flatten)]
+    target: TargetOpts,
     /// Receivers in total, spread round-robin over the channels.
     #[arg(long)]
     receivers: Option<usize>,
@@ -128,15 +128,6 @@ struct Opts {
     /// Channels (one source each).
     #[arg(long)]
     channels: Option<usize>,
-    /// Output directory for the JSON and text reports.
-    #[arg(long, default_value = "target/loadtest")]
-    out: PathBuf,
-    /// Measure this relay process (CPU from /proc/PID/stat, RSS from /proc/PID/status).
-    #[arg(long)]
-    relay_pid: Option<u32>,
-    /// Start this relay instead of using --url (pinned to --relay-cpu; the driver moves to --driver-cpu).
-    #[arg(long, value_enum)]
-    start: Option<RelayKind>,
     /// Each receiver hashes the bytes of every n-th frame (default 1: every frame; saturate 4).
     #[arg(long)]
     check_every: Option<u64>,
@@ -152,27 +143,6 @@ struct Opts {
     /// KiB per read syscall (one buffer per driver thread, shared by its receivers).
     #[arg(long, default_value_t = 256)]
     read_buf_kib: usize,
-    /// Pin the driver to this CPU (default: 1 when it starts relays, else unpinned).
-    #[arg(long)]
-    driver_cpu: Option<usize>,
-    /// CPU for relays the driver starts (`--relay-cpu none` to leave them unpinned).
-    #[arg(long, default_value = "0")]
-    relay_cpu: String,
-    /// bitstream-relay binary (default: next to this executable).
-    #[arg(long)]
-    relay_bin: Option<PathBuf>,
-    /// baseline-relay binary (default: shared/baseline/target/release/baseline-relay, shared/ found next to the repository).
-    #[arg(long)]
-    baseline_bin: Option<PathBuf>,
-    /// bun executable for the uWS peer (default: bun on PATH, else /tmp/bun/package/bin/bun).
-    #[arg(long)]
-    bun: Option<PathBuf>,
-    /// The uWS peer's script (default: shared/peers/bun-relay/relay.js).
-    #[arg(long)]
-    bun_script: Option<PathBuf>,
-    /// Name of the relay in reports (default: the --start kind, else "relay").
-    #[arg(long)]
-    label: Option<String>,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -196,19 +166,6 @@ struct CompareOpts {
 }
 
 impl Opts {
-    fn paths(&self) -> Paths {
-        Paths::find(
-            self.relay_bin.clone(),
-            self.baseline_bin.clone(),
-            self.bun.clone(),
-            self.bun_script.clone(),
-        )
-    }
-
-    fn relay_cpu(&self) -> Option<usize> {
-        self.relay_cpu.parse().ok()
-    }
-
     fn run_cfg(&self, scenario: Scenario, nofile: u64) -> RunCfg {
         let (r, c, w, h, fps, check) = scenario.defaults();
         let channels = self.channels.unwrap_or(c).max(1);
@@ -229,7 +186,7 @@ impl Opts {
         }
         RunCfg {
             scenario,
-            url: self.url.clone(),
+            url: self.target.url.clone(),
             receivers,
             channels,
             width: self.width.unwrap_or(w),
@@ -239,12 +196,8 @@ impl Opts {
             check_every: self.check_every.unwrap_or(check).max(1),
             connect_batch: self.connect_batch,
             drain_secs: self.drain,
-            relay_pid: self.relay_pid,
-            label: self
-                .label
-                .clone()
-                .or_else(|| self.start.map(|k| k.label().to_owned()))
-                .unwrap_or_else(|| "relay".into()),
+            relay_pid: self.target.relay_pid,
+            label: self.target.label(),
             read_buf: self.read_buf_kib.max(4) * 1024,
             progress: true,
         }
@@ -271,10 +224,8 @@ fn main() {
         Cmd::Compare(c) => (c.scenario, c.opts.clone(), Some(c)),
     };
     let nofile = sys::raise_nofile();
-    sys::pin_driver(
-        opts.driver_cpu
-            .or((compare.is_some() || opts.start.is_some()).then_some(1)),
-    );
+    opts.target
+        .pin_driver(compare.is_some() || opts.target.start.is_some());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(opts.workers.max(1))
         .enable_all()
@@ -292,29 +243,16 @@ fn main() {
 
 async fn single(scenario: Scenario, opts: &Opts, nofile: u64) -> i32 {
     let mut cfg = opts.run_cfg(scenario, nofile);
-    let mut relay = None;
-    if let Some(kind) = opts.start {
-        let per_ch = cfg.receivers.div_ceil(cfg.channels);
-        match relays::spawn(
-            kind,
-            &opts.paths(),
-            opts.relay_cpu(),
-            per_ch,
-            &opts.out.join("logs"),
-            &report::stamp(),
-            &[],
-        ) {
-            Ok(p) => {
-                cfg.url = p.url.clone();
-                cfg.relay_pid = Some(p.pid);
-                relay = Some(p);
-            }
-            Err(e) => {
-                eprintln!("loadtest: {e}");
-                return 2;
-            }
+    let per_ch = cfg.receivers.div_ceil(cfg.channels);
+    let mut relay = match opts.target.under_test(per_ch, &report::stamp(), &[]) {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("loadtest: {e}");
+            return 2;
         }
-    }
+    };
+    cfg.url = relay.url.clone();
+    cfg.relay_pid = relay.pid;
     eprintln!(
         "loadtest {}: {} receivers on {} channel(s) at {}, {}x{} RGBA ({} B/message), {}, {} s",
         scenario.name(),
@@ -328,16 +266,15 @@ async fn single(scenario: Scenario, opts: &Opts, nofile: u64) -> i32 {
         cfg.duration
     );
     let mut s = run::run(&cfg).await;
-    if let Some(p) = relay.as_mut() {
-        s.relay_exit = p.exit_status();
-        p.stop();
-    }
+    s.relay_exit = relay.finish();
     let text = report::text(&s);
     println!("{text}");
-    match report::write_single(&opts.out, &s, &text) {
-        Ok(p) => eprintln!("loadtest: wrote {}", p.display()),
-        Err(e) => eprintln!("loadtest: cannot write results: {e}"),
-    }
+    report::write_pair(
+        &opts.target.out,
+        &format!("{}-{}-{}", s.scenario, s.label, report::stamp()),
+        &text,
+        &report::json(&s),
+    );
     eprintln!("{}", report::verdict(&s, None));
     i32::from(s.failed())
 }

@@ -456,6 +456,7 @@ impl Rx {
                 ));
             }
             Ev::Close(c) => self.close = Some(c),
+            Ev::Pong => {}
         }
     }
 

@@ -9,6 +9,136 @@ use std::time::{Duration, Instant};
 
 use clap::ValueEnum;
 
+/// Which relay a run measures, and where its reports go (the options every
+/// subcommand shares).
+#[derive(clap::Args, Clone, Debug)]
+pub struct TargetOpts {
+    /// Relay base URL: ws://HOST:PORT (paths /source/{ch}, /stream/{ch}), or tcp://HOST:PORT for the plain-TCP reference.
+    #[arg(long, default_value = "ws://127.0.0.1:9100")]
+    pub url: String,
+    /// Measure this relay process (CPU from /proc/PID/stat, RSS from /proc/PID/status).
+    #[arg(long)]
+    pub relay_pid: Option<u32>,
+    /// Start this relay instead of using --url (pinned to --relay-cpu; the driver moves to --driver-cpu).
+    #[arg(long, value_enum)]
+    pub start: Option<RelayKind>,
+    /// Output directory for the JSON and text reports.
+    #[arg(long, default_value = "target/loadtest")]
+    pub out: PathBuf,
+    /// Pin the driver to this CPU (default: 1 when it starts relays, else unpinned).
+    #[arg(long)]
+    pub driver_cpu: Option<usize>,
+    /// CPU for relays the driver starts (`--relay-cpu none` to leave them unpinned).
+    #[arg(long, default_value = "0")]
+    pub relay_cpu: String,
+    /// bitstream-relay binary (default: next to this executable).
+    #[arg(long)]
+    pub relay_bin: Option<PathBuf>,
+    /// baseline-relay binary (default: shared/baseline/target/release/baseline-relay, shared/ found next to the repository).
+    #[arg(long)]
+    pub baseline_bin: Option<PathBuf>,
+    /// bun executable for the uWS peer (default: bun on PATH, else /tmp/bun/package/bin/bun).
+    #[arg(long)]
+    pub bun: Option<PathBuf>,
+    /// The uWS peer's script (default: shared/peers/bun-relay/relay.js).
+    #[arg(long)]
+    pub bun_script: Option<PathBuf>,
+    /// Name of the relay in reports (default: the --start kind, else "relay").
+    #[arg(long)]
+    pub label: Option<String>,
+}
+
+impl TargetOpts {
+    /// Where the relays' executables are.
+    pub fn paths(&self) -> Paths {
+        Paths::find(
+            self.relay_bin.clone(),
+            self.baseline_bin.clone(),
+            self.bun.clone(),
+            self.bun_script.clone(),
+        )
+    }
+
+    /// The CPU for relays the driver starts, if pinned.
+    pub fn relay_cpu(&self) -> Option<usize> {
+        self.relay_cpu.parse().ok()
+    }
+
+    /// The relay's name in reports.
+    pub fn label(&self) -> String {
+        self.label
+            .clone()
+            .or_else(|| self.start.map(|k| k.label().to_owned()))
+            .unwrap_or_else(|| "relay".into())
+    }
+
+    /// Pins the driver: to --driver-cpu, else to CPU 1 when it starts relays.
+    pub fn pin_driver(&self, starts: bool) {
+        crate::sys::pin_driver(self.driver_cpu.or(starts.then_some(1)));
+    }
+
+    /// The relay under test: the one --start names, started now (sized for
+    /// `per_channel` receivers per channel, with `extra` arguments, its log
+    /// under `out/logs` tagged `tag`), else the one at --url / --relay-pid.
+    pub fn under_test(
+        &self,
+        per_channel: usize,
+        tag: &str,
+        extra: &[String],
+    ) -> Result<UnderTest, String> {
+        let mut u = UnderTest {
+            url: self.url.clone(),
+            pid: self.relay_pid,
+            label: self.label(),
+            proc: None,
+        };
+        if let Some(kind) = self.start {
+            let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+            let p = spawn(
+                kind,
+                &self.paths(),
+                self.relay_cpu(),
+                per_channel,
+                &self.out.join("logs"),
+                tag,
+                &extra,
+            )?;
+            u.url = p.url.clone();
+            u.pid = Some(p.pid);
+            u.proc = Some(p);
+        }
+        Ok(u)
+    }
+}
+
+/// The relay a run measures.
+pub struct UnderTest {
+    /// Its base URL.
+    pub url: String,
+    /// Its process, if known (CPU, RSS, fds).
+    pub pid: Option<u32>,
+    /// Its name in reports.
+    pub label: String,
+    /// The process, if the driver started it.
+    pub proc: Option<RelayProc>,
+}
+
+impl UnderTest {
+    /// After the run: how a relay the driver started exited, if it did;
+    /// then stops it.
+    pub fn finish(&mut self) -> Option<String> {
+        let p = self.proc.as_mut()?;
+        let exit = p.exit_status();
+        p.stop();
+        exit
+    }
+
+    /// The log of a relay the driver started.
+    pub fn log(&self) -> Option<&Path> {
+        self.proc.as_ref().map(|p| p.log.as_path())
+    }
+}
+
 /// A relay the driver can start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum RelayKind {

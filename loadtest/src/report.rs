@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -47,6 +47,18 @@ pub fn opt(v: Option<f64>, prec: usize) -> String {
 /// KiB as MB.
 pub fn mb(kib: Option<u64>) -> Option<f64> {
     kib.map(|k| k as f64 / 1024.0)
+}
+
+/// Writes `BASE.json` and `BASE.txt` in `out` and says so on stderr.
+pub fn write_pair(out: &Path, base: &str, text: &str, json: &Value) {
+    let j = out.join(format!("{base}.json"));
+    match std::fs::create_dir_all(out)
+        .and_then(|_| std::fs::write(&j, serde_json::to_string_pretty(json).unwrap_or_default()))
+        .and_then(|_| std::fs::write(out.join(format!("{base}.txt")), text))
+    {
+        Ok(()) => eprintln!("loadtest: wrote {} and .txt", j.display()),
+        Err(e) => eprintln!("loadtest: cannot write results: {e}"),
+    }
 }
 
 /// The stderr line that says whether a run kept every frame intact, once
@@ -260,19 +272,6 @@ pub fn text(s: &Summary) -> String {
     o
 }
 
-/// Writes `{out}/{scenario}-{relay}-{stamp}.json` and `.txt`; returns the JSON path.
-pub fn write_single(out: &Path, s: &Summary, text: &str) -> std::io::Result<PathBuf> {
-    std::fs::create_dir_all(out)?;
-    let base = format!("{}-{}-{}", s.scenario, s.label, stamp());
-    let j = out.join(format!("{base}.json"));
-    std::fs::write(
-        &j,
-        serde_json::to_string_pretty(&json(s)).unwrap_or_default(),
-    )?;
-    std::fs::write(out.join(format!("{base}.txt")), text)?;
-    Ok(j)
-}
-
 fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return f64::NAN;
@@ -431,7 +430,7 @@ pub async fn compare(
     opts: &Opts,
     nofile: u64,
 ) -> i32 {
-    let paths = opts.paths();
+    let paths = opts.target.paths();
     let mut avail = Vec::new();
     for &k in kinds {
         match paths.missing(k) {
@@ -446,7 +445,7 @@ pub async fn compare(
     let mut cfg = opts.run_cfg(scenario, nofile);
     let per_ch = cfg.receivers.div_ceil(cfg.channels);
     let st = stamp();
-    let dir = opts.out.join(format!("compare-{}-{st}", scenario.name()));
+    let dir = opts.target.out.join(format!("compare-{}-{st}", scenario.name()));
     let _ = std::fs::create_dir_all(&dir);
     let mut results: BTreeMap<&'static str, Vec<Summary>> = BTreeMap::new();
     let mut all = Vec::new();
@@ -463,7 +462,7 @@ pub async fn compare(
                 kind.label()
             );
             let tag = format!("{}-r{}", scenario.name(), round + 1);
-            let mut p = match relays::spawn(kind, &paths, opts.relay_cpu(), per_ch, &dir, &tag, &[])
+            let mut p = match relays::spawn(kind, &paths, opts.target.relay_cpu(), per_ch, &dir, &tag, &[])
             {
                 Ok(p) => p,
                 Err(e) => {
@@ -525,7 +524,8 @@ pub async fn compare(
     let md_path = dir.join("table.md");
     let _ = std::fs::write(&md_path, &md);
     let _ = std::fs::write(
-        opts.out
+        opts.target
+            .out
             .join(format!("compare-{}-latest.md", scenario.name())),
         &md,
     );

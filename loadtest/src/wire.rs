@@ -197,6 +197,8 @@ pub enum Ev<'a> {
     Msg(MsgInfo),
     /// A ping with its payload (to be answered).
     Ping(&'a [u8]),
+    /// A pong.
+    Pong,
     /// The server's close frame (code, 1005 if none).
     Close(u16),
 }
@@ -323,7 +325,7 @@ impl Parser {
                 };
                 ev(Ev::Close(code))
             }
-            ws::OP_PONG => {}
+            ws::OP_PONG => ev(Ev::Pong),
             _ if self.frame_fin => ev(Ev::Msg(self.finish())),
             _ => {}
         }
@@ -410,10 +412,33 @@ mod tests {
                     pings += 1
                 }
                 Ev::Close(_) => panic!("no close sent"),
+                Ev::Pong => panic!("no pong sent"),
             })
             .unwrap();
         }
         (got, pings)
+    }
+
+    #[test]
+    fn pongs_are_reported_between_messages() {
+        let mut tpl = FrameTemplate::new(Framing::Ws, 8, 8);
+        tpl.patch(0, 0, 1, 0);
+        let mut wire = server_wire(&tpl);
+        wire.extend(ws::server_frame(ws::OP_PONG, b""));
+        wire.extend(ws::server_frame(ws::OP_PONG, b"x"));
+        tpl.patch(0, 1, 2, 0);
+        wire.extend(server_wire(&tpl));
+        let mut p = Parser::new(Framing::Ws, 1, 0);
+        let (mut pongs, mut msgs) = (0, 0);
+        for c in wire.chunks(7) {
+            p.feed(c, &mut |e| match e {
+                Ev::Pong => pongs += 1,
+                Ev::Msg(_) => msgs += 1,
+                e => panic!("unexpected {e:?}"),
+            })
+            .unwrap();
+        }
+        assert_eq!((pongs, msgs), (2, 2));
     }
 
     #[test]
