@@ -29,7 +29,8 @@ use crate::healthy::{cpu_between, Monitor, Stream, StreamOpts};
 use crate::now_ns;
 use crate::peer::{self, io_end, read_head, tcp_connect, write_all, Target};
 use crate::probe::{
-    self, fd_count, http_get, metric_lines, metric_value, set_rst_on_close, watch_end, End, Rng,
+    self, fd_count, http_get, metric_lines, metric_value, set_rst_on_close, watch_end, End, Kind,
+    Rng,
 };
 use crate::relays::{self, RelayKind, TargetOpts};
 use crate::report::{self, mb, opt};
@@ -109,14 +110,6 @@ const WS_KEY: &str = "Y2hhb3MtbG9hZHRlc3QtMDE=";
 const PHASES: [&str; 3] = ["calm", "chaos", "settle"];
 
 // ---------------------------------------------------------------- hostile side
-
-#[derive(Default, Clone)]
-struct Kind {
-    attempted: u64,
-    outcomes: BTreeMap<String, u64>,
-    secs: Vec<f64>,
-    extra: Vec<f64>,
-}
 
 struct Hostile {
     rt: Handle,
@@ -875,32 +868,14 @@ pub fn main(o: ChaosOpts) -> i32 {
         ];
     }
     let tag = format!("chaos-{}", report::stamp());
-    let mut relay = match o.target.under_test(o.stream.receivers, &tag, &relay_args) {
-        Ok(u) => u,
-        Err(e) => {
-            eprintln!("loadtest: {e}");
-            return 2;
-        }
+    let Some(mut relay) = o.target.under_test(o.stream.receivers, &tag, &relay_args) else {
+        return 2;
     };
     let (url, label) = (relay.url.clone(), relay.label.clone());
-    let hostile_rt = probe::hostile_runtime();
-    let rt = peer::current_thread_rt().expect("runtime");
-    let res = rt.block_on(run(
-        &o,
-        &url,
-        relay.pid,
-        &label,
-        nofile,
-        hostile_rt.handle().clone(),
-        &relay_args,
-    ));
-    hostile_rt.shutdown_timeout(Duration::from_secs(2));
-    let mut res = match res {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("loadtest: FAIL chaos against {label} ({url}): {e}");
-            return 1;
-        }
+    let Some(mut res) = probe::with_attackers("chaos", &label, &url, |h| {
+        run(&o, &url, relay.pid, &label, nofile, h, &relay_args)
+    }) else {
+        return 1;
     };
     let log = relay.log().map(|l| l.to_path_buf());
     let exit = relay.finish();
@@ -1282,13 +1257,7 @@ async fn run(
     let _ = writeln!(t, "|---|---:|---|---|---|---|");
     let total: u64 = kinds.values().map(|k| k.attempted).sum();
     for (k, v) in &kinds {
-        let mut secs = v.secs.clone();
-        secs.sort_by(f64::total_cmp);
-        let q = |x: f64| {
-            secs.get(((secs.len().max(1) - 1) as f64 * x).round() as usize)
-                .copied()
-                .unwrap_or(0.0)
-        };
+        let q = |x: f64| v.secs_at(x);
         let mut ex = v.extra.clone();
         ex.sort_by(f64::total_cmp);
         let note = if ex.is_empty() {
@@ -1304,16 +1273,11 @@ async fn run(
         } else {
             String::new()
         };
-        let outs: Vec<String> = v
-            .outcomes
-            .iter()
-            .map(|(o, c)| format!("{o} ({c})"))
-            .collect();
         let _ = writeln!(
             t,
             "| {k} | {} | {} | {} | {:.2}/{:.2}/{:.2} | {note} |",
             v.attempted,
-            outs.join("; "),
+            v.outcomes_text(),
             expected(k).join(" or "),
             q(0.0),
             q(0.5),

@@ -341,7 +341,14 @@ impl Stream {
         let send_ns: Vec<u64> = source.send_ns.lock().unwrap()[..sent as usize].to_vec();
         let clock = &self.tally.clock;
         let phase_of: Vec<usize> = send_ns.iter().map(|&t| clock.of(t)).collect();
-        let lat: Vec<Lat> = self.tally.hist.lock().unwrap().iter().map(Lat::of).collect();
+        let lat: Vec<Lat> = self
+            .tally
+            .hist
+            .lock()
+            .unwrap()
+            .iter()
+            .map(Lat::of)
+            .collect();
         let n = self.stats.len() as u64;
         let mut phases: Vec<PhaseFrames> = (0..clock.len())
             .map(|p| PhaseFrames {
@@ -472,7 +479,12 @@ impl<'a> Monitor<'a> {
 
     /// Samples phase `phase` until `until` is ready (then one last tick);
     /// the highest RSS seen goes to `rss_peak` (KiB).
-    pub async fn watch<F: Future>(&mut self, phase: usize, rss_peak: &mut u64, until: F) -> F::Output {
+    pub async fn watch<F: Future>(
+        &mut self,
+        phase: usize,
+        rss_peak: &mut u64,
+        until: F,
+    ) -> F::Output {
         let me = std::process::id();
         let rss_of = || self.pid.and_then(sys::rss_kib);
         let mut last = (

@@ -5,9 +5,11 @@
 //!     cargo run --release -p loadtest -- saturate --start ours
 //!     cargo run --release -p loadtest -- compare --scenario headline --rounds 3
 //!     cargo run --release -p loadtest -- chaos --start ours
+//!     cargo run --release -p loadtest -- hostile --start ours
 
 mod chaos;
 mod healthy;
+mod hostile;
 mod peer;
 mod probe;
 mod relays;
@@ -98,6 +100,8 @@ enum Cmd {
     Compare(CompareOpts),
     /// A healthy 30 fps stream to N receivers while hostile clients attack the relay (calm, chaos, settle).
     Chaos(chaos::ChaosOpts),
+    /// Attacks from single clients, one after another, while a healthy 30 fps stream is measured.
+    Hostile(hostile::HostileOpts),
     /// The plain-TCP fan-out reference server (started by `compare`).
     #[command(hide = true)]
     TcpServer {
@@ -217,6 +221,7 @@ fn main() {
             return;
         }
         Cmd::Chaos(o) => std::process::exit(chaos::main(o)),
+        Cmd::Hostile(o) => std::process::exit(hostile::main(o)),
         Cmd::Headline(o) => (Scenario::Headline, o, None),
         Cmd::Saturate(o) => (Scenario::Saturate, o, None),
         Cmd::Receivers(o) => (Scenario::Receivers, o, None),
@@ -244,12 +249,8 @@ fn main() {
 async fn single(scenario: Scenario, opts: &Opts, nofile: u64) -> i32 {
     let mut cfg = opts.run_cfg(scenario, nofile);
     let per_ch = cfg.receivers.div_ceil(cfg.channels);
-    let mut relay = match opts.target.under_test(per_ch, &report::stamp(), &[]) {
-        Ok(u) => u,
-        Err(e) => {
-            eprintln!("loadtest: {e}");
-            return 2;
-        }
+    let Some(mut relay) = opts.target.under_test(per_ch, &report::stamp(), &[]) else {
+        return 2;
     };
     cfg.url = relay.url.clone();
     cfg.relay_pid = relay.pid;

@@ -3,12 +3,15 @@
 //! watching how the relay ends a connection, plain HTTP GETs and the
 //! `/metrics` lines the reports keep.
 
+use std::collections::BTreeMap;
+use std::future::Future;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use bitstream_wire::ws;
 use tokio::net::TcpStream;
+use tokio::runtime::Handle;
 use tokio::time::Instant;
 
 use crate::peer::{self, read_head, tcp_connect, write_all, Target};
@@ -106,6 +109,40 @@ impl End {
     }
 }
 
+/// How the attacking clients of one kind ended.
+#[derive(Default, Clone, Debug)]
+pub struct Kind {
+    /// Clients started.
+    pub attempted: u64,
+    /// How many ended each way.
+    pub outcomes: BTreeMap<String, u64>,
+    /// Seconds each took to end.
+    pub secs: Vec<f64>,
+    /// One number of interest per client.
+    pub extra: Vec<f64>,
+}
+
+impl Kind {
+    /// The `x` quantile (0..=1) of `secs`, 0 if none.
+    pub fn secs_at(&self, x: f64) -> f64 {
+        let mut secs = self.secs.clone();
+        secs.sort_by(f64::total_cmp);
+        secs.get(((secs.len().max(1) - 1) as f64 * x).round() as usize)
+            .copied()
+            .unwrap_or(0.0)
+    }
+
+    /// `outcome (count); ...`
+    pub fn outcomes_text(&self) -> String {
+        let outs: Vec<String> = self
+            .outcomes
+            .iter()
+            .map(|(o, c)| format!("{o} ({c})"))
+            .collect();
+        outs.join("; ")
+    }
+}
+
 /// What [`watch_end`] saw.
 pub struct Watched {
     /// How it ended.
@@ -193,6 +230,31 @@ pub async fn watch_end(
     w
 }
 
+/// How a connection stands, seen without reading it: `Some("...")` when
+/// the relay closed it (a FIN queued behind the unread bytes, or a reset),
+/// `None` while open; and how many bytes wait unread in its socket.
+pub fn peek_end(s: &TcpStream) -> (Option<&'static str>, usize) {
+    let fd = s.as_raw_fd();
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN | libc::POLLRDHUP,
+        revents: 0,
+    };
+    let mut queued: libc::c_int = 0;
+    unsafe {
+        libc::poll(&mut p, 1, 0);
+        libc::ioctl(fd, libc::FIONREAD, &mut queued);
+    }
+    let end = if p.revents & libc::POLLERR != 0 {
+        Some("reset by relay")
+    } else if p.revents & (libc::POLLRDHUP | libc::POLLHUP) != 0 {
+        Some("closed by relay (FIN behind the unread bytes; close code not read)")
+    } else {
+        None
+    };
+    (end, queued.max(0) as usize)
+}
+
 /// Plain HTTP GET with `Connection: close`; (status, body).
 pub async fn http_get(t: &Target, path: &str) -> Result<(u16, String), String> {
     let s = tcp_connect(t.addr, None).await.map_err(|e| e.to_string())?;
@@ -271,10 +333,27 @@ pub fn fd_count(pid: u32) -> Option<usize> {
         .map(|d| d.count())
 }
 
+/// Runs a scenario's controller and healthy side (`run`) on a
+/// current-thread runtime, handing it a [`hostile_runtime`] for the
+/// attacking clients. None, said on stderr as a FAIL of `scenario` against
+/// `label` at `url`, if it failed.
+pub fn with_attackers<T, F: Future<Output = Result<T, String>>>(
+    scenario: &str,
+    label: &str,
+    url: &str,
+    run: impl FnOnce(Handle) -> F,
+) -> Option<T> {
+    let hostile_rt = hostile_runtime();
+    let rt = peer::current_thread_rt().expect("runtime");
+    let res = rt.block_on(run(hostile_rt.handle().clone()));
+    hostile_rt.shutdown_timeout(Duration::from_secs(2));
+    res.map_err(|e| eprintln!("loadtest: FAIL {scenario} against {label} ({url}): {e}"))
+        .ok()
+}
 
 /// A runtime for attacking clients: one worker whose threads run at nice
 /// 10, so the measured side of the driver gets its core first.
-pub fn hostile_runtime() -> tokio::runtime::Runtime {
+fn hostile_runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("hostile")

@@ -80,12 +80,8 @@ impl TargetOpts {
     /// The relay under test: the one --start names, started now (sized for
     /// `per_channel` receivers per channel, with `extra` arguments, its log
     /// under `out/logs` tagged `tag`), else the one at --url / --relay-pid.
-    pub fn under_test(
-        &self,
-        per_channel: usize,
-        tag: &str,
-        extra: &[String],
-    ) -> Result<UnderTest, String> {
+    /// None (and why, on stderr) if it cannot be started.
+    pub fn under_test(&self, per_channel: usize, tag: &str, extra: &[String]) -> Option<UnderTest> {
         let mut u = UnderTest {
             url: self.url.clone(),
             pid: self.relay_pid,
@@ -94,20 +90,16 @@ impl TargetOpts {
         };
         if let Some(kind) = self.start {
             let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-            let p = spawn(
-                kind,
-                &self.paths(),
-                self.relay_cpu(),
-                per_channel,
-                &self.out.join("logs"),
-                tag,
-                &extra,
-            )?;
+            let log_dir = self.out.join("logs");
+            let cpu = self.relay_cpu();
+            let p = spawn(kind, &self.paths(), cpu, per_channel, &log_dir, tag, &extra)
+                .map_err(|e| eprintln!("loadtest: {e}"))
+                .ok()?;
             u.url = p.url.clone();
             u.pid = Some(p.pid);
             u.proc = Some(p);
         }
-        Ok(u)
+        Some(u)
     }
 }
 

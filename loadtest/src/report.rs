@@ -445,7 +445,10 @@ pub async fn compare(
     let mut cfg = opts.run_cfg(scenario, nofile);
     let per_ch = cfg.receivers.div_ceil(cfg.channels);
     let st = stamp();
-    let dir = opts.target.out.join(format!("compare-{}-{st}", scenario.name()));
+    let dir = opts
+        .target
+        .out
+        .join(format!("compare-{}-{st}", scenario.name()));
     let _ = std::fs::create_dir_all(&dir);
     let mut results: BTreeMap<&'static str, Vec<Summary>> = BTreeMap::new();
     let mut all = Vec::new();
@@ -462,8 +465,15 @@ pub async fn compare(
                 kind.label()
             );
             let tag = format!("{}-r{}", scenario.name(), round + 1);
-            let mut p = match relays::spawn(kind, &paths, opts.target.relay_cpu(), per_ch, &dir, &tag, &[])
-            {
+            let mut p = match relays::spawn(
+                kind,
+                &paths,
+                opts.target.relay_cpu(),
+                per_ch,
+                &dir,
+                &tag,
+                &[],
+            ) {
                 Ok(p) => p,
                 Err(e) => {
                     eprintln!("loadtest: {e}");

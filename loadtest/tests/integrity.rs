@@ -1,7 +1,7 @@
-//! End to end: the `loadtest` binary against a tiny fake relay on
-//! 127.0.0.1 that damages one frame on its way to every receiver. The run
-//! must fail (exit code 1) and count exactly that damage; with no damage it
-//! must pass (exit code 0).
+//! End to end: the `loadtest` binary (`headline`, and `hostile` with one
+//! short attack) against a tiny fake relay on 127.0.0.1 that damages one
+//! frame on its way to every receiver. The run must fail (exit code 1) and
+//! count exactly that damage; with no damage it must pass (exit code 0).
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -139,9 +139,22 @@ struct Outcome {
     counts: [u64; 5],
 }
 
-/// Runs `loadtest headline` for 0.5 s at 50 fps (25 frames of 64×64) to
-/// 2 receivers through a fake relay with `defect`.
-fn headline_through(defect: Defect) -> Outcome {
+/// The healthy stream of these runs: 2 receivers of 64×64 at 50 fps.
+const SMALL: [&str; 8] = [
+    "--receivers",
+    "2",
+    "--width",
+    "64",
+    "--height",
+    "64",
+    "--fps",
+    "50",
+];
+
+/// Runs `loadtest ARGS --url ws://FAKE --out DIR` through a fake relay
+/// with `defect`: (exit code, stderr, its JSON result). Panics if it runs
+/// longer than 30 s.
+fn loadtest_through(defect: Defect, args: &[&str]) -> (Option<i32>, String, Option<Vec<u8>>) {
     let addr = fake_relay(defect);
     let out = std::env::temp_dir().join(format!(
         "loadtest-integrity-{}-{}",
@@ -151,16 +164,15 @@ fn headline_through(defect: Defect) -> Outcome {
     std::fs::create_dir_all(&out).unwrap();
     let log = out.join("stderr.txt");
     let mut child = Command::new(env!("CARGO_BIN_EXE_loadtest"))
-        .args(["headline", "--url", &format!("ws://{addr}")])
-        .args(["--receivers", "2", "--width", "64", "--height", "64"])
-        .args(["--fps", "50", "--duration", "0.5", "--drain", "2"])
+        .args(args)
+        .args(["--url", &format!("ws://{addr}")])
         .arg("--out")
         .arg(&out)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .expect("run loadtest");
-    // A run takes about a second; a driver that hangs fails the test.
+    // A run takes a few seconds; a driver that hangs fails the test.
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
         if let Some(st) = child.try_wait().unwrap() {
@@ -183,6 +195,19 @@ fn headline_through(defect: Defect) -> Outcome {
         .and_then(|p| std::fs::read(p).ok());
     let _ = std::fs::remove_dir_all(&out);
     let status = status.unwrap_or_else(|| panic!("loadtest did not end within 30 s:\n{stderr}"));
+    (status.code(), stderr, json)
+}
+
+/// Runs `loadtest headline` for 0.5 s at 50 fps (25 frames of 64×64) to
+/// 2 receivers through a fake relay with `defect`.
+fn headline_through(defect: Defect) -> Outcome {
+    let args = [
+        &["headline"][..],
+        &SMALL,
+        &["--duration", "0.5", "--drain", "2"],
+    ]
+    .concat();
+    let (code, stderr, json) = loadtest_through(defect, &args);
     let json = json.unwrap_or_else(|| panic!("no JSON result\n{stderr}"));
     let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
     let d = &v["delivery"];
@@ -190,7 +215,7 @@ fn headline_through(defect: Defect) -> Outcome {
     assert_eq!(v["source"]["frames_sent"], 25, "{stderr}");
     assert_eq!(v["connect"]["receivers_connected"], 2, "{stderr}");
     Outcome {
-        code: status.code(),
+        code,
         counts: [
             n("missing_frames"),
             n("duplicate"),
@@ -248,4 +273,42 @@ fn a_duplicated_frame_fails_the_run() {
 #[test]
 fn a_reordered_pair_fails_the_run() {
     assert_fails_with(&headline_through(Defect::Swap(5)), [0, 0, 2, 0]);
+}
+
+/// `loadtest hostile` with one short attack, 2 healthy receivers of 64×64
+/// at 50 fps, through a fake relay with `defect`: (exit code, stderr).
+fn hostile_through(defect: Defect) -> (Option<i32>, String) {
+    let attack = ["--only", "oversized-signal", "--oversized-bytes", "64"];
+    let phases = ["--calm", "0.5", "--phase", "0.5"];
+    let args = [&["hostile"][..], &attack, &phases, &SMALL].concat();
+    let (code, stderr, json) = loadtest_through(defect, &args);
+    let v: serde_json::Value = serde_json::from_slice(&json.expect("a JSON result")).unwrap();
+    assert_eq!(v["ok"], code == Some(0), "{stderr}");
+    (code, stderr)
+}
+
+#[test]
+fn hostile_passes_through_a_clean_relay() {
+    let (code, stderr) = hostile_through(Defect::None);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("loadtest: OK hostile against relay"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn hostile_fails_when_a_healthy_frame_is_lost() {
+    // Frame 5 is sent 0.1 s into the calm phase.
+    let (code, stderr) = hostile_through(Defect::Drop(5));
+    assert_eq!(code, Some(1), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("loadtest:   FAIL phase 0 calm: healthy frames delivered intact "))
+        .unwrap_or_else(|| panic!("no FAIL line for the calm phase:\n{stderr}"));
+    assert!(line.ends_with(" (2 not delivered, 0 corrupt)"), "{stderr}");
+    assert!(
+        stderr.contains("loadtest: FAIL hostile against relay"),
+        "{stderr}"
+    );
 }
