@@ -32,19 +32,29 @@ impl RecvError {
     }
 }
 
+/// Bytes a connection may read before it gives its worker back once: a
+/// large message arriving at full speed (fresh pages, faulted in and zeroed
+/// as it is read) must not keep other connections waiting until it ends.
+const YIELD_EVERY: usize = 1 << 20;
+
 /// Reads until one message (or control frame) is complete.
 pub(crate) async fn next(
     reader: &mut MessageReader,
     stream: &TcpStream,
 ) -> Result<Incoming, RecvError> {
+    let mut since_yield = 0;
     loop {
         if let Some(msg) = reader.parse()? {
             return Ok(msg);
         }
+        if since_yield >= YIELD_EVERY {
+            since_yield = 0;
+            tokio::task::yield_now().await;
+        }
         stream.readable().await?;
         match stream.try_read_buf(reader.read_buf()) {
             Ok(0) => return Err(RecvError::Eof),
-            Ok(_) => {}
+            Ok(n) => since_yield += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e.into()),
         }
