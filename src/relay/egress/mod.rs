@@ -8,7 +8,11 @@
 //! never a copy) and the peer's own task drains the queue with `writev`
 //! when the socket is writable, coalescing queued frames into one syscall.
 //!
-//! A receiver whose queue would exceed the bound is *skipped forward*: its
+//! A live frame may always follow a queue holding less than one more frame
+//! of its size (one frame in flight plus the next), so frames larger than
+//! the bound reach a receiver slightly slower than the stream every other
+//! time. Beyond that, a receiver whose queue would exceed the bound is
+//! *skipped forward*: its
 //! queue is dropped (except a frame already half on the wire) and it is
 //! marked for resynchronization; once its socket has drained, its task sends
 //! it the channel's current catch-up state. Frames already covered by that

@@ -109,7 +109,11 @@ impl Queue {
         if seq <= self.skip_upto {
             return Verdict::Skipped;
         }
-        if !self.would_overflow(len) {
+        // A live frame may always join a queue holding less than one more
+        // frame of its size: one frame in flight plus the next, so a
+        // receiver slightly slower than a stream of frames larger than the
+        // bound gets every other frame instead of being skipped each time.
+        if !self.would_overflow(len) || self.queued + len + CHUNK_OVERHEAD <= 2 * (len + CHUNK_OVERHEAD) {
             return Verdict::Accept;
         }
         let keep = match self.front {
@@ -279,6 +283,24 @@ mod tests {
     }
 
     #[test]
+    fn frames_larger_than_the_bound_keep_one_in_flight_plus_the_next() {
+        let mut q = Queue::new(1000);
+        let big = frame(5000, 1);
+        assert_eq!(q.offer_live(big.len(), 1), Verdict::Accept);
+        q.push_rest(&big, 1000);
+        // 4000 bytes of frame 1 still queued: frame 2 may follow it.
+        assert_eq!(q.offer_live(big.len(), 2), Verdict::Accept);
+        q.push_rest(&big, 0);
+        // A third would mean two whole frames behind: skip forward.
+        assert_eq!(q.offer_live(big.len(), 3), Verdict::Overflow);
+        assert_eq!(contents(&q), vec![1; 4000], "the started frame stays");
+        // Control frames still respect the plain bound.
+        let mut q = Queue::new(1000);
+        q.push_rest(&big, 0);
+        assert_eq!(q.offer(5000), Verdict::Dropped);
+    }
+
+    #[test]
     fn tiny_frames_are_charged_their_overhead() {
         let mut q = Queue::new(4096);
         let mut n = 0;
@@ -335,12 +357,12 @@ mod tests {
     fn partial_writes_mark_the_front_started() {
         let mut q = Queue::new(1000);
         q.push_rest(&frame(10, 1), 0);
-        q.push_rest(&frame(10, 2), 0);
+        q.push_rest(&frame(600, 2), 0);
         q.consume(15);
-        assert_eq!(q.queued(), cost(5));
-        assert_eq!(contents(&q), vec![2; 5]);
-        assert_eq!(q.offer_live(2000, 9), Verdict::Overflow);
-        assert_eq!(contents(&q), vec![2; 5], "the started frame is kept");
+        assert_eq!(q.queued(), cost(595));
+        assert_eq!(contents(&q), vec![2; 595]);
+        assert_eq!(q.offer_live(300, 9), Verdict::Overflow);
+        assert_eq!(contents(&q), vec![2; 595], "the started frame is kept");
     }
 
     #[test]
