@@ -1,8 +1,8 @@
 //! The `bitstream-relay` binary: parse options, set up logging, run until
 //! SIGINT/SIGTERM, close every peer with 1001 and exit 0.
 
-use bitstream_relay::{Config, LogFormat};
 use bitstream_relay::Server;
+use bitstream_relay::{Config, LogFormat};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 

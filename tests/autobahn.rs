@@ -12,7 +12,11 @@ async fn autobahn_cases_1_to_10_pass_against_echo() {
         .arg("--help")
         .output()
         .is_ok_and(|o| o.status.success());
-    if !common::tool_available(have_kosoku, "kosoku (pip install kosoku)", "RELAY_SKIP_AUTOBAHN") {
+    if !common::tool_available(
+        have_kosoku,
+        "kosoku (pip install kosoku)",
+        "RELAY_SKIP_AUTOBAHN",
+    ) {
         return;
     }
     let t = common::start(&["--echo-endpoint"]).await;

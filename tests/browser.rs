@@ -562,7 +562,11 @@ async fn recv_input(source: &mut Client) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_client_end_to_end() {
     let exe = find_chromium();
-    if !common::tool_available(exe.is_some(), "chromium (apt-get install chromium)", "RELAY_SKIP_BROWSER") {
+    if !common::tool_available(
+        exe.is_some(),
+        "chromium (apt-get install chromium)",
+        "RELAY_SKIP_BROWSER",
+    ) {
         return;
     }
     let Some(exe) = exe else { return };

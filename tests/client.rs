@@ -140,9 +140,7 @@ async fn signal_peers_exchange_text() {
     let mut a = SignalPeer::connect(&t.url("/signal/call")).await.unwrap();
     let mut b = SignalPeer::connect(&t.url("/signal/call")).await.unwrap();
     eventually("2 signal peers", || {
-        t.relay
-            .channel("call")
-            .is_some_and(|c| c.signal_peers == 2)
+        t.relay.channel("call").is_some_and(|c| c.signal_peers == 2)
     })
     .await;
     a.send(r#"{"type":"offer"}"#).await.unwrap();

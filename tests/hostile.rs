@@ -251,10 +251,7 @@ async fn slowloris_handshakes_time_out() {
     let mut out = String::new();
     within(s.read_to_string(&mut out)).await.unwrap();
     assert!(out.starts_with("HTTP/1.1 408"), "{out}");
-    assert_eq!(
-        t.relay.summary().refused(Refusal::HandshakeTimeout),
-        1
-    );
+    assert_eq!(t.relay.summary().refused(Refusal::HandshakeTimeout), 1);
     // A client that sends nothing at all is dropped too.
     let mut idle = tokio::net::TcpStream::connect(t.addr).await.unwrap();
     let mut buf = Vec::new();
@@ -360,14 +357,21 @@ async fn input_floods_are_capped_and_abusers_closed() {
         let m = within(src.recv_binary()).await.unwrap();
         got.push(Header::parse(&m).unwrap().seq);
     }
-    assert_eq!(got[..20], (0..20).collect::<Vec<u16>>()[..], "the burst, in order");
+    assert_eq!(
+        got[..20],
+        (0..20).collect::<Vec<u16>>()[..],
+        "the burst, in order"
+    );
     assert!(
         got.windows(2).all(|w| w[0] < w[1]),
         "forwarded inputs in send order, no duplicates: {got:?}"
     );
     assert!(got.iter().all(|&s| s < 5000));
     let extra = tokio::time::timeout(Duration::from_millis(300), src.recv_binary()).await;
-    assert!(extra.is_err(), "an input the counters did not count: {extra:?}");
+    assert!(
+        extra.is_err(),
+        "an input the counters did not count: {extra:?}"
+    );
 
     // With a flood threshold, the abuser is closed with 1008.
     let t = start(&[

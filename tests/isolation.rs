@@ -26,15 +26,21 @@ async fn raw_ws(t: &TestRelay, path: &str) -> TcpStream {
 fn raw_ws_blocking(addr: std::net::SocketAddr, path: &str) -> TcpStream {
     let mut s = TcpStream::connect(addr).unwrap();
     let key = bitstream_relay::wire::handshake::client_key(7);
-    s.write_all(&bitstream_relay::wire::handshake::client_request("x", path, &key))
-        .unwrap();
+    s.write_all(&bitstream_relay::wire::handshake::client_request(
+        "x", path, &key,
+    ))
+    .unwrap();
     let mut head = Vec::new();
     let mut b = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
         s.read_exact(&mut b).unwrap();
         head.push(b[0]);
     }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
     s
 }
 
@@ -46,7 +52,12 @@ const FLOOD_FOR: Duration = Duration::from_secs(8);
 fn flood_pings(mut s: TcpStream, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
     std::thread::spawn(move || {
         let ping = ws::client_frame(ws::OP_PING, true, b"", [1, 2, 3, 4]);
-        let batch: Vec<u8> = ping.iter().copied().cycle().take(ping.len() * 512).collect();
+        let batch: Vec<u8> = ping
+            .iter()
+            .copied()
+            .cycle()
+            .take(ping.len() * 512)
+            .collect();
         let mut sent = 0;
         let started = Instant::now();
         while !stop.load(Ordering::Relaxed) && started.elapsed() < FLOOD_FOR {
@@ -140,7 +151,15 @@ async fn a_ping_flood_holds_no_worker() {
 /// 1008; one pong answers a burst of pings.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ping_flood_is_closed_with_1008() {
-    let t = start(&["--ping-rate", "10", "--ping-burst", "10", "--input-flood-drops", "1000"]).await;
+    let t = start(&[
+        "--ping-rate",
+        "10",
+        "--ping-burst",
+        "10",
+        "--input-flood-drops",
+        "1000",
+    ])
+    .await;
     let s = raw_ws(&t, "/stream/f").await;
     let reader = drain(s.try_clone().unwrap());
     let stop = Arc::new(AtomicBool::new(false));
@@ -176,13 +195,18 @@ async fn a_peer_that_never_reads_is_closed_as_slow_whatever_it_sends() {
     .await;
     let addr = t.addr;
     let s = tokio::task::spawn_blocking(move || {
-        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        let sock =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
         sock.set_recv_buffer_size(4096).unwrap();
         sock.connect(&addr.into()).unwrap();
         let mut s: TcpStream = sock.into();
         let key = bitstream_relay::wire::handshake::client_key(9);
-        s.write_all(&bitstream_relay::wire::handshake::client_request("x", "/stream/slow", &key))
-            .unwrap();
+        s.write_all(&bitstream_relay::wire::handshake::client_request(
+            "x",
+            "/stream/slow",
+            &key,
+        ))
+        .unwrap();
         s
     })
     .await
@@ -226,7 +250,9 @@ async fn a_tiny_diff_on_a_large_signal_state_costs_its_own_size() {
     }
     let sync = serde_json::to_vec(&expected).unwrap();
     assert!(sync.len() > 1_000_000);
-    src.send(&protocol::signal(false, 0, 0, &sync)).await.unwrap();
+    src.send(&protocol::signal(false, 0, 0, &sync))
+        .await
+        .unwrap();
     let started = Instant::now();
     for i in 0..2000u32 {
         let diff = format!(r#"{{"n":{i}}}"#);
@@ -242,7 +268,10 @@ async fn a_tiny_diff_on_a_large_signal_state_costs_its_own_size() {
     .await;
     let took = started.elapsed();
     // Generous: re-serializing 1 MiB per diff costs seconds for 2000 diffs.
-    assert!(took < Duration::from_secs(5), "2000 tiny diffs took {took:?}");
+    assert!(
+        took < Duration::from_secs(5),
+        "2000 tiny diffs took {took:?}"
+    );
     expected.insert("n".into(), 1999.into());
     let mut r = connect(&t.url("/stream/sig")).await;
     let m = within(r.recv_binary()).await.unwrap();
@@ -267,7 +296,10 @@ async fn a_handshake_storm_leaves_no_channels_behind() {
         for p in peers {
             p.close(1000).await.unwrap();
         }
-        eventually("the empty channels removed", || t.relay.summary().channels == 0).await;
+        eventually("the empty channels removed", || {
+            t.relay.summary().channels == 0
+        })
+        .await;
     }
     // A real source still gets a channel at once.
     let _src = connect(&t.url("/source/real")).await;
@@ -282,7 +314,15 @@ async fn a_handshake_storm_leaves_no_channels_behind() {
 /// the others keep theirs, and room freed by an expired channel is used.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cached_state_stays_within_the_cache_budget() {
-    let t = start(&["--max-cache-memory", "2500000", "--grace-ms", "200", "--gc-interval-ms", "50"]).await;
+    let t = start(&[
+        "--max-cache-memory",
+        "2500000",
+        "--grace-ms",
+        "200",
+        "--gc-interval-ms",
+        "50",
+    ])
+    .await;
     let picture = noise(640 * 400 * 4, 11);
     let mut live = connect(&t.url("/stream/c")).await;
     wait_receivers(&t, "c", 1).await;
@@ -293,7 +333,9 @@ async fn cached_state_stays_within_the_cache_budget() {
             .await
             .unwrap();
         eventually(&format!("{name} took its frame"), || {
-            t.relay.channel(name).is_some_and(|c| c.traffic.frames_in == 1)
+            t.relay
+                .channel(name)
+                .is_some_and(|c| c.traffic.frames_in == 1)
         })
         .await;
         sources.push(src);
@@ -357,7 +399,9 @@ async fn a_slow_receiver_that_keeps_reading_is_not_closed() {
     let mut got = Vec::new();
     let started = Instant::now();
     while started.elapsed() < Duration::from_millis(5500) {
-        let m = within(slow.recv_binary()).await.expect("the slow receiver was closed");
+        let m = within(slow.recv_binary())
+            .await
+            .expect("the slow receiver was closed");
         got.push(Header::parse(&m).unwrap().seq);
         tokio::time::sleep(Duration::from_millis(150)).await;
     }

@@ -137,9 +137,7 @@ async fn default_aliases_and_legacy_root_share_the_default_channel() {
     // First `/` connection becomes the source of `default`, the next receives.
     let mut legacy_src = connect(&t.url("/")).await;
     eventually("legacy source", || {
-        t.relay
-            .channel("default")
-            .is_some_and(|c| c.source)
+        t.relay.channel("default").is_some_and(|c| c.source)
     })
     .await;
     let mut legacy_rx = connect(&t.url("/")).await;
@@ -330,7 +328,9 @@ async fn receiver_limit_refuses_the_65th_while_64_keep_receiving() {
         assert_eq!(&within(r.recv_binary()).await.unwrap()[..], &m[..]);
     }
     assert_eq!(
-        t.relay.summary().refused(bitstream_relay::Refusal::ReceiverLimit),
+        t.relay
+            .summary()
+            .refused(bitstream_relay::Refusal::ReceiverLimit),
         1
     );
 }
@@ -372,10 +372,7 @@ async fn second_source_is_refused_and_a_returning_source_continues() {
     src.send(&kf).await.unwrap();
     assert_eq!(&within(r.recv_binary()).await.unwrap()[..], &kf[..]);
     src.close(1000).await.unwrap();
-    eventually("source gone", || {
-        !t.relay.channel("s").unwrap().source
-    })
-    .await;
+    eventually("source gone", || !t.relay.channel("s").unwrap().source).await;
     // The receiver stays; a late joiner still gets the cached keyframe.
     let mut late = connect(&t.url("/stream/s")).await;
     assert_eq!(&within(late.recv_binary()).await.unwrap()[..], &kf[..]);
@@ -411,14 +408,7 @@ async fn invalid_source_messages_are_not_forwarded() {
     let good = protocol::frame(FrameType::Haptic, 0, 42, 0, (0, 0), b"good");
     src.send(&good).await.unwrap();
     assert_eq!(&within(r.recv_binary()).await.unwrap()[..], &good[..]);
-    assert_eq!(
-        t.relay
-            .channel("v")
-            .unwrap()
-            .traffic
-            .invalid,
-        8
-    );
+    assert_eq!(t.relay.channel("v").unwrap().traffic.invalid, 8);
 }
 
 #[tokio::test]
@@ -451,9 +441,7 @@ async fn signaling_text_is_broadcast_to_the_other_peers() {
     let mut b = connect(&t.url("/signal/room")).await;
     let mut c = connect(&t.url("/signal/room")).await;
     eventually("3 signal peers", || {
-        t.relay
-            .channel("room")
-            .is_some_and(|c| c.signal_peers == 3)
+        t.relay.channel("room").is_some_and(|c| c.signal_peers == 3)
     })
     .await;
     a.send_text(r#"{"sdp":"offer"}"#).await.unwrap();

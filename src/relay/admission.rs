@@ -77,7 +77,11 @@ async fn serve(relay: &Arc<Relay>, stream: &Arc<TcpStream>) -> Result<(), Refuse
         return Ok(());
     }
     if relay.is_draining() {
-        return Err(Refused::new(Refusal::ShuttingDown, 503, "relay shutting down"));
+        return Err(Refused::new(
+            Refusal::ShuttingDown,
+            503,
+            "relay shutting down",
+        ));
     }
     let key = websocket_key(&req)?;
     let (name, wanted) = match &route {
@@ -99,7 +103,9 @@ async fn serve(relay: &Arc<Relay>, stream: &Arc<TcpStream>) -> Result<(), Refuse
         }
         Route::Other(_) => return Err(Refused::new(Refusal::BadRequest, 404, "no such endpoint")),
     };
-    let ip = stream.peer_addr().map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+    let ip = stream
+        .peer_addr()
+        .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
     let channel = relay.attach(name, ip).map_err(|why| {
         let text = match why {
             Refusal::ChannelsPerIpLimit => "channel limit for your address reached",
@@ -182,7 +188,11 @@ async fn join(
     let role = match wanted {
         Some(Role::Source) | None if channel.claim_source(&peer) => Role::Source,
         Some(Role::Source) => {
-            return Err(Refused::new(Refusal::SourceTaken, 409, "channel already has a source"))
+            return Err(Refused::new(
+                Refusal::SourceTaken,
+                409,
+                "channel already has a source",
+            ))
         }
         Some(role) => role,
         None => Role::Receiver,
@@ -209,7 +219,8 @@ async fn join(
         // Lost a race for the last place after the upgrade was answered.
         relay.connections.refuse(why);
         let close = ws::close_payload(ws::CLOSE_TRY_AGAIN, "receiver limit reached");
-        peer.egress.send(&WireMessage::encode(ws::OP_CLOSE, &close).wire);
+        peer.egress
+            .send(&WireMessage::encode(ws::OP_CLOSE, &close).wire);
         let _ = peer.egress.drain();
         return Ok(());
     }

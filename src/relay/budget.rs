@@ -39,10 +39,12 @@ impl Budget {
             if cur.saturating_add(grow) > self.limit {
                 return false;
             }
-            match self
-                .used
-                .compare_exchange_weak(cur, cur + grow, Ordering::Relaxed, Ordering::Relaxed)
-            {
+            match self.used.compare_exchange_weak(
+                cur,
+                cur + grow,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => return true,
                 Err(now) => cur = now,
             }

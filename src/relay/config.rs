@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
-
 /// How frames reach a receiver's socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
 pub enum EgressMode {

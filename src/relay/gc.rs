@@ -70,8 +70,12 @@ mod tests {
     #[test]
     fn removes_only_idle_channels_past_grace() {
         let relay = Relay::new(Config::parse_from(["x", "--grace-ms", "100"]));
-        let busy = relay.attach("busy", std::net::IpAddr::from([127, 0, 0, 1])).unwrap();
-        let idle = relay.attach("idle", std::net::IpAddr::from([127, 0, 0, 1])).unwrap();
+        let busy = relay
+            .attach("busy", std::net::IpAddr::from([127, 0, 0, 1]))
+            .unwrap();
+        let idle = relay
+            .attach("idle", std::net::IpAddr::from([127, 0, 0, 1]))
+            .unwrap();
         idle.traffic.frames_in.add(5);
         let left = now_ms();
         idle.detach(left);
@@ -95,7 +99,9 @@ mod tests {
             .unwrap();
         rt.block_on(async {
             let relay = Relay::new(Config::parse_from(["x", "--grace-ms", "20"]));
-            let ch = relay.attach("kept", std::net::IpAddr::from([127, 0, 0, 1])).unwrap();
+            let ch = relay
+                .attach("kept", std::net::IpAddr::from([127, 0, 0, 1]))
+                .unwrap();
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let std_stream = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
             std_stream.set_nonblocking(true).unwrap();
@@ -128,7 +134,10 @@ mod tests {
     fn keeps_channels_within_grace() {
         let relay = Relay::new(Config::parse_from(["x", "--grace-ms", "60000"]));
         let t = now_ms();
-        relay.attach("a", std::net::IpAddr::from([127, 0, 0, 1])).unwrap().detach(t);
+        relay
+            .attach("a", std::net::IpAddr::from([127, 0, 0, 1]))
+            .unwrap()
+            .detach(t);
         assert_eq!(sweep(&relay, t + 59_999).removed, 0);
         assert_eq!(relay.channels.len(), 1);
     }

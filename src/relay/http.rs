@@ -51,7 +51,9 @@ pub(crate) fn respond(relay: &Relay, req: &Request, route: &Route) -> Vec<u8> {
             metrics::render(relay).as_bytes(),
         ),
         Route::Other(p) if p == "/channels" => {
-            let body = relay.channels_page.get_or_render(now_ms(), || channels_json(relay));
+            let body = relay
+                .channels_page
+                .get_or_render(now_ms(), || channels_json(relay));
             http_response(200, "OK", "application/json", &body)
         }
         Route::Legacy => {

@@ -178,9 +178,7 @@ pub(crate) fn render(relay: &Relay) -> String {
         receivers
             .get_or_create(&labels)
             .set(ch.receiver_count() as i64);
-        cached
-            .get_or_create(&labels)
-            .set(ch.cached_bytes() as i64);
+        cached.get_or_create(&labels).set(ch.cached_bytes() as i64);
     }
     let mut sub = reg.sub_registry_with_prefix("channel");
     for ((name, help, _), fam) in TRAFFIC.iter().zip(per_channel) {
@@ -209,7 +207,9 @@ mod tests {
     #[test]
     fn renders_counters_and_channels() {
         let relay = Relay::new(Config::parse_from(["x"]));
-        let ch = relay.attach("cam", std::net::IpAddr::from([127, 0, 0, 1])).unwrap();
+        let ch = relay
+            .attach("cam", std::net::IpAddr::from([127, 0, 0, 1]))
+            .unwrap();
         ch.traffic.frames_in.add(7);
         relay.connections.refuse(Refusal::BadName);
         let text = render(&relay);

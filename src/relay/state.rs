@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex};
 use dashmap::DashMap;
 use tokio::sync::watch;
 
+use crate::relay::budget::Budget;
 use crate::relay::channel::{Channel, Fanout};
 use crate::relay::clock::now_ms;
-use crate::relay::budget::Budget;
 use crate::relay::config::Config;
 use crate::relay::http::PageCache;
 use crate::relay::stats::{Connections, Refusal, Traffic, TrafficSnapshot};
@@ -323,7 +323,10 @@ impl Relay {
 
     /// Every channel's summary.
     pub fn channel_summaries(&self) -> Vec<ChannelSummary> {
-        self.channels.iter().map(|ch| ChannelSummary::of(&ch)).collect()
+        self.channels
+            .iter()
+            .map(|ch| ChannelSummary::of(&ch))
+            .collect()
     }
 }
 
@@ -382,7 +385,10 @@ mod tests {
         let other = IpAddr::from([10, 0, 0, 2]);
         let a = relay.attach("a", me).unwrap();
         let b = relay.attach("b", me).unwrap();
-        assert_eq!(relay.attach("c", me).err(), Some(Refusal::ChannelsPerIpLimit));
+        assert_eq!(
+            relay.attach("c", me).err(),
+            Some(Refusal::ChannelsPerIpLimit)
+        );
         // Joining a channel that exists creates nothing.
         let b2 = relay.attach("b", me).unwrap();
         let c = relay.attach("c", other).unwrap();
@@ -393,7 +399,10 @@ mod tests {
             relay.detach(&ch);
         }
         assert_eq!(relay.summary().channels, 0);
-        assert!(relay.channels_per_ip.is_empty(), "every creation given back");
+        assert!(
+            relay.channels_per_ip.is_empty(),
+            "every creation given back"
+        );
     }
 
     #[test]

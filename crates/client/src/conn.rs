@@ -123,14 +123,21 @@ impl Client {
         let (resp, mut buf) = read_response(&mut stream, &key).await?;
         if resp.status != 101 {
             read_until_closed(&mut stream, &mut buf).await;
-            let body = String::from_utf8_lossy(&buf[resp.head_len..]).trim().to_owned();
+            let body = String::from_utf8_lossy(&buf[resp.head_len..])
+                .trim()
+                .to_owned();
             return Err(ClientError::Refused {
                 status: resp.status,
                 body,
             });
         }
         Ok(Self {
-            reader: MessageReader::new(Side::Client, max_message, 256 * 1024, &buf[resp.head_len..]),
+            reader: MessageReader::new(
+                Side::Client,
+                max_message,
+                256 * 1024,
+                &buf[resp.head_len..],
+            ),
             peer: stream.peer_addr()?,
             stream,
             mask_seed: seed | 1,

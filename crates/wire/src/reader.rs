@@ -237,7 +237,10 @@ impl MessageReader {
     fn check_text_early(&mut self, head: &ws::FrameHead) -> Result<(), WsError> {
         let text = match head.opcode {
             ws::OP_TEXT => true,
-            ws::OP_CONTINUATION => self.partial.as_ref().is_some_and(|p| p.opcode == ws::OP_TEXT),
+            ws::OP_CONTINUATION => self
+                .partial
+                .as_ref()
+                .is_some_and(|p| p.opcode == ws::OP_TEXT),
             _ => false,
         };
         if !text {
@@ -628,22 +631,36 @@ mod tests {
             got.extend(feed(&mut r, &[*b]));
         }
         assert_eq!(got.len(), 1);
-        let Incoming::Text(m) = &got[0] else { panic!("not text") };
+        let Incoming::Text(m) = &got[0] else {
+            panic!("not text")
+        };
         assert_eq!(m.payload(), euro);
         let mut wire = ws::client_frame(ws::OP_TEXT, false, &euro[..2], [1, 2, 3, 4]);
-        wire.extend(ws::client_frame(ws::OP_CONTINUATION, true, &euro[2..], [5, 6, 7, 8]));
+        wire.extend(ws::client_frame(
+            ws::OP_CONTINUATION,
+            true,
+            &euro[2..],
+            [5, 6, 7, 8],
+        ));
         let mut r = MessageReader::new(Side::Server, 1000, 64, &[]);
         let mut got = Vec::new();
         for b in &wire {
             got.extend(feed(&mut r, &[*b]));
         }
-        let Incoming::Text(m) = &got[0] else { panic!("not text") };
+        let Incoming::Text(m) = &got[0] else {
+            panic!("not text")
+        };
         assert_eq!(m.payload(), euro);
         // An invalid continuation byte right after the cut fails early too.
         let mut wire = ws::client_frame(ws::OP_TEXT, false, &euro[..1], [1, 2, 3, 4]);
         let mut bad = vec![b'x'; 40];
         bad[0] = b'A';
-        wire.extend(ws::client_frame(ws::OP_CONTINUATION, true, &bad, [5, 6, 7, 8]));
+        wire.extend(ws::client_frame(
+            ws::OP_CONTINUATION,
+            true,
+            &bad,
+            [5, 6, 7, 8],
+        ));
         let mut r = MessageReader::new(Side::Server, 1000, 64, &[]);
         r.buf.extend_from_slice(&wire[..wire.len() - 30]);
         assert_eq!(r.parse(), Err(ReadError::Ws(WsError::InvalidUtf8)));

@@ -189,7 +189,11 @@ pub(crate) fn apply_mask(buf: &mut [u8], mask: [u8; 4], offset: usize) {
 
 /// Writes an unmasked (server → client) frame head with FIN set into `out`
 /// and returns its length (2, 4 or 10).
-pub(crate) fn server_header(opcode: u8, payload_len: usize, out: &mut [u8; MAX_SERVER_HEAD_LEN]) -> usize {
+pub(crate) fn server_header(
+    opcode: u8,
+    payload_len: usize,
+    out: &mut [u8; MAX_SERVER_HEAD_LEN],
+) -> usize {
     out[0] = 0x80 | opcode;
     if payload_len < 126 {
         out[1] = payload_len as u8;

@@ -21,12 +21,12 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use bitstream_wire::codec::{self, CodecError};
 use bitstream_wire::protocol::{self, FrameType, Header, FLAG_KEYFRAME, HEADER_LEN};
 use bitstream_wire::reader::WireMessage;
 use bitstream_wire::signal::SignalError;
 use bitstream_wire::ws;
+use bytes::Bytes;
 use thiserror::Error;
 
 mod signal;
@@ -159,7 +159,7 @@ impl CacheWriter {
                             seq,
                             keyframe: cur.keyframe.clone(),
                             deltas: Some(Arc::new(node)),
-                                    };
+                        };
                         let kf_len = snap.keyframe.as_ref().map_or(0, Bytes::len);
                         let (count, bytes) = (count + 1, bytes + msg.wire.len());
                         if bytes > kf_len
@@ -177,7 +177,7 @@ impl CacheWriter {
                         seq,
                         keyframe: None,
                         deltas: None,
-                            },
+                    },
                     _ => return Ok(None),
                 }
             }
@@ -369,9 +369,21 @@ mod tests {
     fn deltas_that_change_nothing_are_not_cached() {
         let mut w = CacheWriter::new(1 << 20);
         let (h, m) = wire(pixels_keyframe(0, 0, 64, 64, &[3u8; 64 * 64 * 4]));
-        let kf = w.apply(&h, &m, 1).unwrap().unwrap().keyframe.clone().unwrap();
+        let kf = w
+            .apply(&h, &m, 1)
+            .unwrap()
+            .unwrap()
+            .keyframe
+            .clone()
+            .unwrap();
         for i in 0..5000u64 {
-            let (h, m) = wire(delta_pixels(i as u16, 0, 64, 64, &one_byte_delta(9, 64 * 64 * 4, 0)));
+            let (h, m) = wire(delta_pixels(
+                i as u16,
+                0,
+                64,
+                64,
+                &one_byte_delta(9, 64 * 64 * 4, 0),
+            ));
             assert!(w.apply(&h, &m, i + 2).unwrap().is_none());
         }
         assert_eq!(w.current.keyframe.as_ref().unwrap().as_ptr(), kf.as_ptr());
@@ -383,14 +395,24 @@ mod tests {
         let mut w = CacheWriter::new(1 << 20);
         let len = 512 * 512 * 4;
         let (h, m) = wire(pixels_keyframe(0, 0, 512, 512, &vec![0u8; len]));
-        let kf = w.apply(&h, &m, 1).unwrap().unwrap().keyframe.clone().unwrap();
+        let kf = w
+            .apply(&h, &m, 1)
+            .unwrap()
+            .unwrap()
+            .keyframe
+            .clone()
+            .unwrap();
         // 2000 deltas of a few bytes weigh far less than 1/16 of 1 MiB.
         for i in 0..2000u64 {
             let z = one_byte_delta(i as usize * 4, len, 0xFF);
             let (h, m) = wire(delta_pixels(i as u16, 0, 512, 512, &z));
             w.apply(&h, &m, i + 2).unwrap();
         }
-        assert_eq!(w.current.keyframe.as_ref().unwrap().as_ptr(), kf.as_ptr(), "not folded");
+        assert_eq!(
+            w.current.keyframe.as_ref().unwrap().as_ptr(),
+            kf.as_ptr(),
+            "not folded"
+        );
         assert_eq!(w.current.deltas.as_ref().unwrap().count, 2000);
         let mut picture = vec![0u8; len];
         for i in 0..2000 {
@@ -491,7 +513,10 @@ mod tests {
             Err(CacheError::Signal(SignalError::NotObject))
         ));
         let (h, m) = wire(protocol::signal(true, 0, 0, b"{nope"));
-        assert!(matches!(w.apply(&h, &m, 5), Err(CacheError::Signal(SignalError::Json(_)))));
+        assert!(matches!(
+            w.apply(&h, &m, 5),
+            Err(CacheError::Signal(SignalError::Json(_)))
+        ));
         assert_eq!(
             Value::Object(w.signal_state().clone()),
             serde_json::json!({"a": 1})

@@ -93,7 +93,12 @@ impl SignalState {
     /// Refused without any change if it is larger than the limit (before
     /// parsing it), not one JSON object, or would make the folded state
     /// larger than the limit.
-    pub(crate) fn apply(&mut self, diff: bool, payload: &[u8], h: &Header) -> Result<(), CacheError> {
+    pub(crate) fn apply(
+        &mut self,
+        diff: bool,
+        payload: &[u8],
+        h: &Header,
+    ) -> Result<(), CacheError> {
         if payload.len() > self.limit {
             return Err(self.too_large(payload.len()));
         }
@@ -218,8 +223,13 @@ mod tests {
         let mut s = SignalState::new(20);
         s.apply(false, br#"{"a":1}"#, &header()).unwrap();
         let before = s.sync_frame();
-        assert!(s.apply(true, br#"{"bbbbbbbbbbbbbbbbbbb":1}"#, &header()).is_err());
-        assert!(s.apply(false, &[b' '; 21], &header()).is_err(), "refused before parsing");
+        assert!(s
+            .apply(true, br#"{"bbbbbbbbbbbbbbbbbbb":1}"#, &header())
+            .is_err());
+        assert!(
+            s.apply(false, &[b' '; 21], &header()).is_err(),
+            "refused before parsing"
+        );
         assert_eq!(s.sync_frame(), before);
         assert_eq!(s.size(), 7);
     }
@@ -230,7 +240,11 @@ mod tests {
         s.apply(false, br#"{"a":1,"b":2}"#, &header()).unwrap();
         s.forget();
         s.apply(true, br#"{"c":3}"#, &header()).unwrap();
-        assert_eq!(s.sync_frame(), None, "a diff alone would give a wrong state");
+        assert_eq!(
+            s.sync_frame(),
+            None,
+            "a diff alone would give a wrong state"
+        );
         assert!(s.apply(true, b"[1]", &header()).is_err(), "still validated");
         s.apply(false, br#"{"z":0}"#, &header()).unwrap();
         assert!(s.sync_frame().unwrap().ends_with(br#"{"z":0}"#));

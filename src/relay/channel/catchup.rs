@@ -38,7 +38,8 @@ impl Channel {
             return false;
         }
         *w = CacheWriter::new(w.max_signal_state());
-        self.budget.resize(self.charged.swap(0, Ordering::Relaxed), 0);
+        self.budget
+            .resize(self.charged.swap(0, Ordering::Relaxed), 0);
         self.cache.store(Arc::new(CatchUp {
             seq: self.seq.load(Ordering::Relaxed),
             ..CatchUp::default()

@@ -162,8 +162,15 @@ mod tests {
         // A leave copies one block (or merges two), never the others.
         r.remove(&all[5000]);
         let gone = r.load();
-        let untouched = after.iter().filter(|b| gone.iter().any(|g| Arc::ptr_eq(b, g))).count();
-        assert!(untouched >= after.len() - 2, "{untouched} of {} blocks shared", after.len());
+        let untouched = after
+            .iter()
+            .filter(|b| gone.iter().any(|g| Arc::ptr_eq(b, g)))
+            .count();
+        assert!(
+            untouched >= after.len() - 2,
+            "{untouched} of {} blocks shared",
+            after.len()
+        );
     }
 
     proptest! {

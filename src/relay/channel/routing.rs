@@ -11,11 +11,9 @@ impl Channel {
     /// Forwards a validated input to the source; dropped (and counted) if
     /// there is none or its queue is full.
     pub(crate) fn forward_input(&self, msg: &WireMessage) {
-        let sent = self
-            .source
-            .load()
-            .as_ref()
-            .is_some_and(|src| matches!(src.egress.send(&msg.wire), Outcome::Sent | Outcome::Queued));
+        let sent = self.source.load().as_ref().is_some_and(|src| {
+            matches!(src.egress.send(&msg.wire), Outcome::Sent | Outcome::Queued)
+        });
         if sent {
             self.traffic.inputs.inc();
         } else {
@@ -26,7 +24,9 @@ impl Channel {
     /// Broadcasts a signaling message to every signaling peer but `from`.
     pub(crate) fn broadcast_signal(&self, from: &Peer, msg: &WireMessage) {
         self.signal_peers.for_each(|p| {
-            if p.id != from.id && !matches!(p.egress.send(&msg.wire), Outcome::Sent | Outcome::Queued) {
+            if p.id != from.id
+                && !matches!(p.egress.send(&msg.wire), Outcome::Sent | Outcome::Queued)
+            {
                 self.traffic.dropped.inc();
             }
         });

@@ -318,7 +318,10 @@ impl Session {
                 let window = self.relay.config.slow_window();
                 let skips = &mut self.lag.skips;
                 skips.push_back(now);
-                while skips.front().is_some_and(|t| now.duration_since(*t) > window) {
+                while skips
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) > window)
+                {
                     skips.pop_front();
                 }
                 if skips.len() > self.relay.config.slow_max_skips {
@@ -373,7 +376,9 @@ impl Session {
     }
 
     fn send_control(&self, opcode: u8, payload: &[u8]) {
-        self.peer.egress.send(&WireMessage::encode(opcode, payload).wire);
+        self.peer
+            .egress
+            .send(&WireMessage::encode(opcode, payload).wire);
     }
 
     /// Unregisters the peer and closes the connection as `exit` calls for.
