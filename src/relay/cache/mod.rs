@@ -201,11 +201,6 @@ impl CacheWriter {
         self.signal.sync_frame()
     }
 
-    /// Serialized size of the folded signal state.
-    pub(crate) fn signal_size(&self) -> usize {
-        self.signal.size()
-    }
-
     /// Bytes the cached state holds: picture frames and signal state.
     pub(crate) fn size(&self) -> usize {
         self.current.size() + self.signal.size()

@@ -9,9 +9,22 @@ use crate::relay::cache::{CacheWriter, CatchUp};
 use crate::relay::peer::Peer;
 
 impl Channel {
-    /// Bytes a catch-up sends now: picture and signal state.
+    /// Bytes of cached state (picture and signal): what the channel has
+    /// charged to the cache budget.
     pub(crate) fn cached_bytes(&self) -> usize {
-        self.cache.load().size() + lock(&self.writer).signal_size()
+        self.charged.load(Ordering::Relaxed)
+    }
+
+    /// Forgets the cached picture from live sequence `seq` on, once the
+    /// writer was emptied, and gives its memory back to the budget. The
+    /// caller holds the writer lock.
+    pub(super) fn drop_cached(&self, seq: u64) {
+        self.budget
+            .resize(self.charged.swap(0, Ordering::Relaxed), 0);
+        self.cache.store(Arc::new(CatchUp {
+            seq,
+            ..CatchUp::default()
+        }));
     }
 
     /// Sends `peer` the current catch-up state (join or skip-forward).
@@ -38,12 +51,7 @@ impl Channel {
             return false;
         }
         *w = CacheWriter::new(w.max_signal_state());
-        self.budget
-            .resize(self.charged.swap(0, Ordering::Relaxed), 0);
-        self.cache.store(Arc::new(CatchUp {
-            seq: self.seq.load(Ordering::Relaxed),
-            ..CatchUp::default()
-        }));
+        self.drop_cached(self.seq.load(Ordering::Relaxed));
         true
     }
 }

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::{lock, Channel};
-use crate::relay::cache::{CacheError, CatchUp};
+use crate::relay::cache::CacheError;
 use crate::relay::egress::Outcome;
 
 /// How a channel spreads its fan-out over cores.
@@ -107,12 +107,7 @@ impl Channel {
             }
         } else {
             w.shed();
-            self.budget.resize(charged, 0);
-            self.charged.store(0, Ordering::Relaxed);
-            self.cache.store(Arc::new(CatchUp {
-                seq,
-                ..CatchUp::default()
-            }));
+            self.drop_cached(seq);
             self.traffic.cache_sheds.inc();
             tracing::debug!(channel = %self.name, size, "cached state dropped: over --max-cache-memory");
         }

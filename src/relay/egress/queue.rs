@@ -109,13 +109,11 @@ impl Queue {
         if seq <= self.skip_upto {
             return Verdict::Skipped;
         }
-        // A live frame may always join a queue holding less than one more
-        // frame of its size: one frame in flight plus the next, so a
-        // receiver slightly slower than a stream of frames larger than the
-        // bound gets every other frame instead of being skipped each time.
-        if !self.would_overflow(len)
-            || self.queued + len + CHUNK_OVERHEAD <= 2 * (len + CHUNK_OVERHEAD)
-        {
+        // A live frame may always join a queue holding at most one frame of
+        // its size: one frame in flight plus the next, so a receiver
+        // slightly slower than a stream of frames larger than the bound gets
+        // every other frame instead of being skipped each time.
+        if !self.would_overflow(len) || self.queued <= len + CHUNK_OVERHEAD {
             return Verdict::Accept;
         }
         let keep = match self.front {

@@ -117,15 +117,16 @@ impl Session {
             // instead of dropping what it asked to have echoed.
             let may_read = self.role != Role::Echo
                 || self.peer.egress.queued_bytes() < self.relay.config.egress_queue;
-            if !self.reader.frame_ready() {
+            if self.pong.is_some() && !self.reader.frame_ready() {
                 self.flush_pong();
             }
             let deadline = self.next_deadline();
             let step = tokio::select! {
                 ev = ingress::next(&mut self.reader, &self.stream), if may_read => {
                     let step = self.on_read(ev).await;
-                    // Socket readiness spends no cooperative budget: without
-                    // this, a peer that keeps its socket full holds the worker.
+                    // A message parsed from bytes already read awaits nothing,
+                    // so it spends no cooperative budget: without this, a peer
+                    // whose bytes keep coming could hold the worker.
                     tokio::task::consume_budget().await;
                     step
                 }
@@ -339,24 +340,24 @@ impl Session {
         Step::Continue(())
     }
 
+    /// When a peer whose queued data makes no progress is closed as slow.
+    fn slow_deadline(&self) -> Option<Instant> {
+        self.lag
+            .behind_since
+            .map(|t| t + self.relay.config.slow_timeout())
+    }
+
     /// The earliest of the next ping and the slow-receiver deadline.
     fn next_deadline(&self) -> Instant {
-        match self.lag.behind_since {
-            Some(t) => self.next_ping.min(t + self.relay.config.slow_timeout()),
-            None => self.next_ping,
-        }
+        self.slow_deadline()
+            .map_or(self.next_ping, |slow| slow.min(self.next_ping))
     }
 
     /// A deadline passed: close a receiver stuck behind, drop a peer that
     /// stopped answering, or ping.
     fn on_tick(&mut self) -> Step {
         let now = Instant::now();
-        let cfg = &self.relay.config;
-        if self
-            .lag
-            .behind_since
-            .is_some_and(|t| now >= t + cfg.slow_timeout())
-        {
+        if self.slow_deadline().is_some_and(|slow| now >= slow) {
             self.channel.traffic.slow_closes.inc();
             return Step::Break(Exit::Closed(
                 CLOSE_SLOW,
@@ -366,6 +367,7 @@ impl Session {
         if now < self.next_ping {
             return Step::Continue(());
         }
+        let cfg = &self.relay.config;
         if now.duration_since(self.last_seen) >= cfg.keepalive_timeout() {
             self.relay.connections.keepalive_drops.inc();
             return Step::Break(Exit::KeepaliveTimeout);
@@ -389,15 +391,14 @@ impl Session {
             Role::Signal => self.channel.remove_signal_peer(&self.peer),
             Role::Echo => {}
         }
-        let goodbye = match &exit {
-            Exit::Closed(code, reason) => Some(Some(
-                WireMessage::encode(ws::OP_CLOSE, &ws::close_payload(*code, reason)).wire,
-            )),
-            Exit::PeerClosed => Some(None),
-            Exit::Disconnected | Exit::KeepaliveTimeout => None,
-        };
-        if let Some(frame) = goodbye {
-            close::close_gracefully(&self.peer, &mut self.reader, frame).await;
+        match &exit {
+            Exit::Closed(code, reason) => {
+                let frame = WireMessage::encode(ws::OP_CLOSE, &ws::close_payload(*code, reason));
+                close::close_gracefully(&self.peer, &mut self.reader, Some(frame.wire)).await;
+            }
+            // Its close frame was answered when it came in.
+            Exit::PeerClosed => close::close_gracefully(&self.peer, &mut self.reader, None).await,
+            Exit::Disconnected | Exit::KeepaliveTimeout => {}
         }
         self.peer.egress.close();
         tracing::debug!(peer = self.peer.id, channel = %self.channel.name, role = ?self.role, ?exit, "peer left");
