@@ -30,9 +30,9 @@ pub struct Relay {
     pub(crate) channels_page: PageCache,
     /// Traffic of channels the GC has removed.
     pub(crate) retired: Traffic,
-    per_ip: DashMap<IpAddr, usize>,
+    per_ip: IpCounts,
     /// Channels that exist, by the per-IP key of who created them.
-    channels_per_ip: DashMap<IpAddr, usize>,
+    channels_per_ip: IpCounts,
     /// Serializes removals of channels (GC sweeps, empty channels leaving).
     retiring: Mutex<()>,
     /// Odd while a removal moves a channel's traffic into `retired`: a
@@ -116,8 +116,8 @@ impl Relay {
             connections: Connections::default(),
             channels_page: PageCache::default(),
             retired: Traffic::default(),
-            per_ip: DashMap::new(),
-            channels_per_ip: DashMap::new(),
+            per_ip: IpCounts::default(),
+            channels_per_ip: IpCounts::default(),
             retiring: Mutex::new(()),
             retire_gen: AtomicU64::new(0),
             next_peer_id: AtomicU64::new(1),
@@ -151,14 +151,13 @@ impl Relay {
             return Err(Refusal::ChannelLimit);
         }
         let key = ip_key(ip);
+        // Reserve a creation for this address; given back if someone else
+        // created the channel meanwhile.
+        if !self
+            .channels_per_ip
+            .try_add(key, self.config.max_channels_per_ip)
         {
-            // Reserve a creation for this address; given back if someone
-            // else created the channel meanwhile.
-            let mut n = self.channels_per_ip.entry(key).or_insert(0);
-            if *n >= self.config.max_channels_per_ip {
-                return Err(Refusal::ChannelsPerIpLimit);
-            }
-            *n += 1;
+            return Err(Refusal::ChannelsPerIpLimit);
         }
         let mut created = false;
         let entry = self.channels.entry(Arc::from(name)).or_insert_with(|| {
@@ -176,16 +175,9 @@ impl Relay {
         let ch = entry.clone();
         drop(entry);
         if !created {
-            self.forget_creation(key);
+            self.channels_per_ip.release(key);
         }
         Ok(ch)
-    }
-
-    fn forget_creation(&self, key: IpAddr) {
-        self.channels_per_ip.remove_if_mut(&key, |_, n| {
-            *n = n.saturating_sub(1);
-            *n == 0
-        });
     }
 
     /// Moves a removed channel's traffic into the retired totals and gives
@@ -193,7 +185,7 @@ impl Relay {
     fn retire_channel(&self, ch: &Channel) {
         self.retired.absorb(&ch.traffic.snapshot());
         if let Some(key) = ch.creator {
-            self.forget_creation(key);
+            self.channels_per_ip.release(key);
         }
     }
 
@@ -254,20 +246,13 @@ impl Relay {
 
     /// Counts a connection from `ip` unless it already has the per-IP maximum.
     pub(crate) fn admit_ip(&self, ip: IpAddr) -> bool {
-        let mut n = self.per_ip.entry(ip_key(ip)).or_insert(0);
-        if *n >= self.config.max_connections_per_ip {
-            return false;
-        }
-        *n += 1;
-        true
+        self.per_ip
+            .try_add(ip_key(ip), self.config.max_connections_per_ip)
     }
 
     /// Releases a connection counted by [`Relay::admit_ip`].
     pub(crate) fn release_ip(&self, ip: IpAddr) {
-        self.per_ip.remove_if_mut(&ip_key(ip), |_, n| {
-            *n = n.saturating_sub(1);
-            *n == 0
-        });
+        self.per_ip.release(ip_key(ip));
     }
 
     /// Starts shutting down: sessions get their close frames.
@@ -330,7 +315,31 @@ impl Relay {
     }
 }
 
-/// What the per-IP cap counts by: the address, but an IPv6 peer by its /64
+/// Counts per client address, each capped.
+#[derive(Debug, Default)]
+struct IpCounts(DashMap<IpAddr, usize>);
+
+impl IpCounts {
+    /// Adds one for `key` unless it already has `max`.
+    fn try_add(&self, key: IpAddr, max: usize) -> bool {
+        let mut n = self.0.entry(key).or_insert(0);
+        if *n >= max {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// Takes one back (the entry goes at zero).
+    fn release(&self, key: IpAddr) {
+        self.0.remove_if_mut(&key, |_, n| {
+            *n = n.saturating_sub(1);
+            *n == 0
+        });
+    }
+}
+
+/// What the per-IP caps count by: the address, but an IPv6 peer by its /64
 /// (one host gets a whole /64; counting single addresses would not cap it).
 fn ip_key(ip: IpAddr) -> IpAddr {
     match ip {
@@ -400,7 +409,7 @@ mod tests {
         }
         assert_eq!(relay.summary().channels, 0);
         assert!(
-            relay.channels_per_ip.is_empty(),
+            relay.channels_per_ip.0.is_empty(),
             "every creation given back"
         );
     }
