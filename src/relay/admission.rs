@@ -22,8 +22,12 @@ use crate::relay::state::Relay;
 use crate::relay::stats::Refusal;
 use crate::relay::{http, session};
 
-/// How long a refusal or a plain HTTP answer may take to write.
+/// How long a plain HTTP answer (health, metrics, the page) may take to write.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a refusal may take to write: a refused peer that does not read
+/// holds its socket no longer than this.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A refused request: what is counted and what the client is told.
 struct Refused {
@@ -42,7 +46,7 @@ impl Refused {
     }
 }
 
-/// Writes a plain `status` answer with a one-line text body.
+/// Writes a refusal: `status` with a one-line text body.
 pub(crate) async fn answer(stream: &TcpStream, status: u16, text: &str) {
     let reason = match status {
         400 => "Bad Request",
@@ -53,7 +57,7 @@ pub(crate) async fn answer(stream: &TcpStream, status: u16, text: &str) {
         _ => "Service Unavailable",
     };
     let resp = http_response(status, reason, "text/plain", format!("{text}\n").as_bytes());
-    let _ = tokio::time::timeout(ANSWER_TIMEOUT, handshake::write_all(stream, &resp)).await;
+    let _ = tokio::time::timeout(REFUSAL_TIMEOUT, handshake::write_all(stream, &resp)).await;
 }
 
 /// Serves one connection: plain HTTP, or a WebSocket peer until it leaves.
