@@ -103,12 +103,7 @@ impl Partial {
         if self.opcode != ws::OP_TEXT {
             return Ok(());
         }
-        let payload = &self.buf[ws::MAX_SERVER_HEAD_LEN + self.utf8_ok..];
-        match std::str::from_utf8(payload) {
-            Ok(_) => self.utf8_ok += payload.len(),
-            Err(e) if e.error_len().is_none() => self.utf8_ok += e.valid_up_to(),
-            Err(_) => return Err(WsError::InvalidUtf8),
-        }
+        self.utf8_ok += utf8_prefix(&self.buf[ws::MAX_SERVER_HEAD_LEN + self.utf8_ok..])?;
         Ok(())
     }
 }
@@ -262,21 +257,13 @@ impl MessageReader {
             if !carry.is_empty() {
                 let mut joined = carry.to_vec();
                 joined.extend_from_slice(&payload[..payload.len().min(4)]);
-                early.valid = match std::str::from_utf8(&joined) {
-                    Ok(_) => joined.len() - carry.len(),
-                    Err(e) if e.error_len().is_some() => return Err(WsError::InvalidUtf8),
-                    Err(e) => e.valid_up_to().saturating_sub(carry.len()),
-                };
+                early.valid = utf8_prefix(&joined)?.saturating_sub(carry.len());
                 if early.valid == 0 {
                     return Ok(());
                 }
             }
         }
-        match std::str::from_utf8(&payload[early.valid..]) {
-            Ok(rest) => early.valid += rest.len(),
-            Err(e) if e.error_len().is_none() => early.valid += e.valid_up_to(),
-            Err(_) => return Err(WsError::InvalidUtf8),
-        }
+        early.valid += utf8_prefix(&payload[early.valid..])?;
         Ok(())
     }
 
@@ -367,6 +354,17 @@ impl MessageReader {
             self.spares.remove(0);
         }
         self.spares.push(tail);
+    }
+}
+
+/// How many leading bytes of `bytes` are whole, valid code points: all of
+/// them, or up to a code point cut at the end (more may follow); an error
+/// if they cannot be the start of valid UTF-8.
+fn utf8_prefix(bytes: &[u8]) -> Result<usize, WsError> {
+    match std::str::from_utf8(bytes) {
+        Ok(_) => Ok(bytes.len()),
+        Err(e) if e.error_len().is_none() => Ok(e.valid_up_to()),
+        Err(_) => Err(WsError::InvalidUtf8),
     }
 }
 
