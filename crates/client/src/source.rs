@@ -93,9 +93,10 @@ impl Source {
             self.link.send(&msg).await?;
         }
         if !self.signal.is_empty() {
-            let json = serde_json::Value::Object(self.signal.clone()).to_string();
+            // Serializing a JSON object cannot fail.
+            let json = serde_json::to_vec(&self.signal).unwrap_or_default();
             self.link
-                .send(&protocol::signal(false, seq, ts, json.as_bytes()))
+                .send(&protocol::signal(false, seq, ts, &json))
                 .await?;
         }
         Ok(())
@@ -142,10 +143,10 @@ impl Source {
 
     /// Merges `diff` into the signal state and sends it as a `SignalDiff`.
     pub async fn send_signal_diff(&mut self, diff: &signal::State) -> Result<(), ClientError> {
-        let json = serde_json::Value::Object(diff.clone()).to_string();
+        let json = serde_json::to_vec(diff).unwrap_or_default();
         signal::fold(&mut self.signal, true, diff.clone());
         let (seq, ts) = self.stamp();
-        self.send_message(&protocol::signal(true, seq, ts, json.as_bytes()))
+        self.send_message(&protocol::signal(true, seq, ts, &json))
             .await
     }
 
