@@ -44,6 +44,27 @@ fn raw_ws_blocking(addr: std::net::SocketAddr, path: &str) -> TcpStream {
     s
 }
 
+/// A receiver that never reads, with a 4 KiB receive buffer so that what
+/// the relay sends it piles up in the relay, not in the kernel.
+async fn stuck_receiver(t: &TestRelay, path: &str) -> TcpStream {
+    let (addr, path) = (t.addr, path.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let sock =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        sock.set_recv_buffer_size(4096).unwrap();
+        sock.connect(&addr.into()).unwrap();
+        let mut s: TcpStream = sock.into();
+        let key = bitstream_relay::wire::handshake::client_key(9);
+        s.write_all(&bitstream_relay::wire::handshake::client_request(
+            "x", &path, &key,
+        ))
+        .unwrap();
+        s
+    })
+    .await
+    .unwrap()
+}
+
 /// How long a flood lasts at most (a stalled relay cannot stop it).
 const FLOOD_FOR: Duration = Duration::from_secs(8);
 
@@ -193,24 +214,7 @@ async fn a_peer_that_never_reads_is_closed_as_slow_whatever_it_sends() {
         "100000000",
     ])
     .await;
-    let addr = t.addr;
-    let s = tokio::task::spawn_blocking(move || {
-        let sock =
-            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        sock.set_recv_buffer_size(4096).unwrap();
-        sock.connect(&addr.into()).unwrap();
-        let mut s: TcpStream = sock.into();
-        let key = bitstream_relay::wire::handshake::client_key(9);
-        s.write_all(&bitstream_relay::wire::handshake::client_request(
-            "x",
-            "/stream/slow",
-            &key,
-        ))
-        .unwrap();
-        s
-    })
-    .await
-    .unwrap();
+    let s = stuck_receiver(&t, "/stream/slow").await;
     wait_receivers(&t, "slow", 1).await;
     let stop = Arc::new(AtomicBool::new(false));
     let pinger = {
@@ -411,4 +415,141 @@ async fn a_slow_receiver_that_keeps_reading_is_not_closed() {
     assert_eq!(c.receivers, 1);
     assert!(c.traffic.slow_skips > 0, "it was skipped forward");
     assert!(got.windows(2).all(|w| w[0] < w[1]), "in order: {got:?}");
+}
+
+/// Samples the relay's memory charge every millisecond until dropped; the
+/// highest value seen is in the returned cell.
+fn watch_memory(
+    t: &TestRelay,
+) -> (
+    Arc<std::sync::atomic::AtomicUsize>,
+    tokio::task::JoinHandle<()>,
+) {
+    let peak = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (relay, p) = (t.relay.clone(), peak.clone());
+    let task = tokio::spawn(async move {
+        loop {
+            p.fetch_max(relay.summary().memory_bytes, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+    (peak, task)
+}
+
+/// A message larger than what `--max-memory` has left is refused with 1013
+/// from its head, before the relay allocates for it; other channels go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_memory_budget_cannot_take_is_refused_with_1013() {
+    let t = start(&["--max-memory", "4000000"]).await;
+    let (peak, watcher) = watch_memory(&t);
+    let mut src = connect(&t.url("/source/h")).await;
+    let mut rx = connect(&t.url("/stream/h")).await;
+    wait_receivers(&t, "h", 1).await;
+    let picture = noise(64 * 64 * 4, 3);
+    src.send(&protocol::pixels_keyframe(1, 0, 64, 64, &picture))
+        .await
+        .unwrap();
+    assert_eq!(
+        within(rx.recv_binary()).await.unwrap()[protocol::HEADER_LEN..],
+        picture[..]
+    );
+
+    // The head of a 16 MiB message, and a little of its payload.
+    let mut big = raw_ws(&t, "/source/big").await;
+    let payload = vec![0u8; 16 << 20];
+    let frame = ws::client_frame(ws::OP_BINARY, true, &payload, [1, 2, 3, 4]);
+    let reply = tokio::task::spawn_blocking(move || {
+        big.write_all(&frame[..64 * 1024]).unwrap();
+        let mut head = [0u8; 4];
+        big.read_exact(&mut head).unwrap();
+        head
+    });
+    let head = within(reply).await.unwrap();
+    assert_eq!(head[0], 0x80 | ws::OP_CLOSE, "a close frame");
+    assert_eq!(u16::from_be_bytes([head[2], head[3]]), ws::CLOSE_TRY_AGAIN);
+    assert!(t.relay.summary().memory_sheds >= 1);
+    assert!(
+        peak.load(Ordering::Relaxed) < 1 << 20,
+        "nothing was charged for the refused message: peak {}",
+        peak.load(Ordering::Relaxed)
+    );
+
+    src.send(&protocol::pixels_keyframe(2, 0, 64, 64, &picture))
+        .await
+        .unwrap();
+    assert_eq!(
+        within(rx.recv_binary()).await.unwrap()[protocol::HEADER_LEN..],
+        picture[..]
+    );
+    watcher.abort();
+}
+
+/// Receivers that never read, on a channel of large frames, would hold
+/// every frame in their queues; under `--max-memory` they are skipped
+/// forward instead, the charge stays near the limit, and a healthy receiver
+/// on another channel gets every frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lagging_receivers_are_skipped_forward_when_memory_runs_short() {
+    const LIMIT: usize = 6_000_000;
+    const FRAME: usize = 200 * 1000;
+    let t = start(&[
+        "--max-memory",
+        &LIMIT.to_string(),
+        "--max-cache-memory",
+        "1000000",
+        "--egress-queue",
+        "64000000",
+        "--slow-timeout-ms",
+        "60000",
+        "--slow-max-skips",
+        "1000000",
+    ])
+    .await;
+    let (peak, watcher) = watch_memory(&t);
+    let mut stuck = Vec::new();
+    for _ in 0..8 {
+        stuck.push(stuck_receiver(&t, "/stream/x").await);
+    }
+    wait_receivers(&t, "x", 8).await;
+    let mut healthy_src = connect(&t.url("/source/h")).await;
+    let mut healthy = connect(&t.url("/stream/h")).await;
+    wait_receivers(&t, "h", 1).await;
+    let mut src = connect(&t.url("/source/x")).await;
+    let picture = noise(FRAME, 5);
+    let small = noise(100 * 100 * 4, 6);
+    for i in 0..80u16 {
+        src.send(&protocol::pixels_keyframe(i, 0, 250, 200, &picture))
+            .await
+            .unwrap();
+        healthy_src
+            .send(&protocol::pixels_keyframe(i, 0, 100, 100, &small))
+            .await
+            .unwrap();
+        let m = within(healthy.recv_binary()).await.unwrap();
+        assert_eq!(Header::parse(&m).unwrap().seq, i);
+        assert_eq!(m[protocol::HEADER_LEN..], small[..]);
+    }
+    eventually("the stream reached the relay", || {
+        t.relay
+            .channel("x")
+            .is_some_and(|c| c.traffic.frames_in == 80)
+    })
+    .await;
+    let s = t.relay.summary();
+    assert!(s.memory_sheds > 0, "nothing was shed");
+    assert!(t.relay.channel("x").unwrap().traffic.slow_skips > 0);
+    let peak = peak.load(Ordering::Relaxed);
+    // Without the budget the 8 queues would hold all 80 frames (16 MB).
+    assert!(
+        peak <= LIMIT + 3 * (FRAME + 1024),
+        "peak charge {peak} past the limit {LIMIT} plus the frames in flight"
+    );
+    drop(stuck);
+    // What stays: x's cached keyframe, and the two read buffers each
+    // source keeps for reuse.
+    eventually("the stuck receivers' memory is given back", || {
+        t.relay.summary().memory_bytes <= 3 * (FRAME + 1024) + 2 * (small.len() + 1024)
+    })
+    .await;
+    watcher.abort();
 }

@@ -98,7 +98,7 @@ async fn serve(relay: &Arc<Relay>, stream: &Arc<TcpStream>) -> Result<(), Refuse
             let channel = Arc::new(Channel::new(
                 Arc::from("echo"),
                 None,
-                relay.cache_budget.clone(),
+                relay.budgets.clone(),
                 0,
                 Fanout::SINGLE,
                 now_ms(),
@@ -187,7 +187,12 @@ async fn join(
     let cfg = &relay.config;
     let peer = Arc::new(Peer {
         id: relay.next_peer_id(),
-        egress: Egress::new(stream.clone(), cfg.egress_queue, cfg.egress_mode),
+        egress: Egress::new(
+            stream.clone(),
+            cfg.egress_queue,
+            cfg.egress_mode,
+            relay.budgets.memory.clone(),
+        ),
     });
     let role = match wanted {
         Some(Role::Source) | None if channel.claim_source(&peer) => Role::Source,

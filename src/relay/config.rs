@@ -155,10 +155,19 @@ pub struct Config {
     /// out); the rest are only in the totals.
     #[arg(long, env = "RELAY_METRICS_MAX_CHANNELS", default_value_t = 100)]
     pub metrics_max_channels: usize,
-    /// Memory for cached catch-up state over all channels (keyframes, delta
-    /// chains, signal state), in bytes. A channel whose cache would pass it
-    /// stops caching (live frames still flow); `/metrics` counts it.
-    #[arg(long, env = "RELAY_MAX_CACHE_MEMORY", default_value_t = 1 << 30)]
+    /// Memory the relay may hold for clients, in bytes: received messages
+    /// of 64 KiB and more from their first byte until their last reference
+    /// is gone (in caches, queues, catch-ups), cached state, and what
+    /// lagging receivers' queues hold besides. Near it the relay sheds:
+    /// caches stop growing from 3/4, queues of lagging receivers from 7/8
+    /// (they are skipped forward), and at the limit new messages of 64 KiB
+    /// and more are refused with close code 1013. `/metrics` counts it.
+    #[arg(long, env = "RELAY_MAX_MEMORY", default_value_t = 1 << 30)]
+    pub max_memory: usize,
+    /// The part of `--max-memory` cached catch-up state may take over all
+    /// channels (keyframes, delta chains, signal state), in bytes. A channel
+    /// whose cache would pass it stops caching (live frames still flow).
+    #[arg(long, env = "RELAY_MAX_CACHE_MEMORY", default_value_t = 512 << 20)]
     pub max_cache_memory: usize,
     /// Log format.
     #[arg(long, env = "RELAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]

@@ -108,7 +108,12 @@ mod tests {
             let stream = Arc::new(tokio::net::TcpStream::from_std(std_stream).unwrap());
             let peer = Arc::new(Peer {
                 id: 1,
-                egress: Egress::new(stream, 1 << 20, Default::default()),
+                egress: Egress::new(
+                    stream,
+                    1 << 20,
+                    Default::default(),
+                    Arc::new(crate::relay::budget::Budget::new(usize::MAX)),
+                ),
             });
             assert!(ch.claim_source(&peer));
             let msg = protocol::pixels_keyframe(0, 0, 1, 1, &[1, 2, 3, 4]);

@@ -155,13 +155,38 @@ pub(crate) fn render(relay: &Relay) -> String {
         &mut reg,
         "cache_memory_bytes",
         "Cached catch-up state held now, over all channels",
-        relay.cache_budget.used() as u64,
+        relay.budgets.cache.used() as u64,
     );
     gauge(
         &mut reg,
         "cache_memory_limit_bytes",
         "--max-cache-memory",
-        relay.cache_budget.limit() as u64,
+        relay.budgets.cache.limit() as u64,
+    );
+    let memory = &relay.budgets.memory;
+    gauge(
+        &mut reg,
+        "memory_bytes",
+        "Memory held for clients now, as charged to --max-memory",
+        memory.used() as u64,
+    );
+    gauge(
+        &mut reg,
+        "memory_limit_bytes",
+        "--max-memory",
+        memory.limit() as u64,
+    );
+    gauge(
+        &mut reg,
+        "memory_level",
+        "Shedding level: 0 normal, 1 caches stopped, 2 lagging queues stopped too",
+        memory.level() as u64,
+    );
+    counter(
+        &mut reg,
+        "memory_sheds",
+        "Caches dropped, lagging receivers skipped forward and messages refused because --max-memory was nearly used",
+        memory.sheds(),
     );
     channels.sort_by_key(|ch| std::cmp::Reverse(ch.traffic.bytes_out.get()));
     channels.truncate(relay.config.metrics_max_channels);

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use dashmap::DashMap;
 use tokio::sync::watch;
 
-use crate::relay::budget::Budget;
+use crate::relay::budget::Budgets;
 use crate::relay::channel::{Channel, Fanout};
 use crate::relay::clock::now_ms;
 use crate::relay::config::Config;
@@ -24,8 +24,9 @@ pub struct Relay {
     pub(crate) channels: DashMap<Arc<str>, Arc<Channel>>,
     /// Connection counters.
     pub(crate) connections: Connections,
-    /// What every channel's cached state may hold together.
-    pub(crate) cache_budget: Arc<Budget>,
+    /// What the relay may hold for clients (`--max-memory`), and the part
+    /// of it every channel's cached state may take together.
+    pub(crate) budgets: Budgets,
     /// `GET /channels`, rendered at most once a second.
     pub(crate) channels_page: PageCache,
     /// Traffic of channels the GC has removed.
@@ -61,6 +62,11 @@ pub struct Summary {
     pub keepalive_drops: u64,
     /// Refusals by reason, indexed by [`Refusal`] (see [`Summary::refused`]).
     pub refused_by: [u64; Refusal::ALL.len()],
+    /// Memory held for clients now, as charged to `--max-memory`.
+    pub memory_bytes: usize,
+    /// Caches dropped, lagging receivers skipped forward and messages
+    /// refused because `--max-memory` was nearly used.
+    pub memory_sheds: u64,
 }
 
 impl Summary {
@@ -110,7 +116,7 @@ impl Relay {
     pub(crate) fn new(config: Config) -> Arc<Self> {
         let (shutdown, _) = watch::channel(false);
         Arc::new(Self {
-            cache_budget: Arc::new(Budget::new(config.max_cache_memory)),
+            budgets: Budgets::new(config.max_memory, config.max_cache_memory),
             config,
             channels: DashMap::new(),
             connections: Connections::default(),
@@ -165,7 +171,7 @@ impl Relay {
             Arc::new(Channel::new(
                 Arc::from(name),
                 Some(key),
-                self.cache_budget.clone(),
+                self.budgets.clone(),
                 self.config.max_signal_state,
                 self.fanout(),
                 now_ms(),
@@ -298,6 +304,8 @@ impl Relay {
             receivers: c.receivers.get(),
             keepalive_drops: c.keepalive_drops.get(),
             refused_by: c.refused.each_ref().map(|r| r.get()),
+            memory_bytes: self.budgets.memory.used(),
+            memory_sheds: self.budgets.memory.sheds(),
         }
     }
 

@@ -118,8 +118,12 @@ pub struct MessageReader {
     need: usize,
     partial: Option<Partial>,
     /// Retired large buffers, reused once every message cut from them has
-    /// been released (written to every receiver, replaced in the cache).
-    spares: Vec<BytesMut>,
+    /// been released (written to every receiver, replaced in the cache),
+    /// with the size of each one's allocation.
+    spares: Vec<(BytesMut, usize)>,
+    /// The size of the allocation `buf` is in when it is a large one made
+    /// for a message (0 for an ordinary read buffer).
+    large_alloc: usize,
     /// Progress through an incomplete text frame at the buffer's start.
     early: EarlyText,
 }
@@ -153,6 +157,7 @@ impl MessageReader {
             need: ws::MAX_HEAD_LEN,
             partial: None,
             spares: Vec::new(),
+            large_alloc: 0,
             early: EarlyText::default(),
         }
     }
@@ -173,6 +178,27 @@ impl MessageReader {
         self.buf = BytesMut::new();
         self.early = EarlyText::default();
         self.partial = None;
+        self.spares.clear();
+        self.large_alloc = 0;
+    }
+
+    /// Bytes of large buffers this reader holds or is about to allocate:
+    /// the message being read when it is larger than a read chunk (its
+    /// whole size, before it has arrived), fragments reassembled so far,
+    /// and retired buffers kept for reuse. Ordinary read buffers (a read
+    /// chunk) are not counted. A caller that budgets memory charges this
+    /// after [`MessageReader::parse`] returns `None` and before
+    /// [`MessageReader::read_buf`].
+    pub fn held(&self) -> usize {
+        let reading = if self.need > self.chunk { self.need } else { 0 };
+        let partial = self.partial.as_ref().map_or(0, |p| p.buf.capacity());
+        let spares: usize = self.spares.iter().map(|(_, n)| n).sum();
+        reading + partial + spares
+    }
+
+    /// Frees the retired buffers kept for reuse (to save memory; later
+    /// large messages get fresh ones).
+    pub fn drop_spares(&mut self) {
         self.spares.clear();
     }
 
@@ -214,6 +240,7 @@ impl MessageReader {
                 return Ok(None);
             }
             let mut frame = self.buf.split_to(total);
+            self.need = ws::MAX_HEAD_LEN;
             if total > self.chunk {
                 self.retire_tail();
             }
@@ -335,12 +362,21 @@ impl MessageReader {
             return;
         }
         let needed = self.buf.len() + want;
-        let mut next = match self.spares.iter_mut().position(|s| s.try_reclaim(needed)) {
+        let (mut next, alloc) = match self
+            .spares
+            .iter_mut()
+            .position(|(s, _)| s.try_reclaim(needed))
+        {
             Some(i) => self.spares.swap_remove(i),
-            None => BytesMut::with_capacity(needed),
+            None => {
+                let b = BytesMut::with_capacity(needed);
+                let n = b.capacity();
+                (b, n)
+            }
         };
         next.extend_from_slice(&self.buf);
         self.buf = next;
+        self.large_alloc = alloc;
     }
 
     /// After a large message was cut from the buffer: keep the buffer's tail
@@ -349,11 +385,15 @@ impl MessageReader {
     fn retire_tail(&mut self) {
         let mut tail = std::mem::take(&mut self.buf);
         self.buf = BytesMut::from(&tail[..]);
+        let alloc = std::mem::take(&mut self.large_alloc);
+        if alloc == 0 {
+            return;
+        }
         tail.clear();
         if self.spares.len() >= MAX_SPARES {
             self.spares.remove(0);
         }
-        self.spares.push(tail);
+        self.spares.push((tail, alloc));
     }
 }
 
@@ -593,6 +633,31 @@ mod tests {
             ptrs.len()
         );
         assert!(r.spares.len() <= MAX_SPARES);
+    }
+
+    #[test]
+    fn held_counts_large_buffers_before_they_are_filled() {
+        let mut r = MessageReader::new(Side::Server, 1 << 20, 64, &[]);
+        let payload = vec![3u8; 100_000];
+        let wire = ws::client_frame(ws::OP_BINARY, true, &payload, [1, 2, 3, 4]);
+        r.buf.extend_from_slice(&wire[..14]);
+        assert!(r.parse().unwrap().is_none());
+        assert_eq!(r.held(), wire.len(), "the whole message, before it arrives");
+        r.reserve(r.need);
+        r.buf.extend_from_slice(&wire[14..]);
+        let Some(Incoming::Binary(m)) = r.parse().unwrap() else {
+            panic!("no message")
+        };
+        // The message is the caller's now; its buffer stays as a spare.
+        assert!(r.held() >= wire.len() && r.held() < 2 * wire.len());
+        r.drop_spares();
+        assert_eq!(r.held(), 0);
+        assert_eq!(m.payload(), &payload[..]);
+        // Small messages hold nothing large.
+        let small = ws::client_frame(ws::OP_BINARY, true, &[1, 2, 3], [1, 2, 3, 4]);
+        r.buf.extend_from_slice(&small);
+        assert!(r.parse().unwrap().is_some());
+        assert_eq!(r.held(), 0);
     }
 
     #[test]

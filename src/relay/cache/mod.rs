@@ -29,6 +29,8 @@ use bitstream_wire::ws;
 use bytes::Bytes;
 use thiserror::Error;
 
+use crate::relay::budget::{charge_made, Budget};
+
 mod signal;
 
 use signal::SignalState;
@@ -111,14 +113,18 @@ impl CatchUp {
 pub(crate) struct CacheWriter {
     current: Arc<CatchUp>,
     signal: SignalState,
+    /// Where frames this writer makes (folded keyframes, signal syncs) are
+    /// charged.
+    memory: Arc<Budget>,
 }
 
 impl CacheWriter {
     /// A writer with an empty state and the given signal state limit.
-    pub(crate) fn new(max_signal_state: usize) -> Self {
+    pub(crate) fn new(max_signal_state: usize, memory: Arc<Budget>) -> Self {
         Self {
             current: Arc::new(CatchUp::default()),
-            signal: SignalState::new(max_signal_state),
+            signal: SignalState::new(max_signal_state, memory.clone()),
+            memory,
         }
     }
 
@@ -166,7 +172,7 @@ impl CacheWriter {
                             || (count >= MAX_CHAIN && bytes >= kf_len / 16)
                             || count >= MAX_CHAIN_HARD
                         {
-                            snap = fold_chain(snap, h)?;
+                            snap = fold_chain(snap, h, &self.memory)?;
                         }
                         snap
                     }
@@ -248,7 +254,7 @@ fn chain(deltas: &Option<Arc<DeltaNode>>) -> Vec<Bytes> {
 
 /// Replaces keyframe + deltas by one synthesized `Keyframe` of the current
 /// picture, stamped with the last delta's header.
-fn fold_chain(snap: CatchUp, last: &Header) -> Result<CatchUp, CacheError> {
+fn fold_chain(snap: CatchUp, last: &Header, memory: &Arc<Budget>) -> Result<CatchUp, CacheError> {
     let Some(kf) = snap.keyframe.as_ref() else {
         return Ok(snap);
     };
@@ -270,7 +276,10 @@ fn fold_chain(snap: CatchUp, last: &Header) -> Result<CatchUp, CacheError> {
     );
     Ok(CatchUp {
         seq: snap.seq,
-        keyframe: Some(Bytes::from(ws::server_frame(ws::OP_BINARY, &msg))),
+        keyframe: Some(charge_made(
+            Bytes::from(ws::server_frame(ws::OP_BINARY, &msg)),
+            memory,
+        )),
         deltas: None,
     })
 }
@@ -278,6 +287,10 @@ fn fold_chain(snap: CatchUp, last: &Header) -> Result<CatchUp, CacheError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    pub(super) fn unlimited() -> Arc<Budget> {
+        Arc::new(Budget::new(usize::MAX))
+    }
 
     impl CacheWriter {
         fn signal_state(&self) -> &bitstream_wire::signal::State {
@@ -316,7 +329,7 @@ mod tests {
 
     #[test]
     fn keyframe_then_deltas_rebuild_the_current_picture() {
-        let mut w = CacheWriter::new(1 << 20);
+        let mut w = CacheWriter::new(1 << 20, unlimited());
         let (wd, ht) = (8u16, 4u16);
         let mut cur = vec![0u8; 8 * 4 * 4];
         let (h, m) = wire(pixels_keyframe(0, 0, wd, ht, &cur));
@@ -362,7 +375,7 @@ mod tests {
 
     #[test]
     fn deltas_that_change_nothing_are_not_cached() {
-        let mut w = CacheWriter::new(1 << 20);
+        let mut w = CacheWriter::new(1 << 20, unlimited());
         let (h, m) = wire(pixels_keyframe(0, 0, 64, 64, &[3u8; 64 * 64 * 4]));
         let kf = w
             .apply(&h, &m, 1)
@@ -387,7 +400,7 @@ mod tests {
 
     #[test]
     fn tiny_deltas_do_not_fold_a_big_keyframe_every_512() {
-        let mut w = CacheWriter::new(1 << 20);
+        let mut w = CacheWriter::new(1 << 20, unlimited());
         let len = 512 * 512 * 4;
         let (h, m) = wire(pixels_keyframe(0, 0, 512, 512, &vec![0u8; len]));
         let kf = w
@@ -418,7 +431,7 @@ mod tests {
 
     #[test]
     fn delta_without_matching_keyframe_resets_pixels() {
-        let mut w = CacheWriter::new(1 << 20);
+        let mut w = CacheWriter::new(1 << 20, unlimited());
         let (h, m) = wire(pixels_keyframe(0, 0, 2, 2, &[1u8; 16]));
         w.apply(&h, &m, 1).unwrap();
         let mut z = Vec::new();
@@ -432,14 +445,14 @@ mod tests {
 
     #[test]
     fn invalid_delta_is_refused() {
-        let mut w = CacheWriter::new(1 << 20);
+        let mut w = CacheWriter::new(1 << 20, unlimited());
         let (h, m) = wire(delta_pixels(1, 0, 2, 2, &[0x05]));
         assert!(matches!(w.apply(&h, &m, 1), Err(CacheError::Delta(_))));
     }
 
     #[test]
     fn signal_folds_sync_and_diffs() {
-        let mut w = CacheWriter::new(1 << 20);
+        let mut w = CacheWriter::new(1 << 20, unlimited());
         let (h, m) = wire(protocol::signal(false, 0, 0, br#"{"a":1,"b":2}"#));
         w.apply(&h, &m, 1).unwrap();
         for i in 0..2000 {
@@ -466,7 +479,7 @@ mod tests {
         /// state stays within its limit.
         #[test]
         fn arbitrary_payloads_never_panic(payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200), kind in 0usize..3) {
-            let mut w = CacheWriter::new(64);
+            let mut w = CacheWriter::new(64, unlimited());
             let (h, m) = wire(pixels_keyframe(0, 0, 2, 2, &[0u8; 16]));
             w.apply(&h, &m, 1).unwrap();
             let msg = match kind {
@@ -482,7 +495,7 @@ mod tests {
 
     #[test]
     fn signal_limits_and_errors_leave_state_unchanged() {
-        let mut w = CacheWriter::new(32);
+        let mut w = CacheWriter::new(32, unlimited());
         let (h, m) = wire(protocol::signal(false, 0, 0, br#"{"a":1}"#));
         w.apply(&h, &m, 1).unwrap();
         let (h, m) = wire(protocol::signal(

@@ -12,6 +12,7 @@
 //! did).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use bitstream_wire::protocol::{self, Header};
 use bitstream_wire::signal::{self, SignalError};
@@ -20,6 +21,7 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use super::CacheError;
+use crate::relay::budget::{charge_made, Budget};
 
 /// The folded signal state. See the module docs.
 #[derive(Debug)]
@@ -40,6 +42,8 @@ pub(crate) struct SignalState {
     /// The state was dropped ([`SignalState::forget`]): diffs are checked
     /// but not folded until the next sync makes it whole again.
     forgotten: bool,
+    /// Where a large `SignalSync` frame is charged while it lives.
+    memory: Arc<Budget>,
 }
 
 /// Serialized size of one object entry `"key":value`.
@@ -58,8 +62,9 @@ fn object_size(n: usize, entries: usize) -> usize {
 
 impl SignalState {
     /// An empty state; the folded JSON may not exceed `limit` bytes.
-    pub(crate) fn new(limit: usize) -> Self {
+    pub(crate) fn new(limit: usize, memory: Arc<Budget>) -> Self {
         Self {
+            memory,
             state: signal::State::new(),
             entry_sizes: HashMap::new(),
             entries_bytes: 0,
@@ -150,7 +155,7 @@ impl SignalState {
 
     /// Drops the state to save memory; it stays unknown until the next sync.
     pub(crate) fn forget(&mut self) {
-        *self = Self::new(self.limit);
+        *self = Self::new(self.limit, self.memory.clone());
         self.forgotten = true;
     }
 
@@ -174,7 +179,10 @@ impl SignalState {
             .map_err(|e| SignalError::Json(e.to_string()))
             .ok()?;
         let msg = protocol::signal(false, seq, ts, &json);
-        let frame = Bytes::from(ws::server_frame(ws::OP_BINARY, &msg));
+        let frame = charge_made(
+            Bytes::from(ws::server_frame(ws::OP_BINARY, &msg)),
+            &self.memory,
+        );
         self.encoded = Some((self.version, frame.clone()));
         Some(frame)
     }
@@ -188,6 +196,7 @@ impl SignalState {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::unlimited;
     use super::*;
     use proptest::prelude::*;
 
@@ -205,7 +214,7 @@ mod tests {
                 1..8,
             )
         ) {
-            let mut s = SignalState::new(1 << 20);
+            let mut s = SignalState::new(1 << 20, unlimited());
             for (diff, kv) in msgs {
                 let obj: serde_json::Map<String, Value> = kv
                     .into_iter()
@@ -220,7 +229,7 @@ mod tests {
 
     #[test]
     fn over_the_limit_changes_nothing() {
-        let mut s = SignalState::new(20);
+        let mut s = SignalState::new(20, unlimited());
         s.apply(false, br#"{"a":1}"#, &header()).unwrap();
         let before = s.sync_frame();
         assert!(s
@@ -236,7 +245,7 @@ mod tests {
 
     #[test]
     fn a_forgotten_state_waits_for_the_next_sync() {
-        let mut s = SignalState::new(1000);
+        let mut s = SignalState::new(1000, unlimited());
         s.apply(false, br#"{"a":1,"b":2}"#, &header()).unwrap();
         s.forget();
         s.apply(true, br#"{"c":3}"#, &header()).unwrap();
@@ -252,7 +261,7 @@ mod tests {
 
     #[test]
     fn the_sync_frame_is_built_once_per_version() {
-        let mut s = SignalState::new(1000);
+        let mut s = SignalState::new(1000, unlimited());
         assert_eq!(s.sync_frame(), None);
         s.apply(false, b"{}", &header()).unwrap();
         let a = s.sync_frame().unwrap();

@@ -19,7 +19,8 @@ impl Channel {
     /// writer was emptied, and gives its memory back to the budget. The
     /// caller holds the writer lock.
     pub(super) fn drop_cached(&self, seq: u64) {
-        self.budget
+        self.budgets
+            .cache
             .resize(self.charged.swap(0, Ordering::Relaxed), 0);
         self.cache.store(Arc::new(CatchUp {
             seq,
@@ -50,7 +51,7 @@ impl Channel {
         if w.is_empty() {
             return false;
         }
-        *w = CacheWriter::new(w.max_signal_state());
+        *w = CacheWriter::new(w.max_signal_state(), self.budgets.memory.clone());
         self.drop_cached(self.seq.load(Ordering::Relaxed));
         true
     }

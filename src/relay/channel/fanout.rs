@@ -17,6 +17,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::{lock, Channel};
+use crate::relay::budget::Level;
 use crate::relay::cache::CacheError;
 use crate::relay::egress::Outcome;
 
@@ -100,7 +101,9 @@ impl Channel {
         let snap = w.apply(h, msg, seq)?;
         let charged = self.charged.load(Ordering::Relaxed);
         let size = w.size();
-        if self.budget.resize(charged, size) {
+        // Caches stop growing first when the relay is short of memory.
+        let room = size <= charged || self.budgets.memory.level() == Level::Normal;
+        if room && self.budgets.cache.resize(charged, size) {
             self.charged.store(size, Ordering::Relaxed);
             if let Some(snap) = snap {
                 self.cache.store(snap);
@@ -109,7 +112,10 @@ impl Channel {
             w.shed();
             self.drop_cached(seq);
             self.traffic.cache_sheds.inc();
-            tracing::debug!(channel = %self.name, size, "cached state dropped: over --max-cache-memory");
+            if !room {
+                self.budgets.memory.shed();
+            }
+            tracing::debug!(channel = %self.name, size, room, "cached state dropped: over --max-cache-memory, or --max-memory nearly used");
         }
         Ok(())
     }

@@ -33,7 +33,7 @@ use tokio::sync::mpsc;
 
 pub(crate) use fanout::Fanout;
 
-use crate::relay::budget::Budget;
+use crate::relay::budget::Budgets;
 use crate::relay::cache::{CacheWriter, CatchUp};
 use crate::relay::peer::Peer;
 use crate::relay::stats::Traffic;
@@ -49,9 +49,10 @@ pub(crate) struct Channel {
     pub(crate) traffic: Traffic,
     cache: ArcSwap<CatchUp>,
     writer: Mutex<CacheWriter>,
-    /// Where the cached state's memory is charged.
-    budget: Arc<Budget>,
-    /// Bytes charged to the budget now (changed under the writer lock).
+    /// Where the cached state's memory is charged (the cache budget), and
+    /// the relay's whole budget, which decides when caches stop growing.
+    budgets: Budgets,
+    /// Bytes charged to the cache budget now (changed under the writer lock).
     charged: AtomicUsize,
     /// Receivers, sharded by peer id (one shard per fan-out task).
     receivers: Box<[Roster]>,
@@ -72,7 +73,7 @@ pub(crate) struct Channel {
 
 impl Drop for Channel {
     fn drop(&mut self) {
-        self.budget.resize(*self.charged.get_mut(), 0);
+        self.budgets.cache.resize(*self.charged.get_mut(), 0);
     }
 }
 
@@ -85,7 +86,7 @@ impl Channel {
     pub(crate) fn new(
         name: Arc<str>,
         creator: Option<IpAddr>,
-        budget: Arc<Budget>,
+        budgets: Budgets,
         max_signal_state: usize,
         fanout: Fanout,
         now: u64,
@@ -96,8 +97,8 @@ impl Channel {
             creator,
             traffic: Traffic::default(),
             cache: ArcSwap::from_pointee(CatchUp::default()),
-            writer: Mutex::new(CacheWriter::new(max_signal_state)),
-            budget,
+            writer: Mutex::new(CacheWriter::new(max_signal_state, budgets.memory.clone())),
+            budgets,
             charged: AtomicUsize::new(0),
             receivers: (0..shards).map(|_| Roster::default()).collect(),
             receiver_count: AtomicUsize::new(0),

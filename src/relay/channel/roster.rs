@@ -128,7 +128,12 @@ mod tests {
             .map(|id| {
                 Arc::new(Peer {
                     id,
-                    egress: Egress::new(stream.clone(), 1024, Default::default()),
+                    egress: Egress::new(
+                        stream.clone(),
+                        1024,
+                        Default::default(),
+                        Arc::new(crate::relay::budget::Budget::new(usize::MAX)),
+                    ),
                 })
             })
             .collect()

@@ -17,6 +17,12 @@
 //! marked for resynchronization; once its socket has drained, its task sends
 //! it the channel's current catch-up state. Frames already covered by that
 //! catch-up (sequence ≤ the catch-up's) are not sent twice.
+//!
+//! The queue's own memory (small frames it copied or holds, and the cost of
+//! each queued chunk) is charged to the relay's memory budget; large frames
+//! carry their own charge. When the budget is nearly used (see
+//! [`crate::relay::budget`]), a receiver with anything queued is skipped
+//! forward instead of queueing more.
 
 mod queue;
 
@@ -30,6 +36,7 @@ use tokio::sync::Notify;
 pub(crate) use queue::Drain;
 use queue::{Queue, Verdict};
 
+use crate::relay::budget::{Budget, Level};
 use crate::relay::config::EgressMode;
 
 /// Most queued chunks handed to one `writev`.
@@ -57,21 +64,53 @@ pub(crate) struct Egress {
     stream: Arc<TcpStream>,
     queue: Mutex<Queue>,
     wake: Notify,
+    /// The relay's memory budget.
+    memory: Arc<Budget>,
+}
+
+impl Drop for Egress {
+    fn drop(&mut self) {
+        let q = self.queue.get_mut().unwrap_or_else(|e| e.into_inner());
+        self.memory.release(q.charged());
+    }
 }
 
 impl Egress {
-    /// An egress on `stream` whose queue holds at most `limit` bytes.
-    pub(crate) fn new(stream: Arc<TcpStream>, limit: usize, mode: EgressMode) -> Self {
+    /// An egress on `stream` whose queue holds at most `limit` bytes,
+    /// charging what it holds to `memory`.
+    pub(crate) fn new(
+        stream: Arc<TcpStream>,
+        limit: usize,
+        mode: EgressMode,
+        memory: Arc<Budget>,
+    ) -> Self {
         Self {
             mode,
             stream,
             queue: Mutex::new(Queue::new(limit)),
             wake: Notify::new(),
+            memory,
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Brings the queue's charge to the memory budget up to date (after
+    /// anything that changed the queue).
+    fn settle(&self, q: &mut Queue) {
+        match q.recharge() {
+            0 => {}
+            n if n > 0 => self.memory.force(n as usize),
+            n => self.memory.release(n.unsigned_abs()),
+        }
+    }
+
+    /// True when the relay is so short of memory that a peer with data
+    /// queued must not queue more.
+    fn backlog_refused(&self, q: &Queue) -> bool {
+        !q.is_empty() && self.memory.level() == Level::NoBacklog
     }
 
     /// Marks the peer as awaiting a catch-up: live frames are dropped until
@@ -93,9 +132,18 @@ impl Egress {
     /// Hands a live frame of channel sequence `seq` to this receiver.
     pub(crate) fn send_live(&self, frame: &Bytes, seq: u64) -> Outcome {
         let mut q = self.lock();
-        match q.offer_live(frame.len(), seq) {
+        let verdict = match q.offer_live(frame.len(), seq) {
+            Verdict::Accept if self.backlog_refused(&q) => {
+                q.skip_forward();
+                self.memory.shed();
+                Verdict::Overflow
+            }
+            v => v,
+        };
+        match verdict {
             Verdict::Accept => self.write_or_queue(q, frame),
             Verdict::Overflow => {
+                self.settle(&mut q);
                 drop(q);
                 self.wake.notify_one();
                 Outcome::Overflow
@@ -109,6 +157,10 @@ impl Egress {
     pub(crate) fn send(&self, frame: &Bytes) -> Outcome {
         let mut q = self.lock();
         match q.offer(frame.len()) {
+            Verdict::Accept if self.backlog_refused(&q) => {
+                self.memory.shed();
+                Outcome::NotSent
+            }
             Verdict::Accept => self.write_or_queue(q, frame),
             _ => Outcome::NotSent,
         }
@@ -125,6 +177,7 @@ impl Egress {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
                 Err(_) => {
                     q.close();
+                    self.settle(&mut q);
                     return Outcome::NotSent;
                 }
             }
@@ -132,6 +185,7 @@ impl Egress {
             0
         };
         q.push_rest(frame, written);
+        self.settle(&mut q);
         drop(q);
         if was_empty {
             self.wake.notify_one();
@@ -148,7 +202,9 @@ impl Egress {
         let mut q = self.lock();
         let was_empty = q.is_empty();
         let (frames, upto) = catch_up();
-        if q.resync(&frames, upto) && was_empty && !frames.is_empty() {
+        let resynced = q.resync(&frames, upto);
+        self.settle(&mut q);
+        if resynced && was_empty && !frames.is_empty() {
             drop(q);
             self.wake.notify_one();
         }
@@ -179,12 +235,15 @@ impl Egress {
                 Err(_) => q.close(),
             }
         }
+        self.settle(&mut q);
         (q.state(), written)
     }
 
     /// Marks the peer closed and frees its queue; later sends are not sent.
     pub(crate) fn close(&self) {
-        self.lock().close();
+        let mut q = self.lock();
+        q.close();
+        self.settle(&mut q);
     }
 
     /// Bytes queued now.

@@ -8,6 +8,8 @@ use std::collections::VecDeque;
 
 use bytes::{Buf, Bytes};
 
+use crate::relay::budget::LARGE;
+
 /// What a queued chunk costs beyond its bytes (its slot in the deque, the
 /// `Bytes` handle, the allocation header): charged against the bound, so a
 /// flood of tiny frames cannot hold more memory than the bound says.
@@ -16,6 +18,19 @@ pub(crate) const CHUNK_OVERHEAD: usize = 64;
 /// Chunks up to this size are copied when queued: a small frame cut from a
 /// large read buffer would otherwise keep the whole buffer alive.
 const COPY_BELOW: usize = 2048;
+
+/// A queue's charge to the relay's memory budget moves in steps of this
+/// many bytes, so a busy queue touches the shared counter rarely.
+const GRANULE: usize = 4 * 1024;
+
+/// A queued piece of a frame.
+#[derive(Debug)]
+struct Chunk {
+    bytes: Bytes,
+    /// Cut from a frame under [`LARGE`]: its bytes are charged to the memory
+    /// budget by this queue (larger frames carry their own charge).
+    small: bool,
+}
 
 /// Where a peer's stream stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -73,9 +88,15 @@ pub(crate) enum Drain {
 /// A peer's outbound queue, bounded in bytes. See the module docs.
 #[derive(Debug)]
 pub(crate) struct Queue {
-    chunks: VecDeque<Bytes>,
+    chunks: VecDeque<Chunk>,
     /// Bytes queued plus [`CHUNK_OVERHEAD`] per chunk.
     queued: usize,
+    /// What this queue holds that no frame's own charge covers: bytes of
+    /// small chunks plus [`CHUNK_OVERHEAD`] per chunk.
+    own: usize,
+    /// What the memory budget is charged for this queue now: `own` rounded
+    /// up to a [`GRANULE`] (see [`Queue::recharge`]).
+    charged: usize,
     limit: usize,
     phase: Phase,
     front: Front,
@@ -90,6 +111,8 @@ impl Queue {
         Self {
             chunks: VecDeque::new(),
             queued: 0,
+            own: 0,
+            charged: 0,
             limit,
             phase: Phase::Live,
             front: Front::Untouched,
@@ -116,18 +139,35 @@ impl Queue {
         if !self.would_overflow(len) || self.queued <= len + CHUNK_OVERHEAD {
             return Verdict::Accept;
         }
+        self.skip_forward();
+        Verdict::Overflow
+    }
+
+    /// Drops the queue, except a front chunk already partly written, and
+    /// marks the peer as awaiting a catch-up.
+    pub(crate) fn skip_forward(&mut self) {
         let keep = match self.front {
             Front::Started => self.chunks.pop_front(),
             Front::Untouched => None,
         };
         self.chunks.clear();
-        self.queued = keep.as_ref().map_or(0, |k| k.len() + CHUNK_OVERHEAD);
-        self.chunks.extend(keep);
-        if self.chunks.is_empty() {
+        self.queued = 0;
+        self.own = 0;
+        if let Some(k) = keep {
+            self.count_in(&k);
+            self.chunks.push_back(k);
+        } else {
             self.front = Front::Untouched;
         }
-        self.phase = Phase::AwaitingResync;
-        Verdict::Overflow
+        if self.phase == Phase::Live {
+            self.phase = Phase::AwaitingResync;
+        }
+    }
+
+    /// Adds a chunk's bytes to the counters.
+    fn count_in(&mut self, c: &Chunk) {
+        self.queued += c.bytes.len() + CHUNK_OVERHEAD;
+        self.own += CHUNK_OVERHEAD + if c.small { c.bytes.len() } else { 0 };
     }
 
     /// Decides about a frame outside the live sequence (control frames,
@@ -162,12 +202,16 @@ impl Queue {
             };
         }
         let rest = &frame[written..];
-        self.queued += rest.len() + CHUNK_OVERHEAD;
-        self.chunks.push_back(if rest.len() <= COPY_BELOW {
-            Bytes::copy_from_slice(rest)
-        } else {
-            frame.slice(written..)
-        });
+        let chunk = Chunk {
+            bytes: if rest.len() <= COPY_BELOW {
+                Bytes::copy_from_slice(rest)
+            } else {
+                frame.slice(written..)
+            },
+            small: frame.len() < LARGE,
+        };
+        self.count_in(&chunk);
+        self.chunks.push_back(chunk);
     }
 
     /// Marks the peer as awaiting a catch-up (a joiner, before it is listed).
@@ -194,7 +238,7 @@ impl Queue {
 
     /// The queued chunks, front first (for a vectored write).
     pub(crate) fn chunks(&self) -> impl Iterator<Item = &Bytes> {
-        self.chunks.iter()
+        self.chunks.iter().map(|c| &c.bytes)
     }
 
     /// Removes `n` bytes the socket took from the front.
@@ -204,13 +248,18 @@ impl Queue {
             let Some(front) = self.chunks.front_mut() else {
                 break;
             };
-            if n >= front.len() {
-                n -= front.len();
+            let len = front.bytes.len();
+            if front.small {
+                self.own -= n.min(len);
+            }
+            if n >= len {
+                n -= len;
                 self.chunks.pop_front();
                 self.queued = self.queued.saturating_sub(CHUNK_OVERHEAD);
+                self.own -= CHUNK_OVERHEAD;
                 self.front = Front::Untouched;
             } else {
-                front.advance(n);
+                front.bytes.advance(n);
                 self.front = Front::Started;
                 n = 0;
             }
@@ -232,6 +281,22 @@ impl Queue {
         self.phase = Phase::Closed;
         self.chunks.clear();
         self.queued = 0;
+        self.own = 0;
+    }
+
+    /// How the queue's charge to the memory budget must change: bytes to
+    /// charge (positive) or give back (negative), in [`GRANULE`] steps.
+    /// The caller applies it to the budget.
+    pub(crate) fn recharge(&mut self) -> isize {
+        let want = self.own.div_ceil(GRANULE) * GRANULE;
+        let change = want as isize - self.charged as isize;
+        self.charged = want;
+        change
+    }
+
+    /// What the memory budget is charged for this queue now.
+    pub(crate) fn charged(&self) -> usize {
+        self.charged
     }
 
     /// Memory the queue holds now: bytes plus [`CHUNK_OVERHEAD`] per chunk.
@@ -384,6 +449,36 @@ mod tests {
         assert_eq!(q.offer(5), Verdict::Dropped);
         assert_eq!(q.offer(2), Verdict::Accept);
         assert_eq!(q.state(), Drain::Pending);
+    }
+
+    #[test]
+    fn the_memory_charge_covers_small_chunks_and_moves_in_granules() {
+        let mut q = Queue::new(1 << 30);
+        // A large frame carries its own charge: only its chunk cost counts.
+        q.push_rest(&frame(LARGE, 1), 0);
+        assert_eq!(q.own, CHUNK_OVERHEAD);
+        assert_eq!(q.recharge(), GRANULE as isize);
+        assert_eq!(q.recharge(), 0, "nothing changed");
+        // Small frames are charged in full.
+        for _ in 0..10 {
+            q.push_rest(&frame(3000, 2), 0);
+        }
+        assert_eq!(q.own, 11 * CHUNK_OVERHEAD + 30_000);
+        let want = (11 * CHUNK_OVERHEAD + 30_000).div_ceil(GRANULE) * GRANULE;
+        assert_eq!(q.recharge(), (want - GRANULE) as isize);
+        assert_eq!(q.charged(), want);
+        // Writing them out gives it back, a partial write included.
+        q.consume(LARGE + 1500);
+        assert_eq!(q.own, 10 * CHUNK_OVERHEAD + 28_500);
+        q.consume(28_500);
+        assert_eq!(q.own, 0);
+        assert_eq!(q.recharge(), -(want as isize));
+        q.push_rest(&frame(100, 3), 0);
+        q.skip_forward();
+        assert_eq!(q.own, 0, "a skipped queue holds nothing");
+        q.push_rest(&frame(100, 3), 0);
+        q.close();
+        assert_eq!(q.own, 0);
     }
 
     #[test]

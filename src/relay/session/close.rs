@@ -1,9 +1,9 @@
 //! Ending a connection cleanly: the close frame after whatever is queued,
 //! a bounded flush, and a half-close that waits for the peer's close.
 
+use crate::relay::ingress::Ingress;
 use std::time::Duration;
 
-use bitstream_wire::reader::MessageReader;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -17,7 +17,7 @@ const CLOSE_LINGER: Duration = Duration::from_millis(1000);
 /// waits for the peer to close its side.
 pub(super) async fn close_gracefully(
     peer: &Peer,
-    reader: &mut MessageReader,
+    reader: &mut Ingress,
     close: Option<bytes::Bytes>,
 ) {
     let stream = peer.egress.stream().clone();

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use crate::relay::channel::Channel;
 use crate::relay::clock::now_ms;
 use crate::relay::egress::Drain;
-use crate::relay::ingress::{self, RecvError};
+use crate::relay::ingress::{Ingress, RecvError};
 use crate::relay::peer::{Peer, Role};
 use crate::relay::ratelimit::{TokenBucket, Verdict};
 use crate::relay::state::{shutting_down, Relay};
@@ -60,7 +60,7 @@ struct Session {
     peer: Arc<Peer>,
     role: Role,
     stream: Arc<TcpStream>,
-    reader: MessageReader,
+    reader: Ingress,
     shutdown: watch::Receiver<bool>,
     next_ping: Instant,
     last_seen: Instant,
@@ -87,6 +87,7 @@ pub(crate) async fn run(
     reader: MessageReader,
 ) {
     let now = Instant::now();
+    let memory = relay.budgets.memory.clone();
     let cfg = &relay.config;
     let mut s = Session {
         stream: peer.egress.stream().clone(),
@@ -103,7 +104,7 @@ pub(crate) async fn run(
         channel,
         peer,
         role,
-        reader,
+        reader: Ingress::new(reader, memory),
     };
     let exit = s.serve().await;
     s.leave(exit).await;
@@ -122,7 +123,7 @@ impl Session {
             }
             let deadline = self.next_deadline();
             let step = tokio::select! {
-                ev = ingress::next(&mut self.reader, &self.stream), if may_read => {
+                ev = self.reader.next(&self.stream), if may_read => {
                     let step = self.on_read(ev).await;
                     // A message parsed from bytes already read awaits nothing,
                     // so it spends no cooperative budget: without this, a peer
@@ -159,6 +160,10 @@ impl Session {
                     Some(ws::CLOSE_INVALID_DATA) => {
                         Exit::Closed(ws::CLOSE_INVALID_DATA, "invalid UTF-8")
                     }
+                    Some(ws::CLOSE_TRY_AGAIN) => Exit::Closed(
+                        ws::CLOSE_TRY_AGAIN,
+                        "relay memory budget exhausted, try again later",
+                    ),
                     Some(code) => Exit::Closed(code, "protocol error"),
                     None => Exit::Disconnected,
                 });
