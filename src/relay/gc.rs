@@ -117,8 +117,7 @@ mod tests {
             });
             assert!(ch.claim_source(&peer));
             let msg = protocol::pixels_keyframe(0, 0, 1, 1, &[1, 2, 3, 4]);
-            let h = protocol::validate_source_message(&msg).unwrap();
-            ch.publish(&h, &WireMessage::encode(ws::OP_BINARY, &msg))
+            ch.publish(&WireMessage::encode(ws::OP_BINARY, &msg))
                 .await
                 .unwrap();
             assert!(ch.cached_bytes() > 0);

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use bitstream_wire::reader::{Incoming, MessageReader, ReadError, WireMessage};
 use bitstream_wire::ws;
+use bytes::BufMut;
 use thiserror::Error;
 use tokio::net::TcpStream;
 
@@ -51,10 +52,14 @@ impl RecvError {
     }
 }
 
-/// Bytes a connection may read before it gives its worker back once: a
-/// large message arriving at full speed (fresh pages, faulted in and zeroed
-/// as it is read) must not keep other connections waiting until it ends.
-const YIELD_EVERY: usize = 1 << 20;
+/// Bytes a connection reads at most in one turn (one read call) before it
+/// gives its worker back: a large message arriving at full speed (fresh
+/// pages, faulted in and zeroed as they are read, ~2.5 ns a byte here)
+/// must not keep other connections waiting. A turn stays well under a
+/// millisecond, so the runtime also polls for new socket events (every 61
+/// turns) often enough for a healthy peer's frame or a health check to be
+/// seen within tens of milliseconds while several peers upload at once.
+const TURN_BYTES: usize = 256 * 1024;
 
 /// A peer's reader and what it is charged. See the module docs.
 pub(crate) struct Ingress {
@@ -100,12 +105,12 @@ impl Ingress {
                 return Ok(self.charge_message(msg));
             }
             self.charge_buffers()?;
-            if since_yield >= YIELD_EVERY {
+            if since_yield >= TURN_BYTES {
                 since_yield = 0;
                 tokio::task::yield_now().await;
             }
             stream.readable().await?;
-            match stream.try_read_buf(self.reader.read_buf()) {
+            match stream.try_read_buf(&mut self.reader.read_buf().limit(TURN_BYTES)) {
                 Ok(0) => return Err(RecvError::Eof),
                 Ok(n) => since_yield += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}

@@ -23,7 +23,7 @@ pub const OP_PONG: u8 = 0xA;
 /// Largest frame head: 2 bytes + 8 bytes of length + 4 bytes of mask.
 pub(crate) const MAX_HEAD_LEN: usize = 14;
 /// Largest unmasked (server) frame head.
-pub(crate) const MAX_SERVER_HEAD_LEN: usize = 10;
+pub const MAX_SERVER_HEAD_LEN: usize = 10;
 
 /// Close code: normal closure.
 pub const CLOSE_NORMAL: u16 = 1000;
@@ -189,11 +189,7 @@ pub(crate) fn apply_mask(buf: &mut [u8], mask: [u8; 4], offset: usize) {
 
 /// Writes an unmasked (server → client) frame head with FIN set into `out`
 /// and returns its length (2, 4 or 10).
-pub(crate) fn server_header(
-    opcode: u8,
-    payload_len: usize,
-    out: &mut [u8; MAX_SERVER_HEAD_LEN],
-) -> usize {
+pub fn server_header(opcode: u8, payload_len: usize, out: &mut [u8; MAX_SERVER_HEAD_LEN]) -> usize {
     out[0] = 0x80 | opcode;
     if payload_len < 126 {
         out[1] = payload_len as u8;

@@ -22,7 +22,7 @@
 use std::sync::Arc;
 
 use bitstream_wire::codec::{self, CodecError};
-use bitstream_wire::protocol::{self, FrameType, Header, FLAG_KEYFRAME, HEADER_LEN};
+use bitstream_wire::protocol::{FrameType, Header, FLAG_KEYFRAME, HEADER_LEN};
 use bitstream_wire::reader::WireMessage;
 use bitstream_wire::signal::SignalError;
 use bitstream_wire::ws;
@@ -253,33 +253,32 @@ fn chain(deltas: &Option<Arc<DeltaNode>>) -> Vec<Bytes> {
 }
 
 /// Replaces keyframe + deltas by one synthesized `Keyframe` of the current
-/// picture, stamped with the last delta's header.
+/// picture, stamped with the last delta's header. The wire frame is built
+/// in one buffer and the deltas applied in place: one copy of the picture.
 fn fold_chain(snap: CatchUp, last: &Header, memory: &Arc<Budget>) -> Result<CatchUp, CacheError> {
     let Some(kf) = snap.keyframe.as_ref() else {
         return Ok(snap);
     };
-    let mut pixels = message_of(kf)
-        .get(HEADER_LEN..)
-        .unwrap_or_default()
-        .to_vec();
+    let pixels = message_of(kf).get(HEADER_LEN..).unwrap_or_default();
+    let header = Header {
+        kind: FrameType::Keyframe.to_u8(),
+        flags: FLAG_KEYFRAME,
+        length: pixels.len() as u32,
+        ..*last
+    };
+    let mut head = [0u8; ws::MAX_SERVER_HEAD_LEN];
+    let n = ws::server_header(ws::OP_BINARY, HEADER_LEN + pixels.len(), &mut head);
+    let mut wire = Vec::with_capacity(n + HEADER_LEN + pixels.len());
+    wire.extend_from_slice(&head[..n]);
+    wire.extend_from_slice(&header.to_bytes());
+    wire.extend_from_slice(pixels);
     for frame in chain(&snap.deltas) {
         let delta = message_of(&frame).get(HEADER_LEN..).unwrap_or_default();
-        codec::apply_delta(&mut pixels, delta)?;
+        codec::apply_delta(&mut wire[n + HEADER_LEN..], delta)?;
     }
-    let msg = protocol::frame(
-        FrameType::Keyframe,
-        FLAG_KEYFRAME,
-        last.seq,
-        last.timestamp,
-        (last.width, last.height),
-        &pixels,
-    );
     Ok(CatchUp {
         seq: snap.seq,
-        keyframe: Some(charge_made(
-            Bytes::from(ws::server_frame(ws::OP_BINARY, &msg)),
-            memory,
-        )),
+        keyframe: Some(charge_made(Bytes::from(wire), memory)),
         deltas: None,
     })
 }
@@ -287,6 +286,7 @@ fn fold_chain(snap: CatchUp, last: &Header, memory: &Arc<Budget>) -> Result<Catc
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bitstream_wire::protocol;
 
     pub(super) fn unlimited() -> Arc<Budget> {
         Arc::new(Budget::new(usize::MAX))

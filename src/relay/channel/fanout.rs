@@ -11,9 +11,10 @@
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 
-use bitstream_wire::protocol::Header;
+use bitstream_wire::protocol::{self, FrameType, Header, ProtocolError};
 use bitstream_wire::reader::WireMessage;
 use bytes::Bytes;
+use thiserror::Error;
 use tokio::sync::mpsc;
 
 use super::{lock, Channel};
@@ -49,17 +50,69 @@ pub(super) struct Job {
 /// Frames a shard worker may have queued before the source waits.
 const SHARD_QUEUE: usize = 64;
 
+/// Source messages of these types from this size up are checked and cached
+/// on a blocking thread (see [`Channel::publish`]).
+const OFFLOAD_FROM: usize = 256 * 1024;
+
+/// Why a source message was refused (neither cached nor forwarded).
+#[derive(Debug, Error)]
+pub(crate) enum PublishError {
+    /// It breaks PROTOCOL.md.
+    #[error("{0}")]
+    Invalid(#[from] ProtocolError),
+    /// It does not fit the cached state (a bad delta, bad signal JSON, …).
+    #[error("{0}")]
+    Cache(#[from] CacheError),
+    /// Checking it failed unexpectedly (a bug; the relay goes on).
+    #[error("checking the message failed: {0}")]
+    Check(String),
+}
+
+/// True for a message whose checks cost CPU in proportion to its size: a
+/// large delta (ZRLE decoded to validate it, maybe folded into a keyframe)
+/// or large signal JSON (parsed). Full frames cost a size check only.
+fn costly(payload: &[u8]) -> bool {
+    payload.len() >= OFFLOAD_FROM
+        && Header::parse(payload).is_ok_and(|h| {
+            matches!(
+                h.frame_type(),
+                FrameType::DeltaPixels | FrameType::SignalSync | FrameType::SignalDiff
+            )
+        })
+}
+
 impl Channel {
-    /// Folds a validated source message into the catch-up state, then hands
-    /// it to every receiver, in order, the same `Bytes` to each. On error the
-    /// message is neither cached nor forwarded.
-    pub(crate) async fn publish(
-        self: &Arc<Self>,
-        h: &Header,
-        msg: &WireMessage,
-    ) -> Result<(), CacheError> {
+    /// Validates a source message and folds it into the catch-up state,
+    /// then hands it to every receiver, in order, the same `Bytes` to each.
+    /// On error the message is neither cached nor forwarded.
+    ///
+    /// A costly message is checked on a blocking thread (the source's task
+    /// waits for it, so order holds): tens of milliseconds of ZRLE or JSON
+    /// on a runtime worker would stall every other connection on it.
+    pub(crate) async fn publish(self: &Arc<Self>, msg: &WireMessage) -> Result<(), PublishError> {
+        let seq = if costly(msg.payload()) {
+            let (ch, m) = (self.clone(), msg.clone());
+            tokio::task::spawn_blocking(move || ch.check_and_cache(&m))
+                .await
+                .map_err(|e| PublishError::Check(e.to_string()))??
+        } else {
+            self.check_and_cache(msg)?
+        };
+        self.fan_out(msg, seq).await;
+        Ok(())
+    }
+
+    /// Validates a source message and folds it into the cached state;
+    /// returns its channel sequence.
+    fn check_and_cache(&self, msg: &WireMessage) -> Result<u64, PublishError> {
+        let h = protocol::validate_source_message(msg.payload())?;
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
-        self.cache_frame(h, msg, seq)?;
+        self.cache_frame(&h, msg, seq)?;
+        Ok(seq)
+    }
+
+    /// Hands a checked message of channel sequence `seq` to every receiver.
+    async fn fan_out(self: &Arc<Self>, msg: &WireMessage, seq: u64) {
         fence(Ordering::SeqCst);
         let len = msg.payload().len() as u64;
         self.traffic.frames_in.inc();
@@ -90,7 +143,6 @@ impl Channel {
                 }
             }
         }
-        Ok(())
     }
 
     /// Folds a frame into the cached state and charges the state's growth

@@ -21,8 +21,9 @@
 //! The queue's own memory (small frames it copied or holds, and the cost of
 //! each queued chunk) is charged to the relay's memory budget; large frames
 //! carry their own charge. When the budget is nearly used (see
-//! [`crate::relay::budget`]), a receiver with anything queued is skipped
-//! forward instead of queueing more.
+//! [`crate::relay::budget`]), a receiver holding more than one frame queued
+//! is skipped forward instead of queueing more (one still writing the
+//! previous frame is not behind, and frees nothing by being skipped).
 
 mod queue;
 
@@ -107,10 +108,10 @@ impl Egress {
         }
     }
 
-    /// True when the relay is so short of memory that a peer with data
-    /// queued must not queue more.
-    fn backlog_refused(&self, q: &Queue) -> bool {
-        !q.is_empty() && self.memory.level() == Level::NoBacklog
+    /// True when the relay is so short of memory that a peer holding more
+    /// than `allowed` bytes queued must not queue more.
+    fn backlog_refused(&self, q: &Queue, allowed: usize) -> bool {
+        q.queued() > allowed && self.memory.level() == Level::NoBacklog
     }
 
     /// Marks the peer as awaiting a catch-up: live frames are dropped until
@@ -133,7 +134,9 @@ impl Egress {
     pub(crate) fn send_live(&self, frame: &Bytes, seq: u64) -> Outcome {
         let mut q = self.lock();
         let verdict = match q.offer_live(frame.len(), seq) {
-            Verdict::Accept if self.backlog_refused(&q) => {
+            // A receiver still writing the previous frame is not behind; one
+            // holding more than a frame of this size is.
+            Verdict::Accept if self.backlog_refused(&q, frame.len()) => {
                 q.skip_forward();
                 self.memory.shed();
                 Verdict::Overflow
@@ -157,7 +160,7 @@ impl Egress {
     pub(crate) fn send(&self, frame: &Bytes) -> Outcome {
         let mut q = self.lock();
         match q.offer(frame.len()) {
-            Verdict::Accept if self.backlog_refused(&q) => {
+            Verdict::Accept if self.backlog_refused(&q, 0) => {
                 self.memory.shed();
                 Outcome::NotSent
             }

@@ -265,12 +265,8 @@ impl Session {
 
     /// Validates, caches and fans out one source message; false if it was refused.
     async fn publish(&self, m: &WireMessage) -> bool {
-        let refused = match protocol::validate_source_message(m.payload()) {
-            Ok(h) => match self.channel.publish(&h, m).await {
-                Ok(()) => return true,
-                Err(e) => e.to_string(),
-            },
-            Err(e) => e.to_string(),
+        let Err(refused) = self.channel.publish(m).await else {
+            return true;
         };
         self.channel.traffic.invalid.inc();
         tracing::debug!(channel = %self.channel.name, %refused, "source message refused");
