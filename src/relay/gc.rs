@@ -69,7 +69,7 @@ mod tests {
 
     #[test]
     fn removes_only_idle_channels_past_grace() {
-        let relay = Relay::new(Config::parse_from(["x", "--grace-ms", "100"]));
+        let relay = Relay::new(Config::parse_from(["x", "--grace-ms", "100"])).unwrap();
         let busy = relay
             .attach("busy", std::net::IpAddr::from([127, 0, 0, 1]))
             .unwrap();
@@ -98,7 +98,7 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            let relay = Relay::new(Config::parse_from(["x", "--grace-ms", "20"]));
+            let relay = Relay::new(Config::parse_from(["x", "--grace-ms", "20"])).unwrap();
             let ch = relay
                 .attach("kept", std::net::IpAddr::from([127, 0, 0, 1]))
                 .unwrap();
@@ -117,7 +117,7 @@ mod tests {
             });
             assert!(ch.claim_source(&peer));
             let msg = protocol::pixels_keyframe(0, 0, 1, 1, &[1, 2, 3, 4]);
-            ch.publish(&WireMessage::encode(ws::OP_BINARY, &msg))
+            ch.publish(&WireMessage::encode(ws::OP_BINARY, &msg), &relay.bulk)
                 .await
                 .unwrap();
             assert!(ch.cached_bytes() > 0);
@@ -136,7 +136,7 @@ mod tests {
 
     #[test]
     fn keeps_channels_within_grace() {
-        let relay = Relay::new(Config::parse_from(["x", "--grace-ms", "60000"]));
+        let relay = Relay::new(Config::parse_from(["x", "--grace-ms", "60000"])).unwrap();
         let t = now_ms();
         relay
             .attach("a", std::net::IpAddr::from([127, 0, 0, 1]))

@@ -9,9 +9,17 @@
 //! take it, the peer is closed with 1013 (try again later) and nothing is
 //! allocated. Once complete, a message of [`LARGE`] bytes or more carries
 //! its own charge (see [`charged`]) until its last reference is dropped.
+//!
+//! The rest of a message of [`BULK_FROM`] bytes or more is read on the
+//! [bulk lane](crate::relay::bulk) at a lower OS priority: the reader moves
+//! there with the socket and comes back with the message. The session
+//! awaits that task's handle, which it keeps across cancellations.
 
 use std::io;
 use std::sync::Arc;
+
+use tokio::runtime::Handle;
+use tokio::task::JoinHandle;
 
 use bitstream_wire::reader::{Incoming, MessageReader, ReadError, WireMessage};
 use bitstream_wire::ws;
@@ -20,6 +28,7 @@ use thiserror::Error;
 use tokio::net::TcpStream;
 
 use crate::relay::budget::{charged, Budget, Level, LARGE};
+use crate::relay::bulk::BULK_FROM;
 
 /// Why reading from a peer stopped.
 #[derive(Debug, Error)]
@@ -39,13 +48,16 @@ pub(crate) enum RecvError {
         /// Bytes the reader needed to hold.
         size: usize,
     },
+    /// The bulk lane's read task failed (a bug; the peer is dropped).
+    #[error("bulk read failed: {0}")]
+    Bulk(String),
 }
 
 impl RecvError {
     /// The close code to send the peer, if the connection is still usable.
     pub(crate) fn close_code(&self) -> Option<u16> {
         match self {
-            RecvError::Io(_) | RecvError::Eof => None,
+            RecvError::Io(_) | RecvError::Eof | RecvError::Bulk(_) => None,
             RecvError::Read(e) => Some(e.close_code()),
             RecvError::OverBudget { .. } => Some(ws::CLOSE_TRY_AGAIN),
         }
@@ -61,27 +73,40 @@ impl RecvError {
 /// seen within tens of milliseconds while several peers upload at once.
 const TURN_BYTES: usize = 256 * 1024;
 
+/// What a bulk read hands back: the reader, and the message or the error.
+type BulkRead = (MessageReader, Result<Incoming, RecvError>);
+
 /// A peer's reader and what it is charged. See the module docs.
 pub(crate) struct Ingress {
+    /// The reader; a placeholder while it is away on the bulk lane.
     reader: MessageReader,
     memory: Arc<Budget>,
     /// What the reader's large buffers are charged now.
     charged: usize,
+    /// The bulk lane, and the read it is doing for this peer, if any.
+    bulk: Handle,
+    away: Option<JoinHandle<BulkRead>>,
 }
 
 impl Drop for Ingress {
     fn drop(&mut self) {
+        if let Some(task) = self.away.take() {
+            task.abort();
+        }
         self.memory.release(self.charged);
     }
 }
 
 impl Ingress {
-    /// Reads through `reader`, charging `memory`.
-    pub(crate) fn new(reader: MessageReader, memory: Arc<Budget>) -> Self {
+    /// Reads through `reader`, charging `memory`, large messages on the
+    /// `bulk` lane.
+    pub(crate) fn new(reader: MessageReader, memory: Arc<Budget>, bulk: Handle) -> Self {
         Self {
             reader,
             memory,
             charged: 0,
+            bulk,
+            away: None,
         }
     }
 
@@ -93,29 +118,38 @@ impl Ingress {
 
     /// Drops whatever is buffered and its charge (the connection is closing).
     pub(crate) fn discard(&mut self) {
+        if let Some(task) = self.away.take() {
+            task.abort();
+        }
         self.reader.discard();
         self.memory.release(std::mem::take(&mut self.charged));
     }
 
     /// Reads until one message (or control frame) is complete.
-    pub(crate) async fn next(&mut self, stream: &TcpStream) -> Result<Incoming, RecvError> {
+    pub(crate) async fn next(&mut self, stream: &Arc<TcpStream>) -> Result<Incoming, RecvError> {
         let mut since_yield = 0;
         loop {
+            if let Some(task) = self.away.as_mut() {
+                let back = task.await;
+                self.away = None;
+                let (reader, msg) = back.map_err(|e| RecvError::Bulk(e.to_string()))?;
+                self.reader = reader;
+                return Ok(self.charge_message(msg?));
+            }
             if let Some(msg) = self.reader.parse()? {
                 return Ok(self.charge_message(msg));
             }
             self.charge_buffers()?;
-            if since_yield >= TURN_BYTES {
-                since_yield = 0;
-                tokio::task::yield_now().await;
+            if self.reader.reading() >= BULK_FROM {
+                let mut reader = std::mem::replace(&mut self.reader, placeholder());
+                let stream = stream.clone();
+                self.away = Some(self.bulk.spawn(async move {
+                    let msg = read_message(&mut reader, &stream).await;
+                    (reader, msg)
+                }));
+                continue;
             }
-            stream.readable().await?;
-            match stream.try_read_buf(&mut self.reader.read_buf().limit(TURN_BYTES)) {
-                Ok(0) => return Err(RecvError::Eof),
-                Ok(n) => since_yield += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e.into()),
-            }
+            read_turn(&mut self.reader, stream, &mut since_yield).await?;
         }
     }
 
@@ -155,5 +189,48 @@ impl Ingress {
             Incoming::Text(m) => Incoming::Text(charge(m)),
             other => other,
         }
+    }
+}
+
+/// An empty reader standing in for one away on the bulk lane.
+fn placeholder() -> MessageReader {
+    MessageReader::new(ws::Side::Server, 0, 0, &[])
+}
+
+/// Reads until `reader` has a message (on the bulk lane: its charge was
+/// taken when the head arrived).
+async fn read_message(
+    reader: &mut MessageReader,
+    stream: &TcpStream,
+) -> Result<Incoming, RecvError> {
+    let mut since_yield = 0;
+    loop {
+        if let Some(msg) = reader.parse()? {
+            return Ok(msg);
+        }
+        read_turn(reader, stream, &mut since_yield).await?;
+    }
+}
+
+/// One read of at most [`TURN_BYTES`], after giving the worker back if
+/// this turn already read that much.
+async fn read_turn(
+    reader: &mut MessageReader,
+    stream: &TcpStream,
+    since_yield: &mut usize,
+) -> Result<(), RecvError> {
+    if *since_yield >= TURN_BYTES {
+        *since_yield = 0;
+        tokio::task::yield_now().await;
+    }
+    stream.readable().await?;
+    match stream.try_read_buf(&mut reader.read_buf().limit(TURN_BYTES)) {
+        Ok(0) => Err(RecvError::Eof),
+        Ok(n) => {
+            *since_yield += n;
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }

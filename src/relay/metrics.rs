@@ -231,7 +231,7 @@ mod tests {
 
     #[test]
     fn renders_counters_and_channels() {
-        let relay = Relay::new(Config::parse_from(["x"]));
+        let relay = Relay::new(Config::parse_from(["x"])).unwrap();
         let ch = relay
             .attach("cam", std::net::IpAddr::from([127, 0, 0, 1]))
             .unwrap();

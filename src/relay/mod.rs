@@ -14,6 +14,7 @@
 
 pub(crate) mod admission;
 pub(crate) mod budget;
+pub(crate) mod bulk;
 pub(crate) mod cache;
 pub(crate) mod channel;
 pub(crate) mod clock;

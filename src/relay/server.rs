@@ -35,7 +35,7 @@ impl Server {
         let listener = socket.listen(config.listen_backlog)?;
         let local_addr = listener.local_addr()?;
         Ok(Self {
-            relay: Relay::new(config),
+            relay: Relay::new(config)?,
             local_addr,
             listener,
         })

@@ -1,6 +1,7 @@
 //! The relay's shared state: the sharded channel map, limits, counters and
 //! the shutdown signal. Every connection task holds an `Arc<Relay>`.
 
+use std::io;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -9,6 +10,7 @@ use dashmap::DashMap;
 use tokio::sync::watch;
 
 use crate::relay::budget::Budgets;
+use crate::relay::bulk::Bulk;
 use crate::relay::channel::{Channel, Fanout};
 use crate::relay::clock::now_ms;
 use crate::relay::config::Config;
@@ -20,6 +22,8 @@ use crate::relay::stats::{Connections, Refusal, Traffic, TrafficSnapshot};
 pub struct Relay {
     /// Configuration in force.
     pub(crate) config: Config,
+    /// The low-priority lane for large uploads and costly checks.
+    pub(crate) bulk: Bulk,
     /// Channels by name, sharded.
     pub(crate) channels: DashMap<Arc<str>, Arc<Channel>>,
     /// Connection counters.
@@ -112,10 +116,12 @@ impl ChannelSummary {
 }
 
 impl Relay {
-    /// A relay with no channels.
-    pub(crate) fn new(config: Config) -> Arc<Self> {
+    /// A relay with no channels (fails if its bulk lane's thread cannot
+    /// start).
+    pub(crate) fn new(config: Config) -> io::Result<Arc<Self>> {
         let (shutdown, _) = watch::channel(false);
-        Arc::new(Self {
+        Ok(Arc::new(Self {
+            bulk: Bulk::start()?,
             budgets: Budgets::new(config.max_memory, config.max_cache_memory),
             config,
             channels: DashMap::new(),
@@ -130,7 +136,7 @@ impl Relay {
             draining: AtomicBool::new(false),
             shutdown,
             started_ms: now_ms(),
-        })
+        }))
     }
 
     /// A fresh peer id.
@@ -387,7 +393,7 @@ mod tests {
         assert_ne!(ip_key(a), ip_key(other));
         let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
         assert_eq!(ip_key(mapped), "10.0.0.1".parse::<IpAddr>().unwrap());
-        let relay = Relay::new(Config::parse_from(["x", "--max-connections-per-ip", "2"]));
+        let relay = Relay::new(Config::parse_from(["x", "--max-connections-per-ip", "2"])).unwrap();
         assert!(relay.admit_ip(a) && relay.admit_ip(b));
         assert!(!relay.admit_ip("2001:db8:1:2::77".parse().unwrap()));
         assert!(relay.admit_ip(other));
@@ -397,7 +403,7 @@ mod tests {
 
     #[test]
     fn one_address_creates_at_most_its_share_of_channels() {
-        let relay = Relay::new(Config::parse_from(["x", "--max-channels-per-ip", "2"]));
+        let relay = Relay::new(Config::parse_from(["x", "--max-channels-per-ip", "2"])).unwrap();
         let me = IpAddr::from([10, 0, 0, 1]);
         let other = IpAddr::from([10, 0, 0, 2]);
         let a = relay.attach("a", me).unwrap();
@@ -424,7 +430,7 @@ mod tests {
 
     #[test]
     fn a_channel_that_never_had_a_source_goes_when_its_last_member_leaves() {
-        let relay = Relay::new(Config::default());
+        let relay = Relay::new(Config::default()).unwrap();
         let ip = IpAddr::from([127, 0, 0, 1]);
         let a = relay.attach("a", ip).unwrap();
         let a2 = relay.attach("a", ip).unwrap();

@@ -190,10 +190,20 @@ impl MessageReader {
     /// after [`MessageReader::parse`] returns `None` and before
     /// [`MessageReader::read_buf`].
     pub fn held(&self) -> usize {
-        let reading = if self.need > self.chunk { self.need } else { 0 };
+        let reading = self.reading();
         let partial = self.partial.as_ref().map_or(0, |p| p.buf.capacity());
         let spares: usize = self.spares.iter().map(|(_, n)| n).sum();
         reading + partial + spares
+    }
+
+    /// The size of the frame being read when it is larger than a read
+    /// chunk (known from its head, before it has arrived), else 0.
+    pub fn reading(&self) -> usize {
+        if self.need > self.chunk {
+            self.need
+        } else {
+            0
+        }
     }
 
     /// Frees the retired buffers kept for reuse (to save memory; later

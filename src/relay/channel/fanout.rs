@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 
 use super::{lock, Channel};
 use crate::relay::budget::Level;
+use crate::relay::bulk::Bulk;
 use crate::relay::cache::CacheError;
 use crate::relay::egress::Outcome;
 
@@ -51,7 +52,7 @@ pub(super) struct Job {
 const SHARD_QUEUE: usize = 64;
 
 /// Source messages of these types from this size up are checked and cached
-/// on a blocking thread (see [`Channel::publish`]).
+/// on the bulk lane (see [`Channel::publish`]).
 const OFFLOAD_FROM: usize = 256 * 1024;
 
 /// Why a source message was refused (neither cached nor forwarded).
@@ -86,13 +87,18 @@ impl Channel {
     /// then hands it to every receiver, in order, the same `Bytes` to each.
     /// On error the message is neither cached nor forwarded.
     ///
-    /// A costly message is checked on a blocking thread (the source's task
-    /// waits for it, so order holds): tens of milliseconds of ZRLE or JSON
-    /// on a runtime worker would stall every other connection on it.
-    pub(crate) async fn publish(self: &Arc<Self>, msg: &WireMessage) -> Result<(), PublishError> {
+    /// A costly message is checked on the `bulk` lane's blocking threads
+    /// (the source's task waits for it, so order holds): tens of
+    /// milliseconds of ZRLE or JSON on a runtime worker would stall every
+    /// other connection on it.
+    pub(crate) async fn publish(
+        self: &Arc<Self>,
+        msg: &WireMessage,
+        bulk: &Bulk,
+    ) -> Result<(), PublishError> {
         let seq = if costly(msg.payload()) {
             let (ch, m) = (self.clone(), msg.clone());
-            tokio::task::spawn_blocking(move || ch.check_and_cache(&m))
+            bulk.spawn_blocking(move || ch.check_and_cache(&m))
                 .await
                 .map_err(|e| PublishError::Check(e.to_string()))??
         } else {

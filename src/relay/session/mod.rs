@@ -88,6 +88,7 @@ pub(crate) async fn run(
 ) {
     let now = Instant::now();
     let memory = relay.budgets.memory.clone();
+    let bulk = relay.bulk.handle().clone();
     let cfg = &relay.config;
     let mut s = Session {
         stream: peer.egress.stream().clone(),
@@ -104,7 +105,7 @@ pub(crate) async fn run(
         channel,
         peer,
         role,
-        reader: Ingress::new(reader, memory),
+        reader: Ingress::new(reader, memory, bulk),
     };
     let exit = s.serve().await;
     s.leave(exit).await;
@@ -265,7 +266,7 @@ impl Session {
 
     /// Validates, caches and fans out one source message; false if it was refused.
     async fn publish(&self, m: &WireMessage) -> bool {
-        let Err(refused) = self.channel.publish(m).await else {
+        let Err(refused) = self.channel.publish(m, &self.relay.bulk).await else {
             return true;
         };
         self.channel.traffic.invalid.inc();
