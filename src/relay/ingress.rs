@@ -23,7 +23,6 @@ use tokio::task::JoinHandle;
 
 use bitstream_wire::reader::{Incoming, MessageReader, ReadError, WireMessage};
 use bitstream_wire::ws;
-use bytes::BufMut;
 use thiserror::Error;
 use tokio::net::TcpStream;
 
@@ -64,14 +63,15 @@ impl RecvError {
     }
 }
 
-/// Bytes a connection reads at most in one turn (one read call) before it
-/// gives its worker back: a large message arriving at full speed (fresh
-/// pages, faulted in and zeroed as they are read, ~2.5 ns a byte here)
-/// must not keep other connections waiting. A turn stays well under a
-/// millisecond, so the runtime also polls for new socket events (every 61
-/// turns) often enough for a healthy peer's frame or a health check to be
-/// seen within tens of milliseconds while several peers upload at once.
-const TURN_BYTES: usize = 256 * 1024;
+/// Bytes a connection may read before it gives its worker back once, so a
+/// message arriving at full speed does not keep other connections waiting
+/// until it ends (messages of [`BULK_FROM`] and more are read on the bulk
+/// lane anyway). Not smaller: a yield sends the task behind every other
+/// busy task, so a source of 1 MB frames yielding every 256 KiB got a
+/// quarter of the turns it needs while peers flooded tiny messages
+/// (`loadtest hostile`, silent-pingers phase: healthy p99 600–900 ms
+/// against 23–73 ms with 1 MiB, alternating runs).
+const TURN_BYTES: usize = 1 << 20;
 
 /// What a bulk read hands back: the reader, and the message or the error.
 type BulkRead = (MessageReader, Result<Incoming, RecvError>);
@@ -224,7 +224,7 @@ async fn read_turn(
         tokio::task::yield_now().await;
     }
     stream.readable().await?;
-    match stream.try_read_buf(&mut reader.read_buf().limit(TURN_BYTES)) {
+    match stream.try_read_buf(reader.read_buf()) {
         Ok(0) => Err(RecvError::Eof),
         Ok(n) => {
             *since_yield += n;
