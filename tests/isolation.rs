@@ -553,3 +553,95 @@ async fn lagging_receivers_are_skipped_forward_when_memory_runs_short() {
     .await;
     watcher.abort();
 }
+
+/// Finding 4: a big keyframe, then rounds of unchanged deltas each followed
+/// by a joiner that never reads. Each round used to fold a fresh copy of
+/// the picture that its stalled joiner then pinned; now unchanged deltas
+/// are not cached, every joiner shares the one cached keyframe, and the
+/// relay's memory charge stays at about one picture.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_joiners_share_one_catch_up() {
+    const W: u16 = 1280;
+    const H: u16 = 720;
+    let kf_len = W as usize * H as usize * 4;
+    let t = start(&["--slow-timeout-ms", "60000"]).await;
+    let (peak, watcher) = watch_memory(&t);
+    let mut src = connect(&t.url("/source/big")).await;
+    let picture = noise(kf_len, 21);
+    src.send(&protocol::pixels_keyframe(0, 0, W, H, &picture))
+        .await
+        .unwrap();
+    let mut same = Vec::new();
+    bitstream_relay::codec::encode_delta(&picture, &picture, &mut same).unwrap();
+    let mut joiners = Vec::new();
+    for round in 0..6u16 {
+        for i in 0..512u16 {
+            src.send(&protocol::delta_pixels(round * 512 + i + 1, 0, W, H, &same))
+                .await
+                .unwrap();
+        }
+        joiners.push(stuck_receiver(&t, "/stream/big").await);
+        wait_receivers(&t, "big", joiners.len()).await;
+    }
+    eventually("every delta reached the relay", || {
+        t.relay
+            .channel("big")
+            .is_some_and(|c| c.traffic.frames_in == 1 + 6 * 512)
+    })
+    .await;
+    let ch = t.relay.channel("big").unwrap();
+    assert!(
+        ch.cached_bytes < kf_len + 4096,
+        "cached {}",
+        ch.cached_bytes
+    );
+    assert_eq!(ch.traffic.catchups, 6);
+    let peak = peak.load(Ordering::Relaxed);
+    // One picture cached and shared by the six joiners' queues, plus the
+    // source's read buffers kept for reuse (two pictures at most).
+    assert!(
+        peak <= 4 * (kf_len + 4096),
+        "peak charge {peak} for six stalled joiners of a {kf_len}-byte picture"
+    );
+    watcher.abort();
+    drop(joiners);
+}
+
+/// Finding 6: a `SignalSync` larger than `--max-signal-state` is refused
+/// from its size, before any JSON is parsed (the cache's unit tests show the
+/// order: oversized bytes that are not JSON at all get the size error); the
+/// channel's state is unchanged and nothing stays charged but the source's
+/// read buffers kept for reuse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_signal_sync_is_refused_before_parsing() {
+    let t = start(&["--max-signal-state", "100000"]).await;
+    let mut src = connect(&t.url("/source/s")).await;
+    src.send(&protocol::signal(false, 1, 0, br#"{"a":1}"#))
+        .await
+        .unwrap();
+    // 8 MiB of one flat object: parsing it would build ~700,000 entries.
+    let mut json = Vec::with_capacity(8 << 20);
+    json.push(b'{');
+    let mut k = 0;
+    while json.len() < (8 << 20) - 16 {
+        json.extend_from_slice(format!("\"k{k}\":{k},").as_bytes());
+        k += 1;
+    }
+    json.extend_from_slice(b"\"end\":0}");
+    src.send(&protocol::signal(false, 2, 0, &json))
+        .await
+        .unwrap();
+    eventually("the sync was refused", || {
+        t.relay.channel("s").is_some_and(|c| c.traffic.invalid == 1)
+    })
+    .await;
+    let mut rx = connect(&t.url("/stream/s")).await;
+    let m = within(rx.recv_binary()).await.unwrap();
+    assert_eq!(&m[protocol::HEADER_LEN..], br#"{"a":1}"#);
+    let s = t.relay.summary();
+    assert!(
+        s.memory_bytes <= 2 * (json.len() + 1024),
+        "charge {} after the refusal",
+        s.memory_bytes
+    );
+}

@@ -515,6 +515,12 @@ mod tests {
             br#"{"zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz":1}"#,
         ));
         assert!(w.apply(&h, &m, 3).is_err());
+        // Too large is found before parsing: these bytes are not JSON.
+        let (h, m) = wire(protocol::signal(false, 0, 0, &[b'x'; 33]));
+        assert!(matches!(
+            w.apply(&h, &m, 3),
+            Err(CacheError::SignalTooLarge { .. })
+        ));
         let (h, m) = wire(protocol::signal(true, 0, 0, b"[1]"));
         assert!(matches!(
             w.apply(&h, &m, 4),
