@@ -117,9 +117,13 @@ mod tests {
             });
             assert!(ch.claim_source(&peer));
             let msg = protocol::pixels_keyframe(0, 0, 1, 1, &[1, 2, 3, 4]);
-            ch.publish(&WireMessage::encode(ws::OP_BINARY, &msg), &relay.bulk)
-                .await
-                .unwrap();
+            ch.publish(
+                &WireMessage::encode(ws::OP_BINARY, &msg),
+                &relay.bulk,
+                false,
+            )
+            .await
+            .unwrap();
             assert!(ch.cached_bytes() > 0);
             // Source present, then just gone: kept within grace. (Made-up
             // times, well past the clock's start, where 0 means "never".)

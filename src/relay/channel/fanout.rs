@@ -7,6 +7,10 @@
 //! bounded queue. A receiver always stays in its shard and a shard's frames
 //! are handled by one task in order, so per-receiver order holds; the switch
 //! to workers is one-way for the same reason.
+//!
+//! Bursts are written once per receiver (see [`crate::relay::egress`]): the
+//! source's task defers while another whole frame is already buffered and
+//! flushes after the last; a shard worker defers while more jobs wait.
 
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
@@ -91,10 +95,14 @@ impl Channel {
     /// (the source's task waits for it, so order holds): tens of
     /// milliseconds of ZRLE or JSON on a runtime worker would stall every
     /// other connection on it.
+    ///
+    /// With `more` (another message is already buffered), receivers only
+    /// queue it; [`Channel::flush_deferred`] writes the burst.
     pub(crate) async fn publish(
         self: &Arc<Self>,
         msg: &WireMessage,
         bulk: &Bulk,
+        more: bool,
     ) -> Result<(), PublishError> {
         let seq = if costly(msg.payload()) {
             let (ch, m) = (self.clone(), msg.clone());
@@ -104,8 +112,28 @@ impl Channel {
         } else {
             self.check_and_cache(msg)?
         };
-        self.fan_out(msg, seq).await;
+        self.fan_out(msg, seq, more).await;
         Ok(())
+    }
+
+    /// Writes what earlier publishes deferred, to every receiver that has
+    /// some (after a burst; cheap when nothing was deferred).
+    pub(crate) fn flush_deferred(&self) {
+        if !self.deferred.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        for k in 0..self.receivers.len() {
+            self.flush_shard(k);
+        }
+    }
+
+    /// Flushes every receiver of shard `k`.
+    fn flush_shard(&self, k: usize) {
+        for block in self.receivers[k].load().iter() {
+            for r in block.iter() {
+                r.egress.flush();
+            }
+        }
     }
 
     /// Validates a source message and folds it into the cached state;
@@ -118,7 +146,7 @@ impl Channel {
     }
 
     /// Hands a checked message of channel sequence `seq` to every receiver.
-    async fn fan_out(self: &Arc<Self>, msg: &WireMessage, seq: u64) {
+    async fn fan_out(self: &Arc<Self>, msg: &WireMessage, seq: u64, more: bool) {
         fence(Ordering::SeqCst);
         let len = msg.payload().len() as u64;
         self.traffic.frames_in.inc();
@@ -141,13 +169,16 @@ impl Channel {
                     // A worker only ends with the channel, which we hold.
                     let _ = tx.send(job).await;
                 }
-                self.fan_shard(0, &msg.wire, seq, len);
+                self.fan_shard(0, &msg.wire, seq, len, more);
             }
             None => {
                 for k in 0..self.receivers.len() {
-                    self.fan_shard(k, &msg.wire, seq, len);
+                    self.fan_shard(k, &msg.wire, seq, len, more);
                 }
             }
+        }
+        if more {
+            self.deferred.store(true, Ordering::Relaxed);
         }
     }
 
@@ -178,14 +209,15 @@ impl Channel {
         Ok(())
     }
 
-    /// Hands a frame to every receiver of shard `k`.
-    fn fan_shard(&self, k: usize, frame: &Bytes, seq: u64, len: u64) {
+    /// Hands a frame to every receiver of shard `k` (only queued, with
+    /// `defer`).
+    fn fan_shard(&self, k: usize, frame: &Bytes, seq: u64, len: u64, defer: bool) {
         let blocks = self.receivers[k].load();
         let mut delivered = 0u64;
         for block in blocks.iter() {
             for r in block.iter() {
-                match r.egress.send_live(frame, seq) {
-                    Outcome::Sent => delivered += 1,
+                match r.egress.send_live(frame, seq, defer) {
+                    Outcome::Sent | Outcome::Deferred => delivered += 1,
                     Outcome::Queued => {
                         delivered += 1;
                         self.traffic.queued.inc();
@@ -211,7 +243,11 @@ impl Channel {
                     tokio::spawn(async move {
                         while let Some(job) = rx.recv().await {
                             let Some(ch) = weak.upgrade() else { return };
-                            ch.fan_shard(k, &job.frame, job.seq, job.len);
+                            let more = !rx.is_empty();
+                            ch.fan_shard(k, &job.frame, job.seq, job.len, more);
+                            if !more {
+                                ch.flush_shard(k);
+                            }
                         }
                     });
                     tx

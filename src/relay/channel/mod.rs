@@ -24,7 +24,7 @@ mod roster;
 mod routing;
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -63,6 +63,9 @@ pub(crate) struct Channel {
     source: ArcSwapOption<Peer>,
     membership: Mutex<()>,
     seq: AtomicU64,
+    /// Some receivers hold frames the source's task deferred (see
+    /// [`Channel::flush_deferred`]).
+    deferred: AtomicBool,
     /// Connections attached or attaching (the GC removes a channel only at 0).
     members: AtomicUsize,
     /// Last time a member left or the source left (ms on the relay clock).
@@ -108,6 +111,7 @@ impl Channel {
             source: ArcSwapOption::empty(),
             membership: Mutex::new(()),
             seq: AtomicU64::new(0),
+            deferred: AtomicBool::new(false),
             members: AtomicUsize::new(0),
             last_left_ms: AtomicU64::new(now),
             source_left_ms: AtomicU64::new(0),

@@ -18,6 +18,14 @@
 //! it the channel's current catch-up state. Frames already covered by that
 //! catch-up (sequence ≤ the catch-up's) are not sent twice.
 //!
+//! When frames arrive faster than they can be written one by one (a source
+//! that already has the next frame buffered, a shard worker with more jobs
+//! waiting), the fan-out *defers*: it queues the frame without writing and
+//! [`Egress::flush`]es every receiver once the burst is queued, so each
+//! receiver gets the whole burst in one `writev`. A relay that keeps up
+//! never defers (bursts of one); one that falls behind spends one syscall
+//! per receiver per burst instead of one per frame.
+//!
 //! The queue's own memory (small frames it copied or holds, and the cost of
 //! each queued chunk) is charged to the relay's memory budget; large frames
 //! carry their own charge. When the budget is nearly used (see
@@ -50,6 +58,8 @@ pub(crate) enum Outcome {
     Sent,
     /// Queued (in part or whole) behind earlier data.
     Queued,
+    /// Queued to be written by the next [`Egress::flush`].
+    Deferred,
     /// Not sent: covered by the peer's catch-up, awaiting one, queue full
     /// (outside the live stream), or the peer is closed.
     NotSent,
@@ -130,8 +140,9 @@ impl Egress {
         self.wake.notified().await
     }
 
-    /// Hands a live frame of channel sequence `seq` to this receiver.
-    pub(crate) fn send_live(&self, frame: &Bytes, seq: u64) -> Outcome {
+    /// Hands a live frame of channel sequence `seq` to this receiver; with
+    /// `defer`, only queues it for the next [`Egress::flush`].
+    pub(crate) fn send_live(&self, frame: &Bytes, seq: u64, defer: bool) -> Outcome {
         let mut q = self.lock();
         let verdict = match q.offer_live(frame.len(), seq) {
             // A receiver still writing the previous frame is not behind; one
@@ -144,6 +155,11 @@ impl Egress {
             v => v,
         };
         match verdict {
+            Verdict::Accept if defer => {
+                q.push_shared(frame);
+                self.settle(&mut q);
+                Outcome::Deferred
+            }
             Verdict::Accept => self.write_or_queue(q, frame),
             Verdict::Overflow => {
                 self.settle(&mut q);
@@ -210,6 +226,18 @@ impl Egress {
         if resynced && was_empty && !frames.is_empty() {
             drop(q);
             self.wake.notify_one();
+        }
+    }
+
+    /// Writes what deferred sends queued, as far as the socket takes it,
+    /// and leaves the rest to the peer's task.
+    pub(crate) fn flush(&self) {
+        if self.lock().is_empty() {
+            return;
+        }
+        match self.drain() {
+            Drain::Empty | Drain::Closed => {}
+            Drain::Pending | Drain::NeedsResync => self.wake.notify_one(),
         }
     }
 

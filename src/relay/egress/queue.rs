@@ -214,6 +214,23 @@ impl Queue {
         self.chunks.push_back(chunk);
     }
 
+    /// Queues a whole live frame that every receiver shares, without
+    /// copying it even when small: deferred frames are written at the end of
+    /// their burst, and consecutive small frames of one source share its
+    /// read buffer, so they pin about their own size (a copy per receiver
+    /// would cost an allocation and a copy per receiver per frame).
+    pub(crate) fn push_shared(&mut self, frame: &Bytes) {
+        if self.chunks.is_empty() {
+            self.front = Front::Untouched;
+        }
+        let chunk = Chunk {
+            bytes: frame.clone(),
+            small: frame.len() < LARGE,
+        };
+        self.count_in(&chunk);
+        self.chunks.push_back(chunk);
+    }
+
     /// Marks the peer as awaiting a catch-up (a joiner, before it is listed).
     pub(crate) fn await_resync(&mut self) {
         if self.phase == Phase::Live {
@@ -392,6 +409,21 @@ mod tests {
         };
         assert!(!inside(chunks[0]), "a 10-byte chunk must not pin 100 kB");
         assert!(inside(chunks[1]), "a large chunk is shared, not copied");
+    }
+
+    #[test]
+    fn deferred_frames_are_shared_not_copied_and_charged_like_the_rest() {
+        let burst = Bytes::from(vec![4u8; 3000]);
+        let mut q = Queue::new(1 << 20);
+        q.push_shared(&burst.slice(0..1000));
+        q.push_shared(&burst.slice(1000..3000));
+        let ptrs: Vec<*const u8> = q.chunks().map(|c| c.as_ptr()).collect();
+        assert_eq!(ptrs, vec![burst.as_ptr(), burst[1000..].as_ptr()]);
+        assert_eq!(q.queued(), cost(1000) + cost(2000));
+        assert_eq!(q.own, cost(1000) + cost(2000));
+        q.consume(1500);
+        assert_eq!(contents(&q), vec![4u8; 1500]);
+        assert_eq!(q.own, cost(1500));
     }
 
     #[test]

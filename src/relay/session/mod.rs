@@ -126,6 +126,10 @@ impl Session {
             let step = tokio::select! {
                 ev = self.reader.next(&self.stream), if may_read => {
                     let step = self.on_read(ev).await;
+                    if self.role == Role::Source && !self.reader.frame_ready() {
+                        // The burst is over: write what it deferred.
+                        self.channel.flush_deferred();
+                    }
                     // A message parsed from bytes already read awaits nothing,
                     // so it spends no cooperative budget: without this, a peer
                     // whose bytes keep coming could hold the worker.
@@ -266,7 +270,8 @@ impl Session {
 
     /// Validates, caches and fans out one source message; false if it was refused.
     async fn publish(&self, m: &WireMessage) -> bool {
-        let Err(refused) = self.channel.publish(m, &self.relay.bulk).await else {
+        let more = self.reader.frame_ready();
+        let Err(refused) = self.channel.publish(m, &self.relay.bulk, more).await else {
             return true;
         };
         self.channel.traffic.invalid.inc();
@@ -388,7 +393,10 @@ impl Session {
     /// Unregisters the peer and closes the connection as `exit` calls for.
     async fn leave(mut self, exit: Exit) {
         match self.role {
-            Role::Source => self.channel.release_source(&self.peer, now_ms()),
+            Role::Source => {
+                self.channel.flush_deferred();
+                self.channel.release_source(&self.peer, now_ms());
+            }
             Role::Receiver => self.channel.remove_receiver(&self.peer),
             Role::Signal => self.channel.remove_signal_peer(&self.peer),
             Role::Echo => {}
