@@ -123,8 +123,11 @@ pub struct Config {
     #[arg(long, env = "RELAY_SLOW_TIMEOUT_MS", default_value_t = 15_000)]
     pub slow_timeout_ms: u64,
     /// A receiver skipped forward more than this many times within
-    /// `--slow-window-ms` is closed with 3008.
-    #[arg(long, env = "RELAY_SLOW_MAX_SKIPS", default_value_t = 8)]
+    /// `--slow-window-ms` is closed with 3008; 0 (the default) never closes
+    /// a receiver for being skipped: one slower than the stream keeps
+    /// getting the latest state at the rate it can take, and only one that
+    /// makes no progress at all for `--slow-timeout-ms` is closed.
+    #[arg(long, env = "RELAY_SLOW_MAX_SKIPS", default_value_t = 0)]
     pub slow_max_skips: usize,
     /// The window for `--slow-max-skips`, in milliseconds.
     #[arg(long, env = "RELAY_SLOW_WINDOW_MS", default_value_t = 60_000)]

@@ -324,15 +324,18 @@ impl Session {
             Drain::NeedsResync => {
                 let now = Instant::now();
                 let window = self.relay.config.slow_window();
+                let max_skips = self.relay.config.slow_max_skips;
                 let skips = &mut self.lag.skips;
-                skips.push_back(now);
+                if max_skips > 0 {
+                    skips.push_back(now);
+                }
                 while skips
                     .front()
                     .is_some_and(|t| now.duration_since(*t) > window)
                 {
                     skips.pop_front();
                 }
-                if skips.len() > self.relay.config.slow_max_skips {
+                if max_skips > 0 && skips.len() > max_skips {
                     self.channel.traffic.slow_closes.inc();
                     return Step::Break(Exit::Closed(
                         CLOSE_SLOW,
