@@ -87,7 +87,11 @@ async fn serve(relay: &Arc<Relay>, stream: &Arc<TcpStream>) -> Result<(), Refuse
             "relay shutting down",
         ));
     }
-    let key = websocket_key(&req)?;
+    // Only what the session needs outlives the handshake: the request head
+    // is dropped before the session runs (it would otherwise stay with
+    // every connection for its whole life).
+    let key = websocket_key(&req)?.to_owned();
+    drop(req);
     let (name, wanted) = match &route {
         Route::Source(n) => (n.as_str(), Some(Role::Source)),
         Route::Receiver(n) => (n.as_str(), Some(Role::Receiver)),
@@ -103,14 +107,16 @@ async fn serve(relay: &Arc<Relay>, stream: &Arc<TcpStream>) -> Result<(), Refuse
                 Fanout::SINGLE,
                 now_ms(),
             ));
-            return join(relay, &channel, stream, Some(Role::Echo), key, &rest).await;
+            return join(relay, &channel, stream, Some(Role::Echo), &key, rest).await;
         }
         Route::Other(_) => return Err(Refused::new(Refusal::BadRequest, 404, "no such endpoint")),
     };
     let ip = stream
         .peer_addr()
         .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
-    let channel = relay.attach(name, ip).map_err(|why| {
+    let attached = relay.attach(name, ip);
+    drop(route);
+    let channel = attached.map_err(|why| {
         let text = match why {
             Refusal::ChannelsPerIpLimit => "channel limit for your address reached",
             _ => "channel limit reached",
@@ -121,7 +127,7 @@ async fn serve(relay: &Arc<Relay>, stream: &Arc<TcpStream>) -> Result<(), Refuse
         relay: relay.clone(),
         channel,
     };
-    join(relay, &attached.channel, stream, wanted, key, &rest).await
+    join(relay, &attached.channel, stream, wanted, &key, rest).await
 }
 
 /// Detaches from the channel however the connection ends (a panic in the
@@ -182,7 +188,7 @@ async fn join(
     stream: &Arc<TcpStream>,
     wanted: Option<Role>,
     key: &str,
-    rest: &[u8],
+    rest: Vec<u8>,
 ) -> Result<(), Refused> {
     let cfg = &relay.config;
     let peer = Arc::new(Peer {
@@ -239,7 +245,8 @@ async fn join(
         Role::Signal => (cfg.max_signal_message, 2048),
         Role::Echo => (cfg.max_message, 64 * 1024),
     };
-    let reader = MessageReader::new(ws::Side::Server, max_message, chunk, rest);
+    let reader = MessageReader::new(ws::Side::Server, max_message, chunk, &rest);
+    drop(rest);
     let gauge = match role {
         Role::Source => &relay.connections.sources,
         Role::Receiver => &relay.connections.receivers,

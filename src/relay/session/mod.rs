@@ -108,7 +108,10 @@ pub(crate) async fn run(
         reader: Ingress::new(reader, memory, bulk),
     };
     let exit = s.serve().await;
-    s.leave(exit).await;
+    // Boxed: the goodbye (a close frame, a linger) is the largest state of
+    // a session's future and is needed once, at the end; inline it would
+    // be part of every idle connection's memory.
+    Box::pin(s.leave(exit)).await;
 }
 
 impl Session {
@@ -271,7 +274,10 @@ impl Session {
     /// Validates, caches and fans out one source message; false if it was refused.
     async fn publish(&self, m: &WireMessage) -> bool {
         let more = self.reader.frame_ready();
-        let Err(refused) = self.channel.publish(m, &self.relay.bulk, more).await else {
+        // Boxed: only sources publish, and every receiver's future would
+        // otherwise have room for this state.
+        let publish = Box::pin(self.channel.publish(m, &self.relay.bulk, more));
+        let Err(refused) = publish.await else {
             return true;
         };
         self.channel.traffic.invalid.inc();
