@@ -3,19 +3,23 @@
 #   flamegraphs/record.sh SCENARIO NAME [loadtest flags...]
 # The relay runs pinned to core 0 under `perf record -e cpu-clock -g`, the
 # load driver pinned to core 1; the SVG lands in flamegraphs/NAME.svg.
+# RELAY_BIN=path records another build of the relay (e.g. an older commit's,
+# for a before/after pair); the default is this tree's release build.
 # Needs: perf (Debian linux-perf), inferno (cargo install inferno).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scenario=$1; name=$2; shift 2
 port=${PORT:-9190}
-cargo build --release --bin bitstream-relay >/dev/null && cargo build --release -p loadtest >/dev/null
+relay_bin=${RELAY_BIN:-target/release/bitstream-relay}
+if [ -z "${RELAY_BIN:-}" ]; then cargo build --release --bin bitstream-relay >/dev/null; fi
+cargo build --release -p loadtest >/dev/null
 tmp=$(mktemp -d)
 taskset -c 0 perf record -e cpu-clock -F 999 -g -o "$tmp/perf.data" -- \
-    target/release/bitstream-relay --addr 127.0.0.1:$port --max-receivers 100000 \
+    "$relay_bin" --addr 127.0.0.1:$port --max-receivers 100000 \
     --max-connections-per-ip 100000 --stats-interval-ms 0 2>"$tmp/relay.log" &
 perf_pid=$!
 sleep 1
-relay_pid=$(pgrep -f "^target/release/bitstream-relay --addr 127.0.0.1:$port" | head -1)
+relay_pid=$(pgrep -f "^$relay_bin --addr 127.0.0.1:$port" | head -1)
 taskset -c 1 target/release/loadtest "$scenario" --out target/loadtest/flame --url ws://127.0.0.1:$port --relay-pid "$relay_pid" "$@"
 kill -INT "$relay_pid"
 wait "$perf_pid" || true
