@@ -101,24 +101,47 @@ impl Client {
     /// Connects and completes the handshake; `max_message` bounds what it
     /// will receive.
     pub async fn connect(url: &str, max_message: usize) -> Result<Self, ClientError> {
+        Self::connect_with_headers(url, &[], max_message).await
+    }
+
+    /// [`Client::connect`] sending extra request headers, e.g.
+    /// `("Authorization", "Bearer <token>")` or `("Origin", "https://…")`.
+    pub async fn connect_with_headers(
+        url: &str,
+        headers: &[(&str, &str)],
+        max_message: usize,
+    ) -> Result<Self, ClientError> {
         let (host, path) = parse_url(url)?;
         let stream = TcpStream::connect(&host).await?;
         stream.set_nodelay(true)?;
-        Self::handshake(stream, &host, &path, max_message).await
+        Self::handshake_with_headers(stream, &host, &path, headers, max_message).await
     }
 
     /// Completes the client handshake for `path` on an already connected
     /// socket (e.g. one with a small receive buffer, for tests).
     pub async fn handshake(
+        stream: TcpStream,
+        host: &str,
+        path: &str,
+        max_message: usize,
+    ) -> Result<Self, ClientError> {
+        Self::handshake_with_headers(stream, host, path, &[], max_message).await
+    }
+
+    /// [`Client::handshake`] sending extra request headers.
+    pub async fn handshake_with_headers(
         mut stream: TcpStream,
         host: &str,
         path: &str,
+        headers: &[(&str, &str)],
         max_message: usize,
     ) -> Result<Self, ClientError> {
         let seed = seed_for(&stream);
         let key = handshake::client_key(seed);
         stream
-            .write_all(&handshake::client_request(host, path, &key))
+            .write_all(&handshake::client_request_with_headers(
+                host, path, &key, headers,
+            ))
             .await?;
         let (resp, mut buf) = read_response(&mut stream, &key).await?;
         if resp.status != 101 {
