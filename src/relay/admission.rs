@@ -3,7 +3,7 @@
 //! and a WebSocket peer admitted to its channel in its role, or refused with
 //! a clear HTTP status.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +12,9 @@ use bitstream_wire::reader::{MessageReader, WireMessage};
 use bitstream_wire::ws;
 use bytes::Bytes;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
+use crate::relay::auth::{self, Denied, Grant};
 use crate::relay::channel::{Channel, Fanout};
 use crate::relay::clock::now_ms;
 use crate::relay::egress::Egress;
@@ -46,10 +48,18 @@ impl Refused {
     }
 }
 
+impl From<Denied> for Refused {
+    fn from(d: Denied) -> Self {
+        Refused::new(d.refusal(), d.status(), d.to_string())
+    }
+}
+
 /// Writes a refusal: `status` with a one-line text body.
 pub(crate) async fn answer(stream: &TcpStream, status: u16, text: &str) {
     let reason = match status {
         400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         408 => "Request Timeout",
         409 => "Conflict",
@@ -61,21 +71,28 @@ pub(crate) async fn answer(stream: &TcpStream, status: u16, text: &str) {
 }
 
 /// Serves one connection: plain HTTP, or a WebSocket peer until it leaves.
-pub(crate) async fn handle(relay: &Arc<Relay>, stream: TcpStream) {
+pub(crate) async fn handle(relay: &Arc<Relay>, stream: TcpStream, addr: SocketAddr) {
     let stream = Arc::new(stream);
-    if let Err(r) = serve(relay, &stream).await {
+    if let Err(r) = serve(relay, &stream, addr).await {
         relay.connections.refuse(r.why);
+        // Never the token itself: the reason is enough to debug with.
+        tracing::debug!(peer = %addr, reason = r.why.label(), status = r.status, "refused");
         answer(&stream, r.status, &r.text).await;
     }
 }
 
-async fn serve(relay: &Arc<Relay>, stream: &Arc<TcpStream>) -> Result<(), Refused> {
+async fn serve(
+    relay: &Arc<Relay>,
+    stream: &Arc<TcpStream>,
+    addr: SocketAddr,
+) -> Result<(), Refused> {
     let Some((req, rest)) = read_request(relay, stream).await? else {
         return Ok(());
     };
     let route = handshake::route(&req.target)
         .map_err(|e| Refused::new(Refusal::BadName, 400, e.to_string()))?;
     if !req.upgrade {
+        authorize_http(relay, &req, &route)?;
         let resp = http::respond(relay, &req, &route);
         let _ = tokio::time::timeout(ANSWER_TIMEOUT, handshake::write_all(stream, &resp)).await;
         return Ok(());
@@ -88,6 +105,7 @@ async fn serve(relay: &Arc<Relay>, stream: &Arc<TcpStream>) -> Result<(), Refuse
         ));
     }
     let key = websocket_key(&req)?;
+    let grant = authorize(relay, &req, &route)?;
     let (name, wanted) = match &route {
         Route::Source(n) => (n.as_str(), Some(Role::Source)),
         Route::Receiver(n) => (n.as_str(), Some(Role::Receiver)),
@@ -103,13 +121,22 @@ async fn serve(relay: &Arc<Relay>, stream: &Arc<TcpStream>) -> Result<(), Refuse
                 Fanout::SINGLE,
                 now_ms(),
             ));
-            return join(relay, &channel, stream, Some(Role::Echo), key, &rest).await;
+            let echo = Admit {
+                wanted: Some(Role::Echo),
+                grant: None,
+                client: addr.ip(),
+            };
+            return join(relay, &channel, stream, echo, key, &rest).await;
         }
         Route::Other(_) => return Err(Refused::new(Refusal::BadRequest, 404, "no such endpoint")),
     };
-    let ip = stream
-        .peer_addr()
-        .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+    // On the legacy path a token decides what the legacy rule may choose.
+    let wanted = match &grant {
+        Some(g) if wanted.is_none() && !g.may_publish => Some(Role::Receiver),
+        Some(g) if wanted.is_none() && !g.may_receive => Some(Role::Source),
+        _ => wanted,
+    };
+    let ip = addr.ip();
     let channel = relay.attach(name, ip).map_err(|why| {
         let text = match why {
             Refusal::ChannelsPerIpLimit => "channel limit for your address reached",
@@ -121,7 +148,64 @@ async fn serve(relay: &Arc<Relay>, stream: &Arc<TcpStream>) -> Result<(), Refuse
         relay: relay.clone(),
         channel,
     };
-    join(relay, &attached.channel, stream, wanted, key, &rest).await
+    let admit = Admit {
+        wanted,
+        grant,
+        client: ip,
+    };
+    join(relay, &attached.channel, stream, admit, key, &rest).await
+}
+
+/// The channel and the roles (any of them) a route asks a token for;
+/// `None` for paths that are not a channel's.
+fn wanted_by(route: &Route) -> Option<(&str, &'static [&'static str])> {
+    match route {
+        Route::Source(n) => Some((n, &["source"])),
+        Route::Receiver(n) => Some((n, &["receiver"])),
+        Route::Signal(n) => Some((n, &["signal"])),
+        Route::Legacy => Some((DEFAULT_CHANNEL, &["receiver", "source"])),
+        Route::Other(_) => None,
+    }
+}
+
+/// Checks a WebSocket request's token, when tokens are required: the
+/// grant, or the refusal (401 or 403). `/echo` is no channel's and needs none.
+fn authorize(relay: &Relay, req: &Request, route: &Route) -> Result<Option<Grant>, Refused> {
+    let (Some(verifier), Some((channel, roles))) = (&relay.auth, wanted_by(route)) else {
+        return Ok(None);
+    };
+    Ok(Some(verifier.check(auth::token_of(req), channel, roles)?))
+}
+
+/// Checks a plain HTTP request's token, when tokens are required: a
+/// channel's path (which then answers 426) needs one for the channel,
+/// `/channels` one for every channel (`ch: "*"`, any role). Health,
+/// metrics and the page stay open.
+fn authorize_http(relay: &Relay, req: &Request, route: &Route) -> Result<(), Refused> {
+    let Some(verifier) = &relay.auth else {
+        return Ok(());
+    };
+    let token = auth::token_of(req);
+    match route {
+        Route::Source(_) | Route::Receiver(_) | Route::Signal(_) => {
+            authorize(relay, req, route)?;
+        }
+        Route::Other(p) if p == "/channels" => {
+            verifier.check_every_channel(token)?;
+        }
+        Route::Legacy | Route::Other(_) => {}
+    }
+    Ok(())
+}
+
+/// What a WebSocket request was admitted as.
+struct Admit {
+    /// The role asked for (`None`: the legacy rule decides).
+    wanted: Option<Role>,
+    /// The token that admitted it, when tokens are required.
+    grant: Option<Grant>,
+    /// The client's address (for the log).
+    client: IpAddr,
 }
 
 /// Detaches from the channel however the connection ends (a panic in the
@@ -180,11 +264,12 @@ async fn join(
     relay: &Arc<Relay>,
     channel: &Arc<Channel>,
     stream: &Arc<TcpStream>,
-    wanted: Option<Role>,
+    admit: Admit,
     key: &str,
     rest: &[u8],
 ) -> Result<(), Refused> {
     let cfg = &relay.config;
+    let wanted = admit.wanted;
     let peer = Arc::new(Peer {
         id: relay.next_peer_id(),
         egress: Egress::new(stream.clone(), cfg.egress_queue, cfg.egress_mode),
@@ -241,8 +326,13 @@ async fn join(
         Role::Signal | Role::Echo => &relay.connections.signal_peers,
     };
     gauge.inc();
-    tracing::debug!(peer = peer.id, channel = %channel.name, ?role, "peer joined");
-    session::run(relay.clone(), channel.clone(), peer, role, reader).await;
+    let sub = admit.grant.as_ref().and_then(|g| g.sub.as_deref());
+    tracing::debug!(peer = peer.id, client = %admit.client, channel = %channel.name, ?role, sub, "peer joined");
+    // A token that expires while the connection is open closes it.
+    let expires = admit
+        .grant
+        .map(|g| Instant::now() + g.remaining(auth::unix_now()));
+    session::run(relay.clone(), channel.clone(), peer, role, reader, expires).await;
     gauge.sub(1);
     Ok(())
 }

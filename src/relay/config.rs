@@ -3,6 +3,7 @@
 //! deployment wants (thousands of receivers per channel are normal).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
@@ -160,6 +161,17 @@ pub struct Config {
     /// stops caching (live frames still flow); `/metrics` counts it.
     #[arg(long, env = "RELAY_MAX_CACHE_MEMORY", default_value_t = 1 << 30)]
     pub max_cache_memory: usize,
+    /// HS256 secret for tokens, read from this file (trailing whitespace
+    /// ignored; use 32 random bytes or more). With it or
+    /// `--jwt-public-key-file`, every request for a channel needs a token;
+    /// without either the relay is open to anyone. `bitstream-relay token`
+    /// mints with it.
+    #[arg(long, env = "RELAY_JWT_SECRET_FILE", global = true)]
+    pub jwt_secret_file: Option<PathBuf>,
+    /// Public key (PEM: RSA, EC P-256 or Ed25519) verifying RS256, ES256 or
+    /// EdDSA tokens, so the relay can check tokens it cannot mint.
+    #[arg(long, env = "RELAY_JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<PathBuf>,
     /// Log format.
     #[arg(long, env = "RELAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -3,7 +3,7 @@
 //!
 //! Data path, in the order a frame takes it:
 //! [`server`] accepts and counts connections; [`admission`] reads the
-//! request ([`handshake`]), answers plain HTTP ([`http`], [`metrics`],
+//! request ([`handshake`]), checks its token ([`auth`]), answers plain HTTP ([`http`], [`metrics`],
 //! [`web`]) or admits a WebSocket peer ([`peer`]) to its [`channel`]; each
 //! peer runs a [`session`] that reads through [`ingress`] and writes through
 //! [`egress`]. A channel folds its source's frames into the catch-up
@@ -13,6 +13,7 @@
 //! [`clock`] and [`config`] (every option and limit).
 
 pub(crate) mod admission;
+pub(crate) mod auth;
 pub(crate) mod budget;
 pub(crate) mod cache;
 pub(crate) mod channel;

@@ -7,12 +7,30 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use thiserror::Error;
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::relay::auth::{AuthError, Verifier};
 use crate::relay::config::Config;
 use crate::relay::state::{shutting_down, Relay};
 use crate::relay::stats::Refusal;
 use crate::relay::{admission, gc};
+
+/// Why the relay could not start.
+#[derive(Debug, Error)]
+pub enum StartError {
+    /// The listening socket could not be set up.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Why.
+        source: io::Error,
+    },
+    /// The token keys could not be loaded.
+    #[error("{0}")]
+    Auth(#[from] AuthError),
+}
 
 /// A bound relay, ready to run.
 pub struct Server {
@@ -22,8 +40,29 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds the listening socket.
-    pub async fn bind(config: Config) -> io::Result<Self> {
+    /// Loads the token keys and binds the listening socket.
+    pub async fn bind(config: Config) -> Result<Self, StartError> {
+        let auth = Verifier::from_config(&config)?;
+        if auth.is_none() {
+            tracing::warn!(
+                "no --jwt-secret-file or --jwt-public-key-file: the relay is open, anyone who reaches it may publish to and watch any channel"
+            );
+        }
+        let addr = config.addr;
+        let listener =
+            Self::listen(&config).map_err(|source| StartError::Listen { addr, source })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| StartError::Listen { addr, source })?;
+        Ok(Self {
+            relay: Relay::with_auth(config, auth),
+            local_addr,
+            listener,
+        })
+    }
+
+    /// The listening socket `config` asks for.
+    fn listen(config: &Config) -> io::Result<TcpListener> {
         let socket = if config.addr.is_ipv4() {
             tokio::net::TcpSocket::new_v4()?
         } else {
@@ -32,13 +71,7 @@ impl Server {
         socket.set_reuseaddr(true)?;
         socket.bind(config.addr)?;
         // A deep accept queue so a storm of joins is not dropped at SYN time.
-        let listener = socket.listen(config.listen_backlog)?;
-        let local_addr = listener.local_addr()?;
-        Ok(Self {
-            relay: Relay::new(config),
-            local_addr,
-            listener,
-        })
+        socket.listen(config.listen_backlog)
     }
 
     /// The address actually bound (useful with port 0).
@@ -129,7 +162,7 @@ fn accept(relay: &Arc<Relay>, stream: TcpStream, addr: SocketAddr) {
         ip: addr.ip(),
     };
     tokio::spawn(async move {
-        admission::handle(&guard.relay, stream).await;
+        admission::handle(&guard.relay, stream, addr).await;
         drop(guard);
     });
 }

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use dashmap::DashMap;
 use tokio::sync::watch;
 
+use crate::relay::auth::Verifier;
 use crate::relay::budget::Budget;
 use crate::relay::channel::{Channel, Fanout};
 use crate::relay::clock::now_ms;
@@ -20,6 +21,8 @@ use crate::relay::stats::{Connections, Refusal, Traffic, TrafficSnapshot};
 pub struct Relay {
     /// Configuration in force.
     pub(crate) config: Config,
+    /// Token checks, `None` when the relay is open (no key configured).
+    pub(crate) auth: Option<Verifier>,
     /// Channels by name, sharded.
     pub(crate) channels: DashMap<Arc<str>, Arc<Channel>>,
     /// Connection counters.
@@ -106,10 +109,17 @@ impl ChannelSummary {
 }
 
 impl Relay {
-    /// A relay with no channels.
+    /// A relay with no channels, open to anyone.
+    #[cfg(test)]
     pub(crate) fn new(config: Config) -> Arc<Self> {
+        Self::with_auth(config, None)
+    }
+
+    /// A relay with no channels, checking tokens with `auth` if given.
+    pub(crate) fn with_auth(config: Config, auth: Option<Verifier>) -> Arc<Self> {
         let (shutdown, _) = watch::channel(false);
         Arc::new(Self {
+            auth,
             cache_budget: Arc::new(Budget::new(config.max_cache_memory)),
             config,
             channels: DashMap::new(),
