@@ -423,3 +423,42 @@ fn an_open_relay_warns_once_and_bad_key_files_are_startup_errors() {
     assert_eq!(open.len(), 1, "{lines:?}");
     assert!(open[0].contains("WARN"), "{lines:?}");
 }
+
+#[tokio::test]
+async fn a_handshake_from_an_origin_not_listed_gets_403() {
+    let t = start(&["--allowed-origins", "https://a.example,https://b.example"]).await;
+    let from = |origin: &'static str| {
+        let url = t.url("/stream/cam");
+        async move {
+            within(Client::connect_with_headers(
+                &url,
+                &[("Origin", origin)],
+                1 << 20,
+            ))
+            .await
+        }
+    };
+    let e = from("https://evil.example").await.err().expect("refused");
+    assert_eq!(status_of(e), 403);
+    let e = from("http://a.example").await.err().expect("refused");
+    assert_eq!(status_of(e), 403);
+    assert_eq!(t.relay.summary().refused(Refusal::OriginForbidden), 2);
+    let _a = from("https://a.example").await.expect("listed origin");
+    let _b = from("https://b.example").await.expect("listed origin");
+    // Not a browser: no Origin, no check.
+    let _c = connect(&t.url("/stream/cam")).await;
+    wait_receivers(&t, "cam", 3).await;
+    let (_, metrics) = http_get(&t, "/metrics").await;
+    assert!(metrics.contains(r#"relay_refused_total{reason="origin_forbidden"} 2"#));
+
+    // Without the flag every origin is allowed.
+    let open = start(&[]).await;
+    let url = open.url("/stream/cam");
+    let _d = within(Client::connect_with_headers(
+        &url,
+        &[("Origin", "https://evil.example")],
+        1 << 20,
+    ))
+    .await
+    .expect("every origin allowed by default");
+}

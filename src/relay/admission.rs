@@ -105,6 +105,13 @@ async fn serve(
         ));
     }
     let key = websocket_key(&req)?;
+    if !origin_allowed(&relay.config.allowed_origins, req.origin.as_deref()) {
+        return Err(Refused::new(
+            Refusal::OriginForbidden,
+            403,
+            "origin not allowed",
+        ));
+    }
     let grant = authorize(relay, &req, &route)?;
     let (name, wanted) = match &route {
         Route::Source(n) => (n.as_str(), Some(Role::Source)),
@@ -154,6 +161,22 @@ async fn serve(
         client: ip,
     };
     join(relay, &attached.channel, stream, admit, key, &rest).await
+}
+
+/// Whether a handshake from `origin` may proceed: every origin when
+/// `allowed` is empty; otherwise one of `allowed` (scheme and host compared
+/// without case, a trailing `/` ignored). A request without `Origin` comes
+/// from no browser page (which always sends it) and is not checked.
+fn origin_allowed(allowed: &[String], origin: Option<&str>) -> bool {
+    let norm = |o: &str| o.trim().trim_end_matches('/').to_ascii_lowercase();
+    match origin {
+        _ if allowed.is_empty() => true,
+        None => true,
+        Some(o) => {
+            let o = norm(o);
+            allowed.iter().any(|a| norm(a) == o)
+        }
+    }
 }
 
 /// The channel and the roles (any of them) a route asks a token for;
@@ -335,4 +358,26 @@ async fn join(
     session::run(relay.clone(), channel.clone(), peer, role, reader, expires).await;
     gauge.sub(1);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_are_matched_exactly_but_without_case() {
+        let allowed = vec![
+            "https://a.example".to_owned(),
+            "https://b.example:8443/".to_owned(),
+        ];
+        assert!(origin_allowed(&[], Some("https://evil.example")));
+        assert!(origin_allowed(&allowed, Some("https://a.example")));
+        assert!(origin_allowed(&allowed, Some("HTTPS://A.example/")));
+        assert!(origin_allowed(&allowed, Some("https://b.example:8443")));
+        assert!(!origin_allowed(&allowed, Some("http://a.example")));
+        assert!(!origin_allowed(&allowed, Some("https://a.example.evil")));
+        assert!(!origin_allowed(&allowed, Some("https://b.example")));
+        assert!(!origin_allowed(&allowed, Some("null")));
+        assert!(origin_allowed(&allowed, None), "not a browser");
+    }
 }

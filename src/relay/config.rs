@@ -172,6 +172,12 @@ pub struct Config {
     /// EdDSA tokens, so the relay can check tokens it cannot mint.
     #[arg(long, env = "RELAY_JWT_PUBLIC_KEY_FILE")]
     pub jwt_public_key_file: Option<PathBuf>,
+    /// Origins whose pages may open WebSockets, comma-separated (e.g.
+    /// `https://a.example,https://b.example`); a handshake with another
+    /// `Origin` is refused with 403. Empty: every origin is allowed. A
+    /// handshake without `Origin` (not a browser) is not checked.
+    #[arg(long, env = "RELAY_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
     /// Log format.
     #[arg(long, env = "RELAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
