@@ -462,3 +462,76 @@ async fn a_handshake_from_an_origin_not_listed_gets_403() {
     .await
     .expect("every origin allowed by default");
 }
+
+/// Connects a receiver as if through a proxy that forwards for `client`.
+async fn via_proxy(t: &TestRelay, header: &str, client: &str) -> Result<Client, ClientError> {
+    let url = t.url("/stream/cam");
+    within(Client::connect_with_headers(
+        &url,
+        &[(header, client)],
+        1 << 20,
+    ))
+    .await
+}
+
+#[tokio::test]
+async fn trusted_proxies_decide_the_per_ip_key() {
+    let t = start(&[
+        "--trusted-proxies",
+        "127.0.0.0/8,::1",
+        "--max-connections-per-ip",
+        "1",
+    ])
+    .await;
+    let _a = via_proxy(&t, "X-Forwarded-For", "203.0.113.1")
+        .await
+        .expect("first client");
+    let _b = via_proxy(&t, "X-Forwarded-For", "203.0.113.2")
+        .await
+        .expect("another client");
+    // A client's own entry left of what the proxy appended counts for nothing.
+    let _c = via_proxy(&t, "X-Forwarded-For", "203.0.113.1, 198.51.100.7")
+        .await
+        .expect("the proxy saw 198.51.100.7");
+    let _d = via_proxy(&t, "Forwarded", r#"for="[2001:db8::1]:4711""#)
+        .await
+        .expect("Forwarded");
+    wait_receivers(&t, "cam", 4).await;
+    let e = via_proxy(&t, "X-Forwarded-For", "203.0.113.1")
+        .await
+        .err()
+        .expect("over the cap");
+    assert_eq!(status_of(e), 503);
+    // Same /64.
+    let e = via_proxy(&t, "Forwarded", "for=\"[2001:db8::2]\"")
+        .await
+        .err()
+        .expect("over the cap");
+    assert_eq!(status_of(e), 503);
+    assert_eq!(t.relay.summary().refused(Refusal::PerIpLimit), 2);
+    drop(_a);
+    eventually("the first client's slot is given back", || {
+        t.relay.channel("cam").map_or(0, |c| c.receivers) == 3
+    })
+    .await;
+    let _again = via_proxy(&t, "X-Forwarded-For", "203.0.113.1")
+        .await
+        .expect("slot given back");
+
+    // Not trusted (the default, or another range): the socket address counts,
+    // whatever the header says.
+    for flags in [&[][..], &["--trusted-proxies", "10.0.0.0/8"][..]] {
+        let mut args = vec!["--max-connections-per-ip", "1"];
+        args.extend_from_slice(flags);
+        let t = start(&args).await;
+        let _a = via_proxy(&t, "X-Forwarded-For", "203.0.113.1")
+            .await
+            .expect("first");
+        wait_receivers(&t, "cam", 1).await;
+        let e = via_proxy(&t, "X-Forwarded-For", "203.0.113.2")
+            .await
+            .err()
+            .expect("one address");
+        assert_eq!(status_of(e), 503, "{flags:?}");
+    }
+}

@@ -22,7 +22,7 @@ use crate::relay::handshake::{self, RequestError, Route, DEFAULT_CHANNEL};
 use crate::relay::peer::{Peer, Role};
 use crate::relay::state::Relay;
 use crate::relay::stats::Refusal;
-use crate::relay::{http, session};
+use crate::relay::{http, proxy, session};
 
 /// How long a plain HTTP answer (health, metrics, the page) may take to write.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -73,21 +73,57 @@ pub(crate) async fn answer(stream: &TcpStream, status: u16, text: &str) {
 /// Serves one connection: plain HTTP, or a WebSocket peer until it leaves.
 pub(crate) async fn handle(relay: &Arc<Relay>, stream: TcpStream, addr: SocketAddr) {
     let stream = Arc::new(stream);
-    if let Err(r) = serve(relay, &stream, addr).await {
+    let mut client = addr.ip();
+    if let Err(r) = serve(relay, &stream, addr, &mut client).await {
         relay.connections.refuse(r.why);
         // Never the token itself: the reason is enough to debug with.
-        tracing::debug!(peer = %addr, reason = r.why.label(), status = r.status, "refused");
+        tracing::debug!(peer = %addr, %client, reason = r.why.label(), status = r.status, "refused");
         answer(&stream, r.status, &r.text).await;
     }
 }
 
+/// Counts a trusted proxy's connection for the client it forwards, for as
+/// long as the connection lasts.
+struct ClientGuard<'a> {
+    relay: &'a Relay,
+    ip: IpAddr,
+}
+
+impl Drop for ClientGuard<'_> {
+    fn drop(&mut self) {
+        self.relay.release_ip(self.ip);
+    }
+}
+
+/// Serves one connection from `addr`; `client` becomes the address it
+/// stands for (a trusted proxy's forwarded client).
 async fn serve(
     relay: &Arc<Relay>,
     stream: &Arc<TcpStream>,
     addr: SocketAddr,
+    client: &mut IpAddr,
 ) -> Result<(), Refused> {
     let Some((req, rest)) = read_request(relay, stream).await? else {
         return Ok(());
+    };
+    let cfg = &relay.config;
+    let _counted = if proxy::is_trusted(&cfg.trusted_proxies, addr.ip()) {
+        *client = proxy::client_ip(
+            addr.ip(),
+            &cfg.trusted_proxies,
+            req.forwarded_for.as_deref(),
+            req.forwarded.as_deref(),
+        );
+        if !relay.admit_ip(*client) {
+            return Err(Refused::new(
+                Refusal::PerIpLimit,
+                503,
+                Refusal::PerIpLimit.label(),
+            ));
+        }
+        Some(ClientGuard { relay, ip: *client })
+    } else {
+        None
     };
     let route = handshake::route(&req.target)
         .map_err(|e| Refused::new(Refusal::BadName, 400, e.to_string()))?;
@@ -131,7 +167,7 @@ async fn serve(
             let echo = Admit {
                 wanted: Some(Role::Echo),
                 grant: None,
-                client: addr.ip(),
+                client: *client,
             };
             return join(relay, &channel, stream, echo, key, &rest).await;
         }
@@ -143,7 +179,7 @@ async fn serve(
         Some(g) if wanted.is_none() && !g.may_receive => Some(Role::Source),
         _ => wanted,
     };
-    let ip = addr.ip();
+    let ip = *client;
     let channel = relay.attach(name, ip).map_err(|why| {
         let text = match why {
             Refusal::ChannelsPerIpLimit => "channel limit for your address reached",

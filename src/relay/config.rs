@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use crate::relay::proxy::Cidr;
+
 /// How frames reach a receiver's socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
 pub enum EgressMode {
@@ -178,6 +180,13 @@ pub struct Config {
     /// handshake without `Origin` (not a browser) is not checked.
     #[arg(long, env = "RELAY_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
+    /// Address ranges of reverse proxies, comma-separated (e.g.
+    /// `10.0.0.0/8,fd00::/8`): for a connection from one of them, the client
+    /// address for the per-IP caps and the logs comes from its
+    /// `X-Forwarded-For` (or `Forwarded`). Empty: the socket's address
+    /// counts, so one proxy in front makes every client one address.
+    #[arg(long, env = "RELAY_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<Cidr>,
     /// Log format.
     #[arg(long, env = "RELAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

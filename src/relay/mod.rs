@@ -26,6 +26,7 @@ pub(crate) mod http;
 pub(crate) mod ingress;
 pub(crate) mod metrics;
 pub(crate) mod peer;
+pub(crate) mod proxy;
 pub(crate) mod ratelimit;
 pub(crate) mod server;
 pub(crate) mod session;

@@ -14,7 +14,7 @@ use crate::relay::auth::{AuthError, Verifier};
 use crate::relay::config::Config;
 use crate::relay::state::{shutting_down, Relay};
 use crate::relay::stats::Refusal;
-use crate::relay::{admission, gc};
+use crate::relay::{admission, gc, proxy};
 
 /// Why the relay could not start.
 #[derive(Debug, Error)]
@@ -127,26 +127,32 @@ async fn accept_loop(listener: TcpListener, relay: Arc<Relay>) {
     }
 }
 
-/// Decrements the open-connection gauge and the per-IP count when a
-/// connection task ends, however it ends.
+/// Decrements the open-connection gauge and the per-IP count (if this
+/// connection was counted by its socket's address) when a connection task
+/// ends, however it ends.
 struct OpenGuard {
     relay: Arc<Relay>,
-    ip: IpAddr,
+    ip: Option<IpAddr>,
 }
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
         self.relay.connections.open.sub(1);
-        self.relay.release_ip(self.ip);
+        if let Some(ip) = self.ip {
+            self.relay.release_ip(ip);
+        }
     }
 }
 
 fn accept(relay: &Arc<Relay>, stream: TcpStream, addr: SocketAddr) {
     relay.connections.accepted.inc();
     let _ = stream.set_nodelay(true);
+    // A trusted proxy's connections count for the client it names, known
+    // once the request head is read (admission counts them then).
+    let proxied = proxy::is_trusted(&relay.config.trusted_proxies, addr.ip());
     let over = if relay.connections.open.get() >= relay.config.max_connections as u64 {
         Some(Refusal::ConnectionLimit)
-    } else if !relay.admit_ip(addr.ip()) {
+    } else if !proxied && !relay.admit_ip(addr.ip()) {
         Some(Refusal::PerIpLimit)
     } else {
         None
@@ -159,7 +165,7 @@ fn accept(relay: &Arc<Relay>, stream: TcpStream, addr: SocketAddr) {
     relay.connections.open.inc();
     let guard = OpenGuard {
         relay: relay.clone(),
-        ip: addr.ip(),
+        ip: (!proxied).then_some(addr.ip()),
     };
     tokio::spawn(async move {
         admission::handle(&guard.relay, stream, addr).await;
