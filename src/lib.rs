@@ -25,3 +25,4 @@ pub use relay::proxy::{Cidr, CidrError};
 pub use relay::server::{Server, StartError};
 pub use relay::state::{ChannelSummary, Relay, Summary};
 pub use relay::stats::{Refusal, TrafficSnapshot};
+pub use relay::tls::TlsError;

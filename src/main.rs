@@ -77,6 +77,7 @@ fn main() {
     let result = rt.block_on(async move {
         let server = Server::bind(config).await.map_err(|e| e.to_string())?;
         let relay = server.relay().clone();
+        tokio::spawn(reload_on_sighup(relay.clone()));
         tokio::spawn(async move {
             wait_for_signal().await;
             tracing::info!("shutting down: closing every peer with 1001");
@@ -126,6 +127,24 @@ fn fit_open_files(config: &mut bitstream_relay::Config) {
             "--max-connections capped to the open-file limit"
         );
         config.max_connections = allowed;
+    }
+}
+
+/// Reloads the TLS certificate and key on every SIGHUP (new connections
+/// get them; open ones keep theirs; a bad file keeps the previous pair).
+async fn reload_on_sighup(relay: std::sync::Arc<bitstream_relay::Relay>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match relay.reload_tls() {
+            Ok(true) => tracing::info!("SIGHUP: TLS certificate and key reloaded"),
+            Ok(false) => tracing::info!("SIGHUP: no --tls-cert, nothing to reload"),
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: TLS reload failed, keeping the previous certificate")
+            }
+        }
     }
 }
 

@@ -11,12 +11,13 @@ use bitstream_wire::handshake::{http_response, upgrade_response, Request};
 use bitstream_wire::reader::{MessageReader, WireMessage};
 use bitstream_wire::ws;
 use bytes::Bytes;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::relay::auth::{self, Denied, Grant};
 use crate::relay::channel::{Channel, Fanout};
 use crate::relay::clock::now_ms;
+use crate::relay::config::EgressMode;
+use crate::relay::conn::Conn;
 use crate::relay::egress::Egress;
 use crate::relay::handshake::{self, RequestError, Route, DEFAULT_CHANNEL};
 use crate::relay::peer::{Peer, Role};
@@ -55,7 +56,7 @@ impl From<Denied> for Refused {
 }
 
 /// Writes a refusal: `status` with a one-line text body.
-pub(crate) async fn answer(stream: &TcpStream, status: u16, text: &str) {
+pub(crate) async fn answer(stream: &Conn, status: u16, text: &str) {
     let reason = match status {
         400 => "Bad Request",
         401 => "Unauthorized",
@@ -68,11 +69,11 @@ pub(crate) async fn answer(stream: &TcpStream, status: u16, text: &str) {
     };
     let resp = http_response(status, reason, "text/plain", format!("{text}\n").as_bytes());
     let _ = tokio::time::timeout(REFUSAL_TIMEOUT, handshake::write_all(stream, &resp)).await;
+    stream.close_notify();
 }
 
 /// Serves one connection: plain HTTP, or a WebSocket peer until it leaves.
-pub(crate) async fn handle(relay: &Arc<Relay>, stream: TcpStream, addr: SocketAddr) {
-    let stream = Arc::new(stream);
+pub(crate) async fn handle(relay: &Arc<Relay>, stream: Conn, addr: SocketAddr) {
     let mut client = addr.ip();
     if let Err(r) = serve(relay, &stream, addr, &mut client).await {
         relay.connections.refuse(r.why);
@@ -99,7 +100,7 @@ impl Drop for ClientGuard<'_> {
 /// stands for (a trusted proxy's forwarded client).
 async fn serve(
     relay: &Arc<Relay>,
-    stream: &Arc<TcpStream>,
+    stream: &Conn,
     addr: SocketAddr,
     client: &mut IpAddr,
 ) -> Result<(), Refused> {
@@ -131,6 +132,7 @@ async fn serve(
         authorize_http(relay, &req, &route)?;
         let resp = http::respond(relay, &req, &route);
         let _ = tokio::time::timeout(ANSWER_TIMEOUT, handshake::write_all(stream, &resp)).await;
+        stream.close_notify();
         return Ok(());
     }
     if relay.is_draining() {
@@ -282,10 +284,7 @@ impl Drop for Attached {
 
 /// Reads the request head within `--handshake-timeout-ms`; `None` when the
 /// client went away (nothing to answer).
-async fn read_request(
-    relay: &Relay,
-    stream: &TcpStream,
-) -> Result<Option<(Request, Vec<u8>)>, Refused> {
+async fn read_request(relay: &Relay, stream: &Conn) -> Result<Option<(Request, Vec<u8>)>, Refused> {
     let cfg = &relay.config;
     let read = handshake::read_request(stream, cfg.max_request_head);
     match tokio::time::timeout(cfg.handshake_timeout(), read).await {
@@ -322,7 +321,7 @@ fn websocket_key(req: &Request) -> Result<&str, Refused> {
 async fn join(
     relay: &Arc<Relay>,
     channel: &Arc<Channel>,
-    stream: &Arc<TcpStream>,
+    stream: &Conn,
     admit: Admit,
     key: &str,
     rest: &[u8],
@@ -331,7 +330,17 @@ async fn join(
     let wanted = admit.wanted;
     let peer = Arc::new(Peer {
         id: relay.next_peer_id(),
-        egress: Egress::new(stream.clone(), cfg.egress_queue, cfg.egress_mode),
+        // A TLS peer is written by its own task only: the fan-out never
+        // waits on one receiver's encryption.
+        egress: Egress::new(
+            stream.clone(),
+            cfg.egress_queue,
+            if stream.is_tls() {
+                EgressMode::Queued
+            } else {
+                cfg.egress_mode
+            },
+        ),
     });
     let role = match wanted {
         Some(Role::Source) | None if channel.claim_source(&peer) => Role::Source,

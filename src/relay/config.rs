@@ -187,6 +187,14 @@ pub struct Config {
     /// counts, so one proxy in front makes every client one address.
     #[arg(long, env = "RELAY_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Vec<Cidr>,
+    /// TLS certificate chain (PEM): with `--tls-key`, the port serves
+    /// `wss://` and `https://` (TLS 1.2/1.3 through rustls) instead of
+    /// `ws://`. SIGHUP reloads both files for new connections.
+    #[arg(long, env = "RELAY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM: PKCS#8, PKCS#1 or SEC1) of `--tls-cert`.
+    #[arg(long, env = "RELAY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Log format.
     #[arg(long, env = "RELAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

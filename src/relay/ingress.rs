@@ -6,7 +6,8 @@ use std::io;
 
 use bitstream_wire::reader::{Incoming, MessageReader, ReadError};
 use thiserror::Error;
-use tokio::net::TcpStream;
+
+use crate::relay::conn::Conn;
 
 /// Why reading from a peer stopped.
 #[derive(Debug, Error)]
@@ -38,10 +39,7 @@ impl RecvError {
 const YIELD_EVERY: usize = 1 << 20;
 
 /// Reads until one message (or control frame) is complete.
-pub(crate) async fn next(
-    reader: &mut MessageReader,
-    stream: &TcpStream,
-) -> Result<Incoming, RecvError> {
+pub(crate) async fn next(reader: &mut MessageReader, stream: &Conn) -> Result<Incoming, RecvError> {
     let mut since_yield = 0;
     loop {
         if let Some(msg) = reader.parse()? {

@@ -12,8 +12,11 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::relay::auth::{AuthError, Verifier};
 use crate::relay::config::Config;
+use crate::relay::conn::Conn;
+use crate::relay::handshake;
 use crate::relay::state::{shutting_down, Relay};
 use crate::relay::stats::Refusal;
+use crate::relay::tls::{self, Tls, TlsError};
 use crate::relay::{admission, gc, proxy};
 
 /// Why the relay could not start.
@@ -30,6 +33,9 @@ pub enum StartError {
     /// The token keys could not be loaded.
     #[error("{0}")]
     Auth(#[from] AuthError),
+    /// The TLS certificate or key could not be loaded.
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
 }
 
 /// A bound relay, ready to run.
@@ -48,6 +54,10 @@ impl Server {
                 "no --jwt-secret-file or --jwt-public-key-file: the relay is open, anyone who reaches it may publish to and watch any channel"
             );
         }
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(Tls::load(cert, key)?),
+            _ => None,
+        };
         let addr = config.addr;
         let listener =
             Self::listen(&config).map_err(|source| StartError::Listen { addr, source })?;
@@ -55,7 +65,7 @@ impl Server {
             .local_addr()
             .map_err(|source| StartError::Listen { addr, source })?;
         Ok(Self {
-            relay: Relay::with_auth(config, auth),
+            relay: Relay::with(config, auth, tls),
             local_addr,
             listener,
         })
@@ -93,7 +103,7 @@ impl Server {
         if relay.config.stats_interval_ms > 0 {
             tokio::spawn(log_stats(relay.clone()));
         }
-        tracing::info!(addr = %self.local_addr, "relay listening");
+        tracing::info!(addr = %self.local_addr, tls = relay.tls.is_some(), "relay listening");
         let accept = tokio::spawn(accept_loop(self.listener, relay.clone()));
         shutting_down(&mut relay.shutdown_signal()).await;
         let deadline = tokio::time::Instant::now()
@@ -159,6 +169,7 @@ fn accept(relay: &Arc<Relay>, stream: TcpStream, addr: SocketAddr) {
     };
     if let Some(why) = over {
         relay.connections.refuse(why);
+        let stream = Conn::from(stream);
         tokio::spawn(async move { admission::answer(&stream, 503, why.label()).await });
         return;
     }
@@ -168,9 +179,37 @@ fn accept(relay: &Arc<Relay>, stream: TcpStream, addr: SocketAddr) {
         ip: (!proxied).then_some(addr.ip()),
     };
     tokio::spawn(async move {
-        admission::handle(&guard.relay, stream, addr).await;
+        let relay = &guard.relay;
+        let conn = match &relay.tls {
+            None => Conn::from(stream),
+            Some(tls) => match secure(relay, tls, stream, addr).await {
+                Some(conn) => conn,
+                None => return,
+            },
+        };
+        admission::handle(relay, conn, addr).await;
         drop(guard);
     });
+}
+
+/// The TLS handshake of a connection to a TLS port, or its refusal
+/// (counted; a client speaking plain HTTP is told so in plain HTTP).
+async fn secure(relay: &Relay, tls: &Tls, stream: TcpStream, addr: SocketAddr) -> Option<Conn> {
+    let timeout = relay.config.handshake_timeout();
+    match tls::accept(tls.current(), stream, timeout).await {
+        Ok(conn) => Some(conn),
+        Err((why, plain)) => {
+            relay.connections.refuse(why);
+            tracing::debug!(peer = %addr, reason = why.label(), "refused");
+            if let Some(conn) = plain {
+                // Read its request first, so closing does not reset the answer.
+                let head = handshake::read_request(&conn, relay.config.max_request_head);
+                let _ = tokio::time::timeout(Duration::from_secs(1), head).await;
+                admission::answer(&conn, 400, "this port speaks TLS: use https:// or wss://").await;
+            }
+            None
+        }
+    }
 }
 
 /// Logs a one-line summary every `--stats-interval-ms`.

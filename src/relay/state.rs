@@ -15,6 +15,7 @@ use crate::relay::clock::now_ms;
 use crate::relay::config::Config;
 use crate::relay::http::PageCache;
 use crate::relay::stats::{Connections, Refusal, Traffic, TrafficSnapshot};
+use crate::relay::tls::{Tls, TlsError};
 
 /// Shared relay state. See the module docs.
 #[derive(Debug)]
@@ -23,6 +24,8 @@ pub struct Relay {
     pub(crate) config: Config,
     /// Token checks, `None` when the relay is open (no key configured).
     pub(crate) auth: Option<Verifier>,
+    /// TLS on the port, `None` for plain TCP.
+    pub(crate) tls: Option<Tls>,
     /// Channels by name, sharded.
     pub(crate) channels: DashMap<Arc<str>, Arc<Channel>>,
     /// Connection counters.
@@ -112,14 +115,16 @@ impl Relay {
     /// A relay with no channels, open to anyone.
     #[cfg(test)]
     pub(crate) fn new(config: Config) -> Arc<Self> {
-        Self::with_auth(config, None)
+        Self::with(config, None, None)
     }
 
-    /// A relay with no channels, checking tokens with `auth` if given.
-    pub(crate) fn with_auth(config: Config, auth: Option<Verifier>) -> Arc<Self> {
+    /// A relay with no channels, checking tokens with `auth` and serving
+    /// TLS with `tls` if given.
+    pub(crate) fn with(config: Config, auth: Option<Verifier>, tls: Option<Tls>) -> Arc<Self> {
         let (shutdown, _) = watch::channel(false);
         Arc::new(Self {
             auth,
+            tls,
             cache_budget: Arc::new(Budget::new(config.max_cache_memory)),
             config,
             channels: DashMap::new(),
@@ -263,6 +268,16 @@ impl Relay {
     /// Releases a connection counted by [`Relay::admit_ip`].
     pub(crate) fn release_ip(&self, ip: IpAddr) {
         self.per_ip.release(ip_key(ip));
+    }
+
+    /// Loads the TLS certificate and key files again (on SIGHUP): new
+    /// connections get the new pair, open ones keep theirs. `Ok(false)`
+    /// without TLS; on error the previous pair stays in use.
+    pub fn reload_tls(&self) -> Result<bool, TlsError> {
+        match &self.tls {
+            Some(tls) => tls.reload().map(|()| true),
+            None => Ok(false),
+        }
     }
 
     /// Starts shutting down: sessions get their close frames.

@@ -12,8 +12,14 @@ use bitstream_wire::reader::{Incoming, MessageReader, ReadError};
 use bitstream_wire::ws::{self, Side};
 use bytes::Bytes;
 use thiserror::Error;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+/// A byte stream a client can speak WebSocket over: a `TcpStream`, or a
+/// TLS stream over one (e.g. `tokio_rustls::client::TlsStream`).
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Stream for S {}
 
 /// Largest handshake response head a client accepts.
 const MAX_RESPONSE_HEAD: usize = 16 * 1024;
@@ -90,7 +96,7 @@ pub fn parse_url(url: &str) -> Result<(String, String), ClientError> {
 
 /// A connected WebSocket client.
 pub struct Client {
-    stream: TcpStream,
+    stream: Box<dyn Stream>,
     reader: MessageReader,
     mask_seed: u32,
     /// Address connected to.
@@ -130,13 +136,30 @@ impl Client {
 
     /// [`Client::handshake`] sending extra request headers.
     pub async fn handshake_with_headers(
-        mut stream: TcpStream,
+        stream: TcpStream,
         host: &str,
         path: &str,
         headers: &[(&str, &str)],
         max_message: usize,
     ) -> Result<Self, ClientError> {
         let seed = seed_for(&stream);
+        let peer = stream.peer_addr()?;
+        Self::handshake_over(stream, peer, seed, host, path, headers, max_message).await
+    }
+
+    /// The client handshake over any connected byte stream to `peer`
+    /// (e.g. a TLS stream, for `wss://`); `seed` varies the handshake key
+    /// and the masks.
+    pub async fn handshake_over(
+        stream: impl Stream + 'static,
+        peer: SocketAddr,
+        seed: u32,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        max_message: usize,
+    ) -> Result<Self, ClientError> {
+        let mut stream: Box<dyn Stream> = Box::new(stream);
         let key = handshake::client_key(seed);
         stream
             .write_all(&handshake::client_request_with_headers(
@@ -161,7 +184,7 @@ impl Client {
                 256 * 1024,
                 &buf[resp.head_len..],
             ),
-            peer: stream.peer_addr()?,
+            peer,
             stream,
             mask_seed: seed | 1,
         })
@@ -270,7 +293,7 @@ fn seed_for(stream: &TcpStream) -> u32 {
 /// Reads the server's handshake response head; returns it with every byte
 /// read so far (the head and whatever followed it).
 async fn read_response(
-    stream: &mut TcpStream,
+    stream: &mut Box<dyn Stream>,
     key: &str,
 ) -> Result<(handshake::Response, Vec<u8>), ClientError> {
     let mut buf = Vec::with_capacity(1024);
@@ -290,7 +313,7 @@ async fn read_response(
 }
 
 /// Reads a refusal's (small) body until the server closes, briefly.
-async fn read_until_closed(stream: &mut TcpStream, buf: &mut Vec<u8>) {
+async fn read_until_closed(stream: &mut Box<dyn Stream>, buf: &mut Vec<u8>) {
     let _ = tokio::time::timeout(REFUSAL_BODY_WAIT, async {
         while buf.len() < MAX_RESPONSE_HEAD && matches!(stream.read_buf(buf).await, Ok(n) if n > 0)
         {

@@ -21,16 +21,16 @@
 mod queue;
 
 use std::io::{self, IoSlice};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 
 use bytes::Bytes;
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 pub(crate) use queue::Drain;
 use queue::{Queue, Verdict};
 
 use crate::relay::config::EgressMode;
+use crate::relay::conn::Conn;
 
 /// Most queued chunks handed to one `writev`.
 const MAX_IOV: usize = 64;
@@ -54,17 +54,17 @@ pub(crate) enum Outcome {
 #[derive(Debug)]
 pub(crate) struct Egress {
     mode: EgressMode,
-    stream: Arc<TcpStream>,
+    stream: Conn,
     queue: Mutex<Queue>,
     wake: Notify,
 }
 
 impl Egress {
     /// An egress on `stream` whose queue holds at most `limit` bytes.
-    pub(crate) fn new(stream: Arc<TcpStream>, limit: usize, mode: EgressMode) -> Self {
+    pub(crate) fn new(stream: impl Into<Conn>, limit: usize, mode: EgressMode) -> Self {
         Self {
             mode,
-            stream,
+            stream: stream.into(),
             queue: Mutex::new(Queue::new(limit)),
             wake: Notify::new(),
         }
@@ -81,7 +81,7 @@ impl Egress {
     }
 
     /// The socket this egress writes to.
-    pub(crate) fn stream(&self) -> &Arc<TcpStream> {
+    pub(crate) fn stream(&self) -> &Conn {
         &self.stream
     }
 
@@ -176,6 +176,14 @@ impl Egress {
                     q.consume(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => q.close(),
+            }
+        }
+        // A TLS session may still hold ciphertext of what was written.
+        if q.state() == Drain::Empty {
+            match self.stream.flush_pending() {
+                Ok(false) => {}
+                Ok(true) => return (Drain::Pending, written),
                 Err(_) => q.close(),
             }
         }

@@ -14,13 +14,13 @@ use bitstream_wire::protocol;
 use bitstream_wire::reader::{Incoming, MessageReader, WireMessage};
 use bitstream_wire::ws;
 use bytes::Bytes;
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::relay::auth::CLOSE_TOKEN_EXPIRED;
 use crate::relay::channel::Channel;
 use crate::relay::clock::now_ms;
+use crate::relay::conn::Conn;
 use crate::relay::egress::Drain;
 use crate::relay::ingress::{self, RecvError};
 use crate::relay::peer::{Peer, Role};
@@ -60,7 +60,7 @@ struct Session {
     channel: Arc<Channel>,
     peer: Arc<Peer>,
     role: Role,
-    stream: Arc<TcpStream>,
+    stream: Conn,
     reader: MessageReader,
     shutdown: watch::Receiver<bool>,
     next_ping: Instant,
