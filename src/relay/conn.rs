@@ -198,6 +198,11 @@ impl TlsConn {
 
     fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
         let mut s = self.lock();
+        // A session that failed reports it (`readable` returned at once for
+        // it, so this read must not just say `WouldBlock`).
+        if let Err(e) = s.process_new_packets() {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+        }
         loop {
             match s.reader().read(buf) {
                 Ok(n) => return Ok(n),
