@@ -2,7 +2,8 @@
 //! plain TCP on LISTEN and forwards every connection over TLS to TARGET
 //! (trusting only the certificate in CA.pem, for the name `localhost`).
 //! Pin it with the driver, away from the relay under test, so the relay's
-//! CPU is what TLS costs the relay:
+//! CPU is what TLS costs the relay (the certificate must be an end-entity
+//! one, `CA:FALSE`, for `localhost`):
 //!
 //!     taskset -c 1 target/release/examples/tls_shim 127.0.0.1:9200 127.0.0.1:9100 cert.pem &
 //!     taskset -c 1 target/release/loadtest headline --url ws://127.0.0.1:9200 --relay-pid $PID
@@ -45,9 +46,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             };
             let _ = tcp.set_nodelay(true);
             let name = ServerName::try_from("localhost").expect("a valid name");
-            let Ok(mut tls) = connector.connect(name, tcp).await else {
-                eprintln!("tls_shim: TLS handshake with {target} failed");
-                return;
+            let mut tls = match connector.connect(name, tcp).await {
+                Ok(tls) => tls,
+                Err(e) => {
+                    eprintln!("tls_shim: TLS handshake with {target} failed: {e}");
+                    return;
+                }
             };
             let _ = tokio::io::copy_bidirectional_with_sizes(&mut plain, &mut tls, BUF, BUF).await;
         });

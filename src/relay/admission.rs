@@ -395,7 +395,13 @@ async fn join(
     };
     gauge.inc();
     let sub = admit.grant.as_ref().and_then(|g| g.sub.as_deref());
-    tracing::debug!(peer = peer.id, client = %admit.client, channel = %channel.name, ?role, sub, "peer joined");
+    if role == Role::Source && admit.grant.is_some() {
+        // Who publishes where is worth a line at the default level (one per
+        // channel); receivers are too many for that.
+        tracing::info!(peer = peer.id, client = %admit.client, channel = %channel.name, sub, "source joined");
+    } else {
+        tracing::debug!(peer = peer.id, client = %admit.client, channel = %channel.name, ?role, sub, "peer joined");
+    }
     // A token that expires while the connection is open closes it.
     let expires = admit
         .grant
