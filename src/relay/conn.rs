@@ -17,10 +17,6 @@ use bytes::BytesMut;
 use rustls::ServerConnection;
 use tokio::net::TcpStream;
 
-/// Most plaintext one TLS read hands to the caller (bounds the zeroing of
-/// a large read buffer's spare room).
-const TLS_READ_MAX: usize = 64 * 1024;
-
 /// A peer's connection; cloning shares it.
 #[derive(Debug, Clone)]
 pub(crate) enum Conn {
@@ -93,14 +89,7 @@ impl Conn {
     pub(crate) fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
         match self {
             Conn::Plain(s) => s.try_read_buf(buf),
-            Conn::Tls(t) => {
-                let start = buf.len();
-                let room = (buf.capacity() - start).clamp(64, TLS_READ_MAX);
-                buf.resize(start + room, 0);
-                let read = t.try_read(&mut buf[start..]);
-                buf.truncate(start + *read.as_ref().unwrap_or(&0));
-                read
-            }
+            Conn::Tls(t) => t.try_read_buf(buf),
         }
     }
 
@@ -196,28 +185,51 @@ impl TlsConn {
         })
     }
 
-    fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        let mut s = self.lock();
-        // A session that failed reports it (`readable` returned at once for
-        // it, so this read must not just say `WouldBlock`).
-        if let Err(e) = s.process_new_packets() {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, e));
-        }
+    /// Decrypts until the session holds plaintext: how much, 0 at the end
+    /// of the stream, `WouldBlock` while the socket has no more. A session
+    /// that failed says so (`readable` returned at once for it, so this
+    /// must not just say `WouldBlock`).
+    fn available(&self, s: &mut ServerConnection) -> io::Result<usize> {
         loop {
-            match s.reader().read(buf) {
-                Ok(n) => return Ok(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
+            let state = match s.process_new_packets() {
+                Ok(state) => state,
+                Err(e) => {
+                    // Tell the peer why (an alert), best effort.
+                    let _ = Self::write_out(&self.tcp, s);
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+                }
+            };
+            if state.plaintext_bytes_to_read() > 0 || state.peer_has_closed() {
+                return Ok(state.plaintext_bytes_to_read());
             }
             if s.read_tls(&mut Io(&self.tcp))? == 0 {
                 return Ok(0);
             }
-            if let Err(e) = s.process_new_packets() {
-                // Tell the peer why (an alert), best effort.
-                let _ = Self::write_out(&self.tcp, &mut s);
-                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
-            }
         }
+    }
+
+    fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut s = self.lock();
+        if self.available(&mut s)? == 0 {
+            return Ok(0);
+        }
+        s.reader().read(buf)
+    }
+
+    /// Reads the plaintext there is into `buf`'s spare room (growing it
+    /// only by what is copied: no zeroing of room left unused).
+    fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
+        let mut s = self.lock();
+        let ready = self.available(&mut s)?;
+        if ready == 0 {
+            return Ok(0);
+        }
+        let start = buf.len();
+        let take = ready.min((buf.capacity() - start).max(1));
+        buf.resize(start + take, 0);
+        let read = s.reader().read(&mut buf[start..]);
+        buf.truncate(start + *read.as_ref().unwrap_or(&0));
+        read
     }
 
     fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
