@@ -535,3 +535,25 @@ async fn trusted_proxies_decide_the_per_ip_key() {
         assert_eq!(status_of(e), 503, "{flags:?}");
     }
 }
+
+#[tokio::test]
+async fn rs256_tokens_verify_with_the_public_key() {
+    // A fixed key pair made for this test only (RSA key generation is too
+    // slow in a debug build to do at test time).
+    let private = include_bytes!("data/rs256-test-only.key.pem");
+    let public = temp_file(
+        "rsa.pub.pem",
+        include_bytes!("data/rs256-test-only.pub.pem"),
+    );
+    let t = start(&["--jwt-public-key-file", public.to_str().unwrap()]).await;
+    let key = EncodingKey::from_rsa_pem(private).unwrap();
+    let signed = sign(
+        Algorithm::RS256,
+        &key,
+        json!({"ch": "cam", "role": "source", "exp": now() + 60, "sub": "rsa"}),
+    );
+    let _src = connect(&t.url(&format!("/source/cam?token={signed}"))).await;
+    // Only RS256 with this key: an HS256 token has no key here.
+    let e = connect_err(&t.url(&format!("/stream/cam?token={}", token("cam", "receiver")))).await;
+    assert_eq!(status_of(e), 401);
+}
