@@ -1,9 +1,10 @@
 //! The `bitstream-relay` binary: parse options, set up logging, run until
-//! SIGINT/SIGTERM, close every peer with 1001 and exit 0.
+//! SIGINT/SIGTERM, close every peer with 1001 and exit 0. `bitstream-relay
+//! token …` mints a token instead.
 
 use bitstream_relay::Server;
-use bitstream_relay::{Config, LogFormat};
-use clap::Parser;
+use bitstream_relay::{Config, LogFormat, TokenArgs};
+use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 #[global_allocator]
@@ -12,8 +13,43 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Task polls between two looks for socket events on a busy worker.
 const EVENT_INTERVAL: u32 = 8;
 
+/// The command line: the relay's options, and an optional subcommand.
+#[derive(Debug, Parser)]
+#[command(
+    name = "bitstream-relay",
+    version,
+    about = "Fan-out WebSocket relay for PROTOCOL.md bitstreams"
+)]
+struct Cli {
+    #[command(flatten)]
+    config: Config,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// What to do instead of serving.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print a token signed with --jwt-secret-file (HS256), e.g.
+    /// `bitstream-relay token --channel cam --role source --ttl 1h`.
+    Token(TokenArgs),
+}
+
 fn main() {
-    let mut config = Config::parse();
+    let Cli {
+        mut config,
+        command,
+    } = Cli::parse();
+    if let Some(Command::Token(args)) = command {
+        match bitstream_relay::mint_token(&config, &args) {
+            Ok(token) => println!("{token}"),
+            Err(e) => {
+                eprintln!("bitstream-relay token: {e}");
+                std::process::exit(2);
+            }
+        }
+        return;
+    }
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -46,12 +82,10 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let addr = config.addr;
     let result = rt.block_on(async move {
-        let server = Server::bind(config)
-            .await
-            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        let server = Server::bind(config).await.map_err(|e| e.to_string())?;
         let relay = server.relay().clone();
+        tokio::spawn(reload_on_sighup(relay.clone()));
         tokio::spawn(async move {
             wait_for_signal().await;
             tracing::info!("shutting down: closing every peer with 1001");
@@ -101,6 +135,24 @@ fn fit_open_files(config: &mut bitstream_relay::Config) {
             "--max-connections capped to the open-file limit"
         );
         config.max_connections = allowed;
+    }
+}
+
+/// Reloads the TLS certificate and key on every SIGHUP (new connections
+/// get them; open ones keep theirs; a bad file keeps the previous pair).
+async fn reload_on_sighup(relay: std::sync::Arc<bitstream_relay::Relay>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match relay.reload_tls() {
+            Ok(true) => tracing::info!("SIGHUP: TLS certificate and key reloaded"),
+            Ok(false) => tracing::info!("SIGHUP: no --tls-cert, nothing to reload"),
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: TLS reload failed, keeping the previous certificate")
+            }
+        }
     }
 }
 

@@ -478,7 +478,10 @@ export function canvasPoint(canvas, clientX, clientY) {
 /** The relay URL of `role` ('source' | 'stream') for channel `name`, from `loc`. */
 export function relayUrl(loc, role, name) {
   const scheme = loc.protocol === 'https:' ? 'wss' : 'ws';
-  return `${scheme}://${loc.host}/${role}/${encodeURIComponent(name)}`;
+  // A relay that requires tokens gets the page's own `?token=`.
+  const token = new URLSearchParams(loc.search || '').get('token');
+  const query = token ? `?token=${encodeURIComponent(token)}` : '';
+  return `${scheme}://${loc.host}/${role}/${encodeURIComponent(name)}${query}`;
 }
 
 /** Channel names: 1–64 bytes of [A-Za-z0-9._-]. */

@@ -3,7 +3,7 @@
 //! and a WebSocket peer admitted to its channel in its role, or refused with
 //! a clear HTTP status.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,16 +11,19 @@ use bitstream_wire::handshake::{http_response, upgrade_response, Request};
 use bitstream_wire::reader::{MessageReader, WireMessage};
 use bitstream_wire::ws;
 use bytes::Bytes;
-use tokio::net::TcpStream;
+use tokio::time::Instant;
 
+use crate::relay::auth::{self, Denied, Grant};
 use crate::relay::channel::{Channel, Fanout};
 use crate::relay::clock::now_ms;
+use crate::relay::config::EgressMode;
+use crate::relay::conn::Conn;
 use crate::relay::egress::Egress;
 use crate::relay::handshake::{self, RequestError, Route, DEFAULT_CHANNEL};
 use crate::relay::peer::{Peer, Role};
 use crate::relay::state::Relay;
 use crate::relay::stats::Refusal;
-use crate::relay::{http, session};
+use crate::relay::{http, proxy, session};
 
 /// How long a plain HTTP answer (health, metrics, the page) may take to write.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -46,10 +49,18 @@ impl Refused {
     }
 }
 
+impl From<Denied> for Refused {
+    fn from(d: Denied) -> Self {
+        Refused::new(d.refusal(), d.status(), d.to_string())
+    }
+}
+
 /// Writes a refusal: `status` with a one-line text body.
-pub(crate) async fn answer(stream: &TcpStream, status: u16, text: &str) {
+pub(crate) async fn answer(stream: &Conn, status: u16, text: &str) {
     let reason = match status {
         400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         408 => "Request Timeout",
         409 => "Conflict",
@@ -58,26 +69,70 @@ pub(crate) async fn answer(stream: &TcpStream, status: u16, text: &str) {
     };
     let resp = http_response(status, reason, "text/plain", format!("{text}\n").as_bytes());
     let _ = tokio::time::timeout(REFUSAL_TIMEOUT, handshake::write_all(stream, &resp)).await;
+    stream.close_notify();
 }
 
 /// Serves one connection: plain HTTP, or a WebSocket peer until it leaves.
-pub(crate) async fn handle(relay: &Arc<Relay>, stream: TcpStream) {
-    let stream = Arc::new(stream);
-    if let Err(r) = serve(relay, &stream).await {
+pub(crate) async fn handle(relay: &Arc<Relay>, stream: Conn, addr: SocketAddr) {
+    let mut client = addr.ip();
+    if let Err(r) = serve(relay, &stream, addr, &mut client).await {
         relay.connections.refuse(r.why);
+        // Never the token itself: the reason is enough to debug with.
+        tracing::debug!(peer = %addr, %client, reason = r.why.label(), status = r.status, "refused");
         answer(&stream, r.status, &r.text).await;
     }
 }
 
-async fn serve(relay: &Arc<Relay>, stream: &Arc<TcpStream>) -> Result<(), Refused> {
+/// Counts a trusted proxy's connection for the client it forwards, for as
+/// long as the connection lasts.
+struct ClientGuard<'a> {
+    relay: &'a Relay,
+    ip: IpAddr,
+}
+
+impl Drop for ClientGuard<'_> {
+    fn drop(&mut self) {
+        self.relay.release_ip(self.ip);
+    }
+}
+
+/// Serves one connection from `addr`; `client` becomes the address it
+/// stands for (a trusted proxy's forwarded client).
+async fn serve(
+    relay: &Arc<Relay>,
+    stream: &Conn,
+    addr: SocketAddr,
+    client: &mut IpAddr,
+) -> Result<(), Refused> {
     let Some((req, rest)) = read_request(relay, stream).await? else {
         return Ok(());
+    };
+    let cfg = &relay.config;
+    let _counted = if proxy::is_trusted(&cfg.trusted_proxies, addr.ip()) {
+        *client = proxy::client_ip(
+            addr.ip(),
+            &cfg.trusted_proxies,
+            req.forwarded_for.as_deref(),
+            req.forwarded.as_deref(),
+        );
+        if !relay.admit_ip(*client) {
+            return Err(Refused::new(
+                Refusal::PerIpLimit,
+                503,
+                Refusal::PerIpLimit.label(),
+            ));
+        }
+        Some(ClientGuard { relay, ip: *client })
+    } else {
+        None
     };
     let route = handshake::route(&req.target)
         .map_err(|e| Refused::new(Refusal::BadName, 400, e.to_string()))?;
     if !req.upgrade {
+        authorize_http(relay, &req, &route)?;
         let resp = http::respond(relay, &req, &route);
         let _ = tokio::time::timeout(ANSWER_TIMEOUT, handshake::write_all(stream, &resp)).await;
+        stream.close_notify();
         return Ok(());
     }
     if relay.is_draining() {
@@ -87,10 +142,18 @@ async fn serve(relay: &Arc<Relay>, stream: &Arc<TcpStream>) -> Result<(), Refuse
             "relay shutting down",
         ));
     }
+    let key = websocket_key(&req)?.to_owned();
+    if !origin_allowed(&relay.config.allowed_origins, req.origin.as_deref()) {
+        return Err(Refused::new(
+            Refusal::OriginForbidden,
+            403,
+            "origin not allowed",
+        ));
+    }
+    let grant = authorize(relay, &req, &route)?;
     // Only what the session needs outlives the handshake: the request head
     // is dropped before the session runs (it would otherwise stay with
     // every connection for its whole life).
-    let key = websocket_key(&req)?.to_owned();
     drop(req);
     let (name, wanted) = match &route {
         Route::Source(n) => (n.as_str(), Some(Role::Source)),
@@ -107,13 +170,22 @@ async fn serve(relay: &Arc<Relay>, stream: &Arc<TcpStream>) -> Result<(), Refuse
                 Fanout::SINGLE,
                 now_ms(),
             ));
-            return join(relay, &channel, stream, Some(Role::Echo), &key, rest).await;
+            let echo = Admit {
+                wanted: Some(Role::Echo),
+                grant: None,
+                client: *client,
+            };
+            return join(relay, &channel, stream, echo, &key, rest).await;
         }
         Route::Other(_) => return Err(Refused::new(Refusal::BadRequest, 404, "no such endpoint")),
     };
-    let ip = stream
-        .peer_addr()
-        .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+    // On the legacy path a token decides what the legacy rule may choose.
+    let wanted = match &grant {
+        Some(g) if wanted.is_none() && !g.may_publish => Some(Role::Receiver),
+        Some(g) if wanted.is_none() && !g.may_receive => Some(Role::Source),
+        _ => wanted,
+    };
+    let ip = *client;
     let attached = relay.attach(name, ip);
     drop(route);
     let channel = attached.map_err(|why| {
@@ -127,7 +199,80 @@ async fn serve(relay: &Arc<Relay>, stream: &Arc<TcpStream>) -> Result<(), Refuse
         relay: relay.clone(),
         channel,
     };
-    join(relay, &attached.channel, stream, wanted, &key, rest).await
+    let admit = Admit {
+        wanted,
+        grant,
+        client: ip,
+    };
+    join(relay, &attached.channel, stream, admit, &key, rest).await
+}
+
+/// Whether a handshake from `origin` may proceed: every origin when
+/// `allowed` is empty; otherwise one of `allowed` (scheme and host compared
+/// without case, a trailing `/` ignored). A request without `Origin` comes
+/// from no browser page (which always sends it) and is not checked.
+fn origin_allowed(allowed: &[String], origin: Option<&str>) -> bool {
+    let norm = |o: &str| o.trim().trim_end_matches('/').to_ascii_lowercase();
+    match origin {
+        _ if allowed.is_empty() => true,
+        None => true,
+        Some(o) => {
+            let o = norm(o);
+            allowed.iter().any(|a| norm(a) == o)
+        }
+    }
+}
+
+/// The channel and the roles (any of them) a route asks a token for;
+/// `None` for paths that are not a channel's.
+fn wanted_by(route: &Route) -> Option<(&str, &'static [&'static str])> {
+    match route {
+        Route::Source(n) => Some((n, &["source"])),
+        Route::Receiver(n) => Some((n, &["receiver"])),
+        Route::Signal(n) => Some((n, &["signal"])),
+        Route::Legacy => Some((DEFAULT_CHANNEL, &["receiver", "source"])),
+        Route::Other(_) => None,
+    }
+}
+
+/// Checks a WebSocket request's token, when tokens are required: the
+/// grant, or the refusal (401 or 403). `/echo` is no channel's and needs none.
+fn authorize(relay: &Relay, req: &Request, route: &Route) -> Result<Option<Grant>, Refused> {
+    let (Some(verifier), Some((channel, roles))) = (&relay.auth, wanted_by(route)) else {
+        return Ok(None);
+    };
+    Ok(Some(verifier.check(auth::token_of(req), channel, roles)?))
+}
+
+/// Checks a plain HTTP request's token, when tokens are required: a
+/// channel's path (which then answers 426) needs one for the channel,
+/// `/channels` one for every channel (`ch: "*"`, any role). Health,
+/// metrics and the page stay open.
+fn authorize_http(relay: &Relay, req: &Request, route: &Route) -> Result<(), Refused> {
+    let Some(verifier) = &relay.auth else {
+        return Ok(());
+    };
+    let token = auth::token_of(req);
+    match route {
+        Route::Source(_) | Route::Receiver(_) | Route::Signal(_) => {
+            authorize(relay, req, route)?;
+        }
+        Route::Other(p) if p == "/channels" => {
+            verifier.check_every_channel(token)?;
+        }
+        Route::Legacy | Route::Other(_) => {}
+    }
+    Ok(())
+}
+
+/// What a WebSocket request was admitted as.
+struct Admit {
+    /// The role asked for (`None`: the legacy rule decides).
+    wanted: Option<Role>,
+    /// The token that admitted it, when tokens are required.
+    grant: Option<Grant>,
+    /// The client's address (for the log).
+    client: IpAddr,
 }
 
 /// Detaches from the channel however the connection ends (a panic in the
@@ -145,10 +290,7 @@ impl Drop for Attached {
 
 /// Reads the request head within `--handshake-timeout-ms`; `None` when the
 /// client went away (nothing to answer).
-async fn read_request(
-    relay: &Relay,
-    stream: &TcpStream,
-) -> Result<Option<(Request, Vec<u8>)>, Refused> {
+async fn read_request(relay: &Relay, stream: &Conn) -> Result<Option<(Request, Vec<u8>)>, Refused> {
     let cfg = &relay.config;
     let read = handshake::read_request(stream, cfg.max_request_head);
     match tokio::time::timeout(cfg.handshake_timeout(), read).await {
@@ -185,18 +327,25 @@ fn websocket_key(req: &Request) -> Result<&str, Refused> {
 async fn join(
     relay: &Arc<Relay>,
     channel: &Arc<Channel>,
-    stream: &Arc<TcpStream>,
-    wanted: Option<Role>,
+    stream: &Conn,
+    admit: Admit,
     key: &str,
     rest: Vec<u8>,
 ) -> Result<(), Refused> {
     let cfg = &relay.config;
+    let wanted = admit.wanted;
     let peer = Arc::new(Peer {
         id: relay.next_peer_id(),
+        // A TLS peer is written by its own task only: the fan-out never
+        // waits on one receiver's encryption.
         egress: Egress::new(
             stream.clone(),
             cfg.egress_queue,
-            cfg.egress_mode,
+            if stream.is_tls() {
+                EgressMode::Queued
+            } else {
+                cfg.egress_mode
+            },
             relay.budgets.memory.clone(),
         ),
     });
@@ -253,8 +402,41 @@ async fn join(
         Role::Signal | Role::Echo => &relay.connections.signal_peers,
     };
     gauge.inc();
-    tracing::debug!(peer = peer.id, channel = %channel.name, ?role, "peer joined");
-    session::run(relay.clone(), channel.clone(), peer, role, reader).await;
+    let sub = admit.grant.as_ref().and_then(|g| g.sub.as_deref());
+    if role == Role::Source && admit.grant.is_some() {
+        // Who publishes where is worth a line at the default level (one per
+        // channel); receivers are too many for that.
+        tracing::info!(peer = peer.id, client = %admit.client, channel = %channel.name, sub, "source joined");
+    } else {
+        tracing::debug!(peer = peer.id, client = %admit.client, channel = %channel.name, ?role, sub, "peer joined");
+    }
+    // A token that expires while the connection is open closes it.
+    let expires = admit
+        .grant
+        .map(|g| Instant::now() + g.remaining(auth::unix_now()));
+    session::run(relay.clone(), channel.clone(), peer, role, reader, expires).await;
     gauge.sub(1);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_are_matched_exactly_but_without_case() {
+        let allowed = vec![
+            "https://a.example".to_owned(),
+            "https://b.example:8443/".to_owned(),
+        ];
+        assert!(origin_allowed(&[], Some("https://evil.example")));
+        assert!(origin_allowed(&allowed, Some("https://a.example")));
+        assert!(origin_allowed(&allowed, Some("HTTPS://A.example/")));
+        assert!(origin_allowed(&allowed, Some("https://b.example:8443")));
+        assert!(!origin_allowed(&allowed, Some("http://a.example")));
+        assert!(!origin_allowed(&allowed, Some("https://a.example.evil")));
+        assert!(!origin_allowed(&allowed, Some("https://b.example")));
+        assert!(!origin_allowed(&allowed, Some("null")));
+        assert!(origin_allowed(&allowed, None), "not a browser");
+    }
 }

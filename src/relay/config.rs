@@ -3,9 +3,12 @@
 //! deployment wants (thousands of receivers per channel are normal).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+
+use crate::relay::proxy::Cidr;
 
 /// How frames reach a receiver's socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
@@ -172,6 +175,38 @@ pub struct Config {
     /// whose cache would pass it stops caching (live frames still flow).
     #[arg(long, env = "RELAY_MAX_CACHE_MEMORY", default_value_t = 512 << 20)]
     pub max_cache_memory: usize,
+    /// HS256 secret for tokens, read from this file (trailing whitespace
+    /// ignored; use 32 random bytes or more). With it or
+    /// `--jwt-public-key-file`, every request for a channel needs a token;
+    /// without either the relay is open to anyone. `bitstream-relay token`
+    /// mints with it.
+    #[arg(long, env = "RELAY_JWT_SECRET_FILE", global = true)]
+    pub jwt_secret_file: Option<PathBuf>,
+    /// Public key (PEM: RSA, EC P-256 or Ed25519) verifying RS256, ES256 or
+    /// EdDSA tokens, so the relay can check tokens it cannot mint.
+    #[arg(long, env = "RELAY_JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// Origins whose pages may open WebSockets, comma-separated (e.g.
+    /// `https://a.example,https://b.example`); a handshake with another
+    /// `Origin` is refused with 403. Empty: every origin is allowed. A
+    /// handshake without `Origin` (not a browser) is not checked.
+    #[arg(long, env = "RELAY_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+    /// Address ranges of reverse proxies, comma-separated (e.g.
+    /// `10.0.0.0/8,fd00::/8`): for a connection from one of them, the client
+    /// address for the per-IP caps and the logs comes from its
+    /// `X-Forwarded-For` (or `Forwarded`). Empty: the socket's address
+    /// counts, so one proxy in front makes every client one address.
+    #[arg(long, env = "RELAY_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<Cidr>,
+    /// TLS certificate chain (PEM): with `--tls-key`, the port serves
+    /// `wss://` and `https://` (TLS 1.2/1.3 through rustls) instead of
+    /// `ws://`. SIGHUP reloads both files for new connections.
+    #[arg(long, env = "RELAY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM: PKCS#8, PKCS#1 or SEC1) of `--tls-cert`.
+    #[arg(long, env = "RELAY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Log format.
     #[arg(long, env = "RELAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

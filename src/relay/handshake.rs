@@ -4,7 +4,8 @@
 use std::io;
 
 use thiserror::Error;
-use tokio::net::TcpStream;
+
+use crate::relay::conn::Conn;
 
 use bitstream_wire::handshake::{parse_request, HeadError, Request};
 use bitstream_wire::protocol::valid_channel_name;
@@ -74,7 +75,7 @@ pub(crate) enum RequestError {
 /// Reads a request head of at most `max` bytes; returns it and any bytes the
 /// client sent after it (the start of its WebSocket stream).
 pub(crate) async fn read_request(
-    stream: &TcpStream,
+    stream: &Conn,
     max: usize,
 ) -> Result<(Request, Vec<u8>), RequestError> {
     let mut buf = Vec::with_capacity(1024.min(max));
@@ -97,8 +98,9 @@ pub(crate) async fn read_request(
     }
 }
 
-/// Writes all of `bytes` to a socket (handshake-time only; not the fan-out path).
-pub(crate) async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+/// Writes all of `bytes` to a connection (handshake-time only; not the
+/// fan-out path), TLS ciphertext included.
+pub(crate) async fn write_all(stream: &Conn, mut bytes: &[u8]) -> io::Result<()> {
     while !bytes.is_empty() {
         stream.writable().await?;
         match stream.try_write(bytes) {
@@ -106,6 +108,9 @@ pub(crate) async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> io::Resul
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),
         }
+    }
+    while stream.flush_pending()? {
+        stream.writable().await?;
     }
     Ok(())
 }

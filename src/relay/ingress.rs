@@ -24,10 +24,10 @@ use tokio::task::JoinHandle;
 use bitstream_wire::reader::{Incoming, MessageReader, ReadError, WireMessage};
 use bitstream_wire::ws;
 use thiserror::Error;
-use tokio::net::TcpStream;
 
 use crate::relay::budget::{charged, Budget, Level, LARGE};
 use crate::relay::bulk::BULK_FROM;
+use crate::relay::conn::Conn;
 
 /// Why reading from a peer stopped.
 #[derive(Debug, Error)]
@@ -126,7 +126,7 @@ impl Ingress {
     }
 
     /// Reads until one message (or control frame) is complete.
-    pub(crate) async fn next(&mut self, stream: &Arc<TcpStream>) -> Result<Incoming, RecvError> {
+    pub(crate) async fn next(&mut self, stream: &Conn) -> Result<Incoming, RecvError> {
         let mut since_yield = 0;
         loop {
             if let Some(task) = self.away.as_mut() {
@@ -199,10 +199,7 @@ fn placeholder() -> MessageReader {
 
 /// Reads until `reader` has a message (on the bulk lane: its charge was
 /// taken when the head arrived).
-async fn read_message(
-    reader: &mut MessageReader,
-    stream: &TcpStream,
-) -> Result<Incoming, RecvError> {
+async fn read_message(reader: &mut MessageReader, stream: &Conn) -> Result<Incoming, RecvError> {
     let mut since_yield = 0;
     loop {
         if let Some(msg) = reader.parse()? {
@@ -216,7 +213,7 @@ async fn read_message(
 /// this turn already read that much.
 async fn read_turn(
     reader: &mut MessageReader,
-    stream: &TcpStream,
+    stream: &Conn,
     since_yield: &mut usize,
 ) -> Result<(), RecvError> {
     if *since_yield >= TURN_BYTES {

@@ -3,7 +3,7 @@
 //!
 //! Data path, in the order a frame takes it:
 //! [`server`] accepts and counts connections; [`admission`] reads the
-//! request ([`handshake`]), answers plain HTTP ([`http`], [`metrics`],
+//! request ([`handshake`]), checks its token ([`auth`]), answers plain HTTP ([`http`], [`metrics`],
 //! [`web`]) or admits a WebSocket peer ([`peer`]) to its [`channel`]; each
 //! peer runs a [`session`] that reads through [`ingress`] and writes through
 //! [`egress`]. A channel folds its source's frames into the catch-up
@@ -13,12 +13,14 @@
 //! [`clock`] and [`config`] (every option and limit).
 
 pub(crate) mod admission;
+pub(crate) mod auth;
 pub(crate) mod budget;
 pub(crate) mod bulk;
 pub(crate) mod cache;
 pub(crate) mod channel;
 pub(crate) mod clock;
 pub(crate) mod config;
+pub(crate) mod conn;
 pub(crate) mod egress;
 pub(crate) mod gc;
 pub(crate) mod handshake;
@@ -26,9 +28,11 @@ pub(crate) mod http;
 pub(crate) mod ingress;
 pub(crate) mod metrics;
 pub(crate) mod peer;
+pub(crate) mod proxy;
 pub(crate) mod ratelimit;
 pub(crate) mod server;
 pub(crate) mod session;
 pub(crate) mod state;
 pub(crate) mod stats;
+pub(crate) mod tls;
 pub(crate) mod web;

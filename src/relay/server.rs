@@ -7,12 +7,39 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use thiserror::Error;
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::relay::auth::{AuthError, Verifier};
 use crate::relay::config::Config;
+use crate::relay::conn::Conn;
+use crate::relay::handshake;
 use crate::relay::state::{shutting_down, Relay};
 use crate::relay::stats::Refusal;
-use crate::relay::{admission, gc};
+use crate::relay::tls::{self, Tls, TlsError};
+use crate::relay::{admission, gc, proxy};
+
+/// Why the relay could not start.
+#[derive(Debug, Error)]
+pub enum StartError {
+    /// The listening socket could not be set up.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Why.
+        source: io::Error,
+    },
+    /// The token keys could not be loaded.
+    #[error("{0}")]
+    Auth(#[from] AuthError),
+    /// The TLS certificate or key could not be loaded.
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
+    /// The bulk lane's thread could not start.
+    #[error("cannot start the bulk lane: {0}")]
+    Runtime(io::Error),
+}
 
 /// A bound relay, ready to run.
 pub struct Server {
@@ -22,8 +49,33 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds the listening socket.
-    pub async fn bind(config: Config) -> io::Result<Self> {
+    /// Loads the token keys and binds the listening socket.
+    pub async fn bind(config: Config) -> Result<Self, StartError> {
+        let auth = Verifier::from_config(&config)?;
+        if auth.is_none() {
+            tracing::warn!(
+                "no --jwt-secret-file or --jwt-public-key-file: the relay is open, anyone who reaches it may publish to and watch any channel"
+            );
+        }
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(Tls::load(cert, key)?),
+            _ => None,
+        };
+        let addr = config.addr;
+        let listener =
+            Self::listen(&config).map_err(|source| StartError::Listen { addr, source })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| StartError::Listen { addr, source })?;
+        Ok(Self {
+            relay: Relay::with(config, auth, tls).map_err(StartError::Runtime)?,
+            local_addr,
+            listener,
+        })
+    }
+
+    /// The listening socket `config` asks for.
+    fn listen(config: &Config) -> io::Result<TcpListener> {
         let socket = if config.addr.is_ipv4() {
             tokio::net::TcpSocket::new_v4()?
         } else {
@@ -32,13 +84,7 @@ impl Server {
         socket.set_reuseaddr(true)?;
         socket.bind(config.addr)?;
         // A deep accept queue so a storm of joins is not dropped at SYN time.
-        let listener = socket.listen(config.listen_backlog)?;
-        let local_addr = listener.local_addr()?;
-        Ok(Self {
-            relay: Relay::new(config)?,
-            local_addr,
-            listener,
-        })
+        socket.listen(config.listen_backlog)
     }
 
     /// The address actually bound (useful with port 0).
@@ -60,7 +106,7 @@ impl Server {
         if relay.config.stats_interval_ms > 0 {
             tokio::spawn(log_stats(relay.clone()));
         }
-        tracing::info!(addr = %self.local_addr, "relay listening");
+        tracing::info!(addr = %self.local_addr, tls = relay.tls.is_some(), "relay listening");
         let accept = tokio::spawn(accept_loop(self.listener, relay.clone()));
         shutting_down(&mut relay.shutdown_signal()).await;
         let deadline = tokio::time::Instant::now()
@@ -94,44 +140,80 @@ async fn accept_loop(listener: TcpListener, relay: Arc<Relay>) {
     }
 }
 
-/// Decrements the open-connection gauge and the per-IP count when a
-/// connection task ends, however it ends.
+/// Decrements the open-connection gauge and the per-IP count (if this
+/// connection was counted by its socket's address) when a connection task
+/// ends, however it ends.
 struct OpenGuard {
     relay: Arc<Relay>,
-    ip: IpAddr,
+    ip: Option<IpAddr>,
 }
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
         self.relay.connections.open.sub(1);
-        self.relay.release_ip(self.ip);
+        if let Some(ip) = self.ip {
+            self.relay.release_ip(ip);
+        }
     }
 }
 
 fn accept(relay: &Arc<Relay>, stream: TcpStream, addr: SocketAddr) {
     relay.connections.accepted.inc();
     let _ = stream.set_nodelay(true);
+    // A trusted proxy's connections count for the client it names, known
+    // once the request head is read (admission counts them then).
+    let proxied = proxy::is_trusted(&relay.config.trusted_proxies, addr.ip());
     let over = if relay.connections.open.get() >= relay.config.max_connections as u64 {
         Some(Refusal::ConnectionLimit)
-    } else if !relay.admit_ip(addr.ip()) {
+    } else if !proxied && !relay.admit_ip(addr.ip()) {
         Some(Refusal::PerIpLimit)
     } else {
         None
     };
     if let Some(why) = over {
         relay.connections.refuse(why);
+        tracing::debug!(peer = %addr, reason = why.label(), status = 503, "refused");
+        let stream = Conn::from(stream);
         tokio::spawn(async move { admission::answer(&stream, 503, why.label()).await });
         return;
     }
     relay.connections.open.inc();
     let guard = OpenGuard {
         relay: relay.clone(),
-        ip: addr.ip(),
+        ip: (!proxied).then_some(addr.ip()),
     };
     tokio::spawn(async move {
-        admission::handle(&guard.relay, stream).await;
+        let relay = &guard.relay;
+        let conn = match &relay.tls {
+            None => Conn::from(stream),
+            Some(tls) => match secure(relay, tls, stream, addr).await {
+                Some(conn) => conn,
+                None => return,
+            },
+        };
+        admission::handle(relay, conn, addr).await;
         drop(guard);
     });
+}
+
+/// The TLS handshake of a connection to a TLS port, or its refusal
+/// (counted; a client speaking plain HTTP is told so in plain HTTP).
+async fn secure(relay: &Relay, tls: &Tls, stream: TcpStream, addr: SocketAddr) -> Option<Conn> {
+    let timeout = relay.config.handshake_timeout();
+    match tls::accept(tls.current(), stream, timeout).await {
+        Ok(conn) => Some(conn),
+        Err((why, plain)) => {
+            relay.connections.refuse(why);
+            tracing::debug!(peer = %addr, reason = why.label(), "refused");
+            if let Some(conn) = plain {
+                // Read its request first, so closing does not reset the answer.
+                let head = handshake::read_request(&conn, relay.config.max_request_head);
+                let _ = tokio::time::timeout(Duration::from_secs(1), head).await;
+                admission::answer(&conn, 400, "this port speaks TLS: use https:// or wss://").await;
+            }
+            None
+        }
+    }
 }
 
 /// Logs a one-line summary every `--stats-interval-ms`.

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use dashmap::DashMap;
 use tokio::sync::watch;
 
+use crate::relay::auth::Verifier;
 use crate::relay::budget::Budgets;
 use crate::relay::bulk::Bulk;
 use crate::relay::channel::{Channel, Fanout};
@@ -16,6 +17,7 @@ use crate::relay::clock::now_ms;
 use crate::relay::config::Config;
 use crate::relay::http::PageCache;
 use crate::relay::stats::{Connections, Refusal, Traffic, TrafficSnapshot};
+use crate::relay::tls::{Tls, TlsError};
 
 /// Shared relay state. See the module docs.
 #[derive(Debug)]
@@ -24,6 +26,10 @@ pub struct Relay {
     pub(crate) config: Config,
     /// The low-priority lane for large uploads and costly checks.
     pub(crate) bulk: Bulk,
+    /// Token checks, `None` when the relay is open (no key configured).
+    pub(crate) auth: Option<Verifier>,
+    /// TLS on the port, `None` for plain TCP.
+    pub(crate) tls: Option<Tls>,
     /// Channels by name, sharded.
     pub(crate) channels: DashMap<Arc<str>, Arc<Channel>>,
     /// Connection counters.
@@ -116,11 +122,24 @@ impl ChannelSummary {
 }
 
 impl Relay {
-    /// A relay with no channels (fails if its bulk lane's thread cannot
-    /// start).
+    /// A relay with no channels, open to anyone.
+    #[cfg(test)]
     pub(crate) fn new(config: Config) -> io::Result<Arc<Self>> {
+        Self::with(config, None, None)
+    }
+
+    /// A relay with no channels, checking tokens with `auth` and serving
+    /// TLS with `tls` if given (fails if its bulk lane's thread cannot
+    /// start).
+    pub(crate) fn with(
+        config: Config,
+        auth: Option<Verifier>,
+        tls: Option<Tls>,
+    ) -> io::Result<Arc<Self>> {
         let (shutdown, _) = watch::channel(false);
         Ok(Arc::new(Self {
+            auth,
+            tls,
             bulk: Bulk::start()?,
             budgets: Budgets::new(config.max_memory, config.max_cache_memory),
             config,
@@ -265,6 +284,16 @@ impl Relay {
     /// Releases a connection counted by [`Relay::admit_ip`].
     pub(crate) fn release_ip(&self, ip: IpAddr) {
         self.per_ip.release(ip_key(ip));
+    }
+
+    /// Loads the TLS certificate and key files again (on SIGHUP): new
+    /// connections get the new pair, open ones keep theirs. `Ok(false)`
+    /// without TLS; on error the previous pair stays in use.
+    pub fn reload_tls(&self) -> Result<bool, TlsError> {
+        match &self.tls {
+            Some(tls) => tls.reload().map(|()| true),
+            None => Ok(false),
+        }
     }
 
     /// Starts shutting down: sessions get their close frames.

@@ -180,11 +180,27 @@ pub enum Refusal {
     PerIpLimit = 8,
     /// `--max-channels-per-ip` reached.
     ChannelsPerIpLimit = 9,
+    /// Tokens are required and the request carried none (401).
+    TokenMissing = 10,
+    /// A malformed or badly signed token (401).
+    TokenInvalid = 11,
+    /// An expired token (401).
+    TokenExpired = 12,
+    /// A valid token for another channel or role (403).
+    TokenForbidden = 13,
+    /// An `Origin` not in `--allowed-origins` (403).
+    OriginForbidden = 14,
+    /// Plain text (not a TLS handshake) on the TLS port (400).
+    TlsPlaintext = 15,
+    /// A TLS handshake that failed.
+    TlsFailed = 16,
+    /// A TLS handshake not completed within `--handshake-timeout-ms`.
+    TlsTimeout = 17,
 }
 
 impl Refusal {
     /// Every refusal reason, in index order.
-    pub const ALL: [Refusal; 10] = [
+    pub const ALL: [Refusal; 18] = [
         Refusal::BadName,
         Refusal::BadRequest,
         Refusal::SourceTaken,
@@ -195,6 +211,14 @@ impl Refusal {
         Refusal::ShuttingDown,
         Refusal::PerIpLimit,
         Refusal::ChannelsPerIpLimit,
+        Refusal::TokenMissing,
+        Refusal::TokenInvalid,
+        Refusal::TokenExpired,
+        Refusal::TokenForbidden,
+        Refusal::OriginForbidden,
+        Refusal::TlsPlaintext,
+        Refusal::TlsFailed,
+        Refusal::TlsTimeout,
     ];
 
     /// A short label for logs and metrics.
@@ -210,6 +234,14 @@ impl Refusal {
             Refusal::ShuttingDown => "shutting_down",
             Refusal::PerIpLimit => "per_ip_limit",
             Refusal::ChannelsPerIpLimit => "channels_per_ip_limit",
+            Refusal::TokenMissing => "token_missing",
+            Refusal::TokenInvalid => "token_invalid",
+            Refusal::TokenExpired => "token_expired",
+            Refusal::TokenForbidden => "token_forbidden",
+            Refusal::OriginForbidden => "origin_forbidden",
+            Refusal::TlsPlaintext => "tls_plaintext",
+            Refusal::TlsFailed => "tls_failed",
+            Refusal::TlsTimeout => "tls_timeout",
         }
     }
 }
@@ -270,5 +302,8 @@ mod tests {
         assert_eq!(c.refused[Refusal::BadName as usize].get(), 2);
         assert_eq!(c.refused.iter().map(Counter::get).sum::<u64>(), 3);
         assert_eq!(Refusal::ALL[8].label(), "per_ip_limit");
+        for (i, why) in Refusal::ALL.iter().enumerate() {
+            assert_eq!(*why as usize, i, "ALL is in index order");
+        }
     }
 }

@@ -12,8 +12,14 @@ use bitstream_wire::reader::{Incoming, MessageReader, ReadError};
 use bitstream_wire::ws::{self, Side};
 use bytes::Bytes;
 use thiserror::Error;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+/// A byte stream a client can speak WebSocket over: a `TcpStream`, or a
+/// TLS stream over one (e.g. `tokio_rustls::client::TlsStream`).
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Stream for S {}
 
 /// Largest handshake response head a client accepts.
 const MAX_RESPONSE_HEAD: usize = 16 * 1024;
@@ -90,7 +96,7 @@ pub fn parse_url(url: &str) -> Result<(String, String), ClientError> {
 
 /// A connected WebSocket client.
 pub struct Client {
-    stream: TcpStream,
+    stream: Box<dyn Stream>,
     reader: MessageReader,
     mask_seed: u32,
     /// Address connected to.
@@ -101,24 +107,64 @@ impl Client {
     /// Connects and completes the handshake; `max_message` bounds what it
     /// will receive.
     pub async fn connect(url: &str, max_message: usize) -> Result<Self, ClientError> {
+        Self::connect_with_headers(url, &[], max_message).await
+    }
+
+    /// [`Client::connect`] sending extra request headers, e.g.
+    /// `("Authorization", "Bearer <token>")` or `("Origin", "https://…")`.
+    pub async fn connect_with_headers(
+        url: &str,
+        headers: &[(&str, &str)],
+        max_message: usize,
+    ) -> Result<Self, ClientError> {
         let (host, path) = parse_url(url)?;
         let stream = TcpStream::connect(&host).await?;
         stream.set_nodelay(true)?;
-        Self::handshake(stream, &host, &path, max_message).await
+        Self::handshake_with_headers(stream, &host, &path, headers, max_message).await
     }
 
     /// Completes the client handshake for `path` on an already connected
     /// socket (e.g. one with a small receive buffer, for tests).
     pub async fn handshake(
-        mut stream: TcpStream,
+        stream: TcpStream,
         host: &str,
         path: &str,
         max_message: usize,
     ) -> Result<Self, ClientError> {
+        Self::handshake_with_headers(stream, host, path, &[], max_message).await
+    }
+
+    /// [`Client::handshake`] sending extra request headers.
+    pub async fn handshake_with_headers(
+        stream: TcpStream,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        max_message: usize,
+    ) -> Result<Self, ClientError> {
         let seed = seed_for(&stream);
+        let peer = stream.peer_addr()?;
+        Self::handshake_over(stream, peer, seed, host, path, headers, max_message).await
+    }
+
+    /// The client handshake over any connected byte stream to `peer`
+    /// (e.g. a TLS stream, for `wss://`); `seed` varies the handshake key
+    /// and the masks.
+    pub async fn handshake_over(
+        stream: impl Stream + 'static,
+        peer: SocketAddr,
+        seed: u32,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        max_message: usize,
+    ) -> Result<Self, ClientError> {
+        let mut stream: Box<dyn Stream> = Box::new(stream);
         let key = handshake::client_key(seed);
         stream
-            .write_all(&handshake::client_request(host, path, &key))
+            .write_all(&handshake::client_request_with_headers(
+                host, path, &key, headers,
+            ))
             .await?;
         let (resp, mut buf) = read_response(&mut stream, &key).await?;
         if resp.status != 101 {
@@ -138,7 +184,7 @@ impl Client {
                 256 * 1024,
                 &buf[resp.head_len..],
             ),
-            peer: stream.peer_addr()?,
+            peer,
             stream,
             mask_seed: seed | 1,
         })
@@ -247,7 +293,7 @@ fn seed_for(stream: &TcpStream) -> u32 {
 /// Reads the server's handshake response head; returns it with every byte
 /// read so far (the head and whatever followed it).
 async fn read_response(
-    stream: &mut TcpStream,
+    stream: &mut Box<dyn Stream>,
     key: &str,
 ) -> Result<(handshake::Response, Vec<u8>), ClientError> {
     let mut buf = Vec::with_capacity(1024);
@@ -267,7 +313,7 @@ async fn read_response(
 }
 
 /// Reads a refusal's (small) body until the server closes, briefly.
-async fn read_until_closed(stream: &mut TcpStream, buf: &mut Vec<u8>) {
+async fn read_until_closed(stream: &mut Box<dyn Stream>, buf: &mut Vec<u8>) {
     let _ = tokio::time::timeout(REFUSAL_BODY_WAIT, async {
         while buf.len() < MAX_RESPONSE_HEAD && matches!(stream.read_buf(buf).await, Ok(n) if n > 0)
         {

@@ -19,7 +19,7 @@ mod reconnect;
 mod signal_peer;
 mod source;
 
-pub use conn::{parse_url, Client, ClientError, Message};
+pub use conn::{parse_url, Client, ClientError, Message, Stream};
 pub use receiver::{Event, Picture, Receiver};
 pub use signal_peer::SignalPeer;
 pub use source::Source;

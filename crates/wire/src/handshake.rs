@@ -31,6 +31,14 @@ pub struct Request {
     pub ws_version: Option<String>,
     /// True if `Upgrade: websocket` and `Connection: upgrade` are present.
     pub upgrade: bool,
+    /// `Origin` (browsers send it with every WebSocket handshake).
+    pub origin: Option<String>,
+    /// `Authorization` (e.g. `Bearer <token>`).
+    pub authorization: Option<String>,
+    /// Every `X-Forwarded-For` line, joined with `, ` in order.
+    pub forwarded_for: Option<String>,
+    /// Every `Forwarded` (RFC 7239) line, joined with `, ` in order.
+    pub forwarded: Option<String>,
 }
 
 /// Parses a complete request head out of `buf`: `Ok(None)` if more bytes
@@ -53,6 +61,10 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(Request, usize)>, HeadError> 
             ws_key: header("sec-websocket-key").map(str::to_owned),
             ws_version: header("sec-websocket-version").map(str::to_owned),
             upgrade,
+            origin: header("origin").map(str::to_owned),
+            authorization: header("authorization").map(str::to_owned),
+            forwarded_for: header_all(req.headers, "x-forwarded-for"),
+            forwarded: header_all(req.headers, "forwarded"),
         },
         n,
     )))
@@ -102,6 +114,18 @@ fn header_value<'h>(headers: &'h [httparse::Header<'_>], name: &str) -> Option<&
         .map(str::trim)
 }
 
+/// Every value of header `name` (a header may be repeated), joined with
+/// `, ` in the order received; `None` if there is none.
+fn header_all(headers: &[httparse::Header<'_>], name: &str) -> Option<String> {
+    let values: Vec<&str> = headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case(name))
+        .filter_map(|h| std::str::from_utf8(h.value).ok())
+        .map(str::trim)
+        .collect();
+    (!values.is_empty()).then(|| values.join(", "))
+}
+
 /// `Sec-WebSocket-Accept` for a client's `Sec-WebSocket-Key`.
 pub fn accept_key(key: &str) -> String {
     let mut sha = sha1_smol::Sha1::new();
@@ -142,10 +166,26 @@ pub fn http_response(status: u16, reason: &str, content_type: &str, body: &[u8])
 
 /// A client's opening handshake request for `path` on `host`.
 pub fn client_request(host: &str, path: &str, key: &str) -> Vec<u8> {
-    format!(
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
-    .into_bytes()
+    client_request_with_headers(host, path, key, &[])
+}
+
+/// [`client_request`] with extra header lines (e.g. `Authorization`,
+/// `Origin`). Names and values are sent as given: they must not contain
+/// CR or LF.
+pub fn client_request_with_headers(
+    host: &str,
+    path: &str,
+    key: &str,
+    headers: &[(&str, &str)],
+) -> Vec<u8> {
+    let mut req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+    );
+    for (name, value) in headers {
+        req.push_str(&format!("{name}: {value}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.into_bytes()
 }
 
 #[cfg(test)]
@@ -174,6 +214,24 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(!plain.upgrade);
+        assert_eq!(plain.origin, None);
+    }
+
+    #[test]
+    fn parses_the_headers_admission_uses() {
+        let raw = b"GET /stream/x HTTP/1.1\r\nOrigin: https://a.example\r\nAuthorization: Bearer t.k.n\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-For: 10.0.0.2, 10.0.0.3\r\nForwarded: for=192.0.2.1\r\n\r\n";
+        let (req, _) = parse_request(raw).unwrap().unwrap();
+        assert_eq!(req.origin.as_deref(), Some("https://a.example"));
+        assert_eq!(req.authorization.as_deref(), Some("Bearer t.k.n"));
+        assert_eq!(
+            req.forwarded_for.as_deref(),
+            Some("10.0.0.1, 10.0.0.2, 10.0.0.3")
+        );
+        assert_eq!(req.forwarded.as_deref(), Some("for=192.0.2.1"));
+        let with = client_request_with_headers("h", "/", "k", &[("Origin", "o")]);
+        let (req, _) = parse_request(&with).unwrap().unwrap();
+        assert_eq!(req.origin.as_deref(), Some("o"));
+        assert!(req.upgrade);
     }
 
     #[test]

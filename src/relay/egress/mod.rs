@@ -39,7 +39,6 @@ use std::io::{self, IoSlice};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 pub(crate) use queue::Drain;
@@ -47,6 +46,7 @@ use queue::{Queue, Verdict};
 
 use crate::relay::budget::{Budget, Level};
 use crate::relay::config::EgressMode;
+use crate::relay::conn::Conn;
 
 /// Most queued chunks handed to one `writev`.
 const MAX_IOV: usize = 64;
@@ -72,7 +72,7 @@ pub(crate) enum Outcome {
 #[derive(Debug)]
 pub(crate) struct Egress {
     mode: EgressMode,
-    stream: Arc<TcpStream>,
+    stream: Conn,
     queue: Mutex<Queue>,
     wake: Notify,
     /// The relay's memory budget.
@@ -90,14 +90,14 @@ impl Egress {
     /// An egress on `stream` whose queue holds at most `limit` bytes,
     /// charging what it holds to `memory`.
     pub(crate) fn new(
-        stream: Arc<TcpStream>,
+        stream: impl Into<Conn>,
         limit: usize,
         mode: EgressMode,
         memory: Arc<Budget>,
     ) -> Self {
         Self {
             mode,
-            stream,
+            stream: stream.into(),
             queue: Mutex::new(Queue::new(limit)),
             wake: Notify::new(),
             memory,
@@ -131,7 +131,7 @@ impl Egress {
     }
 
     /// The socket this egress writes to.
-    pub(crate) fn stream(&self) -> &Arc<TcpStream> {
+    pub(crate) fn stream(&self) -> &Conn {
         &self.stream
     }
 
@@ -235,6 +235,12 @@ impl Egress {
         if self.lock().is_empty() {
             return;
         }
+        if self.mode != EgressMode::Direct {
+            // Written by the peer's own task only (e.g. TLS: never encrypt
+            // on the fan-out's time).
+            self.wake.notify_one();
+            return;
+        }
         match self.drain() {
             Drain::Empty | Drain::Closed => {}
             Drain::Pending | Drain::NeedsResync => self.wake.notify_one(),
@@ -263,6 +269,17 @@ impl Egress {
                     q.consume(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => q.close(),
+            }
+        }
+        // A TLS session may still hold ciphertext of what was written.
+        if q.state() == Drain::Empty {
+            match self.stream.flush_pending() {
+                Ok(false) => {}
+                Ok(true) => {
+                    self.settle(&mut q);
+                    return (Drain::Pending, written);
+                }
                 Err(_) => q.close(),
             }
         }

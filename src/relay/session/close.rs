@@ -1,13 +1,13 @@
 //! Ending a connection cleanly: the close frame after whatever is queued,
 //! a bounded flush, and a half-close that waits for the peer's close.
 
-use crate::relay::ingress::Ingress;
 use std::time::Duration;
 
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::relay::conn::Conn;
 use crate::relay::egress::Drain;
+use crate::relay::ingress::Ingress;
 use crate::relay::peer::Peer;
 
 /// How long a closing peer gets to take its close frame and answer it.
@@ -34,7 +34,7 @@ pub(super) async fn close_gracefully(
     // Half-close, then read and discard until the peer closes too: closing
     // a socket with unread input makes the kernel send a reset, which can
     // overtake the close frame still in flight (e.g. after garbage input).
-    let _ = socket2::SockRef::from(stream.as_ref()).shutdown(std::net::Shutdown::Write);
+    stream.shutdown_write();
     reader.discard();
     loop {
         tokio::select! {
@@ -51,7 +51,7 @@ pub(super) async fn close_gracefully(
 /// Reads and drops whatever the socket has; true once the peer has closed
 /// (or the socket failed). A plain function, so its buffer lives on the
 /// stack and not in every session's future.
-fn discard_input(stream: &TcpStream) -> bool {
+fn discard_input(stream: &Conn) -> bool {
     let mut sink = [0u8; 4096];
     loop {
         match stream.try_read(&mut sink) {

@@ -14,12 +14,13 @@ use bitstream_wire::protocol;
 use bitstream_wire::reader::{Incoming, MessageReader, WireMessage};
 use bitstream_wire::ws;
 use bytes::Bytes;
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::relay::auth::CLOSE_TOKEN_EXPIRED;
 use crate::relay::channel::Channel;
 use crate::relay::clock::now_ms;
+use crate::relay::conn::Conn;
 use crate::relay::egress::Drain;
 use crate::relay::ingress::{Ingress, RecvError};
 use crate::relay::peer::{Peer, Role};
@@ -59,7 +60,7 @@ struct Session {
     channel: Arc<Channel>,
     peer: Arc<Peer>,
     role: Role,
-    stream: Arc<TcpStream>,
+    stream: Conn,
     reader: Ingress,
     shutdown: watch::Receiver<bool>,
     next_ping: Instant,
@@ -75,16 +76,20 @@ struct Session {
     /// burst of pings (RFC 6455 §5.5.3 allows it).
     pong: Option<Bytes>,
     lag: Lag,
+    /// When the peer's token expires (tokens required only).
+    expires: Option<Instant>,
 }
 
-/// Runs a peer of `role` on `channel` until it leaves. The peer is already
-/// registered on the channel; this task unregisters it.
+/// Runs a peer of `role` on `channel` until it leaves, or until `expires`
+/// (its token's expiry). The peer is already registered on the channel;
+/// this task unregisters it.
 pub(crate) async fn run(
     relay: Arc<Relay>,
     channel: Arc<Channel>,
     peer: Arc<Peer>,
     role: Role,
     reader: MessageReader,
+    expires: Option<Instant>,
 ) {
     let now = Instant::now();
     let memory = relay.budgets.memory.clone();
@@ -101,6 +106,7 @@ pub(crate) async fn run(
         pings: TokenBucket::new(cfg.ping_rate, cfg.ping_burst, now.into_std()),
         pong: None,
         lag: Lag::default(),
+        expires,
         relay,
         channel,
         peer,
@@ -363,16 +369,22 @@ impl Session {
             .map(|t| t + self.relay.config.slow_timeout())
     }
 
-    /// The earliest of the next ping and the slow-receiver deadline.
+    /// The earliest of the next ping, the slow-receiver deadline and the
+    /// token's expiry.
     fn next_deadline(&self) -> Instant {
-        self.slow_deadline()
-            .map_or(self.next_ping, |slow| slow.min(self.next_ping))
+        let next = self
+            .slow_deadline()
+            .map_or(self.next_ping, |slow| slow.min(self.next_ping));
+        self.expires.map_or(next, |exp| exp.min(next))
     }
 
     /// A deadline passed: close a receiver stuck behind, drop a peer that
     /// stopped answering, or ping.
     fn on_tick(&mut self) -> Step {
         let now = Instant::now();
+        if self.expires.is_some_and(|exp| now >= exp) {
+            return Step::Break(Exit::Closed(CLOSE_TOKEN_EXPIRED, "token expired"));
+        }
         if self.slow_deadline().is_some_and(|slow| now >= slow) {
             self.channel.traffic.slow_closes.inc();
             return Step::Break(Exit::Closed(
