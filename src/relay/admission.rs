@@ -79,7 +79,7 @@ pub(crate) async fn handle(relay: &Arc<Relay>, stream: Conn, addr: SocketAddr) {
         relay.connections.refuse(r.why);
         // Never the token itself: the reason is enough to debug with.
         tracing::debug!(peer = %addr, %client, reason = r.why.label(), status = r.status, "refused");
-        answer(&stream, r.status, &r.text).await;
+        Box::pin(answer(&stream, r.status, &r.text)).await;
     }
 }
 
@@ -104,7 +104,9 @@ async fn serve(
     addr: SocketAddr,
     client: &mut IpAddr,
 ) -> Result<(), Refused> {
-    let Some((req, rest)) = read_request(relay, stream).await? else {
+    // The handshake's transient states are boxed: a task's future is as
+    // large as its largest state, for the connection's whole life.
+    let Some((req, rest)) = Box::pin(read_request(relay, stream)).await? else {
         return Ok(());
     };
     let cfg = &relay.config;
@@ -131,7 +133,8 @@ async fn serve(
     if !req.upgrade {
         authorize_http(relay, &req, &route)?;
         let resp = http::respond(relay, &req, &route);
-        let _ = tokio::time::timeout(ANSWER_TIMEOUT, handshake::write_all(stream, &resp)).await;
+        let write = tokio::time::timeout(ANSWER_TIMEOUT, handshake::write_all(stream, &resp));
+        let _ = Box::pin(write).await;
         stream.close_notify();
         return Ok(());
     }

@@ -186,7 +186,9 @@ fn accept(relay: &Arc<Relay>, stream: TcpStream, addr: SocketAddr) {
         let relay = &guard.relay;
         let conn = match &relay.tls {
             None => Conn::from(stream),
-            Some(tls) => match secure(relay, tls, stream, addr).await {
+            // Boxed: the TLS handshake's state would otherwise be part of
+            // every connection's memory for its whole life.
+            Some(tls) => match Box::pin(secure(relay, tls, stream, addr)).await {
                 Some(conn) => conn,
                 None => return,
             },
