@@ -2,7 +2,9 @@
 //! DevTools protocol like `tests/browser.rs` (whose Chromium and CDP
 //! helpers are copied here): under a running stream the page shows a
 //! frame rate, and once the stream pauses every number in its channel
-//! table equals `GET /channels`. Saves `docs/dashboard.png`.
+//! table equals `GET /channels`. Saves `target/dashboard.png`, and
+//! `docs/dashboard.png` (the README's) when missing or with
+//! `RELAY_UPDATE_DOCS=1`.
 //!
 //! Without chromium the test fails, unless `RELAY_SKIP_BROWSER=1` says to
 //! skip it on purpose (it then says so loudly).
@@ -365,7 +367,7 @@ impl Cdp {
             png.starts_with(b"\x89PNG\r\n\x1a\n"),
             "screenshot is not a PNG"
         );
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
         std::fs::create_dir_all(&dir).expect("create target/");
         let path = dir.join(name);
         std::fs::write(&path, &png).expect("write screenshot");
@@ -513,6 +515,12 @@ async fn dashboard_numbers_match_channels() {
         "a link to the receiver page"
     );
     let shot = cdp.screenshot("dashboard.png").await;
+    // The README's copy is replaced only on request (or when missing), so
+    // a test run leaves the work tree clean.
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/dashboard.png");
+    if !docs.exists() || std::env::var("RELAY_UPDATE_DOCS").as_deref() == Ok("1") {
+        std::fs::copy(&shot, &docs).expect("copy the screenshot to docs/");
+    }
     eprintln!("dashboard screenshot: {}", shot.display());
 
     // Paused: every count on the page equals /channels.
