@@ -21,6 +21,7 @@ pub use bitstream_wire as wire;
 pub use bitstream_wire::{codec, protocol, ws};
 pub use relay::auth::{mint_token, parse_ttl, AuthError, TokenArgs};
 pub use relay::config::{Config, EgressMode, LogFormat};
+pub use relay::endpoints::turn::TurnError;
 pub use relay::proxy::{Cidr, CidrError};
 pub use relay::server::{Server, StartError};
 pub use relay::state::{ChannelSummary, Relay, Summary};

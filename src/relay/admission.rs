@@ -23,7 +23,7 @@ use crate::relay::handshake::{self, RequestError, Route, DEFAULT_CHANNEL};
 use crate::relay::peer::{Peer, Role};
 use crate::relay::state::Relay;
 use crate::relay::stats::Refusal;
-use crate::relay::{http, proxy, session};
+use crate::relay::{endpoints, http, proxy, session};
 
 /// How long a plain HTTP answer (health, metrics, the page) may take to write.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -33,14 +33,15 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A refused request: what is counted and what the client is told.
-struct Refused {
+pub(crate) struct Refused {
     why: Refusal,
     status: u16,
     text: String,
 }
 
 impl Refused {
-    fn new(why: Refusal, status: u16, text: impl Into<String>) -> Self {
+    /// A refusal counted as `why`, answered `status` with `text`.
+    pub(crate) fn new(why: Refusal, status: u16, text: impl Into<String>) -> Self {
         Self {
             why,
             status,
@@ -55,18 +56,30 @@ impl From<Denied> for Refused {
     }
 }
 
-/// Writes a refusal: `status` with a one-line text body.
-pub(crate) async fn answer(stream: &Conn, status: u16, text: &str) {
-    let reason = match status {
+/// The reason phrase of the statuses the relay answers with.
+pub(crate) fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        202 => "Accepted",
+        204 => "No Content",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
+        405 => "Method Not Allowed",
         408 => "Request Timeout",
         409 => "Conflict",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         _ => "Service Unavailable",
-    };
+    }
+}
+
+/// Writes a refusal: `status` with a one-line text body.
+pub(crate) async fn answer(stream: &Conn, status: u16, text: &str) {
+    let reason = reason(status);
     let resp = http_response(status, reason, "text/plain", format!("{text}\n").as_bytes());
     let _ = tokio::time::timeout(REFUSAL_TIMEOUT, handshake::write_all(stream, &resp)).await;
     stream.close_notify();
@@ -132,6 +145,9 @@ async fn serve(
         .map_err(|e| Refused::new(Refusal::BadName, 400, e.to_string()))?;
     if !req.upgrade {
         authorize_http(relay, &req, &route)?;
+        if endpoints::serve(relay, stream, &req, &route, rest, *client).await? {
+            return Ok(());
+        }
         let resp = http::respond(relay, &req, &route);
         let write = tokio::time::timeout(ANSWER_TIMEOUT, handshake::write_all(stream, &resp));
         let _ = Box::pin(write).await;
@@ -180,7 +196,9 @@ async fn serve(
             };
             return join(relay, &channel, stream, echo, &key, rest).await;
         }
-        Route::Other(_) => return Err(Refused::new(Refusal::BadRequest, 404, "no such endpoint")),
+        Route::Events(_) | Route::Input(_) | Route::Other(_) => {
+            return Err(Refused::new(Refusal::BadRequest, 404, "no such endpoint"))
+        }
     };
     // On the legacy path a token decides what the legacy rule may choose.
     let wanted = match &grant {
@@ -214,7 +232,7 @@ async fn serve(
 /// `allowed` is empty; otherwise one of `allowed` (scheme and host compared
 /// without case, a trailing `/` ignored). A request without `Origin` comes
 /// from no browser page (which always sends it) and is not checked.
-fn origin_allowed(allowed: &[String], origin: Option<&str>) -> bool {
+pub(crate) fn origin_allowed(allowed: &[String], origin: Option<&str>) -> bool {
     let norm = |o: &str| o.trim().trim_end_matches('/').to_ascii_lowercase();
     match origin {
         _ if allowed.is_empty() => true,
@@ -233,6 +251,7 @@ fn wanted_by(route: &Route) -> Option<(&str, &'static [&'static str])> {
         Route::Source(n) => Some((n, &["source"])),
         Route::Receiver(n) => Some((n, &["receiver"])),
         Route::Signal(n) => Some((n, &["signal"])),
+        Route::Events(n) | Route::Input(n) => Some((n, &["receiver"])),
         Route::Legacy => Some((DEFAULT_CHANNEL, &["receiver", "source"])),
         Route::Other(_) => None,
     }
@@ -249,18 +268,26 @@ fn authorize(relay: &Relay, req: &Request, route: &Route) -> Result<Option<Grant
 
 /// Checks a plain HTTP request's token, when tokens are required: a
 /// channel's path (which then answers 426) needs one for the channel,
-/// `/channels` one for every channel (`ch: "*"`, any role). Health,
-/// metrics and the page stay open.
+/// `/channels` and `/stats/events` one for every channel (`ch: "*"`, any
+/// role). Health, metrics and the pages stay open; `/turn` checks its own.
 fn authorize_http(relay: &Relay, req: &Request, route: &Route) -> Result<(), Refused> {
     let Some(verifier) = &relay.auth else {
         return Ok(());
     };
+    if req.method == "OPTIONS" {
+        // A CORS preflight carries no credentials and reveals nothing.
+        return Ok(());
+    }
     let token = auth::token_of(req);
     match route {
-        Route::Source(_) | Route::Receiver(_) | Route::Signal(_) => {
+        Route::Source(_)
+        | Route::Receiver(_)
+        | Route::Signal(_)
+        | Route::Events(_)
+        | Route::Input(_) => {
             authorize(relay, req, route)?;
         }
-        Route::Other(p) if p == "/channels" => {
+        Route::Other(p) if p == "/channels" || p == "/stats/events" => {
             verifier.check_every_channel(token)?;
         }
         Route::Legacy | Route::Other(_) => {}

@@ -207,6 +207,42 @@ pub struct Config {
     /// TLS private key (PEM: PKCS#8, PKCS#1 or SEC1) of `--tls-cert`.
     #[arg(long, env = "RELAY_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Signal events a channel keeps for Server-Sent Events clients that
+    /// reconnect with `Last-Event-ID` (`GET /events/{name}`); an older id
+    /// gets a fresh `sync`. Kept only while a client listens, and for a
+    /// minute after the last one left.
+    #[arg(long, env = "RELAY_SSE_REPLAY_EVENTS", default_value_t = 1024)]
+    pub sse_replay_events: usize,
+    /// Bytes of signal events a channel keeps for `Last-Event-ID` replay
+    /// (charged to `--max-memory`); the oldest go first.
+    #[arg(long, env = "RELAY_SSE_REPLAY_BYTES", default_value_t = 1 << 20)]
+    pub sse_replay_bytes: usize,
+    /// Per-client bound of queued Server-Sent Events, in bytes. A client
+    /// whose queue would pass it gets one fresh `sync` instead of what it
+    /// missed (it never holds up the source or other clients).
+    #[arg(long, env = "RELAY_SSE_QUEUE", default_value_t = 1 << 20)]
+    pub sse_queue: usize,
+    /// Interval of the comment-line heartbeat on idle Server-Sent Events
+    /// streams (keeps proxies from closing them), in milliseconds.
+    #[arg(long, env = "RELAY_SSE_HEARTBEAT_MS", default_value_t = 15_000)]
+    pub sse_heartbeat_ms: u64,
+    /// TURN REST secret (coturn `static-auth-secret`), read from this file
+    /// (trailing whitespace ignored): with `--turn-uris`, `GET /turn` hands
+    /// out time-limited TURN credentials.
+    #[arg(long, env = "RELAY_TURN_SECRET_FILE", requires = "turn_uris")]
+    pub turn_secret_file: Option<PathBuf>,
+    /// TURN/STUN server URIs returned by `GET /turn`, comma-separated (e.g.
+    /// `turn:turn.example:3478,turns:turn.example:5349`).
+    #[arg(
+        long,
+        env = "RELAY_TURN_URIS",
+        value_delimiter = ',',
+        requires = "turn_secret_file"
+    )]
+    pub turn_uris: Vec<String>,
+    /// Lifetime of the TURN credentials `GET /turn` hands out, in seconds.
+    #[arg(long, env = "RELAY_TURN_TTL", default_value_t = 86_400)]
+    pub turn_ttl: u64,
     /// Log format.
     #[arg(long, env = "RELAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -246,6 +282,10 @@ impl Config {
     /// `--slow-window-ms` as a duration.
     pub(crate) fn slow_window(&self) -> Duration {
         Duration::from_millis(self.slow_window_ms)
+    }
+    /// `--sse-heartbeat-ms` as a duration.
+    pub(crate) fn sse_heartbeat(&self) -> Duration {
+        Duration::from_millis(self.sse_heartbeat_ms.max(1))
     }
     /// `--shutdown-grace-ms` as a duration.
     pub(crate) fn shutdown_grace(&self) -> Duration {

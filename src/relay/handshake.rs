@@ -22,6 +22,12 @@ pub(crate) enum Route {
     Receiver(String),
     /// `/signal/{name}` or `/signal`.
     Signal(String),
+    /// `/events/{name}` or `/events`: the channel's signal state as
+    /// Server-Sent Events (plain HTTP).
+    Events(String),
+    /// `/input/{name}` or `/input`: one input for the channel's source,
+    /// `POST`ed (plain HTTP).
+    Input(String),
     /// `/`: the first connection on `default` is its source, the rest receive.
     Legacy,
     /// Any other path: served as plain HTTP (or 404).
@@ -49,6 +55,8 @@ pub(crate) fn route(target: &str) -> Result<Route, RouteError> {
         "source" => Route::Source,
         "stream" => Route::Receiver,
         "signal" => Route::Signal,
+        "events" => Route::Events,
+        "input" => Route::Input,
         _ => return Ok(Route::Other(path.to_owned())),
     };
     match name {
@@ -130,6 +138,12 @@ mod tests {
         assert_eq!(route("/"), Ok(Route::Legacy));
         assert_eq!(route("/?x=1"), Ok(Route::Legacy));
         assert_eq!(route("/metrics"), Ok(Route::Other("/metrics".into())));
+        assert_eq!(route("/events/cam"), Ok(Route::Events("cam".into())));
+        assert_eq!(route("/input?token=x"), Ok(Route::Input("default".into())));
+        assert_eq!(
+            route("/stats/events"),
+            Ok(Route::Other("/stats/events".into()))
+        );
         assert_eq!(route("/stream/"), Err(RouteError::BadName));
         assert_eq!(route("/stream/a/b"), Err(RouteError::BadName));
         assert_eq!(route("/stream/bad%20name"), Err(RouteError::BadName));

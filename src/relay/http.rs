@@ -85,6 +85,7 @@ fn channels_json(relay: &Relay) -> Vec<u8> {
                 "source": ch.source,
                 "receivers": ch.receivers,
                 "signal_peers": ch.signal_peers,
+                "sse_clients": ch.sse_clients,
                 "frames_in": t.frames_in,
                 "bytes_in": t.bytes_in,
                 "frames_out": t.frames_out,

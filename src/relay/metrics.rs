@@ -121,6 +121,7 @@ pub(crate) fn render(relay: &Relay) -> String {
         ("source", &c.sources),
         ("receiver", &c.receivers),
         ("signal", &c.signal_peers),
+        ("sse", &c.sse_clients),
     ] {
         by_role
             .get_or_create(&vec![("role", role.to_owned())])

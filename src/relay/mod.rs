@@ -11,6 +11,11 @@
 //! limits, shutdown), [`stats`] (padded atomic counters), [`gc`] (the thread
 //! that drops idle channels), [`ratelimit`] (input token bucket),
 //! [`clock`] and [`config`] (every option and limit).
+//!
+//! Plain HTTP endpoints that hold their connection or read a body
+//! ([`endpoints`]): the signal state as Server-Sent Events ([`sse`], fed
+//! from the channel's cache writer), inputs by `POST`, TURN credentials,
+//! and the dashboard's stats stream.
 
 pub(crate) mod admission;
 pub(crate) mod auth;
@@ -22,6 +27,7 @@ pub(crate) mod clock;
 pub(crate) mod config;
 pub(crate) mod conn;
 pub(crate) mod egress;
+pub(crate) mod endpoints;
 pub(crate) mod gc;
 pub(crate) mod handshake;
 pub(crate) mod http;
@@ -32,6 +38,7 @@ pub(crate) mod proxy;
 pub(crate) mod ratelimit;
 pub(crate) mod server;
 pub(crate) mod session;
+pub(crate) mod sse;
 pub(crate) mod state;
 pub(crate) mod stats;
 pub(crate) mod tls;

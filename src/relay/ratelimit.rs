@@ -38,6 +38,11 @@ impl TokenBucket {
         }
     }
 
+    /// When a token was last asked for.
+    pub(crate) fn last_used(&self) -> Instant {
+        self.last
+    }
+
     /// Takes a token for one input at `now`; `flood_drops` is how many drops
     /// within one second make the sender an abuser.
     pub(crate) fn take(&mut self, now: Instant, flood_drops: u64) -> Verdict {

@@ -13,6 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::relay::auth::{AuthError, Verifier};
 use crate::relay::config::Config;
 use crate::relay::conn::Conn;
+use crate::relay::endpoints::turn::{Turn, TurnError};
 use crate::relay::handshake;
 use crate::relay::state::{shutting_down, Relay};
 use crate::relay::stats::Refusal;
@@ -36,6 +37,9 @@ pub enum StartError {
     /// The TLS certificate or key could not be loaded.
     #[error("TLS: {0}")]
     Tls(#[from] TlsError),
+    /// The TURN secret could not be loaded.
+    #[error("TURN: {0}")]
+    Turn(#[from] TurnError),
     /// The bulk lane's thread could not start.
     #[error("cannot start the bulk lane: {0}")]
     Runtime(io::Error),
@@ -61,14 +65,19 @@ impl Server {
             (Some(cert), Some(key)) => Some(Tls::load(cert, key)?),
             _ => None,
         };
+        let turn = Turn::from_config(&config)?;
         let addr = config.addr;
         let listener =
             Self::listen(&config).map_err(|source| StartError::Listen { addr, source })?;
         let local_addr = listener
             .local_addr()
             .map_err(|source| StartError::Listen { addr, source })?;
+        let relay = Relay::with(config, auth, tls).map_err(StartError::Runtime)?;
+        if let Some(turn) = turn {
+            let _ = relay.turn.set(turn);
+        }
         Ok(Self {
-            relay: Relay::with(config, auth, tls).map_err(StartError::Runtime)?,
+            relay,
             local_addr,
             listener,
         })

@@ -4,7 +4,7 @@
 use std::io;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use dashmap::DashMap;
 use tokio::sync::watch;
@@ -15,6 +15,8 @@ use crate::relay::bulk::Bulk;
 use crate::relay::channel::{Channel, Fanout};
 use crate::relay::clock::now_ms;
 use crate::relay::config::Config;
+use crate::relay::endpoints::input::InputBuckets;
+use crate::relay::endpoints::turn::Turn;
 use crate::relay::http::PageCache;
 use crate::relay::stats::{Connections, Refusal, Traffic, TrafficSnapshot};
 use crate::relay::tls::{Tls, TlsError};
@@ -39,6 +41,12 @@ pub struct Relay {
     pub(crate) budgets: Budgets,
     /// `GET /channels`, rendered at most once a second.
     pub(crate) channels_page: PageCache,
+    /// The `/stats/events` snapshot, rendered at most once a second.
+    pub(crate) stats_page: PageCache,
+    /// Token buckets of `POST /input`, per client address.
+    pub(crate) http_inputs: InputBuckets,
+    /// `GET /turn`'s secret and servers, when configured (set at bind).
+    pub(crate) turn: OnceLock<Turn>,
     /// Traffic of channels the GC has removed.
     pub(crate) retired: Traffic,
     per_ip: IpCounts,
@@ -102,6 +110,8 @@ pub struct ChannelSummary {
     pub receivers: usize,
     /// Signaling peers connected.
     pub signal_peers: usize,
+    /// Server-Sent Events clients of its signal state connected.
+    pub sse_clients: usize,
     /// The channel's traffic.
     pub traffic: TrafficSnapshot,
     /// Bytes a catch-up sends now.
@@ -115,6 +125,7 @@ impl ChannelSummary {
             source: ch.has_source(),
             receivers: ch.receiver_count(),
             signal_peers: ch.signal_peer_count(),
+            sse_clients: ch.sse.clients(),
             traffic: ch.traffic.snapshot(),
             cached_bytes: ch.cached_bytes(),
         }
@@ -146,6 +157,9 @@ impl Relay {
             channels: DashMap::new(),
             connections: Connections::default(),
             channels_page: PageCache::default(),
+            stats_page: PageCache::default(),
+            http_inputs: InputBuckets::default(),
+            turn: OnceLock::new(),
             retired: Traffic::default(),
             per_ip: IpCounts::default(),
             channels_per_ip: IpCounts::default(),
@@ -384,7 +398,7 @@ impl IpCounts {
 
 /// What the per-IP caps count by: the address, but an IPv6 peer by its /64
 /// (one host gets a whole /64; counting single addresses would not cap it).
-fn ip_key(ip: IpAddr) -> IpAddr {
+pub(crate) fn ip_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

@@ -259,6 +259,8 @@ pub(crate) struct Connections {
     pub(crate) receivers: Counter,
     /// Signaling peers connected now.
     pub(crate) signal_peers: Counter,
+    /// Server-Sent Events clients of signal state connected now.
+    pub(crate) sse_clients: Counter,
     /// Peers dropped for not answering pings.
     pub(crate) keepalive_drops: Counter,
     /// Peers closed for sending an over-size message.

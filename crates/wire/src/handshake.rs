@@ -39,6 +39,12 @@ pub struct Request {
     pub forwarded_for: Option<String>,
     /// Every `Forwarded` (RFC 7239) line, joined with `, ` in order.
     pub forwarded: Option<String>,
+    /// `Content-Length` (plain HTTP requests with a body).
+    pub content_length: Option<String>,
+    /// `Transfer-Encoding` (a chunked body is not accepted by the relay).
+    pub transfer_encoding: Option<String>,
+    /// `Last-Event-ID` (a reconnecting Server-Sent Events client).
+    pub last_event_id: Option<String>,
 }
 
 /// Parses a complete request head out of `buf`: `Ok(None)` if more bytes
@@ -65,6 +71,9 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(Request, usize)>, HeadError> 
             authorization: header("authorization").map(str::to_owned),
             forwarded_for: header_all(req.headers, "x-forwarded-for"),
             forwarded: header_all(req.headers, "forwarded"),
+            content_length: header("content-length").map(str::to_owned),
+            transfer_encoding: header("transfer-encoding").map(str::to_owned),
+            last_event_id: header("last-event-id").map(str::to_owned),
         },
         n,
     )))

@@ -207,6 +207,14 @@ impl CacheWriter {
         self.signal.sync_frame()
     }
 
+    /// The signal state as JSON (the payload of [`CacheWriter::signal_frame`]),
+    /// if there is one.
+    pub(crate) fn signal_json(&mut self) -> Option<Bytes> {
+        let frame = self.signal.sync_frame()?;
+        let head = ws::parse_head(&frame, ws::Side::Client).ok()??;
+        Some(frame.slice((head.head_len + HEADER_LEN).min(frame.len())..))
+    }
+
     /// Bytes the cached state holds: picture frames and signal state.
     pub(crate) fn size(&self) -> usize {
         self.current.size() + self.signal.size()

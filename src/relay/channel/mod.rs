@@ -22,6 +22,7 @@ mod fanout;
 mod membership;
 mod roster;
 mod routing;
+mod sse;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -36,6 +37,7 @@ pub(crate) use fanout::Fanout;
 use crate::relay::budget::Budgets;
 use crate::relay::cache::{CacheWriter, CatchUp};
 use crate::relay::peer::Peer;
+use crate::relay::sse::SseHub;
 use crate::relay::stats::Traffic;
 
 /// A channel. See the module docs.
@@ -47,6 +49,8 @@ pub(crate) struct Channel {
     pub(crate) creator: Option<IpAddr>,
     /// Traffic counters.
     pub(crate) traffic: Traffic,
+    /// Server-Sent Events clients of its signal state.
+    pub(crate) sse: SseHub,
     cache: ArcSwap<CatchUp>,
     writer: Mutex<CacheWriter>,
     /// Where the cached state's memory is charged (the cache budget), and
@@ -77,6 +81,7 @@ pub(crate) struct Channel {
 impl Drop for Channel {
     fn drop(&mut self) {
         self.budgets.cache.resize(*self.charged.get_mut(), 0);
+        self.sse.clear(&self.budgets.memory);
     }
 }
 
@@ -99,6 +104,7 @@ impl Channel {
             name,
             creator,
             traffic: Traffic::default(),
+            sse: SseHub::default(),
             cache: ArcSwap::from_pointee(CatchUp::default()),
             writer: Mutex::new(CacheWriter::new(max_signal_state, budgets.memory.clone())),
             budgets,

@@ -11,6 +11,11 @@ impl Channel {
     /// Forwards a validated input to the source; dropped (and counted) if
     /// there is none or its queue is full.
     pub(crate) fn forward_input(&self, msg: &WireMessage) {
+        self.try_forward_input(msg);
+    }
+
+    /// [`Channel::forward_input`], saying whether it was handed over.
+    pub(crate) fn try_forward_input(&self, msg: &WireMessage) -> bool {
         let sent = self.source.load().as_ref().is_some_and(|src| {
             matches!(src.egress.send(&msg.wire), Outcome::Sent | Outcome::Queued)
         });
@@ -19,6 +24,7 @@ impl Channel {
         } else {
             self.traffic.dropped.inc();
         }
+        sent
     }
 
     /// Broadcasts a signaling message to every signaling peer but `from`.

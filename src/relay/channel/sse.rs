@@ -1,0 +1,67 @@
+//! The channel's side of Server-Sent Events (see [`crate::relay::sse`]):
+//! signal messages published from where they are folded into the cached
+//! state, and subscriptions registered under the same lock, so a client's
+//! first `sync` and the live events after it neither overlap nor leave a
+//! gap.
+
+use bitstream_wire::protocol::{FrameType, Header, HEADER_LEN};
+use bitstream_wire::reader::WireMessage;
+use bytes::Bytes;
+
+use super::{lock, Channel};
+use crate::relay::cache::CacheWriter;
+use crate::relay::clock::now_ms;
+use crate::relay::sse::{format_event, ReplayLimits, Start, Subscriber};
+
+use std::sync::Arc;
+
+/// The current signal state as one `sync` event with `id` (`{}` when the
+/// channel has no signal state).
+fn sync_event(w: &mut CacheWriter, id: u64) -> Bytes {
+    let json = w.signal_json().unwrap_or_else(|| Bytes::from_static(b"{}"));
+    format_event(id, "sync", &json).text
+}
+
+impl Channel {
+    /// Publishes a signal message that was just folded into the cached
+    /// state (called under the writer lock); nothing for other frames.
+    pub(super) fn publish_sse(&self, h: &Header, msg: &WireMessage, seq: u64) {
+        let diff = match h.frame_type() {
+            FrameType::SignalSync => false,
+            FrameType::SignalDiff => true,
+            _ => return,
+        };
+        let json = msg.payload().get(HEADER_LEN..).unwrap_or_default();
+        self.sse
+            .publish(seq, diff, json, &self.budgets.memory, now_ms);
+    }
+
+    /// Registers an SSE client and returns what it is sent first: the
+    /// events after `last_event_id` if they can all be replayed, else one
+    /// `sync` of the current state.
+    pub(crate) fn sse_subscribe(
+        &self,
+        sub: &Arc<Subscriber>,
+        last_event_id: Option<u64>,
+        limits: ReplayLimits,
+    ) -> Vec<Bytes> {
+        let mut w = lock(&self.writer);
+        match self.sse.subscribe(sub, last_event_id, limits) {
+            Start::Replay(events) => events,
+            Start::Sync(id) => vec![sync_event(&mut w, id)],
+        }
+    }
+
+    /// A fresh `sync` for a client whose queue overflowed; what it had
+    /// queued is dropped (the sync covers it).
+    pub(crate) fn sse_resync(&self, sub: &Subscriber) -> Bytes {
+        let mut w = lock(&self.writer);
+        sub.reset();
+        sync_event(&mut w, self.sse.last_id())
+    }
+
+    /// Unregisters an SSE client.
+    pub(crate) fn sse_unsubscribe(&self, sub: &Arc<Subscriber>) {
+        self.sse.unsubscribe(sub, now_ms());
+    }
+}

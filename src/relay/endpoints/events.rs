@@ -1,0 +1,299 @@
+//! Server-Sent Events streams: `GET /events/{name}` (a channel's signal
+//! state, see [`crate::relay::sse`]) and `GET /stats/events` (the relay's
+//! counters once a second, for the dashboard).
+//!
+//! A stream is written by its own task. It ends when the client goes (a
+//! read sees the end of the connection), at shutdown, when the client's
+//! token expires, or when a batch of events is not written within
+//! `--slow-timeout-ms` (a client that takes nothing). Idle streams get a
+//! comment line every `--sse-heartbeat-ms`.
+
+use std::io;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bitstream_wire::handshake::Request;
+use bytes::Bytes;
+use serde_json::json;
+use tokio::time::{sleep_until, Instant};
+
+use crate::relay::admission::Refused;
+use crate::relay::auth;
+use crate::relay::channel::Channel;
+use crate::relay::clock::now_ms;
+use crate::relay::conn::Conn;
+use crate::relay::handshake;
+use crate::relay::sse::{ReplayLimits, Subscriber};
+use crate::relay::state::{shutting_down, Relay};
+use crate::relay::stats::Refusal;
+
+/// How often the stats stream sends a snapshot.
+const STATS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Channels a stats snapshot lists at most (the busiest by bytes out).
+const STATS_MAX_CHANNELS: usize = 200;
+
+/// Detaches from the channel however the stream ends.
+struct Attached<'a> {
+    relay: &'a Relay,
+    channel: Arc<Channel>,
+}
+
+impl Drop for Attached<'_> {
+    fn drop(&mut self) {
+        self.relay.detach(&self.channel);
+    }
+}
+
+/// The response head of an event stream.
+fn stream_head(cors: &str) -> String {
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\nCache-Control: no-store\r\nConnection: close\r\nX-Accel-Buffering: no\r\n{cors}\r\nretry: 1000\n\n"
+    )
+}
+
+/// Why a stream ended (for the log).
+#[derive(Debug)]
+enum End {
+    ClientGone,
+    Slow,
+    Shutdown,
+    TokenExpired,
+}
+
+/// Writes `bytes` within `--slow-timeout-ms`.
+async fn write(relay: &Relay, stream: &Conn, bytes: &[u8]) -> Result<(), End> {
+    match tokio::time::timeout(
+        relay.config.slow_timeout(),
+        handshake::write_all(stream, bytes),
+    )
+    .await
+    {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(End::ClientGone),
+        Err(_) => Err(End::Slow),
+    }
+}
+
+/// Resolves when the client closed its side (or the socket failed);
+/// anything it sends is read and ignored.
+async fn client_gone(stream: &Conn) {
+    let mut buf = [0u8; 256];
+    loop {
+        if stream.readable().await.is_err() {
+            return;
+        }
+        match stream.try_read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// `GET /events/{name}`: the channel's signal state, first as one `sync`
+/// (or, with a `Last-Event-ID` the replay buffer still covers, the events
+/// missed since), then every signal message as it is folded in.
+pub(super) async fn signal(
+    relay: &Arc<Relay>,
+    stream: &Conn,
+    req: &Request,
+    name: &str,
+    client: IpAddr,
+    cors: &str,
+) -> Result<(), Refused> {
+    let cfg = &relay.config;
+    if relay.is_draining() {
+        return Err(Refused::new(
+            Refusal::ShuttingDown,
+            503,
+            "relay shutting down",
+        ));
+    }
+    // Admission checked the token; its expiry ends the stream.
+    let expires = match &relay.auth {
+        Some(v) => {
+            let grant = v.check(auth::token_of(req), name, &["receiver"])?;
+            Some(Instant::now() + grant.remaining(auth::unix_now()))
+        }
+        None => None,
+    };
+    let channel = relay.attach(name, client).map_err(|why| {
+        let text = match why {
+            Refusal::ChannelsPerIpLimit => "channel limit for your address reached",
+            _ => "channel limit reached",
+        };
+        Refused::new(why, 503, text)
+    })?;
+    let attached = Attached { relay, channel };
+    let channel = &attached.channel;
+    // SSE clients count with the channel's WebSocket receivers.
+    if channel.receiver_count() + channel.sse.clients() >= cfg.max_receivers {
+        return Err(Refused::new(
+            Refusal::ReceiverLimit,
+            503,
+            "receiver limit reached on this channel",
+        ));
+    }
+    let last_event_id = req
+        .last_event_id
+        .as_deref()
+        .and_then(|id| id.trim().parse::<u64>().ok());
+    let sub = Subscriber::new(cfg.sse_queue);
+    let limits = ReplayLimits {
+        events: cfg.sse_replay_events,
+        bytes: cfg.sse_replay_bytes,
+    };
+    let first = channel.sse_subscribe(&sub, last_event_id, limits);
+    relay.connections.sse_clients.inc();
+    channel.traffic.catchups.inc();
+    tracing::debug!(channel = %channel.name, %client, ?last_event_id, replayed = first.len(), "SSE client joined");
+    let end = stream_signal(relay, stream, channel, &sub, cors, first, expires).await;
+    channel.sse_unsubscribe(&sub);
+    relay.connections.sse_clients.sub(1);
+    tracing::debug!(channel = %channel.name, %client, ?end, "SSE client left");
+    stream.close_notify();
+    Ok(())
+}
+
+/// Writes the stream until it ends.
+async fn stream_signal(
+    relay: &Relay,
+    stream: &Conn,
+    channel: &Channel,
+    sub: &Subscriber,
+    cors: &str,
+    first: Vec<Bytes>,
+    expires: Option<Instant>,
+) -> End {
+    let mut out = stream_head(cors).into_bytes();
+    for ev in &first {
+        out.extend_from_slice(ev);
+    }
+    drop(first);
+    if let Err(end) = write(relay, stream, &out).await {
+        return end;
+    }
+    let heartbeat = relay.config.sse_heartbeat();
+    let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
+    let expires = expires.unwrap_or(far);
+    let mut shutdown = relay.shutdown_signal();
+    let gone = client_gone(stream);
+    tokio::pin!(gone);
+    let mut next_beat = Instant::now() + heartbeat;
+    loop {
+        let bytes = tokio::select! {
+            _ = sub.ready.notified() => {
+                let batch = sub.take();
+                let mut out = Vec::new();
+                if batch.resync {
+                    channel.traffic.slow_skips.inc();
+                    out.extend_from_slice(&channel.sse_resync(sub));
+                }
+                for ev in &batch.events {
+                    out.extend_from_slice(ev);
+                }
+                out
+            }
+            _ = sleep_until(next_beat) => b":\n\n".to_vec(),
+            _ = &mut gone => return End::ClientGone,
+            _ = shutting_down(&mut shutdown) => return End::Shutdown,
+            _ = sleep_until(expires) => return End::TokenExpired,
+        };
+        if bytes.is_empty() {
+            continue;
+        }
+        if let Err(end) = write(relay, stream, &bytes).await {
+            return end;
+        }
+        next_beat = Instant::now() + heartbeat;
+    }
+}
+
+/// The stats snapshot the dashboard draws: totals and the busiest
+/// channels' counters (rates are left to the client: differences between
+/// snapshots over `uptime_ms`).
+pub(crate) fn stats_json(relay: &Relay) -> Vec<u8> {
+    let s = relay.summary();
+    let t = s.traffic;
+    let mut channels = relay.channel_summaries();
+    channels.sort_by_key(|c| std::cmp::Reverse(c.traffic.bytes_out));
+    channels.truncate(STATS_MAX_CHANNELS);
+    channels.sort_by(|a, b| a.name.cmp(&b.name));
+    let channels: Vec<_> = channels
+        .into_iter()
+        .map(|ch| {
+            let t = ch.traffic;
+            json!({
+                "name": ch.name,
+                "source": ch.source,
+                "receivers": ch.receivers,
+                "sse_clients": ch.sse_clients,
+                "signal_peers": ch.signal_peers,
+                "frames_in": t.frames_in,
+                "bytes_in": t.bytes_in,
+                "frames_out": t.frames_out,
+                "bytes_out": t.bytes_out,
+                "inputs": t.inputs,
+                "catchups": t.catchups,
+                "slow_skips": t.slow_skips,
+                "slow_closes": t.slow_closes,
+                "cached_bytes": ch.cached_bytes,
+            })
+        })
+        .collect();
+    json!({
+        "uptime_ms": relay.uptime_ms(),
+        "connections": s.connections,
+        "sources": s.sources,
+        "receivers": s.receivers,
+        "sse_clients": relay.connections.sse_clients.get(),
+        "channels_total": s.channels,
+        "memory_bytes": s.memory_bytes,
+        "refused": s.refused_total(),
+        "frames_in": t.frames_in,
+        "bytes_in": t.bytes_in,
+        "frames_out": t.frames_out,
+        "bytes_out": t.bytes_out,
+        "catchups": t.catchups,
+        "slow_skips": t.slow_skips,
+        "channels": channels,
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// `GET /stats/events`: a `stats` event with [`stats_json`] every second
+/// (rendered once a second however many dashboards watch).
+pub(super) async fn stats(relay: &Arc<Relay>, stream: &Conn, cors: &str) {
+    if let Err(end) = write(relay, stream, stream_head(cors).as_bytes()).await {
+        tracing::debug!(?end, "stats stream ended");
+        return;
+    }
+    let mut shutdown = relay.shutdown_signal();
+    let gone = client_gone(stream);
+    tokio::pin!(gone);
+    let mut tick = tokio::time::interval(STATS_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let end = loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = &mut gone => break End::ClientGone,
+            _ = shutting_down(&mut shutdown) => break End::Shutdown,
+        }
+        let body = relay
+            .stats_page
+            .get_or_render(now_ms(), || stats_json(relay));
+        let mut ev = Vec::with_capacity(body.len() + 24);
+        ev.extend_from_slice(b"event: stats\ndata: ");
+        ev.extend_from_slice(&body);
+        ev.extend_from_slice(b"\n\n");
+        if let Err(end) = write(relay, stream, &ev).await {
+            break end;
+        }
+    };
+    tracing::debug!(?end, "stats stream ended");
+    stream.close_notify();
+}
