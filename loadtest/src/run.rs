@@ -272,10 +272,15 @@ impl Summary {
     /// One line naming every count that decides [`Summary::failed`].
     pub fn integrity(&self) -> String {
         let mut l = format!(
-            "{}; receivers failed to connect {}, ended early {}; frames sent {}",
+            "{}; receivers failed to connect {}, ended early {}{}; frames sent {}",
             self.counts().defects(),
             self.connect_failures,
             self.ended_early(),
+            if self.receivers_ended.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", crate::report::closed_text(&self.receivers_ended))
+            },
             self.frames_sent
         );
         if self.groups.iter().any(|g| g.gaps) {
