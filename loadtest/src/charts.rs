@@ -74,6 +74,8 @@ fn panel(
     lines: &[Line],
 ) -> Result<(), String> {
     let (_, y_hi) = span(lines.iter().flat_map(|l| l.1.iter().map(|p| p.1)), true);
+    // Headroom above the data for the legend (one row per line).
+    let y_hi = y_hi * (1.0 + 0.1 * lines.len().min(6) as f64);
     let mut ch = ChartBuilder::on(area)
         .caption(title, ("sans-serif", 16))
         .margin(8)
@@ -115,7 +117,10 @@ pub fn timeline(path: &Path, title: &str, s: &Summary) -> Result<(), String> {
     let panels = root.split_evenly((4, 1));
     let x = (0.0, tl.last().map_or(1.0, |k| k.t.max(1.0)));
     let pts = |f: &dyn Fn(&crate::run::Tick) -> Option<f64>| -> Vec<(f64, f64)> {
-        tl.iter().filter_map(|k| f(k).map(|v| (k.t, v))).collect()
+        // A second without a sample (e.g. no frame delivered) has no point.
+        tl.iter()
+            .filter_map(|k| f(k).filter(|v| v.is_finite()).map(|v| (k.t, v)))
+            .collect()
     };
     let grouped = s.groups.len() > 1;
     let mut tput = vec![("all receivers".to_string(), pts(&|k| Some(k.mbps)))];

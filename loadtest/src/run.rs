@@ -328,6 +328,24 @@ fn pct(v: &[f64], q: f64) -> f64 {
     v[i]
 }
 
+/// `v` with `prec` decimals, `-` for NaN.
+fn ms(v: f64, prec: usize) -> String {
+    if v.is_finite() {
+        format!("{v:.prec$}")
+    } else {
+        "-".into()
+    }
+}
+
+/// Quantile `q` of `h` in ms; NaN when it is empty (no point in a chart).
+fn quantile_ms(h: &Histogram<u64>, q: f64) -> f64 {
+    if h.is_empty() {
+        f64::NAN
+    } else {
+        h.value_at_quantile(q) as f64 / 1000.0
+    }
+}
+
 fn mb(kib: Option<u64>) -> Option<f64> {
     kib.map(|k| k as f64 / 1024.0)
 }
@@ -495,15 +513,11 @@ pub async fn run(cfg: &RunCfg) -> Summary {
             let mut h = lat.ihist.lock().unwrap();
             let _ = sec.add(&*h);
             let b = group_bytes(i);
-            per_group.push((
-                (b - last_group[i]) as f64 / dt / 1e6,
-                h.value_at_quantile(0.99) as f64 / 1000.0,
-            ));
+            per_group.push(((b - last_group[i]) as f64 / dt / 1e6, quantile_ms(&h, 0.99)));
             last_group[i] = b;
             h.reset();
         }
-        let q = |x: f64| sec.value_at_quantile(x) as f64 / 1000.0;
-        let (p50, p99) = (q(0.5), q(0.99));
+        let (p50, p99) = (quantile_ms(&sec, 0.5), quantile_ms(&sec, 0.99));
         let cpu_now = pid.and_then(ProcSample::take);
         let cpu = match (cpu_now, last.3) {
             (Some(a), Some(b)) => Some(a.cpu_pct_since(&b)),
@@ -529,19 +543,21 @@ pub async fn run(cfg: &RunCfg) -> Summary {
                 groups
                     .iter()
                     .zip(&tick.groups)
-                    .map(|((g, _, _), (m, p))| format!("  {} {m:.0} MB/s p99 {p:.0} ms", g.name))
+                    .map(|((g, _, _), (m, p))| {
+                        format!("  {} {m:.0} MB/s p99 {} ms", g.name, ms(*p, 0))
+                    })
                     .collect::<String>()
             } else {
                 String::new()
             };
             eprintln!(
-                "  [{:>4.1}s] sent {:>6} ({:>6.1} fps)  delivered {:>8.1} MB/s  frac {:>7.3}%  p99 {:>7.2} ms  gaps {} dup {} ooo {} bad {}  rx {}/{}  relay cpu {} rss {}{by_group}",
+                "  [{:>4.1}s] sent {:>6} ({:>6.1} fps)  delivered {:>8.1} MB/s  frac {:>7.3}%  p99 {:>7} ms  gaps {} dup {} ooo {} bad {}  rx {}/{}  relay cpu {} rss {}{by_group}",
                 tick.t,
                 sent,
                 tick.fps,
                 tick.mbps,
                 if expect > 0 { c.delivered as f64 / expect as f64 * 100.0 } else { 0.0 },
-                p99,
+                ms(p99, 2),
                 c.missing,
                 c.duplicate,
                 c.out_of_order,
