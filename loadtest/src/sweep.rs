@@ -196,11 +196,17 @@ fn text(sw: &Sweep, cfg: &RunCfg) -> String {
             }
         );
     }
+    let top = sw.steps.len() == sw.steps.iter().filter(|s| s.pass).count();
     let _ = writeln!(
         o,
-        "\ncapacity      {} (highest rate with it and every rate below it passing)",
+        "\ncapacity      {} (highest rate with it and every rate below it passing{})",
         sw.capacity()
-            .map_or("none: no rate passed".into(), |c| format!("{c} Hz"))
+            .map_or("none: no rate passed".into(), |c| format!("{c} Hz")),
+        if top && !sw.steps.is_empty() {
+            "; every rate tried passed, so the capacity is at least this: add higher --rates"
+        } else {
+            ""
+        }
     );
     o
 }
@@ -553,4 +559,102 @@ fn table(
         }
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A run at `rate` Hz: every frame delivered, p99 `p99` ms; `edit` spoils it.
+    fn step(rate: f64, p99: f64, edit: impl FnOnce(&mut Summary)) -> Step {
+        let mut s = Summary {
+            frames_sent: 50,
+            lat_ms: [p99 / 2.0, p99, p99, p99, p99],
+            ..Summary::default()
+        };
+        edit(&mut s);
+        let (pass, why) = judge(&s, 200.0);
+        Step { rate, s, pass, why }
+    }
+
+    fn sweep_of(steps: Vec<Step>) -> Sweep {
+        Sweep {
+            label: "relay".into(),
+            steps,
+            bound_ms: 200.0,
+        }
+    }
+
+    #[test]
+    fn the_capacity_is_the_last_rate_of_the_passing_run_from_the_bottom() {
+        let sw = sweep_of(vec![
+            step(5.0, 40.0, |_| {}),
+            step(10.0, 199.9, |_| {}),
+            step(20.0, 200.0, |_| {}), // the bound itself fails
+            step(40.0, 50.0, |_| {}),  // a pass after a failure does not count
+        ]);
+        assert_eq!(
+            sw.steps.iter().map(|s| s.pass).collect::<Vec<_>>(),
+            [true, true, false, true]
+        );
+        assert_eq!(sw.capacity(), Some(10.0));
+        assert!(sw.failures(5.0).is_empty());
+        assert_eq!(
+            sw.failures(20.0),
+            ["capacity 10 Hz below the required 20 Hz"]
+        );
+    }
+
+    #[test]
+    fn a_lost_frame_or_a_closed_receiver_ends_the_sweep_but_is_no_defect() {
+        let sw = sweep_of(vec![
+            step(5.0, 40.0, |_| {}),
+            step(10.0, 40.0, |s| s.missing = 3),
+            step(20.0, 40.0, |s| {
+                s.receivers_ended
+                    .insert("closed by relay with 3008".into(), 2);
+            }),
+        ]);
+        assert_eq!(sw.capacity(), Some(5.0));
+        assert!(!sw.steps[1].pass && !sw.steps[2].pass);
+        assert!(sw.steps[1].why.contains("missing 3"), "{}", sw.steps[1].why);
+        assert!(sw.failures(5.0).is_empty());
+    }
+
+    #[test]
+    fn damage_at_any_rate_fails_the_sweep() {
+        for (edit, line) in [
+            (
+                (|s: &mut Summary| s.duplicate = 1) as fn(&mut Summary),
+                "20 Hz: duplicate 1, out-of-order 0, corrupt 0",
+            ),
+            (
+                |s| s.out_of_order = 2,
+                "20 Hz: duplicate 0, out-of-order 2, corrupt 0",
+            ),
+            (
+                |s| s.corrupted = 3,
+                "20 Hz: duplicate 0, out-of-order 0, corrupt 3",
+            ),
+            (
+                |s| s.relay_exit = Some("signal 11".into()),
+                "20 Hz: relay exited: signal 11",
+            ),
+        ] {
+            let sw = sweep_of(vec![step(5.0, 40.0, |_| {}), step(20.0, 40.0, edit)]);
+            assert_eq!(sw.capacity(), Some(5.0));
+            assert_eq!(sw.failures(5.0), [line]);
+        }
+    }
+
+    #[test]
+    fn no_passing_rate_fails_the_sweep() {
+        let sw = sweep_of(vec![step(5.0, 250.0, |_| {})]);
+        assert_eq!(sw.capacity(), None);
+        assert_eq!(
+            sw.failures(5.0),
+            ["no rate passed (first: p99 250.0 ms, not under 200 ms)"]
+        );
+        assert_eq!(sweep_of(vec![]).failures(5.0).len(), 1);
+    }
 }
