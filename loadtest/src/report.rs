@@ -224,6 +224,7 @@ pub fn json(s: &Summary) -> Value {
             "exit": s.relay_exit,
         },
         "driver_cpu_percent_of_one_core": s.driver_cpu_pct,
+        "other_processes_cpu_percent_of_one_core": s.others_cpu_pct,
         "integrity": {"failed": s.failed(), "summary": s.integrity()},
         "notes": s.notes,
     })
@@ -337,6 +338,17 @@ pub fn text(s: &Summary) -> String {
         "driver        CPU {}% of one core (source thread + receivers; near 100% means the driver may be the limit)",
         opt(s.driver_cpu_pct, 1)
     );
+    if let Some(c) = s.others_cpu_pct {
+        let _ = writeln!(
+            o,
+            "others        CPU {c:.1}% of one core: every other process of the machine over the window{}",
+            if c > 10.0 {
+                " (the cores are shared: the figures above are suspect)"
+            } else {
+                ""
+            }
+        );
+    }
     if let Some(e) = &s.relay_exit {
         let _ = writeln!(o, "relay EXITED  {e}");
     }
@@ -383,6 +395,8 @@ struct Row {
     p999: f64,
     cpu: f64,
     driver_cpu: f64,
+    /// Per run, the other processes' CPU %, as `a, b, c`.
+    others: String,
     rss: f64,
     rss_conn: f64,
     connected: f64,
@@ -402,6 +416,11 @@ impl Row {
             p999: m(&|s| s.lat_ms[3]),
             cpu: m(&|s| s.relay_cpu_pct.unwrap_or(f64::NAN)),
             driver_cpu: m(&|s| s.driver_cpu_pct.unwrap_or(f64::NAN)),
+            others: v
+                .iter()
+                .map(|s| opt(s.others_cpu_pct, 0))
+                .collect::<Vec<_>>()
+                .join(", "),
             rss: m(&|s| s.relay_hwm_mb.or(s.relay_rss_peak_mb).unwrap_or(f64::NAN)),
             rss_conn: m(&|s| s.rss_per_conn_kib.unwrap_or(f64::NAN)),
             connected: m(&|s| s.receivers_connected as f64),
@@ -440,18 +459,18 @@ fn table(scenario: Scenario, cfg: &run::RunCfg, rows: &[Row], rounds: usize) -> 
     let recv = scenario == Scenario::Receivers;
     let _ = writeln!(
         o,
-        "| relay | runs | delivered | aggregate MB/s | per-receiver MB/s | p50 ms | p99 ms | p99.9 ms | relay CPU % | MB/s per core | peak RSS MB | driver CPU % |{}",
+        "| relay | runs | delivered | aggregate MB/s | per-receiver MB/s | p50 ms | p99 ms | p99.9 ms | relay CPU % | MB/s per core | peak RSS MB | driver CPU % | others CPU % |{}",
         if recv { " connected | RSS/conn KiB |" } else { "" }
     );
     let _ = writeln!(
         o,
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|{}",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|{}",
         if recv { "---:|---:|" } else { "" }
     );
     for r in rows {
         let _ = writeln!(
             o,
-            "| {} | {} | {:.3}% | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} | {:.1} | {:.0} | {:.1} | {:.0} |{}",
+            "| {} | {} | {:.3}% | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} | {:.1} | {:.0} | {:.1} | {:.0} | {} |{}",
             r.label,
             r.runs,
             r.delivered * 100.0,
@@ -464,6 +483,7 @@ fn table(scenario: Scenario, cfg: &run::RunCfg, rows: &[Row], rounds: usize) -> 
             r.per_core(),
             r.rss,
             r.driver_cpu,
+            r.others,
             if recv {
                 format!(" {:.0} | {:.2} |", r.connected, r.rss_conn)
             } else {

@@ -146,6 +146,8 @@ pub struct Summary {
     pub pacing_late_ms: [f64; 3],
     pub relay_cpu_pct: Option<f64>,
     pub driver_cpu_pct: Option<f64>,
+    /// CPU of every other process on the machine over the send window, % of one core.
+    pub others_cpu_pct: Option<f64>,
     pub relay_hwm_mb: Option<f64>,
     pub relay_rss_peak_mb: Option<f64>,
     pub relay_idle_rss_mb: Option<f64>,
@@ -488,6 +490,7 @@ pub async fn run(cfg: &RunCfg) -> Summary {
     }
     let cpu0 = pid.and_then(ProcSample::take);
     let me0 = ProcSample::take(std::process::id());
+    let busy0 = sys::machine_busy_ticks();
     src.go();
     let sh = src.sh.clone();
 
@@ -574,6 +577,7 @@ pub async fn run(cfg: &RunCfg) -> Summary {
     // Window for rates and CPU: from go to the source's last send.
     let cpu1 = pid.and_then(ProcSample::take);
     let me1 = ProcSample::take(std::process::id());
+    let busy1 = sys::machine_busy_ticks();
     let per_rx_bytes: Vec<u64> = stats.iter().map(|x| x.counts(0).bytes).collect();
     let group_window_bytes: Vec<u64> = (0..groups.len()).map(group_bytes).collect();
     let bytes_in_window: u64 = per_rx_bytes.iter().sum();
@@ -715,6 +719,21 @@ pub async fn run(cfg: &RunCfg) -> Summary {
     }
     if let (Some(a), Some(b)) = (me1, me0) {
         s.driver_cpu_pct = Some(a.cpu_pct_since(&b));
+    }
+    // Everything else the machine ran meanwhile (its cores are shared).
+    if let (Some(b1), Some(b0), Some(m1), Some(m0)) = (busy1, busy0, me1, me0) {
+        let relay = match (cpu1, cpu0) {
+            (Some(a), Some(b)) => a.ticks.saturating_sub(b.ticks),
+            _ => 0,
+        };
+        let dt = m1.at - m0.at;
+        if dt > 0.0 && pid.is_some() {
+            let others = b1
+                .saturating_sub(b0)
+                .saturating_sub(relay)
+                .saturating_sub(m1.ticks.saturating_sub(m0.ticks));
+            s.others_cpu_pct = Some(others as f64 / sys::ticks_per_sec() / dt * 100.0);
+        }
     }
     if let (Some(i), Some(c)) = (idle_rss, conn_rss) {
         if n > 0 {

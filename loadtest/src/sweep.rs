@@ -171,14 +171,17 @@ fn text(sw: &Sweep, cfg: &RunCfg) -> String {
     );
     let _ = writeln!(
         o,
-        "| rate Hz | sent fps | connected | delivered % | p50 ms | p99 ms | max ms | relay CPU % | relay peak RSS MB | driver CPU % | result |"
+        "| rate Hz | sent fps | connected | delivered % | p50 ms | p99 ms | max ms | relay CPU % | relay peak RSS MB | driver CPU % | others CPU % | result |"
     );
-    let _ = writeln!(o, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    let _ = writeln!(
+        o,
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+    );
     for st in &sw.steps {
         let s = &st.s;
         let _ = writeln!(
             o,
-            "| {} | {:.1} | {} | {:.3} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} |",
+            "| {} | {:.1} | {} | {:.3} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {} |",
             st.rate,
             s.fps_achieved,
             s.receivers_connected,
@@ -189,6 +192,7 @@ fn text(sw: &Sweep, cfg: &RunCfg) -> String {
             opt(s.relay_cpu_pct, 1),
             opt(s.relay_hwm_mb.or(s.relay_rss_peak_mb), 1),
             opt(s.driver_cpu_pct, 0),
+            opt(s.others_cpu_pct, 0),
             if st.pass {
                 "pass".to_string()
             } else {
