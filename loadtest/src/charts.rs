@@ -219,14 +219,24 @@ pub fn cdf(path: &Path, title: &str, hists: &[(String, Histogram<u64>)]) {
             .y_desc("fraction of frames delivered")
             .draw()
             .map_err(err)?;
-        for (i, (name, pts)) in lines.iter().enumerate() {
-            let c = color(i);
-            ch.draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))
-                .map_err(err)?
-                .label(name.as_str())
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2))
-                });
+        // One colour per relay (the name's first word); a slow group dashed.
+        let mut keys: Vec<&str> = Vec::new();
+        for ((name, pts), (hname, _)) in lines.iter().zip(hists) {
+            let key = hname.split(' ').next().unwrap_or("");
+            let i = keys.iter().position(|k| *k == key).unwrap_or_else(|| {
+                keys.push(key);
+                keys.len() - 1
+            });
+            let style = color(i).stroke_width(2);
+            let anno = if hname.ends_with("slow") {
+                ch.draw_series(DashedLineSeries::new(pts.iter().copied(), 6, 4, style))
+                    .map_err(err)?
+            } else {
+                ch.draw_series(LineSeries::new(pts.iter().copied(), style))
+                    .map_err(err)?
+            };
+            anno.label(name.as_str())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
         }
         ch.configure_series_labels()
             .position(SeriesLabelPosition::LowerRight)
