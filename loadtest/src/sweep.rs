@@ -517,7 +517,12 @@ fn table(
             "| {} | {r} | {} | {} |",
             k.label(),
             cells.join(" | "),
-            sw.capacity().map_or("none".into(), |c| c.to_string())
+            match sw.capacity() {
+                None => "none".into(),
+                // Every rate tried passed: the capacity is at least the top one.
+                Some(c) if sw.steps.iter().all(|s| s.pass) => format!("≥ {c}"),
+                Some(c) => c.to_string(),
+            }
         );
     }
     let _ = writeln!(
