@@ -273,6 +273,7 @@ impl Stream {
             framing: Framing::Ws,
             check_every: 1,
             read_buf: 256 * 1024,
+            rate: None,
         };
         let (stats, tasks) = peer::spawn_receivers(joins.ok, rcfg, &tally);
         // Paced, every send time kept (for the phases), until stopped.

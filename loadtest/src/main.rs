@@ -8,6 +8,7 @@
 //!     cargo run --release -p loadtest -- hostile --start ours
 
 mod chaos;
+mod charts;
 mod healthy;
 mod hostile;
 mod peer;
@@ -15,6 +16,7 @@ mod probe;
 mod relays;
 mod report;
 mod run;
+mod sweep;
 mod sys;
 mod tcpserver;
 mod verify;
@@ -51,6 +53,10 @@ pub enum Scenario {
     Receivers,
     /// Many channels at once (default 256 × 8 receivers), small frames.
     Channels,
+    /// 3840×2160 RGBA keyframes at 10 fps to 8 receivers, 4 of them reading at half the stream's rate.
+    Bigframes,
+    /// `receivers` (15,000, 16×16 frames) at rising frame rates: the highest that passes.
+    ReceiversSweep,
 }
 
 impl Scenario {
@@ -61,6 +67,8 @@ impl Scenario {
             Scenario::Saturate => "saturate",
             Scenario::Receivers => "receivers",
             Scenario::Channels => "channels",
+            Scenario::Bigframes => "bigframes",
+            Scenario::ReceiversSweep => "receivers-sweep",
         }
     }
 
@@ -75,6 +83,17 @@ impl Scenario {
             Scenario::Saturate => (64, 1, 640, 360, 0.0, 4),
             Scenario::Receivers => (15_000, 1, 64, 64, 5.0, 1),
             Scenario::Channels => (2048, 256, 64, 64, 30.0, 1),
+            Scenario::Bigframes => (8, 1, 3840, 2160, 10.0, 1),
+            // fps: the first step's; the steps are --rates.
+            Scenario::ReceiversSweep => (15_000, 1, 16, 16, 5.0, 1),
+        }
+    }
+
+    /// Receivers that read slower than the stream, by default.
+    fn default_slow(self) -> usize {
+        match self {
+            Scenario::Bigframes => 4,
+            _ => 0,
         }
     }
 }
@@ -96,6 +115,10 @@ enum Cmd {
     Receivers(Opts),
     /// Many channels at once (default 256 channels × 8 receivers).
     Channels(Opts),
+    /// 3840×2160 RGBA keyframes (33 MB) at 10 fps to 8 receivers: 4 at full speed, 4 reading at half the stream's byte rate (gaps allowed, nothing else).
+    Bigframes(Opts),
+    /// N receivers (default 15,000, 16×16 frames) at rising rates (--rates): the highest rate with every frame delivered and p99 under --max-p99-ms.
+    ReceiversSweep(Opts),
     /// Runs a scenario against this relay, the baseline, the uWS peer and plain TCP, round by round.
     Compare(CompareOpts),
     /// A healthy 30 fps stream to N receivers while hostile clients attack the relay (calm, chaos, settle).
@@ -147,6 +170,33 @@ struct Opts {
     /// KiB per read syscall (one buffer per driver thread, shared by its receivers).
     #[arg(long, default_value_t = 256)]
     read_buf_kib: usize,
+    /// Receivers (the last ones) that read slower than the stream; gaps allowed for them (default: 4 in bigframes, else 0).
+    #[arg(long)]
+    slow: Option<usize>,
+    /// Read-rate limit of the slow receivers, as a fraction of the stream's byte rate (fps × message bytes).
+    #[arg(long, default_value_t = 0.5)]
+    slow_rate: f64,
+    /// Read-rate limit of the slow receivers in MB/s (overrides --slow-rate; needed when --fps 0).
+    #[arg(long)]
+    slow_mbps: Option<f64>,
+    /// Read-rate limit of the other receivers, as a fraction of the stream's byte rate (0: full speed).
+    #[arg(long, default_value_t = 0.0)]
+    fast_rate: f64,
+    /// Each slow receiver must get at least this fraction of the frames (it must always get one).
+    #[arg(long, default_value_t = 0.0)]
+    slow_min_fraction: f64,
+    /// receivers-sweep: frame rates to try, in Hz, lowest first; the sweep stops at the first that fails.
+    #[arg(long, value_delimiter = ',', default_value = "5,10,20,40,80,160")]
+    rates: Vec<f64>,
+    /// receivers-sweep: a rate passes only with p99 below this, ms.
+    #[arg(long, default_value_t = 200.0)]
+    max_p99_ms: f64,
+    /// receivers-sweep: exit 1 unless the highest passing rate is at least this, Hz (default: the lowest rate).
+    #[arg(long)]
+    require_hz: Option<f64>,
+    /// receivers-sweep: go on past the first failing rate.
+    #[arg(long)]
+    sweep_all: bool,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -204,7 +254,17 @@ impl Opts {
             label: self.target.label(),
             read_buf: self.read_buf_kib.max(4) * 1024,
             progress: true,
+            slow: 0,
+            slow_rate: None,
+            fast_rate: None,
+            slow_min_fraction: self.slow_min_fraction,
         }
+        .with_groups(
+            self.slow.unwrap_or(scenario.default_slow()),
+            self.slow_mbps.map(|m| m * 1e6),
+            self.slow_rate,
+            self.fast_rate,
+        )
     }
 }
 
@@ -226,6 +286,8 @@ fn main() {
         Cmd::Saturate(o) => (Scenario::Saturate, o, None),
         Cmd::Receivers(o) => (Scenario::Receivers, o, None),
         Cmd::Channels(o) => (Scenario::Channels, o, None),
+        Cmd::Bigframes(o) => (Scenario::Bigframes, o, None),
+        Cmd::ReceiversSweep(o) => (Scenario::ReceiversSweep, o, None),
         Cmd::Compare(c) => (c.scenario, c.opts.clone(), Some(c)),
     };
     let nofile = sys::raise_nofile();
@@ -238,7 +300,11 @@ fn main() {
         .expect("tokio runtime");
     let code = rt.block_on(async move {
         match compare {
+            Some(c) if c.scenario == Scenario::ReceiversSweep => {
+                sweep::compare(c.rounds, &c.relays, &c.opts, nofile).await
+            }
             Some(c) => report::compare(c.scenario, c.rounds, &c.relays, &c.opts, nofile).await,
+            None if scenario == Scenario::ReceiversSweep => sweep::single(&opts, nofile).await,
             None => single(scenario, &opts, nofile).await,
         }
     });
@@ -270,12 +336,9 @@ async fn single(scenario: Scenario, opts: &Opts, nofile: u64) -> i32 {
     s.relay_exit = relay.finish();
     let text = report::text(&s);
     println!("{text}");
-    report::write_pair(
-        &opts.target.out,
-        &format!("{}-{}-{}", s.scenario, s.label, report::stamp()),
-        &text,
-        &report::json(&s),
-    );
+    let base = format!("{}-{}-{}", s.scenario, s.label, report::stamp());
+    report::write_pair(&opts.target.out, &base, &text, &report::json(&s));
+    charts::for_run(&opts.target.out, &base, &s);
     eprintln!("{}", report::verdict(&s, None));
     i32::from(s.failed())
 }

@@ -330,6 +330,57 @@ pub struct RecvCfg {
     pub check_every: u64,
     /// Bytes per read syscall (one buffer per driver thread).
     pub read_buf: usize,
+    /// Read at most this many bytes per second (a deliberately slow
+    /// receiver); None: as fast as they come.
+    pub rate: Option<f64>,
+}
+
+/// A read-rate limit: a token bucket of bytes, refilled at `rate` per
+/// second, holding at most `burst` (one read buffer, or 10 ms of the rate
+/// if more, so a late timer wake-up does not lose rate).
+#[derive(Debug, Clone, Copy)]
+pub struct Throttle {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    at_ns: u64,
+}
+
+impl Throttle {
+    /// A bucket of `rate` bytes/s, full at `now_ns`.
+    pub fn new(rate: f64, read_buf: usize, now_ns: u64) -> Self {
+        let burst = (read_buf as f64).max(rate * 0.01);
+        Self {
+            rate: rate.max(1.0),
+            burst,
+            tokens: burst,
+            at_ns: now_ns,
+        }
+    }
+
+    /// Bytes that may be read at `now_ns` (whole bytes, at most `max`); 0
+    /// until a quarter of a burst has accrued, so reads are not tiny.
+    pub fn allowance(&mut self, now_ns: u64, max: usize) -> usize {
+        let dt = now_ns.saturating_sub(self.at_ns) as f64 / 1e9;
+        self.tokens = (self.tokens + dt * self.rate).min(self.burst);
+        self.at_ns = now_ns;
+        if self.tokens < self.burst / 4.0 {
+            0
+        } else {
+            (self.tokens as usize).min(max)
+        }
+    }
+
+    /// `n` bytes were read.
+    pub fn spend(&mut self, n: usize) {
+        self.tokens -= n as f64;
+    }
+
+    /// How long until [`Throttle::allowance`] is above 0.
+    pub fn wait(&self) -> Duration {
+        let need = (self.burst / 4.0 - self.tokens).max(0.0);
+        Duration::from_secs_f64(need / self.rate).max(Duration::from_micros(200))
+    }
 }
 
 /// A receiver's connection, handshake done.
@@ -481,6 +532,7 @@ impl Rx {
 enum Step {
     Wait,
     Yield,
+    Throttled(Duration),
     Closed(u16),
     End(String),
 }
@@ -505,6 +557,7 @@ pub async fn receive<S: Sink>(
         now_us: now_ns() / 1000,
         mask: rid as u32 | 1,
     };
+    let mut throttle = cfg.rate.map(|r| Throttle::new(r, cfg.read_buf, now_ns()));
     let ended = 'end: {
         if let Err(e) = rx.feed(&mut p, &st, &leftover) {
             break 'end format!("parse error: {e}");
@@ -512,9 +565,19 @@ pub async fn receive<S: Sink>(
         loop {
             let step = with_scratch(cfg.read_buf, |buf| {
                 for _ in 0..16 {
-                    match stream.try_read(buf) {
+                    let len = match &mut throttle {
+                        None => buf.len(),
+                        Some(t) => match t.allowance(now_ns(), buf.len()) {
+                            0 => return Step::Throttled(t.wait()),
+                            n => n,
+                        },
+                    };
+                    match stream.try_read(&mut buf[..len]) {
                         Ok(0) => return Step::End("connection closed without close frame".into()),
                         Ok(n) => {
+                            if let Some(t) = &mut throttle {
+                                t.spend(n);
+                            }
                             rx.now_us = now_ns() / 1000;
                             if let Err(e) = rx.feed(&mut p, &st, &buf[..n]) {
                                 return Step::End(format!("parse error: {e}"));
@@ -540,6 +603,7 @@ pub async fn receive<S: Sink>(
                     }
                 }
                 Step::Yield => tokio::task::yield_now().await,
+                Step::Throttled(d) => tokio::time::sleep(d).await,
                 Step::Closed(c) => {
                     // Echo the code, unless it may not be sent (1005 "none" and the like).
                     let payload = if matches!(c, 1000..=1003 | 1007..=1014 | 3000..=4999) {
@@ -856,5 +920,37 @@ fn source_thread(
     });
     for r in readers {
         r.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Throttle;
+
+    /// A reader that takes everything allowed, waking when told to.
+    fn read_for(rate: f64, secs: f64) -> f64 {
+        let mut t = Throttle::new(rate, 256 * 1024, 0);
+        let (mut now, mut total) = (0u64, 0usize);
+        while (now as f64) < secs * 1e9 {
+            match t.allowance(now, 256 * 1024) {
+                0 => now += t.wait().as_nanos() as u64 + 1_000_000, // a late timer
+                n => {
+                    t.spend(n);
+                    total += n;
+                }
+            }
+        }
+        total as f64
+    }
+
+    #[test]
+    fn the_throttle_keeps_to_its_rate() {
+        for rate in [1e6, 50e6, 166e6, 1e9] {
+            let got = read_for(rate, 2.0) / 2.0;
+            // Within one burst (the bucket starts full) and 2 %.
+            let burst = (256.0 * 1024.0f64).max(rate * 0.01);
+            assert!(got <= rate + burst / 2.0, "{rate}: {got}");
+            assert!(got >= rate * 0.98, "{rate}: {got}");
+        }
     }
 }

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use crate::charts;
 use crate::relays::{self, RelayKind};
-use crate::run::{self, Summary};
+use crate::run::{self, Group, Summary};
 use crate::{Opts, Scenario};
 
 /// UTC `YYYYMMDD-HHMMSS` now.
@@ -75,6 +76,79 @@ pub fn verdict(s: &Summary, round: Option<(usize, usize)>) -> String {
     )
 }
 
+/// One receiver group's JSON.
+fn group_json(g: &Group) -> Value {
+    json!({
+        "name": g.name,
+        "gaps_allowed": g.gaps,
+        "receivers": g.receivers,
+        "read_limit_MBps": g.read_limit_mbps,
+        "expected_frames": g.expected,
+        "delivered_frames": g.delivered,
+        "delivered_fraction": g.fraction,
+        "per_receiver_fraction": {"min": g.per_rx_fraction[0], "median": g.per_rx_fraction[1], "max": g.per_rx_fraction[2]},
+        "missing": g.counts.missing,
+        "skipped_allowed": g.skipped,
+        "jumps": g.counts.jumps,
+        "duplicate": g.counts.duplicate,
+        "out_of_order": g.counts.out_of_order,
+        "corrupted": g.counts.corrupt,
+        "receivers_with_last_frame": g.reached_last,
+        "delivered_MBps": g.mbps,
+        "latency_ms": {"p50": g.lat_ms[0], "p90": g.lat_ms[1], "p99": g.lat_ms[2], "p99_9": g.lat_ms[3], "max": g.lat_ms[4], "samples": g.lat_count},
+        "ended_early": g.closed,
+        "passed": g.expect().passes(&g.counts) && g.closed.is_empty(),
+    })
+}
+
+/// One line per receiver group (when there is more than one).
+fn group_lines(o: &mut String, s: &Summary) {
+    if s.groups.len() < 2 {
+        return;
+    }
+    for g in &s.groups {
+        let _ = writeln!(
+            o,
+            "group {:<7} {} receivers, read {}, {}: delivered {}/{} = {:.2}% (per receiver min {:.1}%, max {:.1}%), {} got the last frame; {}; {:.1} MB/s; latency ms p50 {:.2} p99 {:.2} max {:.2}; ended early: {}",
+            g.name,
+            g.receivers,
+            g.read_limit_mbps
+                .map_or("at full speed".into(), |m| format!("at most {m:.1} MB/s")),
+            if g.gaps { "gaps allowed" } else { "every frame expected" },
+            g.delivered,
+            g.expected,
+            g.fraction * 100.0,
+            g.per_rx_fraction[0] * 100.0,
+            g.per_rx_fraction[2] * 100.0,
+            g.reached_last,
+            if g.gaps {
+                format!(
+                    "skipped {} in {} jumps (allowed), duplicate {}, out-of-order {}, corrupt {}",
+                    g.skipped, g.counts.jumps, g.counts.duplicate, g.counts.out_of_order, g.counts.corrupt
+                )
+            } else {
+                g.counts.defects()
+            },
+            g.mbps,
+            g.lat_ms[0],
+            g.lat_ms[2],
+            g.lat_ms[4],
+            closed_text(&g.closed),
+        );
+    }
+}
+
+/// `none`, or `closed by relay with 3008 ×4, ...`.
+pub fn closed_text(m: &BTreeMap<String, u64>) -> String {
+    if m.is_empty() {
+        return "none".into();
+    }
+    m.iter()
+        .map(|(k, n)| format!("{k} ×{n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The JSON result of one run.
 pub fn json(s: &Summary) -> Value {
     json!({
@@ -126,7 +200,15 @@ pub fn json(s: &Summary) -> Value {
             "payloads_hashed": s.checked,
             "non_test_messages": s.foreign,
             "receivers_ended_early": s.receivers_ended,
+            "skipped_by_slow_receivers": s.skipped,
+            "group_failures": s.group_failures,
         },
+        "groups": s.groups.iter().map(group_json).collect::<Vec<_>>(),
+        "timeline": s.timeline.iter().map(|k| json!({
+            "t": k.t, "fps": k.fps, "delivered_MBps": k.mbps, "p50_ms": k.p50_ms, "p99_ms": k.p99_ms,
+            "relay_cpu": k.relay_cpu, "rss_MB": k.rss_mb,
+            "groups": k.groups.iter().map(|(m, p)| json!({"delivered_MBps": m, "p99_ms": p})).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
         "latency_ms": {
             "p50": s.lat_ms[0], "p90": s.lat_ms[1], "p99": s.lat_ms[2], "p99_9": s.lat_ms[3],
             "max": s.lat_ms[4], "mean": s.lat_mean_ms, "samples": s.lat_count,
@@ -142,6 +224,7 @@ pub fn json(s: &Summary) -> Value {
             "exit": s.relay_exit,
         },
         "driver_cpu_percent_of_one_core": s.driver_cpu_pct,
+        "other_processes_cpu_percent_of_one_core": s.others_cpu_pct,
         "integrity": {"failed": s.failed(), "summary": s.integrity()},
         "notes": s.notes,
     })
@@ -227,6 +310,7 @@ pub fn text(s: &Summary) -> String {
     if !s.receivers_ended.is_empty() {
         let _ = writeln!(o, "ended early   {:?}", s.receivers_ended);
     }
+    group_lines(&mut o, s);
     let _ = writeln!(
         o,
         "latency ms    p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}  (mean {:.2}, {} samples; send→last byte read)",
@@ -254,6 +338,17 @@ pub fn text(s: &Summary) -> String {
         "driver        CPU {}% of one core (source thread + receivers; near 100% means the driver may be the limit)",
         opt(s.driver_cpu_pct, 1)
     );
+    if let Some(c) = s.others_cpu_pct {
+        let _ = writeln!(
+            o,
+            "others        CPU {c:.1}% of one core: every other process of the machine over the window{}",
+            if c > 10.0 {
+                " (the cores are shared: the figures above are suspect)"
+            } else {
+                ""
+            }
+        );
+    }
     if let Some(e) = &s.relay_exit {
         let _ = writeln!(o, "relay EXITED  {e}");
     }
@@ -266,7 +361,11 @@ pub fn text(s: &Summary) -> String {
         if s.failed() {
             format!("FAIL: {}", s.integrity())
         } else {
-            "OK: every frame intact, once and in order, at every receiver".into()
+            if s.groups.iter().any(|g| g.gaps) {
+                "OK: every frame intact, once and in order, at every full-speed receiver; slow receivers got intact frames in increasing order (gaps allowed), none closed".into()
+            } else {
+                "OK: every frame intact, once and in order, at every receiver".into()
+            }
         }
     );
     o
@@ -296,6 +395,8 @@ struct Row {
     p999: f64,
     cpu: f64,
     driver_cpu: f64,
+    /// Per run, the other processes' CPU %, as `a, b, c`.
+    others: String,
     rss: f64,
     rss_conn: f64,
     connected: f64,
@@ -315,6 +416,11 @@ impl Row {
             p999: m(&|s| s.lat_ms[3]),
             cpu: m(&|s| s.relay_cpu_pct.unwrap_or(f64::NAN)),
             driver_cpu: m(&|s| s.driver_cpu_pct.unwrap_or(f64::NAN)),
+            others: v
+                .iter()
+                .map(|s| opt(s.others_cpu_pct, 0))
+                .collect::<Vec<_>>()
+                .join(", "),
             rss: m(&|s| s.relay_hwm_mb.or(s.relay_rss_peak_mb).unwrap_or(f64::NAN)),
             rss_conn: m(&|s| s.rss_per_conn_kib.unwrap_or(f64::NAN)),
             connected: m(&|s| s.receivers_connected as f64),
@@ -353,18 +459,18 @@ fn table(scenario: Scenario, cfg: &run::RunCfg, rows: &[Row], rounds: usize) -> 
     let recv = scenario == Scenario::Receivers;
     let _ = writeln!(
         o,
-        "| relay | runs | delivered | aggregate MB/s | per-receiver MB/s | p50 ms | p99 ms | p99.9 ms | relay CPU % | MB/s per core | peak RSS MB | driver CPU % |{}",
+        "| relay | runs | delivered | aggregate MB/s | per-receiver MB/s | p50 ms | p99 ms | p99.9 ms | relay CPU % | MB/s per core | peak RSS MB | driver CPU % | others CPU % |{}",
         if recv { " connected | RSS/conn KiB |" } else { "" }
     );
     let _ = writeln!(
         o,
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|{}",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|{}",
         if recv { "---:|---:|" } else { "" }
     );
     for r in rows {
         let _ = writeln!(
             o,
-            "| {} | {} | {:.3}% | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} | {:.1} | {:.0} | {:.1} | {:.0} |{}",
+            "| {} | {} | {:.3}% | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} | {:.1} | {:.0} | {:.1} | {:.0} | {} |{}",
             r.label,
             r.runs,
             r.delivered * 100.0,
@@ -377,6 +483,7 @@ fn table(scenario: Scenario, cfg: &run::RunCfg, rows: &[Row], rounds: usize) -> 
             r.per_core(),
             r.rss,
             r.driver_cpu,
+            r.others,
             if recv {
                 format!(" {:.0} | {:.2} |", r.connected, r.rss_conn)
             } else {
@@ -417,6 +524,61 @@ fn table(scenario: Scenario, cfg: &run::RunCfg, rows: &[Row], rounds: usize) -> 
                     ratio(r.rss, b.rss)
                 );
             }
+        }
+    }
+    o
+}
+
+/// Per relay and receiver group, medians over the runs (scenarios with a
+/// slow group, e.g. `bigframes`): delivery, latency, how receivers ended,
+/// the relay's peak RSS, and the runs that failed.
+pub fn group_table(kinds: &[&str], results: &BTreeMap<&'static str, Vec<Summary>>) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "| relay | group | runs | receivers | read limit MB/s | frames delivered % | min per receiver % | got last frame | p50 ms | p99 ms | receivers closed (code × count, all runs) | relay peak RSS MB | relay CPU % | failed runs |"
+    );
+    let _ = writeln!(
+        o,
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|"
+    );
+    for k in kinds {
+        let Some(v) = results.get(k) else { continue };
+        let names: Vec<String> = v
+            .first()
+            .map(|s| s.groups.iter().map(|g| g.name.clone()).collect())
+            .unwrap_or_default();
+        for (gi, name) in names.iter().enumerate() {
+            let gs: Vec<&Group> = v.iter().filter_map(|s| s.groups.get(gi)).collect();
+            let m = |f: &dyn Fn(&Group) -> f64| median(gs.iter().map(|g| f(g)).collect());
+            let mut closed: BTreeMap<String, u64> = BTreeMap::new();
+            for g in &gs {
+                for (why, n) in &g.closed {
+                    *closed.entry(why.clone()).or_default() += n;
+                }
+            }
+            let _ = writeln!(
+                o,
+                "| {k} | {name} | {} | {:.0} | {} | {:.2} | {:.2} | {:.1} | {:.2} | {:.2} | {} | {:.1} | {:.1} | {} |",
+                gs.len(),
+                m(&|g| g.receivers as f64),
+                gs.first()
+                    .and_then(|g| g.read_limit_mbps)
+                    .map_or("full speed".into(), |r| format!("{r:.1}")),
+                m(&|g| g.fraction * 100.0),
+                m(&|g| g.per_rx_fraction[0] * 100.0),
+                m(&|g| g.reached_last as f64),
+                m(&|g| g.lat_ms[0]),
+                m(&|g| g.lat_ms[2]),
+                closed_text(&closed),
+                median(
+                    v.iter()
+                        .map(|s| s.relay_hwm_mb.or(s.relay_rss_peak_mb).unwrap_or(f64::NAN))
+                        .collect()
+                ),
+                median(v.iter().map(|s| s.relay_cpu_pct.unwrap_or(f64::NAN)).collect()),
+                v.iter().filter(|s| s.failed()).count(),
+            );
         }
     }
     o
@@ -509,6 +671,7 @@ pub async fn compare(
                 failures.push(v);
             }
             let _ = std::fs::write(dir.join(format!("{}-{tag}.txt", kind.label())), &t);
+            charts::for_run(&dir, &format!("{}-{tag}", kind.label()), &s);
             let mut j = json(&s);
             j["round"] = json!(round + 1);
             all.push(j);
@@ -521,6 +684,39 @@ pub async fn compare(
         .filter_map(|k| results.get(k.label()).map(|v| Row::of(k.label(), v)))
         .collect();
     let mut md = table(scenario, &cfg, &rows, rounds);
+    if results.values().flatten().any(|s| s.groups.len() > 1) {
+        let labels: Vec<&str> = avail.iter().map(|k| k.label()).collect();
+        let _ = writeln!(
+            md,
+            "\nBy receiver group (medians over the runs; slow receivers may be skipped forward, so their gaps are allowed, nothing else):\n\n{}",
+            group_table(&labels, &results)
+        );
+    }
+    let cdf = dir.join("latency-cdf.svg");
+    let mut lines = Vec::new();
+    for k in &avail {
+        for (name, h) in charts::merged_hists(results.get(k.label()).map_or(&[][..], |v| v)) {
+            lines.push((
+                if name == "all" {
+                    k.label().to_string()
+                } else {
+                    format!("{} {name}", k.label())
+                },
+                h,
+            ));
+        }
+    }
+    charts::cdf(
+        &cdf,
+        &format!("{} latency CDF, all rounds", scenario.name()),
+        &lines,
+    );
+    let _ = writeln!(
+        md,
+        "\nCharts: `latency-cdf.svg` (one line per relay{}), `RELAY-{}-rN-timeline.svg` (throughput, latency, relay RSS per second of each run).",
+        if lines.len() > avail.len() { " and group" } else { "" },
+        scenario.name()
+    );
     if !failures.is_empty() {
         let _ = writeln!(
             md,

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use crate::peer::{self, RecvCfg, Sample, Sink, Source, SourceCfg, Target};
+use crate::peer::{self, RecvCfg, RecvStat, Sample, Sink, Source, SourceCfg, Target};
 use crate::sys::{self, ProcSample};
-use crate::verify::Counts;
+use crate::verify::{Counts, Expect};
 use crate::wire::FrameTemplate;
 use crate::{now_secs, Scenario};
 
@@ -48,12 +48,50 @@ pub struct RunCfg {
     pub read_buf: usize,
     /// Print progress to stderr.
     pub progress: bool,
+    /// Receivers (the last of them) that read slower than the stream: the
+    /// `slow` group, whose gaps are allowed (see [`Expect::Gaps`]).
+    pub slow: usize,
+    /// Read-rate limit of the slow receivers, bytes/s (None: full speed).
+    pub slow_rate: Option<f64>,
+    /// Read-rate limit of the other receivers, bytes/s (None: full speed).
+    pub fast_rate: Option<f64>,
+    /// Each slow receiver must get at least this fraction of the frames
+    /// sent, and at least one frame.
+    pub slow_min_fraction: f64,
 }
 
 impl RunCfg {
     /// Bytes of one protocol message.
     pub fn msg_bytes(&self) -> usize {
         self.width as usize * self.height as usize * 4 + 16
+    }
+
+    /// With `slow` of the receivers reading at `slow_bps` bytes/s, else
+    /// at `slow_rate` × the stream's byte rate, and the others at
+    /// `fast_rate` × that rate (0: full speed). A rate that cannot be
+    /// computed (unpaced stream) or is 0 leaves them at full speed.
+    pub fn with_groups(
+        mut self,
+        slow: usize,
+        slow_bps: Option<f64>,
+        slow_rate: f64,
+        fast_rate: f64,
+    ) -> Self {
+        let stream = self.stream_bps();
+        let of = |f: f64| (f > 0.0 && stream > 0.0).then_some(f * stream);
+        self.slow = slow.min(self.receivers);
+        self.slow_rate = if self.slow > 0 {
+            slow_bps.filter(|&b| b > 0.0).or(of(slow_rate))
+        } else {
+            None
+        };
+        self.fast_rate = of(fast_rate);
+        self
+    }
+
+    /// The stream's bytes per second per receiver (0 when unpaced).
+    pub fn stream_bps(&self) -> f64 {
+        self.fps.max(0.0) * self.msg_bytes() as f64
     }
 
     /// `30 fps`, or `as fast as accepted`.
@@ -108,6 +146,8 @@ pub struct Summary {
     pub pacing_late_ms: [f64; 3],
     pub relay_cpu_pct: Option<f64>,
     pub driver_cpu_pct: Option<f64>,
+    /// CPU of every other process on the machine over the send window, % of one core.
+    pub others_cpu_pct: Option<f64>,
     pub relay_hwm_mb: Option<f64>,
     pub relay_rss_peak_mb: Option<f64>,
     pub relay_idle_rss_mb: Option<f64>,
@@ -118,6 +158,85 @@ pub struct Summary {
     pub relay_exit: Option<String>,
     pub source_error: Option<String>,
     pub notes: Vec<String>,
+    /// Frames the slow receivers skipped (missing, allowed); not in `missing`.
+    pub skipped: u64,
+    /// The receivers by group: one (`all`), or `fast` and `slow`.
+    pub groups: Vec<Group>,
+    /// What failed a group beyond its defect counts (a slow receiver that got no frame, or too few).
+    pub group_failures: Vec<String>,
+    /// One sample a second while the source sent.
+    pub timeline: Vec<Tick>,
+    /// Latency of every delivered frame (all groups), µs.
+    pub lat_hist: Option<Histogram<u64>>,
+}
+
+/// Receivers that read alike and are judged alike.
+#[derive(Debug, Clone, Default)]
+pub struct Group {
+    /// `all`, `fast` or `slow`.
+    pub name: String,
+    /// What each must get: every frame, or gaps allowed.
+    pub gaps: bool,
+    /// Receivers connected.
+    pub receivers: usize,
+    /// Their read-rate limit, MB/s.
+    pub read_limit_mbps: Option<f64>,
+    /// Frames sent × receivers.
+    pub expected: u64,
+    /// Frames delivered intact.
+    pub delivered: u64,
+    /// Delivered ÷ expected.
+    pub fraction: f64,
+    /// Per receiver delivered ÷ sent: min, median, max.
+    pub per_rx_fraction: [f64; 3],
+    /// Their totals (missing counts every frame not delivered).
+    pub counts: Counts,
+    /// Of the missing frames, those allowed (gaps): all of them with gaps, else 0.
+    pub skipped: u64,
+    /// Receivers that got the last frame sent.
+    pub reached_last: usize,
+    /// Latency p50 / p90 / p99 / p99.9 / max, ms.
+    pub lat_ms: [f64; 5],
+    /// Latency samples.
+    pub lat_count: u64,
+    /// Intact bytes they read over the send window, MB/s, all of them together.
+    pub mbps: f64,
+    /// How receivers ended early, with how many (`closed by relay with 3008`, ...).
+    pub closed: BTreeMap<String, u64>,
+    /// Latency histogram, µs.
+    pub hist: Option<Histogram<u64>>,
+}
+
+impl Group {
+    /// What each receiver must get.
+    pub fn expect(&self) -> Expect {
+        if self.gaps {
+            Expect::Gaps
+        } else {
+            Expect::Every
+        }
+    }
+}
+
+/// One second of a run.
+#[derive(Debug, Clone, Default)]
+pub struct Tick {
+    /// Seconds since the source started.
+    pub t: f64,
+    /// Frames sent per second per channel.
+    pub fps: f64,
+    /// Intact bytes delivered per second, all receivers, MB/s.
+    pub mbps: f64,
+    /// Latency of the frames delivered in the second, ms.
+    pub p50_ms: f64,
+    /// Idem, 99th percentile.
+    pub p99_ms: f64,
+    /// Relay CPU over the second, % of one core.
+    pub relay_cpu: Option<f64>,
+    /// Relay RSS at the end of the second, MB.
+    pub rss_mb: Option<f64>,
+    /// Per group (as [`Summary::groups`]): (MB/s, p99 ms).
+    pub groups: Vec<(f64, f64)>,
 }
 
 impl Summary {
@@ -137,11 +256,14 @@ impl Summary {
         self.receivers_ended.values().sum()
     }
 
-    /// Why the run failed, if it did: a frame missing, corrupt, duplicated
-    /// or out of order, a receiver that failed to connect or ended early, no
-    /// frame sent, the source failing, or the relay exiting.
+    /// Why the run failed, if it did: a frame missing (at a receiver that
+    /// must get every one), corrupt, duplicated or out of order, a receiver
+    /// that failed to connect or ended early, a slow receiver that got no
+    /// frame or fewer than its floor, no frame sent, the source failing, or
+    /// the relay exiting.
     pub fn failed(&self) -> bool {
         !self.counts().clean()
+            || !self.group_failures.is_empty()
             || self.connect_failures > 0
             || self.ended_early() > 0
             || self.frames_sent == 0
@@ -152,12 +274,26 @@ impl Summary {
     /// One line naming every count that decides [`Summary::failed`].
     pub fn integrity(&self) -> String {
         let mut l = format!(
-            "{}; receivers failed to connect {}, ended early {}; frames sent {}",
+            "{}; receivers failed to connect {}, ended early {}{}; frames sent {}",
             self.counts().defects(),
             self.connect_failures,
             self.ended_early(),
+            if self.receivers_ended.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", crate::report::closed_text(&self.receivers_ended))
+            },
             self.frames_sent
         );
+        if self.groups.iter().any(|g| g.gaps) {
+            l.push_str(&format!(
+                "; skipped by slow receivers {} (allowed)",
+                self.skipped
+            ));
+        }
+        for f in &self.group_failures {
+            l.push_str(&format!("; {f}"));
+        }
         if let Some(e) = &self.source_error {
             l.push_str(&format!("; source failed: {e}"));
         }
@@ -192,6 +328,24 @@ fn pct(v: &[f64], q: f64) -> f64 {
     }
     let i = ((v.len() - 1) as f64 * q).round() as usize;
     v[i]
+}
+
+/// `v` with `prec` decimals, `-` for NaN.
+fn ms(v: f64, prec: usize) -> String {
+    if v.is_finite() {
+        format!("{v:.prec$}")
+    } else {
+        "-".into()
+    }
+}
+
+/// Quantile `q` of `h` in ms; NaN when it is empty (no point in a chart).
+fn quantile_ms(h: &Histogram<u64>, q: f64) -> f64 {
+    if h.is_empty() {
+        f64::NAN
+    } else {
+        h.value_at_quantile(q) as f64 / 1000.0
+    }
 }
 
 fn mb(kib: Option<u64>) -> Option<f64> {
@@ -267,16 +421,43 @@ pub async fn run(cfg: &RunCfg) -> Summary {
             s.connect_failures
         );
     }
-    let lat = Arc::new(Latency {
-        hist: Mutex::new(peer::new_hist()),
-        ihist: Mutex::new(peer::new_hist()),
-    });
-    let rcfg = RecvCfg {
-        framing: target.framing,
-        check_every: cfg.check_every,
-        read_buf: cfg.read_buf,
-    };
-    let (stats, tasks) = peer::spawn_receivers(joins.ok, rcfg, &lat);
+    // Groups: the first `receivers - slow` read at `fast_rate`, the rest at `slow_rate`.
+    let n_fast = cfg.receivers.saturating_sub(cfg.slow);
+    let mut specs: Vec<(String, bool, Option<f64>, Vec<peer::Joined>)> = Vec::new();
+    if cfg.slow == 0 && cfg.fast_rate.is_none() {
+        specs.push(("all".into(), false, None, joins.ok));
+    } else {
+        let (fast, slow): (Vec<_>, Vec<_>) = joins.ok.into_iter().partition(|j| j.rid < n_fast);
+        specs.push(("fast".into(), false, cfg.fast_rate, fast));
+        if cfg.slow > 0 {
+            specs.push(("slow".into(), true, cfg.slow_rate, slow));
+        }
+    }
+    let mut groups: Vec<(Group, Arc<Latency>, Vec<Arc<RecvStat>>)> = Vec::new();
+    let mut tasks = Vec::new();
+    for (name, gaps, rate, joined) in specs {
+        let lat = Arc::new(Latency {
+            hist: Mutex::new(peer::new_hist()),
+            ihist: Mutex::new(peer::new_hist()),
+        });
+        let rcfg = RecvCfg {
+            framing: target.framing,
+            check_every: cfg.check_every,
+            read_buf: cfg.read_buf,
+            rate,
+        };
+        let g = Group {
+            name,
+            gaps,
+            receivers: joined.len(),
+            read_limit_mbps: rate.map(|r| r / 1e6),
+            ..Default::default()
+        };
+        let (st, t) = peer::spawn_receivers(joined, rcfg, &lat);
+        tasks.extend(t);
+        groups.push((g, lat, st));
+    }
+    let stats: Vec<Arc<RecvStat>> = groups.iter().flat_map(|g| g.2.clone()).collect();
 
     // Source.
     let src = Source::connect(SourceCfg {
@@ -309,11 +490,14 @@ pub async fn run(cfg: &RunCfg) -> Summary {
     }
     let cpu0 = pid.and_then(ProcSample::take);
     let me0 = ProcSample::take(std::process::id());
+    let busy0 = sys::machine_busy_ticks();
     src.go();
     let sh = src.sh.clone();
 
     // Progress, once a second, until the source stops.
+    let group_bytes = |i: usize| -> u64 { groups[i].2.iter().map(|x| x.counts(0).bytes).sum() };
     let mut last = (now_secs(), 0u64, 0u64, cpu0);
+    let mut last_group: Vec<u64> = vec![0; groups.len()];
     let t_start = Instant::now();
     while !src.stopped() {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -325,47 +509,77 @@ pub async fn run(cfg: &RunCfg) -> Summary {
         let c = peer::totals(&stats, 0);
         let alive = stats.iter().filter(|x| !x.done.load(Relaxed)).count();
         let dt = now - last.0;
-        let p99 = {
+        // This second's latency: per group, and all groups merged.
+        let mut sec = peer::new_hist();
+        let mut per_group = Vec::with_capacity(groups.len());
+        for (i, (_, lat, _)) in groups.iter().enumerate() {
             let mut h = lat.ihist.lock().unwrap();
-            let v = h.value_at_quantile(0.99) as f64 / 1000.0;
+            let _ = sec.add(&*h);
+            let b = group_bytes(i);
+            per_group.push(((b - last_group[i]) as f64 / dt / 1e6, quantile_ms(&h, 0.99)));
+            last_group[i] = b;
             h.reset();
-            v
-        };
+        }
+        let (p50, p99) = (quantile_ms(&sec, 0.5), quantile_ms(&sec, 0.99));
         let cpu_now = pid.and_then(ProcSample::take);
         let cpu = match (cpu_now, last.3) {
-            (Some(a), Some(b)) => format!("{:>3.0}%", a.cpu_pct_since(&b)),
-            _ => "  -".into(),
+            (Some(a), Some(b)) => Some(a.cpu_pct_since(&b)),
+            _ => None,
         };
         let rss = pid.and_then(sys::rss_kib);
         if let Some(r) = rss {
             rss_peak = rss_peak.max(r);
         }
+        let tick = Tick {
+            t: t_start.elapsed().as_secs_f64(),
+            fps: (sent - last.1) as f64 / dt,
+            mbps: (c.bytes - last.2) as f64 / dt / 1e6,
+            p50_ms: p50,
+            p99_ms: p99,
+            relay_cpu: cpu,
+            rss_mb: mb(rss),
+            groups: per_group,
+        };
         if cfg.progress {
             let expect = sent * stats.len() as u64;
+            let by_group = if groups.len() > 1 {
+                groups
+                    .iter()
+                    .zip(&tick.groups)
+                    .map(|((g, _, _), (m, p))| {
+                        format!("  {} {m:.0} MB/s p99 {} ms", g.name, ms(*p, 0))
+                    })
+                    .collect::<String>()
+            } else {
+                String::new()
+            };
             eprintln!(
-                "  [{:>4.1}s] sent {:>6} ({:>6.1} fps)  delivered {:>8.1} MB/s  frac {:>7.3}%  p99 {:>7.2} ms  gaps {} dup {} ooo {} bad {}  rx {}/{}  relay cpu {} rss {}",
-                t_start.elapsed().as_secs_f64(),
+                "  [{:>4.1}s] sent {:>6} ({:>6.1} fps)  delivered {:>8.1} MB/s  frac {:>7.3}%  p99 {:>7} ms  gaps {} dup {} ooo {} bad {}  rx {}/{}  relay cpu {} rss {}{by_group}",
+                tick.t,
                 sent,
-                (sent - last.1) as f64 / dt,
-                (c.bytes - last.2) as f64 / dt / 1e6,
+                tick.fps,
+                tick.mbps,
                 if expect > 0 { c.delivered as f64 / expect as f64 * 100.0 } else { 0.0 },
-                p99,
+                ms(p99, 2),
                 c.missing,
                 c.duplicate,
                 c.out_of_order,
                 c.corrupt,
                 alive,
                 stats.len(),
-                cpu,
+                cpu.map_or("  -".into(), |c| format!("{c:>3.0}%")),
                 rss.map_or("-".into(), |r| format!("{:.0}MB", r as f64 / 1024.0)),
             );
         }
+        s.timeline.push(tick);
         last = (now, sent, c.bytes, cpu_now);
     }
     // Window for rates and CPU: from go to the source's last send.
     let cpu1 = pid.and_then(ProcSample::take);
     let me1 = ProcSample::take(std::process::id());
+    let busy1 = sys::machine_busy_ticks();
     let per_rx_bytes: Vec<u64> = stats.iter().map(|x| x.counts(0).bytes).collect();
+    let group_window_bytes: Vec<u64> = (0..groups.len()).map(group_bytes).collect();
     let bytes_in_window: u64 = per_rx_bytes.iter().sum();
     let (st0, st1) = (*sh.start_s.lock().unwrap(), *sh.end_s.lock().unwrap());
     let window = (st1 - st0).max(1e-6);
@@ -400,7 +614,60 @@ pub async fn run(cfg: &RunCfg) -> Summary {
     s.offered_mbps_per_rx = (sent * s.msg_bytes as u64) as f64 / window / 1e6;
     s.offered_mbps_agg = (sent * s.msg_bytes as u64) as f64 * n as f64 / window / 1e6;
     s.expected_frames = sent * n;
-    let c = peer::totals(&stats, sent);
+    let mut all_hist = peer::new_hist();
+    let mut c = Counts::default();
+    for (i, (g, lat, st)) in groups.iter_mut().enumerate() {
+        let gc = peer::totals(st, sent);
+        let expect = g.expect();
+        c.add(&expect.failing(&gc));
+        c.delivered += gc.delivered;
+        c.other += gc.other;
+        c.checked += gc.checked;
+        g.counts = gc;
+        g.skipped = expect.skipped(&gc);
+        s.skipped += g.skipped;
+        g.expected = sent * st.len() as u64;
+        g.delivered = gc.delivered;
+        g.fraction = if g.expected > 0 {
+            g.delivered as f64 / g.expected as f64
+        } else {
+            0.0
+        };
+        let mut f: Vec<f64> = st
+            .iter()
+            .map(|x| x.counts(sent).delivered as f64 / sent.max(1) as f64)
+            .collect();
+        f.sort_by(f64::total_cmp);
+        g.per_rx_fraction = [pct(&f, 0.0), pct(&f, 0.5), pct(&f, 1.0)];
+        g.reached_last = st.iter().filter(|x| sent > 0 && x.next() >= sent).count();
+        g.mbps = group_window_bytes[i] as f64 / window / 1e6;
+        g.closed = peer::ended_early(st);
+        let h = lat.hist.lock().unwrap();
+        let q = |x: f64| h.value_at_quantile(x) as f64 / 1000.0;
+        g.lat_ms = [q(0.5), q(0.9), q(0.99), q(0.999), h.max() as f64 / 1000.0];
+        g.lat_count = h.len();
+        let _ = all_hist.add(&*h);
+        g.hist = Some(h.clone());
+        if g.gaps && sent > 0 {
+            // A slow receiver may be skipped forward, not starved.
+            let floor = cfg.slow_min_fraction.clamp(0.0, 1.0);
+            let starved = st
+                .iter()
+                .filter(|x| {
+                    let d = x.counts(sent).delivered;
+                    d == 0 || (d as f64) < floor * sent as f64
+                })
+                .count();
+            if starved > 0 {
+                s.group_failures.push(format!(
+                    "{starved} {} receiver(s) got no frame or fewer than {:.1}% of them",
+                    g.name,
+                    floor * 100.0
+                ));
+            }
+        }
+    }
+    s.groups = groups.into_iter().map(|g| g.0).collect();
     s.delivered_frames = c.delivered;
     s.missing = c.missing;
     s.duplicate = c.duplicate;
@@ -435,12 +702,13 @@ pub async fn run(cfg: &RunCfg) -> Summary {
     f.sort_by(f64::total_cmp);
     s.per_rx_fraction = [pct(&f, 0.0), pct(&f, 0.5), pct(&f, 1.0)];
     {
-        let h = lat.hist.lock().unwrap();
+        let h = &all_hist;
         let q = |x: f64| h.value_at_quantile(x) as f64 / 1000.0;
         s.lat_ms = [q(0.5), q(0.9), q(0.99), q(0.999), h.max() as f64 / 1000.0];
         s.lat_mean_ms = h.mean() / 1000.0;
         s.lat_count = h.len();
     }
+    s.lat_hist = Some(all_hist);
     {
         let h = sh.late.lock().unwrap();
         let q = |x: f64| h.value_at_quantile(x) as f64 / 1000.0;
@@ -451,6 +719,21 @@ pub async fn run(cfg: &RunCfg) -> Summary {
     }
     if let (Some(a), Some(b)) = (me1, me0) {
         s.driver_cpu_pct = Some(a.cpu_pct_since(&b));
+    }
+    // Everything else the machine ran meanwhile (its cores are shared).
+    if let (Some(b1), Some(b0), Some(m1), Some(m0)) = (busy1, busy0, me1, me0) {
+        let relay = match (cpu1, cpu0) {
+            (Some(a), Some(b)) => a.ticks.saturating_sub(b.ticks),
+            _ => 0,
+        };
+        let dt = m1.at - m0.at;
+        if dt > 0.0 && pid.is_some() {
+            let others = b1
+                .saturating_sub(b0)
+                .saturating_sub(relay)
+                .saturating_sub(m1.ticks.saturating_sub(m0.ticks));
+            s.others_cpu_pct = Some(others as f64 / sys::ticks_per_sec() / dt * 100.0);
+        }
     }
     if let (Some(i), Some(c)) = (idle_rss, conn_rss) {
         if n > 0 {

@@ -14,6 +14,21 @@ pub fn cpu_ticks(pid: u32) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// CPU time spent in user and system mode by every process of the
+/// machine, all CPUs together, in clock ticks (`/proc/stat`'s first line:
+/// user + nice + system; interrupts, steal and idle left out).
+pub fn machine_busy_ticks() -> Option<u64> {
+    let s = fs::read_to_string("/proc/stat").ok()?;
+    let l = s.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = l
+        .split_whitespace()
+        .skip(1)
+        .take(3)
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
+    Some(v.iter().sum())
+}
+
 /// Clock ticks per second.
 pub fn ticks_per_sec() -> f64 {
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };

@@ -17,6 +17,13 @@
 //! neither delivered nor accounted for by a corrupt frame (a corrupt frame
 //! takes the place of one that did arrive, so one flipped byte is one
 //! corrupt frame and no missing one).
+//!
+//! What a receiver must get is its [`Expect`]: *every* frame (missing ones
+//! fail it), or, for a receiver deliberately slower than the stream, which
+//! the relay may skip forward to its latest keyframe, the frames it gets
+//! with *gaps* allowed: missing frames are then *skipped* (reported, not a
+//! failure), while a duplicate, a frame out of order (indices must strictly
+//! increase) or a corrupt frame still fails it.
 
 use crate::wire::{Check, MsgInfo};
 
@@ -44,6 +51,9 @@ pub struct Counts {
     pub checked: u64,
     /// Frames missing (see the module docs; filled in by [`Verifier::counts`]).
     pub missing: u64,
+    /// Forward jumps: an in-order frame more than one past the one before
+    /// (the relay skipped the receiver forward, or frames were lost).
+    pub jumps: u64,
 }
 
 impl Counts {
@@ -57,6 +67,7 @@ impl Counts {
         self.other += o.other;
         self.checked += o.checked;
         self.missing += o.missing;
+        self.jumps += o.jumps;
     }
 
     /// True if no frame was missing, duplicated, out of order or corrupt.
@@ -70,6 +81,47 @@ impl Counts {
             "missing {}, duplicate {}, out-of-order {}, corrupt {}",
             self.missing, self.duplicate, self.out_of_order, self.corrupt
         )
+    }
+}
+
+/// What a receiver must get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// Every frame the source sent, intact, once and in order.
+    Every,
+    /// The frames it gets intact, once, with strictly increasing indices;
+    /// gaps (frames the relay skipped it past) are allowed.
+    Gaps,
+}
+
+impl Expect {
+    /// The defects that fail a receiver (or a group of them) with totals
+    /// `c`: its missing, duplicate, out-of-order and corrupt frames, less
+    /// the missing ones when gaps are allowed.
+    pub fn failing(self, c: &Counts) -> Counts {
+        Counts {
+            missing: match self {
+                Expect::Every => c.missing,
+                Expect::Gaps => 0,
+            },
+            duplicate: c.duplicate,
+            out_of_order: c.out_of_order,
+            corrupt: c.corrupt,
+            ..Counts::default()
+        }
+    }
+
+    /// Frames missing that are allowed (skipped): all of them with gaps, else none.
+    pub fn skipped(self, c: &Counts) -> u64 {
+        match self {
+            Expect::Every => 0,
+            Expect::Gaps => c.missing,
+        }
+    }
+
+    /// True if totals `c` pass.
+    pub fn passes(self, c: &Counts) -> bool {
+        self.failing(c).clean()
     }
 }
 
@@ -149,6 +201,9 @@ impl Verifier {
             self.c.out_of_order += 1;
             Verdict::Late
         } else {
+            if m.idx > self.next {
+                self.c.jumps += 1;
+            }
             self.next = m.idx + 1;
             Verdict::InOrder
         }
@@ -298,6 +353,62 @@ mod tests {
         f.insert(1, ws::server_frame(ws::OP_BINARY, &ping));
         let c = verify(&f, 2);
         assert_eq!((defects(&c), c.other), ([0, 0, 0, 0], 1));
+    }
+
+    /// Frames `keep` of 0..n (in that order), as a slow receiver the relay
+    /// skipped forward would get them.
+    fn only(n: u64, keep: &[u64]) -> Vec<Vec<u8>> {
+        let f = frames(n);
+        keep.iter().map(|&i| f[i as usize].clone()).collect()
+    }
+
+    #[test]
+    fn gaps_pass_a_slow_receiver_and_fail_a_fast_one() {
+        // Skipped forward twice (1 -> 4, 4 -> 7) and past the last two.
+        let c = verify(&only(10, &[0, 1, 4, 7]), 10);
+        assert_eq!((defects(&c), c.delivered, c.jumps), ([6, 0, 0, 0], 4, 2));
+        assert!(Expect::Gaps.passes(&c));
+        assert_eq!(Expect::Gaps.skipped(&c), 6);
+        assert_eq!(defects(&Expect::Gaps.failing(&c)), [0, 0, 0, 0]);
+        // The same frames at a receiver that must get every one: 6 missing.
+        assert!(!Expect::Every.passes(&c));
+        assert_eq!(Expect::Every.skipped(&c), 0);
+        assert_eq!(defects(&Expect::Every.failing(&c)), [6, 0, 0, 0]);
+        // A first frame past 0 is a jump too.
+        let c = verify(&only(10, &[3, 9]), 10);
+        assert_eq!((c.jumps, c.missing, Expect::Gaps.passes(&c)), (2, 8, true));
+    }
+
+    #[test]
+    fn gaps_do_not_excuse_a_duplicate() {
+        let c = verify(&only(10, &[0, 4, 4, 8]), 10);
+        assert_eq!((defects(&c), c.delivered), ([7, 1, 0, 0], 3));
+        assert!(!Expect::Gaps.passes(&c));
+        assert_eq!(defects(&Expect::Gaps.failing(&c)), [0, 1, 0, 0]);
+        assert_eq!(Expect::Gaps.skipped(&c), 7);
+    }
+
+    #[test]
+    fn gaps_do_not_excuse_a_frame_out_of_order() {
+        // 7 then 4: an index that does not increase, though never seen.
+        let c = verify(&only(10, &[0, 7, 4, 8]), 10);
+        assert_eq!((defects(&c), c.delivered), ([6, 0, 1, 0], 4));
+        assert!(!Expect::Gaps.passes(&c));
+        assert_eq!(defects(&Expect::Gaps.failing(&c)), [0, 0, 1, 0]);
+    }
+
+    #[test]
+    fn gaps_do_not_excuse_a_corrupt_frame() {
+        for i in [0usize, 20, 480, 2047] {
+            let mut f = only(10, &[0, 3, 6, 9]);
+            f[2][at(i)] ^= 0x40;
+            let c = verify(&f, 10);
+            // Frame 6 arrived damaged: 1 corrupt, 6 skipped (10 - 3 - 1).
+            assert_eq!((defects(&c), c.delivered), ([6, 0, 0, 1], 3), "byte {i}");
+            assert!(!Expect::Gaps.passes(&c));
+            assert_eq!(defects(&Expect::Gaps.failing(&c)), [0, 0, 0, 1]);
+            assert_eq!(Expect::Gaps.skipped(&c), 6);
+        }
     }
 
     #[test]

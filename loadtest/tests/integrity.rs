@@ -26,6 +26,16 @@ enum Defect {
     Duplicate(usize),
     /// Forwarded after the next one.
     Swap(usize),
+    /// Messages `from..to` not forwarded to the channel's last `last`
+    /// receivers to join (the relay skipping slow receivers forward).
+    SkipLast {
+        from: usize,
+        to: usize,
+        last: usize,
+    },
+    /// Before message `at`, the channel's last receiver to join is closed
+    /// with 3008 (and gets nothing more).
+    CloseLast(usize),
 }
 
 type Channels = Arc<Mutex<HashMap<String, Vec<TcpStream>>>>;
@@ -117,7 +127,20 @@ fn serve(mut s: TcpStream, channels: Channels, defect: Defect) {
                 out.push(h);
             }
             let mut m = channels.lock().unwrap();
-            for r in m.get_mut(&ch).into_iter().flatten() {
+            let rs = m.entry(ch.clone()).or_default();
+            if matches!(defect, Defect::CloseLast(at) if at == k) {
+                if let Some(mut r) = rs.pop() {
+                    let close = ws::server_frame(ws::OP_CLOSE, &ws::close_payload(3008, "slow"));
+                    let _ = r.write_all(&close);
+                }
+            }
+            let n = rs.len();
+            for (i, r) in rs.iter_mut().enumerate() {
+                if let Defect::SkipLast { from, to, last } = defect {
+                    if (from..to).contains(&k) && i + last >= n {
+                        continue;
+                    }
+                }
                 for f in &out {
                     let _ = r.write_all(f);
                 }
@@ -309,6 +332,163 @@ fn hostile_fails_when_a_healthy_frame_is_lost() {
     assert!(line.ends_with(" (2 not delivered, 0 corrupt)"), "{stderr}");
     assert!(
         stderr.contains("loadtest: FAIL hostile against relay"),
+        "{stderr}"
+    );
+}
+
+/// `loadtest bigframes` scaled down: 4 receivers of 64×64 at 50 fps for
+/// 0.5 s (25 frames), the last `slow` of them reading at half the stream's
+/// rate, connected one at a time so the fake relay knows which they are:
+/// (exit code, stderr, JSON result).
+fn bigframes_through(defect: Defect, slow: usize) -> (Option<i32>, String, serde_json::Value) {
+    let slow = slow.to_string();
+    let args = [
+        "bigframes",
+        "--receivers",
+        "4",
+        "--slow",
+        &slow,
+        "--width",
+        "64",
+        "--height",
+        "64",
+        "--fps",
+        "50",
+        "--duration",
+        "0.5",
+        "--drain",
+        "2",
+        "--connect-batch",
+        "1",
+    ];
+    let (code, stderr, json) = loadtest_through(defect, &args);
+    let json = json.unwrap_or_else(|| panic!("no JSON result\n{stderr}"));
+    let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    assert_eq!(v["source"]["frames_sent"], 25, "{stderr}");
+    assert_eq!(v["connect"]["receivers_connected"], 4, "{stderr}");
+    (code, stderr, v)
+}
+
+/// [delivered, missing, skipped, jumps, duplicate, out-of-order, corrupt] of group `g`.
+fn group(v: &serde_json::Value, g: usize) -> [u64; 7] {
+    let g = &v["groups"][g];
+    let n = |k: &str| g[k].as_u64().unwrap_or_else(|| panic!("{k} in {g}"));
+    [
+        n("delivered_frames"),
+        n("missing"),
+        n("skipped_allowed"),
+        n("jumps"),
+        n("duplicate"),
+        n("out_of_order"),
+        n("corrupted"),
+    ]
+}
+
+#[test]
+fn bigframes_passes_through_a_clean_relay() {
+    let (code, stderr, v) = bigframes_through(Defect::None, 2);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(
+        (
+            v["groups"][0]["name"].as_str(),
+            v["groups"][1]["name"].as_str()
+        ),
+        (Some("fast"), Some("slow"))
+    );
+    assert_eq!(group(&v, 0), [50, 0, 0, 0, 0, 0, 0], "{stderr}");
+    assert_eq!(group(&v, 1), [50, 0, 0, 0, 0, 0, 0], "{stderr}");
+    assert!(
+        stderr.contains("loadtest: OK bigframes against relay"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bigframes_allows_slow_receivers_to_be_skipped_forward() {
+    // Frames 5, 6 and 7 never reach the 2 slow receivers: 6 skipped, in 2 jumps.
+    let skip = Defect::SkipLast {
+        from: 5,
+        to: 8,
+        last: 2,
+    };
+    let (code, stderr, v) = bigframes_through(skip, 2);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(group(&v, 0), [50, 0, 0, 0, 0, 0, 0], "{stderr}");
+    assert_eq!(group(&v, 1), [44, 6, 6, 2, 0, 0, 0], "{stderr}");
+    assert_eq!(v["delivery"]["skipped_by_slow_receivers"], 6, "{stderr}");
+    assert_eq!(v["delivery"]["missing_frames"], 0, "{stderr}");
+}
+
+#[test]
+fn bigframes_fails_when_a_full_speed_receiver_is_skipped() {
+    // The same skip with only the last receiver slow: the third is a full-speed one.
+    let skip = Defect::SkipLast {
+        from: 5,
+        to: 8,
+        last: 2,
+    };
+    let (code, stderr, v) = bigframes_through(skip, 1);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(group(&v, 0), [72, 3, 0, 1, 0, 0, 0], "{stderr}");
+    assert_eq!(group(&v, 1), [22, 3, 3, 1, 0, 0, 0], "{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with("loadtest: FAIL bigframes against relay")
+                && l.contains("missing 3, duplicate 0, out-of-order 0, corrupt 0")
+                && l.contains("skipped by slow receivers 3 (allowed)")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bigframes_fails_on_damage_at_slow_receivers() {
+    // Each defect hits every receiver, the 2 slow ones included; gaps excuse none of it.
+    // [delivered, duplicate, out-of-order, corrupt] over the 2 slow receivers.
+    for (defect, slow, line) in [
+        (
+            Defect::Duplicate(5),
+            [50, 2, 0, 0],
+            "duplicate 4, out-of-order 0, corrupt 0",
+        ),
+        (
+            Defect::Swap(5),
+            [50, 0, 2, 0],
+            "duplicate 0, out-of-order 4, corrupt 0",
+        ),
+        (
+            Defect::Flip(5),
+            [48, 0, 0, 2],
+            "duplicate 0, out-of-order 0, corrupt 4",
+        ),
+    ] {
+        let (code, stderr, v) = bigframes_through(defect, 2);
+        assert_eq!(code, Some(1), "{defect:?}: {stderr}");
+        let g = group(&v, 1);
+        assert_eq!([g[0], g[4], g[5], g[6]], slow, "{defect:?}: {stderr}");
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.starts_with("loadtest: FAIL bigframes against relay")
+                    && l.contains(&format!("missing 0, {line}"))),
+            "{defect:?}: no FAIL line with `{line}`:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn bigframes_fails_when_the_relay_closes_a_slow_receiver() {
+    let (code, stderr, v) = bigframes_through(Defect::CloseLast(10), 2);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(
+        v["groups"][1]["ended_early"]["closed by relay with 3008"], 1,
+        "{stderr}"
+    );
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with("loadtest: FAIL bigframes against relay")
+                && l.contains("ended early 1")),
         "{stderr}"
     );
 }
