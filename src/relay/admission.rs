@@ -145,7 +145,9 @@ async fn serve(
         .map_err(|e| Refused::new(Refusal::BadName, 400, e.to_string()))?;
     if !req.upgrade {
         authorize_http(relay, &req, &route)?;
-        if endpoints::serve(relay, stream, &req, &route, rest, *client).await? {
+        // Boxed: an SSE stream's state is large, and inline it would be part
+        // of every WebSocket connection's future too.
+        if Box::pin(endpoints::serve(relay, stream, &req, &route, rest, *client)).await? {
             return Ok(());
         }
         let resp = http::respond(relay, &req, &route);
