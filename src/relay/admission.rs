@@ -472,3 +472,25 @@ mod tests {
         assert!(origin_allowed(&allowed, None), "not a browser");
     }
 }
+
+#[cfg(test)]
+mod footprint {
+    use super::*;
+    use crate::relay::config::Config;
+    use clap::Parser;
+
+    /// Every connection's task holds this future for its whole life: a
+    /// large state added inline (an endpoint's stream, a handshake) is paid
+    /// by every idle receiver. It doubled once unnoticed; this keeps it in
+    /// check (bytes, not time).
+    #[tokio::test]
+    async fn a_connection_future_stays_small() {
+        let relay = Relay::new(Config::parse_from(["x"])).unwrap();
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let f = handle(&relay, Conn::from(s), addr);
+        let size = std::mem::size_of_val(&f);
+        assert!(size <= 2816, "a connection's future is {size} bytes");
+    }
+}
