@@ -503,6 +503,10 @@ async fn lagging_receivers_are_skipped_forward_when_memory_runs_short() {
         "60000",
         "--slow-max-skips",
         "1000000",
+        // The resume ring would keep the latest 4 MiB of frames alive (its
+        // own bounded, documented hold): this test measures the queues.
+        "--resume-ring-bytes",
+        "0",
     ])
     .await;
     let (peak, watcher) = watch_memory(&t);

@@ -519,7 +519,8 @@ export class ReconnectingSocket {
     this.setState('connecting');
     let ws;
     try {
-      ws = new WebSocket(this.url);
+      // `url` may be a function: asked again on every (re)connection.
+      ws = new WebSocket(typeof this.url === 'function' ? this.url() : this.url);
     } catch (e) {
       this.setState('closed', String(e.message || e));
       this.stopped = true;
@@ -599,12 +600,40 @@ export class ReceiverState {
     this.bytes = 0;
     this.errors = 0;
     this.lastError = null;
+    // Resume: the seq of the last message that was not a SignalSync (a
+    // catch-up's synthesized sync carries the last *signal* message's seq,
+    // older than its picture), sent as `?resume=` on reconnect; -1 = none.
+    this.resumeSeq = -1;
+    this.resuming = -1; // the seq asked for, until the first message after a reconnect
+    this.resumes = 0;
+    this.fullCatchups = 0;
   }
 
-  /** A new connection: keep the picture, but wait for a full frame before deltas. */
+  /** A full catch-up follows: keep the picture, but wait for a full frame before deltas. */
   reset() {
     this.haveBase = false;
     this.signal = {};
+    this.resumeSeq = -1;
+  }
+
+  /** The stream URL for the next connection: `base` plus `resume=` when there is a resume point. */
+  resumeUrl(base) {
+    if (this.resumeSeq < 0) return base;
+    return `${base}${base.includes('?') ? '&' : '?'}resume=${this.resumeSeq}`;
+  }
+
+  /**
+   * A new connection is open. With a resume point the state is kept until
+   * the first message: one that continues the seq means the relay resumed;
+   * any other starts its full catch-up, and the state is reset first.
+   */
+  connected() {
+    if (this.resumeSeq >= 0) {
+      this.resuming = this.resumeSeq;
+    } else {
+      this.reset();
+      if (this.messages > 0) this.fullCatchups++;
+    }
   }
 
   fail(msg) {
@@ -619,6 +648,15 @@ export class ReceiverState {
     const { header, payload } = splitMessage(data);
     const h = header;
     if (h.flags & FLAG_INPUT) throw new ProtocolError('a receiver got an input message');
+    if (this.resuming >= 0) {
+      if (h.seq === ((this.resuming + 1) & 0xffff)) this.resumes++;
+      else {
+        this.reset();
+        this.fullCatchups++;
+      }
+      this.resuming = -1;
+    }
+    if (h.type !== Frame.SignalSync) this.resumeSeq = h.seq;
     switch (h.type) {
       case Frame.Pixels:
       case Frame.Keyframe: {
@@ -839,9 +877,10 @@ function startReceiver(channel) {
     }
   };
 
-  const conn = new ReconnectingSocket(relayUrl(location, 'stream', channel), {
+  const streamUrl = relayUrl(location, 'stream', channel);
+  const conn = new ReconnectingSocket(() => st.resumeUrl(streamUrl), {
     onOpen: () => {
-      st.reset();
+      st.connected();
       $('signal').textContent = formatJson(st.signal);
     },
     onMessage,
@@ -968,6 +1007,7 @@ function startReceiver(channel) {
       `inputs sent ${inputsSent}`,
       audio.ctx ? `audio chunks ${audio.chunks}` : null,
       ended ? 'stream ended' : null,
+      st.resumes || st.fullCatchups ? `reconnects: ${st.resumes} resumed, ${st.fullCatchups} caught up` : null,
       st.lastError ? `last error: ${st.lastError}` : null,
     ];
     $('stats').textContent = parts.filter(Boolean).join(' · ');
@@ -978,6 +1018,10 @@ function startReceiver(channel) {
     channel,
     get state() {
       return conn.state;
+    },
+    /** Reconnects the relay resumed, and those that started over from its catch-up. */
+    get resumes() {
+      return { resumes: st.resumes, fullCatchups: st.fullCatchups };
     },
     get frames() {
       return st.frames;

@@ -172,6 +172,11 @@ async fn serve(
         ));
     }
     let grant = authorize(relay, &req, &route)?;
+    let resume = match &route {
+        Route::Receiver(_) | Route::Legacy => handshake::resume_of(&req.target)
+            .map_err(|e| Refused::new(Refusal::BadRequest, 400, e.to_string()))?,
+        _ => None,
+    };
     // Only what the session needs outlives the handshake: the request head
     // is dropped before the session runs (it would otherwise stay with
     // every connection for its whole life).
@@ -188,12 +193,14 @@ async fn serve(
                 None,
                 relay.budgets.clone(),
                 0,
+                0,
                 Fanout::SINGLE,
                 now_ms(),
             ));
             let echo = Admit {
                 wanted: Some(Role::Echo),
                 grant: None,
+                resume: None,
                 client: *client,
             };
             return join(relay, &channel, stream, echo, &key, rest).await;
@@ -225,6 +232,7 @@ async fn serve(
     let admit = Admit {
         wanted,
         grant,
+        resume,
         client: ip,
     };
     join(relay, &attached.channel, stream, admit, &key, rest).await
@@ -303,6 +311,8 @@ struct Admit {
     wanted: Option<Role>,
     /// The token that admitted it, when tokens are required.
     grant: Option<Grant>,
+    /// A receiver's `?resume=SEQ`: the header seq of the last frame it had.
+    resume: Option<u16>,
     /// The client's address (for the log).
     client: IpAddr,
 }
@@ -405,9 +415,11 @@ async fn join(
             "receiver limit reached on this channel",
         ));
     }
-    peer.egress.send(&Bytes::from(upgrade_response(key)));
+    // In the control lane: no ping or pong may overtake the 101.
+    peer.egress
+        .send_control(&Bytes::from(upgrade_response(key)), false);
     let joined = match role {
-        Role::Receiver => channel.add_receiver(&peer, cfg.max_receivers),
+        Role::Receiver => channel.add_receiver(&peer, cfg.max_receivers, admit.resume),
         Role::Signal => channel.add_signal_peer(&peer, cfg.max_signal_peers),
         Role::Source | Role::Echo => Ok(()),
     };
@@ -416,7 +428,7 @@ async fn join(
         relay.connections.refuse(why);
         let close = ws::close_payload(ws::CLOSE_TRY_AGAIN, "receiver limit reached");
         peer.egress
-            .send(&WireMessage::encode(ws::OP_CLOSE, &close).wire);
+            .send_control(&WireMessage::encode(ws::OP_CLOSE, &close).wire, true);
         let _ = peer.egress.drain();
         return Ok(());
     }

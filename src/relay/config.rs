@@ -213,6 +213,11 @@ pub struct Config {
     /// minute after the last one left.
     #[arg(long, env = "RELAY_SSE_REPLAY_EVENTS", default_value_t = 1024)]
     pub sse_replay_events: usize,
+    /// Bytes of recent frames a channel keeps for WebSocket resumes
+    /// (`/stream/{name}?resume=SEQ`): frame bytes plus 64 per frame, small
+    /// frames charged to `--max-memory`; 0 disables resumes.
+    #[arg(long, env = "RELAY_RESUME_RING_BYTES", default_value_t = 4 << 20)]
+    pub resume_ring_bytes: usize,
     /// Bytes of signal events a channel keeps for `Last-Event-ID` replay
     /// (charged to `--max-memory`); the oldest go first.
     #[arg(long, env = "RELAY_SSE_REPLAY_BYTES", default_value_t = 1 << 20)]

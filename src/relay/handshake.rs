@@ -66,6 +66,32 @@ pub(crate) fn route(target: &str) -> Result<Route, RouteError> {
     }
 }
 
+/// A malformed `resume=` query parameter.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("invalid resume: must be a frame seq, a decimal number 0-65535")]
+pub(crate) struct ResumeError;
+
+/// The `resume=SEQ` of a receiver's request target (`/stream/cam?resume=41`):
+/// the 16-bit header seq of the last frame the receiver had. `None` when
+/// absent; an error for anything but a decimal 0–65535 (the last `resume=`
+/// counts if repeated).
+pub(crate) fn resume_of(target: &str) -> Result<Option<u16>, ResumeError> {
+    let Some((_, query)) = target.split('#').next().unwrap_or("").split_once('?') else {
+        return Ok(None);
+    };
+    let Some(v) = query
+        .split('&')
+        .rev()
+        .find_map(|kv| kv.strip_prefix("resume="))
+    else {
+        return Ok(None);
+    };
+    if v.is_empty() || v.len() > 5 || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ResumeError);
+    }
+    v.parse().map(Some).map_err(|_| ResumeError)
+}
+
 /// Why a request head could not be read.
 #[derive(Debug, Error)]
 pub(crate) enum RequestError {
@@ -126,6 +152,22 @@ pub(crate) async fn write_all(stream: &Conn, mut bytes: &[u8]) -> io::Result<()>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resume_parameters() {
+        assert_eq!(resume_of("/stream/cam"), Ok(None));
+        assert_eq!(resume_of("/stream/cam?token=x"), Ok(None));
+        assert_eq!(resume_of("/stream/cam?resume=0"), Ok(Some(0)));
+        assert_eq!(resume_of("/stream?token=a&resume=65535"), Ok(Some(65535)));
+        assert_eq!(resume_of("/stream?resume=7#frag"), Ok(Some(7)));
+        for bad in ["", "65536", "-1", "+1", "1x", " 1", "0x10", "999999"] {
+            assert_eq!(
+                resume_of(&format!("/stream?resume={bad}")),
+                Err(ResumeError),
+                "{bad:?}"
+            );
+        }
+    }
 
     #[test]
     fn routes() {

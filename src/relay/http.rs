@@ -91,6 +91,9 @@ fn channels_json(relay: &Relay) -> Vec<u8> {
                 "frames_out": t.frames_out,
                 "bytes_out": t.bytes_out,
                 "cached_bytes": ch.cached_bytes,
+                "catchups": t.catchups,
+                "resumes": t.resumes,
+                "resume_ring_bytes": ch.resume_ring_bytes,
             })
         })
         .collect();

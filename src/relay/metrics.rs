@@ -30,7 +30,7 @@ fn gauge(reg: &mut Registry, name: &str, help: &str, v: u64) {
 type TrafficMetric = (&'static str, &'static str, fn(&TrafficSnapshot) -> u64);
 
 /// Every traffic counter, global and per channel.
-const TRAFFIC: [TrafficMetric; 13] = [
+const TRAFFIC: [TrafficMetric; 14] = [
     ("frames_in", "Valid frames received from sources", |t| {
         t.frames_in
     }),
@@ -50,9 +50,14 @@ const TRAFFIC: [TrafficMetric; 13] = [
         "Messages dropped (queue full, no source, rate limit)",
         |t| t.dropped,
     ),
-    ("catchups", "Catch-ups sent (joins and resyncs)", |t| {
+    ("catchups", "Full catch-ups sent (joins and resyncs)", |t| {
         t.catchups
     }),
+    (
+        "resumes",
+        "Receivers resumed from the replay ring (?resume=) instead of a full catch-up",
+        |t| t.resumes,
+    ),
     ("slow_skips", "Slow receivers skipped forward", |t| {
         t.slow_skips
     }),

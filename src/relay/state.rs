@@ -116,6 +116,8 @@ pub struct ChannelSummary {
     pub traffic: TrafficSnapshot,
     /// Bytes a catch-up sends now.
     pub cached_bytes: usize,
+    /// Bytes the replay ring for `?resume=` holds now.
+    pub resume_ring_bytes: usize,
 }
 
 impl ChannelSummary {
@@ -128,6 +130,7 @@ impl ChannelSummary {
             sse_clients: ch.sse.clients(),
             traffic: ch.traffic.snapshot(),
             cached_bytes: ch.cached_bytes(),
+            resume_ring_bytes: ch.resume_ring_bytes(),
         }
     }
 }
@@ -212,6 +215,7 @@ impl Relay {
                 Some(key),
                 self.budgets.clone(),
                 self.config.max_signal_state,
+                self.config.resume_ring_bytes,
                 self.fanout(),
                 now_ms(),
             ))

@@ -54,8 +54,11 @@ pub(crate) struct Traffic {
     pub(crate) invalid: Counter,
     /// Messages dropped for a peer (queue full, no source, rate limit).
     pub(crate) dropped: Counter,
-    /// Catch-ups sent (joins and resynchronizations).
+    /// Full catch-ups sent (joins and resynchronizations).
     pub(crate) catchups: Counter,
+    /// Receivers resumed from the replay ring (`?resume=`) instead of a
+    /// full catch-up.
+    pub(crate) resumes: Counter,
     /// Slow receivers skipped forward (queue overflow → resync).
     pub(crate) slow_skips: Counter,
     /// Slow receivers closed.
@@ -89,6 +92,8 @@ pub struct TrafficSnapshot {
     pub dropped: u64,
     /// See [`Traffic::catchups`].
     pub catchups: u64,
+    /// See [`Traffic::resumes`].
+    pub resumes: u64,
     /// See [`Traffic::slow_skips`].
     pub slow_skips: u64,
     /// See [`Traffic::slow_closes`].
@@ -113,6 +118,7 @@ impl Traffic {
             invalid: self.invalid.get(),
             dropped: self.dropped.get(),
             catchups: self.catchups.get(),
+            resumes: self.resumes.get(),
             slow_skips: self.slow_skips.get(),
             slow_closes: self.slow_closes.get(),
             signal_messages: self.signal_messages.get(),
@@ -131,6 +137,7 @@ impl Traffic {
         self.invalid.add(s.invalid);
         self.dropped.add(s.dropped);
         self.catchups.add(s.catchups);
+        self.resumes.add(s.resumes);
         self.slow_skips.add(s.slow_skips);
         self.slow_closes.add(s.slow_closes);
         self.signal_messages.add(s.signal_messages);

@@ -1,6 +1,21 @@
 //! A receiver that rebuilds the source's current picture (keyframes and
-//! ZRLE deltas) and signal state, and after a reconnect starts over from the
-//! relay's catch-up.
+//! ZRLE deltas) and signal state, and after a reconnect either resumes or
+//! starts over from the relay's catch-up.
+//!
+//! **Resume.** The receiver remembers the header `seq` of the last frame
+//! it got that is not a `SignalSync`, and reconnects with
+//! `?resume=<that seq>`. A relay that still has the frames after it sends
+//! exactly those; otherwise it sends its full catch-up. The receiver tells
+//! them apart by the first frame after the reconnect: one whose seq is the
+//! next one (`seq + 1`, wrapping) continues the stream, so the state is
+//! kept (a resume); any other starts a catch-up, so the state is reset
+//! first. `SignalSync`s do not move the resume point because the relay's
+//! catch-up ends with a synthesized one carrying the seq of the last
+//! *signal* message, which may be older than the picture it came with;
+//! resuming from the frame before a live `SignalSync` only replays that
+//! sync, which replaces the state with the same state. A catch-up whose
+//! first frame happens to continue the seq is taken for a resume; it starts
+//! with a full frame or a `SignalSync`, which replace what they cover.
 
 use bitstream_wire::codec;
 use bitstream_wire::protocol::{FrameType, Header, HEADER_LEN};
@@ -34,20 +49,33 @@ pub enum Event {
     /// Any other frame (audio, opaque, ping, stream end, or one that could
     /// not be applied), as received.
     Frame(Header, Bytes),
-    /// The connection was lost and re-established; state was reset and the
-    /// relay's catch-up follows.
+    /// The connection was lost and re-established with `?resume=`; the
+    /// first frame tells whether the relay resumed (state kept) or sends
+    /// its catch-up (state reset then). Without a resume point the state
+    /// was reset at once.
     Reconnected,
 }
 
 /// A receiver on a `/stream/{name}` URL. See the module docs.
 pub struct Receiver {
     link: Link,
+    /// The URL as given (without the `resume` added on reconnects).
+    url: String,
+    /// Header seq of the last frame that was not a `SignalSync`.
+    resume_from: Option<u16>,
+    /// After a reconnect with `?resume=`: the seq that was asked for, until
+    /// the first frame arrives.
+    resuming: Option<u16>,
     picture: Option<Picture>,
     signal: signal::State,
     /// Frames received since creation.
     pub frames: u64,
     /// Deltas that could not be applied (no picture yet, or bad data).
     pub undecodable: u64,
+    /// Reconnects the relay resumed (the first frame continued the seq).
+    pub resumes: u64,
+    /// Reconnects that started over from the relay's full catch-up.
+    pub full_catchups: u64,
 }
 
 impl Receiver {
@@ -55,11 +83,40 @@ impl Receiver {
     pub async fn connect(url: &str) -> Result<Self, ClientError> {
         Ok(Self {
             link: Link::connect(url, MAX_MESSAGE).await?,
+            url: url.to_owned(),
+            resume_from: None,
+            resuming: None,
             picture: None,
             signal: signal::State::new(),
             frames: 0,
             undecodable: 0,
+            resumes: 0,
+            full_catchups: 0,
         })
+    }
+
+    /// The header seq a reconnect resumes after, if any.
+    pub fn resume_point(&self) -> Option<u16> {
+        self.resume_from
+    }
+
+    /// The URL for the next reconnection: the given one with
+    /// `resume=<seq>` when there is a resume point.
+    fn reconnect_url(&self) -> String {
+        match self.resume_from {
+            Some(seq) => {
+                let sep = if self.url.contains('?') { '&' } else { '?' };
+                format!("{}{sep}resume={seq}", self.url)
+            }
+            None => self.url.clone(),
+        }
+    }
+
+    /// Drops the rebuilt state: the relay's catch-up is the new truth.
+    fn reset(&mut self) {
+        self.picture = None;
+        self.signal.clear();
+        self.resume_from = None;
     }
 
     /// The rebuilt picture, once a keyframe has arrived.
@@ -85,14 +142,29 @@ impl Receiver {
     /// Receives and applies the next message, reconnecting as needed.
     pub async fn next(&mut self) -> Event {
         loop {
+            if !self.link.is_connected() {
+                self.link.set_url(self.reconnect_url());
+            }
             if self.link.ensure().await {
-                // The relay's catch-up is the new truth.
-                self.picture = None;
-                self.signal.clear();
+                self.resuming = self.resume_from;
+                if self.resuming.is_none() {
+                    // The relay's catch-up is the new truth.
+                    self.reset();
+                    self.full_catchups += 1;
+                }
                 return Event::Reconnected;
             }
             if let Ok(Message::Binary(msg)) = self.link.recv().await {
                 self.frames += 1;
+                if let Some(from) = self.resuming.take() {
+                    let seq = Header::parse(&msg).map(|h| h.seq).ok();
+                    if seq == Some(from.wrapping_add(1)) {
+                        self.resumes += 1;
+                    } else {
+                        self.reset();
+                        self.full_catchups += 1;
+                    }
+                }
                 return self.apply(msg);
             }
         }
@@ -103,6 +175,9 @@ impl Receiver {
             return Event::Frame(Header::default(), msg);
         };
         let payload = &msg[HEADER_LEN..];
+        if h.frame_type() != FrameType::SignalSync {
+            self.resume_from = Some(h.seq);
+        }
         match h.frame_type() {
             FrameType::Pixels | FrameType::Keyframe if payload.len() == h.rgba_len() => {
                 self.picture = Some(Picture {

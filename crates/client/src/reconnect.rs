@@ -80,6 +80,16 @@ impl Link {
         })
     }
 
+    /// True while a connection is up.
+    pub(crate) fn is_connected(&self) -> bool {
+        self.client.is_some()
+    }
+
+    /// The URL later reconnections use.
+    pub(crate) fn set_url(&mut self, url: String) {
+        self.url = url;
+    }
+
     /// Waits until connected, reconnecting with backoff if the link is
     /// down; true if a new connection was made (the caller resynchronizes).
     pub(crate) async fn ensure(&mut self) -> bool {

@@ -30,13 +30,17 @@ impl Channel {
 
     /// Sends `peer` the current catch-up state (join or skip-forward).
     pub(crate) fn resync(&self, peer: &Peer) {
-        peer.egress.resync(|| {
-            let snap = self.cache.load_full();
-            let mut frames = snap.frames();
-            frames.extend(lock(&self.writer).signal_frame());
-            (frames, snap.seq)
-        });
+        peer.egress.resync(|| self.catch_up());
         self.traffic.catchups.inc();
+    }
+
+    /// The catch-up frames and the live sequence they cover (run under the
+    /// receiver's egress lock, see [`crate::relay::egress::Egress::resync`]).
+    pub(super) fn catch_up(&self) -> (Vec<bytes::Bytes>, u64) {
+        let snap = self.cache.load_full();
+        let mut frames = snap.frames();
+        frames.extend(lock(&self.writer).signal_frame());
+        (frames, snap.seq)
     }
 
     /// Drops the cached state if the source has been gone longer than
@@ -51,7 +55,8 @@ impl Channel {
         if w.is_empty() {
             return false;
         }
-        *w = CacheWriter::new(w.max_signal_state(), self.budgets.memory.clone());
+        w.cache = CacheWriter::new(w.max_signal_state(), self.budgets.memory.clone());
+        w.ring.clear();
         self.drop_cached(self.seq.load(Ordering::Relaxed));
         true
     }

@@ -188,6 +188,8 @@ impl Channel {
     fn cache_frame(&self, h: &Header, msg: &WireMessage, seq: u64) -> Result<(), CacheError> {
         let mut w = lock(&self.writer);
         let snap = w.apply(h, msg, seq)?;
+        // Every frame fanned out live, for `?resume=` (see `resume`).
+        w.ring.push(h.seq, seq, &msg.wire);
         self.publish_sse(h, msg, seq);
         let charged = self.charged.load(Ordering::Relaxed);
         let size = w.size();

@@ -61,9 +61,16 @@ impl Channel {
         &self.receivers[peer.id as usize % self.receivers.len()]
     }
 
-    /// Adds a receiver (unless `max` are connected) and queues its catch-up.
-    /// Anything already queued on its egress (the handshake response) goes first.
-    pub(crate) fn add_receiver(&self, peer: &Arc<Peer>, max: usize) -> Result<(), Refusal> {
+    /// Adds a receiver (unless `max` are connected) and queues its catch-up,
+    /// or with `resume` (the header seq of the last frame it had) the frames
+    /// after it if the replay ring still has them. Anything already queued
+    /// on its egress (the handshake response) goes first.
+    pub(crate) fn add_receiver(
+        &self,
+        peer: &Arc<Peer>,
+        max: usize,
+        resume: Option<u16>,
+    ) -> Result<(), Refusal> {
         peer.egress.mark_resync();
         {
             let _m = lock(&self.membership);
@@ -74,7 +81,7 @@ impl Channel {
             self.receiver_count.fetch_add(1, Ordering::Relaxed);
         }
         fence(Ordering::SeqCst);
-        self.resync(peer);
+        self.resume_or_resync(peer, resume);
         Ok(())
     }
 

@@ -3,7 +3,8 @@
 //! [`membership`] (who is attached, in which role), [`catchup`] (the state a
 //! joiner or a skipped-forward receiver is sent), [`fanout`] (a source frame
 //! to every receiver, sharded over cores) and [`routing`] (inputs to the
-//! source, signaling between peers).
+//! source, signaling between peers); [`resume`] (the replay ring for
+//! `?resume=` reconnects).
 //!
 //! Readers never lock: the receiver list, the source slot and the catch-up
 //! snapshot are all published through `ArcSwap`. Membership changes (join,
@@ -20,6 +21,7 @@
 mod catchup;
 mod fanout;
 mod membership;
+mod resume;
 mod roster;
 mod routing;
 mod sse;
@@ -52,7 +54,7 @@ pub(crate) struct Channel {
     /// Server-Sent Events clients of its signal state.
     pub(crate) sse: SseHub,
     cache: ArcSwap<CatchUp>,
-    writer: Mutex<CacheWriter>,
+    writer: Mutex<resume::Writer>,
     /// Where the cached state's memory is charged (the cache budget), and
     /// the relay's whole budget, which decides when caches stop growing.
     budgets: Budgets,
@@ -96,6 +98,7 @@ impl Channel {
         creator: Option<IpAddr>,
         budgets: Budgets,
         max_signal_state: usize,
+        resume_ring_bytes: usize,
         fanout: Fanout,
         now: u64,
     ) -> Self {
@@ -106,7 +109,10 @@ impl Channel {
             traffic: Traffic::default(),
             sse: SseHub::default(),
             cache: ArcSwap::from_pointee(CatchUp::default()),
-            writer: Mutex::new(CacheWriter::new(max_signal_state, budgets.memory.clone())),
+            writer: Mutex::new(resume::Writer {
+                cache: CacheWriter::new(max_signal_state, budgets.memory.clone()),
+                ring: resume::Ring::new(resume_ring_bytes, budgets.memory.clone()),
+            }),
             budgets,
             charged: AtomicUsize::new(0),
             receivers: (0..shards).map(|_| Roster::default()).collect(),

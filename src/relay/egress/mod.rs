@@ -185,6 +185,45 @@ impl Egress {
         }
     }
 
+    /// Hands a control frame (ping, pong, close: `close` true) to this peer
+    /// on the control lane (see [`queue`]): it goes ahead of every queued
+    /// frame that has not started going out, so a congested receiver still
+    /// gets its pings in time. A close frame ends the stream: untouched
+    /// frames behind it are dropped and nothing is accepted after it.
+    pub(crate) fn send_control(&self, frame: &Bytes, close: bool) -> Outcome {
+        let mut q = self.lock();
+        if q.offer_control(frame.len()) != Verdict::Accept {
+            return Outcome::NotSent;
+        }
+        let was_empty = q.is_empty();
+        let written = if was_empty && self.mode == EgressMode::Direct {
+            match self.stream.try_write(frame) {
+                Ok(n) if n == frame.len() => {
+                    if close {
+                        q.mark_closing();
+                    }
+                    return Outcome::Sent;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                Err(_) => {
+                    q.close();
+                    self.settle(&mut q);
+                    return Outcome::NotSent;
+                }
+            }
+        } else {
+            0
+        };
+        q.push_control(frame, written, close);
+        self.settle(&mut q);
+        drop(q);
+        if was_empty {
+            self.wake.notify_one();
+        }
+        Outcome::Queued
+    }
+
     /// Writes an accepted frame straight to the socket when nothing is
     /// queued (direct mode), and queues whatever the socket did not take.
     fn write_or_queue(&self, mut q: MutexGuard<'_, Queue>, frame: &Bytes) -> Outcome {

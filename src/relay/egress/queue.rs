@@ -3,6 +3,21 @@
 //! overflow that skips the peer forward), and how the queue shrinks as the
 //! socket takes bytes. [`super::Egress`] runs these rules under its lock and
 //! does the writing.
+//!
+//! **Invariant:** only the front chunk may be a partly written frame; every
+//! chunk after it is a whole WebSocket frame (a frame is written straight
+//! to the socket only when the queue is empty, so only what that write left
+//! over is ever queued partly, and it is then the front). That is what lets
+//! the *control lane* put a frame anywhere after the front.
+//!
+//! **Control lane:** pings, pongs and close frames go ahead of every queued
+//! frame that has not started going out: after a partly written front (the
+//! WebSocket stream must not interleave frames) and after the control
+//! frames queued before them (they keep their order), before any untouched
+//! bulk frame. The lane holds at most [`CONTROL_LANE`] bytes, counted in
+//! the queue's bound and memory charge like any chunk; a full bulk queue
+//! never refuses a control frame. A close frame also drops every untouched
+//! bulk frame behind it (nothing may follow a close) and ends the stream.
 
 use std::collections::VecDeque;
 
@@ -18,6 +33,10 @@ pub(crate) const CHUNK_OVERHEAD: usize = 64;
 /// Chunks up to this size are copied when queued: a small frame cut from a
 /// large read buffer would otherwise keep the whole buffer alive.
 const COPY_BELOW: usize = 2048;
+
+/// Most bytes of control frames (pings, pongs, close) the lane holds; more
+/// are dropped (the session answers a burst of pings with one pong anyway).
+pub(crate) const CONTROL_LANE: usize = 16 * 1024;
 
 /// A queue's charge to the relay's memory budget moves in steps of this
 /// many bytes, so a busy queue touches the shared counter rarely.
@@ -41,6 +60,9 @@ enum Phase {
     /// The queue overflowed (or the peer just joined): live frames are
     /// dropped until a catch-up is queued.
     AwaitingResync,
+    /// A close frame is queued: what is queued still goes out, nothing new
+    /// is accepted.
+    Closing,
     /// The peer is gone; nothing is accepted.
     Closed,
 }
@@ -100,6 +122,10 @@ pub(crate) struct Queue {
     limit: usize,
     phase: Phase,
     front: Front,
+    /// The first `lane` chunks are the control lane: control frames, and
+    /// possibly (at index 0) a partly written frame of any kind. Bulk
+    /// frames follow.
+    lane: usize,
     /// Live frames up to this channel sequence are covered by a catch-up.
     skip_upto: u64,
 }
@@ -116,6 +142,7 @@ impl Queue {
             limit,
             phase: Phase::Live,
             front: Front::Untouched,
+            lane: 0,
             skip_upto: 0,
         }
     }
@@ -126,7 +153,7 @@ impl Queue {
     pub(crate) fn offer_live(&mut self, len: usize, seq: u64) -> Verdict {
         match self.phase {
             Phase::Closed => return Verdict::Closed,
-            Phase::AwaitingResync => return Verdict::Dropped,
+            Phase::AwaitingResync | Phase::Closing => return Verdict::Dropped,
             Phase::Live => {}
         }
         if seq <= self.skip_upto {
@@ -143,24 +170,32 @@ impl Queue {
         Verdict::Overflow
     }
 
-    /// Drops the queue, except a front chunk already partly written, and
-    /// marks the peer as awaiting a catch-up.
+    /// Drops the queue, except a front chunk already partly written and
+    /// the control lane, and marks the peer as awaiting a catch-up.
     pub(crate) fn skip_forward(&mut self) {
-        let keep = match self.front {
-            Front::Started => self.chunks.pop_front(),
-            Front::Untouched => None,
-        };
-        self.chunks.clear();
-        self.queued = 0;
-        self.own = 0;
-        if let Some(k) = keep {
-            self.count_in(&k);
-            self.chunks.push_back(k);
-        } else {
-            self.front = Front::Untouched;
-        }
+        self.drop_bulk();
         if self.phase == Phase::Live {
             self.phase = Phase::AwaitingResync;
+        }
+    }
+
+    /// Drops every chunk that is neither in the control lane nor partly
+    /// written, and recounts what is left.
+    fn drop_bulk(&mut self) {
+        let keep = match self.front {
+            Front::Started => self.lane.max(1),
+            Front::Untouched => self.lane,
+        };
+        self.chunks.truncate(keep);
+        self.queued = 0;
+        self.own = 0;
+        for i in 0..self.chunks.len() {
+            let (bytes, small) = (self.chunks[i].bytes.len(), self.chunks[i].small);
+            self.queued += bytes + CHUNK_OVERHEAD;
+            self.own += CHUNK_OVERHEAD + if small { bytes } else { 0 };
+        }
+        if self.chunks.is_empty() {
+            self.front = Front::Untouched;
         }
     }
 
@@ -175,10 +210,68 @@ impl Queue {
     pub(crate) fn offer(&mut self, len: usize) -> Verdict {
         if self.phase == Phase::Closed {
             Verdict::Closed
-        } else if self.would_overflow(len) {
+        } else if self.phase == Phase::Closing || self.would_overflow(len) {
             Verdict::Dropped
         } else {
             Verdict::Accept
+        }
+    }
+
+    /// Decides about a control frame (ping, pong, close) for the control
+    /// lane: accepted whatever bulk is queued, while the lane has room.
+    pub(crate) fn offer_control(&self, len: usize) -> Verdict {
+        let in_lane: usize = self
+            .chunks
+            .iter()
+            .take(self.lane)
+            .map(|c| c.bytes.len())
+            .sum();
+        match self.phase {
+            Phase::Closed => Verdict::Closed,
+            Phase::Closing => Verdict::Dropped,
+            _ if in_lane + len > CONTROL_LANE => Verdict::Dropped,
+            _ => Verdict::Accept,
+        }
+    }
+
+    /// Queues an accepted control frame in the control lane: after a partly
+    /// written front and the control frames before it, ahead of every
+    /// untouched bulk frame. `written` bytes of it are already on the wire
+    /// (only possible when the queue was empty). A `close` frame drops the
+    /// bulk behind it and ends the stream (what is queued before it still
+    /// goes out).
+    pub(crate) fn push_control(&mut self, frame: &Bytes, written: usize, close: bool) {
+        if self.chunks.is_empty() {
+            self.lane = 0;
+            self.front = if written > 0 {
+                Front::Started
+            } else {
+                Front::Untouched
+            };
+        }
+        let at = match self.front {
+            Front::Started => self.lane.max(1),
+            Front::Untouched => self.lane,
+        }
+        .min(self.chunks.len());
+        let chunk = Chunk {
+            bytes: Bytes::copy_from_slice(&frame[written.min(frame.len())..]),
+            small: frame.len() < LARGE,
+        };
+        self.count_in(&chunk);
+        self.chunks.insert(at, chunk);
+        self.lane = at + 1;
+        if close {
+            self.drop_bulk();
+            self.mark_closing();
+        }
+    }
+
+    /// A close frame went out or is queued: nothing new is accepted, what
+    /// is queued still goes out.
+    pub(crate) fn mark_closing(&mut self) {
+        if self.phase != Phase::Closed {
+            self.phase = Phase::Closing;
         }
     }
 
@@ -242,7 +335,7 @@ impl Queue {
     /// pending resynchronization. The catch-up may exceed the bound: it is
     /// the minimum the peer needs. False if the peer is closed.
     pub(crate) fn resync(&mut self, frames: &[Bytes], upto: u64) -> bool {
-        if self.phase == Phase::Closed {
+        if matches!(self.phase, Phase::Closed | Phase::Closing) {
             return false;
         }
         self.phase = Phase::Live;
@@ -272,6 +365,7 @@ impl Queue {
             if n >= len {
                 n -= len;
                 self.chunks.pop_front();
+                self.lane = self.lane.saturating_sub(1);
                 self.queued = self.queued.saturating_sub(CHUNK_OVERHEAD);
                 self.own -= CHUNK_OVERHEAD;
                 self.front = Front::Untouched;
@@ -289,7 +383,7 @@ impl Queue {
             Phase::Closed => Drain::Closed,
             _ if !self.chunks.is_empty() => Drain::Pending,
             Phase::AwaitingResync => Drain::NeedsResync,
-            Phase::Live => Drain::Empty,
+            Phase::Live | Phase::Closing => Drain::Empty,
         }
     }
 
@@ -297,6 +391,7 @@ impl Queue {
     pub(crate) fn close(&mut self) {
         self.phase = Phase::Closed;
         self.chunks.clear();
+        self.lane = 0;
         self.queued = 0;
         self.own = 0;
     }
@@ -511,6 +606,104 @@ mod tests {
         q.push_rest(&frame(100, 3), 0);
         q.close();
         assert_eq!(q.own, 0);
+    }
+
+    #[test]
+    fn control_frames_go_ahead_of_untouched_bulk_in_order() {
+        let mut q = Queue::new(1 << 20);
+        q.push_rest(&frame(100, 1), 0);
+        q.push_shared(&frame(100, 2));
+        q.push_control(&frame(3, 8), 0, false);
+        q.push_control(&frame(4, 9), 0, false);
+        let order: Vec<(usize, u8)> = q.chunks().map(|c| (c.len(), c[0])).collect();
+        assert_eq!(order, vec![(3, 8), (4, 9), (100, 1), (100, 2)]);
+        // Bulk queued later stays behind the lane.
+        q.push_shared(&frame(10, 3));
+        q.push_control(&frame(5, 7), 0, false);
+        let tags: Vec<u8> = q.chunks().map(|c| c[0]).collect();
+        assert_eq!(tags, vec![8, 9, 7, 1, 2, 3]);
+        // Writing the lane out empties it; the next control frame goes first again.
+        q.consume(3 + 4 + 5);
+        q.push_control(&frame(2, 6), 0, false);
+        let tags: Vec<u8> = q.chunks().map(|c| c[0]).collect();
+        assert_eq!(tags, vec![6, 1, 2, 3]);
+        // Into an empty queue, partly written: it is the started front.
+        let mut q = Queue::new(1 << 20);
+        q.push_control(&frame(10, 4), 3, false);
+        q.push_control(&frame(2, 5), 0, false);
+        q.push_shared(&frame(20, 1));
+        q.push_control(&frame(2, 6), 0, false);
+        let order: Vec<(usize, u8)> = q.chunks().map(|c| (c.len(), c[0])).collect();
+        assert_eq!(order, vec![(7, 4), (2, 5), (2, 6), (20, 1)]);
+    }
+
+    #[test]
+    fn a_started_front_frame_stays_first() {
+        let mut q = Queue::new(1 << 20);
+        q.push_rest(&frame(100, 1), 40);
+        q.push_shared(&frame(50, 2));
+        q.push_control(&frame(3, 8), 0, false);
+        let order: Vec<(usize, u8)> = q.chunks().map(|c| (c.len(), c[0])).collect();
+        assert_eq!(order, vec![(60, 1), (3, 8), (50, 2)]);
+        // A front started by a partial write of queued bulk is kept first too.
+        let mut q = Queue::new(1 << 20);
+        q.push_shared(&frame(100, 1));
+        q.push_shared(&frame(100, 2));
+        q.consume(30);
+        q.push_control(&frame(3, 8), 0, false);
+        q.push_control(&frame(3, 9), 0, false);
+        let tags: Vec<u8> = q.chunks().map(|c| c[0]).collect();
+        assert_eq!(tags, vec![1, 8, 9, 2]);
+        // The lane and the started front survive a skip-forward.
+        q.skip_forward();
+        let order: Vec<(usize, u8)> = q.chunks().map(|c| (c.len(), c[0])).collect();
+        assert_eq!(order, vec![(70, 1), (3, 8), (3, 9)]);
+        assert_eq!(q.queued(), cost(70) + 2 * cost(3));
+        q.consume(70 + 3);
+        q.push_control(&frame(1, 5), 0, false);
+        let tags: Vec<u8> = q.chunks().map(|c| c[0]).collect();
+        assert_eq!(tags, vec![9, 5], "control order holds after the front went");
+    }
+
+    #[test]
+    fn control_frames_are_charged_and_bounded_by_the_lane_not_the_queue() {
+        let mut q = Queue::new(cost(100));
+        q.push_rest(&frame(100, 1), 0);
+        // The bulk bound is reached: other frames are refused, control is not.
+        assert_eq!(q.offer(10), Verdict::Dropped);
+        assert_eq!(q.offer_control(10), Verdict::Accept);
+        q.push_control(&frame(10, 8), 0, false);
+        assert_eq!(q.queued(), cost(100) + cost(10));
+        assert_eq!(q.own, cost(100) + cost(10), "small frames charged in full");
+        assert_eq!(q.recharge(), GRANULE as isize);
+        let mut n = 1;
+        while q.offer_control(125) == Verdict::Accept {
+            q.push_control(&frame(125, 9), 0, false);
+            n += 1;
+        }
+        assert!(n * 125 <= CONTROL_LANE + 125, "the lane is bounded");
+        assert!(n > 100);
+        q.consume(10);
+        assert_eq!(q.offer_control(125), Verdict::Accept, "room again");
+    }
+
+    #[test]
+    fn a_close_frame_drops_untouched_bulk_and_ends_the_stream() {
+        let mut q = Queue::new(1 << 20);
+        q.push_rest(&frame(100, 1), 10);
+        q.push_shared(&frame(100, 2));
+        q.push_control(&frame(2, 8), 0, false);
+        q.push_control(&frame(4, 9), 0, true);
+        let order: Vec<(usize, u8)> = q.chunks().map(|c| (c.len(), c[0])).collect();
+        assert_eq!(order, vec![(90, 1), (2, 8), (4, 9)]);
+        assert_eq!(q.queued(), cost(90) + cost(2) + cost(4));
+        assert_eq!(q.offer_live(10, 1), Verdict::Dropped);
+        assert_eq!(q.offer(10), Verdict::Dropped);
+        assert_eq!(q.offer_control(10), Verdict::Dropped);
+        assert!(!q.resync(&[frame(5, 5)], 1));
+        assert_eq!(q.state(), Drain::Pending);
+        q.consume(96);
+        assert_eq!(q.state(), Drain::Empty);
     }
 
     #[test]

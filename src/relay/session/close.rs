@@ -13,7 +13,8 @@ use crate::relay::peer::Peer;
 /// How long a closing peer gets to take its close frame and answer it.
 const CLOSE_LINGER: Duration = Duration::from_millis(1000);
 
-/// Sends `close` (after what is queued), flushes within the linger time, and
+/// Sends `close` (after a partly written frame and queued control frames,
+/// ahead of and instead of queued bulk frames), flushes within the linger time, and
 /// waits for the peer to close its side.
 pub(super) async fn close_gracefully(
     peer: &Peer,
@@ -22,7 +23,8 @@ pub(super) async fn close_gracefully(
 ) {
     let stream = peer.egress.stream().clone();
     if let Some(frame) = close {
-        peer.egress.send(&frame);
+        // On the control lane: ahead of queued bulk, which it drops.
+        peer.egress.send_control(&frame, true);
     }
     let deadline = Instant::now() + CLOSE_LINGER;
     while peer.egress.drain() == Drain::Pending {

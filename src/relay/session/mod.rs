@@ -405,10 +405,13 @@ impl Session {
         Step::Continue(())
     }
 
+    /// Sends a ping, pong or close on the control lane: never behind
+    /// queued bulk frames.
     fn send_control(&self, opcode: u8, payload: &[u8]) {
-        self.peer
-            .egress
-            .send(&WireMessage::encode(opcode, payload).wire);
+        self.peer.egress.send_control(
+            &WireMessage::encode(opcode, payload).wire,
+            opcode == ws::OP_CLOSE,
+        );
     }
 
     /// Unregisters the peer and closes the connection as `exit` calls for.

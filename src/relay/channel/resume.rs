@@ -1,0 +1,304 @@
+//! WebSocket resume: a bounded per-channel replay ring of the frames most
+//! recently fanned out, so a receiver that reconnects with
+//! `/stream/{name}?resume=SEQ` gets exactly the frames after the one it last
+//! had, instead of the whole catch-up state.
+//!
+//! The ring lives beside the [`CacheWriter`] under the channel's writer lock
+//! ([`Writer`]): `cache_frame` already takes it once per frame, so the
+//! fan-out takes no new lock. Every frame that is fanned out live is added,
+//! in channel order, right after it was folded into the catch-up state.
+//!
+//! A resume uses the join mechanism of a catch-up, [`Egress::resync`] with
+//! the ring's frames after the match and `upto` = the channel sequence of
+//! the newest frame in the ring: read under the writer lock inside the
+//! joiner's egress lock, it covers exactly the frames that reached the ring
+//! before the joiner was listed, and later ones arrive live.
+//!
+//! `SEQ` is the 16-bit header `seq`, which wraps at 65,536: the ring picks
+//! its *most recent* entry with that seq, and holds at most 65,536 entries,
+//! so for a source that numbers its frames one by one no two entries share
+//! a seq. A `SEQ` the ring does not hold (too old, never sent, the ring
+//! emptied) gets the normal catch-up state: either way the receiver's state
+//! is exact.
+//!
+//! Memory: at most `--resume-ring-bytes` (frame bytes plus
+//! [`ENTRY_OVERHEAD`] per entry; the newest frame is always kept, even if
+//! larger). Frames under [`LARGE`] are copied into the ring (a small frame
+//! cut from a source's read buffer would pin the buffer) and charged to
+//! `--max-memory` with their overhead; larger frames already carry their
+//! own charge. While the relay is short of memory (its level is not
+//! normal) the ring is emptied and stops recording: resumes then fall back
+//! to catch-ups.
+//!
+//! [`Egress::resync`]: crate::relay::egress::Egress::resync
+
+use std::collections::VecDeque;
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::{lock, Channel};
+use crate::relay::budget::{Budget, Level, LARGE};
+use crate::relay::cache::CacheWriter;
+use crate::relay::peer::Peer;
+
+/// What one ring entry costs beyond its frame's bytes (counted in the
+/// bound and, for small frames, in the memory charge).
+pub(crate) const ENTRY_OVERHEAD: usize = 64;
+
+/// Most entries the ring holds: one full turn of the 16-bit seq.
+const MAX_ENTRIES: usize = 1 << 16;
+
+/// The channel's writer state: the catch-up cache and the replay ring,
+/// under one lock. Derefs to the [`CacheWriter`].
+#[derive(Debug)]
+pub(crate) struct Writer {
+    /// The catch-up state.
+    pub(crate) cache: CacheWriter,
+    /// The replay ring for resumes.
+    pub(crate) ring: Ring,
+}
+
+impl Deref for Writer {
+    type Target = CacheWriter;
+    fn deref(&self) -> &CacheWriter {
+        &self.cache
+    }
+}
+
+impl DerefMut for Writer {
+    fn deref_mut(&mut self) -> &mut CacheWriter {
+        &mut self.cache
+    }
+}
+
+/// One frame in the ring.
+#[derive(Debug)]
+struct Entry {
+    /// Channel sequence.
+    seq: u64,
+    /// The protocol header's 16-bit seq.
+    wire_seq: u16,
+    /// The frame as sent on the wire.
+    frame: Bytes,
+}
+
+/// The replay ring. See the module docs.
+#[derive(Debug)]
+pub(crate) struct Ring {
+    entries: VecDeque<Entry>,
+    /// Frame bytes plus [`ENTRY_OVERHEAD`] per entry.
+    bytes: usize,
+    /// What is charged to the memory budget: small frames' bytes plus
+    /// [`ENTRY_OVERHEAD`] per entry.
+    own: usize,
+    limit: usize,
+    memory: Arc<Budget>,
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        self.memory.release(self.own);
+    }
+}
+
+impl Ring {
+    /// An empty ring of at most `limit` bytes (0 disables it), charging
+    /// `memory`.
+    pub(crate) fn new(limit: usize, memory: Arc<Budget>) -> Self {
+        Self {
+            entries: VecDeque::new(),
+            bytes: 0,
+            own: 0,
+            limit,
+            memory,
+        }
+    }
+
+    /// Records a frame fanned out live: header seq `wire_seq`, channel
+    /// sequence `seq`. Evicts the oldest entries to stay in bounds.
+    pub(crate) fn push(&mut self, wire_seq: u16, seq: u64, frame: &Bytes) {
+        if self.limit == 0 {
+            return;
+        }
+        if self.memory.level() != Level::Normal {
+            self.clear();
+            return;
+        }
+        let small = frame.len() < LARGE;
+        let frame = if small {
+            Bytes::copy_from_slice(frame)
+        } else {
+            frame.clone()
+        };
+        let cost = frame.len() + ENTRY_OVERHEAD;
+        while !self.entries.is_empty()
+            && (self.bytes + cost > self.limit || self.entries.len() >= MAX_ENTRIES)
+        {
+            self.pop_oldest();
+        }
+        let own = ENTRY_OVERHEAD + if small { frame.len() } else { 0 };
+        self.memory.force(own);
+        self.own += own;
+        self.bytes += cost;
+        self.entries.push_back(Entry {
+            seq,
+            wire_seq,
+            frame,
+        });
+    }
+
+    fn pop_oldest(&mut self) {
+        if let Some(e) = self.entries.pop_front() {
+            let len = e.frame.len();
+            let own = ENTRY_OVERHEAD + if len < LARGE { len } else { 0 };
+            self.memory.release(own);
+            self.own -= own;
+            self.bytes -= len + ENTRY_OVERHEAD;
+        }
+    }
+
+    /// Empties the ring and gives its memory back.
+    pub(crate) fn clear(&mut self) {
+        self.entries.clear();
+        self.memory.release(self.own);
+        self.own = 0;
+        self.bytes = 0;
+    }
+
+    /// The frames after the most recent entry whose header seq is
+    /// `wire_seq`, and the channel sequence they cover (the newest
+    /// entry's); `None` if no entry has that seq.
+    pub(crate) fn after(&self, wire_seq: u16) -> Option<(Vec<Bytes>, u64)> {
+        let i = self.entries.iter().rposition(|e| e.wire_seq == wire_seq)?;
+        let upto = self.entries.back()?.seq;
+        let frames = self
+            .entries
+            .range(i + 1..)
+            .map(|e| e.frame.clone())
+            .collect();
+        Some((frames, upto))
+    }
+
+    /// Bytes the ring holds (frames plus per-entry overhead).
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+impl Channel {
+    /// Sends a joining receiver what it needs: with `resume` (the header
+    /// seq of the last frame it had) and that frame still in the ring, the
+    /// frames after it; otherwise the full catch-up state. Counted as a
+    /// resume or a catch-up.
+    pub(crate) fn resume_or_resync(&self, peer: &Peer, resume: Option<u16>) {
+        let Some(from) = resume else {
+            self.resync(peer);
+            return;
+        };
+        let mut resumed = false;
+        peer.egress.resync(|| {
+            if let Some(r) = lock(&self.writer).ring.after(from) {
+                resumed = true;
+                return r;
+            }
+            self.catch_up()
+        });
+        if resumed {
+            self.traffic.resumes.inc();
+        } else {
+            self.traffic.catchups.inc();
+            tracing::debug!(channel = %self.name, peer = peer.id, from, "resume: seq not in the ring, full catch-up");
+        }
+    }
+
+    /// Bytes the replay ring holds now.
+    pub(crate) fn resume_ring_bytes(&self) -> usize {
+        lock(&self.writer).ring.bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring(limit: usize) -> (Ring, Arc<Budget>) {
+        let b = Arc::new(Budget::new(usize::MAX));
+        (Ring::new(limit, b.clone()), b)
+    }
+
+    fn f(len: usize, tag: u8) -> Bytes {
+        Bytes::from(vec![tag; len])
+    }
+
+    #[test]
+    fn frames_after_a_seq_and_the_sequence_they_cover() {
+        let (mut r, b) = ring(1 << 20);
+        for i in 0..10u64 {
+            r.push(100 + i as u16, i + 1, &f(10, i as u8));
+        }
+        let (frames, upto) = r.after(104).unwrap();
+        assert_eq!(upto, 10);
+        let tags: Vec<u8> = frames.iter().map(|x| x[0]).collect();
+        assert_eq!(tags, vec![5, 6, 7, 8, 9]);
+        assert_eq!(r.after(109).unwrap(), (vec![], 10), "up to date");
+        assert!(r.after(99).is_none());
+        assert_eq!(b.used(), 10 * (10 + ENTRY_OVERHEAD));
+        drop(r);
+        assert_eq!(b.used(), 0);
+    }
+
+    #[test]
+    fn the_oldest_go_first_and_the_newest_always_stays() {
+        let (mut r, b) = ring(3 * (100 + ENTRY_OVERHEAD));
+        for i in 0..5u16 {
+            r.push(i, i as u64 + 1, &f(100, i as u8));
+        }
+        assert!(r.after(1).is_none(), "evicted");
+        assert_eq!(r.after(2).unwrap().0.len(), 2);
+        r.push(9, 6, &f(10_000, 9));
+        assert_eq!(r.after(9).unwrap(), (vec![], 6));
+        assert!(r.after(4).is_none());
+        assert_eq!(b.used(), 10_000 + ENTRY_OVERHEAD);
+        r.clear();
+        assert_eq!(b.used(), 0);
+    }
+
+    #[test]
+    fn a_wrapped_seq_picks_the_most_recent_entry() {
+        let (mut r, _) = ring(1 << 30);
+        // Seq 65,535 then 0, 1, … : 65,540 frames, the ring keeps 65,536.
+        for i in 0..65_540u64 {
+            r.push((i + 65_535) as u16, i + 1, &f(1, 0));
+        }
+        // Seq 2 was sent twice (i = 3 and i = 65,539); the first is gone.
+        assert_eq!(r.after(2).unwrap(), (vec![], 65_540));
+        let (frames, _) = r.after(65_535).unwrap();
+        assert_eq!(
+            frames.len(),
+            3,
+            "the second 65,535 (i = 65,536), not the first"
+        );
+    }
+
+    #[test]
+    fn small_frames_are_copied_large_ones_shared_and_not_charged() {
+        let (mut r, b) = ring(1 << 30);
+        let buf = f(LARGE * 2, 1);
+        r.push(1, 1, &buf.slice(0..10));
+        r.push(2, 2, &buf.slice(0..LARGE));
+        let e: Vec<&Entry> = r.entries.iter().collect();
+        assert_ne!(e[0].frame.as_ptr(), buf.as_ptr(), "copied");
+        assert_eq!(e[1].frame.as_ptr(), buf.as_ptr(), "shared");
+        assert_eq!(b.used(), 10 + 2 * ENTRY_OVERHEAD);
+    }
+
+    #[test]
+    fn a_disabled_ring_records_nothing() {
+        let (mut r, b) = ring(0);
+        r.push(1, 1, &f(10, 1));
+        assert!(r.after(1).is_none());
+        assert_eq!(b.used(), 0);
+    }
+}
