@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use crate::relay::auth::{self, Denied, Grant};
 use crate::relay::channel::{Channel, Fanout};
 use crate::relay::clock::now_ms;
+use crate::relay::cluster::claim::ClaimError;
 use crate::relay::config::EgressMode;
 use crate::relay::conn::Conn;
 use crate::relay::egress::Egress;
@@ -391,6 +392,28 @@ async fn join(
         Some(role) => role,
         None => Role::Receiver,
     };
+    // Cluster mode: the channel's one source cluster-wide (see cluster::claim).
+    let _uplink = match (role, relay.cluster.get()) {
+        (Role::Source, Some(cluster)) => match cluster.claim(&channel.name).await {
+            Ok(claim) => Some(cluster.start_uplink(channel, claim).await),
+            Err(e) => {
+                channel.unclaim_source(&peer);
+                return Err(match e {
+                    ClaimError::Taken(node) => Refused::new(
+                        Refusal::SourceTaken,
+                        409,
+                        format!("channel already has a source (on node {node})"),
+                    ),
+                    ClaimError::Unavailable(why) => Refused::new(
+                        Refusal::Backplane,
+                        503,
+                        format!("cluster backplane unavailable: {why}"),
+                    ),
+                });
+            }
+        },
+        _ => None,
+    };
     let full = match role {
         Role::Receiver => channel.receiver_count() >= cfg.max_receivers,
         Role::Signal => channel.signal_peer_count() >= cfg.max_signal_peers,
@@ -409,6 +432,9 @@ async fn join(
         Role::Signal => channel.add_signal_peer(&peer, cfg.max_signal_peers),
         Role::Source | Role::Echo => Ok(()),
     };
+    if let (Ok(()), Role::Receiver, Some(cluster)) = (&joined, role, relay.cluster.get()) {
+        cluster.want(relay, channel);
+    }
     if let Err(why) = joined {
         // Lost a race for the last place after the upgrade was answered.
         relay.connections.refuse(why);

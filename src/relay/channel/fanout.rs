@@ -188,6 +188,9 @@ impl Channel {
     fn cache_frame(&self, h: &Header, msg: &WireMessage, seq: u64) -> Result<(), CacheError> {
         let mut w = lock(&self.writer);
         let snap = w.apply(h, msg, seq)?;
+        if let Some(uplink) = self.uplink.load().as_ref() {
+            uplink.push(msg);
+        }
         self.publish_sse(h, msg, seq);
         let charged = self.charged.load(Ordering::Relaxed);
         let size = w.size();

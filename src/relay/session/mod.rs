@@ -295,7 +295,11 @@ impl Session {
     /// is an input.
     fn forward_input(&self, m: &WireMessage) {
         match protocol::validate_input_message(m.payload()) {
-            Ok(_) => self.channel.forward_input(m),
+            Ok(_) => match self.relay.cluster.get() {
+                // The source is on another node (or nowhere yet).
+                Some(cluster) if !self.channel.has_source() => cluster.send_input(&self.channel, m),
+                _ => self.channel.forward_input(m),
+            },
             Err(e) => {
                 self.channel.traffic.invalid.inc();
                 tracing::debug!(channel = %self.channel.name, refused = %e, "receiver message refused");
