@@ -416,3 +416,34 @@ async fn frames_lost_on_the_way_are_repaired_by_a_catch_up_never_a_broken_chain(
     );
     assert!(gaps >= 1, "{dropped} frames dropped, {gaps} gaps repaired");
 }
+
+#[tokio::test]
+async fn signaling_peers_on_different_nodes_reach_each_other() {
+    let Some(n) = nats(true).await else { return };
+    let (a, b) = (node(&n, "a", &[]).await, node(&n, "b", &[]).await);
+    let mut pa = connect(&a.url("/signal/room")).await;
+    let mut pa2 = connect(&a.url("/signal/room")).await;
+    let mut pb = connect(&b.url("/signal/room")).await;
+    // Both nodes subscribe when their peer joins, before the handshake is
+    // answered: a message sent now reaches the other node.
+    pa.send_text(r#"{"offer":1}"#).await.unwrap();
+    for p in [&mut pb, &mut pa2] {
+        match within(p.recv()).await.unwrap() {
+            bitstream_relay::client::Message::Text(t) => assert_eq!(t, r#"{"offer":1}"#),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    for i in 0..50 {
+        pb.send_text(&format!(r#"{{"candidate":{i}}}"#))
+            .await
+            .unwrap();
+    }
+    for i in 0..50 {
+        match within(pa.recv()).await.unwrap() {
+            bitstream_relay::client::Message::Text(t) => {
+                assert_eq!(t, format!(r#"{{"candidate":{i}}}"#))
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

@@ -426,6 +426,10 @@ async fn join(
             "receiver limit reached on this channel",
         ));
     }
+    if let (Role::Signal, Some(cluster)) = (role, relay.cluster.get()) {
+        // Subscribed before the peer can send or be sent anything.
+        cluster.want_signaling(channel).await;
+    }
     peer.egress.send(&Bytes::from(upgrade_response(key)));
     let joined = match role {
         Role::Receiver => channel.add_receiver(&peer, cfg.max_receivers),

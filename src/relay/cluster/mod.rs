@@ -15,11 +15,14 @@
 //! - One source per channel cluster-wide: a claim with a lease in a
 //!   JetStream key-value bucket ([`claim`]).
 //! - Inputs from receivers on any node go to `bsr.i.<channel>`, which the
-//!   source's node subscribes to.
+//!   source's node subscribes to; signaling text to `bsr.s.<channel>`,
+//!   which every node with signaling peers of the channel subscribes to
+//!   ([`signaling`]).
 
 pub(crate) mod claim;
 pub(crate) mod downlink;
 pub(crate) mod fragment;
+pub(crate) mod signaling;
 pub(crate) mod uplink;
 
 use std::hash::BuildHasher;
@@ -122,11 +125,14 @@ pub(crate) struct Cluster {
     pub(crate) stats: Arc<ClusterStats>,
     /// Channels this node follows from another node, by name.
     pub(crate) downlinks: DashMap<Arc<str>, downlink::Entry>,
+    /// Channels whose signaling this node hears from the others, by name.
+    pub(crate) signaling: DashMap<Arc<str>, signaling::Follow>,
     pub(crate) lease: Duration,
     pub(crate) timeout: Duration,
     pub(crate) uplink_queue: usize,
     pub(crate) max_message: usize,
-    /// Inputs for sources on other nodes, published in order by one task.
+    /// Inputs for sources and signaling messages for peers on other nodes,
+    /// published in order by one task.
     pub(crate) inputs: tokio::sync::mpsc::Sender<(String, bytes::Bytes)>,
     urls: String,
 }
@@ -276,6 +282,7 @@ impl Cluster {
             state,
             stats,
             downlinks: DashMap::new(),
+            signaling: DashMap::new(),
             lease,
             timeout: config.cluster_timeout(),
             uplink_queue: config.cluster_uplink_queue,

@@ -263,7 +263,12 @@ impl Session {
 
     fn on_text(&mut self, m: &WireMessage) -> Step {
         match self.role {
-            Role::Signal => self.channel.broadcast_signal(&self.peer, m),
+            Role::Signal => {
+                self.channel.broadcast_signal(&self.peer, m);
+                if let Some(cluster) = self.relay.cluster.get() {
+                    cluster.send_signal(&self.channel, m);
+                }
+            }
             Role::Echo => {
                 self.peer.egress.send(&m.wire);
             }
