@@ -50,7 +50,11 @@ async fn nats(js: bool) -> Option<Nats> {
     if !tool_available(nats_installed(), "nats-server", "RELAY_SKIP_NATS") {
         return None;
     }
-    let port = free_port();
+    Some(nats_on(free_port(), js).await)
+}
+
+/// Starts `nats-server` on `port`.
+async fn nats_on(port: u16, js: bool) -> Nats {
     let dir = std::env::temp_dir().join(format!("relay-nats-{}-{port}", std::process::id()));
     let mut cmd = Command::new("nats-server");
     cmd.args(["-a", "127.0.0.1", "-p", &port.to_string()]);
@@ -67,7 +71,7 @@ async fn nats(js: bool) -> Option<Nats> {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
     })
     .await;
-    Some(n)
+    n
 }
 
 /// A relay of the cluster on `nats`, named `node`.
@@ -446,4 +450,69 @@ async fn signaling_peers_on_different_nodes_reach_each_other() {
             other => panic!("unexpected {other:?}"),
         }
     }
+}
+
+/// Polls `/healthz` until its backplane state is `state`.
+async fn wait_backplane(t: &TestRelay, state: &str) {
+    let want = format!(r#""state":"{state}""#);
+    let start = tokio::time::Instant::now();
+    loop {
+        let (status, body) = http_get(t, "/healthz").await;
+        assert_eq!(status, 200, "a node without its backplane still serves");
+        if body.contains(&want) {
+            return;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "backplane never {state}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn relays_ride_out_a_nats_restart_and_the_stream_resumes_across_nodes() {
+    let Some(n) = nats(true).await else { return };
+    let (a, b) = (node(&n, "a", &[]).await, node(&n, "b", &[]).await);
+    let mut src = connect(&a.url("/source/rs")).await;
+    let mut local = connect(&a.url("/stream/rs")).await;
+    let first = protocol::pixels_keyframe(0, 0, 1, 1, &[1, 1, 1, 1]);
+    src.send(&first).await.unwrap();
+    let mut r = connect(&b.url("/stream/rs")).await;
+    assert_eq!(recv(&mut r).await, first);
+    assert_eq!(recv(&mut local).await, first);
+    let port = n.port;
+    drop(n);
+    wait_backplane(&a, "disconnected").await;
+    wait_backplane(&b, "disconnected").await;
+    // The source's node goes on serving its own receivers.
+    let during = protocol::pixels_keyframe(1, 0, 1, 1, &[2, 2, 2, 2]);
+    src.send(&during).await.unwrap();
+    assert_eq!(recv(&mut local).await, during);
+    let _n = nats_on(port, true).await;
+    wait_backplane(&a, "connected").await;
+    wait_backplane(&b, "connected").await;
+    // b's receiver gets the source's state again: live, or repaired by a
+    // catch-up once the next frame shows the gap; never anything older.
+    let mut seen = 0u16;
+    let mut resumed = false;
+    for i in 2..200u16 {
+        let m = protocol::pixels_keyframe(i, 0, 1, 1, &[i as u8; 4]);
+        src.send(&m).await.unwrap();
+        while let Ok(got) = tokio::time::timeout(Duration::from_millis(50), r.recv_binary()).await {
+            let h = Header::parse(&got.unwrap()).unwrap();
+            assert!(
+                h.seq >= seen,
+                "frames in order, nothing older ({} after {seen})",
+                h.seq
+            );
+            seen = h.seq;
+        }
+        if seen == i {
+            resumed = true;
+            break;
+        }
+    }
+    assert!(resumed, "the stream never resumed on b (last seen {seen})");
+    assert!(metric(&b, "relay_cluster_reconnects_total").await >= 1);
 }
