@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use crate::relay::auth::{self, Denied, Grant};
 use crate::relay::channel::{Channel, Fanout};
 use crate::relay::clock::now_ms;
+use crate::relay::cluster::claim::ClaimError;
 use crate::relay::config::EgressMode;
 use crate::relay::conn::Conn;
 use crate::relay::egress::Egress;
@@ -403,6 +404,29 @@ async fn join(
         Some(role) => role,
         None => Role::Receiver,
     };
+    // Cluster mode: the channel's one source cluster-wide (see cluster::claim).
+    let _uplink = match (role, relay.cluster.get()) {
+        // Boxed, like every transient state of a connection's future.
+        (Role::Source, Some(cluster)) => match Box::pin(cluster.claim(&channel.name)).await {
+            Ok(claim) => Some(Box::pin(cluster.start_uplink(channel, claim)).await),
+            Err(e) => {
+                channel.unclaim_source(&peer);
+                return Err(match e {
+                    ClaimError::Taken(node) => Refused::new(
+                        Refusal::SourceTaken,
+                        409,
+                        format!("channel already has a source (on node {node})"),
+                    ),
+                    ClaimError::Unavailable(why) => Refused::new(
+                        Refusal::Backplane,
+                        503,
+                        format!("cluster backplane unavailable: {why}"),
+                    ),
+                });
+            }
+        },
+        _ => None,
+    };
     let full = match role {
         Role::Receiver => channel.receiver_count() >= cfg.max_receivers,
         Role::Signal => channel.signal_peer_count() >= cfg.max_signal_peers,
@@ -415,6 +439,10 @@ async fn join(
             "receiver limit reached on this channel",
         ));
     }
+    if let (Role::Signal, Some(cluster)) = (role, relay.cluster.get()) {
+        // Subscribed before the peer can send or be sent anything.
+        Box::pin(cluster.want_signaling(channel)).await;
+    }
     // In the control lane: no ping or pong may overtake the 101.
     peer.egress
         .send_control(&Bytes::from(upgrade_response(key)), false);
@@ -423,6 +451,9 @@ async fn join(
         Role::Signal => channel.add_signal_peer(&peer, cfg.max_signal_peers),
         Role::Source | Role::Echo => Ok(()),
     };
+    if let (Ok(()), Role::Receiver, Some(cluster)) = (&joined, role, relay.cluster.get()) {
+        cluster.want(relay, channel);
+    }
     if let Err(why) = joined {
         // Lost a race for the last place after the upgrade was answered.
         relay.connections.refuse(why);
@@ -493,8 +524,8 @@ mod footprint {
 
     /// Every connection's task holds this future for its whole life: a
     /// large state added inline (an endpoint's stream, a handshake) is paid
-    /// by every idle receiver. It doubled once unnoticed; this keeps it in
-    /// check (bytes, not time).
+    /// by every idle receiver. It doubled once unnoticed (an SSE stream's
+    /// state inline); this keeps it in check (bytes, not time).
     #[tokio::test]
     async fn a_connection_future_stays_small() {
         let relay = Relay::new(Config::parse_from(["x"])).unwrap();
@@ -503,6 +534,7 @@ mod footprint {
         let s = tokio::net::TcpStream::connect(addr).await.unwrap();
         let f = handle(&relay, Conn::from(s), addr);
         let size = std::mem::size_of_val(&f);
-        assert!(size <= 2816, "a connection's future is {size} bytes");
+        // 2,816 bytes with cluster mode and resume built in (2,568 before).
+        assert!(size <= 3072, "a connection's future is {size} bytes");
     }
 }

@@ -251,6 +251,57 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "RELAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Cluster mode: comma-separated NATS servers (nats://HOST:PORT,…) of
+    /// the backplane, with JetStream (`nats-server -js`); off without it.
+    #[arg(long, env = "RELAY_NATS_URL", value_delimiter = ',')]
+    pub nats_url: Vec<String>,
+    /// This node's name in the cluster, 1-64 of [A-Za-z0-9_-] (default: random).
+    #[arg(long, env = "RELAY_NODE_ID")]
+    pub node_id: Option<String>,
+    /// NATS user name (with --nats-password).
+    #[arg(long, env = "RELAY_NATS_USER", requires = "nats_password")]
+    pub nats_user: Option<String>,
+    /// NATS password (never logged; prefer the environment variable).
+    #[arg(
+        long,
+        env = "RELAY_NATS_PASSWORD",
+        hide_env_values = true,
+        requires = "nats_user"
+    )]
+    pub nats_password: Option<Secret>,
+    /// NATS credentials file (JWT and NKey seed, as `nsc` writes it).
+    #[arg(long, env = "RELAY_NATS_CREDS_FILE", conflicts_with = "nats_user")]
+    pub nats_creds_file: Option<PathBuf>,
+    /// Lease of a channel's cluster-wide source claim, in milliseconds: a
+    /// node renews it every third of it, stops publishing when it could not
+    /// for two thirds, and a dead node's claim is free after it.
+    #[arg(long, env = "RELAY_CLUSTER_LEASE_MS", default_value_t = 10_000)]
+    pub cluster_lease_ms: u64,
+    /// Bytes of frames a source's node may have waiting for NATS per
+    /// channel; past it frames are dropped (the other nodes repair the gap).
+    #[arg(long, env = "RELAY_CLUSTER_UPLINK_QUEUE", default_value_t = 96 << 20)]
+    pub cluster_uplink_queue: usize,
+    /// Time an incomplete set of fragments may take before it is dropped,
+    /// and a catch-up fetch before it is retried, in milliseconds.
+    #[arg(long, env = "RELAY_CLUSTER_TIMEOUT_MS", default_value_t = 5_000)]
+    pub cluster_timeout_ms: u64,
+}
+
+/// A secret option: parsed like a string, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(…)")
+    }
 }
 
 impl Default for Config {
@@ -291,6 +342,14 @@ impl Config {
     /// `--sse-heartbeat-ms` as a duration.
     pub(crate) fn sse_heartbeat(&self) -> Duration {
         Duration::from_millis(self.sse_heartbeat_ms.max(1))
+    }
+    /// `--cluster-lease-ms` as a duration.
+    pub(crate) fn cluster_lease(&self) -> Duration {
+        Duration::from_millis(self.cluster_lease_ms.max(300))
+    }
+    /// `--cluster-timeout-ms` as a duration.
+    pub(crate) fn cluster_timeout(&self) -> Duration {
+        Duration::from_millis(self.cluster_timeout_ms.max(1))
     }
     /// `--shutdown-grace-ms` as a duration.
     pub(crate) fn shutdown_grace(&self) -> Duration {

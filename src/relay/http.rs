@@ -26,12 +26,15 @@ pub(crate) fn respond(relay: &Relay, req: &Request, route: &Route) -> Vec<u8> {
     match route {
         Route::Other(p) if p == "/healthz" => {
             let draining = relay.is_draining();
-            let body = json!({
+            let mut body = json!({
                 "status": if draining { "shutting_down" } else { "ok" },
                 "uptime_ms": relay.uptime_ms(),
                 "connections": relay.connections.open.get(),
                 "channels": relay.channels.len(),
             });
+            if let Some(cluster) = relay.cluster.get() {
+                body["backplane"] = cluster.health();
+            }
             let (status, reason) = if draining {
                 (503, "Service Unavailable")
             } else {
@@ -94,6 +97,7 @@ fn channels_json(relay: &Relay) -> Vec<u8> {
                 "catchups": t.catchups,
                 "resumes": t.resumes,
                 "resume_ring_bytes": ch.resume_ring_bytes,
+                "source_node": relay.cluster.get().and_then(|c| c.source_node(&ch.name, ch.source)),
             })
         })
         .collect();

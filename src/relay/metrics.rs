@@ -14,13 +14,13 @@ use crate::relay::stats::{Refusal, TrafficSnapshot};
 
 type Labels = Vec<(&'static str, String)>;
 
-fn counter(reg: &mut Registry, name: &str, help: &str, v: u64) {
+pub(crate) fn counter(reg: &mut Registry, name: &str, help: &str, v: u64) {
     let c: Counter = Counter::default();
     c.inc_by(v);
     reg.register(name, help, c);
 }
 
-fn gauge(reg: &mut Registry, name: &str, help: &str, v: u64) {
+pub(crate) fn gauge(reg: &mut Registry, name: &str, help: &str, v: u64) {
     let g: Gauge = Gauge::default();
     g.set(v as i64);
     reg.register(name, help, g);
@@ -194,6 +194,9 @@ pub(crate) fn render(relay: &Relay) -> String {
         "Caches dropped, lagging receivers skipped forward and messages refused because --max-memory was nearly used",
         memory.sheds(),
     );
+    if let Some(cluster) = relay.cluster.get() {
+        cluster.register_metrics(reg.sub_registry_with_prefix("cluster"));
+    }
     channels.sort_by_key(|ch| std::cmp::Reverse(ch.traffic.bytes_out.get()));
     channels.truncate(relay.config.metrics_max_channels);
     let per_channel: Vec<Family<Labels, Counter>> =

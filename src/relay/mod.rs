@@ -24,6 +24,7 @@ pub(crate) mod bulk;
 pub(crate) mod cache;
 pub(crate) mod channel;
 pub(crate) mod clock;
+pub(crate) mod cluster;
 pub(crate) mod config;
 pub(crate) mod conn;
 pub(crate) mod egress;

@@ -11,6 +11,7 @@ use thiserror::Error;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::relay::auth::{AuthError, Verifier};
+use crate::relay::cluster::{Cluster, ClusterError};
 use crate::relay::config::Config;
 use crate::relay::conn::Conn;
 use crate::relay::endpoints::turn::{Turn, TurnError};
@@ -40,6 +41,9 @@ pub enum StartError {
     /// The TURN secret could not be loaded.
     #[error("TURN: {0}")]
     Turn(#[from] TurnError),
+    /// Cluster mode could not start (NATS unreachable, no JetStream, …).
+    #[error("cluster: {0}")]
+    Cluster(#[from] ClusterError),
     /// The bulk lane's thread could not start.
     #[error("cannot start the bulk lane: {0}")]
     Runtime(io::Error),
@@ -66,6 +70,7 @@ impl Server {
             _ => None,
         };
         let turn = Turn::from_config(&config)?;
+        let cluster = Cluster::connect(&config).await?;
         let addr = config.addr;
         let listener =
             Self::listen(&config).map_err(|source| StartError::Listen { addr, source })?;
@@ -75,6 +80,9 @@ impl Server {
         let relay = Relay::with(config, auth, tls).map_err(StartError::Runtime)?;
         if let Some(turn) = turn {
             let _ = relay.turn.set(turn);
+        }
+        if let Some(cluster) = cluster {
+            let _ = relay.cluster.set(cluster);
         }
         Ok(Self {
             relay,

@@ -14,6 +14,7 @@ use crate::relay::budget::Budgets;
 use crate::relay::bulk::Bulk;
 use crate::relay::channel::{Channel, Fanout};
 use crate::relay::clock::now_ms;
+use crate::relay::cluster::Cluster;
 use crate::relay::config::Config;
 use crate::relay::endpoints::input::InputBuckets;
 use crate::relay::endpoints::turn::Turn;
@@ -47,6 +48,8 @@ pub struct Relay {
     pub(crate) http_inputs: InputBuckets,
     /// `GET /turn`'s secret and servers, when configured (set at bind).
     pub(crate) turn: OnceLock<Turn>,
+    /// Cluster mode (`--nats-url`): the NATS backplane (set at bind).
+    pub(crate) cluster: OnceLock<Arc<Cluster>>,
     /// Traffic of channels the GC has removed.
     pub(crate) retired: Traffic,
     per_ip: IpCounts,
@@ -163,6 +166,7 @@ impl Relay {
             stats_page: PageCache::default(),
             http_inputs: InputBuckets::default(),
             turn: OnceLock::new(),
+            cluster: OnceLock::new(),
             retired: Traffic::default(),
             per_ip: IpCounts::default(),
             channels_per_ip: IpCounts::default(),

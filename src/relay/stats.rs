@@ -203,11 +203,13 @@ pub enum Refusal {
     TlsFailed = 16,
     /// A TLS handshake not completed within `--handshake-timeout-ms`.
     TlsTimeout = 17,
+    /// Cluster mode: a source's claim could not be checked (NATS unreachable).
+    Backplane = 18,
 }
 
 impl Refusal {
     /// Every refusal reason, in index order.
-    pub const ALL: [Refusal; 18] = [
+    pub const ALL: [Refusal; 19] = [
         Refusal::BadName,
         Refusal::BadRequest,
         Refusal::SourceTaken,
@@ -226,6 +228,7 @@ impl Refusal {
         Refusal::TlsPlaintext,
         Refusal::TlsFailed,
         Refusal::TlsTimeout,
+        Refusal::Backplane,
     ];
 
     /// A short label for logs and metrics.
@@ -249,6 +252,7 @@ impl Refusal {
             Refusal::TlsPlaintext => "tls_plaintext",
             Refusal::TlsFailed => "tls_failed",
             Refusal::TlsTimeout => "tls_timeout",
+            Refusal::Backplane => "backplane_unavailable",
         }
     }
 }

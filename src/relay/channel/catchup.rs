@@ -4,6 +4,8 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use super::{lock, Channel};
 use crate::relay::cache::{CacheWriter, CatchUp};
 use crate::relay::peer::Peer;
@@ -41,6 +43,24 @@ impl Channel {
         let mut frames = snap.frames();
         frames.extend(lock(&self.writer).signal_frame());
         (frames, snap.seq)
+    }
+
+    /// The catch-up frames (picture, then signal state) and `mark()`, both
+    /// read under the cache-writer lock: no frame lands in between.
+    pub(crate) fn catch_up_with<T>(&self, mark: impl FnOnce() -> T) -> (Vec<Bytes>, T) {
+        let mut w = lock(&self.writer);
+        let mut frames = self.cache.load_full().frames();
+        frames.extend(w.signal_frame());
+        (frames, mark())
+    }
+
+    /// Forgets the cached state (before a catch-up from another node
+    /// replaces it).
+    pub(crate) fn clear_cache(&self) {
+        let mut w = lock(&self.writer);
+        w.cache = CacheWriter::new(w.max_signal_state(), self.budgets.memory.clone());
+        w.ring.clear();
+        self.drop_cached(self.seq.load(Ordering::Relaxed));
     }
 
     /// Drops the cached state if the source has been gone longer than

@@ -190,6 +190,9 @@ impl Channel {
         let snap = w.apply(h, msg, seq)?;
         // Every frame fanned out live, for `?resume=` (see `resume`).
         w.ring.push(h.seq, seq, &msg.wire);
+        if let Some(uplink) = self.uplink.load().as_ref() {
+            uplink.push(msg);
+        }
         self.publish_sse(h, msg, seq);
         let charged = self.charged.load(Ordering::Relaxed);
         let size = w.size();

@@ -46,6 +46,20 @@ impl Channel {
         true
     }
 
+    /// Gives the source slot back without counting a source as having
+    /// left (cluster mode: its claim was refused).
+    pub(crate) fn unclaim_source(&self, peer: &Arc<Peer>) {
+        let _m = lock(&self.membership);
+        if self
+            .source
+            .load()
+            .as_ref()
+            .is_some_and(|s| Arc::ptr_eq(s, peer))
+        {
+            self.source.store(None);
+        }
+    }
+
     /// Releases the source slot at `now` if `peer` holds it; the cached state
     /// is kept for the grace period so a returning source continues the channel.
     pub(crate) fn release_source(&self, peer: &Arc<Peer>, now: u64) {

@@ -67,6 +67,9 @@ pub(crate) struct Channel {
     workers: OnceLock<Vec<mpsc::Sender<fanout::Job>>>,
     signal_peers: Roster,
     source: ArcSwapOption<Peer>,
+    /// Cluster mode, while the source is on this node: where its frames
+    /// go to the other nodes (fed under the cache-writer lock).
+    pub(crate) uplink: ArcSwapOption<crate::relay::cluster::uplink::Uplink>,
     membership: Mutex<()>,
     seq: AtomicU64,
     /// Some receivers hold frames the source's task deferred (see
@@ -121,6 +124,7 @@ impl Channel {
             workers: OnceLock::new(),
             signal_peers: Roster::default(),
             source: ArcSwapOption::empty(),
+            uplink: ArcSwapOption::empty(),
             membership: Mutex::new(()),
             seq: AtomicU64::new(0),
             deferred: AtomicBool::new(false),

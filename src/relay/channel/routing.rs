@@ -38,4 +38,14 @@ impl Channel {
         });
         self.traffic.signal_messages.inc();
     }
+
+    /// Hands a signaling message from another node (cluster mode) to every
+    /// signaling peer here.
+    pub(crate) fn broadcast_signal_from_cluster(&self, msg: &WireMessage) {
+        self.signal_peers.for_each(|p| {
+            if !matches!(p.egress.send(&msg.wire), Outcome::Sent | Outcome::Queued) {
+                self.traffic.dropped.inc();
+            }
+        });
+    }
 }

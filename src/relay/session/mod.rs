@@ -263,7 +263,12 @@ impl Session {
 
     fn on_text(&mut self, m: &WireMessage) -> Step {
         match self.role {
-            Role::Signal => self.channel.broadcast_signal(&self.peer, m),
+            Role::Signal => {
+                self.channel.broadcast_signal(&self.peer, m);
+                if let Some(cluster) = self.relay.cluster.get() {
+                    cluster.send_signal(&self.channel, m);
+                }
+            }
             Role::Echo => {
                 self.peer.egress.send(&m.wire);
             }
@@ -295,7 +300,11 @@ impl Session {
     /// is an input.
     fn forward_input(&self, m: &WireMessage) {
         match protocol::validate_input_message(m.payload()) {
-            Ok(_) => self.channel.forward_input(m),
+            Ok(_) => match self.relay.cluster.get() {
+                // The source is on another node (or nowhere yet).
+                Some(cluster) if !self.channel.has_source() => cluster.send_input(&self.channel, m),
+                _ => self.channel.forward_input(m),
+            },
             Err(e) => {
                 self.channel.traffic.invalid.inc();
                 tracing::debug!(channel = %self.channel.name, refused = %e, "receiver message refused");

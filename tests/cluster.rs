@@ -1,0 +1,518 @@
+//! Cluster mode end to end: a real `nats-server -js` on a free port and
+//! several relays in this process, each with `--nats-url`. Skipped (loudly)
+//! with RELAY_SKIP_NATS=1 when `nats-server` is not installed.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bitstream_relay::client::{Client, ClientError};
+use bitstream_relay::codec;
+use bitstream_relay::protocol::{self, FrameType, Header, InputType, HEADER_LEN};
+use bitstream_relay::{Config, Server, StartError};
+use clap::Parser;
+use common::*;
+
+/// A `nats-server` child process, killed when dropped.
+struct Nats {
+    child: Child,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Nats {
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+fn nats_installed() -> bool {
+    Command::new("nats-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Starts `nats-server` (with JetStream if `js`) on a free port, or `None`
+/// when it is missing and RELAY_SKIP_NATS=1.
+async fn nats(js: bool) -> Option<Nats> {
+    if !tool_available(nats_installed(), "nats-server", "RELAY_SKIP_NATS") {
+        return None;
+    }
+    Some(nats_on(free_port(), js).await)
+}
+
+/// Starts `nats-server` on `port`.
+async fn nats_on(port: u16, js: bool) -> Nats {
+    let dir = std::env::temp_dir().join(format!("relay-nats-{}-{port}", std::process::id()));
+    let mut cmd = Command::new("nats-server");
+    cmd.args(["-a", "127.0.0.1", "-p", &port.to_string()]);
+    if js {
+        cmd.args(["-js", "-sd", dir.to_str().unwrap()]);
+    }
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start nats-server");
+    let n = Nats { child, port, dir };
+    eventually("nats-server listening", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .await;
+    n
+}
+
+/// A relay of the cluster on `nats`, named `node`.
+async fn node(nats: &Nats, node: &str, extra: &[&str]) -> TestRelay {
+    let url = nats.url();
+    let mut flags = vec!["--nats-url", &url, "--node-id", node];
+    flags.extend_from_slice(extra);
+    start(&flags).await
+}
+
+/// Receives the next binary message.
+async fn recv(c: &mut Client) -> Vec<u8> {
+    within(c.recv_binary()).await.expect("recv").to_vec()
+}
+
+/// Applies a received pixel message to a picture.
+fn apply(picture: &mut Option<Vec<u8>>, msg: &[u8]) {
+    let h = Header::parse(msg).unwrap();
+    match h.frame_type() {
+        FrameType::Pixels | FrameType::Keyframe => *picture = Some(msg[HEADER_LEN..].to_vec()),
+        FrameType::DeltaPixels => codec::apply_delta(
+            picture.as_mut().expect("delta before keyframe"),
+            &msg[HEADER_LEN..],
+        )
+        .unwrap(),
+        _ => {}
+    }
+}
+
+/// `GET /metrics` value of a counter (0 if absent).
+async fn metric(t: &TestRelay, name: &str) -> u64 {
+    let (_, body) = http_get(t, "/metrics").await;
+    body.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+#[tokio::test]
+async fn frames_fan_out_across_nodes_byte_exact_and_in_order() {
+    let Some(n) = nats(true).await else { return };
+    // Receivers read one after another: queues hold the whole burst.
+    let q = ["--egress-queue", "67108864"];
+    let (a, b, c) = (
+        node(&n, "a", &q).await,
+        node(&n, "b", &q).await,
+        node(&n, "c", &q).await,
+    );
+    let mut src = connect(&a.url("/source/fan")).await;
+    let first = protocol::pixels_keyframe(0, 0, 2, 2, &[7u8; 16]);
+    src.send(&first).await.unwrap();
+    let mut rx = vec![
+        connect(&a.url("/stream/fan")).await,
+        connect(&b.url("/stream/fan")).await,
+        connect(&b.url("/stream/fan")).await,
+        connect(&c.url("/stream/fan")).await,
+    ];
+    // Each gets the keyframe: from the cache on a, from a catch-up fetched
+    // from a on b and c (so they are subscribed from here on).
+    for r in &mut rx {
+        assert_eq!(recv(r).await, first);
+    }
+    let big = noise(640 * 600 * 4, 3); // 1.5 MB: more than one NATS message
+    let mut sent = Vec::new();
+    for i in 0..200u16 {
+        let m = match i % 10 {
+            3 => protocol::pixels_keyframe(i, i as u32, 640, 600, &big),
+            5 => protocol::signal(true, i, 0, format!("{{\"k\":{i}}}").as_bytes()),
+            _ => protocol::frame(
+                FrameType::Haptic,
+                0,
+                i,
+                i as u32,
+                (0, 0),
+                &noise(i as usize * 7, i as u64),
+            ),
+        };
+        src.send(&m).await.unwrap();
+        sent.push(m);
+    }
+    for (k, r) in rx.iter_mut().enumerate() {
+        for (i, m) in sent.iter().enumerate() {
+            let got = recv(r).await;
+            if got != *m {
+                let (_, metrics) = http_get(&b, "/metrics").await;
+                let cl: Vec<_> = metrics
+                    .lines()
+                    .filter(|l| l.starts_with("relay_cluster"))
+                    .collect();
+                panic!(
+                    "receiver {k}: message {i} differs or is out of order (got {} bytes, type {:?}, want {} bytes)\n{}",
+                    got.len(),
+                    Header::parse(&got).map(|h| h.frame_type()),
+                    m.len(),
+                    cl.join("\n")
+                );
+            }
+        }
+    }
+    let json = http_get(&b, "/channels").await.1;
+    assert!(json.contains(r#""source_node":"a""#), "{json}");
+    assert!(metric(&b, "relay_cluster_fragments_in_total").await >= 20);
+    assert!(metric(&a, "relay_cluster_frames_out_total").await >= 201);
+    let (status, health) = http_get(&c, "/healthz").await;
+    assert_eq!(status, 200);
+    assert!(health.contains(r#""state":"connected""#), "{health}");
+}
+
+#[tokio::test]
+async fn a_late_joiner_on_a_fresh_node_rebuilds_picture_and_signal_state() {
+    let Some(n) = nats(true).await else { return };
+    let (a, b) = (node(&n, "a", &[]).await, node(&n, "b", &[]).await);
+    let mut src = connect(&a.url("/source/late")).await;
+    let (w, h) = (64u16, 48u16);
+    let mut cur = noise(w as usize * h as usize * 4, 5);
+    src.send(&protocol::pixels_keyframe(0, 0, w, h, &cur))
+        .await
+        .unwrap();
+    for i in 1..=200u16 {
+        let mut next = cur.clone();
+        let at = (i as usize * 131) % next.len();
+        next[at..(at + 40).min(cur.len())].fill(i as u8);
+        let mut z = Vec::new();
+        codec::encode_delta(&cur, &next, &mut z).unwrap();
+        src.send(&protocol::delta_pixels(i, i as u32, w, h, &z))
+            .await
+            .unwrap();
+        cur = next;
+    }
+    src.send(&protocol::signal(false, 0, 0, br#"{"title":"demo"}"#))
+        .await
+        .unwrap();
+    src.send(&protocol::signal(true, 1, 0, br#"{"n":1}"#))
+        .await
+        .unwrap();
+    eventually("all frames in on a", || {
+        a.relay
+            .channel("late")
+            .is_some_and(|c| c.traffic.frames_in == 1 + 200 + 2)
+    })
+    .await;
+    let mut r = connect(&b.url("/stream/late")).await;
+    let mut picture = None;
+    let mut state = None;
+    while picture.as_ref() != Some(&cur) || state.is_none() {
+        let m = recv(&mut r).await;
+        match Header::parse(&m).unwrap().frame_type() {
+            FrameType::SignalSync => {
+                state = Some(serde_json::from_slice::<serde_json::Value>(&m[HEADER_LEN..]).unwrap())
+            }
+            _ => apply(&mut picture, &m),
+        }
+    }
+    assert_eq!(state.unwrap(), serde_json::json!({"title": "demo", "n": 1}));
+    // And it continues live from there.
+    let mut next = cur.clone();
+    next[0] ^= 0xFF;
+    let mut z = Vec::new();
+    codec::encode_delta(&cur, &next, &mut z).unwrap();
+    src.send(&protocol::delta_pixels(999, 0, w, h, &z))
+        .await
+        .unwrap();
+    apply(&mut picture, &recv(&mut r).await);
+    assert_eq!(picture.unwrap(), next);
+    assert!(metric(&b, "relay_cluster_catchup_fetches_total").await >= 1);
+}
+
+#[tokio::test]
+async fn a_33mb_keyframe_crosses_nodes_and_serves_late_joiners_there() {
+    let Some(n) = nats(true).await else { return };
+    let (a, b, c) = (
+        node(&n, "a", &[]).await,
+        node(&n, "b", &[]).await,
+        node(&n, "c", &[]).await,
+    );
+    let mut src = connect(&a.url("/source/uhd")).await;
+    let small = protocol::pixels_keyframe(0, 0, 1, 1, &[1, 2, 3, 4]);
+    src.send(&small).await.unwrap();
+    let mut early = connect(&b.url("/stream/uhd")).await;
+    assert_eq!(recv(&mut early).await, small);
+    let rgba = noise(3840 * 2160 * 4, 9);
+    let kf = protocol::pixels_keyframe(1, 1, 3840, 2160, &rgba);
+    assert!(kf.len() > 33_000_000);
+    src.send(&kf).await.unwrap();
+    assert!(recv(&mut early).await == kf, "live 33 MB keyframe differs");
+    // A late joiner on b gets it from b's cache; one on c (which never
+    // carried the channel) through a catch-up from a.
+    let mut late_b = connect(&b.url("/stream/uhd")).await;
+    assert!(recv(&mut late_b).await == kf, "late joiner on b");
+    let mut late_c = connect(&c.url("/stream/uhd")).await;
+    assert!(recv(&mut late_c).await == kf, "late joiner on c");
+    assert!(metric(&b, "relay_cluster_fragments_in_total").await >= 32);
+}
+
+#[tokio::test]
+async fn a_second_source_on_another_node_is_refused_until_the_first_leaves() {
+    let Some(n) = nats(true).await else { return };
+    let (a, b) = (node(&n, "a", &[]).await, node(&n, "b", &[]).await);
+    let first = connect(&a.url("/source/one")).await;
+    match connect_err(&b.url("/source/one")).await {
+        ClientError::Refused { status, body } => {
+            assert_eq!(status, 409);
+            assert!(body.contains("node a"), "{body}");
+        }
+        e => panic!("unexpected {e}"),
+    }
+    // The refused claim did not break the local slot on b.
+    assert!(!b.relay.channel("one").is_some_and(|c| c.source));
+    first.close(1000).await.unwrap();
+    // Its claim is released when it leaves: b may publish now.
+    let start = tokio::time::Instant::now();
+    loop {
+        match Client::connect(&b.url("/source/one"), 1 << 20).await {
+            Ok(_) => break,
+            Err(ClientError::Refused { status: 409, .. }) => {
+                assert!(start.elapsed() < DEADLINE, "claim never released");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn inputs_from_receivers_on_other_nodes_reach_the_source_in_order() {
+    let Some(n) = nats(true).await else { return };
+    let (a, b) = (node(&n, "a", &[]).await, node(&n, "b", &[]).await);
+    let mut src = connect(&a.url("/source/in")).await;
+    let mut r1 = connect(&b.url("/stream/in")).await;
+    let mut r2 = connect(&b.url("/stream/in")).await;
+    wait_receivers(&b, "in", 2).await;
+    for i in 0..100u16 {
+        r1.send(&protocol::pointer_input(
+            InputType::Pointer,
+            i,
+            0,
+            i,
+            2 * i,
+            0,
+        ))
+        .await
+        .unwrap();
+        r2.send(&protocol::key_input(true, i, 0, 1000 + i, 0))
+            .await
+            .unwrap();
+    }
+    let (mut next1, mut next2) = (0u16, 0u16);
+    while next1 < 100 || next2 < 100 {
+        let m = recv(&mut src).await;
+        let h = Header::parse(&m).unwrap();
+        match h.input_type() {
+            InputType::Pointer => {
+                let p = protocol::parse_pointer(&m).unwrap();
+                assert_eq!((h.seq, p.x, p.y), (next1, next1, 2 * next1));
+                next1 += 1;
+            }
+            InputType::KeyDown => {
+                assert_eq!(h.seq, next2);
+                next2 += 1;
+            }
+            other => panic!("unexpected input {other:?}"),
+        }
+    }
+    assert!(metric(&a, "relay_cluster_inputs_in_total").await >= 200);
+}
+
+#[tokio::test]
+async fn a_nats_server_without_jetstream_is_a_clear_startup_error() {
+    let Some(n) = nats(false).await else { return };
+    let url = n.url();
+    let cfg = Config::parse_from(["x", "--addr", "127.0.0.1:0", "--nats-url", &url]);
+    match Server::bind(cfg).await {
+        Err(e @ StartError::Cluster(_)) => {
+            let text = e.to_string();
+            assert!(text.contains("JetStream") && text.contains("-js"), "{text}");
+        }
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("started without JetStream"),
+    }
+    // And no server at all is one too, naming where it looked (without
+    // credentials).
+    let port = free_port();
+    let url = format!("nats://user:secret@127.0.0.1:{port}");
+    let cfg = Config::parse_from(["x", "--addr", "127.0.0.1:0", "--nats-url", &url]);
+    let text = Server::bind(cfg).await.err().expect("no NATS").to_string();
+    assert!(
+        text.contains("cannot connect to NATS") && !text.contains("secret"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn frames_lost_on_the_way_are_repaired_by_a_catch_up_never_a_broken_chain() {
+    let Some(n) = nats(true).await else { return };
+    // A source-side queue towards NATS of about one delta: a burst (sent
+    // in one write, so the relay reads it back to back) loses frames
+    // there, and b must notice the gaps.
+    let a = node(&n, "a", &["--cluster-uplink-queue", "300000"]).await;
+    let b = node(&n, "b", &["--egress-queue", "67108864"]).await;
+    let mut src = connect(&a.url("/source/gap")).await;
+    let (w, h) = (250u16, 250u16);
+    let mut cur = noise(w as usize * h as usize * 4, 1);
+    src.send(&protocol::pixels_keyframe(0, 0, w, h, &cur))
+        .await
+        .unwrap();
+    let mut r = connect(&b.url("/stream/gap")).await;
+    let mut picture = None;
+    apply(&mut picture, &recv(&mut r).await);
+    assert_eq!(picture.as_ref(), Some(&cur));
+    let delta = |cur: &mut Vec<u8>, i: u64| {
+        let mut next = cur.clone();
+        // Under 256 KiB: checked inline, not on the bulk lane.
+        let at = (i as usize * 40_000) % (next.len() - 200_000);
+        next[at..at + 200_000].copy_from_slice(&noise(200_000, i));
+        let mut z = Vec::new();
+        codec::encode_delta(cur, &next, &mut z).unwrap();
+        *cur = next;
+        protocol::delta_pixels(i as u16, 0, w, h, &z)
+    };
+    let mut burst = Vec::new();
+    for i in 1..=60 {
+        let m = delta(&mut cur, i);
+        burst.extend(bitstream_relay::ws::client_frame(
+            bitstream_relay::ws::OP_BINARY,
+            true,
+            &m,
+            [1, 2, 3, 4],
+        ));
+    }
+    src.send_raw(&burst).await.unwrap();
+    // One more after a pause, so a loss at the very end is seen too.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let m = delta(&mut cur, 61);
+    src.send(&m).await.unwrap();
+    // Every message b's receiver gets applies cleanly (a delta on the wrong
+    // picture would not decode to the source's), and it ends at the source's.
+    while picture.as_ref() != Some(&cur) {
+        apply(&mut picture, &recv(&mut r).await);
+    }
+    let dropped = metric(&a, "relay_cluster_uplink_dropped_total").await;
+    let gaps = metric(&b, "relay_cluster_gaps_repaired_total").await;
+    assert!(
+        dropped > 0,
+        "the burst lost nothing: this test checked no repair"
+    );
+    assert!(gaps >= 1, "{dropped} frames dropped, {gaps} gaps repaired");
+}
+
+#[tokio::test]
+async fn signaling_peers_on_different_nodes_reach_each_other() {
+    let Some(n) = nats(true).await else { return };
+    let (a, b) = (node(&n, "a", &[]).await, node(&n, "b", &[]).await);
+    let mut pa = connect(&a.url("/signal/room")).await;
+    let mut pa2 = connect(&a.url("/signal/room")).await;
+    let mut pb = connect(&b.url("/signal/room")).await;
+    // Both nodes subscribe when their peer joins, before the handshake is
+    // answered: a message sent now reaches the other node.
+    pa.send_text(r#"{"offer":1}"#).await.unwrap();
+    for p in [&mut pb, &mut pa2] {
+        match within(p.recv()).await.unwrap() {
+            bitstream_relay::client::Message::Text(t) => assert_eq!(t, r#"{"offer":1}"#),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    for i in 0..50 {
+        pb.send_text(&format!(r#"{{"candidate":{i}}}"#))
+            .await
+            .unwrap();
+    }
+    for i in 0..50 {
+        match within(pa.recv()).await.unwrap() {
+            bitstream_relay::client::Message::Text(t) => {
+                assert_eq!(t, format!(r#"{{"candidate":{i}}}"#))
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// Polls `/healthz` until its backplane state is `state`.
+async fn wait_backplane(t: &TestRelay, state: &str) {
+    let want = format!(r#""state":"{state}""#);
+    let start = tokio::time::Instant::now();
+    loop {
+        let (status, body) = http_get(t, "/healthz").await;
+        assert_eq!(status, 200, "a node without its backplane still serves");
+        if body.contains(&want) {
+            return;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "backplane never {state}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn relays_ride_out_a_nats_restart_and_the_stream_resumes_across_nodes() {
+    let Some(n) = nats(true).await else { return };
+    let (a, b) = (node(&n, "a", &[]).await, node(&n, "b", &[]).await);
+    let mut src = connect(&a.url("/source/rs")).await;
+    let mut local = connect(&a.url("/stream/rs")).await;
+    let first = protocol::pixels_keyframe(0, 0, 1, 1, &[1, 1, 1, 1]);
+    src.send(&first).await.unwrap();
+    let mut r = connect(&b.url("/stream/rs")).await;
+    assert_eq!(recv(&mut r).await, first);
+    assert_eq!(recv(&mut local).await, first);
+    let port = n.port;
+    drop(n);
+    wait_backplane(&a, "disconnected").await;
+    wait_backplane(&b, "disconnected").await;
+    // The source's node goes on serving its own receivers.
+    let during = protocol::pixels_keyframe(1, 0, 1, 1, &[2, 2, 2, 2]);
+    src.send(&during).await.unwrap();
+    assert_eq!(recv(&mut local).await, during);
+    let _n = nats_on(port, true).await;
+    wait_backplane(&a, "connected").await;
+    wait_backplane(&b, "connected").await;
+    // b's receiver gets the source's state again: live, or repaired by a
+    // catch-up once the next frame shows the gap; never anything older.
+    let mut seen = 0u16;
+    let mut resumed = false;
+    for i in 2..200u16 {
+        let m = protocol::pixels_keyframe(i, 0, 1, 1, &[i as u8; 4]);
+        src.send(&m).await.unwrap();
+        while let Ok(got) = tokio::time::timeout(Duration::from_millis(50), r.recv_binary()).await {
+            let h = Header::parse(&got.unwrap()).unwrap();
+            assert!(
+                h.seq >= seen,
+                "frames in order, nothing older ({} after {seen})",
+                h.seq
+            );
+            seen = h.seq;
+        }
+        if seen == i {
+            resumed = true;
+            break;
+        }
+    }
+    assert!(resumed, "the stream never resumed on b (last seen {seen})");
+    assert!(metric(&b, "relay_cluster_reconnects_total").await >= 1);
+}
