@@ -24,13 +24,11 @@
 //! overrides the search on `PATH` (a path that does not exist counts as not
 //! installed).
 
+#[path = "common/chromium.rs"]
+mod chromium;
 mod common;
 
-use std::collections::VecDeque;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
@@ -38,367 +36,21 @@ use bitstream_relay::client::{Client, Message};
 use bitstream_relay::codec;
 use bitstream_relay::protocol::{self, FrameType, Header, InputType, HEADER_LEN};
 use serde_json::{json, Value};
-use tokio::time::{sleep, timeout, Instant};
+use tokio::time::sleep;
 
-use common::DEADLINE;
+use chromium::{find_chromium, Browser, Cdp};
 
 const W: u16 = 64;
 const H: u16 = 48;
 
-// ---------------------------------------------------------------------------
-// Chromium process
-// ---------------------------------------------------------------------------
-
-fn find_chromium() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("CHROMIUM") {
-        let p = PathBuf::from(p);
-        return p.is_file().then_some(p);
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
-    for name in [
-        "chromium",
-        "chromium-browser",
-        "google-chrome",
-        "google-chrome-stable",
-    ] {
-        for dir in dirs
-            .iter()
-            .map(PathBuf::as_path)
-            .chain([Path::new("/usr/bin")])
-        {
-            let candidate = dir.join(name);
-            if candidate.is_file() {
-                return Some(candidate);
-            }
-        }
-    }
-    None
-}
-
-/// A running chromium; killed (and its profile removed) on drop, also
-/// when the test panics.
-struct Browser {
-    child: Child,
-    profile: PathBuf,
-    stderr: Arc<Mutex<VecDeque<String>>>,
-}
-
-impl Browser {
-    /// Starts headless chromium and returns it with its DevTools WebSocket URL.
-    async fn launch(exe: &Path) -> (Self, String) {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let profile = std::env::temp_dir().join(format!(
-            "bitstream-relay-chromium-{}-{nanos}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&profile).expect("create chromium profile dir");
-        let mut child = Command::new(exe)
-            .args([
-                "--headless=new",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--no-default-browser-check",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--disable-dev-shm-usage",
-                "--mute-audio",
-                "--hide-scrollbars",
-                "--window-size=1024,1000",
-                "--remote-debugging-port=0",
-            ])
-            .arg(format!("--user-data-dir={}", profile.display()))
-            .arg("about:blank")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", exe.display()));
-        let stderr = Arc::new(Mutex::new(VecDeque::new()));
-        let (tx, rx) = tokio::sync::oneshot::channel::<String>();
-        {
-            let pipe = child.stderr.take().expect("stderr pipe");
-            let log = stderr.clone();
-            // Reads stderr to the end (so chromium never blocks on a full
-            // pipe), keeps the last lines for failure messages, and hands
-            // over the DevTools URL.
-            std::thread::spawn(move || {
-                let mut tx = Some(tx);
-                for line in BufReader::new(pipe).lines() {
-                    let Ok(line) = line else { break };
-                    if let Some(url) = line.split("DevTools listening on ").nth(1) {
-                        if let Some(tx) = tx.take() {
-                            let _ = tx.send(url.trim().to_owned());
-                        }
-                    }
-                    let mut log = log.lock().unwrap();
-                    if log.len() == 200 {
-                        log.pop_front();
-                    }
-                    log.push_back(line);
-                }
-            });
-        }
-        let browser = Self {
-            child,
-            profile,
-            stderr,
-        };
-        let url = match timeout(DEADLINE, rx).await {
-            Ok(Ok(url)) => url,
-            Ok(Err(_)) => panic!(
-                "chromium exited before printing its DevTools URL:\n{}",
-                browser.stderr_tail()
-            ),
-            Err(_) => panic!(
-                "chromium printed no DevTools URL within {DEADLINE:?}:\n{}",
-                browser.stderr_tail()
-            ),
-        };
-        (browser, url)
-    }
-
-    /// Asks chromium to quit (CDP `Browser.close`) and waits for it to exit;
-    /// the drop guard kills it if it does not.
-    async fn close(&mut self, cdp: &mut Cdp) {
-        cdp.session = None;
-        let _ = cdp.try_call("Browser.close", json!({})).await;
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(5) {
-            if !matches!(self.child.try_wait(), Ok(None)) {
-                return;
-            }
-            sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn stderr_tail(&self) -> String {
-        let log = self.stderr.lock().unwrap();
-        let n = log.len().saturating_sub(30);
-        log.iter().skip(n).cloned().collect::<Vec<_>>().join("\n")
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // Helper processes may still be writing for a moment.
-        for _ in 0..20 {
-            if std::fs::remove_dir_all(&self.profile).is_ok() || !self.profile.exists() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------
-// DevTools protocol over the crate's WebSocket client
-// ---------------------------------------------------------------------------
-
-struct Cdp {
-    ws: Client,
-    next_id: u64,
-    /// The flattened session of the attached page.
-    session: Option<String>,
-    /// Console messages and exceptions of the page, for failure messages.
-    console: VecDeque<String>,
-}
-
-impl Cdp {
-    async fn connect(url: &str) -> Self {
-        let ws = timeout(DEADLINE, Client::connect(url, 64 << 20))
-            .await
-            .expect("DevTools connect timed out")
-            .unwrap_or_else(|e| panic!("DevTools connect {url}: {e}"));
-        Self {
-            ws,
-            next_id: 1,
-            session: None,
-            console: VecDeque::new(),
-        }
-    }
-
-    /// Sends a command and waits for its answer (events on the way are
-    /// logged); `Err` carries a CDP error.
-    async fn try_call(&mut self, method: &str, params: Value) -> Result<Value, String> {
-        let id = self.next_id;
-        self.next_id += 1;
-        let mut msg = json!({ "id": id, "method": method, "params": params });
-        if let Some(s) = &self.session {
-            msg["sessionId"] = json!(s);
-        }
-        self.ws
-            .send_text(&msg.to_string())
-            .await
-            .unwrap_or_else(|e| panic!("CDP send {method}: {e}"));
-        let answer = timeout(DEADLINE, async {
-            loop {
-                let text = match self.ws.recv().await {
-                    Ok(Message::Text(t)) => t,
-                    Ok(Message::Binary(_)) => continue,
-                    Err(e) => panic!("CDP connection failed during {method}: {e}"),
-                };
-                let v: Value = serde_json::from_str(&text).expect("CDP sent invalid JSON");
-                if v["id"] == json!(id) {
-                    return v;
-                }
-                self.note_event(&v);
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("CDP {method} got no answer within {DEADLINE:?}"));
-        match answer.get("error") {
-            Some(e) => Err(format!("{method}: {e}")),
-            None => Ok(answer["result"].clone()),
-        }
-    }
-
-    async fn call(&mut self, method: &str, params: Value) -> Value {
-        match self.try_call(method, params).await {
-            Ok(v) => v,
-            Err(e) => panic!("CDP error {e}\n{}", self.console_tail()),
-        }
-    }
-
-    fn note_event(&mut self, v: &Value) {
-        let p = &v["params"];
-        let line = match v["method"].as_str() {
-            Some("Runtime.consoleAPICalled") => {
-                let args: Vec<String> = p["args"]
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .map(|x| match &x["value"] {
-                                Value::Null => x["description"].as_str().unwrap_or("?").to_owned(),
-                                Value::String(s) => s.clone(),
-                                other => other.to_string(),
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                format!(
-                    "console.{}: {}",
-                    p["type"].as_str().unwrap_or("log"),
-                    args.join(" ")
-                )
-            }
-            Some("Runtime.exceptionThrown") => {
-                let d = &p["exceptionDetails"];
-                format!(
-                    "exception: {}",
-                    d["exception"]["description"]
-                        .as_str()
-                        .or(d["text"].as_str())
-                        .unwrap_or("?")
-                )
-            }
-            Some("Log.entryAdded") => format!(
-                "log.{}: {} {}",
-                p["entry"]["level"].as_str().unwrap_or("?"),
-                p["entry"]["text"].as_str().unwrap_or(""),
-                p["entry"]["url"].as_str().unwrap_or("")
-            ),
-            _ => return,
-        };
-        if self.console.len() == 100 {
-            self.console.pop_front();
-        }
-        self.console.push_back(line);
-    }
-
-    fn console_tail(&self) -> String {
-        if self.console.is_empty() {
-            return "(page console: nothing)".into();
-        }
-        let lines: Vec<&str> = self.console.iter().map(String::as_str).collect();
-        format!("page console:\n  {}", lines.join("\n  "))
-    }
-
-    /// Evaluates `expr` in the page (promises awaited) and returns its value.
-    async fn try_eval(&mut self, expr: &str) -> Result<Value, String> {
-        let r = self
-            .try_call(
-                "Runtime.evaluate",
-                json!({ "expression": expr, "awaitPromise": true, "returnByValue": true }),
-            )
-            .await?;
-        if let Some(ex) = r.get("exceptionDetails") {
-            let what = ex["exception"]["description"]
-                .as_str()
-                .or(ex["text"].as_str())
-                .unwrap_or("exception");
-            return Err(format!("{expr} threw: {what}"));
-        }
-        Ok(r["result"]["value"].clone())
-    }
-
-    async fn eval(&mut self, expr: &str) -> Value {
-        match self.try_eval(expr).await {
-            Ok(v) => v,
-            Err(e) => panic!("{e}\n{}", self.console_tail()),
-        }
-    }
-
-    /// Polls `expr` until it is truthy (errors, e.g. during a navigation,
-    /// count as not yet); panics with `what`, the page state and its
-    /// console after [`DEADLINE`].
-    async fn wait_for(&mut self, what: &str, expr: &str) -> Value {
-        let start = Instant::now();
-        loop {
-            let last = match self.try_eval(expr).await {
-                Ok(v) if !matches!(v, Value::Null | Value::Bool(false)) => return v,
-                Ok(v) => v,
-                Err(e) => Value::String(e),
-            };
-            if start.elapsed() > DEADLINE {
-                let state = self
-                    .try_eval(PAGE_STATE)
-                    .await
-                    .unwrap_or_else(Value::String);
-                panic!(
-                    "timed out waiting for {what}\n  last value: {last}\n  page state: {state}\n{}",
-                    self.console_tail()
-                );
-            }
-            sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Navigates the attached page and waits until its client is running.
-    async fn open(&mut self, url: &str) {
-        self.call("Page.navigate", json!({ "url": url })).await;
-        self.wait_for(
-            &format!("{url} to load"),
-            "document.readyState === 'complete' && !!window.relayClient",
-        )
-        .await;
-    }
-
-    async fn screenshot(&mut self, name: &str) -> PathBuf {
-        let shot = self
-            .call("Page.captureScreenshot", json!({ "format": "png" }))
-            .await;
-        let png = base64::engine::general_purpose::STANDARD
-            .decode(shot["data"].as_str().expect("screenshot data"))
-            .expect("screenshot base64");
-        assert!(
-            png.starts_with(b"\x89PNG\r\n\x1a\n"),
-            "screenshot is not a PNG"
-        );
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
-        std::fs::create_dir_all(&dir).expect("create target/");
-        let path = dir.join(name);
-        std::fs::write(&path, &png).expect("write screenshot");
-        path
-    }
+/// Navigates the attached page and waits until its client is running.
+async fn open(cdp: &mut Cdp, url: &str) {
+    cdp.call("Page.navigate", json!({ "url": url })).await;
+    cdp.wait_for(
+        &format!("{url} to load"),
+        "document.readyState === 'complete' && !!window.relayClient",
+    )
+    .await;
 }
 
 /// A one-line summary of `window.relayClient` for failure messages.
@@ -612,8 +264,7 @@ async fn browser_client_end_to_end() {
 
     // ---- 1. receiver page --------------------------------------------------
     let mut source = common::connect(&relay.url("/source/browser")).await;
-    cdp.open(&format!("http://{}/?channel=browser", relay.addr))
-        .await;
+    open(&mut cdp, &format!("http://{}/?channel=browser", relay.addr)).await;
     cdp.wait_for(
         "the receiver to connect",
         "window.relayClient.state === 'open'",
@@ -836,7 +487,7 @@ async fn browser_client_end_to_end() {
 
     // ---- 2. source page ----------------------------------------------------
     let mut receiver = common::connect(&relay.url("/stream/browser-src")).await;
-    cdp.open(&format!(
+    open(&mut cdp, &format!(
         "http://{}/?mode=source&channel=browser-src&fps=30&encoding=delta&keyframe=10&size=96x64&autostart=1",
         relay.addr
     ))
@@ -950,8 +601,7 @@ async fn browser_client_end_to_end() {
     // and refuses new ones for a while: the page must show it is retrying,
     // back off, and reconnect by itself once the way is open again.
     let proxy = Proxy::start(relay.addr).await;
-    cdp.open(&format!("http://{}/?channel=again", proxy.addr))
-        .await;
+    open(&mut cdp, &format!("http://{}/?channel=again", proxy.addr)).await;
     cdp.wait_for(
         "the receiver to connect",
         "window.relayClient.state === 'open'",
