@@ -271,16 +271,22 @@ impl Egress {
     /// Writes what deferred sends queued, as far as the socket takes it,
     /// and leaves the rest to the peer's task.
     pub(crate) fn flush(&self) {
-        if self.lock().is_empty() {
+        let mut q = self.lock();
+        if q.is_empty() {
             return;
         }
         if self.mode != EgressMode::Direct {
             // Written by the peer's own task only (e.g. TLS: never encrypt
             // on the fan-out's time).
+            drop(q);
             self.wake.notify_one();
             return;
         }
-        match self.drain() {
+        // One lock for the check and the write: flushes run for every
+        // receiver after every burst.
+        let (state, _) = self.drain_locked(&mut q);
+        drop(q);
+        match state {
             Drain::Empty | Drain::Closed => {}
             Drain::Pending | Drain::NeedsResync => self.wake.notify_one(),
         }
@@ -293,7 +299,11 @@ impl Egress {
 
     /// [`Egress::drain`], also telling how many bytes went out.
     pub(crate) fn drain_counting(&self) -> (Drain, usize) {
-        let mut q = self.lock();
+        self.drain_locked(&mut self.lock())
+    }
+
+    /// [`Egress::drain_counting`] on the queue its caller has locked.
+    fn drain_locked(&self, q: &mut Queue) -> (Drain, usize) {
         let mut written = 0;
         while q.state() == Drain::Pending {
             let mut iov = [IoSlice::new(&[]); MAX_IOV];
@@ -316,13 +326,13 @@ impl Egress {
             match self.stream.flush_pending() {
                 Ok(false) => {}
                 Ok(true) => {
-                    self.settle(&mut q);
+                    self.settle(q);
                     return (Drain::Pending, written);
                 }
                 Err(_) => q.close(),
             }
         }
-        self.settle(&mut q);
+        self.settle(q);
         (q.state(), written)
     }
 
