@@ -33,6 +33,9 @@ pub enum ClientError {
     /// The URL is not `ws://host:port/path`.
     #[error("bad URL {0:?}: expected ws://host:port/path")]
     BadUrl(String),
+    /// An empty list of relay URLs was given.
+    #[error("no relay URL given")]
+    NoUrl,
     /// The socket failed.
     #[error("socket error: {0}")]
     Io(#[from] io::Error),

@@ -56,11 +56,10 @@ pub enum Event {
     Reconnected,
 }
 
-/// A receiver on a `/stream/{name}` URL. See the module docs.
+/// A receiver on a `/stream/{name}` URL (or the same channel on several
+/// relays of a cluster, see [`Receiver::connect_any`]). See the module docs.
 pub struct Receiver {
     link: Link,
-    /// The URL as given (without the `resume` added on reconnects).
-    url: String,
     /// Header seq of the last frame that was not a `SignalSync`.
     resume_from: Option<u16>,
     /// After a reconnect with `?resume=`: the seq that was asked for, until
@@ -81,9 +80,17 @@ pub struct Receiver {
 impl Receiver {
     /// Connects to a `/stream/{name}` URL.
     pub async fn connect(url: &str) -> Result<Self, ClientError> {
+        Self::connect_any(&[url]).await
+    }
+
+    /// Connects to the first of `urls` (the same channel's `/stream/{name}`
+    /// on several relays, e.g. the nodes of a cluster) that answers, trying
+    /// them in order; after a loss each reconnection goes to the next one,
+    /// wrapping around, with `?resume=` as on one relay. Fails with the last
+    /// error if none answers ([`ClientError::NoUrl`] if `urls` is empty).
+    pub async fn connect_any<S: AsRef<str>>(urls: &[S]) -> Result<Self, ClientError> {
         Ok(Self {
-            link: Link::connect(url, MAX_MESSAGE).await?,
-            url: url.to_owned(),
+            link: Link::connect_any(urls, MAX_MESSAGE).await?,
             resume_from: None,
             resuming: None,
             picture: None,
@@ -100,16 +107,15 @@ impl Receiver {
         self.resume_from
     }
 
-    /// The URL for the next reconnection: the given one with
+    /// The relay URL in use (as given, without `resume=`), or tried next
+    /// while disconnected.
+    pub fn current_url(&self) -> &str {
+        self.link.current_url()
+    }
+
     /// `resume=<seq>` when there is a resume point.
-    fn reconnect_url(&self) -> String {
-        match self.resume_from {
-            Some(seq) => {
-                let sep = if self.url.contains('?') { '&' } else { '?' };
-                format!("{}{sep}resume={seq}", self.url)
-            }
-            None => self.url.clone(),
-        }
+    fn resume_query(&self) -> Option<String> {
+        self.resume_from.map(|seq| format!("resume={seq}"))
     }
 
     /// Drops the rebuilt state: the relay's catch-up is the new truth.
@@ -143,7 +149,7 @@ impl Receiver {
     pub async fn next(&mut self) -> Event {
         loop {
             if !self.link.is_connected() {
-                self.link.set_url(self.reconnect_url());
+                self.link.set_query(self.resume_query());
             }
             if self.link.ensure().await {
                 self.resuming = self.resume_from;

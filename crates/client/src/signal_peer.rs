@@ -15,9 +15,21 @@ pub struct SignalPeer {
 impl SignalPeer {
     /// Connects to a `/signal/{name}` URL.
     pub async fn connect(url: &str) -> Result<Self, ClientError> {
+        Self::connect_any(&[url]).await
+    }
+
+    /// Connects to the first of `urls` (the same channel's `/signal/{name}`
+    /// on several relays of a cluster) that answers, trying them in order;
+    /// after a loss each reconnection goes to the next one, wrapping around.
+    pub async fn connect_any<S: AsRef<str>>(urls: &[S]) -> Result<Self, ClientError> {
         Ok(Self {
-            link: Link::connect(url, MAX_MESSAGE).await?,
+            link: Link::connect_any(urls, MAX_MESSAGE).await?,
         })
+    }
+
+    /// The relay URL in use, or tried next while disconnected.
+    pub fn current_url(&self) -> &str {
+        self.link.current_url()
     }
 
     /// Sends a text message (SDP, ICE candidate…) to the other peers.

@@ -36,8 +36,18 @@ pub struct Source {
 impl Source {
     /// Connects to a `/source/{name}` URL.
     pub async fn connect(url: &str) -> Result<Self, ClientError> {
+        Self::connect_any(&[url]).await
+    }
+
+    /// Connects to the first of `urls` (the same channel's `/source/{name}`
+    /// on several relays, e.g. the nodes of a cluster) that answers, trying
+    /// them in order; after a loss each reconnection goes to the next one,
+    /// wrapping around (a node that still sees another node's claim answers
+    /// 409 and the source goes on to the next, with backoff). Fails with the
+    /// last error if none answers ([`ClientError::NoUrl`] if `urls` is empty).
+    pub async fn connect_any<S: AsRef<str>>(urls: &[S]) -> Result<Self, ClientError> {
         Ok(Self {
-            link: Link::connect(url, MAX_MESSAGE).await?,
+            link: Link::connect_any(urls, MAX_MESSAGE).await?,
             prev: None,
             signal: signal::State::new(),
             seq: 0,
@@ -50,6 +60,11 @@ impl Source {
     /// Reconnections so far.
     pub fn reconnects(&self) -> u64 {
         self.link.reconnects
+    }
+
+    /// The relay URL in use, or tried next while disconnected.
+    pub fn current_url(&self) -> &str {
+        self.link.current_url()
     }
 
     /// The folded signal state this source has sent.
