@@ -80,7 +80,9 @@ impl Source {
 
     /// Sends a raw protocol message, reconnecting (and resynchronizing) first
     /// if the connection is down. A message that fails mid-send is retried
-    /// once on the new connection.
+    /// once on the new connection. ([`Source::send_picture`] and
+    /// [`Source::send_signal_diff`] instead skip their message on a new
+    /// connection: the state sent first already holds it.)
     pub async fn send_message(&mut self, msg: &[u8]) -> Result<(), ClientError> {
         self.ensure_connected().await;
         if self.link.send(msg).await.is_ok() {
@@ -90,13 +92,35 @@ impl Source {
         self.link.send(msg).await
     }
 
+    /// Sends a message the state sent on a new connection already covers
+    /// (a picture or signal diff just folded into it): on a new connection
+    /// it is not sent again. A picture's delta is against the picture
+    /// before it, so sending it after the keyframe of the picture it makes
+    /// would break every receiver's picture.
+    async fn send_covered(&mut self, msg: &[u8]) -> Result<(), ClientError> {
+        if self.ensure_connected().await {
+            return Ok(());
+        }
+        if self.link.send(msg).await.is_ok() {
+            return Ok(());
+        }
+        if self.ensure_connected().await {
+            return Ok(());
+        }
+        self.link.send(msg).await
+    }
+
     /// Waits for a connection; on a new one, sends the current state first.
-    async fn ensure_connected(&mut self) {
+    /// True if a new connection was made.
+    async fn ensure_connected(&mut self) -> bool {
+        let mut fresh = false;
         while self.link.ensure().await {
+            fresh = true;
             if self.send_state().await.is_ok() {
                 self.since_keyframe = 0;
             }
         }
+        fresh
     }
 
     /// Sends the current picture as a keyframe and the signal state as one
@@ -153,7 +177,7 @@ impl Source {
             height,
             rgba: rgba.to_vec(),
         });
-        self.send_message(&msg).await
+        self.send_covered(&msg).await
     }
 
     /// Merges `diff` into the signal state and sends it as a `SignalDiff`.
@@ -161,7 +185,7 @@ impl Source {
         let json = serde_json::to_vec(diff).unwrap_or_default();
         signal::fold(&mut self.signal, true, diff.clone());
         let (seq, ts) = self.stamp();
-        self.send_message(&protocol::signal(true, seq, ts, &json))
+        self.send_covered(&protocol::signal(true, seq, ts, &json))
             .await
     }
 
