@@ -516,3 +516,272 @@ async fn relays_ride_out_a_nats_restart_and_the_stream_resumes_across_nodes() {
     assert!(resumed, "the stream never resumed on b (last seen {seen})");
     assert!(metric(&b, "relay_cluster_reconnects_total").await >= 1);
 }
+
+/// A relay node run as the real binary (so it can die abruptly: SIGKILL),
+/// killed when dropped.
+struct ChildNode {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for ChildNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl ChildNode {
+    fn url(&self, path: &str) -> String {
+        format!("ws://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Kills the node with SIGKILL: no close frames, no claim released.
+    fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL the node");
+        self.child.wait().expect("reap the node");
+    }
+}
+
+/// Starts the relay binary as node `id` of the cluster on `nats`; returns
+/// once it listens (it connects to NATS before it binds).
+async fn child_node(nats: &Nats, id: &str, extra: &[&str]) -> ChildNode {
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_bitstream-relay"))
+        .args(["--addr", &format!("127.0.0.1:{port}")])
+        .args(["--nats-url", &nats.url(), "--node-id", id])
+        .args(["--stats-interval-ms", "0"])
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the relay binary");
+    let node = ChildNode { child, port };
+    eventually("the node binary listening", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .await;
+    node
+}
+
+/// A delta frame that changes `cur` a little (seq `i`), applied to `cur`.
+fn small_delta(cur: &mut Vec<u8>, i: u16, w: u16, h: u16) -> Vec<u8> {
+    let mut next = cur.clone();
+    let at = (i as usize * 523) % (next.len() - 64);
+    next[at..at + 64].copy_from_slice(&noise(64, i as u64));
+    let mut z = Vec::new();
+    codec::encode_delta(cur, &next, &mut z).unwrap();
+    *cur = next;
+    protocol::delta_pixels(i, i as u32, w, h, &z)
+}
+
+/// Reads `r` until its picture is `want`: every `Picture` event's seq goes
+/// into `seqs`.
+async fn until_picture(
+    r: &mut bitstream_relay::client::Receiver,
+    want: &[u8],
+    seqs: &mut Vec<u16>,
+) {
+    within(async {
+        while r.picture().map(|p| &p.rgba[..]) != Some(want) {
+            if let bitstream_relay::client::Event::Picture(h) = r.next().await {
+                seqs.push(h.seq);
+            }
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_receivers_node_dies_and_it_goes_on_exactly_on_the_next_url() {
+    let Some(n) = nats(true).await else { return };
+    let a = node(&n, "a", &[]).await;
+    let mut b = child_node(&n, "b", &[]).await;
+    let (c, d) = (node(&n, "c", &[]).await, node(&n, "d", &[]).await);
+    // The first connection tries the URLs in order: a dead one is skipped.
+    let dead = format!("ws://127.0.0.1:{}/stream/fo", free_port());
+    let first = bitstream_relay::client::Receiver::connect_any(&[dead, c.url("/stream/fo")])
+        .await
+        .expect("the second URL answers");
+    assert_eq!(first.current_url(), c.url("/stream/fo"));
+    drop(first);
+
+    let mut src = connect(&a.url("/source/fo")).await;
+    let (w, h) = (64u16, 48u16);
+    let mut cur = noise(w as usize * h as usize * 4, 11);
+    src.send(&protocol::pixels_keyframe(0, 0, w, h, &cur))
+        .await
+        .unwrap();
+    // Two receivers on b: one whose next URL is c (which carries the
+    // channel, so it can resume there), one whose next URL is d (which
+    // never carried it: a full catch-up).
+    let (on_b, on_c, on_d) = (
+        b.url("/stream/fo"),
+        c.url("/stream/fo"),
+        d.url("/stream/fo"),
+    );
+    let mut resumer = bitstream_relay::client::Receiver::connect_any(&[&on_b, &on_c])
+        .await
+        .unwrap();
+    let mut catcher = bitstream_relay::client::Receiver::connect_any(&[&on_b, &on_d])
+        .await
+        .unwrap();
+    assert_eq!(resumer.current_url(), on_b);
+    let mut watcher = connect(&on_c).await;
+    let mut last = Vec::new();
+    for i in 1..=30u16 {
+        last = small_delta(&mut cur, i, w, h);
+        src.send(&last).await.unwrap();
+    }
+    let mut seqs = Vec::new();
+    until_picture(&mut resumer, &cur, &mut seqs).await;
+    until_picture(&mut catcher, &cur, &mut seqs).await;
+    // c holds every frame up to here (its own receiver has the last one).
+    while recv(&mut watcher).await != last {}
+    assert_eq!(resumer.resume_point(), Some(30));
+
+    b.kill();
+    for i in 31..=60u16 {
+        src.send(&small_delta(&mut cur, i, w, h)).await.unwrap();
+    }
+    src.send(&protocol::signal(false, 61, 0, br#"{"after":"failover"}"#))
+        .await
+        .unwrap();
+    // The resumer goes on from frame 31 on c: every frame once, in order.
+    let mut after = Vec::new();
+    until_picture(&mut resumer, &cur, &mut after).await;
+    assert_eq!(resumer.current_url(), on_c);
+    assert_eq!(
+        after,
+        (31..=60).collect::<Vec<u16>>(),
+        "frames after the failover"
+    );
+    assert_eq!(
+        (resumer.reconnects(), resumer.resumes, resumer.full_catchups),
+        (1, 1, 0)
+    );
+    // The other rebuilds from d's catch-up, fetched from a.
+    let mut ignored = Vec::new();
+    until_picture(&mut catcher, &cur, &mut ignored).await;
+    assert_eq!(catcher.current_url(), on_d);
+    assert_eq!(
+        (catcher.reconnects(), catcher.resumes, catcher.full_catchups),
+        (1, 0, 1)
+    );
+    // Both keep receiving, in order, and fold the signal state.
+    for i in 62..=70u16 {
+        src.send(&small_delta(&mut cur, i, w, h)).await.unwrap();
+    }
+    for r in [&mut resumer, &mut catcher] {
+        let mut more = Vec::new();
+        until_picture(r, &cur, &mut more).await;
+        assert_eq!(more, (62..=70).collect::<Vec<u16>>());
+        assert_eq!(
+            serde_json::to_value(r.signal()).unwrap(),
+            serde_json::json!({"after": "failover"})
+        );
+        assert_eq!(r.undecodable, 0, "no delta was applied to a wrong picture");
+    }
+}
+
+#[tokio::test]
+async fn the_sources_node_dies_and_receivers_elsewhere_stay_and_get_the_stream_back() {
+    let Some(n) = nats(true).await else { return };
+    // A short lease: the dead node's claim frees 1.5 s after its last renewal.
+    let lease = ["--cluster-lease-ms", "1500"];
+    let mut a = child_node(&n, "a", &lease).await;
+    let (b, c) = (node(&n, "b", &lease).await, node(&n, "c", &lease).await);
+    let mut src =
+        bitstream_relay::client::Source::connect_any(&[a.url("/source/sd"), c.url("/source/sd")])
+            .await
+            .unwrap();
+    assert_eq!(src.current_url(), a.url("/source/sd"));
+    let (w, h) = (32u16, 24u16);
+    let mut cur = noise(w as usize * h as usize * 4, 21);
+    src.send_picture(w, h, &cur).await.unwrap();
+    // Plain clients: a close or an error would be seen as one.
+    let mut on_b = connect(&b.url("/stream/sd")).await;
+    let mut on_c = connect(&c.url("/stream/sd")).await;
+    let (mut pic_b, mut pic_c) = (None, None);
+    let step = |cur: &mut Vec<u8>, i: u64| {
+        let at = (i as usize * 97) % (cur.len() - 32);
+        cur[at..at + 32].copy_from_slice(&noise(32, i));
+    };
+    for i in 0..10 {
+        step(&mut cur, i);
+        src.send_picture(w, h, &cur).await.unwrap();
+    }
+    for (r, pic) in [(&mut on_b, &mut pic_b), (&mut on_c, &mut pic_c)] {
+        while pic.as_ref() != Some(&cur) {
+            apply(pic, &recv(r).await);
+        }
+    }
+
+    a.kill();
+    // The source finds its node gone, moves to c (refused there with 409
+    // until a's lease runs out) and resends its picture: the stream goes
+    // on for c's receiver and, over NATS, for b's.
+    for i in 10..20 {
+        step(&mut cur, i);
+        within(src.send_picture(w, h, &cur)).await.unwrap();
+    }
+    assert_eq!(src.current_url(), c.url("/source/sd"));
+    assert!(src.reconnects() >= 1);
+    for (r, pic) in [(&mut on_b, &mut pic_b), (&mut on_c, &mut pic_c)] {
+        while pic.as_ref() != Some(&cur) {
+            // `recv` panics on a close: they stay connected throughout.
+            apply(pic, &recv(r).await);
+        }
+    }
+    let json = http_get(&b, "/channels").await.1;
+    assert!(json.contains(r#""source_node":"c""#), "{json}");
+}
+
+#[tokio::test]
+async fn a_frame_lost_at_the_end_of_a_burst_is_repaired_after_a_heartbeat() {
+    let Some(n) = nats(true).await else { return };
+    // A frame larger than a's queue towards NATS is always dropped there.
+    let a = node(
+        &n,
+        "a",
+        &[
+            "--cluster-uplink-queue",
+            "300000",
+            "--cluster-heartbeat-ms",
+            "200",
+        ],
+    )
+    .await;
+    let b = node(&n, "b", &["--egress-queue", "67108864"]).await;
+    let mut src = connect(&a.url("/source/tail")).await;
+    let (w, h) = (400u16, 300u16);
+    let mut cur = noise(w as usize * h as usize * 4, 4);
+    src.send(&protocol::pixels_keyframe(0, 0, w, h, &cur))
+        .await
+        .unwrap();
+    let mut r = connect(&b.url("/stream/tail")).await;
+    let mut picture = None;
+    apply(&mut picture, &recv(&mut r).await);
+    assert_eq!(picture.as_ref(), Some(&cur));
+    for i in 1..=5u16 {
+        src.send(&small_delta(&mut cur, i, w, h)).await.unwrap();
+    }
+    // The last frame of the burst: a delta of 400,000 noise bytes.
+    let mut next = cur.clone();
+    next[..400_000].copy_from_slice(&noise(400_000, 99));
+    let mut z = Vec::new();
+    codec::encode_delta(&cur, &next, &mut z).unwrap();
+    assert!(z.len() > 300_000);
+    cur = next;
+    src.send(&protocol::delta_pixels(6, 6, w, h, &z))
+        .await
+        .unwrap();
+    // Nothing follows it: only a heartbeat can tell b it is missing.
+    while picture.as_ref() != Some(&cur) {
+        apply(&mut picture, &recv(&mut r).await);
+    }
+    assert!(metric(&a, "relay_cluster_uplink_dropped_total").await >= 1);
+    assert!(metric(&a, "relay_cluster_heartbeats_out_total").await >= 1);
+    assert!(metric(&b, "relay_cluster_trailing_gaps_repaired_total").await >= 1);
+}

@@ -181,6 +181,48 @@ pub(crate) fn charged(frame: Bytes, charge: usize, budget: &Arc<Budget>) -> Byte
     })
 }
 
+/// A charge taken for memory being filled (a frame put back together from
+/// fragments): given back when dropped, or handed over to the finished
+/// frame by [`Hold::into_frame`].
+#[derive(Debug)]
+pub(crate) struct Hold {
+    n: usize,
+    budget: Arc<Budget>,
+}
+
+impl Hold {
+    /// Charges `n` bytes to `budget`, or `None` (counted as a shed) if it
+    /// cannot take them.
+    pub(crate) fn take(budget: &Arc<Budget>, n: usize) -> Option<Hold> {
+        if !budget.charge(n) {
+            budget.shed();
+            return None;
+        }
+        Some(Hold {
+            n,
+            budget: budget.clone(),
+        })
+    }
+
+    /// Hands the charge over to the finished `frame`, as [`charged`] does,
+    /// if it is large; a small one is left to the queues that hold it and
+    /// the charge is given back.
+    pub(crate) fn into_frame(mut self, frame: Bytes) -> Bytes {
+        let n = std::mem::take(&mut self.n);
+        if frame.len() < LARGE {
+            self.budget.release(n);
+            return frame;
+        }
+        charged(frame, n, &self.budget)
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.budget.release(self.n);
+    }
+}
+
 /// Charges a frame the relay made itself (a folded keyframe, a signal sync)
 /// if it is large; small ones are left to the queues that hold them.
 pub(crate) fn charge_made(frame: Bytes, budget: &Arc<Budget>) -> Bytes {
@@ -239,6 +281,24 @@ mod tests {
         assert_eq!(&slice[..], &[7u8; 10]);
         drop(slice);
         assert_eq!(b.used(), 0);
+    }
+
+    #[test]
+    fn a_hold_is_refused_over_the_limit_and_handed_over_or_given_back() {
+        let b = Arc::new(Budget::new(4 * LARGE));
+        let h = Hold::take(&b, 3 * LARGE).expect("fits");
+        assert!(Hold::take(&b, 2 * LARGE).is_none());
+        assert_eq!((b.used(), b.sheds()), (3 * LARGE, 1));
+        let frame = h.into_frame(Bytes::from(vec![1u8; 2 * LARGE]));
+        assert_eq!(b.used(), 3 * LARGE, "the frame carries the charge now");
+        drop(frame);
+        assert_eq!(b.used(), 0);
+        drop(Hold::take(&b, LARGE).expect("fits"));
+        assert_eq!(b.used(), 0, "a dropped hold gives its charge back");
+        let small = Hold::take(&b, LARGE)
+            .expect("fits")
+            .into_frame(Bytes::from_static(b"x"));
+        assert_eq!((b.used(), &small[..]), (0, &b"x"[..]));
     }
 
     #[test]

@@ -285,6 +285,12 @@ pub struct Config {
     /// and a catch-up fetch before it is retried, in milliseconds.
     #[arg(long, env = "RELAY_CLUSTER_TIMEOUT_MS", default_value_t = 5_000)]
     pub cluster_timeout_ms: u64,
+    /// While a channel whose source is on this node has sent nothing for
+    /// this long, tell the other nodes its last frame's number this often,
+    /// so a loss at the end of a burst is noticed and repaired without
+    /// waiting for the next frame, in milliseconds (0 = off).
+    #[arg(long, env = "RELAY_CLUSTER_HEARTBEAT_MS", default_value_t = 1_000)]
+    pub cluster_heartbeat_ms: u64,
 }
 
 /// A secret option: parsed like a string, never printed.
@@ -350,6 +356,10 @@ impl Config {
     /// `--cluster-timeout-ms` as a duration.
     pub(crate) fn cluster_timeout(&self) -> Duration {
         Duration::from_millis(self.cluster_timeout_ms.max(1))
+    }
+    /// `--cluster-heartbeat-ms` as a duration, `None` when off.
+    pub(crate) fn cluster_heartbeat(&self) -> Option<Duration> {
+        (self.cluster_heartbeat_ms > 0).then(|| Duration::from_millis(self.cluster_heartbeat_ms))
     }
     /// `--shutdown-grace-ms` as a duration.
     pub(crate) fn shutdown_grace(&self) -> Duration {

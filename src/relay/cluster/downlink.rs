@@ -10,6 +10,9 @@
 //! to every local receiver, so nobody ever applies a broken delta chain.
 //! A new epoch (the source reconnected, here or on another node) starting
 //! at 1 is followed as it is; one seen mid-way is joined with a catch-up.
+//! A heartbeat (the source's node is idle; see [`super::uplink`]) whose
+//! number this node has not seen yet, or of another epoch, means the end of
+//! a burst was lost: it is repaired with a catch-up in the same way.
 //!
 //! The subscription is made (and flushed) before the catch-up is asked
 //! for, so every frame after the state the answer includes is delivered.
@@ -23,6 +26,7 @@ use tokio::time::Instant;
 
 use super::fragment::{Head, Kind, Reassembler};
 use super::{catchup_subject, frames_subject, Cluster};
+use crate::relay::budget::Budget;
 use crate::relay::channel::Channel;
 use crate::relay::clock::now_ms;
 use crate::relay::state::Relay;
@@ -143,7 +147,8 @@ impl Cluster {
         let _ = self.client.flush().await;
         tracing::debug!(channel = %channel.name, node = %self.node, "following channel");
         let timeout_ms = self.timeout.as_millis() as u64;
-        let mut reasm = Reassembler::new(self.max_message, timeout_ms);
+        let memory = relay.budgets.memory.clone();
+        let mut reasm = Reassembler::new(self.max_message, timeout_ms, memory.clone());
         let mut epoch: Option<u64> = None;
         let mut next = 0u64;
         let mut synced = false;
@@ -160,7 +165,7 @@ impl Cluster {
         loop {
             if need_fetch && Instant::now() >= fetch_after {
                 self.stats.catchup_fetches.inc();
-                match self.fetch(&channel.name).await {
+                match self.fetch(&channel.name, &memory).await {
                     Ok(c) => {
                         // Everything local receivers hold is replaced by
                         // the source's state: picture, chain and signal.
@@ -209,16 +214,37 @@ impl Cluster {
             let Some((head, data)) = Head::parse(&msg.payload) else {
                 continue;
             };
-            if head.kind != Kind::Live || *head.node == *self.node {
+            if *head.node == *self.node {
+                continue;
+            }
+            if head.kind == Kind::Heartbeat {
+                if need_fetch || channel.has_source() {
+                    continue;
+                }
+                let trailing = synced && epoch == Some(head.epoch) && head.seq >= next;
+                if trailing {
+                    self.stats.gaps.inc();
+                    self.stats.trailing_gaps.inc();
+                    tracing::debug!(channel = %channel.name, expected = next, last = head.seq, "heartbeat shows frames lost at the end of a burst: fetching a catch-up");
+                    (synced, need_fetch) = (false, true);
+                } else if !synced || epoch != Some(head.epoch) {
+                    (synced, need_fetch) = (false, true);
+                }
+                continue;
+            }
+            if head.kind != Kind::Live {
                 continue;
             }
             if head.frags > 1 {
                 self.stats.fragments_in.inc();
             }
-            let before = reasm.dropped;
+            let (dropped, refused) = (reasm.dropped, reasm.refused);
             let whole = reasm.push(head, data, now_ms());
-            if reasm.dropped > before {
-                self.stats.incomplete_dropped.add(reasm.dropped - before);
+            if reasm.dropped > dropped {
+                self.stats.incomplete_dropped.add(reasm.dropped - dropped);
+            }
+            if reasm.refused > refused {
+                self.stats.reassembly_refused.add(reasm.refused - refused);
             }
             let Some(whole) = whole else { continue };
             let h = whole.head;
@@ -253,8 +279,9 @@ impl Cluster {
         }
     }
 
-    /// Asks the source's node for channel `name`'s catch-up state.
-    async fn fetch(&self, name: &str) -> Result<CatchUp, FetchError> {
+    /// Asks the source's node for channel `name`'s catch-up state, its
+    /// large frames charged to `memory` as they are reassembled.
+    async fn fetch(&self, name: &str, memory: &Arc<Budget>) -> Result<CatchUp, FetchError> {
         let failed = |e: &dyn std::fmt::Display| FetchError::Failed(e.to_string());
         let inbox = self.client.new_inbox();
         let mut sub = self
@@ -266,7 +293,7 @@ impl Cluster {
             .publish_with_reply(catchup_subject(name), inbox, bytes::Bytes::new())
             .await
             .map_err(|e| failed(&e))?;
-        let mut reasm = Reassembler::new(self.max_message, u64::MAX);
+        let mut reasm = Reassembler::new(self.max_message, u64::MAX, memory.clone());
         let mut frames = Vec::new();
         let deadline = Instant::now() + self.timeout;
         loop {
@@ -297,6 +324,12 @@ impl Cluster {
                 });
             }
             let Some(whole) = reasm.push(head, data, 0) else {
+                if reasm.refused > 0 {
+                    self.stats.reassembly_refused.inc();
+                    return Err(FetchError::Failed(
+                        "catch-up answer over the memory budget".into(),
+                    ));
+                }
                 if reasm.dropped > 0 {
                     return Err(FetchError::Failed("catch-up answer incomplete".into()));
                 }

@@ -2,7 +2,8 @@
 //! slice of the frame's protocol message, and the reassembly on the other
 //! side (pure: no sockets, the clock is passed in).
 //!
-//! Head (little-endian): magic `0xB5`, version 1, kind (1 live, 2 catch-up),
+//! Head (little-endian): magic `0xB5`, version 1, kind (1 live, 2 catch-up,
+//! 3 heartbeat: no data, seq = the last frame numbered),
 //! node id length, epoch u64 (one per source session), seq u64 (per channel
 //! and epoch, from 1), part u32 / parts u32 (a catch-up's frame i of n; 0/1
 //! live), frag u32 / frags u32 (fragment j of m), total u32 (the message's
@@ -13,10 +14,22 @@
 //! incomplete message (bounded by `--max-message`), and a set that breaks
 //! (a fragment missing, another message starting) or takes longer than the
 //! timeout is dropped and counted, never delivered.
+//!
+//! Memory: the buffer of a message of [`LARGE`] bytes or more is charged in
+//! full to the relay's memory budget (`--max-memory`) when its first
+//! fragment arrives, before it is allocated; if the budget cannot take it
+//! the message is refused and counted (the receiving node sees a sequence
+//! gap and repairs it with a catch-up later). A complete message carries
+//! the charge on (see [`charged`](crate::relay::budget::charged)); a set
+//! dropped or timed out gives it back.
+
+use std::sync::Arc;
 
 use bitstream_wire::reader::WireMessage;
 use bitstream_wire::ws;
 use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::relay::budget::{Budget, Hold, LARGE};
 
 const MAGIC: u8 = 0xB5;
 const VERSION: u8 = 1;
@@ -32,6 +45,9 @@ pub(crate) enum Kind {
     Live = 1,
     /// A frame of a catch-up answer.
     CatchUp = 2,
+    /// No frame: the number of the last frame the source's node numbered,
+    /// sent while the channel is idle (see [`super::uplink`]).
+    Heartbeat = 3,
 }
 
 /// The head of one NATS message.
@@ -57,6 +73,7 @@ impl Head {
         let kind = match msg[2] {
             1 => Kind::Live,
             2 => Kind::CatchUp,
+            3 => Kind::Heartbeat,
             _ => return None,
         };
         let node_len = msg[3] as usize;
@@ -135,6 +152,8 @@ struct Partial {
     buf: BytesMut,
     head_len: usize,
     started_ms: u64,
+    /// The buffer's charge, for a large message.
+    hold: Option<Hold>,
 }
 
 /// Puts fragments back together, one message at a time (see the module docs).
@@ -142,20 +161,26 @@ struct Partial {
 pub(crate) struct Reassembler {
     max_total: usize,
     timeout_ms: u64,
+    memory: Arc<Budget>,
     cur: Option<Partial>,
     /// Incomplete sets dropped so far.
     pub(crate) dropped: u64,
+    /// Messages refused because the memory budget could not take them.
+    pub(crate) refused: u64,
 }
 
 impl Reassembler {
     /// A reassembler of messages up to `max_total` bytes whose fragments
-    /// must all arrive within `timeout_ms`.
-    pub(crate) fn new(max_total: usize, timeout_ms: u64) -> Self {
+    /// must all arrive within `timeout_ms`, its large buffers charged to
+    /// `memory`.
+    pub(crate) fn new(max_total: usize, timeout_ms: u64, memory: Arc<Budget>) -> Self {
         Self {
             max_total,
             timeout_ms,
+            memory,
             cur: None,
             dropped: 0,
+            refused: 0,
         }
     }
 
@@ -181,7 +206,17 @@ impl Reassembler {
                 self.dropped += 1;
                 return None;
             }
-            let mut buf = BytesMut::with_capacity(ws::MAX_SERVER_HEAD_LEN + total);
+            let size = ws::MAX_SERVER_HEAD_LEN + total;
+            let hold = if total >= LARGE {
+                let Some(h) = Hold::take(&self.memory, size) else {
+                    self.refused += 1;
+                    return None;
+                };
+                Some(h)
+            } else {
+                None
+            };
+            let mut buf = BytesMut::with_capacity(size);
             let mut h = [0u8; ws::MAX_SERVER_HEAD_LEN];
             let n = ws::server_header(ws::OP_BINARY, total, &mut h);
             buf.put_slice(&h[..n]);
@@ -191,6 +226,7 @@ impl Reassembler {
                 buf,
                 head_len: n,
                 started_ms: now,
+                hold,
             });
         }
         let Some(p) = self.cur.as_mut() else {
@@ -218,10 +254,14 @@ impl Reassembler {
             self.dropped += 1;
             return None;
         }
+        let wire = match p.hold {
+            Some(hold) => hold.into_frame(p.buf.freeze()),
+            None => p.buf.freeze(),
+        };
         Some(Whole {
             head,
             msg: WireMessage {
-                wire: p.buf.freeze(),
+                wire,
                 head_len: p.head_len,
             },
         })
@@ -258,6 +298,10 @@ mod tests {
         }
     }
 
+    fn budget() -> Arc<Budget> {
+        Arc::new(Budget::new(1 << 30))
+    }
+
     fn feed(r: &mut Reassembler, msgs: &[Bytes], now: u64) -> Vec<Whole> {
         msgs.iter()
             .filter_map(|m| {
@@ -273,7 +317,7 @@ mod tests {
         let msgs = split(&head(3), &data, 4096);
         assert_eq!(msgs.len(), data.len().div_ceil(4096 - FIXED - 6));
         assert!(msgs.iter().all(|m| m.len() <= 4096));
-        let mut r = Reassembler::new(1 << 20, 1000);
+        let mut r = Reassembler::new(1 << 20, 1000, budget());
         let out = feed(&mut r, &msgs, 0);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].msg.payload(), &data[..]);
@@ -287,7 +331,7 @@ mod tests {
 
     #[test]
     fn small_and_empty_messages_are_one_fragment() {
-        let mut r = Reassembler::new(1 << 20, 1000);
+        let mut r = Reassembler::new(1 << 20, 1000, budget());
         for data in [&b""[..], b"abc"] {
             let msgs = split(&head(1), data, 1 << 20);
             assert_eq!(msgs.len(), 1);
@@ -298,7 +342,7 @@ mod tests {
     #[test]
     fn a_lost_fragment_drops_the_set_and_the_next_message_still_arrives() {
         let data = vec![5u8; 10_000];
-        let mut r = Reassembler::new(1 << 20, 1000);
+        let mut r = Reassembler::new(1 << 20, 1000, budget());
         let mut msgs = split(&head(1), &data, 1024);
         msgs.remove(4);
         assert!(feed(&mut r, &msgs, 0).is_empty());
@@ -315,7 +359,7 @@ mod tests {
 
     #[test]
     fn an_incomplete_set_expires_and_oversized_sets_are_refused() {
-        let mut r = Reassembler::new(5000, 1000);
+        let mut r = Reassembler::new(5000, 1000, budget());
         let msgs = split(&head(1), &[1u8; 4000], 1024);
         assert!(feed(&mut r, &msgs[..2], 0).is_empty());
         assert!(r.held() > 0);
@@ -324,6 +368,66 @@ mod tests {
         assert_eq!((r.held(), r.dropped), (0, 1));
         assert!(feed(&mut r, &split(&head(2), &[1u8; 6000], 1024), 0).is_empty());
         assert_eq!(r.held(), 0, "nothing buffered for a set over the bound");
+    }
+
+    #[test]
+    fn large_sets_are_charged_while_reassembled_and_refused_over_budget() {
+        let total = 3 * LARGE;
+        let need = ws::MAX_SERVER_HEAD_LEN + total;
+        let memory = Arc::new(Budget::new(need + LARGE));
+        let mut r = Reassembler::new(1 << 20, 1000, memory.clone());
+        let data = vec![9u8; total];
+        let msgs = split(&head(1), &data, LARGE);
+        assert!(msgs.len() > 3);
+        // Charged in full from the first fragment on.
+        assert!(feed(&mut r, &msgs[..1], 0).is_empty());
+        assert_eq!(memory.used(), need);
+        // The finished frame carries the charge until its last handle goes.
+        let out = feed(&mut r, &msgs[1..], 0);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].msg.payload(), &data[..]);
+        assert_eq!(memory.used(), need);
+        drop(out);
+        assert_eq!(memory.used(), 0);
+        // A set that times out, or is cut short, gives its charge back.
+        assert!(feed(&mut r, &msgs[..2], 0).is_empty());
+        assert_eq!(memory.used(), need);
+        assert!(r.expire(1000));
+        assert_eq!(memory.used(), 0);
+        assert!(feed(&mut r, &split(&head(2), &data, LARGE)[..2], 0).is_empty());
+        assert_eq!(feed(&mut r, &split(&head(3), b"x", LARGE), 0).len(), 1);
+        assert_eq!((memory.used(), r.dropped), (0, 2));
+        // Short of memory a large set is refused before anything is
+        // buffered, counted, and the next message still arrives.
+        assert!(memory.charge(2 * LARGE));
+        assert!(feed(&mut r, &split(&head(4), &data, LARGE), 0).is_empty());
+        assert_eq!((r.refused, r.held(), memory.used()), (1, 0, 2 * LARGE));
+        assert_eq!(memory.sheds(), 1);
+        assert_eq!(feed(&mut r, &split(&head(5), b"y", LARGE), 0).len(), 1);
+        memory.release(2 * LARGE);
+        // Small messages are left to the queues that hold them.
+        let small = feed(&mut r, &split(&head(6), &[3u8; 1000], LARGE), 0);
+        assert_eq!((small.len(), memory.used()), (1, 0));
+        // Dropping the reassembler mid-set gives the charge back too.
+        assert!(feed(&mut r, &split(&head(7), &data, LARGE)[..1], 0).is_empty());
+        assert_eq!(memory.used(), need);
+        drop(r);
+        assert_eq!(memory.used(), 0);
+    }
+
+    #[test]
+    fn a_heartbeat_is_one_empty_message() {
+        let hb = Head {
+            kind: Kind::Heartbeat,
+            ..head(42)
+        };
+        let msgs = split(&hb, &[], 1024);
+        assert_eq!(msgs.len(), 1);
+        let (h, data) = Head::parse(&msgs[0]).expect("parses");
+        assert_eq!(
+            (h.kind, h.seq, h.epoch, data.len()),
+            (Kind::Heartbeat, 42, 7, 0)
+        );
     }
 
     #[test]

@@ -11,7 +11,10 @@
 //!   joiner's node first fetches the catch-up state from the source's node
 //!   (request/reply on `bsr.c.<channel>`); a sequence gap (NATS core is
 //!   at-most-once) is repaired by a fresh catch-up, never by forwarding a
-//!   broken delta chain.
+//!   broken delta chain. While the channel is idle the source's node sends
+//!   a small heartbeat with the last frame's number every
+//!   `--cluster-heartbeat-ms`, so a loss at the end of a burst is repaired
+//!   the same way without waiting for the next frame.
 //! - One source per channel cluster-wide: a claim with a lease in a
 //!   JetStream key-value bucket ([`claim`]).
 //! - Inputs from receivers on any node go to `bsr.i.<channel>`, which the
@@ -106,6 +109,9 @@ pub(crate) struct ClusterStats {
     pub(crate) incomplete_dropped: Counter,
     pub(crate) uplink_dropped: Counter,
     pub(crate) gaps: Counter,
+    pub(crate) trailing_gaps: Counter,
+    pub(crate) heartbeats_out: Counter,
+    pub(crate) reassembly_refused: Counter,
     pub(crate) catchup_fetches: Counter,
     pub(crate) catchups_served: Counter,
     pub(crate) inputs_out: Counter,
@@ -129,6 +135,8 @@ pub(crate) struct Cluster {
     pub(crate) signaling: DashMap<Arc<str>, signaling::Follow>,
     pub(crate) lease: Duration,
     pub(crate) timeout: Duration,
+    /// `--cluster-heartbeat-ms`, `None` when off.
+    pub(crate) heartbeat: Option<Duration>,
     pub(crate) uplink_queue: usize,
     pub(crate) max_message: usize,
     /// Inputs for sources and signaling messages for peers on other nodes,
@@ -285,6 +293,7 @@ impl Cluster {
             signaling: DashMap::new(),
             lease,
             timeout: config.cluster_timeout(),
+            heartbeat: config.cluster_heartbeat(),
             uplink_queue: config.cluster_uplink_queue,
             max_message: config.max_message,
             inputs,
@@ -355,6 +364,21 @@ impl Cluster {
                 "gaps_repaired",
                 "Sequence gaps detected and repaired by a catch-up",
                 &s.gaps,
+            ),
+            (
+                "trailing_gaps_repaired",
+                "Losses at the end of a burst a heartbeat showed, repaired by a catch-up (also in gaps_repaired)",
+                &s.trailing_gaps,
+            ),
+            (
+                "heartbeats_out",
+                "Heartbeats published for idle channels whose source is here",
+                &s.heartbeats_out,
+            ),
+            (
+                "reassembly_refused",
+                "Frames from other nodes refused: --max-memory could not take their reassembly buffer",
+                &s.reassembly_refused,
             ),
             (
                 "catchup_fetches",

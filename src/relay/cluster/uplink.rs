@@ -9,6 +9,17 @@
 //! includes. The queue towards NATS is bounded (`--cluster-uplink-queue`):
 //! past it a frame is dropped but keeps its number, so the other nodes see
 //! the gap and repair it.
+//!
+//! Heartbeat: a gap shows when the next frame arrives, so a loss at the
+//! end of a burst would leave the other nodes stale until the source sends
+//! again. While the channel is idle (nothing published for
+//! `--cluster-heartbeat-ms`) the publisher sends, that often, one small
+//! message with the number of the last frame handled: published, or
+//! dropped here (a full queue, a fenced claim). A node that has not seen
+//! that frame fetches a catch-up. It is read once the queue is empty, and a
+//! dropped frame's number is recorded only after every frame before it was
+//! queued, so it never runs ahead of a frame still on its way. NATS drops
+//! it at the server when no node follows the channel.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -35,6 +46,8 @@ pub(crate) struct Uplink {
     max_queue: usize,
     tx: mpsc::UnboundedSender<(u64, Bytes)>,
     live: Arc<AtomicBool>,
+    /// The number of the last frame not queued (see the module docs).
+    skipped: Arc<AtomicU64>,
     stats: Arc<ClusterStats>,
 }
 
@@ -44,11 +57,13 @@ impl Uplink {
     pub(crate) fn push(&self, msg: &WireMessage) {
         let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
         if !self.live.load(Ordering::Relaxed) {
+            self.skipped.fetch_max(seq, Ordering::SeqCst);
             return;
         }
         let len = msg.payload().len();
         if self.queued.load(Ordering::Relaxed) + len > self.max_queue {
             self.stats.uplink_dropped.inc();
+            self.skipped.fetch_max(seq, Ordering::SeqCst);
             return;
         }
         self.queued.fetch_add(len, Ordering::Relaxed);
@@ -59,6 +74,14 @@ impl Uplink {
     pub(crate) fn last_seq(&self) -> u64 {
         self.seq.load(Ordering::SeqCst)
     }
+}
+
+/// What the publishing task shares with its [`Uplink`].
+struct Publisher {
+    epoch: u64,
+    queued: Arc<AtomicUsize>,
+    live: Arc<AtomicBool>,
+    skipped: Arc<AtomicU64>,
 }
 
 /// Installed while a source of the channel is on this node; undoes it all
@@ -109,12 +132,17 @@ impl Cluster {
             max_queue: self.uplink_queue,
             tx,
             live: claim.live.clone(),
+            skipped: Arc::new(AtomicU64::new(0)),
             stats: self.stats.clone(),
         });
         let mut tasks = vec![tokio::spawn(self.clone().publish_frames(
             channel.name.clone(),
-            uplink.epoch,
-            uplink.queued.clone(),
+            Publisher {
+                epoch: uplink.epoch,
+                queued: uplink.queued.clone(),
+                live: uplink.live.clone(),
+                skipped: uplink.skipped.clone(),
+            },
             rx,
         ))];
         // Subscribed before the source sends anything.
@@ -135,31 +163,49 @@ impl Cluster {
         }
     }
 
-    /// Publishes the queued frames in order until the uplink goes.
+    /// Publishes the queued frames in order until the uplink goes, and
+    /// heartbeats while idle (see the module docs).
     async fn publish_frames(
         self: Arc<Self>,
         name: Arc<str>,
-        epoch: u64,
-        queued: Arc<AtomicUsize>,
+        p: Publisher,
         mut rx: mpsc::UnboundedReceiver<(u64, Bytes)>,
     ) {
         let subject = frames_subject(&name);
-        while let Some((seq, payload)) = rx.recv().await {
-            let head = Head {
-                kind: Kind::Live,
-                epoch,
-                seq,
-                part: 0,
-                parts: 1,
-                frag: 0,
-                frags: 1,
-                total: 0,
-                node: self.node.to_string(),
+        let head = |kind, seq| Head {
+            kind,
+            epoch: p.epoch,
+            seq,
+            part: 0,
+            parts: 1,
+            frag: 0,
+            frags: 1,
+            total: 0,
+            node: self.node.to_string(),
+        };
+        let mut last_sent = 0u64;
+        loop {
+            let next = match self.heartbeat {
+                Some(every) => match tokio::time::timeout(every, rx.recv()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        let last = last_sent.max(p.skipped.load(Ordering::SeqCst));
+                        if last > 0 && p.live.load(Ordering::Relaxed) {
+                            self.stats.heartbeats_out.inc();
+                            let msgs = split(&head(Kind::Heartbeat, last), &[], self.max_payload());
+                            self.send_all(&subject, msgs).await;
+                        }
+                        continue;
+                    }
+                },
+                None => rx.recv().await,
             };
-            self.send_all(&subject, split(&head, &payload, self.max_payload()))
-                .await;
+            let Some((seq, payload)) = next else { return };
+            let msgs = split(&head(Kind::Live, seq), &payload, self.max_payload());
+            self.send_all(&subject, msgs).await;
             self.stats.frames_out.inc();
-            queued.fetch_sub(payload.len(), Ordering::Relaxed);
+            p.queued.fetch_sub(payload.len(), Ordering::Relaxed);
+            last_sent = seq;
         }
     }
 
