@@ -625,6 +625,80 @@ async fn browser_client_end_to_end() {
     .await;
     common::wait_receivers(&relay, "again", 1).await;
 
+    // ---- 4. several relays ---------------------------------------------------
+    // The rotation, unit by unit: URLs from `?relays=`, the order they are
+    // tried in.
+    let unit = cdp
+        .eval(
+            "import('/client.js').then(m => {
+               const loc = { protocol: 'http:', host: 'h:1', search: '?relays=ws://a:1,%20wss://b:2/,http://x,ws://c/p&token=t' };
+               const r = new m.RelayList(['u1', 'u2', 'u3']);
+               const order = [r.current, r.advance(), r.advance(), r.advance()];
+               let empty = null; try { new m.RelayList([]); } catch (e) { empty = e.name; }
+               return { urls: m.relayUrls(loc, 'stream', 'c d'),
+                        own: m.relayUrls({ protocol: 'https:', host: 'h', search: '' }, 'source', 'z'),
+                        order, empty };
+             })",
+        )
+        .await;
+    assert_eq!(
+        unit,
+        json!({
+            "urls": ["ws://a:1/stream/c%20d?token=t", "wss://b:2/stream/c%20d?token=t"],
+            "own": ["wss://h/source/z"],
+            "order": ["u1", "u2", "u3", "u1"],
+            "empty": "TypeError",
+        })
+    );
+    // End to end: two ways to the relay; the first one dies and the page
+    // goes on through the second.
+    let (p1, p2) = (
+        Proxy::start(relay.addr).await,
+        Proxy::start(relay.addr).await,
+    );
+    let mut src = common::connect(&relay.url("/source/multi")).await;
+    let first = pattern(1);
+    src.send(&protocol::pixels_keyframe(1, 0, W, H, &first))
+        .await
+        .unwrap();
+    open(
+        &mut cdp,
+        &format!(
+            "http://{}/?channel=multi&relays=ws://{},ws://{}",
+            relay.addr, p1.addr, p2.addr
+        ),
+    )
+    .await;
+    cdp.wait_for(
+        "the page to connect through the first relay",
+        &format!(
+            "window.relayClient.state === 'open' && window.relayClient.url.includes(':{}/')",
+            p1.addr.port()
+        ),
+    )
+    .await;
+    p1.refuse(true);
+    p1.cut();
+    cdp.wait_for(
+        "the page to move to the second relay",
+        &format!(
+            "window.relayClient.state === 'open' && window.relayClient.url.includes(':{}/')",
+            p2.addr.port()
+        ),
+    )
+    .await;
+    let second = pattern(2);
+    src.send(&protocol::pixels_keyframe(2, 0, W, H, &second))
+        .await
+        .unwrap();
+    cdp.wait_for(
+        "the picture through the second relay",
+        "window.relayClient.seq === 2",
+    )
+    .await;
+    let got = b64(&cdp.eval(CLIENT_PIXELS).await);
+    assert_same_pixels("picture after moving relays", &got, &second, W as usize);
+
     let mut browser = browser;
     browser.close(&mut cdp).await;
 }

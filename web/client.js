@@ -484,6 +484,49 @@ export function relayUrl(loc, role, name) {
   return `${scheme}://${loc.host}/${role}/${encodeURIComponent(name)}${query}`;
 }
 
+/**
+ * The relay URLs of `role` for channel `name`: one per relay the page's
+ * `?relays=` lists (comma-separated `ws://host:port` or `wss://host:port`
+ * bases, e.g. the nodes of a cluster), else the page's own relay. Entries
+ * that are not ws:/wss: URLs are ignored.
+ */
+export function relayUrls(loc, role, name) {
+  const params = new URLSearchParams(loc.search || '');
+  const token = params.get('token');
+  const query = token ? `?token=${encodeURIComponent(token)}` : '';
+  const bases = (params.get('relays') || '')
+    .split(',')
+    .map((b) => b.trim().replace(/\/+$/, ''))
+    .filter((b) => /^wss?:\/\/[^/?#\s]+$/.test(b));
+  if (bases.length === 0) return [relayUrl(loc, role, name)];
+  return bases.map((b) => `${b}/${role}/${encodeURIComponent(name)}${query}`);
+}
+
+/**
+ * Which of several relay URLs a {@link ReconnectingSocket} uses: the first
+ * to begin with, then, after every failed attempt or lost connection, the
+ * next one, wrapping around. So the first connection tries them in order,
+ * and a dead relay costs one backoff step.
+ */
+export class RelayList {
+  constructor(urls) {
+    this.urls = [].concat(urls);
+    if (this.urls.length === 0) throw new TypeError('RelayList: no relay URL');
+    this.index = 0;
+  }
+
+  /** The URL in use, or tried next. */
+  get current() {
+    return this.urls[this.index];
+  }
+
+  /** Moves on to the next URL (wrapping) and returns it. */
+  advance() {
+    this.index = (this.index + 1) % this.urls.length;
+    return this.current;
+  }
+}
+
 /** Channel names: 1–64 bytes of [A-Za-z0-9._-]. */
 export function validChannelName(name) {
   return /^[A-Za-z0-9._-]{1,64}$/.test(name);
@@ -491,12 +534,17 @@ export function validChannelName(name) {
 
 /**
  * A binary WebSocket that reconnects with exponential backoff and jitter
- * (250 ms doubling, capped at `maxDelay`). `state` is 'connecting', 'open'
- * or 'closed'. Callbacks: onOpen(), onMessage(ArrayBuffer), onState(state, detail).
+ * (250 ms doubling, capped at `maxDelay`). `url` is a URL, an array of URLs
+ * (several relays: tried in turn, see {@link RelayList}) or a function
+ * returning a URL (asked on every connection); `decorate(url)` may rewrite
+ * the chosen URL on every connection (a receiver adds `resume=`).
+ * `state` is 'connecting', 'open' or 'closed'; `currentUrl` the URL in
+ * use or tried next. Callbacks: onOpen(), onMessage(ArrayBuffer), onState(state, detail).
  */
 export class ReconnectingSocket {
-  constructor(url, { onOpen = () => {}, onMessage = () => {}, onState = () => {}, minDelay = 250, maxDelay = 10000 } = {}) {
-    Object.assign(this, { url, onOpen, onMessage, onState, minDelay, maxDelay });
+  constructor(url, { onOpen = () => {}, onMessage = () => {}, onState = () => {}, decorate = (u) => u, minDelay = 250, maxDelay = 10000 } = {}) {
+    Object.assign(this, { url, onOpen, onMessage, onState, decorate, minDelay, maxDelay });
+    this.relays = typeof url === 'function' ? null : new RelayList(url);
     this.state = 'closed';
     this.attempt = 0;
     this.retryAt = 0;
@@ -519,8 +567,7 @@ export class ReconnectingSocket {
     this.setState('connecting');
     let ws;
     try {
-      // `url` may be a function: asked again on every (re)connection.
-      ws = new WebSocket(typeof this.url === 'function' ? this.url() : this.url);
+      ws = new WebSocket(this.decorate(this.currentUrl));
     } catch (e) {
       this.setState('closed', String(e.message || e));
       this.stopped = true;
@@ -539,6 +586,8 @@ export class ReconnectingSocket {
       this.ws = null;
       // A connection that lasted resets the backoff; a flapping one does not.
       if (openedAt && performance.now() - openedAt > 5000) this.attempt = 0;
+      // Failed or lost: the next attempt goes to the next relay, if several.
+      if (this.relays) this.relays.advance();
       if (this.stopped) {
         this.setState('closed', `closed (${e.code})`);
         return;
@@ -552,6 +601,12 @@ export class ReconnectingSocket {
       this.setState('closed', `${why}; retrying in ${(delay / 1000).toFixed(1)} s`);
     };
     this.ws = ws;
+  }
+
+  /** The URL in use, or tried next (before `decorate`). */
+  get currentUrl() {
+    // A function is asked again on every (re)connection.
+    return this.relays ? this.relays.current : this.url();
   }
 
   /** Sends bytes if open; returns whether it did. */
@@ -877,8 +932,8 @@ function startReceiver(channel) {
     }
   };
 
-  const streamUrl = relayUrl(location, 'stream', channel);
-  const conn = new ReconnectingSocket(() => st.resumeUrl(streamUrl), {
+  const conn = new ReconnectingSocket(relayUrls(location, 'stream', channel), {
+    decorate: (url) => st.resumeUrl(url),
     onOpen: () => {
       st.connected();
       $('signal').textContent = formatJson(st.signal);
@@ -1059,6 +1114,9 @@ function startReceiver(channel) {
     get retries() {
       return conn.attempt;
     },
+    get url() {
+      return conn.currentUrl;
+    },
     get audioChunks() {
       return audio.chunks;
     },
@@ -1156,7 +1214,7 @@ function startSource(channel, params) {
   let width = 0;
   let height = 0;
 
-  const conn = new ReconnectingSocket(relayUrl(location, 'source', channel), {
+  const conn = new ReconnectingSocket(relayUrls(location, 'source', channel), {
     onOpen: () => {
       forceKey = true; // whoever joins now needs a full frame
       if (signalInput.checked) sendSignal(Frame.SignalSync, { source: 'browser', started: new Date().toISOString() });
@@ -1304,6 +1362,9 @@ function startSource(channel, params) {
     },
     get retries() {
       return conn.attempt;
+    },
+    get url() {
+      return conn.currentUrl;
     },
     pixels() {
       return prev ? prev.slice() : new Uint8Array(0);
