@@ -12,6 +12,7 @@
 
 use std::io::{self, IoSlice, Read, Write};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 
 use bytes::BytesMut;
 use rustls::ServerConnection;
@@ -74,6 +75,22 @@ impl Conn {
     #[inline]
     pub(crate) async fn writable(&self) -> io::Result<()> {
         self.tcp().writable().await
+    }
+
+    /// [`Conn::readable`] for a hand-written future: ready when a read may
+    /// make progress; otherwise `cx` is woken when it may.
+    pub(crate) fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Conn::Plain(s) => s.poll_read_ready(cx),
+            Conn::Tls(t) if t.has_input() => Poll::Ready(Ok(())),
+            Conn::Tls(t) => t.tcp.poll_read_ready(cx),
+        }
+    }
+
+    /// [`Conn::writable`] for a hand-written future.
+    #[inline]
+    pub(crate) fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.tcp().poll_write_ready(cx)
     }
 
     /// Reads what is there without blocking (`WouldBlock` if nothing is);

@@ -1,8 +1,9 @@
 //! The read side of a peer's connection: the wire crate's
 //! [`MessageReader`] fed from the peer's shared socket, with the large
 //! buffers it holds charged to the relay's memory budget. All progress
-//! lives in the reader, so [`Ingress::next`] is cancel-safe (sessions
-//! `select!` on it).
+//! lives in the reader, so [`Ingress::poll_next`] may return `Pending`
+//! anywhere and be polled again later (the session's event loop polls it
+//! between its other work).
 //!
 //! A message larger than a read chunk is charged in full as soon as its
 //! head announces it, before its buffer is allocated; if the budget cannot
@@ -12,11 +13,14 @@
 //!
 //! The rest of a message of [`BULK_FROM`] bytes or more is read on the
 //! [bulk lane](crate::relay::bulk) at a lower OS priority: the reader moves
-//! there with the socket and comes back with the message. The session
-//! awaits that task's handle, which it keeps across cancellations.
+//! there with the socket and comes back with the message. [`Ingress`]
+//! polls that task's handle, which it keeps until the reader is back.
 
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
@@ -86,6 +90,9 @@ pub(crate) struct Ingress {
     /// The bulk lane, and the read it is doing for this peer, if any.
     bulk: Handle,
     away: Option<JoinHandle<BulkRead>>,
+    /// Bytes read since the message being read began or the worker was
+    /// last given back (see [`TURN_BYTES`]).
+    turn: usize,
 }
 
 impl Drop for Ingress {
@@ -107,6 +114,7 @@ impl Ingress {
             charged: 0,
             bulk,
             away: None,
+            turn: 0,
         }
     }
 
@@ -125,19 +133,27 @@ impl Ingress {
         self.memory.release(std::mem::take(&mut self.charged));
     }
 
-    /// Reads until one message (or control frame) is complete.
-    pub(crate) async fn next(&mut self, stream: &Conn) -> Result<Incoming, RecvError> {
-        let mut since_yield = 0;
+    /// The next message (or control frame) if one is complete or completes
+    /// with what the socket holds; otherwise `cx` is woken when more may
+    /// come. Gives the worker back once per
+    /// [`TURN_BYTES`] read (waking itself at once).
+    pub(crate) fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+        stream: &Conn,
+    ) -> Poll<Result<Incoming, RecvError>> {
         loop {
             if let Some(task) = self.away.as_mut() {
-                let back = task.await;
+                let back = ready!(Pin::new(task).poll(cx));
                 self.away = None;
                 let (reader, msg) = back.map_err(|e| RecvError::Bulk(e.to_string()))?;
                 self.reader = reader;
-                return Ok(self.charge_message(msg?));
+                self.turn = 0;
+                return Poll::Ready(msg.map(|m| self.charge_message(m)));
             }
             if let Some(msg) = self.reader.parse()? {
-                return Ok(self.charge_message(msg));
+                self.turn = 0;
+                return Poll::Ready(Ok(self.charge_message(msg)));
             }
             self.charge_buffers()?;
             if self.reader.reading() >= BULK_FROM {
@@ -149,7 +165,19 @@ impl Ingress {
                 }));
                 continue;
             }
-            read_turn(&mut self.reader, stream, &mut since_yield).await?;
+            if self.turn >= TURN_BYTES {
+                self.turn = 0;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            ready!(stream.poll_read_ready(cx))?;
+            match stream.try_read_buf(self.reader.read_buf()) {
+                Ok(0) => return Poll::Ready(Err(RecvError::Eof)),
+                Ok(n) => self.turn += n,
+                // Readiness was cleared: the next poll_read_ready registers.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e.into())),
+            }
         }
     }
 

@@ -210,7 +210,11 @@ fn accept(relay: &Arc<Relay>, stream: TcpStream, addr: SocketAddr) {
                 None => return,
             },
         };
-        admission::handle(relay, conn, addr).await;
+        // Boxed and gone once the session starts: only the session's state
+        // stays with the connection for its whole life.
+        if let Some(admitted) = Box::pin(admission::handle(relay, conn, addr)).await {
+            admitted.run().await;
+        }
         drop(guard);
     });
 }

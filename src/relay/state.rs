@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use dashmap::DashMap;
-use tokio::sync::watch;
+use tokio::sync::futures::Notified;
+use tokio::sync::{watch, Notify};
 
 use crate::relay::auth::Verifier;
 use crate::relay::budget::Budgets;
@@ -63,6 +64,10 @@ pub struct Relay {
     next_peer_id: AtomicU64,
     draining: AtomicBool,
     shutdown: watch::Sender<bool>,
+    /// Wakes every session waiting on it when shutdown begins (sessions are
+    /// hand-written futures and wait through one pinned `Notified`, smaller
+    /// than a watch receiver's `changed()`).
+    shutdown_wake: Notify,
     started_ms: u64,
 }
 
@@ -175,6 +180,7 @@ impl Relay {
             next_peer_id: AtomicU64::new(1),
             draining: AtomicBool::new(false),
             shutdown,
+            shutdown_wake: Notify::new(),
             started_ms: now_ms(),
         }))
     }
@@ -322,6 +328,7 @@ impl Relay {
     pub fn begin_shutdown(&self) {
         self.draining.store(true, Ordering::SeqCst);
         self.shutdown.send_replace(true);
+        self.shutdown_wake.notify_waiters();
     }
 
     /// True once shutdown has begun.
@@ -329,9 +336,16 @@ impl Relay {
         self.draining.load(Ordering::SeqCst)
     }
 
-    /// A receiver of the shutdown signal for a session.
+    /// A receiver of the shutdown signal.
     pub(crate) fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.shutdown.subscribe()
+    }
+
+    /// A waiter woken when shutdown begins. Enable it (or poll it) before
+    /// checking [`Relay::is_draining`], so a shutdown between the two is
+    /// not missed.
+    pub(crate) fn shutdown_notified(&self) -> Notified<'_> {
+        self.shutdown_wake.notified()
     }
 
     /// Relay-wide totals: retired traffic plus every live channel's. Taken

@@ -34,7 +34,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use roster::Roster;
 use tokio::sync::mpsc;
 
-pub(crate) use fanout::Fanout;
+pub(crate) use fanout::{Fanout, PublishError};
 
 use crate::relay::budget::Budgets;
 use crate::relay::cache::{CacheWriter, CatchUp};

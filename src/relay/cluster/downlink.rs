@@ -144,7 +144,7 @@ impl Cluster {
                 }
             }
         };
-        let _ = self.client.flush().await;
+        self.barrier().await;
         tracing::debug!(channel = %channel.name, node = %self.node, "following channel");
         let timeout_ms = self.timeout.as_millis() as u64;
         let memory = relay.budgets.memory.clone();

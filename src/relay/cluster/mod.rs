@@ -310,6 +310,17 @@ impl Cluster {
         }
     }
 
+    /// Returns once nats-server has processed everything this node sent
+    /// before (its new subscriptions above all), so a message another node
+    /// publishes after this reaches them. `flush` only writes to the
+    /// socket; a request to a subject nobody serves is answered "no
+    /// responders" by the server itself, after every earlier command.
+    pub(crate) async fn barrier(&self) {
+        // Nobody subscribes to it, on any node.
+        let request = self.client.request("bsr.barrier", bytes::Bytes::new());
+        let _ = tokio::time::timeout(self.timeout, request).await;
+    }
+
     /// Largest NATS message the server takes.
     pub(crate) fn max_payload(&self) -> usize {
         self.client.server_info().max_payload.max(4096)

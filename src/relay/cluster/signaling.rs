@@ -67,7 +67,7 @@ impl Cluster {
             self.signaling.remove_if(&channel.name, |_, f| f.id == id);
             return;
         };
-        let _ = self.client.flush().await;
+        self.barrier().await;
         let (me, ch) = (self.clone(), channel.clone());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(250));

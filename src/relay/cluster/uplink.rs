@@ -154,7 +154,7 @@ impl Cluster {
             let (me, ch) = (self.clone(), channel.clone());
             tasks.push(tokio::spawn(me.take_inputs(ch, sub)));
         }
-        let _ = self.client.flush().await;
+        self.barrier().await;
         channel.uplink.store(Some(uplink));
         UplinkGuard {
             channel: channel.clone(),

@@ -39,6 +39,7 @@ use std::io::{self, IoSlice};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
+use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 
 pub(crate) use queue::Drain;
@@ -135,9 +136,10 @@ impl Egress {
         &self.stream
     }
 
-    /// Resolves when the queue has data for the peer's task to drain.
-    pub(crate) async fn wanted(&self) {
-        self.wake.notified().await
+    /// A waiter that completes when the queue has data for the peer's task
+    /// to drain (a permit is kept if nobody waits).
+    pub(crate) fn wanted(&self) -> Notified<'_> {
+        self.wake.notified()
     }
 
     /// Hands a live frame of channel sequence `seq` to this receiver; with

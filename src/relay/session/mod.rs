@@ -6,26 +6,30 @@
 mod close;
 
 use std::collections::VecDeque;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::ops::ControlFlow;
+use std::pin::{pin, Pin};
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 
 use bitstream_wire::protocol;
 use bitstream_wire::reader::{Incoming, MessageReader, WireMessage};
 use bitstream_wire::ws;
 use bytes::Bytes;
-use tokio::sync::watch;
-use tokio::time::Instant;
+use tokio::sync::futures::Notified;
+use tokio::time::{Instant, Sleep};
 
 use crate::relay::auth::CLOSE_TOKEN_EXPIRED;
 use crate::relay::channel::Channel;
+use crate::relay::channel::PublishError;
 use crate::relay::clock::now_ms;
 use crate::relay::conn::Conn;
-use crate::relay::egress::Drain;
+use crate::relay::egress::{Drain, Egress};
 use crate::relay::ingress::{Ingress, RecvError};
 use crate::relay::peer::{Peer, Role};
 use crate::relay::ratelimit::{TokenBucket, Verdict};
-use crate::relay::state::{shutting_down, Relay};
+use crate::relay::state::Relay;
 
 /// Close code for a receiver that cannot keep up (as Centrifugo uses).
 pub(crate) const CLOSE_SLOW: u16 = 3008;
@@ -62,7 +66,6 @@ struct Session {
     role: Role,
     stream: Conn,
     reader: Ingress,
-    shutdown: watch::Receiver<bool>,
     next_ping: Instant,
     last_seen: Instant,
     /// The egress queue has data to drain when the socket is writable.
@@ -78,26 +81,37 @@ struct Session {
     lag: Lag,
     /// When the peer's token expires (tokens required only).
     expires: Option<Instant>,
+    /// A source's message being published (validated on the bulk lane or
+    /// fanned out by shard workers): finished before anything else.
+    publishing: Option<Publishing>,
 }
+
+/// A publish in progress.
+type Publishing = Pin<Box<dyn Future<Output = Result<(), PublishError>> + Send>>;
 
 /// Runs a peer of `role` on `channel` until it leaves, or until `expires`
 /// (its token's expiry). The peer is already registered on the channel;
 /// this task unregisters it.
-pub(crate) async fn run(
+///
+/// `keep` is held for the session's life and dropped when it ends.
+///
+/// Not an `async fn`: the returned future holds the session once, not its
+/// arguments besides (every connection pays its size for its whole life).
+pub(crate) fn run<K: Send + 'static>(
     relay: Arc<Relay>,
     channel: Arc<Channel>,
     peer: Arc<Peer>,
     role: Role,
     reader: MessageReader,
     expires: Option<Instant>,
-) {
+    keep: K,
+) -> impl Future<Output = ()> + Send {
     let now = Instant::now();
     let memory = relay.budgets.memory.clone();
     let bulk = relay.bulk.handle().clone();
     let cfg = &relay.config;
-    let mut s = Session {
+    let s = Session {
         stream: peer.egress.stream().clone(),
-        shutdown: relay.shutdown_signal(),
         next_ping: now + cfg.ping_interval(),
         last_seen: now,
         want_write: true,
@@ -107,60 +121,145 @@ pub(crate) async fn run(
         pong: None,
         lag: Lag::default(),
         expires,
+        publishing: None,
         relay,
         channel,
         peer,
         role,
         reader: Ingress::new(reader, memory, bulk),
     };
-    let exit = s.serve().await;
-    // Boxed: the goodbye (a close frame, a linger) is the largest state of
-    // a session's future and is needed once, at the end; inline it would
-    // be part of every idle connection's memory.
-    Box::pin(s.leave(exit)).await;
+    s.live(keep)
+}
+
+/// What a session waits on besides its socket, pinned in its future.
+struct Waits<'a, 'p> {
+    /// Registered once: wakes the task when shutdown begins.
+    shutdown: Pin<&'a mut Notified<'p>>,
+    /// Completes when the egress queue gets data (while not writing).
+    wanted: Pin<&'a mut Notified<'p>>,
+    /// The one timer, at [`Session::next_deadline`].
+    timer: Pin<&'a mut Sleep>,
+    /// Where `wanted` comes from, to wait again once it completed.
+    egress: &'p Egress,
 }
 
 impl Session {
-    /// The event loop: one arm per source of work, each handled below.
-    async fn serve(&mut self) -> Exit {
+    /// The whole session: serve, then leave, then drop `keep`. An `async`
+    /// block using what it captures in place (an `async fn` would copy its
+    /// arguments into a second slot).
+    #[allow(clippy::manual_async_fn)]
+    fn live<K: Send + 'static>(mut self, keep: K) -> impl Future<Output = ()> + Send {
+        async move {
+            let (relay, peer) = (self.relay.clone(), self.peer.clone());
+            let mut waits = Waits {
+                shutdown: pin!(relay.shutdown_notified()),
+                wanted: pin!(peer.egress.wanted()),
+                timer: pin!(tokio::time::sleep_until(self.next_deadline())),
+                egress: &peer.egress,
+            };
+            let mut registered = false;
+            let exit = poll_fn(|cx| {
+                if !registered {
+                    // The task's waker stays valid for its whole life: one
+                    // registration is enough, and later polls read the flag
+                    // instead of taking the shutdown list's lock.
+                    registered = true;
+                    if waits.shutdown.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Exit::Closed(
+                            ws::CLOSE_GOING_AWAY,
+                            "relay shutting down",
+                        ));
+                    }
+                }
+                self.poll_serve(cx, &mut waits)
+            })
+            .await;
+            // Boxed: the goodbye (a close frame, a linger) is the largest
+            // state of a session's future and is needed once, at the end;
+            // inline it would be part of every idle connection's memory.
+            Box::pin(self.leave(exit)).await;
+            drop(keep);
+        }
+    }
+
+    /// The event loop, as one poll over every source of work (each handled
+    /// below): shutdown, a publish in progress, the timer, the socket's
+    /// write side, the egress queue, the socket's read side. Returns
+    /// `Pending` once none of them has anything, each having registered
+    /// the task's waker.
+    fn poll_serve(&mut self, cx: &mut Context<'_>, w: &mut Waits<'_, '_>) -> Poll<Exit> {
         loop {
-            // An echo peer is read only while its queue has room: backpressure
-            // instead of dropping what it asked to have echoed.
-            let may_read = self.role != Role::Echo
-                || self.peer.egress.queued_bytes() < self.relay.config.egress_queue;
+            if self.relay.is_draining() {
+                return Poll::Ready(Exit::Closed(ws::CLOSE_GOING_AWAY, "relay shutting down"));
+            }
+            if let Some(publishing) = self.publishing.as_mut() {
+                let result = ready!(publishing.as_mut().poll(cx));
+                self.publishing = None;
+                if let ControlFlow::Break(exit) = self.published(result) {
+                    return Poll::Ready(exit);
+                }
+                self.after_read();
+                continue;
+            }
             if self.pong.is_some() && !self.reader.frame_ready() {
                 self.flush_pong();
             }
             let deadline = self.next_deadline();
-            let step = tokio::select! {
-                ev = self.reader.next(&self.stream), if may_read => {
-                    let step = self.on_read(ev).await;
-                    if self.role == Role::Source && !self.reader.frame_ready() {
-                        // The burst is over: write what it deferred.
-                        self.channel.flush_deferred();
+            if w.timer.deadline() != deadline {
+                w.timer.as_mut().reset(deadline);
+            }
+            if w.timer.as_mut().poll(cx).is_ready() {
+                if let ControlFlow::Break(exit) = self.on_tick() {
+                    return Poll::Ready(exit);
+                }
+                continue;
+            }
+            if self.want_write {
+                if let Poll::Ready(r) = self.stream.poll_write_ready(cx) {
+                    if let ControlFlow::Break(exit) = self.on_writable(r) {
+                        return Poll::Ready(exit);
                     }
-                    // A message parsed from bytes already read awaits nothing,
-                    // so it spends no cooperative budget: without this, a peer
-                    // whose bytes keep coming could hold the worker.
-                    tokio::task::consume_budget().await;
-                    step
+                    continue;
                 }
-                _ = self.peer.egress.wanted(), if !self.want_write => self.on_queued(),
-                r = self.stream.writable(), if self.want_write => self.on_writable(r),
-                // One timer for every deadline keeps an idle connection small.
-                _ = tokio::time::sleep_until(deadline) => self.on_tick(),
-                _ = shutting_down(&mut self.shutdown) => {
-                    Step::Break(Exit::Closed(ws::CLOSE_GOING_AWAY, "relay shutting down"))
+            } else if w.wanted.as_mut().poll(cx).is_ready() {
+                w.wanted.set(w.egress.wanted());
+                if let ControlFlow::Break(exit) = self.on_queued() {
+                    return Poll::Ready(exit);
                 }
-            };
-            if let ControlFlow::Break(exit) = step {
-                return exit;
+                continue;
+            }
+            // An echo peer is read only while its queue has room: backpressure
+            // instead of dropping what it asked to have echoed.
+            let may_read = self.role != Role::Echo
+                || self.peer.egress.queued_bytes() < self.relay.config.egress_queue;
+            if !may_read {
+                return Poll::Pending;
+            }
+            // A message parsed from bytes already read awaits nothing, so it
+            // spends no cooperative budget by itself: without this, a peer
+            // whose bytes keep coming could hold the worker.
+            let coop = ready!(tokio::task::coop::poll_proceed(cx));
+            let ev = ready!(self.reader.poll_next(cx, &self.stream));
+            coop.made_progress();
+            if let ControlFlow::Break(exit) = self.on_read(ev) {
+                return Poll::Ready(exit);
+            }
+            if self.publishing.is_none() {
+                self.after_read();
             }
         }
     }
 
+    /// After a message: a source whose burst is over writes what the burst
+    /// deferred.
+    fn after_read(&self) {
+        if self.role == Role::Source && !self.reader.frame_ready() {
+            self.channel.flush_deferred();
+        }
+    }
+
     /// A message (or a read error) from the peer.
-    async fn on_read(&mut self, ev: Result<Incoming, RecvError>) -> Step {
+    fn on_read(&mut self, ev: Result<Incoming, RecvError>) -> Step {
         self.last_seen = Instant::now();
         let msg = match ev {
             Ok(m) => m,
@@ -188,7 +287,7 @@ impl Session {
             self.flush_pong();
         }
         match msg {
-            Incoming::Binary(m) => self.on_binary(&m).await,
+            Incoming::Binary(m) => self.on_binary(m),
             Incoming::Text(m) => self.on_text(&m),
             Incoming::Ping(p) => self.on_ping(p),
             Incoming::Pong => Step::Continue(()),
@@ -223,19 +322,14 @@ impl Session {
         }
     }
 
-    async fn on_binary(&mut self, m: &WireMessage) -> Step {
+    fn on_binary(&mut self, m: WireMessage) -> Step {
+        if self.role == Role::Source {
+            self.publish(m);
+            return Step::Continue(());
+        }
+        let m = &m;
         match self.role {
-            Role::Source => {
-                if !self.publish(m).await {
-                    self.invalid += 1;
-                    if self.invalid > self.relay.config.max_invalid {
-                        return Step::Break(Exit::Closed(
-                            ws::CLOSE_POLICY,
-                            "too many invalid messages",
-                        ));
-                    }
-                }
-            }
+            Role::Source => {}
             Role::Receiver => {
                 let cfg = &self.relay.config;
                 let now = Instant::now().into_std();
@@ -282,18 +376,31 @@ impl Session {
         Step::Continue(())
     }
 
-    /// Validates, caches and fans out one source message; false if it was refused.
-    async fn publish(&self, m: &WireMessage) -> bool {
+    /// Starts validating, caching and fanning out one source message; the
+    /// event loop polls it to its end (see [`Session::published`]) before
+    /// anything else.
+    fn publish(&mut self, m: WireMessage) {
         let more = self.reader.frame_ready();
+        let (channel, relay) = (self.channel.clone(), self.relay.clone());
         // Boxed: only sources publish, and every receiver's future would
         // otherwise have room for this state.
-        let publish = Box::pin(self.channel.publish(m, &self.relay.bulk, more));
-        let Err(refused) = publish.await else {
-            return true;
+        self.publishing = Some(Box::pin(async move {
+            channel.publish(&m, &relay.bulk, more).await
+        }));
+    }
+
+    /// A publish ended: a refused message counts against the source.
+    fn published(&mut self, result: Result<(), PublishError>) -> Step {
+        let Err(refused) = result else {
+            return Step::Continue(());
         };
         self.channel.traffic.invalid.inc();
         tracing::debug!(channel = %self.channel.name, %refused, "source message refused");
-        false
+        self.invalid += 1;
+        if self.invalid > self.relay.config.max_invalid {
+            return Step::Break(Exit::Closed(ws::CLOSE_POLICY, "too many invalid messages"));
+        }
+        Step::Continue(())
     }
 
     /// Validates one receiver message and forwards it to the source if it
