@@ -25,7 +25,7 @@ use super::{lock, Channel};
 use crate::relay::budget::Level;
 use crate::relay::bulk::Bulk;
 use crate::relay::cache::CacheError;
-use crate::relay::egress::Outcome;
+use crate::relay::egress::{Outcome, COPY_BELOW};
 
 /// How a channel spreads its fan-out over cores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,6 +149,14 @@ impl Channel {
     async fn fan_out(self: &Arc<Self>, msg: &WireMessage, seq: u64, more: bool) {
         fence(Ordering::SeqCst);
         let len = msg.payload().len() as u64;
+        // Queues share live frames: a small one is copied out of the
+        // source's read buffer once here, not once per receiver that queues
+        // it, so that it never keeps a larger buffer alive.
+        let wire = if msg.wire.len() <= COPY_BELOW {
+            Bytes::copy_from_slice(&msg.wire)
+        } else {
+            msg.wire.clone()
+        };
         self.traffic.frames_in.inc();
         self.traffic.bytes_in.add(len);
         let workers = match self.workers.get() {
@@ -162,18 +170,18 @@ impl Channel {
             Some(workers) => {
                 for tx in workers {
                     let job = Job {
-                        frame: msg.wire.clone(),
+                        frame: wire.clone(),
                         seq,
                         len,
                     };
                     // A worker only ends with the channel, which we hold.
                     let _ = tx.send(job).await;
                 }
-                self.fan_shard(0, &msg.wire, seq, len, more);
+                self.fan_shard(0, &wire, seq, len, more);
             }
             None => {
                 for k in 0..self.receivers.len() {
-                    self.fan_shard(k, &msg.wire, seq, len, more);
+                    self.fan_shard(k, &wire, seq, len, more);
                 }
             }
         }

@@ -42,7 +42,7 @@ use bytes::Bytes;
 use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 
-pub(crate) use queue::Drain;
+pub(crate) use queue::{Drain, COPY_BELOW};
 use queue::{Queue, Verdict};
 
 use crate::relay::budget::{Budget, Level};
@@ -143,7 +143,9 @@ impl Egress {
     }
 
     /// Hands a live frame of channel sequence `seq` to this receiver; with
-    /// `defer`, only queues it for the next [`Egress::flush`].
+    /// `defer`, only queues it for the next [`Egress::flush`]. A queued
+    /// frame is shared, never copied: a small one must not be cut from a
+    /// larger buffer (the fan-out copies it out once, see [`COPY_BELOW`]).
     pub(crate) fn send_live(&self, frame: &Bytes, seq: u64, defer: bool) -> Outcome {
         let mut q = self.lock();
         let verdict = match q.offer_live(frame.len(), seq) {
@@ -158,11 +160,11 @@ impl Egress {
         };
         match verdict {
             Verdict::Accept if defer => {
-                q.push_shared(frame);
+                q.push_shared(frame, 0);
                 self.settle(&mut q);
                 Outcome::Deferred
             }
-            Verdict::Accept => self.write_or_queue(q, frame),
+            Verdict::Accept => self.write_or_queue(q, frame, true),
             Verdict::Overflow => {
                 self.settle(&mut q);
                 drop(q);
@@ -182,7 +184,7 @@ impl Egress {
                 self.memory.shed();
                 Outcome::NotSent
             }
-            Verdict::Accept => self.write_or_queue(q, frame),
+            Verdict::Accept => self.write_or_queue(q, frame, false),
             _ => Outcome::NotSent,
         }
     }
@@ -227,8 +229,9 @@ impl Egress {
     }
 
     /// Writes an accepted frame straight to the socket when nothing is
-    /// queued (direct mode), and queues whatever the socket did not take.
-    fn write_or_queue(&self, mut q: MutexGuard<'_, Queue>, frame: &Bytes) -> Outcome {
+    /// queued (direct mode), and queues whatever the socket did not take
+    /// (`shared`: a live frame, never copied; see [`Queue::push_shared`]).
+    fn write_or_queue(&self, mut q: MutexGuard<'_, Queue>, frame: &Bytes, shared: bool) -> Outcome {
         let was_empty = q.is_empty();
         let written = if was_empty && self.mode == EgressMode::Direct {
             match self.stream.try_write(frame) {
@@ -244,7 +247,11 @@ impl Egress {
         } else {
             0
         };
-        q.push_rest(frame, written);
+        if shared {
+            q.push_shared(frame, written);
+        } else {
+            q.push_rest(frame, written);
+        }
         self.settle(&mut q);
         drop(q);
         if was_empty {

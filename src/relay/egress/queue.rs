@@ -30,9 +30,11 @@ use crate::relay::budget::LARGE;
 /// flood of tiny frames cannot hold more memory than the bound says.
 pub(crate) const CHUNK_OVERHEAD: usize = 64;
 
-/// Chunks up to this size are copied when queued: a small frame cut from a
-/// large read buffer would otherwise keep the whole buffer alive.
-const COPY_BELOW: usize = 2048;
+/// Frames up to this size are copied out of the buffer they were read into
+/// before they are queued (once per receiver, or once for all receivers of
+/// a live frame): cut from a large read buffer, a small frame would keep
+/// the whole buffer alive.
+pub(crate) const COPY_BELOW: usize = 2048;
 
 /// Most bytes of control frames (pings, pongs, close) the lane holds; more
 /// are dropped (the session answers a burst of pings with one pong anyway).
@@ -285,8 +287,29 @@ impl Queue {
     }
 
     /// Queues what the socket did not take of an accepted frame: `written`
-    /// bytes of it are already on the wire.
+    /// bytes of it are already on the wire. A small rest is copied (see
+    /// [`COPY_BELOW`]).
     pub(crate) fn push_rest(&mut self, frame: &Bytes, written: usize) {
+        let rest = if frame.len() - written <= COPY_BELOW {
+            Bytes::copy_from_slice(&frame[written..])
+        } else {
+            frame.slice(written..)
+        };
+        self.push_back(rest, frame.len(), written);
+    }
+
+    /// [`Queue::push_rest`] for a live frame every receiver shares, never
+    /// copied even when small: the fan-out copied a small frame out of its
+    /// read buffer once for all receivers (see
+    /// [`crate::relay::channel::Channel::publish`]), and a copy per receiver
+    /// would cost an allocation and a copy per receiver per frame.
+    pub(crate) fn push_shared(&mut self, frame: &Bytes, written: usize) {
+        self.push_back(frame.slice(written..), frame.len(), written);
+    }
+
+    /// Queues `rest`, the part of a `len`-byte frame after its first
+    /// `written` bytes.
+    fn push_back(&mut self, rest: Bytes, len: usize, written: usize) {
         if self.chunks.is_empty() {
             self.front = if written > 0 {
                 Front::Started
@@ -294,31 +317,9 @@ impl Queue {
                 Front::Untouched
             };
         }
-        let rest = &frame[written..];
         let chunk = Chunk {
-            bytes: if rest.len() <= COPY_BELOW {
-                Bytes::copy_from_slice(rest)
-            } else {
-                frame.slice(written..)
-            },
-            small: frame.len() < LARGE,
-        };
-        self.count_in(&chunk);
-        self.chunks.push_back(chunk);
-    }
-
-    /// Queues a whole live frame that every receiver shares, without
-    /// copying it even when small: deferred frames are written at the end of
-    /// their burst, and consecutive small frames of one source share its
-    /// read buffer, so they pin about their own size (a copy per receiver
-    /// would cost an allocation and a copy per receiver per frame).
-    pub(crate) fn push_shared(&mut self, frame: &Bytes) {
-        if self.chunks.is_empty() {
-            self.front = Front::Untouched;
-        }
-        let chunk = Chunk {
-            bytes: frame.clone(),
-            small: frame.len() < LARGE,
+            bytes: rest,
+            small: len < LARGE,
         };
         self.count_in(&chunk);
         self.chunks.push_back(chunk);
@@ -507,11 +508,28 @@ mod tests {
     }
 
     #[test]
+    fn live_frames_are_shared_even_small_and_partly_written() {
+        // The fan-out copied the frame out of its read buffer once; every
+        // receiver's queue then holds that one copy.
+        let frame = Bytes::from(vec![6u8; 1040]);
+        let (mut a, mut b) = (Queue::new(1 << 20), Queue::new(1 << 20));
+        a.push_shared(&frame, 0);
+        b.push_shared(&frame, 40);
+        assert_eq!(a.chunks().next().map(|c| c.as_ptr()), Some(frame.as_ptr()));
+        assert_eq!(
+            b.chunks().next().map(|c| c.as_ptr()),
+            Some(frame[40..].as_ptr())
+        );
+        assert_eq!(b.queued(), cost(1000));
+        assert_eq!(b.front, Front::Started);
+    }
+
+    #[test]
     fn deferred_frames_are_shared_not_copied_and_charged_like_the_rest() {
         let burst = Bytes::from(vec![4u8; 3000]);
         let mut q = Queue::new(1 << 20);
-        q.push_shared(&burst.slice(0..1000));
-        q.push_shared(&burst.slice(1000..3000));
+        q.push_shared(&burst.slice(0..1000), 0);
+        q.push_shared(&burst.slice(1000..3000), 0);
         let ptrs: Vec<*const u8> = q.chunks().map(|c| c.as_ptr()).collect();
         assert_eq!(ptrs, vec![burst.as_ptr(), burst[1000..].as_ptr()]);
         assert_eq!(q.queued(), cost(1000) + cost(2000));
@@ -612,13 +630,13 @@ mod tests {
     fn control_frames_go_ahead_of_untouched_bulk_in_order() {
         let mut q = Queue::new(1 << 20);
         q.push_rest(&frame(100, 1), 0);
-        q.push_shared(&frame(100, 2));
+        q.push_shared(&frame(100, 2), 0);
         q.push_control(&frame(3, 8), 0, false);
         q.push_control(&frame(4, 9), 0, false);
         let order: Vec<(usize, u8)> = q.chunks().map(|c| (c.len(), c[0])).collect();
         assert_eq!(order, vec![(3, 8), (4, 9), (100, 1), (100, 2)]);
         // Bulk queued later stays behind the lane.
-        q.push_shared(&frame(10, 3));
+        q.push_shared(&frame(10, 3), 0);
         q.push_control(&frame(5, 7), 0, false);
         let tags: Vec<u8> = q.chunks().map(|c| c[0]).collect();
         assert_eq!(tags, vec![8, 9, 7, 1, 2, 3]);
@@ -631,7 +649,7 @@ mod tests {
         let mut q = Queue::new(1 << 20);
         q.push_control(&frame(10, 4), 3, false);
         q.push_control(&frame(2, 5), 0, false);
-        q.push_shared(&frame(20, 1));
+        q.push_shared(&frame(20, 1), 0);
         q.push_control(&frame(2, 6), 0, false);
         let order: Vec<(usize, u8)> = q.chunks().map(|c| (c.len(), c[0])).collect();
         assert_eq!(order, vec![(7, 4), (2, 5), (2, 6), (20, 1)]);
@@ -641,14 +659,14 @@ mod tests {
     fn a_started_front_frame_stays_first() {
         let mut q = Queue::new(1 << 20);
         q.push_rest(&frame(100, 1), 40);
-        q.push_shared(&frame(50, 2));
+        q.push_shared(&frame(50, 2), 0);
         q.push_control(&frame(3, 8), 0, false);
         let order: Vec<(usize, u8)> = q.chunks().map(|c| (c.len(), c[0])).collect();
         assert_eq!(order, vec![(60, 1), (3, 8), (50, 2)]);
         // A front started by a partial write of queued bulk is kept first too.
         let mut q = Queue::new(1 << 20);
-        q.push_shared(&frame(100, 1));
-        q.push_shared(&frame(100, 2));
+        q.push_shared(&frame(100, 1), 0);
+        q.push_shared(&frame(100, 2), 0);
         q.consume(30);
         q.push_control(&frame(3, 8), 0, false);
         q.push_control(&frame(3, 9), 0, false);
@@ -691,7 +709,7 @@ mod tests {
     fn a_close_frame_drops_untouched_bulk_and_ends_the_stream() {
         let mut q = Queue::new(1 << 20);
         q.push_rest(&frame(100, 1), 10);
-        q.push_shared(&frame(100, 2));
+        q.push_shared(&frame(100, 2), 0);
         q.push_control(&frame(2, 8), 0, false);
         q.push_control(&frame(4, 9), 0, true);
         let order: Vec<(usize, u8)> = q.chunks().map(|c| (c.len(), c[0])).collect();
