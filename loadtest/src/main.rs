@@ -250,7 +250,9 @@ impl Opts {
             check_every: self.check_every.unwrap_or(check).max(1),
             connect_batch: self.connect_batch,
             drain_secs: self.drain,
-            relay_pid: self.target.relay_pid,
+            relay_pids: self.target.relay_pid.into_iter().collect(),
+            receiver_urls: Vec::new(),
+            watch: Vec::new(),
             label: self.target.label(),
             read_buf: self.read_buf_kib.max(4) * 1024,
             progress: true,
@@ -319,7 +321,7 @@ async fn single(scenario: Scenario, opts: &Opts, nofile: u64) -> i32 {
         return 2;
     };
     cfg.url = relay.url.clone();
-    cfg.relay_pid = relay.pid;
+    cfg.relay_pids = relay.pid.into_iter().collect();
     eprintln!(
         "loadtest {}: {} receivers on {} channel(s) at {}, {}x{} RGBA ({} B/message), {}, {} s",
         scenario.name(),
