@@ -115,7 +115,7 @@ impl Setup {
 /// The setups of round `round` (0-based), in the order they run: single
 /// first in even rounds, the cluster first in odd ones.
 pub fn order(round: usize) -> [Setup; 2] {
-    if round % 2 == 0 {
+    if round.is_multiple_of(2) {
         [Setup::Single, Setup::Cluster]
     } else {
         [Setup::Cluster, Setup::Single]
@@ -948,12 +948,14 @@ mod tests {
                 ..Group::default()
             }
         };
-        let mut s = Summary::default();
-        s.groups = vec![
-            group(Some(0), 3, 2),
-            group(Some(1), 2, 40),
-            group(Some(2), 2, 50),
-        ];
+        let mut s = Summary {
+            groups: vec![
+                group(Some(0), 3, 2),
+                group(Some(1), 2, 40),
+                group(Some(2), 2, 50),
+            ],
+            ..Summary::default()
+        };
         let (l, r) = local_remote(&s);
         assert_eq!((l.receivers, r.receivers), (3, 4));
         assert!((l.p99 - 2.0).abs() < 0.01, "{l:?}");
