@@ -9,10 +9,13 @@
 //! (loudly). Needs the relay next to the driver (`target/debug/bitstream-relay`,
 //! which `cargo test --workspace` builds), or its path in LOADTEST_RELAY_BIN.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::run_loadtest;
 use serde_json::Value;
 
 /// The `nats-server` to use, or None when it is missing and the test is
@@ -64,36 +67,44 @@ fn a_small_cluster_round_delivers_every_frame_to_receivers_on_every_node() {
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(&out).unwrap();
     let log = out.join("stderr.txt");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_loadtest"))
-        .arg("cluster")
-        .args(["--rounds", "1", "--seconds", &SECONDS.to_string()])
-        .args(["--fps", &FPS.to_string(), "--width", "64", "--height", "64"])
-        .args(["--receivers", &RECEIVERS.to_string()])
-        .args(["--nodes", &NODES.to_string(), "--drain", "5"])
-        .args(["--relay-cpu", "none", "--driver-cpu", "none"])
-        .arg("--relay-bin")
-        .arg(&relay)
-        .arg("--nats-server")
-        .arg(&nats)
-        .arg("--out")
-        .arg(&out)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("run loadtest");
+    let (fps, seconds) = (FPS.to_string(), SECONDS.to_string());
+    let (receivers, nodes) = (RECEIVERS.to_string(), NODES.to_string());
+    let args: Vec<&OsStr> = [
+        "cluster",
+        "--rounds",
+        "1",
+        "--seconds",
+        &seconds,
+        "--fps",
+        &fps,
+        "--width",
+        "64",
+        "--height",
+        "64",
+        "--receivers",
+        &receivers,
+        "--nodes",
+        &nodes,
+        "--drain",
+        "5",
+        "--relay-cpu",
+        "none",
+        "--driver-cpu",
+        "none",
+    ]
+    .into_iter()
+    .map(OsStr::new)
+    .chain([
+        OsStr::new("--relay-bin"),
+        relay.as_os_str(),
+        OsStr::new("--nats-server"),
+        nats.as_os_str(),
+        OsStr::new("--out"),
+        out.as_os_str(),
+    ])
+    .collect();
     // A guard against a hung driver only (the run takes ~10 s).
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break Some(st);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = run_loadtest(args, &log, Duration::from_secs(120));
     let stderr = std::fs::read_to_string(&log).unwrap_or_default();
     let results = std::fs::read_dir(&out)
         .unwrap()
