@@ -142,6 +142,17 @@ impl Node {
     }
 }
 
+/// nats-server over one cluster run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NatsFacts {
+    /// Its traffic over the run (None: `/varz` could not be read).
+    pub traffic: Option<Traffic>,
+    /// CPU over the send window, % of one core.
+    pub cpu_pct: Option<f64>,
+    /// Peak RSS (sampled), MB.
+    pub rss_mb: Option<f64>,
+}
+
 /// One run of one setup.
 #[derive(Debug, Clone)]
 pub struct Run {
@@ -153,8 +164,8 @@ pub struct Run {
     pub s: Summary,
     /// The cluster's nodes (empty for a single relay).
     pub nodes: Vec<Node>,
-    /// nats-server over the run: traffic, CPU % and peak RSS MB.
-    pub nats: Option<(Option<Traffic>, Option<f64>, Option<f64>)>,
+    /// nats-server over the run (cluster runs).
+    pub nats: Option<NatsFacts>,
     /// Why the setup could not be started, if it could not (no run then).
     pub start_error: Option<String>,
 }
@@ -226,7 +237,7 @@ impl Run {
 
     /// Relays and nats-server together, % of one core.
     pub fn total_cpu(&self) -> f64 {
-        self.relay_cpu() + self.nats.and_then(|n| n.1).unwrap_or(0.0)
+        self.relay_cpu() + self.nats.and_then(|n| n.cpu_pct).unwrap_or(0.0)
     }
 
     /// MB/s over the send window of `bytes` (a node's NATS counters, which
@@ -559,11 +570,11 @@ async fn cluster(
         });
     }
     let nw = s.watched.get(o.nodes);
-    let nats = Some((
+    let nats = Some(NatsFacts {
         traffic,
-        nw.and_then(|w| w.cpu_pct),
-        nw.and_then(|w| w.rss_peak_mb),
-    ));
+        cpu_pct: nw.and_then(|w| w.cpu_pct),
+        rss_mb: nw.and_then(|w| w.rss_peak_mb),
+    });
     s.relay_exit = cl.exited();
     drop(cl);
     Run {
@@ -640,13 +651,13 @@ fn run_text(r: &Run) -> String {
             n.metric("relay_slow_skips_total"),
         );
     }
-    if let Some((t, cpu, rss)) = &r.nats {
+    if let Some(n) = &r.nats {
         let _ = writeln!(
             o,
             "nats-server   CPU {}%, peak RSS {} MB; {}",
-            report::opt(*cpu, 1),
-            report::opt(*rss, 1),
-            t.map_or("traffic unknown".into(), |t| format!(
+            report::opt(n.cpu_pct, 1),
+            report::opt(n.rss_mb, 1),
+            n.traffic.map_or("traffic unknown".into(), |t| format!(
                 "in {} msgs / {:.1} MB, out {} msgs / {:.1} MB over the run",
                 t.in_msgs,
                 t.in_bytes as f64 / 1e6,
@@ -684,11 +695,11 @@ fn run_json(r: &Run) -> Value {
             })
         })
         .collect();
-    if let Some((t, cpu, rss)) = &r.nats {
+    if let Some(n) = &r.nats {
         j["nats_server"] = json!({
-            "cpu_percent": cpu,
-            "peak_rss_MB": rss,
-            "traffic": t.map(|t| json!({"in_msgs": t.in_msgs, "in_bytes": t.in_bytes, "out_msgs": t.out_msgs, "out_bytes": t.out_bytes})),
+            "cpu_percent": n.cpu_pct,
+            "peak_rss_MB": n.rss_mb,
+            "traffic": n.traffic.map(|t| json!({"in_msgs": t.in_msgs, "in_bytes": t.in_bytes, "out_msgs": t.out_msgs, "out_bytes": t.out_bytes})),
         });
     }
     j
@@ -767,9 +778,13 @@ fn table(o: &ClusterOpts, cfg: &RunCfg, runs: &[Run]) -> String {
             String::new()
         };
         let nats = match &r.nats {
-            Some((t, cpu, rss)) => (
-                format!("{} / {}", report::opt(*cpu, 1), report::opt(*rss, 1)),
-                t.map_or("-".into(), |t| {
+            Some(n) => (
+                format!(
+                    "{} / {}",
+                    report::opt(n.cpu_pct, 1),
+                    report::opt(n.rss_mb, 1)
+                ),
+                n.traffic.map_or("-".into(), |t| {
                     let w = r.s.window_s.max(1e-6) * 1e6;
                     format!(
                         "{:.1} / {:.1}",
