@@ -262,7 +262,14 @@ impl Stream {
     ) -> Result<Stream, String> {
         let tally = Arc::new(Tally::new(Arc::new(PhaseClock::new(phases))));
         let live_ch = [live.to_owned()];
-        let joins = peer::join_receivers(target, &live_ch, o.receivers, o.receivers, |_| {}).await;
+        let joins = peer::join_receivers(
+            std::slice::from_ref(target),
+            &live_ch,
+            o.receivers,
+            o.receivers,
+            |_| {},
+        )
+        .await;
         if let Some(e) = joins.first_error {
             return Err(format!(
                 "{} of {} healthy receivers failed to connect; first: {e}",

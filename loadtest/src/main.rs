@@ -6,11 +6,14 @@
 //!     cargo run --release -p loadtest -- compare --scenario headline --rounds 3
 //!     cargo run --release -p loadtest -- chaos --start ours
 //!     cargo run --release -p loadtest -- hostile --start ours
+//!     cargo run --release -p loadtest -- cluster --rounds 3
 
 mod chaos;
 mod charts;
+mod cluster;
 mod healthy;
 mod hostile;
+mod nats;
 mod peer;
 mod probe;
 mod relays;
@@ -57,6 +60,9 @@ pub enum Scenario {
     Bigframes,
     /// `receivers` (15,000, 16×16 frames) at rising frame rates: the highest that passes.
     ReceiversSweep,
+    /// `headline` on one relay and on a cluster of relays over NATS (its own command, not for `compare`).
+    #[value(skip)]
+    Cluster,
 }
 
 impl Scenario {
@@ -69,6 +75,7 @@ impl Scenario {
             Scenario::Channels => "channels",
             Scenario::Bigframes => "bigframes",
             Scenario::ReceiversSweep => "receivers-sweep",
+            Scenario::Cluster => "cluster",
         }
     }
 
@@ -86,6 +93,7 @@ impl Scenario {
             Scenario::Bigframes => (8, 1, 3840, 2160, 10.0, 1),
             // fps: the first step's; the steps are --rates.
             Scenario::ReceiversSweep => (15_000, 1, 16, 16, 5.0, 1),
+            Scenario::Cluster => (64, 1, 640, 360, 30.0, 1),
         }
     }
 
@@ -125,6 +133,8 @@ enum Cmd {
     Chaos(chaos::ChaosOpts),
     /// Attacks from single clients, one after another, while a healthy 30 fps stream is measured.
     Hostile(hostile::HostileOpts),
+    /// The headline stream on one relay and on nats-server + N relays (receivers spread over them), round by round: delivery, latency local/remote, CPU, NATS traffic, cluster ÷ single.
+    Cluster(cluster::ClusterOpts),
     /// The plain-TCP fan-out reference server (started by `compare`).
     #[command(hide = true)]
     TcpServer {
@@ -250,7 +260,9 @@ impl Opts {
             check_every: self.check_every.unwrap_or(check).max(1),
             connect_batch: self.connect_batch,
             drain_secs: self.drain,
-            relay_pid: self.target.relay_pid,
+            relay_pids: self.target.relay_pid.into_iter().collect(),
+            receiver_urls: Vec::new(),
+            watch: Vec::new(),
             label: self.target.label(),
             read_buf: self.read_buf_kib.max(4) * 1024,
             progress: true,
@@ -282,6 +294,7 @@ fn main() {
         }
         Cmd::Chaos(o) => std::process::exit(chaos::main(o)),
         Cmd::Hostile(o) => std::process::exit(hostile::main(o)),
+        Cmd::Cluster(o) => std::process::exit(cluster::main(o)),
         Cmd::Headline(o) => (Scenario::Headline, o, None),
         Cmd::Saturate(o) => (Scenario::Saturate, o, None),
         Cmd::Receivers(o) => (Scenario::Receivers, o, None),
@@ -319,7 +332,7 @@ async fn single(scenario: Scenario, opts: &Opts, nofile: u64) -> i32 {
         return 2;
     };
     cfg.url = relay.url.clone();
-    cfg.relay_pid = relay.pid;
+    cfg.relay_pids = relay.pid.into_iter().collect();
     eprintln!(
         "loadtest {}: {} receivers on {} channel(s) at {}, {}x{} RGBA ({} B/message), {}, {} s",
         scenario.name(),

@@ -389,6 +389,8 @@ pub struct Joined {
     pub rid: usize,
     /// Number of its channel.
     pub channel: usize,
+    /// Index of the relay it joined, of those [`join_receivers`] was given.
+    pub node: usize,
     /// The socket.
     pub stream: TcpStream,
     /// Bytes read past the handshake.
@@ -407,9 +409,11 @@ pub struct Joins {
 }
 
 /// Connects `n` receivers, round-robin over `channels`, `batch` at a time
-/// (each within 20 s); `after_batch` sees the progress.
+/// (each within 20 s); `after_batch` sees the progress. Receiver `r` joins
+/// relay `(r / channels) % relays.len()` of `relays` (the nodes of a
+/// cluster), so every channel's receivers are spread over all of them.
 pub async fn join_receivers(
-    t: &Target,
+    relays: &[Target],
     channels: &[String],
     n: usize,
     batch: usize,
@@ -421,7 +425,8 @@ pub async fn join_receivers(
         let b = batch.max(1).min(n - i);
         let tasks: Vec<JoinHandle<_>> = (i..i + b)
             .map(|rid| {
-                let (t, ch) = (t.clone(), channels[rid % channels.len()].clone());
+                let node = relay_of(rid, channels.len(), relays.len());
+                let (t, ch) = (relays[node].clone(), channels[rid % channels.len()].clone());
                 tokio::spawn(async move {
                     tokio::time::timeout(
                         Duration::from_secs(20),
@@ -437,6 +442,7 @@ pub async fn join_receivers(
                 Ok((stream, left)) => j.ok.push(Joined {
                     rid,
                     channel: rid % channels.len(),
+                    node: relay_of(rid, channels.len(), relays.len()),
                     stream,
                     left,
                 }),
@@ -450,6 +456,11 @@ pub async fn join_receivers(
         after_batch(&j);
     }
     j
+}
+
+/// Which of `relays` receiver `rid` joins (see [`join_receivers`]).
+pub fn relay_of(rid: usize, channels: usize, relays: usize) -> usize {
+    (rid / channels.max(1)) % relays.max(1)
 }
 
 /// Starts a receiver task for each joined connection.
@@ -925,7 +936,26 @@ fn source_thread(
 
 #[cfg(test)]
 mod tests {
-    use super::Throttle;
+    use super::{relay_of, Throttle};
+
+    #[test]
+    fn receivers_spread_over_every_relay_and_every_channel_reaches_each() {
+        // 64 receivers of one channel over 3 relays: 22, 21, 21.
+        let mut per = [0usize; 3];
+        for r in 0..64 {
+            per[relay_of(r, 1, 3)] += 1;
+        }
+        assert_eq!(per, [22, 21, 21]);
+        // 3 channels over 3 relays: each channel has receivers on each relay
+        // (a plain `r % relays` would put each channel on one relay only).
+        let mut seen = [[false; 3]; 3];
+        for r in 0..9 {
+            seen[r % 3][relay_of(r, 3, 3)] = true;
+        }
+        assert!(seen.iter().flatten().all(|&x| x), "{seen:?}");
+        // One relay: everyone on it.
+        assert!((0..10).all(|r| relay_of(r, 4, 1) == 0));
+    }
 
     /// A reader that takes everything allowed, waking when told to.
     fn read_for(rate: f64, secs: f64) -> f64 {

@@ -191,7 +191,7 @@ pub fn shared_dir() -> PathBuf {
 }
 
 /// `name` in a folder of `PATH`, if there is one.
-fn on_path(name: &str) -> Option<PathBuf> {
+pub fn on_path(name: &str) -> Option<PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?)
         .map(|d| d.join(name))
         .find(|p| p.is_file())
@@ -269,7 +269,8 @@ pub struct RelayProc {
     pub log: PathBuf,
 }
 
-fn free_port() -> std::io::Result<u16> {
+/// A loopback port nothing listens on now.
+pub fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
@@ -318,8 +319,41 @@ pub fn spawn(
         }
     };
     cmd.args(extra);
-    std::fs::create_dir_all(log_dir).map_err(|e| format!("{}: {e}", log_dir.display()))?;
+    let url = match kind {
+        RelayKind::Tcp => format!("tcp://{addr}"),
+        _ => format!("ws://{addr}"),
+    };
     let log = log_dir.join(format!("{}-{tag}.log", kind.label()));
+    let p = launch(cmd, kind.label(), port, url, cpu, log)?;
+    eprintln!(
+        "loadtest: started {} (pid {}) at {}{}",
+        kind.label(),
+        p.pid,
+        p.url,
+        if extra.is_empty() {
+            String::new()
+        } else {
+            format!(" with {}", extra.join(" "))
+        }
+    );
+    Ok(p)
+}
+
+/// Starts `cmd` (`name` in messages), pinned to `cpu` if given, its
+/// stdout and stderr into `log`, and waits (up to 20 s) until it accepts
+/// on loopback `port`; `url` is how clients reach it. Err (with the log's
+/// tail) if it exits first or never listens.
+pub fn launch(
+    mut cmd: Command,
+    name: &str,
+    port: u16,
+    url: String,
+    cpu: Option<usize>,
+    log: PathBuf,
+) -> Result<RelayProc, String> {
+    if let Some(dir) = log.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
     let f = File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
     let f2 = f.try_clone().map_err(|e| e.to_string())?;
     cmd.stdin(Stdio::null()).stdout(f).stderr(f2);
@@ -337,23 +371,19 @@ pub fn spawn(
     }
     let child = cmd
         .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", kind.label()))?;
+        .map_err(|e| format!("cannot start {name}: {e}"))?;
     let mut p = RelayProc {
         pid: child.id(),
         child,
-        url: match kind {
-            RelayKind::Tcp => format!("tcp://{addr}"),
-            _ => format!("ws://{addr}"),
-        },
+        url,
         log,
     };
-    let sa: SocketAddr = addr.parse().unwrap();
+    let sa = SocketAddr::from(([127, 0, 0, 1], port));
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Ok(Some(st)) = p.child.try_wait() {
             return Err(format!(
-                "{} exited at start ({st}); log {}:\n{}",
-                kind.label(),
+                "{name} exited at start ({st}); log {}:\n{}",
                 p.log.display(),
                 tail(&p.log)
             ));
@@ -363,25 +393,11 @@ pub fn spawn(
         }
         if Instant::now() > deadline {
             p.stop();
-            return Err(format!(
-                "{} did not listen on {addr} within 20 s",
-                kind.label()
-            ));
+            return Err(format!("{name} did not listen on {sa} within 20 s"));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(200));
-    eprintln!(
-        "loadtest: started {} (pid {}) at {}{}",
-        kind.label(),
-        p.pid,
-        p.url,
-        if extra.is_empty() {
-            String::new()
-        } else {
-            format!(" with {}", extra.join(" "))
-        }
-    );
     Ok(p)
 }
 
@@ -403,14 +419,23 @@ impl RelayProc {
         self.child.try_wait().ok().flatten().map(|s| s.to_string())
     }
 
+    /// Sends SIGTERM (if it still runs) and returns at once: stopping
+    /// several processes, signal them all first, then [`RelayProc::stop`]
+    /// each, so their shutdowns overlap.
+    pub fn terminate(&mut self) {
+        if self.alive() {
+            unsafe {
+                libc::kill(self.pid as libc::pid_t, libc::SIGTERM);
+            }
+        }
+    }
+
     /// SIGTERM, up to 3 s to exit, then SIGKILL.
     pub fn stop(&mut self) {
         if !self.alive() {
             return;
         }
-        unsafe {
-            libc::kill(self.pid as libc::pid_t, libc::SIGTERM);
-        }
+        self.terminate();
         let deadline = Instant::now() + Duration::from_secs(3);
         while Instant::now() < deadline {
             if !self.alive() {

@@ -80,6 +80,7 @@ pub fn verdict(s: &Summary, round: Option<(usize, usize)>) -> String {
 fn group_json(g: &Group) -> Value {
     json!({
         "name": g.name,
+        "node": g.node.map(|n| n + 1),
         "gaps_allowed": g.gaps,
         "receivers": g.receivers,
         "read_limit_MBps": g.read_limit_mbps,
@@ -223,6 +224,10 @@ pub fn json(s: &Summary) -> Value {
             "rss_per_connection_KiB_at_peak": s.rss_per_conn_peak_kib,
             "exit": s.relay_exit,
         },
+        "relay_processes": s.relay_processes,
+        "watched_processes": s.watched.iter().map(|w| json!({
+            "name": w.name, "cpu_percent_of_one_core": w.cpu_pct, "peak_rss_MB_sampled": w.rss_peak_mb,
+        })).collect::<Vec<_>>(),
         "driver_cpu_percent_of_one_core": s.driver_cpu_pct,
         "other_processes_cpu_percent_of_one_core": s.others_cpu_pct,
         "integrity": {"failed": s.failed(), "summary": s.integrity()},
@@ -318,13 +323,30 @@ pub fn text(s: &Summary) -> String {
     );
     let _ = writeln!(
         o,
-        "relay         CPU {}% of one core; peak RSS {} MB (VmHWM), {} MB sampled; idle {} MB, connected {} MB",
+        "relay         CPU {}% of one core; peak RSS {} MB (VmHWM), {} MB sampled; idle {} MB, connected {} MB{}",
         opt(s.relay_cpu_pct, 1),
         opt(s.relay_hwm_mb, 1),
         opt(s.relay_rss_peak_mb, 1),
         opt(s.relay_idle_rss_mb, 1),
-        opt(s.relay_connected_rss_mb, 1)
+        opt(s.relay_connected_rss_mb, 1),
+        if s.relay_processes > 1 {
+            format!(
+                " (all {} relay processes added up; VmHWM: the sum of their peaks)",
+                s.relay_processes
+            )
+        } else {
+            String::new()
+        }
     );
+    for w in &s.watched {
+        let _ = writeln!(
+            o,
+            "process       {}: CPU {}% of one core, peak RSS {} MB (sampled)",
+            w.name,
+            opt(w.cpu_pct, 1),
+            opt(w.rss_peak_mb, 1)
+        );
+    }
     if s.rss_per_conn_kib.is_some() && s.scenario == "receivers" {
         let _ = writeln!(
             o,
@@ -371,7 +393,8 @@ pub fn text(s: &Summary) -> String {
     o
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// The median of `v` (NaN when empty).
+pub fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return f64::NAN;
     }
@@ -649,7 +672,7 @@ pub async fn compare(
                 }
             };
             cfg.url = p.url.clone();
-            cfg.relay_pid = Some(p.pid);
+            cfg.relay_pids = vec![p.pid];
             cfg.label = kind.label().into();
             let mut s = run::run(&cfg).await;
             s.relay_exit = p.exit_status();

@@ -40,8 +40,18 @@ pub struct RunCfg {
     pub connect_batch: usize,
     /// Longest wait for in-flight frames after the source stops, seconds.
     pub drain_secs: f64,
-    /// Relay process to measure.
-    pub relay_pid: Option<u32>,
+    /// The relay's processes to measure, their CPU and RSS added up: one,
+    /// or every node of a cluster (none: not measured).
+    pub relay_pids: Vec<u32>,
+    /// Relays the receivers are spread over, receiver `r` of channel
+    /// `r % channels` on `(r / channels) % len` (empty: all on `url`, where
+    /// the source always is). Each relay's receivers form their own
+    /// groups (`node1`, `node2`, ...), so latency is reported per relay.
+    pub receiver_urls: Vec<String>,
+    /// Other processes measured over the send window, by name (a
+    /// cluster's nodes one by one, its nats-server): CPU % and peak RSS in
+    /// [`Summary::watched`], left out of "others".
+    pub watch: Vec<(String, u32)>,
     /// Name of the relay in reports.
     pub label: String,
     /// Bytes per read syscall (one buffer per driver thread).
@@ -150,6 +160,8 @@ pub struct Summary {
     pub others_cpu_pct: Option<f64>,
     pub relay_hwm_mb: Option<f64>,
     pub relay_rss_peak_mb: Option<f64>,
+    /// Relay processes measured (CPU and RSS are their sums).
+    pub relay_processes: usize,
     pub relay_idle_rss_mb: Option<f64>,
     pub relay_connected_rss_mb: Option<f64>,
     pub rss_per_conn_kib: Option<f64>,
@@ -168,13 +180,30 @@ pub struct Summary {
     pub timeline: Vec<Tick>,
     /// Latency of every delivered frame (all groups), µs.
     pub lat_hist: Option<Histogram<u64>>,
+    /// The [`RunCfg::watch`] processes over the send window.
+    pub watched: Vec<Watched>,
+}
+
+/// A process measured beside the relay (see [`RunCfg::watch`]).
+#[derive(Debug, Clone, Default)]
+pub struct Watched {
+    /// Its name in reports.
+    pub name: String,
+    /// CPU over the send window, % of one core.
+    pub cpu_pct: Option<f64>,
+    /// Peak RSS sampled once a second and at the end, MB.
+    pub rss_peak_mb: Option<f64>,
 }
 
 /// Receivers that read alike and are judged alike.
 #[derive(Debug, Clone, Default)]
 pub struct Group {
-    /// `all`, `fast` or `slow`.
+    /// `all`, `fast` or `slow`; with several relays (see
+    /// [`RunCfg::receiver_urls`]) `nodeK` or `fast@nodeK`, `slow@nodeK`.
     pub name: String,
+    /// With several relays, the index of its receivers' relay in
+    /// [`RunCfg::receiver_urls`] (0: the source's).
+    pub node: Option<usize>,
     /// What each must get: every frame, or gaps allowed.
     pub gaps: bool,
     /// Receivers connected.
@@ -352,6 +381,47 @@ fn mb(kib: Option<u64>) -> Option<f64> {
     kib.map(|k| k as f64 / 1024.0)
 }
 
+/// A receiver group to be: name, relay index (with several relays),
+/// gaps allowed, read-rate limit, and its receivers.
+type GroupSpec = (String, Option<usize>, bool, Option<f64>, Vec<peer::Joined>);
+
+/// The receivers in groups: the first `receivers - slow` read at
+/// `fast_rate` (`fast`), the rest at `slow_rate` (`slow`), or all at full
+/// speed (`all`); with several relays each of those split by relay
+/// (`nodeK`, `fast@nodeK`, ...: K counts from 1, the source's relay).
+fn group_specs(cfg: &RunCfg, relays: usize, joined: Vec<peer::Joined>) -> Vec<GroupSpec> {
+    let n_fast = cfg.receivers.saturating_sub(cfg.slow);
+    let mut by_speed: Vec<(&str, bool, Option<f64>, Vec<peer::Joined>)> = Vec::new();
+    if cfg.slow == 0 && cfg.fast_rate.is_none() {
+        by_speed.push(("all", false, None, joined));
+    } else {
+        let (fast, slow): (Vec<_>, Vec<_>) = joined.into_iter().partition(|j| j.rid < n_fast);
+        by_speed.push(("fast", false, cfg.fast_rate, fast));
+        if cfg.slow > 0 {
+            by_speed.push(("slow", true, cfg.slow_rate, slow));
+        }
+    }
+    let mut specs = Vec::new();
+    for (speed, gaps, rate, joined) in by_speed {
+        if relays < 2 {
+            specs.push((speed.to_owned(), None, gaps, rate, joined));
+            continue;
+        }
+        let mut per_node: Vec<Vec<peer::Joined>> = (0..relays).map(|_| Vec::new()).collect();
+        for j in joined {
+            per_node[j.node.min(relays - 1)].push(j);
+        }
+        for (k, js) in per_node.into_iter().enumerate() {
+            let name = match speed {
+                "all" => format!("node{}", k + 1),
+                _ => format!("{speed}@node{}", k + 1),
+            };
+            specs.push((name, Some(k), gaps, rate, js));
+        }
+    }
+    specs
+}
+
 /// Runs one scenario against `cfg.url`.
 pub async fn run(cfg: &RunCfg) -> Summary {
     let mut s = Summary {
@@ -374,24 +444,50 @@ pub async fn run(cfg: &RunCfg) -> Summary {
             return s;
         }
     };
+    let targets = if cfg.receiver_urls.is_empty() {
+        vec![target.clone()]
+    } else {
+        match cfg
+            .receiver_urls
+            .iter()
+            .map(|u| Target::parse(u))
+            .collect::<Result<Vec<_>, _>>()
+        {
+            Ok(t) => t,
+            Err(e) => {
+                s.notes.push(e.clone());
+                s.source_error = Some(e);
+                return s;
+            }
+        }
+    };
     s.msg_bytes = FrameTemplate::new(target.framing, cfg.width, cfg.height).msg_len;
     static RUN: AtomicU64 = AtomicU64::new(0);
     let run_id = format!("lt{}x{}", std::process::id(), RUN.fetch_add(1, Relaxed));
     let names: Vec<String> = (0..cfg.channels).map(|c| format!("{run_id}-{c}")).collect();
-    let pid = cfg.relay_pid;
-    let idle_rss = pid.and_then(sys::rss_kib);
+    let pids = cfg.relay_pids.as_slice();
+    s.relay_processes = pids.len();
+    let relay_rss = || sys::sum_of(pids, sys::rss_kib);
+    let relay_cpu = || ProcSample::take_all(pids);
+    let mut watched_peak: Vec<u64> = vec![0; cfg.watch.len()];
+    let watch_rss = |peaks: &mut [u64]| {
+        for ((_, p), peak) in cfg.watch.iter().zip(peaks.iter_mut()) {
+            *peak = (*peak).max(sys::rss_kib(*p).unwrap_or(0));
+        }
+    };
+    let idle_rss = relay_rss();
     s.relay_idle_rss_mb = mb(idle_rss);
     let mut rss_peak = idle_rss.unwrap_or(0);
 
     // Receivers, in batches.
     let t_conn = Instant::now();
-    let mut conn_cpu = pid.and_then(ProcSample::take);
+    let mut conn_cpu = relay_cpu();
     let overflows0 = sys::tcpext("ListenOverflows");
-    let joins = peer::join_receivers(&target, &names, cfg.receivers, cfg.connect_batch, |j| {
+    let joins = peer::join_receivers(&targets, &names, cfg.receivers, cfg.connect_batch, |j| {
         if !cfg.progress || cfg.receivers < 2000 {
             return;
         }
-        let c = pid.and_then(ProcSample::take);
+        let c = relay_cpu();
         let cpu = match (c, conn_cpu) {
             (Some(a), Some(b)) => format!("{:.0}%", a.cpu_pct_since(&b)),
             _ => "-".into(),
@@ -403,8 +499,7 @@ pub async fn run(cfg: &RunCfg) -> Summary {
             cfg.receivers,
             j.failures,
             t_conn.elapsed().as_secs_f64(),
-            pid.and_then(sys::rss_kib)
-                .map_or("-".into(), |r| format!("{:.0}MB", r as f64 / 1024.0)),
+            relay_rss().map_or("-".into(), |r| format!("{:.0}MB", r as f64 / 1024.0)),
         );
     })
     .await;
@@ -421,21 +516,9 @@ pub async fn run(cfg: &RunCfg) -> Summary {
             s.connect_failures
         );
     }
-    // Groups: the first `receivers - slow` read at `fast_rate`, the rest at `slow_rate`.
-    let n_fast = cfg.receivers.saturating_sub(cfg.slow);
-    let mut specs: Vec<(String, bool, Option<f64>, Vec<peer::Joined>)> = Vec::new();
-    if cfg.slow == 0 && cfg.fast_rate.is_none() {
-        specs.push(("all".into(), false, None, joins.ok));
-    } else {
-        let (fast, slow): (Vec<_>, Vec<_>) = joins.ok.into_iter().partition(|j| j.rid < n_fast);
-        specs.push(("fast".into(), false, cfg.fast_rate, fast));
-        if cfg.slow > 0 {
-            specs.push(("slow".into(), true, cfg.slow_rate, slow));
-        }
-    }
     let mut groups: Vec<(Group, Arc<Latency>, Vec<Arc<RecvStat>>)> = Vec::new();
     let mut tasks = Vec::new();
-    for (name, gaps, rate, joined) in specs {
+    for (name, node, gaps, rate, joined) in group_specs(cfg, targets.len(), joins.ok) {
         let lat = Arc::new(Latency {
             hist: Mutex::new(peer::new_hist()),
             ihist: Mutex::new(peer::new_hist()),
@@ -448,6 +531,7 @@ pub async fn run(cfg: &RunCfg) -> Summary {
         };
         let g = Group {
             name,
+            node,
             gaps,
             receivers: joined.len(),
             read_limit_mbps: rate.map(|r| r / 1e6),
@@ -483,12 +567,18 @@ pub async fn run(cfg: &RunCfg) -> Summary {
     };
     // Let the relay register every receiver before the first frame.
     tokio::time::sleep(Duration::from_millis(300 + cfg.receivers as u64 / 20)).await;
-    let conn_rss = pid.and_then(sys::rss_kib);
+    let conn_rss = relay_rss();
     s.relay_connected_rss_mb = mb(conn_rss);
     if let Some(r) = conn_rss {
         rss_peak = rss_peak.max(r);
     }
-    let cpu0 = pid.and_then(ProcSample::take);
+    let cpu0 = relay_cpu();
+    let watch0: Vec<Option<ProcSample>> = cfg
+        .watch
+        .iter()
+        .map(|(_, p)| ProcSample::take(*p))
+        .collect();
+    watch_rss(&mut watched_peak);
     let me0 = ProcSample::take(std::process::id());
     let busy0 = sys::machine_busy_ticks();
     src.go();
@@ -521,15 +611,16 @@ pub async fn run(cfg: &RunCfg) -> Summary {
             h.reset();
         }
         let (p50, p99) = (quantile_ms(&sec, 0.5), quantile_ms(&sec, 0.99));
-        let cpu_now = pid.and_then(ProcSample::take);
+        let cpu_now = relay_cpu();
         let cpu = match (cpu_now, last.3) {
             (Some(a), Some(b)) => Some(a.cpu_pct_since(&b)),
             _ => None,
         };
-        let rss = pid.and_then(sys::rss_kib);
+        let rss = relay_rss();
         if let Some(r) = rss {
             rss_peak = rss_peak.max(r);
         }
+        watch_rss(&mut watched_peak);
         let tick = Tick {
             t: t_start.elapsed().as_secs_f64(),
             fps: (sent - last.1) as f64 / dt,
@@ -575,7 +666,12 @@ pub async fn run(cfg: &RunCfg) -> Summary {
         last = (now, sent, c.bytes, cpu_now);
     }
     // Window for rates and CPU: from go to the source's last send.
-    let cpu1 = pid.and_then(ProcSample::take);
+    let cpu1 = relay_cpu();
+    let watch1: Vec<Option<ProcSample>> = cfg
+        .watch
+        .iter()
+        .map(|(_, p)| ProcSample::take(*p))
+        .collect();
     let me1 = ProcSample::take(std::process::id());
     let busy1 = sys::machine_busy_ticks();
     let per_rx_bytes: Vec<u64> = stats.iter().map(|x| x.counts(0).bytes).collect();
@@ -590,11 +686,12 @@ pub async fn run(cfg: &RunCfg) -> Summary {
     while Instant::now() < drain_until && stats.iter().any(|x| x.behind(sent)) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    if let Some(r) = pid.and_then(sys::rss_kib) {
+    if let Some(r) = relay_rss() {
         rss_peak = rss_peak.max(r);
     }
-    s.relay_hwm_mb = mb(pid.and_then(sys::hwm_kib));
-    if pid.is_some() {
+    watch_rss(&mut watched_peak);
+    s.relay_hwm_mb = mb(sys::sum_of(pids, sys::hwm_kib));
+    if !pids.is_empty() {
         s.relay_rss_peak_mb = Some(rss_peak as f64 / 1024.0);
     }
     for t in &tasks {
@@ -726,11 +823,20 @@ pub async fn run(cfg: &RunCfg) -> Summary {
             (Some(a), Some(b)) => a.ticks.saturating_sub(b.ticks),
             _ => 0,
         };
+        // Watched processes that are not relays (a cluster's nats-server).
+        let watched: u64 = cfg
+            .watch
+            .iter()
+            .zip(watch0.iter().zip(&watch1))
+            .filter(|((_, p), _)| !pids.contains(p))
+            .filter_map(|(_, (a, b))| Some(b.as_ref()?.ticks.saturating_sub(a.as_ref()?.ticks)))
+            .sum();
         let dt = m1.at - m0.at;
-        if dt > 0.0 && pid.is_some() {
+        if dt > 0.0 && !pids.is_empty() {
             let others = b1
                 .saturating_sub(b0)
                 .saturating_sub(relay)
+                .saturating_sub(watched)
                 .saturating_sub(m1.ticks.saturating_sub(m0.ticks));
             s.others_cpu_pct = Some(others as f64 / sys::ticks_per_sec() / dt * 100.0);
         }
@@ -741,6 +847,20 @@ pub async fn run(cfg: &RunCfg) -> Summary {
             s.rss_per_conn_peak_kib = Some(rss_peak.saturating_sub(i) as f64 / n as f64);
         }
     }
+    s.watched = cfg
+        .watch
+        .iter()
+        .zip(watch0.iter().zip(&watch1))
+        .zip(&watched_peak)
+        .map(|(((name, _), (a, b)), &peak)| Watched {
+            name: name.clone(),
+            cpu_pct: match (a, b) {
+                (Some(a), Some(b)) => Some(b.cpu_pct_since(a)),
+                _ => None,
+            },
+            rss_peak_mb: (peak > 0).then_some(peak as f64 / 1024.0),
+        })
+        .collect();
     s.receivers_ended = peer::ended_early(&stats);
     if cfg.check_every > 1 {
         s.notes.push(format!(

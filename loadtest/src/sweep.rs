@@ -281,7 +281,7 @@ pub async fn single(opts: &Opts, nofile: u64) -> i32 {
         return 2;
     };
     cfg.url = relay.url.clone();
-    cfg.relay_pid = relay.pid;
+    cfg.relay_pids = relay.pid.into_iter().collect();
     let sw = sweep(
         &cfg,
         &opts.rates,
@@ -390,7 +390,7 @@ pub async fn compare(rounds: usize, kinds: &[RelayKind], opts: &Opts, nofile: u6
                 }
             };
             cfg.url = p.url.clone();
-            cfg.relay_pid = Some(p.pid);
+            cfg.relay_pids = vec![p.pid];
             cfg.label = kind.label().into();
             let sw = sweep(
                 &cfg,

@@ -60,6 +60,15 @@ pub fn hwm_kib(pid: u32) -> Option<u64> {
     status_kib(pid, "VmHWM:")
 }
 
+/// `f` of every process in `pids`, added up: None if `pids` is empty or
+/// any of them cannot be read (gone), so a sum never silently leaves one out.
+pub fn sum_of(pids: &[u32], f: impl Fn(u32) -> Option<u64>) -> Option<u64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&p| f(p)).sum()
+}
+
 /// Pins the calling thread (and the threads it creates later) to `cpu`.
 pub fn pin_self(cpu: usize) -> Result<(), String> {
     unsafe {
@@ -117,9 +126,15 @@ pub struct ProcSample {
 impl ProcSample {
     /// Takes a sample now.
     pub fn take(pid: u32) -> Option<Self> {
+        Self::take_all(&[pid])
+    }
+
+    /// Takes a sample of several processes together (their CPU time added
+    /// up; the nodes of a cluster); None if `pids` is empty or one is gone.
+    pub fn take_all(pids: &[u32]) -> Option<Self> {
         Some(Self {
             at: crate::now_secs(),
-            ticks: cpu_ticks(pid)?,
+            ticks: sum_of(pids, cpu_ticks)?,
         })
     }
 

@@ -3,16 +3,19 @@
 //! frame on its way to every receiver. The run must fail (exit code 1) and
 //! count exactly that damage; with no damage it must pass (exit code 0).
 
+mod common;
+
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bitstream_wire::handshake;
 use bitstream_wire::ws::{self, Side};
+use common::run_loadtest;
 
 /// What the fake relay does to the source's `k`-th message (0-based).
 #[derive(Clone, Copy, Debug)]
@@ -186,28 +189,12 @@ fn loadtest_through(defect: Defect, args: &[&str]) -> (Option<i32>, String, Opti
     ));
     std::fs::create_dir_all(&out).unwrap();
     let log = out.join("stderr.txt");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_loadtest"))
-        .args(args)
-        .args(["--url", &format!("ws://{addr}")])
-        .arg("--out")
-        .arg(&out)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("run loadtest");
+    let url = format!("ws://{addr}");
+    let mut all: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+    all.extend([OsStr::new("--url"), OsStr::new(&url), OsStr::new("--out")]);
+    all.push(out.as_os_str());
     // A run takes a few seconds; a driver that hangs fails the test.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break Some(st);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        thread::sleep(Duration::from_millis(50));
-    };
+    let status = run_loadtest(all, &log, Duration::from_secs(30));
     let stderr = std::fs::read_to_string(&log).unwrap_or_default();
     let json = std::fs::read_dir(&out)
         .into_iter()
