@@ -200,7 +200,7 @@ fn accept(relay: &Arc<Relay>, stream: TcpStream, addr: SocketAddr) {
         ip: (!proxied).then_some(addr.ip()),
     };
     tokio::spawn(async move {
-        let relay = &guard.relay;
+        let relay = &guard.relay.clone();
         let conn = match &relay.tls {
             None => Conn::from(stream),
             // Boxed: the TLS handshake's state would otherwise be part of
@@ -210,12 +210,12 @@ fn accept(relay: &Arc<Relay>, stream: TcpStream, addr: SocketAddr) {
                 None => return,
             },
         };
-        // Boxed and gone once the session starts: only the session's state
-        // stays with the connection for its whole life.
+        // The session is a task of its own, holding the guard: this task's
+        // state (the socket as accepted, the handshake) ends here, and only
+        // the session's stays with the connection for its whole life.
         if let Some(admitted) = Box::pin(admission::handle(relay, conn, addr)).await {
-            admitted.run().await;
+            tokio::spawn(admitted.run(guard));
         }
-        drop(guard);
     });
 }
 
