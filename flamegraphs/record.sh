@@ -16,10 +16,17 @@ cargo build --release -p loadtest >/dev/null
 tmp=$(mktemp -d)
 taskset -c 0 perf record -e cpu-clock -F 999 -g -o "$tmp/perf.data" -- \
     "$relay_bin" --addr 127.0.0.1:$port --max-receivers 100000 \
-    --max-connections-per-ip 100000 --stats-interval-ms 0 2>"$tmp/relay.log" &
+    --max-connections-per-ip 100000 --max-channels-per-ip 100000 --stats-interval-ms 0 2>"$tmp/relay.log" &
 perf_pid=$!
-sleep 1
-relay_pid=$(pgrep -f "^$relay_bin --addr 127.0.0.1:$port" | head -1)
+# perf starts the relay: wait (up to 10 s) until it is there.
+relay_pid=
+for _ in $(seq 100); do
+    relay_pid=$(pgrep -f "^$relay_bin --addr 127.0.0.1:$port" | head -1 || true)
+    [ -n "$relay_pid" ] && break
+    sleep 0.1
+done
+[ -n "$relay_pid" ] || { echo "record.sh: the relay did not start, see $tmp/relay.log" >&2; kill "$perf_pid"; exit 1; }
+sleep 0.5
 taskset -c 1 target/release/loadtest "$scenario" --out target/loadtest/flame --url ws://127.0.0.1:$port --relay-pid "$relay_pid" "$@"
 kill -INT "$relay_pid"
 wait "$perf_pid" || true

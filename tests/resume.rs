@@ -333,3 +333,46 @@ async fn the_rust_receiver_resumes_through_a_cut_connection_or_starts_over() {
     assert_eq!((ch.traffic.resumes, ch.traffic.catchups), (1, 2));
     assert_eq!(r.undecodable, 0);
 }
+
+#[tokio::test]
+async fn all_channels_rings_together_stay_within_max_resume_memory() {
+    let t = start(&[
+        "--resume-ring-bytes",
+        "40000",
+        "--max-resume-memory",
+        "40000",
+    ])
+    .await;
+    let mut chans = Vec::new();
+    for i in 0..4 {
+        let name = format!("pool{i}");
+        let rx = connect(&t.url(&format!("/stream/{name}"))).await;
+        wait_receivers(&t, &name, 1).await;
+        let src = connect(&t.url(&format!("/source/{name}"))).await;
+        chans.push((name, src, rx, Stream::new(1)));
+        if i == 0 {
+            // Alone, the first ring may hold more than a quarter.
+            let (name, src, rx, s) = &mut chans[0];
+            send_n(src, s, 200).await;
+            for _ in 0..200 {
+                recv(rx).await;
+            }
+            let alone = t.relay.channel(name).unwrap().resume_ring_bytes;
+            assert!(alone > 10_000 && alone <= 40_000, "{alone}");
+        }
+    }
+    for (_, src, rx, s) in &mut chans {
+        send_n(src, s, 200).await;
+        for _ in 0..200 {
+            recv(rx).await;
+        }
+    }
+    let held: Vec<usize> = chans
+        .iter()
+        .map(|(n, ..)| t.relay.channel(n).unwrap().resume_ring_bytes)
+        .collect();
+    assert!(
+        held.iter().all(|&h| h > 0 && h <= 10_000),
+        "each ring a quarter of --max-resume-memory at most: {held:?}"
+    );
+}

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use crate::relay::auth::{self, Denied, Grant};
-use crate::relay::channel::{Channel, Fanout};
+use crate::relay::channel::{Channel, Fanout, RingPool};
 use crate::relay::clock::now_ms;
 use crate::relay::cluster::claim::ClaimError;
 use crate::relay::cluster::uplink::UplinkGuard;
@@ -278,7 +278,7 @@ async fn serve(
                 None,
                 relay.budgets.clone(),
                 0,
-                0,
+                RingPool::new(0, 0),
                 Fanout::SINGLE,
                 now_ms(),
             ));
@@ -611,7 +611,7 @@ mod footprint {
             None,
             relay.budgets.clone(),
             0,
-            0,
+            RingPool::new(0, 0),
             Fanout::SINGLE,
             now_ms(),
         ));

@@ -218,6 +218,11 @@ pub struct Config {
     /// frames charged to `--max-memory`; 0 disables resumes.
     #[arg(long, env = "RELAY_RESUME_RING_BYTES", default_value_t = 4 << 20)]
     pub resume_ring_bytes: usize,
+    /// Bytes all channels' resume rings may hold together: each ring holds
+    /// at most the smaller of `--resume-ring-bytes` and an equal share of
+    /// this among the channels that exist; 0 disables resumes.
+    #[arg(long, env = "RELAY_MAX_RESUME_MEMORY", default_value_t = 64 << 20)]
+    pub max_resume_memory: usize,
     /// Bytes of signal events a channel keeps for `Last-Event-ID` replay
     /// (charged to `--max-memory`); the oldest go first.
     #[arg(long, env = "RELAY_SSE_REPLAY_BYTES", default_value_t = 1 << 20)]

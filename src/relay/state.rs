@@ -13,7 +13,7 @@ use tokio::sync::{watch, Notify};
 use crate::relay::auth::Verifier;
 use crate::relay::budget::Budgets;
 use crate::relay::bulk::Bulk;
-use crate::relay::channel::{Channel, Fanout};
+use crate::relay::channel::{Channel, Fanout, RingPool};
 use crate::relay::clock::now_ms;
 use crate::relay::cluster::Cluster;
 use crate::relay::config::Config;
@@ -41,6 +41,8 @@ pub struct Relay {
     /// What the relay may hold for clients (`--max-memory`), and the part
     /// of it every channel's cached state may take together.
     pub(crate) budgets: Budgets,
+    /// The bound every channel's resume ring shares.
+    pub(crate) rings: Arc<RingPool>,
     /// `GET /channels`, rendered at most once a second.
     pub(crate) channels_page: PageCache,
     /// The `/stats/events` snapshot, rendered at most once a second.
@@ -164,6 +166,7 @@ impl Relay {
             tls,
             bulk: Bulk::start()?,
             budgets: Budgets::new(config.max_memory, config.max_cache_memory),
+            rings: RingPool::new(config.resume_ring_bytes, config.max_resume_memory),
             config,
             channels: DashMap::new(),
             connections: Connections::default(),
@@ -225,7 +228,7 @@ impl Relay {
                 Some(key),
                 self.budgets.clone(),
                 self.config.max_signal_state,
-                self.config.resume_ring_bytes,
+                self.rings.clone(),
                 self.fanout(),
                 now_ms(),
             ))

@@ -35,6 +35,7 @@ use roster::Roster;
 use tokio::sync::mpsc;
 
 pub(crate) use fanout::{Fanout, PublishError};
+pub(crate) use resume::RingPool;
 
 use crate::relay::budget::Budgets;
 use crate::relay::cache::{CacheWriter, CatchUp};
@@ -101,7 +102,7 @@ impl Channel {
         creator: Option<IpAddr>,
         budgets: Budgets,
         max_signal_state: usize,
-        resume_ring_bytes: usize,
+        rings: Arc<resume::RingPool>,
         fanout: Fanout,
         now: u64,
     ) -> Self {
@@ -114,7 +115,7 @@ impl Channel {
             cache: ArcSwap::from_pointee(CatchUp::default()),
             writer: Mutex::new(resume::Writer {
                 cache: CacheWriter::new(max_signal_state, budgets.memory.clone()),
-                ring: resume::Ring::new(resume_ring_bytes, budgets.memory.clone()),
+                ring: resume::Ring::new(rings, budgets.memory.clone()),
             }),
             budgets,
             charged: AtomicUsize::new(0),

@@ -23,7 +23,12 @@
 //!
 //! Memory: at most `--resume-ring-bytes` (frame bytes plus
 //! [`ENTRY_OVERHEAD`] per entry; the newest frame is always kept, even if
-//! larger). Frames under [`LARGE`] are copied into the ring (a small frame
+//! larger), and all rings together at most `--max-resume-memory`: every
+//! ring's bound is the smaller of the two and an equal share of the total
+//! among the channels that exist ([`RingPool`]). Without the shared bound,
+//! 256 channels of small frames filled 4 MiB each (1 GiB, most of
+//! `--max-memory`) and the relay spent its time faulting in fresh pages for
+//! frames nobody asked to resume. Frames under [`LARGE`] are copied into the ring (a small frame
 //! cut from a source's read buffer would pin the buffer) and charged to
 //! `--max-memory` with their overhead; larger frames already carry their
 //! own charge. While the relay is short of memory (its level is not
@@ -34,9 +39,11 @@
 
 use std::collections::VecDeque;
 use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use crossbeam_utils::CachePadded;
 
 use super::{lock, Channel};
 use crate::relay::budget::{Budget, Level, LARGE};
@@ -84,6 +91,37 @@ struct Entry {
     frame: Bytes,
 }
 
+/// The bound every channel's replay ring shares: `--resume-ring-bytes` per
+/// ring, `--max-resume-memory` over all rings, split equally among the
+/// rings that exist. One per relay.
+#[derive(Debug)]
+pub(crate) struct RingPool {
+    per_ring: usize,
+    total: usize,
+    rings: CachePadded<AtomicUsize>,
+}
+
+impl RingPool {
+    /// A pool with at most `per_ring` bytes in one ring and `total` over
+    /// all of them (either 0 disables resumes).
+    pub(crate) fn new(per_ring: usize, total: usize) -> Arc<Self> {
+        Arc::new(Self {
+            per_ring,
+            total,
+            rings: CachePadded::new(AtomicUsize::new(0)),
+        })
+    }
+
+    /// What one ring may hold now (0: record nothing).
+    fn limit(&self) -> usize {
+        if self.per_ring == 0 {
+            return 0;
+        }
+        let rings = self.rings.load(Ordering::Relaxed).max(1);
+        self.per_ring.min(self.total / rings)
+    }
+}
+
 /// The replay ring. See the module docs.
 #[derive(Debug)]
 pub(crate) struct Ring {
@@ -93,25 +131,26 @@ pub(crate) struct Ring {
     /// What is charged to the memory budget: small frames' bytes plus
     /// [`ENTRY_OVERHEAD`] per entry.
     own: usize,
-    limit: usize,
+    pool: Arc<RingPool>,
     memory: Arc<Budget>,
 }
 
 impl Drop for Ring {
     fn drop(&mut self) {
         self.memory.release(self.own);
+        self.pool.rings.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 impl Ring {
-    /// An empty ring of at most `limit` bytes (0 disables it), charging
-    /// `memory`.
-    pub(crate) fn new(limit: usize, memory: Arc<Budget>) -> Self {
+    /// An empty ring in `pool`, charging `memory`.
+    pub(crate) fn new(pool: Arc<RingPool>, memory: Arc<Budget>) -> Self {
+        pool.rings.fetch_add(1, Ordering::Relaxed);
         Self {
             entries: VecDeque::new(),
             bytes: 0,
             own: 0,
-            limit,
+            pool,
             memory,
         }
     }
@@ -119,7 +158,9 @@ impl Ring {
     /// Records a frame fanned out live: header seq `wire_seq`, channel
     /// sequence `seq`. Evicts the oldest entries to stay in bounds.
     pub(crate) fn push(&mut self, wire_seq: u16, seq: u64, frame: &Bytes) {
-        if self.limit == 0 {
+        let limit = self.pool.limit();
+        if limit == 0 {
+            self.clear();
             return;
         }
         if self.memory.level() != Level::Normal {
@@ -134,7 +175,7 @@ impl Ring {
         };
         let cost = frame.len() + ENTRY_OVERHEAD;
         while !self.entries.is_empty()
-            && (self.bytes + cost > self.limit || self.entries.len() >= MAX_ENTRIES)
+            && (self.bytes + cost > limit || self.entries.len() >= MAX_ENTRIES)
         {
             self.pop_oldest();
         }
@@ -225,7 +266,7 @@ mod tests {
 
     fn ring(limit: usize) -> (Ring, Arc<Budget>) {
         let b = Arc::new(Budget::new(usize::MAX));
-        (Ring::new(limit, b.clone()), b)
+        (Ring::new(RingPool::new(limit, usize::MAX), b.clone()), b)
     }
 
     fn f(len: usize, tag: u8) -> Bytes {
@@ -297,6 +338,42 @@ mod tests {
     #[test]
     fn a_disabled_ring_records_nothing() {
         let (mut r, b) = ring(0);
+        r.push(1, 1, &f(10, 1));
+        assert!(r.after(1).is_none());
+        assert_eq!(b.used(), 0);
+    }
+
+    #[test]
+    fn rings_share_the_relay_wide_bound_equally() {
+        let b = Arc::new(Budget::new(usize::MAX));
+        let entry = 1000 + ENTRY_OVERHEAD;
+        // 10 entries per ring at most, 12 over all rings.
+        let pool = RingPool::new(10 * entry, 12 * entry);
+        let mut one = Ring::new(pool.clone(), b.clone());
+        for i in 0..20u16 {
+            one.push(i, u64::from(i) + 1, &f(1000, 1));
+        }
+        assert_eq!(one.bytes(), 10 * entry, "alone: its own bound");
+        let mut two = Ring::new(pool.clone(), b.clone());
+        for i in 0..20u16 {
+            one.push(i, u64::from(i) + 21, &f(1000, 1));
+            two.push(i, u64::from(i) + 1, &f(1000, 2));
+        }
+        assert_eq!(one.bytes(), 6 * entry, "half of the total each");
+        assert_eq!(two.bytes(), 6 * entry);
+        assert_eq!(b.used(), 12 * entry);
+        drop(two);
+        for i in 0..20u16 {
+            one.push(i, u64::from(i) + 41, &f(1000, 1));
+        }
+        assert_eq!(one.bytes(), 10 * entry, "alone again");
+        assert_eq!(b.used(), 10 * entry);
+    }
+
+    #[test]
+    fn no_total_records_nothing() {
+        let b = Arc::new(Budget::new(usize::MAX));
+        let mut r = Ring::new(RingPool::new(1 << 20, 0), b.clone());
         r.push(1, 1, &f(10, 1));
         assert!(r.after(1).is_none());
         assert_eq!(b.used(), 0);
