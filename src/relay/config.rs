@@ -20,6 +20,17 @@ pub enum EgressMode {
     /// Always queued; each peer's own task writes its queue with `writev`.
     /// Kept as the measured alternative (see `flamegraphs/README.md`).
     Queued,
+    /// As `direct`, but the fan-out submits a frame's writes to all
+    /// receivers in batches through `io_uring` (Linux; falls back to
+    /// `direct` where `io_uring` is unavailable).
+    Uring,
+}
+
+impl EgressMode {
+    /// True when the fan-out writes to sockets itself (`direct`, `uring`).
+    pub(crate) fn writes_directly(self) -> bool {
+        matches!(self, EgressMode::Direct | EgressMode::Uring)
+    }
 }
 
 /// Log output format.
@@ -90,7 +101,8 @@ pub struct Config {
     #[arg(long, env = "RELAY_EGRESS_QUEUE", default_value_t = 4 * 1024 * 1024)]
     pub egress_queue: usize,
     /// How frames reach receivers' sockets: `direct` (written back to back
-    /// by the fan-out) or `queued` (each peer's task writes its queue).
+    /// by the fan-out), `uring` (the same writes submitted in batches
+    /// through io_uring) or `queued` (each peer's task writes its queue).
     #[arg(long, env = "RELAY_EGRESS_MODE", value_enum, default_value_t = EgressMode::Direct)]
     pub egress_mode: EgressMode,
     /// Interval between pings to every peer, in milliseconds.

@@ -110,6 +110,17 @@ impl Conn {
         }
     }
 
+    /// The socket's descriptor for writes the relay submits itself
+    /// (`--egress-mode uring`); `None` for TLS, whose bytes must go through
+    /// the TLS session.
+    pub(crate) fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        match self {
+            Conn::Plain(s) => Some(s.as_raw_fd()),
+            Conn::Tls(_) => None,
+        }
+    }
+
     /// Writes (for TLS: encrypts) what the connection takes without
     /// blocking; `WouldBlock` if it takes nothing.
     #[inline]

@@ -16,7 +16,7 @@ use crate::relay::bulk::Bulk;
 use crate::relay::channel::{Channel, Fanout, RingPool};
 use crate::relay::clock::now_ms;
 use crate::relay::cluster::Cluster;
-use crate::relay::config::Config;
+use crate::relay::config::{Config, EgressMode};
 use crate::relay::endpoints::input::InputBuckets;
 use crate::relay::endpoints::turn::Turn;
 use crate::relay::http::PageCache;
@@ -303,6 +303,7 @@ impl Relay {
         Fanout {
             shards: self.config.worker_threads(),
             shard_min: self.config.fanout_shard_min,
+            uring: self.config.egress_mode == EgressMode::Uring,
         }
     }
 

@@ -12,6 +12,7 @@
 //! source's task defers while another whole frame is already buffered and
 //! flushes after the last; a shard worker defers while more jobs wait.
 
+use std::os::fd::RawFd;
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 
@@ -25,7 +26,7 @@ use super::{lock, Channel};
 use crate::relay::budget::Level;
 use crate::relay::bulk::Bulk;
 use crate::relay::cache::CacheError;
-use crate::relay::egress::{Outcome, COPY_BELOW};
+use crate::relay::egress::{send_batch, Live, Outcome, Write, BATCH, COPY_BELOW};
 
 /// How a channel spreads its fan-out over cores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +35,9 @@ pub(crate) struct Fanout {
     pub(crate) shards: usize,
     /// Receivers at which the other shards move to their own tasks.
     pub(crate) shard_min: usize,
+    /// Submit each frame's direct writes in batches through io_uring
+    /// (`--egress-mode uring`).
+    pub(crate) uring: bool,
 }
 
 impl Fanout {
@@ -41,6 +45,7 @@ impl Fanout {
     pub(crate) const SINGLE: Fanout = Fanout {
         shards: 1,
         shard_min: usize::MAX,
+        uring: false,
     };
 }
 
@@ -227,23 +232,40 @@ impl Channel {
     /// `defer`).
     fn fan_shard(&self, k: usize, frame: &Bytes, seq: u64, len: u64, defer: bool) {
         let blocks = self.receivers[k].load();
-        let mut delivered = 0u64;
-        for block in blocks.iter() {
-            for r in block.iter() {
-                match r.egress.send_live(frame, seq, defer) {
-                    Outcome::Sent | Outcome::Deferred => delivered += 1,
-                    Outcome::Queued => {
-                        delivered += 1;
-                        self.traffic.queued.inc();
+        let mut tally = Tally::default();
+        if self.fanout.uring && !defer {
+            // Receivers whose write waits for the batch, their locks held.
+            let mut batch: Vec<Write<'_>> = Vec::with_capacity(BATCH);
+            for block in blocks.iter() {
+                for r in block.iter() {
+                    match r.egress.live(frame, seq, false, true) {
+                        Live::Done(o) => tally.count(o),
+                        Live::Write(w) => {
+                            batch.push(w);
+                            if batch.len() == BATCH {
+                                write_batch(frame, &mut batch, &mut tally);
+                            }
+                        }
                     }
-                    Outcome::Overflow => self.traffic.slow_skips.inc(),
-                    Outcome::NotSent => {}
+                }
+            }
+            write_batch(frame, &mut batch, &mut tally);
+        } else {
+            for block in blocks.iter() {
+                for r in block.iter() {
+                    tally.count(r.egress.send_live(frame, seq, defer));
                 }
             }
         }
-        if delivered > 0 {
-            self.traffic.frames_out.add(delivered);
-            self.traffic.bytes_out.add(delivered * len);
+        if tally.queued > 0 {
+            self.traffic.queued.add(tally.queued);
+        }
+        if tally.skipped > 0 {
+            self.traffic.slow_skips.add(tally.skipped);
+        }
+        if tally.delivered > 0 {
+            self.traffic.frames_out.add(tally.delivered);
+            self.traffic.bytes_out.add(tally.delivered * len);
         }
     }
 
@@ -268,5 +290,47 @@ impl Channel {
                 })
                 .collect()
         })
+    }
+}
+
+/// What one shard's fan-out of a frame did, counted once at the end.
+#[derive(Debug, Default)]
+struct Tally {
+    delivered: u64,
+    queued: u64,
+    skipped: u64,
+}
+
+impl Tally {
+    fn count(&mut self, o: Outcome) {
+        match o {
+            Outcome::Sent | Outcome::Deferred => self.delivered += 1,
+            Outcome::Queued => {
+                self.delivered += 1;
+                self.queued += 1;
+            }
+            Outcome::Overflow => self.skipped += 1,
+            Outcome::NotSent => {}
+        }
+    }
+}
+
+/// Writes `frame` to every socket of `batch` with one io_uring submission
+/// (or one `send` each where io_uring is unavailable) and settles each
+/// receiver, releasing its lock.
+fn write_batch(frame: &Bytes, batch: &mut Vec<Write<'_>>, tally: &mut Tally) {
+    if batch.is_empty() {
+        return;
+    }
+    let fds: Vec<RawFd> = batch.iter().map(|w| w.fd).collect();
+    let mut results = Vec::with_capacity(fds.len());
+    if send_batch(frame, &fds, &mut results) {
+        for (w, r) in batch.drain(..).zip(results) {
+            tally.count(w.finish(frame, r));
+        }
+    } else {
+        for w in batch.drain(..) {
+            tally.count(w.write_now(frame));
+        }
     }
 }

@@ -34,6 +34,7 @@
 //! previous frame is not behind, and frees nothing by being skipped).
 
 mod queue;
+mod uring;
 
 use std::io::{self, IoSlice};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -44,6 +45,7 @@ use tokio::sync::Notify;
 
 pub(crate) use queue::{Drain, COPY_BELOW};
 use queue::{Queue, Verdict};
+pub(crate) use uring::{send_batch, BATCH};
 
 use crate::relay::budget::{Budget, Level};
 use crate::relay::config::EgressMode;
@@ -67,6 +69,41 @@ pub(crate) enum Outcome {
     /// This frame overflowed the queue: the queue was dropped and the peer
     /// marked for resynchronization.
     Overflow,
+}
+
+/// What [`Egress::live`] did with a live frame.
+#[derive(Debug)]
+pub(crate) enum Live<'a> {
+    /// Handled: sent, queued, deferred or not sent.
+    Done(Outcome),
+    /// Accepted with nothing queued ahead: the caller writes it to
+    /// [`Write::fd`] and reports with [`Write::finish`].
+    Write(Write<'a>),
+}
+
+/// A live frame accepted for a socket the caller writes itself (in a batch
+/// with other receivers'). Holds the peer's lock, so nothing else writes to
+/// the socket or queues ahead of the frame until [`Write::finish`].
+#[derive(Debug)]
+pub(crate) struct Write<'a> {
+    egress: &'a Egress,
+    q: MutexGuard<'a, Queue>,
+    /// The socket to write the frame to.
+    pub(crate) fd: std::os::fd::RawFd,
+}
+
+impl Write<'_> {
+    /// Settles the frame after the caller's write returned `written`.
+    pub(crate) fn finish(self, frame: &Bytes, written: io::Result<usize>) -> Outcome {
+        self.egress.after_write(self.q, frame, true, written)
+    }
+
+    /// Writes the frame with one non-blocking `send` (when no batch could
+    /// be submitted) and settles it.
+    pub(crate) fn write_now(self, frame: &Bytes) -> Outcome {
+        let written = self.egress.stream.try_write(frame);
+        self.finish(frame, written)
+    }
 }
 
 /// A peer's outbound side. Shared (`Arc`) by the fan-out and the peer's task.
@@ -147,6 +184,16 @@ impl Egress {
     /// frame is shared, never copied: a small one must not be cut from a
     /// larger buffer (the fan-out copies it out once, see [`COPY_BELOW`]).
     pub(crate) fn send_live(&self, frame: &Bytes, seq: u64, defer: bool) -> Outcome {
+        match self.live(frame, seq, defer, false) {
+            Live::Done(o) => o,
+            Live::Write(w) => w.write_now(frame),
+        }
+    }
+
+    /// [`Egress::send_live`], except that with `batch` (and `--egress-mode
+    /// uring`, a plain socket and nothing queued) the write is left to the
+    /// caller, who holds this peer's lock until it reports the result.
+    pub(crate) fn live(&self, frame: &Bytes, seq: u64, defer: bool, batch: bool) -> Live<'_> {
         let mut q = self.lock();
         let verdict = match q.offer_live(frame.len(), seq) {
             // A receiver still writing the previous frame is not behind; one
@@ -158,11 +205,23 @@ impl Egress {
             }
             v => v,
         };
-        match verdict {
+        Live::Done(match verdict {
             Verdict::Accept if defer => {
                 q.push_shared(frame, 0);
                 self.settle(&mut q);
                 Outcome::Deferred
+            }
+            Verdict::Accept if batch && q.is_empty() && self.mode == EgressMode::Uring => {
+                match self.stream.raw_fd() {
+                    Some(fd) => {
+                        return Live::Write(Write {
+                            egress: self,
+                            q,
+                            fd,
+                        })
+                    }
+                    None => self.write_or_queue(q, frame, true),
+                }
             }
             Verdict::Accept => self.write_or_queue(q, frame, true),
             Verdict::Overflow => {
@@ -172,7 +231,7 @@ impl Egress {
                 Outcome::Overflow
             }
             Verdict::Skipped | Verdict::Dropped | Verdict::Closed => Outcome::NotSent,
-        }
+        })
     }
 
     /// Hands a frame outside the live sequence (control frames, inputs,
@@ -200,7 +259,7 @@ impl Egress {
             return Outcome::NotSent;
         }
         let was_empty = q.is_empty();
-        let written = if was_empty && self.mode == EgressMode::Direct {
+        let written = if was_empty && self.mode.writes_directly() {
             match self.stream.try_write(frame) {
                 Ok(n) if n == frame.len() => {
                     if close {
@@ -231,21 +290,35 @@ impl Egress {
     /// Writes an accepted frame straight to the socket when nothing is
     /// queued (direct mode), and queues whatever the socket did not take
     /// (`shared`: a live frame, never copied; see [`Queue::push_shared`]).
-    fn write_or_queue(&self, mut q: MutexGuard<'_, Queue>, frame: &Bytes, shared: bool) -> Outcome {
-        let was_empty = q.is_empty();
-        let written = if was_empty && self.mode == EgressMode::Direct {
-            match self.stream.try_write(frame) {
-                Ok(n) if n == frame.len() => return Outcome::Sent,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-                Err(_) => {
-                    q.close();
-                    self.settle(&mut q);
-                    return Outcome::NotSent;
-                }
-            }
+    fn write_or_queue(&self, q: MutexGuard<'_, Queue>, frame: &Bytes, shared: bool) -> Outcome {
+        let written = if q.is_empty() && self.mode.writes_directly() {
+            self.stream.try_write(frame)
         } else {
-            0
+            Ok(0)
+        };
+        self.after_write(q, frame, shared, written)
+    }
+
+    /// Settles an accepted frame after `written` (what a non-blocking
+    /// write of it returned): sent, or the rest queued behind what is
+    /// there, or the peer closed on a write error.
+    fn after_write(
+        &self,
+        mut q: MutexGuard<'_, Queue>,
+        frame: &Bytes,
+        shared: bool,
+        written: io::Result<usize>,
+    ) -> Outcome {
+        let was_empty = q.is_empty();
+        let written = match written {
+            Ok(n) if n == frame.len() => return Outcome::Sent,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(_) => {
+                q.close();
+                self.settle(&mut q);
+                return Outcome::NotSent;
+            }
         };
         if shared {
             q.push_shared(frame, written);
@@ -284,7 +357,7 @@ impl Egress {
         if q.is_empty() {
             return;
         }
-        if self.mode != EgressMode::Direct {
+        if !self.mode.writes_directly() {
             // Written by the peer's own task only (e.g. TLS: never encrypt
             // on the fan-out's time).
             drop(q);

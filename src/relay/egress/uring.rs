@@ -1,0 +1,189 @@
+//! One frame written to many sockets with one system call: the fan-out's
+//! direct writes submitted to an `io_uring` in batches (`--egress-mode
+//! uring`).
+//!
+//! Each receiver's write is a `SEND` request with `MSG_DONTWAIT`, so the
+//! kernel performs it inline during submission and never parks it: when
+//! [`send_batch`] returns, every request has completed and the frame's
+//! memory is no longer used by the kernel. Results come back per socket,
+//! exactly what a non-blocking `send` would have returned, and the caller
+//! treats them the same way (the rest of a partial write is queued).
+//!
+//! The ring is per thread (runtime workers each get one on first use). Where
+//! `io_uring` is unavailable (other systems, a kernel without it, a
+//! seccomp profile refusing it), [`send_batch`] says so once per thread and
+//! the caller writes with one `send` per socket, as in `direct` mode.
+
+use std::io;
+use std::os::fd::RawFd;
+
+/// Most sends in one submission.
+pub(crate) const BATCH: usize = 256;
+
+#[cfg(target_os = "linux")]
+mod imp {
+    use std::cell::RefCell;
+    use std::io;
+    use std::os::fd::RawFd;
+
+    use io_uring::{opcode, types, IoUring};
+
+    use super::BATCH;
+
+    /// A thread's ring: not tried yet, working, or unavailable here.
+    enum Ring {
+        Untried,
+        Ready(Box<IoUring>),
+        Unavailable,
+    }
+
+    thread_local! {
+        static RING: RefCell<Ring> = const { RefCell::new(Ring::Untried) };
+    }
+
+    pub(super) fn send_batch(
+        buf: &[u8],
+        fds: &[RawFd],
+        results: &mut Vec<io::Result<usize>>,
+    ) -> bool {
+        RING.with(|cell| {
+            let mut ring = cell.borrow_mut();
+            if matches!(*ring, Ring::Untried) {
+                *ring = match IoUring::new((BATCH * 2) as u32) {
+                    Ok(r) => Ring::Ready(Box::new(r)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "io_uring unavailable: --egress-mode uring writes with one send per socket on this thread");
+                        Ring::Unavailable
+                    }
+                };
+            }
+            let Ring::Ready(r) = &mut *ring else {
+                return false;
+            };
+            if submit(r, buf, fds, results).is_err() {
+                // A ring that failed mid-batch may hold stale completions:
+                // drop it (the kernel finishes what is in flight) and go on
+                // without it.
+                *ring = Ring::Unavailable;
+                return false;
+            }
+            true
+        })
+    }
+
+    fn submit(
+        ring: &mut IoUring,
+        buf: &[u8],
+        fds: &[RawFd],
+        results: &mut Vec<io::Result<usize>>,
+    ) -> io::Result<()> {
+        let len = u32::try_from(buf.len()).map_err(|_| io::ErrorKind::InvalidInput)?;
+        let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+        let base = results.len();
+        for chunk in fds.chunks(BATCH) {
+            {
+                let mut sq = ring.submission();
+                for (i, &fd) in chunk.iter().enumerate() {
+                    let e = opcode::Send::new(types::Fd(fd), buf.as_ptr(), len)
+                        .flags(flags)
+                        .build()
+                        .user_data(i as u64);
+                    // SAFETY: `buf` outlives the request: every request of
+                    // this chunk completes (inline, MSG_DONTWAIT) before
+                    // the loop below returns, and the queue has room for
+                    // BATCH entries (it was made with twice that).
+                    unsafe { sq.push(&e) }.map_err(|_| io::ErrorKind::OutOfMemory)?;
+                }
+            }
+            let start = results.len();
+            results.extend((0..chunk.len()).map(|_| Err(io::ErrorKind::WouldBlock.into())));
+            let mut reaped = 0;
+            while reaped < chunk.len() {
+                match ring.submit_and_wait(chunk.len() - reaped) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+                for c in ring.completion() {
+                    let i = c.user_data() as usize;
+                    let Some(slot) = results.get_mut(start + i) else {
+                        return Err(io::ErrorKind::InvalidData.into());
+                    };
+                    let r = c.result();
+                    *slot = if r >= 0 {
+                        Ok(r as usize)
+                    } else {
+                        Err(io::Error::from_raw_os_error(-r))
+                    };
+                    reaped += 1;
+                }
+            }
+        }
+        debug_assert_eq!(results.len(), base + fds.len());
+        Ok(())
+    }
+}
+
+/// Writes `buf` to every socket of `fds` (non-blocking), appending one
+/// result per socket, in order, to `results`. `false` (nothing appended)
+/// when this thread has no usable ring: the caller writes them itself.
+pub(crate) fn send_batch(buf: &[u8], fds: &[RawFd], results: &mut Vec<io::Result<usize>>) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        imp::send_batch(buf, fds, results)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (buf, fds, results);
+        false
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn every_socket_gets_the_bytes_and_a_full_one_would_block() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut pairs = Vec::new();
+        for _ in 0..(BATCH + 3) {
+            let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            let (s, _) = l.accept().unwrap();
+            s.set_nonblocking(true).unwrap();
+            pairs.push((c, s));
+        }
+        let fds: Vec<RawFd> = pairs.iter().map(|(_, s)| s.as_raw_fd()).collect();
+        let mut results = Vec::new();
+        if !send_batch(b"hello", &fds, &mut results) {
+            // No io_uring here (a seccomp profile, an old kernel): the
+            // relay falls back the same way; nothing more to check.
+            return;
+        }
+        assert_eq!(results.len(), fds.len());
+        for (r, (c, _)) in results.iter().zip(&mut pairs) {
+            assert_eq!(r.as_ref().ok(), Some(&5));
+            let mut b = [0u8; 5];
+            c.read_exact(&mut b).unwrap();
+            assert_eq!(&b, b"hello");
+        }
+        // Fill one socket until the kernel refuses more: WouldBlock, as a
+        // non-blocking send says it.
+        let big = vec![7u8; 1 << 20];
+        let one = [fds[0]];
+        let mut saw_block = false;
+        for _ in 0..256 {
+            let mut r = Vec::new();
+            assert!(send_batch(&big, &one, &mut r));
+            if let Err(e) = &r[0] {
+                assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+                saw_block = true;
+                break;
+            }
+        }
+        assert!(saw_block, "a socket nobody reads fills up");
+    }
+}
