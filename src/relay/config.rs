@@ -14,15 +14,17 @@ use crate::relay::proxy::Cidr;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
 pub enum EgressMode {
     /// Written by the task that fans the frame out, back to back for every
-    /// receiver; only what the socket does not take is queued (the default).
-    #[default]
+    /// receiver, one `send` each; only what the socket does not take is
+    /// queued. The portable path, and what `uring` falls back to.
     Direct,
     /// Always queued; each peer's own task writes its queue with `writev`.
     /// Kept as the measured alternative (see `flamegraphs/README.md`).
     Queued,
     /// As `direct`, but the fan-out submits a frame's writes to all
-    /// receivers in batches through `io_uring` (Linux; falls back to
-    /// `direct` where `io_uring` is unavailable).
+    /// receivers (and the flushes after a burst) in batches through
+    /// `io_uring`: one system call per 256 receivers instead of one each
+    /// (the default; Linux, and `direct` where `io_uring` is unavailable).
+    #[default]
     Uring,
 }
 
@@ -103,7 +105,7 @@ pub struct Config {
     /// How frames reach receivers' sockets: `direct` (written back to back
     /// by the fan-out), `uring` (the same writes submitted in batches
     /// through io_uring) or `queued` (each peer's task writes its queue).
-    #[arg(long, env = "RELAY_EGRESS_MODE", value_enum, default_value_t = EgressMode::Direct)]
+    #[arg(long, env = "RELAY_EGRESS_MODE", value_enum, default_value_t = EgressMode::Uring)]
     pub egress_mode: EgressMode,
     /// Interval between pings to every peer, in milliseconds.
     #[arg(long, env = "RELAY_PING_INTERVAL_MS", default_value_t = 10_000)]

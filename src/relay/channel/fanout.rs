@@ -26,7 +26,9 @@ use super::{lock, Channel};
 use crate::relay::budget::Level;
 use crate::relay::bulk::Bulk;
 use crate::relay::cache::CacheError;
-use crate::relay::egress::{send_batch, Live, Outcome, Write, BATCH, COPY_BELOW};
+use crate::relay::egress::{
+    send_batch, writev_batch, Flush, Live, Outcome, Write, BATCH, COPY_BELOW,
+};
 
 /// How a channel spreads its fan-out over cores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,13 +134,30 @@ impl Channel {
         }
     }
 
-    /// Flushes every receiver of shard `k`.
+    /// Flushes every receiver of shard `k` (with `--egress-mode uring`,
+    /// the first `writev` of each in batches).
     fn flush_shard(&self, k: usize) {
-        for block in self.receivers[k].load().iter() {
+        let blocks = self.receivers[k].load();
+        if !self.fanout.uring {
+            for block in blocks.iter() {
+                for r in block.iter() {
+                    r.egress.flush();
+                }
+            }
+            return;
+        }
+        let mut batch: Vec<Flush<'_>> = Vec::with_capacity(BATCH);
+        for block in blocks.iter() {
             for r in block.iter() {
-                r.egress.flush();
+                if let Some(f) = r.egress.begin_flush() {
+                    batch.push(f);
+                    if batch.len() == BATCH {
+                        flush_batch(&mut batch);
+                    }
+                }
             }
         }
+        flush_batch(&mut batch);
     }
 
     /// Validates a source message and folds it into the cached state;
@@ -331,6 +350,28 @@ fn write_batch(frame: &Bytes, batch: &mut Vec<Write<'_>>, tally: &mut Tally) {
     } else {
         for w in batch.drain(..) {
             tally.count(w.write_now(frame));
+        }
+    }
+}
+
+/// Submits the first `writev` of every flush of `batch` at once (or writes
+/// each on its own where io_uring is unavailable) and settles each
+/// receiver, releasing its lock.
+fn flush_batch(batch: &mut Vec<Flush<'_>>) {
+    if batch.is_empty() {
+        return;
+    }
+    let writes: Vec<(RawFd, &[libc::iovec])> = batch.iter().map(|f| (f.fd, &f.iov[..])).collect();
+    let mut results = Vec::with_capacity(writes.len());
+    let submitted = writev_batch(&writes, &mut results);
+    drop(writes);
+    if submitted {
+        for (f, r) in batch.drain(..).zip(results) {
+            f.finish(r);
+        }
+    } else {
+        for f in batch.drain(..) {
+            f.finish(Ok(0));
         }
     }
 }

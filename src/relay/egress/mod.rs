@@ -45,7 +45,7 @@ use tokio::sync::Notify;
 
 pub(crate) use queue::{Drain, COPY_BELOW};
 use queue::{Queue, Verdict};
-pub(crate) use uring::{send_batch, BATCH};
+pub(crate) use uring::{send_batch, writev_batch, BATCH};
 
 use crate::relay::budget::{Budget, Level};
 use crate::relay::config::EgressMode;
@@ -103,6 +103,41 @@ impl Write<'_> {
     pub(crate) fn write_now(self, frame: &Bytes) -> Outcome {
         let written = self.egress.stream.try_write(frame);
         self.finish(frame, written)
+    }
+}
+
+/// A flush whose first `writev` the caller submits (in a batch with other
+/// receivers'). Holds the peer's lock, which keeps the queued chunks that
+/// [`Flush::iov`] points into alive and unchanged until [`Flush::finish`].
+#[derive(Debug)]
+pub(crate) struct Flush<'a> {
+    egress: &'a Egress,
+    q: MutexGuard<'a, Queue>,
+    /// The socket to write to.
+    pub(crate) fd: std::os::fd::RawFd,
+    /// The queued chunks, front first (at most [`MAX_IOV`]).
+    pub(crate) iov: Vec<libc::iovec>,
+}
+
+// SAFETY: the iovecs point into `Bytes` chunks owned by the locked queue
+// (shared, immutable buffers); they are only read, under the lock.
+unsafe impl Send for Flush<'_> {}
+
+impl Flush<'_> {
+    /// Settles the queue after the caller's `writev` returned `written`,
+    /// writes on if the socket took everything offered, and leaves the rest
+    /// to the peer's task.
+    pub(crate) fn finish(mut self, written: io::Result<usize>) {
+        match written {
+            Ok(n) => self.q.consume(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => self.q.close(),
+        }
+        let (state, _) = self.egress.drain_locked(&mut self.q);
+        drop(self.q);
+        if matches!(state, Drain::Pending | Drain::NeedsResync) {
+            self.egress.wake.notify_one();
+        }
     }
 }
 
@@ -371,6 +406,40 @@ impl Egress {
         match state {
             Drain::Empty | Drain::Closed => {}
             Drain::Pending | Drain::NeedsResync => self.wake.notify_one(),
+        }
+    }
+
+    /// [`Egress::flush`], except that with `--egress-mode uring` and a
+    /// plain socket the first `writev` is left to the caller (to submit in
+    /// a batch with other receivers'), who holds this peer's lock until it
+    /// reports the result with [`Flush::finish`].
+    pub(crate) fn begin_flush(&self) -> Option<Flush<'_>> {
+        let q = self.lock();
+        if q.is_empty() {
+            return None;
+        }
+        match self.stream.raw_fd() {
+            Some(fd) if self.mode == EgressMode::Uring && q.state() == Drain::Pending => {
+                let iov = q
+                    .chunks()
+                    .take(MAX_IOV)
+                    .map(|c| libc::iovec {
+                        iov_base: c.as_ptr() as *mut libc::c_void,
+                        iov_len: c.len(),
+                    })
+                    .collect();
+                Some(Flush {
+                    egress: self,
+                    q,
+                    fd,
+                    iov,
+                })
+            }
+            _ => {
+                drop(q);
+                self.flush();
+                None
+            }
         }
     }
 

@@ -41,9 +41,15 @@ mod imp {
         static RING: RefCell<Ring> = const { RefCell::new(Ring::Untried) };
     }
 
-    pub(super) fn send_batch(
-        buf: &[u8],
-        fds: &[RawFd],
+    /// One request to build: a send of one buffer or a writev.
+    pub(super) enum Op<'a> {
+        Send(&'a [u8]),
+        Writev(&'a [libc::iovec]),
+    }
+
+    pub(super) fn batch<'a>(
+        op: &dyn Fn(usize) -> (RawFd, Op<'a>),
+        n: usize,
         results: &mut Vec<io::Result<usize>>,
     ) -> bool {
         RING.with(|cell| {
@@ -60,7 +66,7 @@ mod imp {
             let Ring::Ready(r) = &mut *ring else {
                 return false;
             };
-            if submit(r, buf, fds, results).is_err() {
+            if submit(r, op, n, results).is_err() {
                 // A ring that failed mid-batch may hold stale completions:
                 // drop it (the kernel finishes what is in flight) and go on
                 // without it.
@@ -71,35 +77,49 @@ mod imp {
         })
     }
 
-    fn submit(
+    fn submit<'a>(
         ring: &mut IoUring,
-        buf: &[u8],
-        fds: &[RawFd],
+        op: &dyn Fn(usize) -> (RawFd, Op<'a>),
+        n: usize,
         results: &mut Vec<io::Result<usize>>,
     ) -> io::Result<()> {
-        let len = u32::try_from(buf.len()).map_err(|_| io::ErrorKind::InvalidInput)?;
         let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
         let base = results.len();
-        for chunk in fds.chunks(BATCH) {
+        let mut from = 0;
+        while from < n {
+            let count = (n - from).min(BATCH);
             {
                 let mut sq = ring.submission();
-                for (i, &fd) in chunk.iter().enumerate() {
-                    let e = opcode::Send::new(types::Fd(fd), buf.as_ptr(), len)
-                        .flags(flags)
-                        .build()
-                        .user_data(i as u64);
-                    // SAFETY: `buf` outlives the request: every request of
-                    // this chunk completes (inline, MSG_DONTWAIT) before
+                for i in 0..count {
+                    let e = match op(from + i) {
+                        (fd, Op::Send(buf)) => {
+                            let len = u32::try_from(buf.len())
+                                .map_err(|_| io::ErrorKind::InvalidInput)?;
+                            opcode::Send::new(types::Fd(fd), buf.as_ptr(), len)
+                                .flags(flags)
+                                .build()
+                        }
+                        (fd, Op::Writev(iov)) => {
+                            let len = u32::try_from(iov.len())
+                                .map_err(|_| io::ErrorKind::InvalidInput)?;
+                            opcode::Writev::new(types::Fd(fd), iov.as_ptr(), len)
+                                .rw_flags(libc::RWF_NOWAIT)
+                                .build()
+                        }
+                    }
+                    .user_data(i as u64);
+                    // SAFETY: the buffers outlive the request: every request
+                    // of this round completes (inline, non-blocking) before
                     // the loop below returns, and the queue has room for
                     // BATCH entries (it was made with twice that).
                     unsafe { sq.push(&e) }.map_err(|_| io::ErrorKind::OutOfMemory)?;
                 }
             }
             let start = results.len();
-            results.extend((0..chunk.len()).map(|_| Err(io::ErrorKind::WouldBlock.into())));
+            results.extend((0..count).map(|_| Err(io::ErrorKind::WouldBlock.into())));
             let mut reaped = 0;
-            while reaped < chunk.len() {
-                match ring.submit_and_wait(chunk.len() - reaped) {
+            while reaped < count {
+                match ring.submit_and_wait(count - reaped) {
                     Ok(_) => {}
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => return Err(e),
@@ -118,8 +138,9 @@ mod imp {
                     reaped += 1;
                 }
             }
+            from += count;
         }
-        debug_assert_eq!(results.len(), base + fds.len());
+        debug_assert_eq!(results.len(), base + n);
         Ok(())
     }
 }
@@ -130,13 +151,39 @@ mod imp {
 pub(crate) fn send_batch(buf: &[u8], fds: &[RawFd], results: &mut Vec<io::Result<usize>>) -> bool {
     #[cfg(target_os = "linux")]
     {
-        imp::send_batch(buf, fds, results)
+        imp::batch(&|i| (fds[i], imp::Op::Send(buf)), fds.len(), results)
     }
     #[cfg(not(target_os = "linux"))]
     {
         let _ = (buf, fds, results);
         false
     }
+}
+
+/// Writes each `(socket, iovecs)` of `writes` with a non-blocking `writev`,
+/// appending one result per write, in order, to `results`; `false`
+/// (nothing appended) when this thread has no usable ring. The iovecs must
+/// point to memory that stays valid until this returns.
+#[cfg(target_os = "linux")]
+pub(crate) fn writev_batch(
+    writes: &[(RawFd, &[libc::iovec])],
+    results: &mut Vec<io::Result<usize>>,
+) -> bool {
+    imp::batch(
+        &|i| (writes[i].0, imp::Op::Writev(writes[i].1)),
+        writes.len(),
+        results,
+    )
+}
+
+/// [`writev_batch`] where there is no io_uring: the caller writes them.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn writev_batch(
+    writes: &[(RawFd, &[libc::iovec])],
+    results: &mut Vec<io::Result<usize>>,
+) -> bool {
+    let _ = (writes, results);
+    false
 }
 
 #[cfg(all(test, target_os = "linux"))]
@@ -185,5 +232,46 @@ mod tests {
             }
         }
         assert!(saw_block, "a socket nobody reads fills up");
+    }
+
+    #[test]
+    fn writev_batch_writes_every_socket_its_own_chunks_in_order() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut pairs = Vec::new();
+        for _ in 0..3 {
+            let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            let (s, _) = l.accept().unwrap();
+            s.set_nonblocking(true).unwrap();
+            pairs.push((c, s));
+        }
+        let chunks: Vec<Vec<Vec<u8>>> = (0..3u8)
+            .map(|i| vec![vec![i; 3], vec![i + 10; 5], vec![i + 20; 1]])
+            .collect();
+        let iovs: Vec<Vec<libc::iovec>> = chunks
+            .iter()
+            .map(|cs| {
+                cs.iter()
+                    .map(|c| libc::iovec {
+                        iov_base: c.as_ptr() as *mut libc::c_void,
+                        iov_len: c.len(),
+                    })
+                    .collect()
+            })
+            .collect();
+        let writes: Vec<(RawFd, &[libc::iovec])> = pairs
+            .iter()
+            .zip(&iovs)
+            .map(|((_, s), iov)| (s.as_raw_fd(), &iov[..]))
+            .collect();
+        let mut results = Vec::new();
+        if !writev_batch(&writes, &mut results) {
+            return;
+        }
+        for ((r, (c, _)), cs) in results.iter().zip(&mut pairs).zip(&chunks) {
+            assert_eq!(r.as_ref().ok(), Some(&9));
+            let mut b = [0u8; 9];
+            c.read_exact(&mut b).unwrap();
+            assert_eq!(b.to_vec(), cs.concat());
+        }
     }
 }
