@@ -27,7 +27,7 @@ use crate::relay::budget::Level;
 use crate::relay::bulk::Bulk;
 use crate::relay::cache::CacheError;
 use crate::relay::egress::{
-    send_batch, writev_batch, Flush, Live, Outcome, Write, BATCH, COPY_BELOW,
+    send_batch, writev_batch, Flush, Live, Outcome, Write, BATCH, BATCH_MAX_BYTES, COPY_BELOW,
 };
 
 /// How a channel spreads its fan-out over cores.
@@ -252,7 +252,7 @@ impl Channel {
     fn fan_shard(&self, k: usize, frame: &Bytes, seq: u64, len: u64, defer: bool) {
         let blocks = self.receivers[k].load();
         let mut tally = Tally::default();
-        if self.fanout.uring && !defer {
+        if self.fanout.uring && !defer && frame.len() <= BATCH_MAX_BYTES {
             // Receivers whose write waits for the batch, their locks held.
             let mut batch: Vec<Write<'_>> = Vec::with_capacity(BATCH);
             for block in blocks.iter() {

@@ -45,7 +45,7 @@ use tokio::sync::Notify;
 
 pub(crate) use queue::{Drain, COPY_BELOW};
 use queue::{Queue, Verdict};
-pub(crate) use uring::{send_batch, writev_batch, BATCH};
+pub(crate) use uring::{send_batch, writev_batch, BATCH, BATCH_MAX_BYTES};
 
 use crate::relay::budget::{Budget, Level};
 use crate::relay::config::EgressMode;
@@ -409,8 +409,9 @@ impl Egress {
         }
     }
 
-    /// [`Egress::flush`], except that with `--egress-mode uring` and a
-    /// plain socket the first `writev` is left to the caller (to submit in
+    /// [`Egress::flush`], except that with `--egress-mode uring`, a plain
+    /// socket and at most [`BATCH_MAX_BYTES`] queued, the first `writev` is
+    /// left to the caller (to submit in
     /// a batch with other receivers'), who holds this peer's lock until it
     /// reports the result with [`Flush::finish`].
     pub(crate) fn begin_flush(&self) -> Option<Flush<'_>> {
@@ -419,7 +420,11 @@ impl Egress {
             return None;
         }
         match self.stream.raw_fd() {
-            Some(fd) if self.mode == EgressMode::Uring && q.state() == Drain::Pending => {
+            Some(fd)
+                if self.mode == EgressMode::Uring
+                    && q.state() == Drain::Pending
+                    && q.queued() <= BATCH_MAX_BYTES =>
+            {
                 let iov = q
                     .chunks()
                     .take(MAX_IOV)

@@ -20,6 +20,12 @@ use std::os::fd::RawFd;
 /// Most sends in one submission.
 pub(crate) const BATCH: usize = 256;
 
+/// Frames (and queued bytes) up to this size are written in batches. Above
+/// it, copying into the socket costs far more than the system call, and a
+/// batch would hold every receiver's lock for all of its copies: larger
+/// frames get one `send` each, as in `direct` mode.
+pub(crate) const BATCH_MAX_BYTES: usize = 64 * 1024;
+
 #[cfg(target_os = "linux")]
 mod imp {
     use std::cell::RefCell;
