@@ -72,15 +72,37 @@ mod imp {
             let Ring::Ready(r) = &mut *ring else {
                 return false;
             };
-            if submit(r, op, n, results).is_err() {
-                // A ring that failed mid-batch may hold stale completions:
-                // drop it (the kernel finishes what is in flight) and go on
-                // without it.
-                *ring = Ring::Unavailable;
-                return false;
+            let base = results.len();
+            match submit(r, op, n, results) {
+                Ok(()) => true,
+                Err(Failed { error, submitted }) => {
+                    tracing::warn!(%error, "io_uring failed: writing with one send per socket on this thread from now on");
+                    // A ring that failed may hold stale completions: drop it
+                    // (the kernel finishes what is in flight).
+                    *ring = Ring::Unavailable;
+                    if !submitted {
+                        results.truncate(base);
+                        return false;
+                    }
+                    // Some writes may have happened: never write those
+                    // again (a frame twice would break the stream); the
+                    // ones whose result is unknown count as failed.
+                    results.resize_with(base + n, unknown);
+                    true
+                }
             }
-            true
         })
+    }
+
+    /// A batch that failed, and whether any request had been submitted.
+    struct Failed {
+        error: io::Error,
+        submitted: bool,
+    }
+
+    /// The result of a request whose completion never came.
+    fn unknown() -> io::Result<usize> {
+        Err(io::Error::other("io_uring: no completion"))
     }
 
     fn submit<'a>(
@@ -88,7 +110,8 @@ mod imp {
         op: &dyn Fn(usize) -> (RawFd, Op<'a>),
         n: usize,
         results: &mut Vec<io::Result<usize>>,
-    ) -> io::Result<()> {
+    ) -> Result<(), Failed> {
+        let fail = |error: io::Error, submitted: bool| Failed { error, submitted };
         let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
         let base = results.len();
         let mut from = 0;
@@ -100,14 +123,14 @@ mod imp {
                     let e = match op(from + i) {
                         (fd, Op::Send(buf)) => {
                             let len = u32::try_from(buf.len())
-                                .map_err(|_| io::ErrorKind::InvalidInput)?;
+                                .map_err(|_| fail(io::ErrorKind::InvalidInput.into(), from > 0))?;
                             opcode::Send::new(types::Fd(fd), buf.as_ptr(), len)
                                 .flags(flags)
                                 .build()
                         }
                         (fd, Op::Writev(iov)) => {
                             let len = u32::try_from(iov.len())
-                                .map_err(|_| io::ErrorKind::InvalidInput)?;
+                                .map_err(|_| fail(io::ErrorKind::InvalidInput.into(), from > 0))?;
                             opcode::Writev::new(types::Fd(fd), iov.as_ptr(), len)
                                 .rw_flags(libc::RWF_NOWAIT)
                                 .build()
@@ -118,22 +141,24 @@ mod imp {
                     // of this round completes (inline, non-blocking) before
                     // the loop below returns, and the queue has room for
                     // BATCH entries (it was made with twice that).
-                    unsafe { sq.push(&e) }.map_err(|_| io::ErrorKind::OutOfMemory)?;
+                    unsafe { sq.push(&e) }
+                        .map_err(|_| fail(io::ErrorKind::OutOfMemory.into(), from > 0))?;
                 }
             }
             let start = results.len();
-            results.extend((0..count).map(|_| Err(io::ErrorKind::WouldBlock.into())));
+            results.extend((0..count).map(|_| unknown()));
             let mut reaped = 0;
             while reaped < count {
                 match ring.submit_and_wait(count - reaped) {
                     Ok(_) => {}
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
+                    // Whether the kernel took any of them is not known.
+                    Err(e) => return Err(fail(e, true)),
                 }
                 for c in ring.completion() {
                     let i = c.user_data() as usize;
                     let Some(slot) = results.get_mut(start + i) else {
-                        return Err(io::ErrorKind::InvalidData.into());
+                        return Err(fail(io::ErrorKind::InvalidData.into(), true));
                     };
                     let r = c.result();
                     *slot = if r >= 0 {
