@@ -146,7 +146,7 @@ impl Channel {
             }
             return;
         }
-        let mut batch: Vec<Flush<'_>> = Vec::with_capacity(BATCH);
+        let mut batch: Vec<Flush<'_>> = Vec::with_capacity(BATCH.min(self.receiver_count()));
         for block in blocks.iter() {
             for r in block.iter() {
                 if let Some(f) = r.egress.begin_flush() {
@@ -254,7 +254,7 @@ impl Channel {
         let mut tally = Tally::default();
         if self.fanout.uring && !defer && frame.len() <= BATCH_MAX_BYTES {
             // Receivers whose write waits for the batch, their locks held.
-            let mut batch: Vec<Write<'_>> = Vec::with_capacity(BATCH);
+            let mut batch: Vec<Write<'_>> = Vec::with_capacity(BATCH.min(self.receiver_count()));
             for block in blocks.iter() {
                 for r in block.iter() {
                     match r.egress.live(frame, seq, false, true) {

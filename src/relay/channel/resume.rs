@@ -160,7 +160,9 @@ impl Ring {
     pub(crate) fn push(&mut self, wire_seq: u16, seq: u64, frame: &Bytes) {
         let limit = self.pool.limit();
         if limit == 0 {
-            self.clear();
+            if !self.entries.is_empty() {
+                self.clear();
+            }
             return;
         }
         if self.memory.level() != Level::Normal {

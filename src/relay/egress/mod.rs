@@ -71,6 +71,17 @@ pub(crate) enum Outcome {
     Overflow,
 }
 
+/// How the part of a frame the socket did not take is queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Push {
+    /// A live frame, shared, never copied (see [`Queue::push_shared`]).
+    Shared,
+    /// Another frame (inputs, signaling): the rest as [`Queue::push_rest`] keeps it.
+    Rest,
+    /// A control frame on the control lane; `close` ends the stream.
+    Control { close: bool },
+}
+
 /// What [`Egress::live`] did with a live frame.
 #[derive(Debug)]
 pub(crate) enum Live<'a> {
@@ -95,7 +106,8 @@ pub(crate) struct Write<'a> {
 impl Write<'_> {
     /// Settles the frame after the caller's write returned `written`.
     pub(crate) fn finish(self, frame: &Bytes, written: io::Result<usize>) -> Outcome {
-        self.egress.after_write(self.q, frame, true, written)
+        self.egress
+            .after_write(self.q, frame, Push::Shared, written)
     }
 
     /// Writes the frame with one non-blocking `send` (when no batch could
@@ -133,11 +145,7 @@ impl Flush<'_> {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(_) => self.q.close(),
         }
-        let (state, _) = self.egress.drain_locked(&mut self.q);
-        drop(self.q);
-        if matches!(state, Drain::Pending | Drain::NeedsResync) {
-            self.egress.wake.notify_one();
-        }
+        self.egress.drain_and_wake(self.q);
     }
 }
 
@@ -255,10 +263,10 @@ impl Egress {
                             fd,
                         })
                     }
-                    None => self.write_or_queue(q, frame, true),
+                    None => self.write_or_queue(q, frame, Push::Shared),
                 }
             }
-            Verdict::Accept => self.write_or_queue(q, frame, true),
+            Verdict::Accept => self.write_or_queue(q, frame, Push::Shared),
             Verdict::Overflow => {
                 self.settle(&mut q);
                 drop(q);
@@ -278,7 +286,7 @@ impl Egress {
                 self.memory.shed();
                 Outcome::NotSent
             }
-            Verdict::Accept => self.write_or_queue(q, frame, false),
+            Verdict::Accept => self.write_or_queue(q, frame, Push::Rest),
             _ => Outcome::NotSent,
         }
     }
@@ -289,64 +297,43 @@ impl Egress {
     /// gets its pings in time. A close frame ends the stream: untouched
     /// frames behind it are dropped and nothing is accepted after it.
     pub(crate) fn send_control(&self, frame: &Bytes, close: bool) -> Outcome {
-        let mut q = self.lock();
+        let q = self.lock();
         if q.offer_control(frame.len()) != Verdict::Accept {
             return Outcome::NotSent;
         }
-        let was_empty = q.is_empty();
-        let written = if was_empty && self.mode.writes_directly() {
-            match self.stream.try_write(frame) {
-                Ok(n) if n == frame.len() => {
-                    if close {
-                        q.mark_closing();
-                    }
-                    return Outcome::Sent;
-                }
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-                Err(_) => {
-                    q.close();
-                    self.settle(&mut q);
-                    return Outcome::NotSent;
-                }
-            }
-        } else {
-            0
-        };
-        q.push_control(frame, written, close);
-        self.settle(&mut q);
-        drop(q);
-        if was_empty {
-            self.wake.notify_one();
-        }
-        Outcome::Queued
+        self.write_or_queue(q, frame, Push::Control { close })
     }
 
     /// Writes an accepted frame straight to the socket when nothing is
     /// queued (direct mode), and queues whatever the socket did not take
-    /// (`shared`: a live frame, never copied; see [`Queue::push_shared`]).
-    fn write_or_queue(&self, q: MutexGuard<'_, Queue>, frame: &Bytes, shared: bool) -> Outcome {
+    /// (as `push` says).
+    fn write_or_queue(&self, q: MutexGuard<'_, Queue>, frame: &Bytes, push: Push) -> Outcome {
         let written = if q.is_empty() && self.mode.writes_directly() {
             self.stream.try_write(frame)
         } else {
             Ok(0)
         };
-        self.after_write(q, frame, shared, written)
+        self.after_write(q, frame, push, written)
     }
 
     /// Settles an accepted frame after `written` (what a non-blocking
-    /// write of it returned): sent, or the rest queued behind what is
-    /// there, or the peer closed on a write error.
+    /// write of it returned): sent, or the rest queued as `push` says, or
+    /// the peer closed on a write error.
     fn after_write(
         &self,
         mut q: MutexGuard<'_, Queue>,
         frame: &Bytes,
-        shared: bool,
+        push: Push,
         written: io::Result<usize>,
     ) -> Outcome {
         let was_empty = q.is_empty();
         let written = match written {
-            Ok(n) if n == frame.len() => return Outcome::Sent,
+            Ok(n) if n == frame.len() => {
+                if push == (Push::Control { close: true }) {
+                    q.mark_closing();
+                }
+                return Outcome::Sent;
+            }
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
             Err(_) => {
@@ -355,10 +342,10 @@ impl Egress {
                 return Outcome::NotSent;
             }
         };
-        if shared {
-            q.push_shared(frame, written);
-        } else {
-            q.push_rest(frame, written);
+        match push {
+            Push::Shared => q.push_shared(frame, written),
+            Push::Rest => q.push_rest(frame, written),
+            Push::Control { close } => q.push_control(frame, written, close),
         }
         self.settle(&mut q);
         drop(q);
@@ -388,7 +375,11 @@ impl Egress {
     /// Writes what deferred sends queued, as far as the socket takes it,
     /// and leaves the rest to the peer's task.
     pub(crate) fn flush(&self) {
-        let mut q = self.lock();
+        self.flush_locked(self.lock());
+    }
+
+    /// [`Egress::flush`] on the queue its caller has locked.
+    fn flush_locked(&self, q: MutexGuard<'_, Queue>) {
         if q.is_empty() {
             return;
         }
@@ -401,6 +392,12 @@ impl Egress {
         }
         // One lock for the check and the write: flushes run for every
         // receiver after every burst.
+        self.drain_and_wake(q);
+    }
+
+    /// Writes as much of the locked queue as the socket takes and wakes the
+    /// peer's task if anything is left for it (data, or a catch-up to send).
+    fn drain_and_wake(&self, mut q: MutexGuard<'_, Queue>) {
         let (state, _) = self.drain_locked(&mut q);
         drop(q);
         match state {
@@ -441,8 +438,7 @@ impl Egress {
                 })
             }
             _ => {
-                drop(q);
-                self.flush();
+                self.flush_locked(q);
                 None
             }
         }
