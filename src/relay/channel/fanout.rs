@@ -14,13 +14,14 @@
 
 use std::os::fd::RawFd;
 use std::sync::atomic::{fence, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use bitstream_wire::protocol::{self, FrameType, Header, ProtocolError};
 use bitstream_wire::reader::WireMessage;
 use bytes::Bytes;
 use thiserror::Error;
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TryRecvError;
 
 use super::{lock, Channel};
 use crate::relay::budget::Level;
@@ -103,8 +104,9 @@ impl Channel {
     /// milliseconds of ZRLE or JSON on a runtime worker would stall every
     /// other connection on it.
     ///
-    /// With `more` (another message is already buffered), receivers only
-    /// queue it; [`Channel::flush_deferred`] writes the burst.
+    /// With `more` (another message is already buffered, or the channel
+    /// flushes in laps), receivers only queue it and the caller flushes
+    /// with [`Channel::flush_step`].
     pub(crate) async fn publish(
         self: &Arc<Self>,
         msg: &WireMessage,
@@ -121,43 +123,6 @@ impl Channel {
         };
         self.fan_out(msg, seq, more).await;
         Ok(())
-    }
-
-    /// Writes what earlier publishes deferred, to every receiver that has
-    /// some (after a burst; cheap when nothing was deferred).
-    pub(crate) fn flush_deferred(&self) {
-        if !self.deferred.swap(false, Ordering::Relaxed) {
-            return;
-        }
-        for k in 0..self.receivers.len() {
-            self.flush_shard(k);
-        }
-    }
-
-    /// Flushes every receiver of shard `k` (with `--egress-mode uring`,
-    /// the first `writev` of each in batches).
-    fn flush_shard(&self, k: usize) {
-        let blocks = self.receivers[k].load();
-        if !self.fanout.uring {
-            for block in blocks.iter() {
-                for r in block.iter() {
-                    r.egress.flush();
-                }
-            }
-            return;
-        }
-        let mut batch: Vec<Flush<'_>> = Vec::with_capacity(BATCH.min(self.receiver_count()));
-        for block in blocks.iter() {
-            for r in block.iter() {
-                if let Some(f) = r.egress.begin_flush() {
-                    batch.push(f);
-                    if batch.len() == BATCH {
-                        flush_batch(&mut batch);
-                    }
-                }
-            }
-        }
-        flush_batch(&mut batch);
     }
 
     /// Validates a source message and folds it into the cached state;
@@ -208,9 +173,6 @@ impl Channel {
                     self.fan_shard(k, &wire, seq, len, more);
                 }
             }
-        }
-        if more {
-            self.deferred.store(true, Ordering::Relaxed);
         }
     }
 
@@ -276,6 +238,9 @@ impl Channel {
                 }
             }
         }
+        if defer {
+            self.lap_frame_queued(k, &blocks);
+        }
         if tally.queued > 0 {
             self.traffic.queued.add(tally.queued);
         }
@@ -288,27 +253,57 @@ impl Channel {
         }
     }
 
+    /// A shard worker's frame: written now, or (with `more` frames waiting,
+    /// or in laps) queued and the lap stepped once.
+    fn shard_job(&self, k: usize, job: &Job, more: bool) {
+        let defer = more || self.in_laps();
+        self.fan_shard(k, &job.frame, job.seq, job.len, defer);
+        if defer && !more {
+            self.lap_step(k);
+        }
+    }
+
     /// Spawns one worker task per shard but the first (once per channel).
     fn start_workers(self: &Arc<Self>) -> &Vec<mpsc::Sender<Job>> {
         self.workers.get_or_init(|| {
             (1..self.receivers.len())
                 .map(|k| {
-                    let (tx, mut rx) = mpsc::channel::<Job>(SHARD_QUEUE);
+                    let (tx, rx) = mpsc::channel::<Job>(SHARD_QUEUE);
                     let weak = Arc::downgrade(self);
-                    tokio::spawn(async move {
-                        while let Some(job) = rx.recv().await {
-                            let Some(ch) = weak.upgrade() else { return };
-                            let more = !rx.is_empty();
-                            ch.fan_shard(k, &job.frame, job.seq, job.len, more);
-                            if !more {
-                                ch.flush_shard(k);
-                            }
-                        }
-                    });
+                    tokio::spawn(shard_worker(weak, k, rx));
                     tx
                 })
                 .collect()
         })
+    }
+}
+
+/// Fans out shard `k`'s frames from `rx` until the channel is gone: takes
+/// a frame when its lap allows (see [`super::lap`]) and steps the lap
+/// between frames, yielding to the runtime after each step.
+async fn shard_worker(weak: Weak<Channel>, k: usize, mut rx: mpsc::Receiver<Job>) {
+    loop {
+        let Some(ch) = weak.upgrade() else { return };
+        if ch.lap_allows(k) {
+            match rx.try_recv() {
+                Ok(job) => {
+                    ch.shard_job(k, &job, !rx.is_empty());
+                    continue;
+                }
+                Err(TryRecvError::Disconnected) => return,
+                Err(TryRecvError::Empty) => {}
+            }
+        }
+        if ch.lap_step(k) {
+            drop(ch);
+            tokio::task::yield_now().await;
+            continue;
+        }
+        drop(ch);
+        // Nothing left to write: wait for the next frame.
+        let Some(job) = rx.recv().await else { return };
+        let Some(ch) = weak.upgrade() else { return };
+        ch.shard_job(k, &job, !rx.is_empty());
     }
 }
 
@@ -357,7 +352,7 @@ fn write_batch(frame: &Bytes, batch: &mut Vec<Write<'_>>, tally: &mut Tally) {
 /// Submits the first `writev` of every flush of `batch` at once (or writes
 /// each on its own where io_uring is unavailable) and settles each
 /// receiver, releasing its lock.
-fn flush_batch(batch: &mut Vec<Flush<'_>>) {
+pub(super) fn flush_batch(batch: &mut Vec<Flush<'_>>) {
     if batch.is_empty() {
         return;
     }

@@ -2,7 +2,8 @@
 //! catch-up state, and the fan-out. The impl is spread by job:
 //! [`membership`] (who is attached, in which role), [`catchup`] (the state a
 //! joiner or a skipped-forward receiver is sent), [`fanout`] (a source frame
-//! to every receiver, sharded over cores) and [`routing`] (inputs to the
+//! to every receiver, sharded over cores), [`lap`] (big channels' writes, a
+//! block of receivers at a time) and [`routing`] (inputs to the
 //! source, signaling between peers); [`resume`] (the replay ring for
 //! `?resume=` reconnects).
 //!
@@ -20,6 +21,7 @@
 
 mod catchup;
 mod fanout;
+mod lap;
 mod membership;
 mod resume;
 mod roster;
@@ -27,7 +29,7 @@ mod routing;
 mod sse;
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -73,9 +75,8 @@ pub(crate) struct Channel {
     pub(crate) uplink: ArcSwapOption<crate::relay::cluster::uplink::Uplink>,
     membership: Mutex<()>,
     seq: AtomicU64,
-    /// Some receivers hold frames the source's task deferred (see
-    /// [`Channel::flush_deferred`]).
-    deferred: AtomicBool,
+    /// Per shard, where the flush of deferred frames stands (see [`lap`]).
+    laps: Box<[Mutex<lap::Lap>]>,
     /// Connections attached or attaching (the GC removes a channel only at 0).
     members: AtomicUsize,
     /// Last time a member left or the source left (ms on the relay clock).
@@ -128,7 +129,7 @@ impl Channel {
             uplink: ArcSwapOption::empty(),
             membership: Mutex::new(()),
             seq: AtomicU64::new(0),
-            deferred: AtomicBool::new(false),
+            laps: (0..shards).map(|_| Mutex::default()).collect(),
             members: AtomicUsize::new(0),
             last_left_ms: AtomicU64::new(now),
             source_left_ms: AtomicU64::new(0),

@@ -83,12 +83,15 @@ struct Session {
     /// When the peer's token expires (tokens required only).
     expires: Option<Instant>,
     /// A source's message being published (validated on the bulk lane or
-    /// fanned out by shard workers): finished before anything else.
-    publishing: Option<Publishing>,
+    /// fanned out by shard workers), or a source's turn given back between
+    /// two steps of a lap (see [`crate::relay::channel`]'s `lap`): finished
+    /// before anything else.
+    busy: Option<Busy>,
 }
 
-/// A publish in progress.
-type Publishing = Pin<Box<dyn Future<Output = Result<(), PublishError>> + Send>>;
+/// A publish in progress (ends with its result), or a yield to the runtime
+/// (ends with `None`).
+type Busy = Pin<Box<dyn Future<Output = Option<Result<(), PublishError>>> + Send>>;
 
 /// Runs a peer of `role` on `channel` until it leaves, or until `expires`
 /// (its token's expiry). The peer is already registered on the channel;
@@ -121,7 +124,7 @@ pub(crate) fn run<K: Send + 'static>(
         pong: None,
         lag: Lag::default(),
         expires,
-        publishing: None,
+        busy: None,
         relay,
         channel,
         peer,
@@ -192,13 +195,15 @@ impl Session {
             if self.relay.is_draining() {
                 return Poll::Ready(Exit::Closed(ws::CLOSE_GOING_AWAY, "relay shutting down"));
             }
-            if let Some(publishing) = self.publishing.as_mut() {
-                let result = ready!(publishing.as_mut().poll(cx));
-                self.publishing = None;
-                if let ControlFlow::Break(exit) = self.published(result) {
-                    return Poll::Ready(exit);
+            if let Some(busy) = self.busy.as_mut() {
+                let done = ready!(busy.as_mut().poll(cx));
+                self.busy = None;
+                if let Some(result) = done {
+                    if let ControlFlow::Break(exit) = self.published(result) {
+                        return Poll::Ready(exit);
+                    }
+                    self.after_read();
                 }
-                self.after_read();
                 continue;
             }
             if self.pong.is_some() && !self.reader.frame_ready() {
@@ -238,24 +243,49 @@ impl Session {
             // A message parsed from bytes already read awaits nothing, so it
             // spends no cooperative budget by itself: without this, a peer
             // whose bytes keep coming could hold the worker.
+            if self.role == Role::Source && !self.channel.may_publish() {
+                // A lap has taken its frames: it goes on before the next.
+                self.channel.flush_step();
+                self.give_turn();
+                continue;
+            }
             let coop = ready!(tokio::task::coop::poll_proceed(cx));
-            let ev = ready!(self.reader.poll_next(cx, self.peer.egress.stream()));
+            let ev = match self.reader.poll_next(cx, self.peer.egress.stream()) {
+                Poll::Ready(ev) => ev,
+                Poll::Pending if self.role == Role::Source && self.channel.flush_step() => {
+                    // Nothing to read yet and a lap to go on with: let the
+                    // runtime poll the socket (and run other tasks) before
+                    // the next step.
+                    self.give_turn();
+                    continue;
+                }
+                Poll::Pending => return Poll::Pending,
+            };
             coop.made_progress();
             if let ControlFlow::Break(exit) = self.on_read(ev) {
                 return Poll::Ready(exit);
             }
-            if self.publishing.is_none() {
+            if self.busy.is_none() {
                 self.after_read();
             }
         }
     }
 
     /// After a message: a source whose burst is over writes what the burst
-    /// deferred.
+    /// deferred (a channel in laps: one step of them).
     fn after_read(&self) {
         if self.role == Role::Source && !self.reader.frame_ready() {
-            self.channel.flush_deferred();
+            self.channel.flush_step();
         }
+    }
+
+    /// Gives the worker back for one turn of the runtime (which polls the
+    /// sockets first), between two steps of a lap.
+    fn give_turn(&mut self) {
+        self.busy = Some(Box::pin(async {
+            tokio::task::yield_now().await;
+            None
+        }));
     }
 
     /// A message (or a read error) from the peer.
@@ -380,12 +410,12 @@ impl Session {
     /// event loop polls it to its end (see [`Session::published`]) before
     /// anything else.
     fn publish(&mut self, m: WireMessage) {
-        let more = self.reader.frame_ready();
+        let more = self.reader.frame_ready() || self.channel.in_laps();
         let (channel, relay) = (self.channel.clone(), self.relay.clone());
         // Boxed: only sources publish, and every receiver's future would
         // otherwise have room for this state.
-        self.publishing = Some(Box::pin(async move {
-            channel.publish(&m, &relay.bulk, more).await
+        self.busy = Some(Box::pin(async move {
+            Some(channel.publish(&m, &relay.bulk, more).await)
         }));
     }
 
