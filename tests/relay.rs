@@ -722,3 +722,129 @@ async fn uring_egress_fans_out_byte_exact_and_in_order_past_full_sockets() {
     assert_eq!(ch.traffic.slow_skips, 0);
     assert_eq!(ch.traffic.frames_out, 20 * (fast as u64 + 1) + 200);
 }
+
+/// A channel with more receivers than one roster block (256) flushes in
+/// laps: the fan-out only queues each small frame and its owner (the
+/// source's task, or a shard worker) writes a block of receivers at a time,
+/// reading the source between blocks. Every receiver must still get every
+/// frame byte-exact and in order, small frames (laps) and large ones
+/// (written frame by frame) interleaved, while other receivers join and
+/// leave (the roster changes under a lap), with shard workers (uring) and
+/// with the source's task owning every shard (direct).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_channels_flush_in_laps_byte_exact_and_in_order_through_churn() {
+    for (mode, shard_min) in [("uring", "300"), ("direct", "100000")] {
+        let t = start(&[
+            "--egress-mode",
+            mode,
+            "--fanout-shard-min",
+            shard_min,
+            "--egress-queue",
+            "64000000",
+        ])
+        .await;
+        let stayers = 520usize;
+        let frames: std::sync::Arc<Vec<Vec<u8>>> = std::sync::Arc::new(
+            (0..160u16)
+                .map(|i| {
+                    // Every 40th frame is over 64 KiB: written frame by frame.
+                    let len = if i % 40 == 39 {
+                        70_000
+                    } else {
+                        50 + 97 * usize::from(i % 30)
+                    };
+                    protocol::frame(
+                        FrameType::AudioCompressed,
+                        0,
+                        i,
+                        u32::from(i),
+                        (0, 0),
+                        &noise(len, u64::from(i)),
+                    )
+                })
+                .collect(),
+        );
+        let mut readers = Vec::new();
+        for _ in 0..stayers {
+            let mut c = connect(&t.url("/stream/lap")).await;
+            let want = frames.clone();
+            readers.push(tokio::spawn(async move {
+                for (i, m) in want.iter().enumerate() {
+                    let got = c.recv_binary().await.expect("read");
+                    if got != *m {
+                        return Err(i);
+                    }
+                }
+                Ok(())
+            }));
+        }
+        wait_receivers(&t, "lap", stayers).await;
+        // Receivers that join mid-stream, read a few frames and leave.
+        let url = t.url("/stream/lap");
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ended = done.clone();
+        let churn = tokio::spawn(async move {
+            let (mut gaps, mut got) = (0, 0);
+            let mut round = 0u64;
+            let mut over = false;
+            while !over && !ended.load(std::sync::atomic::Ordering::Relaxed) {
+                round += 1;
+                let mut batch = Vec::new();
+                for _ in 0..20 {
+                    batch.push(connect(&url).await);
+                }
+                for c in &mut batch {
+                    if over {
+                        break;
+                    }
+                    // A joiner gets the live stream from some frame on: its
+                    // frames must follow one another.
+                    let mut last: Option<u16> = None;
+                    for _ in 0..(1 + round % 3) {
+                        let next = c.recv_binary();
+                        let Ok(m) =
+                            tokio::time::timeout(std::time::Duration::from_secs(2), next).await
+                        else {
+                            over = true; // the stream is over
+                            break;
+                        };
+                        let h = Header::parse(&m.expect("read")).expect("header");
+                        if last.is_some_and(|l| h.seq != l + 1) {
+                            gaps += 1;
+                        }
+                        last = Some(h.seq);
+                        got += 1;
+                    }
+                }
+                drop(batch);
+            }
+            (gaps, got)
+        });
+        let mut src = connect(&t.url("/source/lap")).await;
+        for m in frames.iter() {
+            src.send(m).await.unwrap();
+            // Spread over a second or so, for the joiners to overlap.
+            tokio::time::sleep(std::time::Duration::from_millis(6)).await;
+        }
+        for (n, r) in readers.into_iter().enumerate() {
+            let got = within(r).await.unwrap();
+            assert_eq!(
+                got,
+                Ok(()),
+                "{mode}: receiver {n} got another frame at this index"
+            );
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (gaps, joined) = within(churn).await.unwrap();
+        assert_eq!(gaps, 0, "{mode}: joiners saw frames out of sequence");
+        assert!(joined > 0, "{mode}: no joiner got a frame");
+        let ch = t.relay.channel("lap").unwrap();
+        assert_eq!(ch.traffic.slow_skips, 0, "{mode}");
+        assert_eq!(ch.traffic.frames_in, frames.len() as u64, "{mode}");
+        assert!(
+            ch.traffic.frames_out >= stayers as u64 * frames.len() as u64,
+            "{mode}: {} frames out",
+            ch.traffic.frames_out
+        );
+    }
+}

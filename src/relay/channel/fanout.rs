@@ -256,7 +256,7 @@ impl Channel {
     /// A shard worker's frame: written now, or (with `more` frames waiting,
     /// or in laps) queued and the lap stepped once.
     fn shard_job(&self, k: usize, job: &Job, more: bool) {
-        let defer = more || self.in_laps();
+        let defer = more || self.in_laps(job.frame.len());
         self.fan_shard(k, &job.frame, job.seq, job.len, defer);
         if defer && !more {
             self.lap_step(k);

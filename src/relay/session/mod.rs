@@ -410,7 +410,7 @@ impl Session {
     /// event loop polls it to its end (see [`Session::published`]) before
     /// anything else.
     fn publish(&mut self, m: WireMessage) {
-        let more = self.reader.frame_ready() || self.channel.in_laps();
+        let more = self.reader.frame_ready() || self.channel.in_laps(m.wire.len());
         let (channel, relay) = (self.channel.clone(), self.relay.clone());
         // Boxed: only sources publish, and every receiver's future would
         // otherwise have room for this state.
