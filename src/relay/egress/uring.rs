@@ -304,5 +304,27 @@ mod tests {
             c.read_exact(&mut b).unwrap();
             assert_eq!(b.to_vec(), cs.concat());
         }
+        // A socket nobody reads fills up: short writes, then WouldBlock,
+        // never a blocked thread.
+        let big = vec![7u8; 1 << 20];
+        let iov = [libc::iovec {
+            iov_base: big.as_ptr() as *mut libc::c_void,
+            iov_len: big.len(),
+        }];
+        let one = [(pairs[0].1.as_raw_fd(), &iov[..])];
+        let mut saw_block = false;
+        for _ in 0..256 {
+            let mut r = Vec::new();
+            assert!(writev_batch(&one, &mut r));
+            match &r[0] {
+                Ok(n) => assert!(*n <= big.len()),
+                Err(e) => {
+                    assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+                    saw_block = true;
+                    break;
+                }
+            }
+        }
+        assert!(saw_block, "a socket nobody reads fills up");
     }
 }
