@@ -27,9 +27,7 @@ use super::{lock, Channel};
 use crate::relay::budget::Level;
 use crate::relay::bulk::Bulk;
 use crate::relay::cache::CacheError;
-use crate::relay::egress::{
-    send_batch, writev_batch, Flush, Live, Outcome, Write, BATCH, BATCH_MAX_BYTES, COPY_BELOW,
-};
+use crate::relay::egress::{send_batch, Live, Outcome, Write, BATCH, BATCH_MAX_BYTES, COPY_BELOW};
 
 /// How a channel spreads its fan-out over cores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -345,28 +343,6 @@ fn write_batch(frame: &Bytes, batch: &mut Vec<Write<'_>>, tally: &mut Tally) {
     } else {
         for w in batch.drain(..) {
             tally.count(w.write_now(frame));
-        }
-    }
-}
-
-/// Submits the first `writev` of every flush of `batch` at once (or writes
-/// each on its own where io_uring is unavailable) and settles each
-/// receiver, releasing its lock.
-pub(super) fn flush_batch(batch: &mut Vec<Flush<'_>>) {
-    if batch.is_empty() {
-        return;
-    }
-    let writes: Vec<(RawFd, &[libc::iovec])> = batch.iter().map(|f| (f.fd, &f.iov[..])).collect();
-    let mut results = Vec::with_capacity(writes.len());
-    let submitted = writev_batch(&writes, &mut results);
-    drop(writes);
-    if submitted {
-        for (f, r) in batch.drain(..).zip(results) {
-            f.finish(r);
-        }
-    } else {
-        for f in batch.drain(..) {
-            f.finish(Ok(0));
         }
     }
 }

@@ -36,11 +36,12 @@
 //! worth of them queued per receiver would meet the egress bound.
 
 use std::ops::Range;
+use std::os::fd::RawFd;
 use std::sync::Arc;
 
 use super::roster::{Snapshot, BLOCK};
 use super::{lock, Channel};
-use crate::relay::egress::{Flush, BATCH, BATCH_MAX_BYTES};
+use crate::relay::egress::{writev_batch, Flush, BATCH, BATCH_MAX_BYTES};
 use crate::relay::peer::Peer;
 
 /// Most frames an owner queues per lap (see the module docs): at most
@@ -198,11 +199,33 @@ impl Channel {
             if let Some(f) = r.egress.begin_flush() {
                 batch.push(f);
                 if batch.len() == BATCH {
-                    super::fanout::flush_batch(&mut batch);
+                    flush_batch(&mut batch);
                 }
             }
         }
-        super::fanout::flush_batch(&mut batch);
+        flush_batch(&mut batch);
+    }
+}
+
+/// Submits the first `writev` of every flush of `batch` at once (or writes
+/// each on its own where io_uring is unavailable) and settles each
+/// receiver, releasing its lock.
+fn flush_batch(batch: &mut Vec<Flush<'_>>) {
+    if batch.is_empty() {
+        return;
+    }
+    let writes: Vec<(RawFd, &[libc::iovec])> = batch.iter().map(|f| (f.fd, &f.iov[..])).collect();
+    let mut results = Vec::with_capacity(writes.len());
+    let submitted = writev_batch(&writes, &mut results);
+    drop(writes);
+    if submitted {
+        for (f, r) in batch.drain(..).zip(results) {
+            f.finish(r);
+        }
+    } else {
+        for f in batch.drain(..) {
+            f.finish(Ok(0));
+        }
     }
 }
 
