@@ -15,7 +15,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use crate::relay::auth::{self, Denied, Grant};
-use crate::relay::channel::{Channel, Fanout, RingPool};
+use crate::relay::channel::{Channel, Fanout, Rejoin, RingPool};
 use crate::relay::clock::now_ms;
 use crate::relay::cluster::claim::ClaimError;
 use crate::relay::cluster::uplink::UplinkGuard;
@@ -128,6 +128,10 @@ struct Keep {
     /// The channel it is attached to, detached at the end so the GC can
     /// collect it (none for echo peers).
     attached: Option<Arc<Channel>>,
+    /// The place the peer took in `attached` (the source claim, a receiver
+    /// or signaling place), given back however the connection ends, a
+    /// panic in its handshake or session included.
+    member: Option<(Role, Arc<Peer>)>,
     /// A trusted proxy's client, counted for the connection's life.
     client: Option<IpAddr>,
     /// A cluster source's uplink (boxed: only sources have one).
@@ -142,6 +146,7 @@ impl Keep {
         Self {
             relay: relay.clone(),
             attached: None,
+            member: None,
             client: None,
             uplink: None,
             counted: None,
@@ -152,6 +157,9 @@ impl Keep {
 impl Drop for Keep {
     fn drop(&mut self) {
         if let Some(channel) = self.attached.take() {
+            if let Some((role, peer)) = self.member.take() {
+                channel.release_member(role, &peer, now_ms());
+            }
             self.relay.detach(&channel);
         }
         if let Some(ip) = self.client {
@@ -258,9 +266,9 @@ async fn serve(
     }
     let grant = authorize(relay, &req, &route)?;
     let resume = match &route {
-        Route::Receiver(_) | Route::Legacy => handshake::resume_of(&req.target)
+        Route::Receiver(_) | Route::Legacy => handshake::rejoin_of(&req.target)
             .map_err(|e| Refused::new(Refusal::BadRequest, 400, e.to_string()))?,
-        _ => None,
+        _ => Rejoin::default(),
     };
     // Only what the session needs outlives the handshake: the request head
     // is dropped before the session runs (it would otherwise stay with
@@ -285,7 +293,7 @@ async fn serve(
             let echo = Admit {
                 wanted: Some(Role::Echo),
                 grant: None,
-                resume: None,
+                resume: Rejoin::default(),
                 client: *client,
             };
             return join(relay, &channel, stream, echo, &key, rest, keep).await;
@@ -393,8 +401,8 @@ struct Admit {
     wanted: Option<Role>,
     /// The token that admitted it, when tokens are required.
     grant: Option<Grant>,
-    /// A receiver's `?resume=SEQ`: the header seq of the last frame it had.
-    resume: Option<u16>,
+    /// A receiver's `?epoch` and `?resume=SEQ`: marks, and the last frame it had.
+    resume: Rejoin,
     /// The client's address (for the log).
     client: IpAddr,
 }
@@ -461,9 +469,13 @@ async fn join(
             },
             relay.budgets.memory.clone(),
         ),
+        marks: admit.resume.marks,
     });
     let role = match wanted {
-        Some(Role::Source) | None if channel.claim_source(&peer) => Role::Source,
+        Some(Role::Source) | None if channel.claim_source(&peer) => {
+            keep.member = Some((Role::Source, peer.clone()));
+            Role::Source
+        }
         Some(Role::Source) => {
             return Err(Refused::new(
                 Refusal::SourceTaken,
@@ -482,6 +494,7 @@ async fn join(
                 Box::pin(cluster.start_uplink(channel, claim)).await,
             )),
             Err(e) => {
+                keep.member = None;
                 channel.unclaim_source(&peer);
                 return Err(match e {
                     ClaimError::Taken(node) => Refused::new(
@@ -519,10 +532,13 @@ async fn join(
     peer.egress
         .send_control(&Bytes::from(upgrade_response(key)), false);
     let joined = match role {
-        Role::Receiver => channel.add_receiver(&peer, cfg.max_receivers, admit.resume),
+        Role::Receiver => channel.add_receiver(&peer, cfg.max_receivers, admit.resume.point),
         Role::Signal => channel.add_signal_peer(&peer, cfg.max_signal_peers),
         Role::Source | Role::Echo => Ok(()),
     };
+    if joined.is_ok() && matches!(role, Role::Receiver | Role::Signal) {
+        keep.member = Some((role, peer.clone()));
+    }
     if let (Ok(()), Role::Receiver, Some(cluster)) = (&joined, role, relay.cluster.get()) {
         cluster.want(relay, channel);
     }
@@ -551,10 +567,10 @@ async fn join(
     } else {
         tracing::debug!(peer = peer.id, client = %admit.client, channel = %channel.name, ?role, sub, "peer joined");
     }
+    #[cfg(test)]
+    tests::fault_after_join(&channel.name);
     // A token that expires while the connection is open closes it.
-    let expires = admit
-        .grant
-        .map(|g| Instant::now() + g.remaining(auth::unix_now()));
+    let expires = admit.grant.and_then(|g| g.deadline());
     Ok(Some(Admitted {
         relay: relay.clone(),
         channel: channel.clone(),
@@ -569,6 +585,76 @@ async fn join(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+    use std::sync::Mutex;
+
+    /// Channels whose next joins panic right after taking their places
+    /// (the fault the guard must survive), with how many panics are left.
+    static PANIC_AFTER_JOIN: Mutex<Vec<(String, usize)>> = Mutex::new(Vec::new());
+
+    /// Panics if a test asked `channel`'s next join to.
+    pub(super) fn fault_after_join(channel: &str) {
+        let mut faults = PANIC_AFTER_JOIN.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = faults.iter_mut().find(|f| f.0 == channel && f.1 > 0) {
+            f.1 -= 1;
+            drop(faults);
+            panic!("injected fault after joining {channel}");
+        }
+    }
+
+    /// A session that panics right after it claimed the source slot,
+    /// counted its receivers and attached to the channel gives all of it
+    /// back: the next source is admitted (not 409), no receiver stays
+    /// counted, the channel can be collected.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panic_after_joining_gives_every_place_back() {
+        use crate::relay::server::Server;
+        use bitstream_client::Client;
+        use std::time::Duration;
+        const NAME: &str = "panics-after-join";
+        let cfg = crate::relay::config::Config::parse_from([
+            "x",
+            "--addr",
+            "127.0.0.1:0",
+            "--stats-interval-ms",
+            "0",
+        ]);
+        let server = Server::bind(cfg).await.unwrap();
+        let (addr, relay) = (server.local_addr(), server.relay().clone());
+        tokio::spawn(server.run());
+        PANIC_AFTER_JOIN
+            .lock()
+            .unwrap()
+            .push((NAME.to_owned(), 1 + 20));
+        let source = format!("ws://{addr}/source/{NAME}");
+        let stream = format!("ws://{addr}/stream/{NAME}");
+        // The 101 may have gone out before the fault: either way the
+        // connection ends without a single frame.
+        let ends = |url: String| async move {
+            if let Ok(mut c) = Client::connect(&url, 1 << 20).await {
+                let r = tokio::time::timeout(Duration::from_secs(20), c.recv()).await;
+                assert!(matches!(r, Ok(Err(_))), "{url} still open: {r:?}");
+            }
+        };
+        ends(source.clone()).await;
+        for _ in 0..20 {
+            ends(stream.clone()).await;
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let ch = relay.channel(NAME);
+            let members = ch.as_ref().map_or(0, |c| c.receivers + usize::from(c.source));
+            if members == 0 {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "still held: {ch:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let _next = Client::connect(&source, 1 << 20).await.expect("slot free");
+        let ch = relay.channel(NAME).expect("channel");
+        assert!(ch.source);
+        assert_eq!(ch.receivers, 0);
+    }
 
     #[test]
     fn origins_are_matched_exactly_but_without_case() {
@@ -623,6 +709,7 @@ mod footprint {
                 cfg.egress_mode,
                 relay.budgets.memory.clone(),
             ),
+            marks: false,
         });
         let admitted = Admitted {
             relay: relay.clone(),

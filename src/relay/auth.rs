@@ -154,6 +154,14 @@ impl Grant {
     pub(crate) fn remaining(&self, now: u64) -> Duration {
         Duration::from_secs(self.exp.saturating_sub(now))
     }
+
+    /// When a connection admitted by this token must end: `None` when its
+    /// `exp` lies beyond what the clock can represent (an issuer's
+    /// `u64::MAX` for "never" must not overflow `Instant` and panic the
+    /// handshake after it took its slots).
+    pub(crate) fn deadline(&self) -> Option<tokio::time::Instant> {
+        tokio::time::Instant::now().checked_add(self.remaining(unix_now()))
+    }
 }
 
 /// Why the token keys could not be loaded, or a token minted.

@@ -114,6 +114,7 @@ mod tests {
                     Default::default(),
                     Arc::new(crate::relay::budget::Budget::new(usize::MAX)),
                 ),
+                marks: false,
             });
             assert!(ch.claim_source(&peer));
             let msg = protocol::pixels_keyframe(0, 0, 1, 1, &[1, 2, 3, 4]);

@@ -5,6 +5,7 @@ use std::io;
 
 use thiserror::Error;
 
+use crate::relay::channel::Rejoin;
 use crate::relay::conn::Conn;
 
 use bitstream_wire::handshake::{parse_request, HeadError, Request};
@@ -66,30 +67,55 @@ pub(crate) fn route(target: &str) -> Result<Route, RouteError> {
     }
 }
 
-/// A malformed `resume=` query parameter.
+/// A malformed `resume=` or `epoch=` query parameter.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("invalid resume: must be a frame seq, a decimal number 0-65535")]
-pub(crate) struct ResumeError;
+pub(crate) enum ResumeError {
+    /// `resume=` is not a frame seq.
+    #[error("invalid resume: must be a frame seq, a decimal number 0-65535")]
+    Seq,
+    /// `epoch=` is not a stream epoch.
+    #[error("invalid epoch: must be a stream epoch, 1-16 hexadecimal digits")]
+    Epoch,
+}
 
-/// The `resume=SEQ` of a receiver's request target (`/stream/cam?resume=41`):
-/// the 16-bit header seq of the last frame the receiver had. `None` when
-/// absent; an error for anything but a decimal 0–65535 (the last `resume=`
-/// counts if repeated).
-pub(crate) fn resume_of(target: &str) -> Result<Option<u16>, ResumeError> {
+/// What a receiver's request target asks of its join
+/// (`/stream/cam?epoch=1f3a…&resume=41`): `epoch` (any value, or none)
+/// asks for stream marks; `epoch=E` with `resume=SEQ` names the last frame
+/// it had, header seq `SEQ` of stream `E`. A bare `resume=SEQ` names no
+/// stream: it gets the full catch-up (the seq alone could belong to another
+/// stream). Errors for a `resume=` that is not a decimal 0–65535 or an
+/// `epoch=` value that is not 1–16 hex digits (the last of a repeated
+/// parameter counts).
+pub(crate) fn rejoin_of(target: &str) -> Result<Rejoin, ResumeError> {
     let Some((_, query)) = target.split('#').next().unwrap_or("").split_once('?') else {
-        return Ok(None);
+        return Ok(Rejoin::default());
     };
-    let Some(v) = query
-        .split('&')
-        .rev()
-        .find_map(|kv| kv.strip_prefix("resume="))
-    else {
-        return Ok(None);
+    let last = |key: &str| {
+        query.split('&').rev().find_map(|kv| match kv.split_once('=') {
+            Some((k, v)) if k == key => Some(v),
+            None if kv == key => Some(""),
+            _ => None,
+        })
     };
-    if v.is_empty() || v.len() > 5 || !v.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(ResumeError);
-    }
-    v.parse().map(Some).map_err(|_| ResumeError)
+    let seq = match last("resume") {
+        None => None,
+        Some(v) if !v.is_empty() && v.len() <= 5 && v.bytes().all(|b| b.is_ascii_digit()) => {
+            Some(v.parse::<u16>().map_err(|_| ResumeError::Seq)?)
+        }
+        Some(_) => return Err(ResumeError::Seq),
+    };
+    let epoch = match last("epoch") {
+        None => None,
+        Some("") => Some(None),
+        Some(v) if v.len() <= 16 && v.bytes().all(|b| b.is_ascii_hexdigit()) => Some(Some(
+            u64::from_str_radix(v, 16).map_err(|_| ResumeError::Epoch)?,
+        )),
+        Some(_) => return Err(ResumeError::Epoch),
+    };
+    Ok(Rejoin {
+        marks: epoch.is_some(),
+        point: seq.map(|s| (epoch.flatten(), s)),
+    })
 }
 
 /// Why a request head could not be read.
@@ -155,15 +181,42 @@ mod tests {
 
     #[test]
     fn resume_parameters() {
-        assert_eq!(resume_of("/stream/cam"), Ok(None));
-        assert_eq!(resume_of("/stream/cam?token=x"), Ok(None));
-        assert_eq!(resume_of("/stream/cam?resume=0"), Ok(Some(0)));
-        assert_eq!(resume_of("/stream?token=a&resume=65535"), Ok(Some(65535)));
-        assert_eq!(resume_of("/stream?resume=7#frag"), Ok(Some(7)));
+        let r = |t: &str| rejoin_of(t);
+        let point = |epoch, seq| Rejoin {
+            marks: epoch.is_some(),
+            point: Some((epoch, seq)),
+        };
+        assert_eq!(r("/stream/cam"), Ok(Rejoin::default()));
+        assert_eq!(r("/stream/cam?token=x"), Ok(Rejoin::default()));
+        assert_eq!(r("/stream/cam?resume=0"), Ok(point(None, 0)));
+        assert_eq!(r("/stream?token=a&resume=65535"), Ok(point(None, 65535)));
+        assert_eq!(r("/stream?resume=7#frag"), Ok(point(None, 7)));
+        let marks = Rejoin {
+            marks: true,
+            point: None,
+        };
+        assert_eq!(r("/stream/cam?epoch"), Ok(marks));
+        assert_eq!(r("/stream/cam?epoch="), Ok(marks));
+        assert_eq!(
+            r("/stream/cam?epoch=00ff&resume=9"),
+            Ok(point(Some(255), 9))
+        );
+        assert_eq!(
+            r("/stream/cam?resume=9&epoch=FFFFFFFFFFFFFFFF"),
+            Ok(point(Some(u64::MAX), 9))
+        );
+        assert_eq!(r("/stream/cam?epochs=1"), Ok(Rejoin::default()));
         for bad in ["", "65536", "-1", "+1", "1x", " 1", "0x10", "999999"] {
             assert_eq!(
-                resume_of(&format!("/stream?resume={bad}")),
-                Err(ResumeError),
+                r(&format!("/stream?resume={bad}")),
+                Err(ResumeError::Seq),
+                "{bad:?}"
+            );
+        }
+        for bad in ["x", "+1", "0x1", "11112222333344445", "-1"] {
+            assert_eq!(
+                r(&format!("/stream?resume=1&epoch={bad}")),
+                Err(ResumeError::Epoch),
                 "{bad:?}"
             );
         }

@@ -23,4 +23,7 @@ pub(crate) struct Peer {
     pub(crate) id: u64,
     /// Outbound side.
     pub(crate) egress: Egress,
+    /// A receiver that asked for stream marks (`?epoch`): one goes before
+    /// each catch-up or resume, and one when the channel's stream changes.
+    pub(crate) marks: bool,
 }

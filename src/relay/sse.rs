@@ -203,6 +203,26 @@ pub(crate) enum Start {
 }
 
 impl SseHub {
+    /// A hub whose first sync carries id `start` (the channel's first
+    /// sequence number, random per channel: see `Channel::begin_stream`).
+    pub(crate) fn starting_at(start: u64) -> Self {
+        let hub = Self::default();
+        hub.last_id.store(start, Ordering::Relaxed);
+        hub
+    }
+
+    /// A new stream starts after channel sequence `epoch`: ids up to it
+    /// belong to earlier streams and are never replayed (a client resuming
+    /// from one gets a fresh sync); clients connected now go on live.
+    pub(crate) fn restart(&self, epoch: u64, memory: &Budget) {
+        let mut inner = lock(&self.inner);
+        self.last_id.store(epoch, Ordering::Relaxed);
+        memory.release(inner.ring_bytes);
+        inner.ring.clear();
+        inner.ring_bytes = 0;
+        inner.complete_since = epoch;
+    }
+
     /// SSE clients connected now.
     pub(crate) fn clients(&self) -> usize {
         self.clients.load(Ordering::Relaxed) as usize

@@ -2,23 +2,31 @@
 //! ZRLE deltas) and signal state, and after a reconnect either resumes or
 //! starts over from the relay's catch-up.
 //!
-//! **Resume.** The receiver remembers the header `seq` of the last frame
-//! it got that is not a `SignalSync`, and reconnects with
-//! `?resume=<that seq>`. A relay that still has the frames after it sends
-//! exactly those; otherwise it sends its full catch-up. The receiver tells
-//! them apart by the first frame after the reconnect: one whose seq is the
-//! next one (`seq + 1`, wrapping) continues the stream, so the state is
-//! kept (a resume); any other starts a catch-up, so the state is reset
-//! first. `SignalSync`s do not move the resume point because the relay's
-//! catch-up ends with a synthesized one carrying the seq of the last
-//! *signal* message, which may be older than the picture it came with;
-//! resuming from the frame before a live `SignalSync` only replays that
-//! sync, which replaces the state with the same state. A catch-up whose
-//! first frame happens to continue the seq is taken for a resume; it starts
-//! with a full frame or a `SignalSync`, which replace what they cover.
+//! **Resume.** The receiver asks the relay for stream marks (`?epoch`):
+//! before its catch-up, and before resumed frames, the relay sends a mark
+//! naming the stream (its epoch, which changes whenever a source claims
+//! the channel, the channel is created anew or a relay restarts) and
+//! whether a resume or a full catch-up follows. The receiver remembers the
+//! epoch and the header `seq` of the last frame it got that is not a
+//! `SignalSync`, and reconnects with `?epoch=<E>&resume=<seq>`. A relay
+//! whose current stream is `E` and that still has the frames after `seq`
+//! sends exactly those; otherwise (another stream, frames gone) its full
+//! catch-up, and the receiver resets its state first. So a resume never
+//! glues two streams together. `SignalSync`s do not move the resume point
+//! because the relay's catch-up ends with a synthesized one carrying the
+//! seq of the last *signal* message, which may be older than the picture
+//! it came with; resuming from the frame before a live `SignalSync` only
+//! replays that sync, which replaces the state with the same state.
+//!
+//! While connected, a new source claiming the channel is announced by a
+//! `Changed` mark: the state goes on (every receiver sees the new source's
+//! frames applied to it) and later resume points belong to the new stream.
+//! Against a relay that sends no marks, the receiver falls back to telling
+//! a resume by the first frame's seq (`seq + 1` continues the stream), and
+//! a reconnect without a known epoch always starts over.
 
 use bitstream_wire::codec;
-use bitstream_wire::protocol::{FrameType, Header, HEADER_LEN};
+use bitstream_wire::protocol::{self, FrameType, Header, MarkKind, HEADER_LEN};
 use bitstream_wire::signal;
 use bytes::Bytes;
 
@@ -49,11 +57,19 @@ pub enum Event {
     /// Any other frame (audio, opaque, ping, stream end, or one that could
     /// not be applied), as received.
     Frame(Header, Bytes),
-    /// The connection was lost and re-established with `?resume=`; the
-    /// first frame tells whether the relay resumed (state kept) or sends
-    /// its catch-up (state reset then). Without a resume point the state
-    /// was reset at once.
+    /// The connection was lost and re-established; the relay's stream
+    /// mark, which comes next, tells whether it resumed (state kept) or
+    /// sends its catch-up (state reset then).
     Reconnected,
+}
+
+/// How the current connection started, until its first message.
+#[derive(Debug, Clone, Copy)]
+struct Start {
+    /// A reconnection (not the first connection).
+    reconnect: bool,
+    /// The resume point it asked for, if any.
+    asked: Option<u16>,
 }
 
 /// A receiver on a `/stream/{name}` URL (or the same channel on several
@@ -62,9 +78,11 @@ pub struct Receiver {
     link: Link,
     /// Header seq of the last frame that was not a `SignalSync`.
     resume_from: Option<u16>,
-    /// After a reconnect with `?resume=`: the seq that was asked for, until
-    /// the first frame arrives.
-    resuming: Option<u16>,
+    /// The stream (epoch) the frames since the last mark belong to.
+    epoch: Option<u64>,
+    /// After a connection: the first message decides how it starts (a mark,
+    /// or against a relay without marks the seq heuristic).
+    starting: Option<Start>,
     picture: Option<Picture>,
     signal: signal::State,
     /// Frames received since creation.
@@ -90,9 +108,13 @@ impl Receiver {
     /// error if none answers ([`ClientError::NoUrl`] if `urls` is empty).
     pub async fn connect_any<S: AsRef<str>>(urls: &[S]) -> Result<Self, ClientError> {
         Ok(Self {
-            link: Link::connect_any(urls, MAX_MESSAGE).await?,
+            link: Link::connect_any_with(urls, MAX_MESSAGE, Some("epoch".to_owned())).await?,
             resume_from: None,
-            resuming: None,
+            epoch: None,
+            starting: Some(Start {
+                reconnect: false,
+                asked: None,
+            }),
             picture: None,
             signal: signal::State::new(),
             frames: 0,
@@ -113,9 +135,18 @@ impl Receiver {
         self.link.current_url()
     }
 
-    /// `resume=<seq>` when there is a resume point.
-    fn resume_query(&self) -> Option<String> {
-        self.resume_from.map(|seq| format!("resume={seq}"))
+    /// The stream the last frames came from, once the relay named it.
+    pub fn epoch(&self) -> Option<u64> {
+        self.epoch
+    }
+
+    /// `epoch=<E>&resume=<seq>` when there is a resume point in a known
+    /// stream, else `epoch` (marks only).
+    fn resume_query(&self) -> String {
+        match (self.epoch, self.resume_from) {
+            (Some(e), Some(seq)) => format!("epoch={e:x}&resume={seq}"),
+            _ => "epoch".to_owned(),
+        }
     }
 
     /// Drops the rebuilt state: the relay's catch-up is the new truth.
@@ -123,6 +154,7 @@ impl Receiver {
         self.picture = None;
         self.signal.clear();
         self.resume_from = None;
+        self.epoch = None;
     }
 
     /// The rebuilt picture, once a keyframe has arrived.
@@ -149,30 +181,56 @@ impl Receiver {
     pub async fn next(&mut self) -> Event {
         loop {
             if !self.link.is_connected() {
-                self.link.set_query(self.resume_query());
+                self.link.set_query(Some(self.resume_query()));
             }
             if self.link.ensure().await {
-                self.resuming = self.resume_from;
-                if self.resuming.is_none() {
-                    // The relay's catch-up is the new truth.
-                    self.reset();
-                    self.full_catchups += 1;
-                }
+                self.starting = Some(Start {
+                    reconnect: true,
+                    asked: self.epoch.and(self.resume_from),
+                });
                 return Event::Reconnected;
             }
-            if let Ok(Message::Binary(msg)) = self.link.recv().await {
-                self.frames += 1;
-                if let Some(from) = self.resuming.take() {
-                    let seq = Header::parse(&msg).map(|h| h.seq).ok();
-                    if seq == Some(from.wrapping_add(1)) {
+            let Ok(Message::Binary(msg)) = self.link.recv().await else {
+                continue;
+            };
+            let mark = Header::parse(&msg)
+                .ok()
+                .and_then(|h| protocol::parse_stream_mark(&h));
+            if let Some(mark) = mark {
+                match mark.kind {
+                    MarkKind::Resume => {
+                        self.starting = None;
                         self.resumes += 1;
-                    } else {
+                    }
+                    MarkKind::CatchUp => {
+                        // The relay's catch-up is the new truth.
+                        self.reset();
+                        if self.starting.take().is_none_or(|s| s.reconnect) {
+                            self.full_catchups += 1;
+                        }
+                    }
+                    // A new source on the same connection: the state goes
+                    // on, later resume points are in the new stream.
+                    MarkKind::Changed => {}
+                }
+                self.epoch = Some(mark.epoch);
+                continue;
+            }
+            self.frames += 1;
+            if let Some(start) = self.starting.take() {
+                // A relay without marks: a frame continuing the seq is a
+                // resume, anything else starts over.
+                let seq = Header::parse(&msg).map(|h| h.seq).ok();
+                match start.asked {
+                    Some(from) if seq == Some(from.wrapping_add(1)) => self.resumes += 1,
+                    _ if start.reconnect => {
                         self.reset();
                         self.full_catchups += 1;
                     }
+                    _ => {}
                 }
-                return self.apply(msg);
             }
+            return self.apply(msg);
         }
     }
 

@@ -130,14 +130,25 @@ impl Link {
         urls: &[S],
         max_message: usize,
     ) -> Result<Self, ClientError> {
+        Self::connect_any_with(urls, max_message, None).await
+    }
+
+    /// [`Link::connect_any`] with `query` (`key=value`) added to the URL,
+    /// this time and every later one until [`Link::set_query`] changes it.
+    pub(crate) async fn connect_any_with<S: AsRef<str>>(
+        urls: &[S],
+        max_message: usize,
+        query: Option<String>,
+    ) -> Result<Self, ClientError> {
         let mut relays = Relays::new(urls)?;
         let mut last = ClientError::NoUrl;
         for _ in 0..relays.len() {
-            match Client::connect(relays.current(), max_message).await {
+            let url = with_query(relays.current(), query.as_deref());
+            match Client::connect(&url, max_message).await {
                 Ok(c) => {
                     return Ok(Self {
                         relays,
-                        query: None,
+                        query,
                         max_message,
                         client: Some(c),
                         backoff: Backoff::new(BACKOFF_BASE, BACKOFF_MAX),

@@ -321,6 +321,10 @@ pub enum ProtocolError {
     /// A `Ping`/`StreamEnd` frame carries a payload.
     #[error("{0:?} frame must have an empty payload")]
     NonEmptyPayload(FrameType),
+    /// A source sent a `Ping` with `KEYFRAME` set: that shape is the
+    /// relay's stream mark ([`stream_mark`]), which only the relay sends.
+    #[error("a Ping with KEYFRAME set is the relay's stream mark; sources may not send it")]
+    MarkFromSource,
 }
 
 /// Checks the rules every message shares: header present, length field equal
@@ -368,6 +372,9 @@ pub fn validate_source_message(msg: &[u8]) -> Result<Header, ProtocolError> {
         }
         t @ (FrameType::Ping | FrameType::StreamEnd) if payload != 0 => {
             return Err(ProtocolError::NonEmptyPayload(t));
+        }
+        FrameType::Ping if h.flags & FLAG_KEYFRAME != 0 => {
+            return Err(ProtocolError::MarkFromSource);
         }
         _ => {}
     }
@@ -462,6 +469,71 @@ pub fn signal(diff: bool, seq: u16, timestamp: u32, json: &[u8]) -> Vec<u8> {
         FrameType::SignalSync
     };
     frame(kind, 0, seq, timestamp, (0, 0), json)
+}
+
+/// What a relay's stream mark says (see [`stream_mark`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamMark {
+    /// The stream the frames after the mark belong to: it changes whenever
+    /// a source claims the channel, the channel is created anew (a relay
+    /// restart included), or a cluster node loses the stream it follows.
+    pub epoch: u64,
+    /// What follows the mark.
+    pub kind: MarkKind,
+}
+
+/// What follows a stream mark (its header `seq`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MarkKind {
+    /// The relay's full catch-up: reset the state, then rebuild it (0).
+    CatchUp,
+    /// The frames after the receiver's resume point: keep the state (1).
+    Resume,
+    /// While connected, the channel's stream changed (a new source claimed
+    /// it): keep the state, as every receiver sees the new source's frames
+    /// applied to it; resume points from now on belong to `epoch` (2).
+    Changed,
+}
+
+/// Builds a relay's stream mark: a `Ping` with `KEYFRAME` set and no
+/// payload, sent to a receiver that asked for marks (`?epoch`). The 64-bit
+/// epoch rides in the header's `timestamp` (low 32 bits), `width` (bits
+/// 32–47) and `height` (bits 48–63), type-specific fields for a `Ping`;
+/// `seq` is the [`MarkKind`]. A client that does not know marks sees a
+/// keepalive.
+pub fn stream_mark(mark: StreamMark) -> [u8; HEADER_LEN] {
+    Header {
+        kind: FrameType::Ping.to_u8(),
+        flags: FLAG_KEYFRAME,
+        seq: match mark.kind {
+            MarkKind::CatchUp => 0,
+            MarkKind::Resume => 1,
+            MarkKind::Changed => 2,
+        },
+        timestamp: mark.epoch as u32,
+        width: (mark.epoch >> 32) as u16,
+        height: (mark.epoch >> 48) as u16,
+        length: 0,
+    }
+    .to_bytes()
+}
+
+/// Reads a relay's stream mark from a message header: `None` for any other
+/// message (an unknown kind included).
+pub fn parse_stream_mark(h: &Header) -> Option<StreamMark> {
+    if h.frame_type() != FrameType::Ping || h.flags != FLAG_KEYFRAME || h.length != 0 {
+        return None;
+    }
+    let kind = match h.seq {
+        0 => MarkKind::CatchUp,
+        1 => MarkKind::Resume,
+        2 => MarkKind::Changed,
+        _ => return None,
+    };
+    Some(StreamMark {
+        epoch: u64::from(h.timestamp) | u64::from(h.width) << 32 | u64::from(h.height) << 48,
+        kind,
+    })
 }
 
 /// Builds an input message (INPUT set) with the given raw payload.
@@ -688,6 +760,29 @@ mod tests {
             let mut short = m.clone();
             short.pop();
             prop_assert!(validate_input_message(&short).is_err());
+        }
+
+        #[test]
+        fn a_stream_mark_carries_its_epoch_and_kind(epoch: u64, k in 0u8..3) {
+            let kind = [MarkKind::CatchUp, MarkKind::Resume, MarkKind::Changed][k as usize];
+            let mark = StreamMark { epoch, kind };
+            let bytes = stream_mark(mark);
+            let h = Header::parse(&bytes).unwrap();
+            prop_assert_eq!(parse_stream_mark(&h), Some(mark));
+            prop_assert_eq!(h.frame_type(), FrameType::Ping);
+            prop_assert_eq!(
+                validate_source_message(&bytes),
+                Err(ProtocolError::MarkFromSource),
+                "only the relay sends marks"
+            );
+        }
+
+        #[test]
+        fn no_other_message_reads_as_a_mark(kind: u8, flags: u8, seq: u16, ts: u32, len in 0usize..4) {
+            let msg = frame(FrameType::from_u8(kind), flags, seq, ts, (1, 1), &vec![0; len]);
+            let h = Header::parse(&msg).unwrap();
+            let is_mark = kind == 0xFE && flags & !FLAG_INPUT == FLAG_KEYFRAME && len == 0 && seq < 3;
+            prop_assert_eq!(parse_stream_mark(&h).is_some(), is_mark);
         }
     }
 }

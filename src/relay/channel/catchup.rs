@@ -30,8 +30,13 @@ impl Channel {
         }));
     }
 
-    /// Sends `peer` the current catch-up state (join or skip-forward).
+    /// Sends `peer` the current catch-up state (join or skip-forward),
+    /// after a stream mark if it asked for marks.
     pub(crate) fn resync(&self, peer: &Peer) {
+        if peer.marks {
+            self.resume_or_resync(peer, None);
+            return;
+        }
         peer.egress.resync(|| self.catch_up());
         self.traffic.catchups.inc();
     }
@@ -55,8 +60,10 @@ impl Channel {
     }
 
     /// Forgets the cached state (before a catch-up from another node
-    /// replaces it).
+    /// replaces it): what follows is a new stream, so no receiver resumes
+    /// across the gap that made the catch-up necessary.
     pub(crate) fn clear_cache(&self) {
+        self.begin_stream();
         let mut w = lock(&self.writer);
         w.cache = CacheWriter::new(w.max_signal_state(), self.budgets.memory.clone());
         w.ring.clear();

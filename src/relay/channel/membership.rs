@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::roster::Roster;
 use super::{lock, Channel};
-use crate::relay::peer::Peer;
+use crate::relay::peer::{Peer, Role};
 use crate::relay::stats::Refusal;
 
 impl Channel {
@@ -36,12 +36,14 @@ impl Channel {
         self.source.load().is_some() || self.source_left_ms.load(Ordering::Relaxed) != 0
     }
 
-    /// Makes `peer` the source unless the channel has one.
+    /// Makes `peer` the source unless the channel has one; its frames are
+    /// a new stream (see [`Channel::begin_stream`]).
     pub(crate) fn claim_source(&self, peer: &Arc<Peer>) -> bool {
         let _m = lock(&self.membership);
         if self.source.load().is_some() {
             return false;
         }
+        self.begin_stream_locked();
         self.source.store(Some(peer.clone()));
         true
     }
@@ -83,7 +85,7 @@ impl Channel {
         &self,
         peer: &Arc<Peer>,
         max: usize,
-        resume: Option<u16>,
+        resume: Option<(Option<u64>, u16)>,
     ) -> Result<(), Refusal> {
         peer.egress.mark_resync();
         {
@@ -97,6 +99,19 @@ impl Channel {
         fence(Ordering::SeqCst);
         self.resume_or_resync(peer, resume);
         Ok(())
+    }
+
+    /// Gives back the place `peer` holds in `role` at `now` (nothing if it
+    /// holds none): a source's claim, a receiver's or a signaling peer's
+    /// place. Called when a session leaves and again, harmlessly, by the
+    /// connection's guard, which is what releases it after a panic.
+    pub(crate) fn release_member(&self, role: Role, peer: &Arc<Peer>, now: u64) {
+        match role {
+            Role::Source => self.release_source(peer, now),
+            Role::Receiver => self.remove_receiver(peer),
+            Role::Signal => self.remove_signal_peer(peer),
+            Role::Echo => {}
+        }
     }
 
     /// Removes a receiver.

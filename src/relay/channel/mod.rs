@@ -37,7 +37,7 @@ use roster::Roster;
 use tokio::sync::mpsc;
 
 pub(crate) use fanout::{Fanout, PublishError};
-pub(crate) use resume::RingPool;
+pub(crate) use resume::{Rejoin, RingPool};
 
 use crate::relay::budget::Budgets;
 use crate::relay::cache::{CacheWriter, CatchUp};
@@ -108,15 +108,17 @@ impl Channel {
         now: u64,
     ) -> Self {
         let shards = fanout.shards.max(1);
+        let start = resume::random_start();
         Self {
             name,
             creator,
             traffic: Traffic::default(),
-            sse: SseHub::default(),
+            sse: SseHub::starting_at(start),
             cache: ArcSwap::from_pointee(CatchUp::default()),
             writer: Mutex::new(resume::Writer {
                 cache: CacheWriter::new(max_signal_state, budgets.memory.clone()),
                 ring: resume::Ring::new(rings, budgets.memory.clone()),
+                epoch: start,
             }),
             budgets,
             charged: AtomicUsize::new(0),
@@ -128,7 +130,7 @@ impl Channel {
             source: ArcSwapOption::empty(),
             uplink: ArcSwapOption::empty(),
             membership: Mutex::new(()),
-            seq: AtomicU64::new(0),
+            seq: AtomicU64::new(start),
             laps: (0..shards).map(|_| Mutex::default()).collect(),
             members: AtomicUsize::new(0),
             last_left_ms: AtomicU64::new(now),

@@ -42,6 +42,7 @@ use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use bitstream_wire::protocol::{self, MarkKind, StreamMark};
 use bytes::Bytes;
 use crossbeam_utils::CachePadded;
 
@@ -63,8 +64,10 @@ const MAX_ENTRIES: usize = 1 << 16;
 pub(crate) struct Writer {
     /// The catch-up state.
     pub(crate) cache: CacheWriter,
-    /// The replay ring for resumes.
+    /// The replay ring for resumes: frames of the current stream only.
     pub(crate) ring: Ring,
+    /// The current stream's epoch: the channel sequence it started after.
+    pub(crate) epoch: u64,
 }
 
 impl Deref for Writer {
@@ -230,29 +233,131 @@ impl Ring {
     }
 }
 
+/// What a joining receiver asked for (`?epoch`, `?epoch=E&resume=SEQ`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Rejoin {
+    /// Send a [`protocol::stream_mark`] before the catch-up or the resumed
+    /// frames (the receiver asked with `epoch`).
+    pub(crate) marks: bool,
+    /// The last frame it had: its stream's epoch (`None`: a bare
+    /// `resume=SEQ`, which names no stream) and its header seq.
+    pub(crate) point: Option<(Option<u64>, u16)>,
+}
+
+/// How far apart two streams' channel sequences start (at least), so that
+/// an SSE id of one stream is never taken for one of another.
+const EPOCH_STRIDE: u64 = 1 << 32;
+
+/// A random channel sequence to start a new channel at: channels created
+/// anew (after the GC, after a restart) never reuse an earlier one's
+/// numbers, so resume points and SSE ids of an older incarnation are
+/// never taken for this one's (except with odds of about 2^-30).
+pub(crate) fn random_start() -> u64 {
+    use std::hash::BuildHasher;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let r = std::collections::hash_map::RandomState::new().hash_one(nanos);
+    // Below 2^62: room for 2^29 streams of 2^33 frames each.
+    (r >> 2).max(1)
+}
+
 impl Channel {
-    /// Sends a joining receiver what it needs: with `resume` (the header
-    /// seq of the last frame it had) and that frame still in the ring, the
-    /// frames after it; otherwise the full catch-up state. Counted as a
-    /// resume or a catch-up.
-    pub(crate) fn resume_or_resync(&self, peer: &Peer, resume: Option<u16>) {
-        let Some(from) = resume else {
-            self.resync(peer);
-            return;
+    /// Starts a new stream on the channel (a cluster follower changed or
+    /// lost the stream it follows). See [`Channel::begin_stream_locked`].
+    pub(crate) fn begin_stream(&self) -> u64 {
+        let _m = lock(&self.membership);
+        self.begin_stream_locked()
+    }
+
+    /// Starts a new stream on the channel, the caller holding the
+    /// membership lock: a source claimed it, or a cluster follower changed
+    /// or lost the stream it follows. The channel sequence jumps ahead by a
+    /// random stride and the new epoch is that sequence; the replay ring
+    /// and the SSE replay buffer are emptied, so no resume point or
+    /// `Last-Event-ID` of an earlier stream is ever resumed with this one's
+    /// frames (it gets a full catch-up). Receivers that asked for marks get
+    /// a [`MarkKind::Changed`] mark as a live frame of sequence `epoch`,
+    /// between the old stream's frames and the new one's (a joiner whose
+    /// catch-up already names the new epoch skips it as covered, or drops
+    /// it while awaiting its catch-up, which then names the new epoch).
+    pub(crate) fn begin_stream_locked(&self) -> u64 {
+        let epoch = {
+            let mut w = lock(&self.writer);
+            let stride = EPOCH_STRIDE + (random_start() % EPOCH_STRIDE);
+            let epoch = self
+                .seq
+                .fetch_add(stride, Ordering::Relaxed)
+                .wrapping_add(stride);
+            w.epoch = epoch;
+            w.ring.clear();
+            self.sse.restart(epoch, &self.budgets.memory);
+            epoch
         };
+        let mark = Bytes::copy_from_slice(&protocol::stream_mark(StreamMark {
+            epoch,
+            kind: MarkKind::Changed,
+        }));
+        for shard in self.receivers.iter() {
+            shard.for_each(|r| {
+                if r.marks {
+                    r.egress.send_live(&mark, epoch, false);
+                }
+            });
+        }
+        epoch
+    }
+
+    /// The current stream's epoch.
+    #[cfg(test)]
+    pub(crate) fn epoch(&self) -> u64 {
+        lock(&self.writer).epoch
+    }
+
+    /// Sends a joining or skipped-forward receiver what it needs: if
+    /// `point` (its last frame: the stream's epoch and the header seq)
+    /// names the current stream and the ring still has that frame, the
+    /// frames after it; otherwise the full catch-up state. Preceded by a
+    /// stream mark if the peer asked for marks. Counted as a resume or a
+    /// catch-up.
+    pub(crate) fn resume_or_resync(&self, peer: &Peer, point: Option<(Option<u64>, u16)>) {
         let mut resumed = false;
         peer.egress.resync(|| {
-            if let Some(r) = lock(&self.writer).ring.after(from) {
-                resumed = true;
-                return r;
+            let w = lock(&self.writer);
+            // Read before the frames: a mark never names a newer stream
+            // than the frames after it (a later claim changes the epoch,
+            // and a resume from an older one is a catch-up, never wrong).
+            let epoch = w.epoch;
+            let found = match point {
+                Some((Some(e), seq)) if e == epoch => w.ring.after(seq),
+                _ => None,
+            };
+            drop(w);
+            let (mut frames, upto) = match found {
+                Some(r) => {
+                    resumed = true;
+                    r
+                }
+                None => self.catch_up(),
+            };
+            if peer.marks {
+                let kind = if resumed {
+                    MarkKind::Resume
+                } else {
+                    MarkKind::CatchUp
+                };
+                let mark = protocol::stream_mark(StreamMark { epoch, kind });
+                frames.insert(0, Bytes::copy_from_slice(&mark));
             }
-            self.catch_up()
+            (frames, upto)
         });
         if resumed {
             self.traffic.resumes.inc();
         } else {
             self.traffic.catchups.inc();
-            tracing::debug!(channel = %self.name, peer = peer.id, from, "resume: seq not in the ring, full catch-up");
+            if let Some((epoch, seq)) = point {
+                tracing::debug!(channel = %self.name, peer = peer.id, ?epoch, seq, "resume: another stream or seq not in the ring, full catch-up");
+            }
         }
     }
 

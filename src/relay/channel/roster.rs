@@ -134,6 +134,7 @@ mod tests {
                         Default::default(),
                         Arc::new(crate::relay::budget::Budget::new(usize::MAX)),
                     ),
+                    marks: false,
                 })
             })
             .collect()

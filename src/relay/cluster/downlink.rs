@@ -254,7 +254,9 @@ impl Cluster {
             }
             if epoch != Some(h.epoch) {
                 if h.seq == 1 {
-                    // A new source session, followed from its start.
+                    // A new source session, followed from its start: a new
+                    // stream for local receivers too (no resume across it).
+                    channel.begin_stream();
                     (epoch, next, synced, need_fetch) = (Some(h.epoch), 1, true, false);
                     set_node(&h.node);
                 } else {

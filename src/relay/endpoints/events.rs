@@ -116,7 +116,7 @@ pub(super) async fn signal(
     let expires = match &relay.auth {
         Some(v) => {
             let grant = v.check(auth::token_of(req), name, &["receiver"])?;
-            Some(Instant::now() + grant.remaining(auth::unix_now()))
+            grant.deadline()
         }
         None => None,
     };

@@ -562,15 +562,11 @@ impl Session {
 
     /// Unregisters the peer and closes the connection as `exit` calls for.
     async fn leave(mut self, exit: Exit) {
-        match self.role {
-            Role::Source => {
-                self.channel.flush_deferred();
-                self.channel.release_source(&self.peer, now_ms());
-            }
-            Role::Receiver => self.channel.remove_receiver(&self.peer),
-            Role::Signal => self.channel.remove_signal_peer(&self.peer),
-            Role::Echo => {}
+        if self.role == Role::Source {
+            self.channel.flush_deferred();
         }
+        self.channel
+            .release_member(self.role, &self.peer, now_ms());
         match &exit {
             Exit::Closed(code, reason) => {
                 let frame = WireMessage::encode(ws::OP_CLOSE, &ws::close_payload(*code, reason));
