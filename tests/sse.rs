@@ -289,10 +289,8 @@ async fn sse_clients_count_against_the_receiver_limit() {
     let t = start(&["--max-receivers", "1", "--sse-heartbeat-ms", "50"]).await;
     let mut sse = Sse::open(&t, "/events/full", &[]).await;
     let ev = sse.next().await;
-    assert_eq!(
-        (ev.kind.as_str(), ev.id, ev.data.as_str()),
-        ("sync", 0, "{}")
-    );
+    // Ids are opaque numbers, random per channel.
+    assert_eq!((ev.kind.as_str(), ev.data.as_str()), ("sync", "{}"));
     let second = Sse::open(&t, "/events/full", &[]).await;
     assert_eq!(second.status(), 503);
     // Heartbeats are comment lines.
@@ -356,4 +354,62 @@ async fn sse_needs_a_receiver_token_and_an_allowed_origin() {
         .head
         .contains("Access-Control-Allow-Origin: https://ok.example"));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Reads events until the folded state equals `expected`; the last id.
+async fn read_until(sse: &mut Sse, state: &mut State, expected: &State) -> u64 {
+    let mut last = 0;
+    while state != expected {
+        let ev = sse.next().await;
+        last = ev.id;
+        fold(state, &ev);
+    }
+    last
+}
+
+/// A `Last-Event-ID` names one stream: from a relay that restarted (its
+/// channels created anew, numbered alike on the old code) or from before a
+/// new source claimed the channel, it gets a fresh `sync`, never another
+/// stream's events after a matching number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_from_another_stream_gets_a_fresh_sync() {
+    // The first relay: an id after 50 diffs.
+    let old_id = {
+        let t = start(&[]).await;
+        let mut src = connect(&t.url("/source/ids")).await;
+        let mut expected = State::new();
+        let mut sse = Sse::open(&t, "/events/ids", &[]).await;
+        let mut state = State::new();
+        fold(&mut state, &sse.next().await);
+        send_diffs(&mut src, &mut expected, 0..50).await;
+        read_until(&mut sse, &mut state, &expected).await
+    };
+    // The relay "restarted": the same stream again, listened to from the start.
+    let t = start(&[]).await;
+    let mut src = connect(&t.url("/source/ids")).await;
+    let mut expected = State::new();
+    let mut sse = Sse::open(&t, "/events/ids", &[]).await;
+    let mut state = State::new();
+    fold(&mut state, &sse.next().await);
+    send_diffs(&mut src, &mut expected, 0..100).await;
+    let before_claim = read_until(&mut sse, &mut state, &expected).await;
+    let old = old_id.to_string();
+    let mut other = Sse::open(&t, "/events/ids", &[("Last-Event-ID", &old)]).await;
+    assert_eq!(other.next().await.kind, "sync", "an id of the old relay");
+    // A new source: ids from before its claim name the earlier stream.
+    drop(src);
+    eventually("source gone", || {
+        t.relay.channel("ids").is_some_and(|c| !c.source)
+    })
+    .await;
+    let mut src = connect(&t.url("/source/ids")).await;
+    send_diffs(&mut src, &mut expected, 100..120).await;
+    read_until(&mut sse, &mut state, &expected).await;
+    let id = before_claim.to_string();
+    let mut stale = Sse::open(&t, "/events/ids", &[("Last-Event-ID", &id)]).await;
+    let first = stale.next().await;
+    assert_eq!(first.kind, "sync", "an id of the earlier source's stream");
+    let mut fresh = State::new();
+    fold(&mut fresh, &first);
+    assert_eq!(as_value(&fresh), as_value(&expected));
 }

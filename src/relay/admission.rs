@@ -643,7 +643,9 @@ mod tests {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
             let ch = relay.channel(NAME);
-            let members = ch.as_ref().map_or(0, |c| c.receivers + usize::from(c.source));
+            let members = ch
+                .as_ref()
+                .map_or(0, |c| c.receivers + usize::from(c.source));
             if members == 0 {
                 break;
             }

@@ -91,11 +91,14 @@ pub(crate) fn rejoin_of(target: &str) -> Result<Rejoin, ResumeError> {
         return Ok(Rejoin::default());
     };
     let last = |key: &str| {
-        query.split('&').rev().find_map(|kv| match kv.split_once('=') {
-            Some((k, v)) if k == key => Some(v),
-            None if kv == key => Some(""),
-            _ => None,
-        })
+        query
+            .split('&')
+            .rev()
+            .find_map(|kv| match kv.split_once('=') {
+                Some((k, v)) if k == key => Some(v),
+                None if kv == key => Some(""),
+                _ => None,
+            })
     };
     let seq = match last("resume") {
         None => None,
@@ -182,7 +185,7 @@ mod tests {
     #[test]
     fn resume_parameters() {
         let r = |t: &str| rejoin_of(t);
-        let point = |epoch, seq| Rejoin {
+        let point = |epoch: Option<u64>, seq| Rejoin {
             marks: epoch.is_some(),
             point: Some((epoch, seq)),
         };

@@ -43,6 +43,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bitstream_wire::protocol::{self, MarkKind, StreamMark};
+use bitstream_wire::reader::WireMessage;
+use bitstream_wire::ws;
 use bytes::Bytes;
 use crossbeam_utils::CachePadded;
 
@@ -262,6 +264,11 @@ pub(crate) fn random_start() -> u64 {
     (r >> 2).max(1)
 }
 
+/// A stream mark as the WebSocket frame that carries it.
+fn mark_frame(mark: StreamMark) -> Bytes {
+    WireMessage::encode(ws::OP_BINARY, &protocol::stream_mark(mark)).wire
+}
+
 impl Channel {
     /// Starts a new stream on the channel (a cluster follower changed or
     /// lost the stream it follows). See [`Channel::begin_stream_locked`].
@@ -294,10 +301,10 @@ impl Channel {
             self.sse.restart(epoch, &self.budgets.memory);
             epoch
         };
-        let mark = Bytes::copy_from_slice(&protocol::stream_mark(StreamMark {
+        let mark = mark_frame(StreamMark {
             epoch,
             kind: MarkKind::Changed,
-        }));
+        });
         for shard in self.receivers.iter() {
             shard.for_each(|r| {
                 if r.marks {
@@ -346,8 +353,7 @@ impl Channel {
                 } else {
                     MarkKind::CatchUp
                 };
-                let mark = protocol::stream_mark(StreamMark { epoch, kind });
-                frames.insert(0, Bytes::copy_from_slice(&mark));
+                frames.insert(0, mark_frame(StreamMark { epoch, kind }));
             }
             (frames, upto)
         });

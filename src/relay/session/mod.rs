@@ -565,8 +565,7 @@ impl Session {
         if self.role == Role::Source {
             self.channel.flush_deferred();
         }
-        self.channel
-            .release_member(self.role, &self.peer, now_ms());
+        self.channel.release_member(self.role, &self.peer, now_ms());
         match &exit {
             Exit::Closed(code, reason) => {
                 let frame = WireMessage::encode(ws::OP_CLOSE, &ws::close_payload(*code, reason));
