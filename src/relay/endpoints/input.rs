@@ -8,7 +8,9 @@
 //! `404` the channel has no source, `408` body not received within
 //! `--handshake-timeout-ms`, `411` no `Content-Length` (chunked bodies are
 //! not taken), `413` larger than `--max-input-message`, `429` over the
-//! rate, `503` the source's queue is full.
+//! rate, `503` the source's queue is full. A repeated or malformed
+//! `Content-Length`, or one beside a `Transfer-Encoding`, never gets here:
+//! the head is refused `400` (see `bitstream_wire::handshake::parse_request`).
 
 use std::collections::HashMap;
 use std::io;
@@ -136,14 +138,13 @@ async fn deliver(
     if req.transfer_encoding.is_some() {
         return Err(InputError::NoLength);
     }
-    let len: usize = req
-        .content_length
-        .as_deref()
-        .and_then(|l| l.trim().parse().ok())
-        .ok_or(InputError::NoLength)?;
-    if len > cfg.max_input_message {
-        return Err(InputError::TooLarge(cfg.max_input_message));
-    }
+    // Already strict: one Content-Length of digits only, never beside a
+    // Transfer-Encoding (the head is refused `400` otherwise).
+    let len = req.content_length.ok_or(InputError::NoLength)?;
+    let len = usize::try_from(len)
+        .ok()
+        .filter(|&l| l <= cfg.max_input_message)
+        .ok_or(InputError::TooLarge(cfg.max_input_message))?;
     let body = tokio::time::timeout(cfg.handshake_timeout(), read_body(stream, rest, len))
         .await
         .map_err(|_| InputError::Timeout)??;
