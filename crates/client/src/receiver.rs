@@ -210,8 +210,9 @@ impl Receiver {
                         }
                     }
                     // A new source on the same connection: the state goes
-                    // on, later resume points are in the new stream.
-                    MarkKind::Changed => {}
+                    // on; the last frame belongs to the old stream, so
+                    // there is no resume point until the new one's first.
+                    MarkKind::Changed => self.resume_from = None,
                 }
                 self.epoch = Some(mark.epoch);
                 continue;

@@ -23,6 +23,8 @@ mod catchup;
 mod fanout;
 mod lap;
 mod membership;
+#[cfg(test)]
+mod model;
 mod resume;
 mod roster;
 mod routing;
