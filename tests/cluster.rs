@@ -785,3 +785,38 @@ async fn a_frame_lost_at_the_end_of_a_burst_is_repaired_after_a_heartbeat() {
     assert!(metric(&a, "relay_cluster_heartbeats_out_total").await >= 1);
     assert!(metric(&b, "relay_cluster_trailing_gaps_repaired_total").await >= 1);
 }
+
+#[tokio::test]
+async fn a_claim_held_by_another_process_of_this_node_id_is_not_taken_over() {
+    let Some(n) = nats(true).await else { return };
+    let a = node(&n, "twin", &[]).await;
+    // Claims written as another process named twin would: one by a relay
+    // that named only its node, one by a process with another instance id.
+    let nc = async_nats::connect(n.url()).await.unwrap();
+    for (channel, value) in [("z1", "twin"), ("z2", "twin@0123456789abcdef")] {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Expected-Last-Subject-Sequence", "0");
+        let ack = nc
+            .request_with_headers(
+                format!("$KV.bitstream_relay_sources.{channel}"),
+                headers,
+                value.into(),
+            )
+            .await
+            .unwrap();
+        assert!(
+            !String::from_utf8_lossy(&ack.payload).contains("error"),
+            "{ack:?}"
+        );
+        match connect_err(&a.url(&format!("/source/{channel}"))).await {
+            ClientError::Refused { status, body } => {
+                assert_eq!(status, 409, "{body}");
+                assert!(
+                    body.contains("node twin, another process with this node id"),
+                    "{body}"
+                );
+            }
+            e => panic!("unexpected {e}"),
+        }
+    }
+}
