@@ -50,14 +50,36 @@ async fn nats(js: bool) -> Option<Nats> {
     if !tool_available(nats_installed(), "nats-server", "RELAY_SKIP_NATS") {
         return None;
     }
-    Some(nats_on(free_port(), js).await)
+    // A port free a moment ago may be taken before the server binds it (by
+    // another test's server or relay): then another one.
+    for _ in 0..5 {
+        if let Some(n) = try_nats_on(free_port(), js).await {
+            return Some(n);
+        }
+    }
+    panic!("nats-server did not start on any of 5 free ports");
 }
 
 /// Starts `nats-server` on `port`.
 async fn nats_on(port: u16, js: bool) -> Nats {
+    try_nats_on(port, js)
+        .await
+        .unwrap_or_else(|| panic!("nats-server did not start on port {port}"))
+}
+
+/// Starts `nats-server` on `port`; `None` if it exits first (the port was
+/// taken). Returns once the server on that port is this one (checked by
+/// its name: a test must never share another test's server).
+async fn try_nats_on(port: u16, js: bool) -> Option<Nats> {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let name = format!(
+        "relay-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
     let dir = std::env::temp_dir().join(format!("relay-nats-{}-{port}", std::process::id()));
     let mut cmd = Command::new("nats-server");
-    cmd.args(["-a", "127.0.0.1", "-p", &port.to_string()]);
+    cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-n", &name]);
     if js {
         cmd.args(["-js", "-sd", dir.to_str().unwrap()]);
     }
@@ -66,12 +88,28 @@ async fn nats_on(port: u16, js: bool) -> Nats {
         .stderr(Stdio::null())
         .spawn()
         .expect("start nats-server");
-    let n = Nats { child, port, dir };
-    eventually("nats-server listening", || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    })
-    .await;
-    n
+    let mut n = Nats { child, port, dir };
+    let start = tokio::time::Instant::now();
+    while !answers_as(port, &name) {
+        if n.child.try_wait().ok().flatten().is_some() {
+            return None;
+        }
+        assert!(start.elapsed() < DEADLINE, "nats-server never listened");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Some(n)
+}
+
+/// Whether the NATS server on `port` is the one named `name`.
+fn answers_as(port: u16, name: &str) -> bool {
+    use std::io::Read;
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut info = [0u8; 4096];
+    let len = s.read(&mut info).unwrap_or(0);
+    String::from_utf8_lossy(&info[..len]).contains(&format!(r#""server_name":"{name}""#))
 }
 
 /// A relay of the cluster on `nats`, named `node`.
