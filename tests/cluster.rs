@@ -10,7 +10,7 @@ use std::time::Duration;
 use bitstream_relay::client::{Client, ClientError};
 use bitstream_relay::codec;
 use bitstream_relay::protocol::{self, FrameType, Header, InputType, HEADER_LEN};
-use bitstream_relay::{Config, Server, StartError};
+use bitstream_relay::{ClusterError, Config, Server, StartError};
 use clap::Parser;
 use common::*;
 
@@ -825,6 +825,94 @@ async fn a_frame_lost_at_the_end_of_a_burst_is_repaired_after_a_heartbeat() {
 }
 
 #[tokio::test]
+async fn a_second_relay_with_a_live_node_id_refuses_to_start_and_never_holds_its_channel() {
+    let Some(n) = nats(true).await else { return };
+    let lease = ["--cluster-lease-ms", "1500"];
+    let a = node(&n, "twin", &lease).await;
+    let _src = connect(&a.url("/source/z")).await;
+    let url = n.url();
+    let cfg = Config::parse_from([
+        "x",
+        "--addr",
+        "127.0.0.1:0",
+        "--stats-interval-ms",
+        "0",
+        "--nats-url",
+        &url,
+        "--node-id",
+        "twin",
+        "--cluster-lease-ms",
+        "1500",
+    ]);
+    match within(Server::bind(cfg)).await {
+        Err(e @ StartError::Cluster(ClusterError::NodeIdLive { .. })) => {
+            let text = e.to_string();
+            assert!(
+                text.contains("\"twin\"") && text.contains("live"),
+                "the error names the id: {text}"
+            );
+            // Told as soon as a renewal shows the other one alive, not
+            // after waiting for it to lapse.
+            assert!(text.contains("renewed it"), "{text}");
+        }
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(server) => {
+            // Started: at the least it must not admit a second source of z.
+            let b = TestRelay {
+                addr: server.local_addr(),
+                relay: server.relay().clone(),
+            };
+            tokio::spawn(server.run());
+            match Client::connect(&b.url("/source/z"), 1 << 20).await {
+                Ok(_) => panic!("both relays named twin admitted a source for channel z"),
+                Err(e) => panic!("a second relay named twin started (its source got {e})"),
+            }
+        }
+    }
+    // The first one still holds its source, and a source elsewhere is refused.
+    assert!(a.relay.channel("z").is_some_and(|c| c.source));
+    let other = node(&n, "other", &lease).await;
+    match connect_err(&other.url("/source/z")).await {
+        ClientError::Refused { status, body } => {
+            assert_eq!(status, 409);
+            assert!(body.contains("node twin"), "{body}");
+        }
+        e => panic!("unexpected {e}"),
+    }
+}
+
+#[tokio::test]
+async fn a_node_restarted_at_once_with_its_id_starts_and_gets_its_channel_back() {
+    let Some(n) = nats(true).await else { return };
+    let lease = ["--cluster-lease-ms", "1500"];
+    let mut first = child_node(&n, "phoenix", &lease).await;
+    let src = Client::connect(&first.url("/source/z"), 1 << 20)
+        .await
+        .expect("source on the first process");
+    // Killed: neither its presence nor its claim is released.
+    first.kill();
+    drop(src);
+    let started = tokio::time::Instant::now();
+    let second = child_node(&n, "phoenix", &lease).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "waited {:?} for the id to be free",
+        started.elapsed()
+    );
+    // The dead process's claim frees a lease after its last renewal.
+    loop {
+        match Client::connect(&second.url("/source/z"), 1 << 20).await {
+            Ok(_) => break,
+            Err(ClientError::Refused { status: 409, .. }) => {
+                assert!(started.elapsed() < DEADLINE, "claim never freed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+}
+
+#[tokio::test]
 async fn a_claim_held_by_another_process_of_this_node_id_is_not_taken_over() {
     let Some(n) = nats(true).await else { return };
     let a = node(&n, "twin", &[]).await;
@@ -857,4 +945,38 @@ async fn a_claim_held_by_another_process_of_this_node_id_is_not_taken_over() {
             e => panic!("unexpected {e}"),
         }
     }
+}
+
+#[tokio::test]
+async fn a_relay_stopped_cleanly_frees_its_node_id_at_once() {
+    let Some(n) = nats(true).await else { return };
+    let url = n.url();
+    // The default lease: waiting for the presence to lapse would take 10 s.
+    let cfg = || {
+        Config::parse_from([
+            "x",
+            "--addr",
+            "127.0.0.1:0",
+            "--stats-interval-ms",
+            "0",
+            "--shutdown-grace-ms",
+            "100",
+            "--nats-url",
+            &url,
+            "--node-id",
+            "calm",
+        ])
+    };
+    let first = within(Server::bind(cfg())).await.expect("first start");
+    let relay = first.relay().clone();
+    let run = tokio::spawn(first.run());
+    relay.begin_shutdown();
+    within(run).await.unwrap().unwrap();
+    let started = tokio::time::Instant::now();
+    let _second = within(Server::bind(cfg())).await.expect("restart");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "restart waited {:?}",
+        started.elapsed()
+    );
 }

@@ -43,6 +43,10 @@ use super::{token, Cluster, CLAIMS_BUCKET};
 pub(crate) struct Claims {
     client: async_nats::Client,
     lease: Duration,
+    /// The bucket's `max_age` as the server has it (the bucket may have
+    /// been made by a node with another lease): how long a key lives after
+    /// its last write.
+    pub(super) ttl: Duration,
 }
 
 /// A key's current value and revision.
@@ -56,13 +60,14 @@ pub(super) struct Entry {
 pub(super) enum Take {
     /// The key is ours now, at this revision.
     Held(u64),
-    /// Another process holds it: its value.
-    Other { value: Vec<u8> },
+    /// Another process holds it: its value, at this revision.
+    Other { value: Vec<u8>, revision: u64 },
     /// It changed between two requests: try again.
     Changed,
 }
 
-/// Who holds a claim: a node id and the process under it. Stored as `node@instance` (node ids
+/// Who holds a claim (or a node id's presence, see [`super::presence`]):
+/// a node id and the process under it. Stored as `node@instance` (node ids
 /// have no `@`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Holder {
@@ -168,14 +173,26 @@ impl Claims {
                 }
                 _ => Error::from(e),
             })?;
-        match answer(&reply.payload) {
+        let info = match answer(&reply.payload) {
+            Ok(v) => v,
             // Made by a node with another lease: used as it is.
-            Ok(_) | Err((STREAM_NAME_IN_USE, _)) => Ok(Self {
-                client: client.clone(),
-                lease,
-            }),
-            Err((_, why)) => Err(why.into()),
-        }
+            Err((STREAM_NAME_IN_USE, _)) => {
+                let reply = client
+                    .request(format!("$JS.API.STREAM.INFO.{}", stream()), Bytes::new())
+                    .await?;
+                answer(&reply.payload).map_err(|(_, why)| why)?
+            }
+            Err((_, why)) => return Err(why.into()),
+        };
+        let ttl = info["config"]["max_age"]
+            .as_u64()
+            .filter(|&ns| ns > 0)
+            .map_or(lease, Duration::from_nanos);
+        Ok(Self {
+            client: client.clone(),
+            lease,
+            ttl,
+        })
     }
 
     /// Opens the bucket again (made anew if a restarted server lost it).
@@ -198,7 +215,10 @@ impl Claims {
                     None => Take::Changed,
                 }
             }
-            Some(e) => Take::Other { value: e.value },
+            Some(e) => Take::Other {
+                value: e.value,
+                revision: e.revision,
+            },
             None => Take::Changed,
         })
     }
@@ -302,7 +322,7 @@ async fn try_claim(cluster: &Cluster, key: &str) -> Result<u64, ClaimError> {
         .map_err(|e| ClaimError::Unavailable(e.to_string()))?;
     match taken {
         Take::Held(rev) => Ok(rev),
-        Take::Other { value } => Err(ClaimError::Taken(
+        Take::Other { value, .. } => Err(ClaimError::Taken(
             Holder::decode(&value).describe(&cluster.me),
         )),
         Take::Changed => Err(ClaimError::Unavailable("claim changed meanwhile".into())),

@@ -18,6 +18,9 @@
 //! - One source per channel cluster-wide: a claim with a lease in a
 //!   JetStream key-value bucket ([`claim`]), naming the process that holds
 //!   it (node id and a random instance id).
+//! - One process per node id: a relay announces its `--node-id` in the same
+//!   bucket and refuses to start while another live process holds it
+//!   ([`presence`]; a restart waits for its predecessor's to lapse).
 //! - Inputs from receivers on any node go to `bsr.i.<channel>`, which the
 //!   source's node subscribes to; signaling text to `bsr.s.<channel>`,
 //!   which every node with signaling peers of the channel subscribes to
@@ -26,6 +29,7 @@
 pub(crate) mod claim;
 pub(crate) mod downlink;
 pub(crate) mod fragment;
+pub(crate) mod presence;
 pub(crate) mod signaling;
 pub(crate) mod uplink;
 
@@ -64,6 +68,26 @@ pub enum ClusterError {
     Connect {
         /// The servers (without credentials).
         urls: String,
+        /// Why.
+        reason: String,
+    },
+    /// Another live relay process holds this `--node-id` (see [`presence`]).
+    #[error("--node-id {node:?} is live in the cluster: another relay process (instance {instance}) {verdict}; give this relay another --node-id or stop that one (a relay stopped cleanly frees its id at once, a killed one within {ttl_ms} ms, which a restart waits for)")]
+    NodeIdLive {
+        /// The node id.
+        node: String,
+        /// The other process's instance id.
+        instance: String,
+        /// What it did while this one waited.
+        verdict: String,
+        /// How long a presence outlives its last renewal.
+        ttl_ms: u64,
+    },
+    /// This node id's presence could not be read or written.
+    #[error("cannot announce --node-id {node:?} in the claims bucket: {reason}")]
+    Presence {
+        /// The node id.
+        node: String,
         /// Why.
         reason: String,
     },
@@ -132,6 +156,8 @@ pub(crate) struct Cluster {
     pub(crate) lease_value: Vec<u8>,
     pub(crate) client: async_nats::Client,
     pub(crate) claims: claim::Claims,
+    /// This process's presence under its node id.
+    presence: presence::Presence,
     state: Arc<AtomicU8>,
     pub(crate) stats: Arc<ClusterStats>,
     /// Channels this node follows from another node, by name.
@@ -289,6 +315,7 @@ impl Cluster {
             node: node.clone(),
             instance: random_id(),
         };
+        let presence = presence::Presence::announce(&claims, &me).await?;
         let max_payload = client.server_info().max_payload;
         let (inputs, rx) = tokio::sync::mpsc::channel(4096);
         tokio::spawn(Cluster::forward_inputs(client.clone(), rx));
@@ -299,6 +326,7 @@ impl Cluster {
             me,
             client,
             claims,
+            presence,
             state,
             stats,
             downlinks: DashMap::new(),
@@ -311,6 +339,12 @@ impl Cluster {
             inputs,
             urls,
         })))
+    }
+
+    /// Gives up this node id (a clean stop): another process may take it
+    /// at once.
+    pub(crate) async fn leave(&self) {
+        let _ = tokio::time::timeout(self.timeout, self.presence.leave()).await;
     }
 
     /// The backplane's state now.
