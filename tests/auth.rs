@@ -272,6 +272,73 @@ async fn http_requests_for_channel_data_need_a_token() {
     assert_eq!(http_get(&t, "/").await.0, 200);
 }
 
+/// A plain `GET path` with an `Authorization` header: status and body.
+async fn http_get_with_auth(t: &TestRelay, path: &str, auth: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(t.addr).await.unwrap();
+    let head = format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n\r\n");
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    within(s.read_to_string(&mut out)).await.unwrap();
+    let status = out[9..12].parse().unwrap();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test]
+async fn metrics_name_channels_only_for_an_every_channel_token() {
+    let t = start_secured(&[]).await;
+    let mut src = connect(&t.url(&format!(
+        "/source/secret-cam?token={}",
+        token("secret-cam", "source")
+    )))
+    .await;
+    src.send(&protocol::pixels_keyframe(1, 0, 2, 2, &[9u8; 16]))
+        .await
+        .unwrap();
+    eventually("the frame counted", || {
+        t.relay
+            .channel("secret-cam")
+            .is_some_and(|c| c.traffic.frames_in == 1)
+    })
+    .await;
+    let series = r#"relay_channel_frames_in_total{channel="secret-cam"} 1"#;
+    // No token, a single-channel token, a bad one: the relay-wide series
+    // (so a scraper of totals keeps working), no channel name.
+    let one = token("secret-cam", "receiver");
+    for path in [
+        "/metrics".to_owned(),
+        format!("/metrics?token={one}"),
+        "/metrics?token=not.a.jwt".to_owned(),
+    ] {
+        let (status, body) = http_get(&t, &path).await;
+        assert_eq!(status, 200, "{path}");
+        assert!(
+            !body.contains("secret-cam"),
+            "{path} names the channel:\n{body}"
+        );
+        assert!(body.contains("relay_frames_in_total 1"), "{path}:\n{body}");
+        assert!(
+            body.contains(r#"relay_connections{role="source"} 1"#),
+            "{path}:\n{body}"
+        );
+        assert!(body.ends_with("# EOF\n"), "{path}");
+    }
+    let (_, body) = http_get_with_auth(&t, "/metrics", &format!("Bearer {one}")).await;
+    assert!(!body.contains("secret-cam"), "{body}");
+    // A `*` token, in the query or as a Bearer header: the channel's series too.
+    let every = hs256(json!({"ch": "*", "role": "receiver", "exp": now() + 60}));
+    let (status, body) = http_get(&t, &format!("/metrics?token={every}")).await;
+    assert_eq!(status, 200);
+    assert!(body.contains(series), "{body}");
+    assert!(body.contains("relay_frames_in_total 1"), "{body}");
+    let (_, body) = http_get_with_auth(&t, "/metrics", &format!("Bearer {every}")).await;
+    assert!(body.contains(series), "{body}");
+}
+
 #[test]
 fn the_token_subcommand_prints_a_token_the_relay_accepts() {
     let secret = temp_file("secret", SECRET.as_bytes());

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bitstream_relay::client::{Client, ClientError};
 use bitstream_relay::codec;
 use bitstream_relay::protocol::{self, FrameType, Header, InputType, HEADER_LEN};
-use bitstream_relay::{Config, Server, StartError};
+use bitstream_relay::{ClusterError, Config, Server, StartError};
 use clap::Parser;
 use common::*;
 
@@ -50,14 +50,36 @@ async fn nats(js: bool) -> Option<Nats> {
     if !tool_available(nats_installed(), "nats-server", "RELAY_SKIP_NATS") {
         return None;
     }
-    Some(nats_on(free_port(), js).await)
+    // A port free a moment ago may be taken before the server binds it (by
+    // another test's server or relay): then another one.
+    for _ in 0..5 {
+        if let Some(n) = try_nats_on(free_port(), js).await {
+            return Some(n);
+        }
+    }
+    panic!("nats-server did not start on any of 5 free ports");
 }
 
 /// Starts `nats-server` on `port`.
 async fn nats_on(port: u16, js: bool) -> Nats {
+    try_nats_on(port, js)
+        .await
+        .unwrap_or_else(|| panic!("nats-server did not start on port {port}"))
+}
+
+/// Starts `nats-server` on `port`; `None` if it exits first (the port was
+/// taken). Returns once the server on that port is this one (checked by
+/// its name: a test must never share another test's server).
+async fn try_nats_on(port: u16, js: bool) -> Option<Nats> {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let name = format!(
+        "relay-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
     let dir = std::env::temp_dir().join(format!("relay-nats-{}-{port}", std::process::id()));
     let mut cmd = Command::new("nats-server");
-    cmd.args(["-a", "127.0.0.1", "-p", &port.to_string()]);
+    cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-n", &name]);
     if js {
         cmd.args(["-js", "-sd", dir.to_str().unwrap()]);
     }
@@ -66,12 +88,28 @@ async fn nats_on(port: u16, js: bool) -> Nats {
         .stderr(Stdio::null())
         .spawn()
         .expect("start nats-server");
-    let n = Nats { child, port, dir };
-    eventually("nats-server listening", || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    })
-    .await;
-    n
+    let mut n = Nats { child, port, dir };
+    let start = tokio::time::Instant::now();
+    while !answers_as(port, &name) {
+        if n.child.try_wait().ok().flatten().is_some() {
+            return None;
+        }
+        assert!(start.elapsed() < DEADLINE, "nats-server never listened");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Some(n)
+}
+
+/// Whether the NATS server on `port` is the one named `name`.
+fn answers_as(port: u16, name: &str) -> bool {
+    use std::io::Read;
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut info = [0u8; 4096];
+    let len = s.read(&mut info).unwrap_or(0);
+    String::from_utf8_lossy(&info[..len]).contains(&format!(r#""server_name":"{name}""#))
 }
 
 /// A relay of the cluster on `nats`, named `node`.
@@ -784,4 +822,161 @@ async fn a_frame_lost_at_the_end_of_a_burst_is_repaired_after_a_heartbeat() {
     assert!(metric(&a, "relay_cluster_uplink_dropped_total").await >= 1);
     assert!(metric(&a, "relay_cluster_heartbeats_out_total").await >= 1);
     assert!(metric(&b, "relay_cluster_trailing_gaps_repaired_total").await >= 1);
+}
+
+#[tokio::test]
+async fn a_second_relay_with_a_live_node_id_refuses_to_start_and_never_holds_its_channel() {
+    let Some(n) = nats(true).await else { return };
+    let lease = ["--cluster-lease-ms", "1500"];
+    let a = node(&n, "twin", &lease).await;
+    let _src = connect(&a.url("/source/z")).await;
+    let url = n.url();
+    let cfg = Config::parse_from([
+        "x",
+        "--addr",
+        "127.0.0.1:0",
+        "--stats-interval-ms",
+        "0",
+        "--nats-url",
+        &url,
+        "--node-id",
+        "twin",
+        "--cluster-lease-ms",
+        "1500",
+    ]);
+    match within(Server::bind(cfg)).await {
+        Err(e @ StartError::Cluster(ClusterError::NodeIdLive { .. })) => {
+            let text = e.to_string();
+            assert!(
+                text.contains("\"twin\"") && text.contains("live"),
+                "the error names the id: {text}"
+            );
+            // Told as soon as a renewal shows the other one alive, not
+            // after waiting for it to lapse.
+            assert!(text.contains("renewed it"), "{text}");
+        }
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(server) => {
+            // Started: at the least it must not admit a second source of z.
+            let b = TestRelay {
+                addr: server.local_addr(),
+                relay: server.relay().clone(),
+            };
+            tokio::spawn(server.run());
+            match Client::connect(&b.url("/source/z"), 1 << 20).await {
+                Ok(_) => panic!("both relays named twin admitted a source for channel z"),
+                Err(e) => panic!("a second relay named twin started (its source got {e})"),
+            }
+        }
+    }
+    // The first one still holds its source, and a source elsewhere is refused.
+    assert!(a.relay.channel("z").is_some_and(|c| c.source));
+    let other = node(&n, "other", &lease).await;
+    match connect_err(&other.url("/source/z")).await {
+        ClientError::Refused { status, body } => {
+            assert_eq!(status, 409);
+            assert!(body.contains("node twin"), "{body}");
+        }
+        e => panic!("unexpected {e}"),
+    }
+}
+
+#[tokio::test]
+async fn a_node_restarted_at_once_with_its_id_starts_and_gets_its_channel_back() {
+    let Some(n) = nats(true).await else { return };
+    let lease = ["--cluster-lease-ms", "1500"];
+    let mut first = child_node(&n, "phoenix", &lease).await;
+    let src = Client::connect(&first.url("/source/z"), 1 << 20)
+        .await
+        .expect("source on the first process");
+    // Killed: neither its presence nor its claim is released.
+    first.kill();
+    drop(src);
+    let started = tokio::time::Instant::now();
+    let second = child_node(&n, "phoenix", &lease).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "waited {:?} for the id to be free",
+        started.elapsed()
+    );
+    // The dead process's claim frees a lease after its last renewal.
+    loop {
+        match Client::connect(&second.url("/source/z"), 1 << 20).await {
+            Ok(_) => break,
+            Err(ClientError::Refused { status: 409, .. }) => {
+                assert!(started.elapsed() < DEADLINE, "claim never freed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_claim_held_by_another_process_of_this_node_id_is_not_taken_over() {
+    let Some(n) = nats(true).await else { return };
+    let a = node(&n, "twin", &[]).await;
+    // Claims written as another process named twin would: one by a relay
+    // that named only its node, one by a process with another instance id.
+    let nc = async_nats::connect(n.url()).await.unwrap();
+    for (channel, value) in [("z1", "twin"), ("z2", "twin@0123456789abcdef")] {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Expected-Last-Subject-Sequence", "0");
+        let ack = nc
+            .request_with_headers(
+                format!("$KV.bitstream_relay_sources.{channel}"),
+                headers,
+                value.into(),
+            )
+            .await
+            .unwrap();
+        assert!(
+            !String::from_utf8_lossy(&ack.payload).contains("error"),
+            "{ack:?}"
+        );
+        match connect_err(&a.url(&format!("/source/{channel}"))).await {
+            ClientError::Refused { status, body } => {
+                assert_eq!(status, 409, "{body}");
+                assert!(
+                    body.contains("node twin, another process with this node id"),
+                    "{body}"
+                );
+            }
+            e => panic!("unexpected {e}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_relay_stopped_cleanly_frees_its_node_id_at_once() {
+    let Some(n) = nats(true).await else { return };
+    let url = n.url();
+    // The default lease: waiting for the presence to lapse would take 10 s.
+    let cfg = || {
+        Config::parse_from([
+            "x",
+            "--addr",
+            "127.0.0.1:0",
+            "--stats-interval-ms",
+            "0",
+            "--shutdown-grace-ms",
+            "100",
+            "--nats-url",
+            &url,
+            "--node-id",
+            "calm",
+        ])
+    };
+    let first = within(Server::bind(cfg())).await.expect("first start");
+    let relay = first.relay().clone();
+    let run = tokio::spawn(first.run());
+    relay.begin_shutdown();
+    within(run).await.unwrap().unwrap();
+    let started = tokio::time::Instant::now();
+    let _second = within(Server::bind(cfg())).await.expect("restart");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "restart waited {:?}",
+        started.elapsed()
+    );
 }

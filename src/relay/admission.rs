@@ -369,7 +369,9 @@ fn authorize(relay: &Relay, req: &Request, route: &Route) -> Result<Option<Grant
 /// Checks a plain HTTP request's token, when tokens are required: a
 /// channel's path (which then answers 426) needs one for the channel,
 /// `/channels` and `/stats/events` one for every channel (`ch: "*"`, any
-/// role). Health, metrics and the pages stay open; `/turn` checks its own.
+/// role). Health, metrics and the pages stay open (`/metrics` names no
+/// channel without a token for every channel: see `http::respond`); `/turn`
+/// checks its own.
 fn authorize_http(relay: &Relay, req: &Request, route: &Route) -> Result<(), Refused> {
     let Some(verifier) = &relay.auth else {
         return Ok(());

@@ -11,7 +11,7 @@ use bitstream_wire::handshake::{http_response, Request};
 use crate::relay::clock::now_ms;
 use crate::relay::handshake::Route;
 use crate::relay::state::Relay;
-use crate::relay::{metrics, web};
+use crate::relay::{auth, metrics, web};
 
 /// The full HTTP response to a plain (non-upgrade) request.
 pub(crate) fn respond(relay: &Relay, req: &Request, route: &Route) -> Vec<u8> {
@@ -51,7 +51,7 @@ pub(crate) fn respond(relay: &Relay, req: &Request, route: &Route) -> Vec<u8> {
             200,
             "OK",
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            metrics::render(relay).as_bytes(),
+            metrics::render(relay, metrics_scope(relay, req)).as_bytes(),
         ),
         Route::Other(p) if p == "/channels" => {
             let body = relay
@@ -73,6 +73,20 @@ pub(crate) fn respond(relay: &Relay, req: &Request, route: &Route) -> Vec<u8> {
             "text/plain",
             b"this path takes WebSocket connections\n",
         ),
+    }
+}
+
+/// What a `/metrics` request may see: with tokens on, the per-channel
+/// series (they name channels, as `/channels` does) only with a token for
+/// every channel (`ch: "*"`, by `?token=` or `Authorization: Bearer`); any
+/// other request, a bad token's included, gets the relay-wide series, so a
+/// scraper of totals needs no token.
+fn metrics_scope(relay: &Relay, req: &Request) -> metrics::Scope {
+    match &relay.auth {
+        Some(verifier) if verifier.check_every_channel(auth::token_of(req)).is_err() => {
+            metrics::Scope::Totals
+        }
+        _ => metrics::Scope::Channels,
     }
 }
 

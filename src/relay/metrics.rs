@@ -2,6 +2,9 @@
 //! format, through `prometheus-client`. A registry is filled from the
 //! counters at each scrape, so the hot path never touches it. Per-channel
 //! series are capped at `--metrics-max-channels` (the busiest by bytes out).
+//! They carry channel names, so with tokens on they are rendered only for a
+//! request whose token grants every channel (see [`Scope`]), like
+//! `/channels`; the relay-wide series are rendered for everyone.
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -9,6 +12,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use std::sync::Arc;
+
+use crate::relay::channel::Channel;
 use crate::relay::state::Relay;
 use crate::relay::stats::{Refusal, TrafficSnapshot};
 
@@ -79,8 +85,18 @@ const TRAFFIC: [TrafficMetric; 14] = [
     ),
 ];
 
-/// Renders every metric in the Prometheus text exposition format.
-pub(crate) fn render(relay: &Relay) -> String {
+/// Which series a `/metrics` request may see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// Relay-wide series only: nothing names a channel.
+    Totals,
+    /// The relay-wide series and the per-channel ones.
+    Channels,
+}
+
+/// Renders the metrics `scope` allows in the Prometheus text exposition
+/// format.
+pub(crate) fn render(relay: &Relay, scope: Scope) -> String {
     let mut reg = Registry::with_prefix("relay");
     let summary = relay.summary();
     let c = &relay.connections;
@@ -146,7 +162,7 @@ pub(crate) fn render(relay: &Relay) -> String {
         counter(&mut reg, name, help, get(&summary.traffic));
     }
 
-    let mut channels: Vec<_> = relay.channels.iter().map(|e| e.value().clone()).collect();
+    let channels: Vec<_> = relay.channels.iter().map(|e| e.value().clone()).collect();
     let queued: u64 = channels
         .iter()
         .map(|ch| ch.egress_queued_bytes() as u64)
@@ -197,6 +213,18 @@ pub(crate) fn render(relay: &Relay) -> String {
     if let Some(cluster) = relay.cluster.get() {
         cluster.register_metrics(reg.sub_registry_with_prefix("cluster"));
     }
+    if scope == Scope::Channels {
+        register_channels(&mut reg, relay, channels);
+    }
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = encode(&mut out, &reg);
+    out
+}
+
+/// The per-channel series (`relay_channel_*`) of the busiest
+/// `--metrics-max-channels` of `channels`.
+fn register_channels(reg: &mut Registry, relay: &Relay, mut channels: Vec<Arc<Channel>>) {
     channels.sort_by_key(|ch| std::cmp::Reverse(ch.traffic.bytes_out.get()));
     channels.truncate(relay.config.metrics_max_channels);
     let per_channel: Vec<Family<Labels, Counter>> =
@@ -225,11 +253,6 @@ pub(crate) fn render(relay: &Relay) -> String {
         "Size of the channel's catch-up state",
         cached,
     );
-
-    let mut out = String::new();
-    // Writing into a String cannot fail.
-    let _ = encode(&mut out, &reg);
-    out
 }
 
 #[cfg(test)]
@@ -246,7 +269,7 @@ mod tests {
             .unwrap();
         ch.traffic.frames_in.add(7);
         relay.connections.refuse(Refusal::BadName);
-        let text = render(&relay);
+        let text = render(&relay, Scope::Channels);
         assert!(text.contains("relay_frames_in_total 7"), "{text}");
         assert!(
             text.contains("relay_channel_frames_in_total{channel=\"cam\"} 7"),
@@ -260,6 +283,21 @@ mod tests {
             text.contains("relay_connections{role=\"receiver\"} 0"),
             "{text}"
         );
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn totals_name_no_channel() {
+        let relay = Relay::new(Config::parse_from(["x"])).unwrap();
+        let ch = relay
+            .attach("private-cam", std::net::IpAddr::from([127, 0, 0, 1]))
+            .unwrap();
+        ch.traffic.frames_in.add(3);
+        let text = render(&relay, Scope::Totals);
+        assert!(!text.contains("private-cam"), "{text}");
+        assert!(!text.contains("relay_channel_"), "{text}");
+        assert!(text.contains("relay_frames_in_total 3"), "{text}");
+        assert!(text.contains("relay_channels 1"), "{text}");
         assert!(text.ends_with("# EOF\n"));
     }
 }

@@ -137,6 +137,10 @@ impl Server {
         }
         // Dropping the accept loop closes the listening socket.
         accept.abort();
+        if let Some(cluster) = relay.cluster.get() {
+            // The node id is free at once for a restart.
+            cluster.leave().await;
+        }
         tracing::info!(open = c.open.get(), "relay stopped");
         Ok(())
     }

@@ -3,12 +3,16 @@
 //!
 //! A node whose local source slot is free claims the channel's key with
 //! `create` (atomic: it fails if the key holds a live claim), its value the
-//! node id. The bucket's `max_age` is the lease: the owner renews the key
+//! process that holds it ([`Holder`]: the node id and a random id of this
+//! process, so two processes started with one `--node-id` never both own a
+//! channel). The bucket's `max_age` is the lease: the owner renews the key
 //! every third of it with `update` at the revision it holds (so it never
 //! overwrites another node's claim), and a dead node's claim is gone a
-//! lease after its last renewal. A claim already held under this node's id
-//! (a source that just left here, or this node before a restart) is taken
-//! over: the local slot already guarantees one source on this node.
+//! lease after its last renewal. A claim already held by this process (a
+//! source that just left here) is taken over: the local slot already
+//! guarantees one source on this node. One held by an earlier process of
+//! this node id (killed, then restarted) is another's: it frees a lease
+//! after that process's last renewal, as a dead node's does.
 //!
 //! Partitions: an owner that could not renew for two thirds of the lease
 //! is *fenced* (its frames stop going to NATS; its local receivers are
@@ -39,13 +43,70 @@ use super::{token, Cluster, CLAIMS_BUCKET};
 pub(crate) struct Claims {
     client: async_nats::Client,
     lease: Duration,
+    /// The bucket's `max_age` as the server has it (the bucket may have
+    /// been made by a node with another lease): how long a key lives after
+    /// its last write.
+    pub(super) ttl: Duration,
 }
 
 /// A key's current value and revision.
-struct Entry {
-    value: Vec<u8>,
-    revision: u64,
-    deleted: bool,
+pub(super) struct Entry {
+    pub(super) value: Vec<u8>,
+    pub(super) revision: u64,
+    pub(super) deleted: bool,
+}
+
+/// What [`Claims::take`] found.
+pub(super) enum Take {
+    /// The key is ours now, at this revision.
+    Held(u64),
+    /// Another process holds it: its value, at this revision.
+    Other { value: Vec<u8>, revision: u64 },
+    /// It changed between two requests: try again.
+    Changed,
+}
+
+/// Who holds a claim (or a node id's presence, see [`super::presence`]):
+/// a node id and the process under it. Stored as `node@instance` (node ids
+/// have no `@`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Holder {
+    /// The relay's `--node-id`.
+    pub(crate) node: String,
+    /// Random per process; empty in a value written by a relay that named
+    /// only its node (never this process's).
+    pub(crate) instance: String,
+}
+
+impl Holder {
+    /// The key-value value naming this holder.
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        format!("{}@{}", self.node, self.instance).into_bytes()
+    }
+
+    /// The holder a key-value value names (whatever its bytes).
+    pub(crate) fn decode(value: &[u8]) -> Holder {
+        let text = String::from_utf8_lossy(value);
+        match text.split_once('@') {
+            Some((node, instance)) => Holder {
+                node: node.to_owned(),
+                instance: instance.to_owned(),
+            },
+            None => Holder {
+                node: text.into_owned(),
+                instance: String::new(),
+            },
+        }
+    }
+
+    /// How a refusal names the holder, seen from `me`.
+    pub(crate) fn describe(&self, me: &Holder) -> String {
+        if self.node == me.node {
+            format!("{}, another process with this node id", self.node)
+        } else {
+            self.node.clone()
+        }
+    }
 }
 
 /// JetStream error code: a publish's expected last sequence did not match.
@@ -112,14 +173,54 @@ impl Claims {
                 }
                 _ => Error::from(e),
             })?;
-        match answer(&reply.payload) {
+        let info = match answer(&reply.payload) {
+            Ok(v) => v,
             // Made by a node with another lease: used as it is.
-            Ok(_) | Err((STREAM_NAME_IN_USE, _)) => Ok(Self {
-                client: client.clone(),
-                lease,
-            }),
-            Err((_, why)) => Err(why.into()),
+            Err((STREAM_NAME_IN_USE, _)) => {
+                let reply = client
+                    .request(format!("$JS.API.STREAM.INFO.{}", stream()), Bytes::new())
+                    .await?;
+                answer(&reply.payload).map_err(|(_, why)| why)?
+            }
+            Err((_, why)) => return Err(why.into()),
+        };
+        let ttl = info["config"]["max_age"]
+            .as_u64()
+            .filter(|&ns| ns > 0)
+            .map_or(lease, Duration::from_nanos);
+        Ok(Self {
+            client: client.clone(),
+            lease,
+            ttl,
+        })
+    }
+
+    /// Opens the bucket again (made anew if a restarted server lost it).
+    pub(super) async fn reopen(&self) {
+        if let Ok(c) = Claims::open(&self.client, self.lease).await {
+            drop(c);
         }
+    }
+
+    /// Takes `key` for `value`: creates it, or writes over a delete marker
+    /// or a message holding `value` already (this process's own).
+    pub(super) async fn take(&self, key: &str, value: &[u8]) -> Result<Take, Error> {
+        if let Some(rev) = self.put(key, value, 0, false).await? {
+            return Ok(Take::Held(rev));
+        }
+        Ok(match self.entry(key).await? {
+            Some(e) if e.deleted || e.value == value => {
+                match self.put(key, value, e.revision, false).await? {
+                    Some(rev) => Take::Held(rev),
+                    None => Take::Changed,
+                }
+            }
+            Some(e) => Take::Other {
+                value: e.value,
+                revision: e.revision,
+            },
+            None => Take::Changed,
+        })
     }
 
     /// The key's last message, if any.
@@ -151,7 +252,7 @@ impl Claims {
     /// Writes `value` (or a delete marker) if the key's revision is still
     /// `expected` (0: no message): the new revision, or `Ok(None)` if it
     /// was not.
-    async fn put(
+    pub(super) async fn put(
         &self,
         key: &str,
         value: &[u8],
@@ -181,7 +282,8 @@ impl Claims {
 /// Why a claim was not granted.
 #[derive(Debug)]
 pub(crate) enum ClaimError {
-    /// Another node holds the channel's source.
+    /// Another node (or another process of this node id) holds the
+    /// channel's source: how to name it.
     Taken(String),
     /// The backplane did not answer.
     Unavailable(String),
@@ -210,30 +312,20 @@ impl Drop for Claim {
     }
 }
 
-/// One claim attempt: the revision now held.
+/// One claim attempt: the revision now held. A claim this process holds
+/// already, or a free one, is taken (see the module docs).
 async fn try_claim(cluster: &Cluster, key: &str) -> Result<u64, ClaimError> {
-    let node = cluster.node.as_bytes();
-    let unavailable = |e: Error| ClaimError::Unavailable(e.to_string());
-    let claims = &cluster.claims;
-    if let Some(rev) = claims.put(key, node, 0, false).await.map_err(unavailable)? {
-        return Ok(rev);
-    }
-    match claims.entry(key).await.map_err(unavailable)? {
-        // Ours (see the module docs), or free again: take it at its revision.
-        Some(e) if e.deleted || e.value == node => {
-            match claims
-                .put(key, node, e.revision, false)
-                .await
-                .map_err(unavailable)?
-            {
-                Some(rev) => Ok(rev),
-                None => Err(ClaimError::Unavailable("claim changed meanwhile".into())),
-            }
-        }
-        Some(e) => Err(ClaimError::Taken(
-            String::from_utf8_lossy(&e.value).into_owned(),
+    let taken = cluster
+        .claims
+        .take(key, &cluster.lease_value)
+        .await
+        .map_err(|e| ClaimError::Unavailable(e.to_string()))?;
+    match taken {
+        Take::Held(rev) => Ok(rev),
+        Take::Other { value, .. } => Err(ClaimError::Taken(
+            Holder::decode(&value).describe(&cluster.me),
         )),
-        None => Err(ClaimError::Unavailable("claim changed meanwhile".into())),
+        Take::Changed => Err(ClaimError::Unavailable("claim changed meanwhile".into())),
     }
 }
 
@@ -280,7 +372,7 @@ async fn renew(
         let attempt = async {
             match cluster
                 .claims
-                .put(&key, cluster.node.as_bytes(), rev, false)
+                .put(&key, &cluster.lease_value, rev, false)
                 .await
             {
                 Ok(Some(r)) => Ok(r),
@@ -288,9 +380,7 @@ async fn renew(
                 Ok(None) => try_claim(&cluster, &key).await,
                 Err(e) => {
                     tracing::debug!(channel = %name, error = %e, "claim renewal failed");
-                    if let Ok(c) = Claims::open(&cluster.client, cluster.claims.lease).await {
-                        drop(c);
-                    }
+                    cluster.claims.reopen().await;
                     try_claim(&cluster, &key).await
                 }
             }
@@ -317,5 +407,42 @@ async fn renew(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn holder(node: &str, instance: &str) -> Holder {
+        Holder {
+            node: node.into(),
+            instance: instance.into(),
+        }
+    }
+
+    #[test]
+    fn a_lease_value_names_the_node_and_the_process() {
+        let me = holder("a-1_x", "0123456789abcdef");
+        assert_eq!(me.encode(), b"a-1_x@0123456789abcdef");
+        assert_eq!(Holder::decode(&me.encode()), me);
+        // Another process of the same node id is another holder.
+        let twin = holder("a-1_x", "fedcba9876543210");
+        assert_ne!(twin.encode(), me.encode());
+        assert_eq!(
+            twin.describe(&me),
+            "a-1_x, another process with this node id"
+        );
+        assert_eq!(holder("b", "1").describe(&me), "b");
+    }
+
+    #[test]
+    fn a_value_naming_only_a_node_is_no_process_of_ours() {
+        // As a relay before process ids wrote it: never this process's.
+        let old = Holder::decode(b"a");
+        assert_eq!(old, holder("a", ""));
+        assert_ne!(old.encode(), holder("a", "0123456789abcdef").encode());
+        assert_eq!(Holder::decode(b""), holder("", ""));
+        assert_eq!(Holder::decode(b"\xff@1").instance, "1");
     }
 }

@@ -16,7 +16,11 @@
 //!   `--cluster-heartbeat-ms`, so a loss at the end of a burst is repaired
 //!   the same way without waiting for the next frame.
 //! - One source per channel cluster-wide: a claim with a lease in a
-//!   JetStream key-value bucket ([`claim`]).
+//!   JetStream key-value bucket ([`claim`]), naming the process that holds
+//!   it (node id and a random instance id).
+//! - One process per node id: a relay announces its `--node-id` in the same
+//!   bucket and refuses to start while another live process holds it
+//!   ([`presence`]; a restart waits for its predecessor's to lapse).
 //! - Inputs from receivers on any node go to `bsr.i.<channel>`, which the
 //!   source's node subscribes to; signaling text to `bsr.s.<channel>`,
 //!   which every node with signaling peers of the channel subscribes to
@@ -25,6 +29,7 @@
 pub(crate) mod claim;
 pub(crate) mod downlink;
 pub(crate) mod fragment;
+pub(crate) mod presence;
 pub(crate) mod signaling;
 pub(crate) mod uplink;
 
@@ -63,6 +68,26 @@ pub enum ClusterError {
     Connect {
         /// The servers (without credentials).
         urls: String,
+        /// Why.
+        reason: String,
+    },
+    /// Another live relay process holds this `--node-id` (see [`presence`]).
+    #[error("--node-id {node:?} is live in the cluster: another relay process (instance {instance}) {verdict}; give this relay another --node-id or stop that one (a relay stopped cleanly frees its id at once, a killed one within {ttl_ms} ms, which a restart waits for)")]
+    NodeIdLive {
+        /// The node id.
+        node: String,
+        /// The other process's instance id.
+        instance: String,
+        /// What it did while this one waited.
+        verdict: String,
+        /// How long a presence outlives its last renewal.
+        ttl_ms: u64,
+    },
+    /// This node id's presence could not be read or written.
+    #[error("cannot announce --node-id {node:?} in the claims bucket: {reason}")]
+    Presence {
+        /// The node id.
+        node: String,
         /// Why.
         reason: String,
     },
@@ -125,8 +150,14 @@ pub(crate) struct ClusterStats {
 pub(crate) struct Cluster {
     /// This node's id.
     pub(crate) node: Arc<str>,
+    /// This process: the node id and a random instance id.
+    pub(crate) me: claim::Holder,
+    /// `me` as claims store it.
+    pub(crate) lease_value: Vec<u8>,
     pub(crate) client: async_nats::Client,
     pub(crate) claims: claim::Claims,
+    /// This process's presence under its node id.
+    presence: presence::Presence,
     state: Arc<AtomicU8>,
     pub(crate) stats: Arc<ClusterStats>,
     /// Channels this node follows from another node, by name.
@@ -154,8 +185,9 @@ fn redact(url: &str) -> String {
     }
 }
 
-/// A random node id (16 hex digits).
-fn random_node_id() -> String {
+/// A random id (16 hex digits): a node id by default, and every process's
+/// instance id.
+fn random_id() -> String {
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
@@ -203,7 +235,7 @@ impl Cluster {
                 n.clone()
             }
             Some(n) => return Err(ClusterError::NodeId(n.clone())),
-            None => random_node_id(),
+            None => random_id(),
         };
         let urls = config
             .nats_url
@@ -279,14 +311,22 @@ impl Cluster {
         let claims = claim::Claims::open(&client, lease)
             .await
             .map_err(|e| no_js(e.to_string()))?;
+        let me = claim::Holder {
+            node: node.clone(),
+            instance: random_id(),
+        };
+        let presence = presence::Presence::announce(&claims, &me).await?;
         let max_payload = client.server_info().max_payload;
         let (inputs, rx) = tokio::sync::mpsc::channel(4096);
         tokio::spawn(Cluster::forward_inputs(client.clone(), rx));
-        tracing::info!(%node, servers = %urls, max_payload, lease_ms = lease.as_millis() as u64, "cluster mode: NATS backplane connected");
+        tracing::info!(%node, instance = %me.instance, servers = %urls, max_payload, lease_ms = lease.as_millis() as u64, "cluster mode: NATS backplane connected");
         Ok(Some(Arc::new(Cluster {
             node: Arc::from(node),
+            lease_value: me.encode(),
+            me,
             client,
             claims,
+            presence,
             state,
             stats,
             downlinks: DashMap::new(),
@@ -299,6 +339,12 @@ impl Cluster {
             inputs,
             urls,
         })))
+    }
+
+    /// Gives up this node id (a clean stop): another process may take it
+    /// at once.
+    pub(crate) async fn leave(&self) {
+        let _ = tokio::time::timeout(self.timeout, self.presence.leave()).await;
     }
 
     /// The backplane's state now.
@@ -431,6 +477,7 @@ impl Cluster {
         json!({
             "state": self.backplane().label(),
             "node": &*self.node,
+            "instance": self.me.instance,
             "servers": self.urls,
             "connected_server": self.client.server_info().port,
             "reconnects": self.stats.reconnects.get(),
@@ -454,8 +501,8 @@ mod tests {
         assert_eq!(frames_subject("cam.1"), "bsr.f.cam=1");
         assert_ne!(token("a.b"), token("a-b"));
         assert!(!token("..").contains('.'));
-        let id = random_node_id();
+        let id = random_id();
         assert_eq!(id.len(), 16);
-        assert_ne!(id, random_node_id());
+        assert_ne!(id, random_id());
     }
 }
