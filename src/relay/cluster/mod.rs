@@ -24,6 +24,7 @@
 
 pub(crate) mod claim;
 pub(crate) mod downlink;
+mod follower;
 pub(crate) mod fragment;
 pub(crate) mod signaling;
 pub(crate) mod uplink;
