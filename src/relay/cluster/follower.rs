@@ -27,7 +27,9 @@
 //!   heartbeat or an incomplete fragment set dropped. A fetched one (the
 //!   state up to frame `seq` of `epoch`) sets the stream; the next frame
 //!   published is `seq + 1`. When no node has the source, the follower
-//!   waits for the first frame of a new session.
+//!   waits for the first frame of a new session; any other sign that a
+//!   source exists (a heartbeat, a frame of a session mid-way, that of
+//!   the stream held included) asks for a catch-up again.
 //! - Backoff: a failed fetch is retried after 100 ms, then 200 ms, 400 ms
 //!   and so on, at most 2 s apart; a successful one resets the wait to
 //!   100 ms.
@@ -51,7 +53,8 @@ enum Sync {
     },
     /// What they hold is stale or broken: a catch-up must be fetched.
     Fetch,
-    /// The last fetch found no source: wait for a new session.
+    /// The last fetch found no source: wait for a new session (or a
+    /// sign that a source exists).
     AwaitSource,
 }
 
@@ -78,7 +81,8 @@ pub(super) enum FrameAction {
     NewStream,
     /// Drop it: stale, a duplicate, a local source, or a catch-up awaited.
     Skip,
-    /// Drop it: a stream seen mid-way; a catch-up is now due.
+    /// Drop it: a stream seen mid-way (or while no source was found); a
+    /// catch-up is now due.
     Fetch,
     /// Drop it: frames were lost before it; a catch-up is now due.
     Gap {
@@ -132,8 +136,16 @@ impl Follower {
             self.sync = Sync::Fetch;
             return FrameAction::Fetch;
         }
-        let Sync::Synced { last } = self.sync else {
-            return FrameAction::Skip;
+        let last = match self.sync {
+            Sync::Synced { last } => last,
+            Sync::Fetch => return FrameAction::Skip,
+            // The source is there after all (its responder was briefly
+            // away): without a catch-up nothing of it would be published
+            // until it idles long enough to send a heartbeat.
+            Sync::AwaitSource => {
+                self.sync = Sync::Fetch;
+                return FrameAction::Fetch;
+            }
         };
         if seq <= last {
             return FrameAction::Skip;
@@ -190,7 +202,8 @@ impl Follower {
     }
 
     /// No node had the channel's source: wait for a new session's first
-    /// frame (or a heartbeat, which shows a source exists).
+    /// frame (or a heartbeat or frame mid-way, which shows a source
+    /// exists).
     pub(super) fn on_no_source(&mut self) {
         self.sync = Sync::AwaitSource;
     }
@@ -299,17 +312,26 @@ mod tests {
     }
 
     /// With no source anywhere the follower waits for a new session; a
-    /// heartbeat shows one exists and asks for a catch-up.
+    /// heartbeat, or a frame of a session mid-way, shows one exists and
+    /// asks for a catch-up.
     #[test]
-    fn with_no_source_a_new_session_or_a_heartbeat_ends_the_wait() {
+    fn with_no_source_a_new_session_or_a_sign_of_one_ends_the_wait() {
         let mut f = Follower::new();
         f.on_no_source();
         assert!(!f.fetch_due(0));
         assert_eq!(f.on_frame(4, 1, false), FrameAction::NewStream);
         f.on_no_source();
-        assert_eq!(f.on_frame(4, 2, false), FrameAction::Skip);
         assert_eq!(f.on_heartbeat(4, 2, false), HeartbeatAction::Fetch);
         assert!(f.fetch_due(0));
+        f.on_no_source();
+        assert_eq!(f.on_frame(5, 3, false), FrameAction::Fetch);
+        f.on_no_source();
+        // Even a frame of the stream held: its source is back (nothing
+        // would be published until it idles and sends a heartbeat).
+        assert_eq!(f.on_frame(4, 2, true), FrameAction::Skip);
+        assert_eq!(f.on_frame(4, 2, false), FrameAction::Fetch);
+        assert!(f.fetch_due(0));
+        assert_eq!(f.on_frame(4, 3, false), FrameAction::Skip);
     }
 
     /// While a source is here, the cluster's frames and heartbeats change
@@ -477,8 +499,11 @@ mod tests {
                     (self.live, self.pending) = (false, true);
                 }
                 FrameAction::Fetch => {
-                    prop_assert!(!local && seq != 1);
-                    prop_assert_ne!(self.epoch(), Some(epoch));
+                    // A stream seen mid-way, or any sign of a source after
+                    // none was found.
+                    let ours = self.epoch() == Some(epoch);
+                    let waiting = !self.live && !self.pending;
+                    prop_assert!(!local && ((!ours && seq != 1) || (ours && waiting)));
                     (self.live, self.pending) = (false, true);
                 }
                 FrameAction::Skip => {
@@ -487,7 +512,7 @@ mod tests {
                     let ours = self.epoch() == Some(epoch);
                     let behind = self.stream.is_some_and(|(_, l)| seq <= l);
                     prop_assert!(
-                        local || (ours && (!self.live || behind)),
+                        local || (ours && (self.pending || (self.live && behind))),
                         "{a:?} for {epoch}/{seq}"
                     );
                 }
