@@ -4,15 +4,12 @@
 //! out locally in sequence, as if a local source had sent it (cached, the
 //! same zero-copy egress).
 //!
-//! Order and gaps: frames carry (epoch, seq). A frame older than expected
-//! is skipped; a newer one (a frame or fragment lost, or dropped by a full
-//! queue) stops the forwarding until a fresh catch-up is fetched and sent
-//! to every local receiver, so nobody ever applies a broken delta chain.
-//! A new epoch (the source reconnected, here or on another node) starting
-//! at 1 is followed as it is; one seen mid-way is joined with a catch-up.
-//! A heartbeat (the source's node is idle; see [`super::uplink`]) whose
-//! number this node has not seen yet, or of another epoch, means the end of
-//! a burst was lost: it is repaired with a catch-up in the same way.
+//! Frames carry (epoch, seq). Which of them local receivers get, and
+//! when a catch-up is fetched instead (a gap, a loss at the end of a burst
+//! a heartbeat shows, a new source session joined mid-way, with a backoff
+//! when fetching fails), is decided by a [`Follower`], a state machine
+//! without I/O (see [`super::follower`]); this module is its driver: NATS,
+//! reassembly, the channel and the clock.
 //!
 //! The subscription is made (and flushed) before the catch-up is asked
 //! for, so every frame after the state the answer includes is delivered.
@@ -24,6 +21,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio::time::Instant;
 
+use super::follower::{Follower, FrameAction, HeartbeatAction};
 use super::fragment::{Head, Kind, Reassembler};
 use super::{catchup_subject, frames_subject, Cluster};
 use crate::relay::budget::Budget;
@@ -57,6 +55,27 @@ struct CatchUp {
     seq: u64,
     node: String,
     frames: Vec<bitstream_wire::reader::WireMessage>,
+}
+
+/// A followed channel's state in its task: the channel, the reassembly of
+/// its frames and the [`Follower`] that decides what to do with them.
+struct Link {
+    relay: Arc<Relay>,
+    channel: Arc<Channel>,
+    /// Where [`Cluster::source_node`] reads the source's node.
+    source_node: Arc<Mutex<Option<String>>>,
+    reasm: Reassembler,
+    follower: Follower,
+}
+
+impl Link {
+    /// Records `node` as the node the channel's frames come from.
+    fn set_node(&self, node: &str) {
+        let mut cur = self.source_node.lock().unwrap_or_else(|e| e.into_inner());
+        if cur.as_deref() != Some(node) {
+            *cur = Some(node.to_owned());
+        }
+    }
 }
 
 /// How often a follower checks its timeouts and whether it is still wanted.
@@ -123,7 +142,8 @@ impl Cluster {
                 .is_some_and(|e| e.id == id)
     }
 
-    /// Follows a channel until it has no local receiver (see the module docs).
+    /// Follows a channel until it has no local receiver (see the module
+    /// docs): the I/O around a [`Follower`], which decides.
     async fn follow(
         self: Arc<Self>,
         relay: Arc<Relay>,
@@ -131,153 +151,163 @@ impl Cluster {
         id: u64,
         source_node: Arc<Mutex<Option<String>>>,
     ) {
-        let subject = frames_subject(&channel.name);
-        let mut sub = loop {
-            match self.client.subscribe(subject.clone()).await {
-                Ok(s) => break s,
-                Err(e) => {
-                    tracing::debug!(channel = %channel.name, error = %e, "subscribe failed");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    if !self.still_wanted(&channel, id) {
-                        return;
-                    }
-                }
-            }
+        let Some(mut sub) = self.subscribe_frames(&channel, id).await else {
+            return;
         };
         self.barrier().await;
         tracing::debug!(channel = %channel.name, node = %self.node, "following channel");
         let timeout_ms = self.timeout.as_millis() as u64;
         let memory = relay.budgets.memory.clone();
-        let mut reasm = Reassembler::new(self.max_message, timeout_ms, memory.clone());
-        let mut epoch: Option<u64> = None;
-        let mut next = 0u64;
-        let mut synced = false;
-        let mut need_fetch = true;
-        let mut fetch_after = Instant::now();
-        let mut backoff = Duration::from_millis(100);
-        let mut tick = tokio::time::interval(TICK);
-        let set_node = |n: &str| {
-            let mut cur = source_node.lock().unwrap_or_else(|e| e.into_inner());
-            if cur.as_deref() != Some(n) {
-                *cur = Some(n.to_owned());
-            }
+        let mut link = Link {
+            reasm: Reassembler::new(self.max_message, timeout_ms, memory),
+            follower: Follower::new(),
+            relay,
+            channel,
+            source_node,
         };
+        let mut tick = tokio::time::interval(TICK);
         loop {
-            if need_fetch && Instant::now() >= fetch_after {
-                self.stats.catchup_fetches.inc();
-                match self.fetch(&channel.name, &memory).await {
-                    Ok(c) => {
-                        // Everything local receivers hold is replaced by
-                        // the source's state: picture, chain and signal.
-                        channel.clear_cache();
-                        for f in &c.frames {
-                            if let Err(e) = channel.publish(f, &relay.bulk, false).await {
-                                tracing::warn!(channel = %channel.name, error = %e, "catch-up frame refused");
-                            }
-                        }
-                        set_node(&c.node);
-                        (epoch, next, synced, need_fetch) = (Some(c.epoch), c.seq + 1, true, false);
-                        backoff = Duration::from_millis(100);
-                    }
-                    Err(FetchError::NoSource) => {
-                        // Wait for a source: its first frame starts a new epoch.
-                        (synced, need_fetch) = (false, false);
-                    }
-                    Err(FetchError::Failed(e)) => {
-                        tracing::debug!(channel = %channel.name, error = %e, "catch-up fetch failed");
-                        fetch_after = Instant::now() + backoff;
-                        backoff = (backoff * 2).min(Duration::from_secs(2));
-                    }
-                }
+            if link.follower.fetch_due(now_ms()) {
+                self.catch_up(&mut link).await;
             }
-            let msg = tokio::select! {
-                m = sub.next() => m,
+            tokio::select! {
+                msg = sub.next() => {
+                    let Some(msg) = msg else {
+                        // The client is gone (closed): nothing more will come.
+                        self.downlinks.remove_if(&link.channel.name, |_, e| e.id == id);
+                        return;
+                    };
+                    self.take(&mut link, &msg.payload).await;
+                }
                 _ = tick.tick() => {
-                    if reasm.expire(now_ms()) {
+                    if link.reasm.expire(now_ms()) {
                         self.stats.incomplete_dropped.inc();
-                        (synced, need_fetch) = (false, true);
+                        link.follower.on_incomplete_dropped();
                     }
-                    if !self.still_wanted(&channel, id) {
-                        tracing::debug!(channel = %channel.name, "no receivers left: unfollowing");
+                    if !self.still_wanted(&link.channel, id) {
+                        tracing::debug!(channel = %link.channel.name, "no receivers left: unfollowing");
                         return;
                     }
-                    continue;
                 }
-            };
-            let Some(msg) = msg else {
-                // The client is gone (closed): nothing more will come.
-                self.downlinks.remove_if(&channel.name, |_, e| e.id == id);
-                return;
-            };
-            self.stats.msgs_in.inc();
-            self.stats.bytes_in.add(msg.payload.len() as u64);
-            let Some((head, data)) = Head::parse(&msg.payload) else {
-                continue;
-            };
-            if *head.node == *self.node {
-                continue;
             }
-            if head.kind == Kind::Heartbeat {
-                if need_fetch || channel.has_source() {
-                    continue;
+        }
+    }
+
+    /// Subscribes to `channel`'s frames, retrying every 500 ms; `None`
+    /// once follower `id` is no longer wanted.
+    async fn subscribe_frames(
+        &self,
+        channel: &Arc<Channel>,
+        id: u64,
+    ) -> Option<async_nats::Subscriber> {
+        let subject = frames_subject(&channel.name);
+        loop {
+            match self.client.subscribe(subject.clone()).await {
+                Ok(s) => return Some(s),
+                Err(e) => {
+                    tracing::debug!(channel = %channel.name, error = %e, "subscribe failed");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    if !self.still_wanted(channel, id) {
+                        return None;
+                    }
                 }
-                let trailing = synced && epoch == Some(head.epoch) && head.seq >= next;
-                if trailing {
+            }
+        }
+    }
+
+    /// Fetches a catch-up and, when one came, replaces everything local
+    /// receivers hold with it: picture, chain and signal.
+    async fn catch_up(&self, link: &mut Link) {
+        self.stats.catchup_fetches.inc();
+        match self
+            .fetch(&link.channel.name, &link.relay.budgets.memory)
+            .await
+        {
+            Ok(c) => {
+                // `clear_cache` begins a new stream for local receivers.
+                link.channel.clear_cache();
+                for f in &c.frames {
+                    if let Err(e) = link.channel.publish(f, &link.relay.bulk, false).await {
+                        tracing::warn!(channel = %link.channel.name, error = %e, "catch-up frame refused");
+                    }
+                }
+                link.set_node(&c.node);
+                link.follower.on_fetched(c.epoch, c.seq);
+            }
+            Err(FetchError::NoSource) => link.follower.on_no_source(),
+            Err(FetchError::Failed(e)) => {
+                tracing::debug!(channel = %link.channel.name, error = %e, "catch-up fetch failed");
+                link.follower.on_fetch_failed(now_ms());
+            }
+        }
+    }
+
+    /// Handles one message of the channel's subject: a heartbeat, or a
+    /// live frame (or fragment of one).
+    async fn take(&self, link: &mut Link, payload: &[u8]) {
+        self.stats.msgs_in.inc();
+        self.stats.bytes_in.add(payload.len() as u64);
+        let Some((head, data)) = Head::parse(payload) else {
+            return;
+        };
+        if *head.node == *self.node {
+            return;
+        }
+        match head.kind {
+            Kind::Heartbeat => {
+                let local = link.channel.has_source();
+                let action = link.follower.on_heartbeat(head.epoch, head.seq, local);
+                if let HeartbeatAction::Trailing { expected } = action {
                     self.stats.gaps.inc();
                     self.stats.trailing_gaps.inc();
-                    tracing::debug!(channel = %channel.name, expected = next, last = head.seq, "heartbeat shows frames lost at the end of a burst: fetching a catch-up");
-                    (synced, need_fetch) = (false, true);
-                } else if !synced || epoch != Some(head.epoch) {
-                    (synced, need_fetch) = (false, true);
-                }
-                continue;
-            }
-            if head.kind != Kind::Live {
-                continue;
-            }
-            if head.frags > 1 {
-                self.stats.fragments_in.inc();
-            }
-            let (dropped, refused) = (reasm.dropped, reasm.refused);
-            let whole = reasm.push(head, data, now_ms());
-            if reasm.dropped > dropped {
-                self.stats.incomplete_dropped.add(reasm.dropped - dropped);
-            }
-            if reasm.refused > refused {
-                self.stats.reassembly_refused.add(reasm.refused - refused);
-            }
-            let Some(whole) = whole else { continue };
-            let h = whole.head;
-            if channel.has_source() {
-                // A source of ours took over: nothing to follow.
-                continue;
-            }
-            if epoch != Some(h.epoch) {
-                if h.seq == 1 {
-                    // A new source session, followed from its start: a new
-                    // stream for local receivers too (no resume across it).
-                    channel.begin_stream();
-                    (epoch, next, synced, need_fetch) = (Some(h.epoch), 1, true, false);
-                    set_node(&h.node);
-                } else {
-                    (synced, need_fetch) = (false, true);
-                    continue;
+                    tracing::debug!(channel = %link.channel.name, expected, last = head.seq, "heartbeat shows frames lost at the end of a burst: fetching a catch-up");
                 }
             }
-            if !synced || h.seq < next {
-                continue;
+            Kind::Live => self.take_frame(link, head, data).await,
+            Kind::CatchUp => {}
+        }
+    }
+
+    /// Reassembles a live frame and, whole, publishes it to local
+    /// receivers if the follower says so.
+    async fn take_frame(&self, link: &mut Link, head: Head, data: &[u8]) {
+        if head.frags > 1 {
+            self.stats.fragments_in.inc();
+        }
+        let reasm = &mut link.reasm;
+        let (dropped, refused) = (reasm.dropped, reasm.refused);
+        let whole = reasm.push(head, data, now_ms());
+        if reasm.dropped > dropped {
+            self.stats.incomplete_dropped.add(reasm.dropped - dropped);
+        }
+        if reasm.refused > refused {
+            self.stats.reassembly_refused.add(reasm.refused - refused);
+        }
+        let Some(whole) = whole else { return };
+        let h = &whole.head;
+        let local = link.channel.has_source();
+        match link.follower.on_frame(h.epoch, h.seq, local) {
+            FrameAction::Publish => {}
+            FrameAction::NewStream => {
+                // A new source session, followed from its start: a new
+                // stream for local receivers too (no resume across it).
+                link.channel.begin_stream();
+                link.set_node(&h.node);
             }
-            if h.seq > next {
+            FrameAction::Gap { expected } => {
                 self.stats.gaps.inc();
-                tracing::debug!(channel = %channel.name, expected = next, got = h.seq, "sequence gap: fetching a catch-up");
-                (synced, need_fetch) = (false, true);
-                continue;
+                tracing::debug!(channel = %link.channel.name, expected, got = h.seq, "sequence gap: fetching a catch-up");
+                return;
             }
-            next += 1;
-            self.stats.frames_in.inc();
-            if let Err(e) = channel.publish(&whole.msg, &relay.bulk, false).await {
-                tracing::warn!(channel = %channel.name, error = %e, "frame from the cluster refused");
-            }
+            FrameAction::Skip | FrameAction::Fetch => return,
+        }
+        self.stats.frames_in.inc();
+        if let Err(e) = link
+            .channel
+            .publish(&whole.msg, &link.relay.bulk, false)
+            .await
+        {
+            tracing::warn!(channel = %link.channel.name, error = %e, "frame from the cluster refused");
         }
     }
 

@@ -28,6 +28,7 @@
 
 pub(crate) mod claim;
 pub(crate) mod downlink;
+mod follower;
 pub(crate) mod fragment;
 pub(crate) mod presence;
 pub(crate) mod signaling;
