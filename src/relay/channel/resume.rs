@@ -317,6 +317,7 @@ impl Channel {
 
     /// The current stream's epoch.
     #[cfg(test)]
+    #[allow(dead_code)] // a test helper no unit test uses yet
     pub(crate) fn epoch(&self) -> u64 {
         lock(&self.writer).epoch
     }
