@@ -18,6 +18,15 @@
 //! 3. Reconnect: a TCP proxy between page and relay cuts the connection and
 //!    refuses new ones; the page shows it is retrying, backs off, and
 //!    reconnects by itself once the proxy lets connections through again.
+//! 4. Several relays: `?relays=` URLs, tried in turn; the page moves on to
+//!    the second when the first dies.
+//! 5. Resume by stream marks: the page asks `?epoch` and reconnects with
+//!    `?epoch=E&resume=SEQ`. Cut off within one stream it resumes (counted
+//!    as a resume, same epoch, exactly the missed deltas); cut off while
+//!    source A is replaced by B (numbering its frames alike) it counts a
+//!    full catch-up and shows exactly B's picture, not B's deltas on A's;
+//!    a new source while connected (a Changed mark) moves the resume point
+//!    to the new stream, and the next cut resumes in it.
 //!
 //! Without chromium the test fails, unless `RELAY_SKIP_BROWSER=1` says to
 //! skip it on purpose (it then says so loudly). `CHROMIUM=/path/to/chromium`
@@ -198,6 +207,47 @@ fn opaque_noise(seed: u64) -> Vec<u8> {
     v.chunks_mut(4).for_each(|p| p[3] = 255);
     v
 }
+
+/// Sends `cur` as header seq `seq`: a keyframe, or with `prev` a ZRLE delta.
+async fn send_frame(src: &mut Client, prev: Option<&[u8]>, cur: &[u8], seq: u16) {
+    let ts = u32::from(seq) * 33;
+    let msg = match prev {
+        None => protocol::pixels_keyframe(seq, ts, W, H, cur),
+        Some(prev) => {
+            let mut zrle = Vec::new();
+            codec::encode_delta(prev, cur, &mut zrle).expect("encode delta");
+            protocol::delta_pixels(seq, ts, W, H, &zrle)
+        }
+    };
+    src.send(&msg).await.expect("send frame");
+}
+
+/// Sends `frames` as header seqs `first..`: a keyframe first unless `prev`
+/// (the frame before them) is given, deltas after.
+async fn send_frames(src: &mut Client, prev: Option<&[u8]>, frames: &[Vec<u8>], first: u16) {
+    let mut last = prev;
+    for (i, f) in frames.iter().enumerate() {
+        send_frame(src, last, f, first + i as u16).await;
+        last = Some(f);
+    }
+}
+
+/// Waits until the relay has taken `n` frames from sources on `channel`.
+async fn wait_frames_in(relay: &common::TestRelay, channel: &str, n: u64) {
+    common::eventually(&format!("{n} frames in on {channel}"), || {
+        relay
+            .relay
+            .channel(channel)
+            .is_some_and(|c| c.traffic.frames_in >= n)
+    })
+    .await;
+}
+
+/// The page receiver's resume state: epoch, resume point, counters.
+const RESUME_STATE: &str = "(() => { const r = window.relayClient;
+  return { state: r.state, epoch: r.epoch, resumeSeq: r.resumeSeq, seq: r.seq, frames: r.frames,
+           messages: r.messages, resumes: r.resumes.resumes, fullCatchups: r.resumes.fullCatchups,
+           lastError: r.lastError }; })()";
 
 async fn recv_input(source: &mut Client) -> Vec<u8> {
     match common::within(source.recv()).await {
@@ -698,6 +748,222 @@ async fn browser_client_end_to_end() {
     .await;
     let got = b64(&cdp.eval(CLIENT_PIXELS).await);
     assert_same_pixels("picture after moving relays", &got, &second, W as usize);
+
+    // ---- 5. resume by stream marks ----------------------------------------
+    // The page asks for stream marks (`?epoch`) and resumes as
+    // `?epoch=E&resume=SEQ`. Marks parsed in the page, unit by unit: the
+    // 64-bit epoch from timestamp, width and height, as hex.
+    let unit = cdp
+        .eval(
+            "import('/client.js').then(m => {
+               const mark = (seq, timestamp, width, height, flags = 2) =>
+                 m.parseStreamMark(m.parseHeader(m.buildMessage({ type: 0xfe, flags, seq, timestamp, width, height })));
+               return [mark(1, 0x89abcdef, 0x4567, 0x0123), mark(0, 0xf, 0, 1), mark(2, 0, 0, 0),
+                       mark(0, 0xffffffff, 0xffff, 0xffff), mark(3, 1, 0, 0), mark(0, 1, 0, 0, 0)];
+             })",
+        )
+        .await;
+    assert_eq!(
+        unit,
+        json!([
+            { "kind": 1, "epoch": "123456789abcdef" },
+            { "kind": 0, "epoch": "100000000000f" },
+            { "kind": 2, "epoch": "0" },
+            { "kind": 0, "epoch": "ffffffffffffffff" },
+            null,
+            null,
+        ])
+    );
+    // End to end, through a proxy that cuts the page off: (a) within one
+    // stream the page resumes (a Resume mark, the missed deltas applied on
+    // its picture); (b) source A replaced by B while the page is away, B
+    // numbering its frames like A: the page's resume point names A's
+    // stream, so the relay sends B's catch-up and the page starts over with
+    // exactly B's picture (never B's deltas on A's picture); (c) a new
+    // source while connected (a Changed mark) moves the resume point to the
+    // new stream, and the next reconnect resumes in it. A page that sends a
+    // bare `?resume=SEQ` gets a catch-up every time: no resume, no epoch.
+    let proxy = Proxy::start(relay.addr).await;
+    let mut a = common::connect(&relay.url("/source/marks")).await;
+    let frames_a: Vec<Vec<u8>> = (0..6).map(pattern).collect();
+    send_frames(&mut a, None, &frames_a[..4], 0).await;
+    wait_frames_in(&relay, "marks", 4).await;
+    open(&mut cdp, &format!("http://{}/?channel=marks", proxy.addr)).await;
+    cdp.wait_for(
+        "A's picture (seq 3) in the page, with a stream epoch",
+        "(() => { const r = window.relayClient;
+           return r.state === 'open' && r.seq === 3 && r.drawn === r.frames && r.epoch !== null; })()",
+    )
+    .await;
+    let before = cdp.eval(RESUME_STATE).await;
+    let epoch_a = before["epoch"]
+        .as_str()
+        .expect("relayClient.epoch")
+        .to_owned();
+    assert!(
+        (1..=16).contains(&epoch_a.len())
+            && epoch_a
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+        "epoch as lowercase hex: {before}"
+    );
+    assert_eq!(
+        (
+            &before["resumes"],
+            &before["fullCatchups"],
+            &before["resumeSeq"]
+        ),
+        (&json!(0), &json!(0), &json!(3)),
+        "the first connection's catch-up is no reconnect: {before}"
+    );
+    common::wait_receivers(&relay, "marks", 1).await;
+
+    // Cuts the page off and keeps it off until `proxy.refuse(false)`.
+    let cut_off = |proxy: &Proxy| {
+        proxy.refuse(true);
+        proxy.cut();
+    };
+
+    // (a) A resume within A's stream.
+    cut_off(&proxy);
+    cdp.wait_for(
+        "the page to be cut off",
+        "window.relayClient.state !== 'open'",
+    )
+    .await;
+    common::wait_receivers(&relay, "marks", 0).await;
+    send_frames(&mut a, Some(&frames_a[3]), &frames_a[4..], 4).await;
+    wait_frames_in(&relay, "marks", 6).await;
+    proxy.refuse(false);
+    cdp.wait_for(
+        "the page to resume to A's seq 5",
+        "(() => { const r = window.relayClient;
+           return r.state === 'open' && r.seq === 5 && r.drawn === r.frames; })()",
+    )
+    .await;
+    let resumed = cdp.eval(RESUME_STATE).await;
+    assert_eq!(resumed["lastError"], Value::Null, "{resumed}");
+    assert_eq!(
+        (&resumed["resumes"], &resumed["fullCatchups"]),
+        (&json!(1), &json!(0)),
+        "a reconnect within one stream resumes: {resumed}"
+    );
+    assert_eq!(resumed["epoch"], json!(epoch_a), "the same stream");
+    let count = |v: &Value, k: &str| v[k].as_u64().unwrap();
+    assert_eq!(
+        (
+            count(&resumed, "frames") - count(&before, "frames"),
+            count(&resumed, "messages") - count(&before, "messages")
+        ),
+        (2, 2),
+        "exactly the two missed deltas; the mark is no frame and no message"
+    );
+    let canvas = cdp.eval(CANVAS_PIXELS).await;
+    assert_same_pixels(
+        "canvas after resuming",
+        &b64(&canvas["b64"]),
+        &frames_a[5],
+        W as usize,
+    );
+
+    // (b) A leaves and B (seqs 0.. like A's) streams while the page is away.
+    cut_off(&proxy);
+    cdp.wait_for(
+        "the page to be cut off",
+        "window.relayClient.state !== 'open'",
+    )
+    .await;
+    common::wait_receivers(&relay, "marks", 0).await;
+    drop(a);
+    common::eventually("source A gone", || {
+        relay.relay.channel("marks").is_some_and(|c| !c.source)
+    })
+    .await;
+    let mut b = common::connect(&relay.url("/source/marks")).await;
+    let frames_b: Vec<Vec<u8>> = (0..8).map(|i| opaque_noise(30 + i)).collect();
+    send_frames(&mut b, None, &frames_b, 0).await;
+    wait_frames_in(&relay, "marks", 6 + 8).await;
+    proxy.refuse(false);
+    cdp.wait_for(
+        "the page to show B's last frame (seq 7)",
+        "(() => { const r = window.relayClient;
+           return r.state === 'open' && r.seq === 7 && r.drawn === r.frames; })()",
+    )
+    .await;
+    let caught_up = cdp.eval(RESUME_STATE).await;
+    assert_eq!(caught_up["lastError"], Value::Null, "{caught_up}");
+    assert_eq!(
+        (&caught_up["resumes"], &caught_up["fullCatchups"]),
+        (&json!(1), &json!(1)),
+        "another stream: a full catch-up, not a resume: {caught_up}"
+    );
+    let epoch_b = caught_up["epoch"].as_str().expect("epoch").to_owned();
+    assert_ne!(epoch_b, epoch_a, "B's stream is another");
+    let canvas = cdp.eval(CANVAS_PIXELS).await;
+    assert_same_pixels(
+        "canvas after B's catch-up",
+        &b64(&canvas["b64"]),
+        &frames_b[7],
+        W as usize,
+    );
+    let got = b64(&cdp.eval(CLIENT_PIXELS).await);
+    assert_same_pixels(
+        "relayClient.pixels() after B's catch-up",
+        &got,
+        &frames_b[7],
+        W as usize,
+    );
+
+    // (c) C claims the channel while the page is connected: a Changed mark,
+    // the page goes on and later resumes in C's stream.
+    drop(b);
+    common::eventually("source B gone", || {
+        relay.relay.channel("marks").is_some_and(|c| !c.source)
+    })
+    .await;
+    let mut c = common::connect(&relay.url("/source/marks")).await;
+    let frames_c: Vec<Vec<u8>> = (5..9).map(pattern).collect();
+    send_frames(&mut c, None, &frames_c[..3], 0).await;
+    cdp.wait_for(
+        "C's seq 2 in the page, in a new stream",
+        &format!(
+            "(() => {{ const r = window.relayClient;
+               return r.seq === 2 && r.drawn === r.frames && r.epoch !== null && r.epoch !== '{epoch_b}'; }})()"
+        ),
+    )
+    .await;
+    let epoch_c = cdp.eval("window.relayClient.epoch").await;
+    cut_off(&proxy);
+    cdp.wait_for(
+        "the page to be cut off",
+        "window.relayClient.state !== 'open'",
+    )
+    .await;
+    common::wait_receivers(&relay, "marks", 0).await;
+    send_frames(&mut c, Some(&frames_c[2]), &frames_c[3..], 3).await;
+    wait_frames_in(&relay, "marks", 14 + 4).await;
+    proxy.refuse(false);
+    cdp.wait_for(
+        "the page to resume to C's seq 3",
+        "(() => { const r = window.relayClient;
+           return r.state === 'open' && r.seq === 3 && r.drawn === r.frames; })()",
+    )
+    .await;
+    let in_c = cdp.eval(RESUME_STATE).await;
+    assert_eq!(in_c["lastError"], Value::Null, "{in_c}");
+    assert_eq!(
+        (&in_c["resumes"], &in_c["fullCatchups"], &in_c["epoch"]),
+        (&json!(2), &json!(1), &epoch_c),
+        "resumed within C's stream: {in_c}"
+    );
+    let got = b64(&cdp.eval(CLIENT_PIXELS).await);
+    assert_same_pixels(
+        "relayClient.pixels() after resuming in C",
+        &got,
+        &frames_c[3],
+        W as usize,
+    );
+    drop(c);
 
     let mut browser = browser;
     browser.close(&mut cdp).await;

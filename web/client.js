@@ -5,7 +5,10 @@
 // second half drives index.html: receiver mode (the default) renders a
 // channel and sends input back, source mode (`?mode=source`) streams a
 // generated animation and lists the inputs it receives. The page state is
-// exposed as `window.relayClient` for tests and the console.
+// exposed as `window.relayClient` for tests and the console. A receiver
+// asks the relay for stream marks (`?epoch`) and, after a lost connection,
+// resumes within the same stream or starts over from the relay's catch-up
+// (see ReceiverState; `relayClient.epoch` and `.resumes` show which).
 //
 // Query parameters: channel=NAME (default "default"), mode=receiver|source;
 // source mode also takes fps=N, encoding=delta|keyframe, keyframe=N
@@ -149,6 +152,32 @@ export function splitMessage(buf) {
     throw new ProtocolError(`length field ${header.length} does not match the ${b.length - HEADER_LEN}-byte payload`);
   }
   return { header, payload: b.subarray(HEADER_LEN) };
+}
+
+/** What follows a relay's stream mark (its header `seq`). */
+export const MarkKind = Object.freeze({
+  /** The relay's full catch-up: reset the picture and signal state first. */
+  CatchUp: 0,
+  /** The frames after the receiver's resume point: keep the state. */
+  Resume: 1,
+  /** While connected, a new source claimed the channel: keep the state; later resume points are in the new stream. */
+  Changed: 2,
+});
+
+/**
+ * Reads a relay's stream mark from a header ({@link parseHeader}): a Ping
+ * with flags exactly KEYFRAME and no payload, which the relay sends to
+ * receivers that asked with `?epoch`. Returns {kind, epoch} or null for any
+ * other message (an unknown kind included). The 64-bit epoch rides in
+ * `timestamp` (bits 0–31), `width` (32–47) and `height` (48–63); as JS
+ * numbers hold only 53 bits it is returned as lowercase hex without leading
+ * zeros ("0" for zero), the form `?epoch=` takes.
+ */
+export function parseStreamMark(h) {
+  if (h.type !== Frame.Ping || h.flags !== FLAG_KEYFRAME || h.length !== 0 || h.seq > MarkKind.Changed) return null;
+  const digits = (v, n) => v.toString(16).padStart(n, '0');
+  const epoch = (digits(h.height, 4) + digits(h.width, 4) + digits(h.timestamp >>> 0, 8)).replace(/^0+(?=.)/, '');
+  return { kind: h.seq, epoch };
 }
 
 // ---------------------------------------------------------------------------
@@ -537,7 +566,8 @@ export function validChannelName(name) {
  * (250 ms doubling, capped at `maxDelay`). `url` is a URL, an array of URLs
  * (several relays: tried in turn, see {@link RelayList}) or a function
  * returning a URL (asked on every connection); `decorate(url)` may rewrite
- * the chosen URL on every connection (a receiver adds `resume=`).
+ * the chosen URL on every connection (a receiver adds `epoch` and its
+ * resume point, see {@link ReceiverState#resumeUrl}).
  * `state` is 'connecting', 'open' or 'closed'; `currentUrl` the URL in
  * use or tried next. Callbacks: onOpen(), onMessage(ArrayBuffer), onState(state, detail).
  */
@@ -639,7 +669,29 @@ export class ReconnectingSocket {
 /**
  * What a receiver has rebuilt from the stream: the current RGBA frame and
  * the folded signal state. `handle(message)` returns {header, payload, kind}
- * where kind is 'pixels' | 'compressed' | 'signal' | 'audio' | 'end' | 'ping' | 'other'.
+ * where kind is 'pixels' | 'compressed' | 'signal' | 'audio' | 'end' | 'ping'
+ * | 'other', or 'mark' for a relay's stream mark (then also `mark` and
+ * `reset`: whether the state was just reset for a catch-up). Marks are not
+ * frames: they are not counted in `messages` and change no picture.
+ *
+ * Resume: the receiver asks the relay for stream marks (`?epoch`, see
+ * {@link parseStreamMark}). Before its catch-up, and before resumed frames,
+ * the relay sends a mark naming the stream (its epoch, which changes
+ * whenever a source claims the channel, the channel is created anew or a
+ * relay restarts) and whether a resume or a full catch-up follows. The
+ * receiver remembers the epoch and the header seq of the last frame that
+ * is not a SignalSync (a catch-up ends with a synthesized sync carrying the
+ * last *signal* message's seq, older than its picture), and reconnects with
+ * `?epoch=<E>&resume=<seq>` ({@link ReceiverState#resumeUrl}). A relay
+ * whose current stream is E and that still has the frames after seq sends
+ * exactly those (a Resume mark: state kept); otherwise its full catch-up (a
+ * CatchUp mark: state reset first). So a resume never glues two streams
+ * together: a new source numbering its frames alike gets no XOR deltas
+ * applied on the old source's picture. A Changed mark while connected (a
+ * new source) keeps the state and only moves later resume points to the new
+ * epoch. Against a relay that sends no marks, the first frame after a
+ * reconnect decides: seq + 1 of the resume point asked for continues the
+ * stream, anything else starts over (the state is reset).
  */
 export class ReceiverState {
   constructor() {
@@ -651,44 +703,52 @@ export class ReceiverState {
     this.seq = -1; // seq of the last pixel frame applied
     this.timestamp = 0;
     this.signal = {};
-    this.messages = 0;
+    this.messages = 0; // messages other than stream marks
     this.bytes = 0;
     this.errors = 0;
     this.lastError = null;
-    // Resume: the seq of the last message that was not a SignalSync (a
-    // catch-up's synthesized sync carries the last *signal* message's seq,
-    // older than its picture), sent as `?resume=` on reconnect; -1 = none.
+    // Resume point: the seq of the last message that was not a SignalSync,
+    // in stream `epoch` (lowercase hex, from the last mark); -1 / null = none.
     this.resumeSeq = -1;
-    this.resuming = -1; // the seq asked for, until the first message after a reconnect
+    this.epoch = null;
+    this.connections = 0;
+    // After a connection opens, until its first mark or frame decides how it
+    // started: {reconnect, asked} (asked: the resume seq in the URL, or -1).
+    this.starting = null;
     this.resumes = 0;
     this.fullCatchups = 0;
   }
 
-  /** A full catch-up follows: keep the picture, but wait for a full frame before deltas. */
+  /** A full catch-up follows: drop the picture, the signal state and the resume point. */
   reset() {
+    this.frame = null;
+    this.width = 0;
+    this.height = 0;
     this.haveBase = false;
     this.signal = {};
     this.resumeSeq = -1;
-  }
-
-  /** The stream URL for the next connection: `base` plus `resume=` when there is a resume point. */
-  resumeUrl(base) {
-    if (this.resumeSeq < 0) return base;
-    return `${base}${base.includes('?') ? '&' : '?'}resume=${this.resumeSeq}`;
+    this.epoch = null;
   }
 
   /**
-   * A new connection is open. With a resume point the state is kept until
-   * the first message: one that continues the seq means the relay resumed;
-   * any other starts its full catch-up, and the state is reset first.
+   * The stream URL for the next connection: `base` plus `epoch=<E>&resume=<seq>`
+   * when there is a resume point in a known stream, else `epoch` (marks only).
+   */
+  resumeUrl(base) {
+    const q = this.epoch !== null && this.resumeSeq >= 0 ? `epoch=${this.epoch}&resume=${this.resumeSeq}` : 'epoch';
+    return `${base}${base.includes('?') ? '&' : '?'}${q}`;
+  }
+
+  /**
+   * A new connection is open (its URL from {@link ReceiverState#resumeUrl}).
+   * The state is kept until its first message: the relay's mark says
+   * whether it resumed or sends its catch-up (see the class comment).
    */
   connected() {
-    if (this.resumeSeq >= 0) {
-      this.resuming = this.resumeSeq;
-    } else {
-      this.reset();
-      if (this.messages > 0) this.fullCatchups++;
-    }
+    this.starting = {
+      reconnect: this.connections++ > 0,
+      asked: this.epoch !== null && this.resumeSeq >= 0 ? this.resumeSeq : -1,
+    };
   }
 
   fail(msg) {
@@ -696,20 +756,57 @@ export class ReceiverState {
     this.lastError = msg;
   }
 
+  /** A relay's stream mark: count and reset as it says, take its epoch. */
+  onMark(h, payload, mark) {
+    let reset = false;
+    switch (mark.kind) {
+      case MarkKind.Resume:
+        this.starting = null;
+        this.resumes++;
+        break;
+      case MarkKind.CatchUp: {
+        // The relay's catch-up is the new truth. Counted unless it is the
+        // first connection's (a catch-up mid-connection, after the relay
+        // skipped a slow receiver forward, counts too).
+        const start = this.starting;
+        this.starting = null;
+        this.reset();
+        reset = true;
+        if (!start || start.reconnect) this.fullCatchups++;
+        break;
+      }
+      // MarkKind.Changed: a new source on the same connection. The state
+      // goes on; later resume points are in the new stream.
+    }
+    this.epoch = mark.epoch;
+    return { header: h, payload, kind: 'mark', mark, reset };
+  }
+
   handle(data) {
     if (typeof data === 'string') throw new ProtocolError('text message on a data path');
-    this.messages++;
     this.bytes += data.byteLength;
-    const { header, payload } = splitMessage(data);
-    const h = header;
+    let split;
+    try {
+      split = splitMessage(data);
+    } catch (e) {
+      this.messages++;
+      throw e;
+    }
+    const { header: h, payload } = split;
     if (h.flags & FLAG_INPUT) throw new ProtocolError('a receiver got an input message');
-    if (this.resuming >= 0) {
-      if (h.seq === ((this.resuming + 1) & 0xffff)) this.resumes++;
-      else {
+    const mark = parseStreamMark(h);
+    if (mark) return this.onMark(h, payload, mark);
+    this.messages++;
+    const start = this.starting;
+    if (start) {
+      // A relay without marks: a frame continuing the seq is a resume,
+      // anything else after a reconnect starts over.
+      this.starting = null;
+      if (start.asked >= 0 && h.seq === ((start.asked + 1) & 0xffff)) this.resumes++;
+      else if (start.reconnect) {
         this.reset();
         this.fullCatchups++;
       }
-      this.resuming = -1;
     }
     if (h.type !== Frame.SignalSync) this.resumeSeq = h.seq;
     switch (h.type) {
@@ -929,15 +1026,23 @@ function startReceiver(channel) {
       case 'end':
         ended = true;
         break;
+      case 'mark':
+        // A new stream (or a catch-up): its timestamps start afresh.
+        if (m.reset || m.mark.kind === MarkKind.Changed) minOffset = Infinity;
+        if (m.reset) {
+          // The catch-up replaces the state; the canvas keeps the last
+          // picture until the catch-up's own is drawn (no blank flash).
+          compressedGen++;
+          lastTimestamp = 0;
+          $('signal').textContent = formatJson(st.signal);
+        }
+        break;
     }
   };
 
   const conn = new ReconnectingSocket(relayUrls(location, 'stream', channel), {
     decorate: (url) => st.resumeUrl(url),
-    onOpen: () => {
-      st.connected();
-      $('signal').textContent = formatJson(st.signal);
-    },
+    onOpen: () => st.connected(),
     onMessage,
     onState: (state, detail) => showStatus(state, detail, channel),
   });
@@ -1077,6 +1182,14 @@ function startReceiver(channel) {
     /** Reconnects the relay resumed, and those that started over from its catch-up. */
     get resumes() {
       return { resumes: st.resumes, fullCatchups: st.fullCatchups };
+    },
+    /** The stream (epoch, lowercase hex) the last relay mark named, or null before any. */
+    get epoch() {
+      return st.epoch;
+    },
+    /** The header seq a reconnect resumes after (in `epoch`), or -1. */
+    get resumeSeq() {
+      return st.resumeSeq;
     },
     get frames() {
       return st.frames;

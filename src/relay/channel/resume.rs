@@ -315,6 +315,12 @@ impl Channel {
         epoch
     }
 
+    /// The current stream's epoch.
+    #[cfg(test)]
+    pub(crate) fn epoch(&self) -> u64 {
+        lock(&self.writer).epoch
+    }
+
     /// Sends a joining or skipped-forward receiver what it needs: if
     /// `point` (its last frame: the stream's epoch and the header seq)
     /// names the current stream and the ring still has that frame, the
