@@ -775,8 +775,12 @@ export class ReceiverState {
         if (!start || start.reconnect) this.fullCatchups++;
         break;
       }
-      // MarkKind.Changed: a new source on the same connection. The state
-      // goes on; later resume points are in the new stream.
+      case MarkKind.Changed:
+        // A new source on the same connection. The state goes on; the last
+        // frame belongs to the old stream, so there is no resume point
+        // until the new stream's first frame.
+        this.resumeSeq = -1;
+        break;
     }
     this.epoch = mark.epoch;
     return { header: h, payload, kind: 'mark', mark, reset };
