@@ -59,11 +59,15 @@ impl Channel {
         (frames, mark())
     }
 
-    /// Forgets the cached state (before a catch-up from another node
-    /// replaces it): what follows is a new stream, so no receiver resumes
-    /// across the gap that made the catch-up necessary.
-    pub(crate) fn clear_cache(&self) {
-        self.begin_stream();
+    /// Forgets the cached state before a catch-up from another node
+    /// replaces it: a new stream begins for local receivers, named `epoch`
+    /// (the source node's). The catch-up's frames are recorded for resumes
+    /// like live ones: its keyframe and deltas are the stream's own frames
+    /// at their seqs, and its `SignalSync` (which carries an older seq) is
+    /// never where a resume starts, so a receiver resuming after one of
+    /// them gets the rest of the picture and the whole signal state.
+    pub(crate) fn clear_cache(&self, epoch: Option<u64>) {
+        self.begin_stream(epoch);
         let mut w = lock(&self.writer);
         w.cache = CacheWriter::new(w.max_signal_state(), self.budgets.memory.clone());
         w.ring.clear();

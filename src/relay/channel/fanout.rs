@@ -181,7 +181,8 @@ impl Channel {
         let mut w = lock(&self.writer);
         let snap = w.apply(h, msg, seq)?;
         // Every frame fanned out live, for `?resume=` (see `resume`).
-        w.ring.push(h.seq, seq, &msg.wire);
+        let anchor = h.frame_type() != FrameType::SignalSync;
+        w.ring.push(h.seq, seq, &msg.wire, anchor);
         if let Some(uplink) = self.uplink.load().as_ref() {
             uplink.push(msg);
         }

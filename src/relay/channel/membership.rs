@@ -43,7 +43,7 @@ impl Channel {
         if self.source.load().is_some() {
             return false;
         }
-        self.begin_stream_locked();
+        self.begin_stream_locked(None);
         self.source.store(Some(peer.clone()));
         true
     }

@@ -92,6 +92,11 @@ struct Entry {
     seq: u64,
     /// The protocol header's 16-bit seq.
     wire_seq: u16,
+    /// A resume may start after it: every frame but a `SignalSync`, which
+    /// no client names as its resume point, and which in a catch-up
+    /// published by a cluster follower carries the seq of an older signal
+    /// message than the picture before it (matching it would skip frames).
+    anchor: bool,
     /// The frame as sent on the wire.
     frame: Bytes,
 }
@@ -162,7 +167,7 @@ impl Ring {
 
     /// Records a frame fanned out live: header seq `wire_seq`, channel
     /// sequence `seq`. Evicts the oldest entries to stay in bounds.
-    pub(crate) fn push(&mut self, wire_seq: u16, seq: u64, frame: &Bytes) {
+    pub(crate) fn push(&mut self, wire_seq: u16, seq: u64, frame: &Bytes, anchor: bool) {
         let limit = self.pool.limit();
         if limit == 0 {
             if !self.entries.is_empty() {
@@ -193,6 +198,7 @@ impl Ring {
         self.entries.push_back(Entry {
             seq,
             wire_seq,
+            anchor,
             frame,
         });
     }
@@ -215,11 +221,14 @@ impl Ring {
         self.bytes = 0;
     }
 
-    /// The frames after the most recent entry whose header seq is
+    /// The frames after the most recent anchor entry whose header seq is
     /// `wire_seq`, and the channel sequence they cover (the newest
     /// entry's); `None` if no entry has that seq.
     pub(crate) fn after(&self, wire_seq: u16) -> Option<(Vec<Bytes>, u64)> {
-        let i = self.entries.iter().rposition(|e| e.wire_seq == wire_seq)?;
+        let i = self
+            .entries
+            .iter()
+            .rposition(|e| e.anchor && e.wire_seq == wire_seq)?;
         let upto = self.entries.back()?.seq;
         let frames = self
             .entries
@@ -271,35 +280,41 @@ fn mark_frame(mark: StreamMark) -> Bytes {
 
 impl Channel {
     /// Starts a new stream on the channel (a cluster follower changed or
-    /// lost the stream it follows). See [`Channel::begin_stream_locked`].
-    pub(crate) fn begin_stream(&self) -> u64 {
+    /// lost the stream it follows) named `epoch`, or a random one. See
+    /// [`Channel::begin_stream_locked`].
+    pub(crate) fn begin_stream(&self, epoch: Option<u64>) -> u64 {
         let _m = lock(&self.membership);
-        self.begin_stream_locked()
+        self.begin_stream_locked(epoch)
     }
 
     /// Starts a new stream on the channel, the caller holding the
     /// membership lock: a source claimed it, or a cluster follower changed
     /// or lost the stream it follows. The channel sequence jumps ahead by a
-    /// random stride and the new epoch is that sequence; the replay ring
+    /// random stride and the new epoch is that sequence, unless the caller
+    /// names it (a cluster follower takes the source node's epoch for a
+    /// stream it follows from its first frame: its ring then holds the same
+    /// frames as the source node's, so a receiver moving between nodes
+    /// resumes); the replay ring
     /// and the SSE replay buffer are emptied, so no resume point or
     /// `Last-Event-ID` of an earlier stream is ever resumed with this one's
     /// frames (it gets a full catch-up). Receivers that asked for marks get
-    /// a [`MarkKind::Changed`] mark as a live frame of sequence `epoch`,
+    /// a [`MarkKind::Changed`] mark as a live frame of the sequence it starts after,
     /// between the old stream's frames and the new one's (a joiner whose
     /// catch-up already names the new epoch skips it as covered, or drops
     /// it while awaiting its catch-up, which then names the new epoch).
-    pub(crate) fn begin_stream_locked(&self) -> u64 {
-        let epoch = {
+    pub(crate) fn begin_stream_locked(&self, named: Option<u64>) -> u64 {
+        let (epoch, start) = {
             let mut w = lock(&self.writer);
             let stride = EPOCH_STRIDE + (random_start() % EPOCH_STRIDE);
-            let epoch = self
+            let start = self
                 .seq
                 .fetch_add(stride, Ordering::Relaxed)
                 .wrapping_add(stride);
+            let epoch = named.unwrap_or(start);
             w.epoch = epoch;
             w.ring.clear();
-            self.sse.restart(epoch, &self.budgets.memory);
-            epoch
+            self.sse.restart(start, &self.budgets.memory);
+            (epoch, start)
         };
         let mark = mark_frame(StreamMark {
             epoch,
@@ -308,7 +323,7 @@ impl Channel {
         for shard in self.receivers.iter() {
             shard.for_each(|r| {
                 if r.marks {
-                    r.egress.send_live(&mark, epoch, false);
+                    r.egress.send_live(&mark, start, false);
                 }
             });
         }
@@ -316,7 +331,6 @@ impl Channel {
     }
 
     /// The current stream's epoch.
-    #[cfg(test)]
     pub(crate) fn epoch(&self) -> u64 {
         lock(&self.writer).epoch
     }
@@ -390,7 +404,7 @@ mod tests {
     fn frames_after_a_seq_and_the_sequence_they_cover() {
         let (mut r, b) = ring(1 << 20);
         for i in 0..10u64 {
-            r.push(100 + i as u16, i + 1, &f(10, i as u8));
+            r.push(100 + i as u16, i + 1, &f(10, i as u8), true);
         }
         let (frames, upto) = r.after(104).unwrap();
         assert_eq!(upto, 10);
@@ -407,11 +421,11 @@ mod tests {
     fn the_oldest_go_first_and_the_newest_always_stays() {
         let (mut r, b) = ring(3 * (100 + ENTRY_OVERHEAD));
         for i in 0..5u16 {
-            r.push(i, i as u64 + 1, &f(100, i as u8));
+            r.push(i, i as u64 + 1, &f(100, i as u8), true);
         }
         assert!(r.after(1).is_none(), "evicted");
         assert_eq!(r.after(2).unwrap().0.len(), 2);
-        r.push(9, 6, &f(10_000, 9));
+        r.push(9, 6, &f(10_000, 9), true);
         assert_eq!(r.after(9).unwrap(), (vec![], 6));
         assert!(r.after(4).is_none());
         assert_eq!(b.used(), 10_000 + ENTRY_OVERHEAD);
@@ -424,7 +438,7 @@ mod tests {
         let (mut r, _) = ring(1 << 30);
         // Seq 65,535 then 0, 1, … : 65,540 frames, the ring keeps 65,536.
         for i in 0..65_540u64 {
-            r.push((i + 65_535) as u16, i + 1, &f(1, 0));
+            r.push((i + 65_535) as u16, i + 1, &f(1, 0), true);
         }
         // Seq 2 was sent twice (i = 3 and i = 65,539); the first is gone.
         assert_eq!(r.after(2).unwrap(), (vec![], 65_540));
@@ -440,8 +454,8 @@ mod tests {
     fn small_frames_are_copied_large_ones_shared_and_not_charged() {
         let (mut r, b) = ring(1 << 30);
         let buf = f(LARGE * 2, 1);
-        r.push(1, 1, &buf.slice(0..10));
-        r.push(2, 2, &buf.slice(0..LARGE));
+        r.push(1, 1, &buf.slice(0..10), true);
+        r.push(2, 2, &buf.slice(0..LARGE), true);
         let e: Vec<&Entry> = r.entries.iter().collect();
         assert_ne!(e[0].frame.as_ptr(), buf.as_ptr(), "copied");
         assert_eq!(e[1].frame.as_ptr(), buf.as_ptr(), "shared");
@@ -449,9 +463,26 @@ mod tests {
     }
 
     #[test]
+    fn a_signal_sync_is_never_where_a_resume_starts() {
+        let (mut r, _) = ring(1 << 20);
+        r.push(5, 1, &f(10, 1), true);
+        r.push(6, 2, &f(10, 2), true);
+        // A follower's catch-up: the picture, then a sync of an older seq.
+        r.push(5, 3, &f(10, 3), false);
+        r.push(7, 4, &f(10, 4), true);
+        let (frames, upto) = r.after(5).unwrap();
+        let tags: Vec<u8> = frames.iter().map(|x| x[0]).collect();
+        assert_eq!(
+            (tags, upto),
+            (vec![2, 3, 4], 4),
+            "after the frame, not the sync"
+        );
+    }
+
+    #[test]
     fn a_disabled_ring_records_nothing() {
         let (mut r, b) = ring(0);
-        r.push(1, 1, &f(10, 1));
+        r.push(1, 1, &f(10, 1), true);
         assert!(r.after(1).is_none());
         assert_eq!(b.used(), 0);
     }
@@ -464,20 +495,20 @@ mod tests {
         let pool = RingPool::new(10 * entry, 12 * entry);
         let mut one = Ring::new(pool.clone(), b.clone());
         for i in 0..20u16 {
-            one.push(i, u64::from(i) + 1, &f(1000, 1));
+            one.push(i, u64::from(i) + 1, &f(1000, 1), true);
         }
         assert_eq!(one.bytes(), 10 * entry, "alone: its own bound");
         let mut two = Ring::new(pool.clone(), b.clone());
         for i in 0..20u16 {
-            one.push(i, u64::from(i) + 21, &f(1000, 1));
-            two.push(i, u64::from(i) + 1, &f(1000, 2));
+            one.push(i, u64::from(i) + 21, &f(1000, 1), true);
+            two.push(i, u64::from(i) + 1, &f(1000, 2), true);
         }
         assert_eq!(one.bytes(), 6 * entry, "half of the total each");
         assert_eq!(two.bytes(), 6 * entry);
         assert_eq!(b.used(), 12 * entry);
         drop(two);
         for i in 0..20u16 {
-            one.push(i, u64::from(i) + 41, &f(1000, 1));
+            one.push(i, u64::from(i) + 41, &f(1000, 1), true);
         }
         assert_eq!(one.bytes(), 10 * entry, "alone again");
         assert_eq!(b.used(), 10 * entry);
@@ -487,7 +518,7 @@ mod tests {
     fn no_total_records_nothing() {
         let b = Arc::new(Budget::new(usize::MAX));
         let mut r = Ring::new(RingPool::new(1 << 20, 0), b.clone());
-        r.push(1, 1, &f(10, 1));
+        r.push(1, 1, &f(10, 1), true);
         assert!(r.after(1).is_none());
         assert_eq!(b.used(), 0);
     }

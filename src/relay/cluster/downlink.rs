@@ -224,8 +224,9 @@ impl Cluster {
             .await
         {
             Ok(c) => {
-                // `clear_cache` begins a new stream for local receivers.
-                link.channel.clear_cache();
+                // `clear_cache` begins a new stream for local receivers,
+                // named as on the source's node (see `Channel::clear_cache`).
+                link.channel.clear_cache(Some(c.epoch));
                 for f in &c.frames {
                     if let Err(e) = link.channel.publish(f, &link.relay.bulk, false).await {
                         tracing::warn!(channel = %link.channel.name, error = %e, "catch-up frame refused");
@@ -290,8 +291,10 @@ impl Cluster {
             FrameAction::Publish => {}
             FrameAction::NewStream => {
                 // A new source session, followed from its start: a new
-                // stream for local receivers too (no resume across it).
-                link.channel.begin_stream();
+                // stream for local receivers too, named as on the source's
+                // node (its frames here are the same, so receivers moving
+                // between nodes resume; after a catch-up, never).
+                link.channel.begin_stream(Some(h.epoch));
                 link.set_node(&h.node);
             }
             FrameAction::Gap { expected } => {

@@ -102,12 +102,6 @@ impl Drop for UplinkGuard {
     }
 }
 
-/// A random epoch for a new source session.
-fn new_epoch() -> u64 {
-    use std::hash::BuildHasher;
-    std::collections::hash_map::RandomState::new().hash_one(std::time::SystemTime::now()) | 1
-}
-
 /// The protocol message inside a cached server frame.
 fn payload_of(wire: &Bytes) -> Bytes {
     match ws::parse_head(wire, ws::Side::Client) {
@@ -126,7 +120,9 @@ impl Cluster {
     ) -> UplinkGuard {
         let (tx, rx) = mpsc::unbounded_channel();
         let uplink = Arc::new(Uplink {
-            epoch: new_epoch(),
+            // The stream's epoch on this node: followers name the stream
+            // they follow from its start alike (see `Channel::begin_stream`).
+            epoch: channel.epoch(),
             seq: AtomicU64::new(0),
             queued: Arc::new(AtomicUsize::new(0)),
             max_queue: self.uplink_queue,
