@@ -624,3 +624,49 @@ async fn rs256_tokens_verify_with_the_public_key() {
     let e = connect_err(&t.url(&format!("/stream/cam?token={}", token("cam", "receiver")))).await;
     assert_eq!(status_of(e), 401);
 }
+
+/// A token with `exp` = 2^64-1 (an issuer's "never") panicked the handshake
+/// after it took the source claim and receiver places, which then leaked:
+/// the next source got 409, receivers stayed counted, `/events` never
+/// answered. Now it never expires, and everything is given back.
+#[tokio::test]
+async fn a_token_that_never_expires_is_accepted_and_leaks_nothing() {
+    let t = start_secured(&[]).await;
+    let forever = |role: &str| hs256(json!({"ch": "inf", "role": role, "exp": u64::MAX}));
+    let src_url = t.url(&format!("/source/inf?token={}", forever("source")));
+    let mut src = connect(&src_url).await;
+    let mut rxs = Vec::new();
+    for _ in 0..10 {
+        rxs.push(connect(&t.url(&format!("/stream/inf?token={}", forever("receiver")))).await);
+    }
+    wait_receivers(&t, "inf", 10).await;
+    let msg = protocol::pixels_keyframe(1, 0, 2, 2, &[9; 16]);
+    src.send(&msg).await.unwrap();
+    for rx in &mut rxs {
+        let got = within(rx.recv_binary()).await.expect("open and fed");
+        assert_eq!(&got[..], &msg[..]);
+    }
+    // Server-Sent Events with the same token answer.
+    let (status, _) = {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(t.addr).await.unwrap();
+        let req = format!(
+            "GET /events/inf?token={} HTTP/1.1\r\nHost: x\r\n\r\n",
+            forever("receiver")
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut head = vec![0u8; 12];
+        within(s.read_exact(&mut head)).await.unwrap();
+        (String::from_utf8_lossy(&head[9..12]).into_owned(), ())
+    };
+    assert_eq!(status, "200");
+    drop(rxs);
+    drop(src);
+    eventually("every place given back", || {
+        t.relay
+            .channel("inf")
+            .is_none_or(|c| !c.source && c.receivers == 0)
+    })
+    .await;
+    let _again = connect(&src_url).await;
+}

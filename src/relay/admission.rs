@@ -3,6 +3,8 @@
 //! and a WebSocket peer admitted to its channel in its role, or refused with
 //! a clear HTTP status.
 
+#![deny(clippy::arithmetic_side_effects)]
+
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -598,7 +600,7 @@ mod tests {
     pub(super) fn fault_after_join(channel: &str) {
         let mut faults = PANIC_AFTER_JOIN.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(f) = faults.iter_mut().find(|f| f.0 == channel && f.1 > 0) {
-            f.1 -= 1;
+            f.1 = f.1.saturating_sub(1);
             drop(faults);
             panic!("injected fault after joining {channel}");
         }

@@ -16,6 +16,8 @@
 //! 403 for a good token for something else). The relay closes a connection
 //! whose token expires while it is open with [`CLOSE_TOKEN_EXPIRED`].
 
+#![deny(clippy::arithmetic_side_effects)]
+
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -1,6 +1,8 @@
 //! The relay's side of the opening handshake: reading the request head
 //! within a size limit, routing its path, and writing the answer.
 
+#![deny(clippy::arithmetic_side_effects)]
+
 use std::io;
 
 use thiserror::Error;
@@ -151,7 +153,7 @@ pub(crate) async fn read_request(
         }
         stream.readable().await?;
         let mut chunk = [0u8; 1024];
-        let room = (max - buf.len()).min(chunk.len());
+        let room = max.saturating_sub(buf.len()).min(chunk.len());
         match stream.try_read(&mut chunk[..room]) {
             Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into()),
             Ok(n) => buf.extend_from_slice(&chunk[..n]),

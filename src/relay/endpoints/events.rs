@@ -8,6 +8,8 @@
 //! `--slow-timeout-ms` (a client that takes nothing). Idle streams get a
 //! comment line every `--sse-heartbeat-ms`.
 
+#![deny(clippy::arithmetic_side_effects)]
+
 use std::io;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -27,6 +29,16 @@ use crate::relay::handshake;
 use crate::relay::sse::{ReplayLimits, Subscriber};
 use crate::relay::state::{shutting_down, Relay};
 use crate::relay::stats::Refusal;
+
+/// Farther than any stream lives: "never" for timers.
+const FAR: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// `d` from now, at most [`FAR`] (an operator's huge heartbeat interval
+/// must not overflow the clock).
+fn after(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d.min(FAR)).unwrap_or(now)
+}
 
 /// How often the stats stream sends a snapshot.
 const STATS_INTERVAL: Duration = Duration::from_secs(1);
@@ -130,7 +142,11 @@ pub(super) async fn signal(
     let attached = Attached { relay, channel };
     let channel = &attached.channel;
     // SSE clients count with the channel's WebSocket receivers.
-    if channel.receiver_count() + channel.sse.clients() >= cfg.max_receivers {
+    if channel
+        .receiver_count()
+        .saturating_add(channel.sse.clients())
+        >= cfg.max_receivers
+    {
         return Err(Refused::new(
             Refusal::ReceiverLimit,
             503,
@@ -177,12 +193,12 @@ async fn stream_signal(
         return end;
     }
     let heartbeat = relay.config.sse_heartbeat();
-    let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
+    let far = after(FAR);
     let expires = expires.unwrap_or(far);
     let mut shutdown = relay.shutdown_signal();
     let gone = client_gone(stream);
     tokio::pin!(gone);
-    let mut next_beat = Instant::now() + heartbeat;
+    let mut next_beat = after(heartbeat);
     loop {
         let bytes = tokio::select! {
             _ = sub.ready.notified() => {
@@ -208,7 +224,7 @@ async fn stream_signal(
         if let Err(end) = write(relay, stream, &bytes).await {
             return end;
         }
-        next_beat = Instant::now() + heartbeat;
+        next_beat = after(heartbeat);
     }
 }
 
@@ -286,7 +302,7 @@ pub(super) async fn stats(relay: &Arc<Relay>, stream: &Conn, cors: &str) {
         let body = relay
             .stats_page
             .get_or_render(now_ms(), || stats_json(relay));
-        let mut ev = Vec::with_capacity(body.len() + 24);
+        let mut ev = Vec::with_capacity(body.len().saturating_add(24));
         ev.extend_from_slice(b"event: stats\ndata: ");
         ev.extend_from_slice(&body);
         ev.extend_from_slice(b"\n\n");
