@@ -274,18 +274,7 @@ async fn http_requests_for_channel_data_need_a_token() {
 
 /// A plain `GET path` with an `Authorization` header: status and body.
 async fn http_get_with_auth(t: &TestRelay, path: &str, auth: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(t.addr).await.unwrap();
-    let head = format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n\r\n");
-    s.write_all(head.as_bytes()).await.unwrap();
-    let mut out = String::new();
-    within(s.read_to_string(&mut out)).await.unwrap();
-    let status = out[9..12].parse().unwrap();
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    http_get_with(t, path, &[("Authorization", auth)]).await
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use bitstream_relay::client::Receiver;
+use bitstream_relay::client::{Client, Receiver};
 use bitstream_relay::protocol;
 use bitstream_relay::wire::signal::{self, State};
 use serde_json::{json, Value};
@@ -373,26 +373,23 @@ async fn read_until(sse: &mut Sse, state: &mut State, expected: &State) -> u64 {
 /// stream's events after a matching number.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_id_from_another_stream_gets_a_fresh_sync() {
-    // The first relay: an id after 50 diffs.
-    let old_id = {
+    /// A relay whose source sent `n` diffs to one listener: the listener,
+    /// what it folded, the last id and the source.
+    async fn listened(n: usize) -> (TestRelay, Sse, State, State, u64, Client) {
         let t = start(&[]).await;
         let mut src = connect(&t.url("/source/ids")).await;
         let mut expected = State::new();
         let mut sse = Sse::open(&t, "/events/ids", &[]).await;
         let mut state = State::new();
         fold(&mut state, &sse.next().await);
-        send_diffs(&mut src, &mut expected, 0..50).await;
-        read_until(&mut sse, &mut state, &expected).await
-    };
+        send_diffs(&mut src, &mut expected, 0..n).await;
+        let last = read_until(&mut sse, &mut state, &expected).await;
+        (t, sse, state, expected, last, src)
+    }
+    // The first relay: an id after 50 diffs.
+    let old_id = listened(50).await.4;
     // The relay "restarted": the same stream again, listened to from the start.
-    let t = start(&[]).await;
-    let mut src = connect(&t.url("/source/ids")).await;
-    let mut expected = State::new();
-    let mut sse = Sse::open(&t, "/events/ids", &[]).await;
-    let mut state = State::new();
-    fold(&mut state, &sse.next().await);
-    send_diffs(&mut src, &mut expected, 0..100).await;
-    let before_claim = read_until(&mut sse, &mut state, &expected).await;
+    let (t, mut sse, mut state, mut expected, before_claim, src) = listened(100).await;
     let old = old_id.to_string();
     let mut other = Sse::open(&t, "/events/ids", &[("Last-Event-ID", &old)]).await;
     assert_eq!(other.next().await.kind, "sync", "an id of the old relay");

@@ -86,11 +86,19 @@ pub async fn wait_receivers(t: &TestRelay, name: &str, n: usize) {
 
 /// A plain `GET path` on a fresh connection: status and body.
 pub async fn http_get(t: &TestRelay, path: &str) -> (u16, String) {
+    http_get_with(t, path, &[]).await
+}
+
+/// [`http_get`] with extra request headers.
+pub async fn http_get_with(t: &TestRelay, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(t.addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    let mut head = format!("GET {path} HTTP/1.1\r\nHost: x\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).await.unwrap();
     let mut out = String::new();
     within(s.read_to_string(&mut out)).await.unwrap();
     let status = out[9..12].parse().unwrap();
