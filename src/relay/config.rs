@@ -102,6 +102,23 @@ pub struct Config {
     /// exceed it is skipped forward and resynchronized from the catch-up state.
     #[arg(long, env = "RELAY_EGRESS_QUEUE", default_value_t = 4 * 1024 * 1024)]
     pub egress_queue: usize,
+    /// Most bytes written to a connection's socket that the kernel has not
+    /// sent yet (`TCP_NOTSENT_LOWAT`; 0 = the kernel's default, unbounded
+    /// up to the send buffer). A slow reader then backs up in the relay's
+    /// own queue, where `--egress-queue` skips it forward and
+    /// `--slow-timeout-ms` closes it, instead of in kernel memory that every
+    /// connection of the host shares (300 slow readers filled 1.15 GiB of
+    /// it and stalled a healthy receiver for seconds). Full-speed readers
+    /// drain it in microseconds on loopback and a few round trips remotely.
+    #[arg(long, env = "RELAY_TCP_NOTSENT_LOWAT", default_value_t = 512 * 1024)]
+    pub tcp_notsent_lowat: u32,
+    /// Kernel send buffer of each connection (`SO_SNDBUF`, which the kernel
+    /// doubles for its bookkeeping; 0 = the kernel's autotuning, up to
+    /// `net.ipv4.tcp_wmem`'s maximum). A hard cap per socket, for hosts that
+    /// must bound kernel memory exactly; `--tcp-notsent-lowat` alone keeps
+    /// autotuning for what is in flight.
+    #[arg(long, env = "RELAY_SEND_BUFFER", default_value_t = 0)]
+    pub send_buffer: usize,
     /// How frames reach receivers' sockets: `direct` (written back to back
     /// by the fan-out), `uring` (the same writes submitted in batches
     /// through io_uring) or `queued` (each peer's task writes its queue).

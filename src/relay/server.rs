@@ -178,9 +178,50 @@ impl Drop for OpenGuard {
     }
 }
 
+/// Bounds what the kernel may hold for this connection:
+/// `--tcp-notsent-lowat` and `--send-buffer` (best effort: a kernel without
+/// the option leaves the default).
+fn bound_kernel_buffers(stream: &TcpStream, cfg: &Config) {
+    let sock = socket2::SockRef::from(stream);
+    if cfg.send_buffer > 0 {
+        if let Err(e) = sock.set_send_buffer_size(cfg.send_buffer) {
+            tracing::debug!(error = %e, "SO_SNDBUF not set");
+        }
+    }
+    if cfg.tcp_notsent_lowat > 0 {
+        set_notsent_lowat(stream, cfg.tcp_notsent_lowat);
+    }
+}
+
+/// Sets `TCP_NOTSENT_LOWAT` (Linux, and the BSDs' equivalent is absent:
+/// elsewhere nothing happens).
+#[cfg(target_os = "linux")]
+fn set_notsent_lowat(stream: &TcpStream, bytes: u32) {
+    use std::os::fd::AsRawFd;
+    let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: a plain setsockopt on a socket this process owns, with a
+    // c_int value of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            std::ptr::addr_of!(v).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "TCP_NOTSENT_LOWAT not set");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_notsent_lowat(_: &TcpStream, _: u32) {}
+
 fn accept(relay: &Arc<Relay>, stream: TcpStream, addr: SocketAddr) {
     relay.connections.accepted.inc();
     let _ = stream.set_nodelay(true);
+    bound_kernel_buffers(&stream, &relay.config);
     // A trusted proxy's connections count for the client it names, known
     // once the request head is read (admission counts them then).
     let proxied = proxy::is_trusted(&relay.config.trusted_proxies, addr.ip());
