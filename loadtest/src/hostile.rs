@@ -50,7 +50,7 @@ pub struct HostileOpts {
     /// Seconds each attack lasts (the handshake storm: at least until its new source was tried, plus 1 s).
     #[arg(long, default_value_t = 6.0)]
     pub phase: f64,
-    /// The attacks to run, in this order (default: all seven, in the order listed here).
+    /// The attacks to run, in this order (default: all eight, in the order listed here).
     #[arg(long, value_enum, value_delimiter = ',')]
     pub only: Vec<Attack>,
     /// Fail when the healthy p99 of any phase is above this, ms.
@@ -95,6 +95,12 @@ pub struct HostileOpts {
     /// handshake-storm: handshakes in flight at once.
     #[arg(long, default_value_t = 500)]
     pub storm_batch: usize,
+    /// slow-readers: receivers of the healthy channel that read slowly.
+    #[arg(long, default_value_t = 300)]
+    pub slow_readers: usize,
+    /// slow-readers: bytes per second each reads.
+    #[arg(long, default_value_t = 64 * 1024)]
+    pub slow_rate: usize,
 }
 
 /// The attacks, one phase each (the doc lines are the report's descriptions).
@@ -114,6 +120,8 @@ pub enum Attack {
     OversizedSignal,
     /// --storm receivers on distinct channels from one IP (--storm-batch handshakes in flight) leave at once; then a new source must be accepted
     HandshakeStorm,
+    /// --slow-readers receivers of the healthy channel read --slow-rate bytes/s each; the host's TCP memory is sampled
+    SlowReaders,
 }
 
 impl Attack {
@@ -810,6 +818,69 @@ async fn handshake_storm(c: Arc<Ctx>) {
     }
 }
 
+const SLOW: &str = "slow reader (reads --slow-rate bytes/s of the healthy channel)";
+
+/// A receiver of the healthy channel reading `--slow-rate` bytes a second
+/// in 16 sips, until the phase ends or the relay closes it.
+async fn slow_reader(c: Arc<Ctx>, i: usize) {
+    let t0 = Instant::now();
+    let path = format!("/stream/{}", c.ch("live"));
+    let conn = match c.join(&path, i as u32).await {
+        Ok(x) => x,
+        Err(e) => return c.end(SLOW, &e, t0.elapsed().as_secs_f64()),
+    };
+    let sip = (c.o.slow_rate / 16).max(1);
+    let mut buf = vec![0u8; 4096];
+    let mut read = conn.left.len() as u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(1000 / 16));
+    let out = 'phase: loop {
+        tick.tick().await;
+        if c.over() {
+            break OPEN.to_owned();
+        }
+        let mut want = sip;
+        while want > 0 {
+            let n = want.min(buf.len());
+            match conn.s.try_read(&mut buf[..n]) {
+                Ok(0) => break 'phase "closed by the relay".to_owned(),
+                Ok(n) => {
+                    want -= n;
+                    read += n as u64;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => break 'phase peer::io_end(&e),
+            }
+        }
+    };
+    c.add("slow readers' bytes read", read as f64);
+    c.end(SLOW, &out, t0.elapsed().as_secs_f64());
+}
+
+/// The host's TCP memory now (`/proc/net/sockstat`, pages), in MiB.
+fn host_tcp_mib() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/net/sockstat").ok()?;
+    let line = s.lines().find(|l| l.starts_with("TCP:"))?;
+    let mut words = line.split_whitespace();
+    words.find(|w| *w == "mem")?;
+    let pages: f64 = words.next()?.parse().ok()?;
+    Some(pages * 4096.0 / (1024.0 * 1024.0))
+}
+
+/// Samples the host's TCP memory every 100 ms over the phase; notes the
+/// peak above where it started.
+async fn tcp_memory(c: Arc<Ctx>) {
+    let Some(start) = host_tcp_mib() else {
+        return c.note("host TCP memory: /proc/net/sockstat unreadable".into());
+    };
+    let mut peak = start;
+    while !c.over() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        peak = peak.max(host_tcp_mib().unwrap_or(peak));
+    }
+    c.add("host TCP memory at the start, MiB", start);
+    c.add("host TCP memory peak, MiB", peak);
+}
+
 impl Attack {
     /// Runs the attack on `c` until its phase ends (and its clients are closed).
     async fn run(self, c: Arc<Ctx>) {
@@ -843,6 +914,12 @@ impl Attack {
                 }
             }
             Attack::HandshakeStorm => tasks.push(tokio::spawn(handshake_storm(c.clone()))),
+            Attack::SlowReaders => {
+                tasks.push(tokio::spawn(tcp_memory(c.clone())));
+                for i in 0..c.o.slow_readers {
+                    tasks.push(tokio::spawn(slow_reader(c.clone(), i)));
+                }
+            }
         }
         for t in tasks {
             if let Err(e) = t.await {

@@ -100,7 +100,10 @@ pub struct Config {
     pub max_signal_state: usize,
     /// Per-peer outbound queue bound, in bytes. A receiver whose queue would
     /// exceed it is skipped forward and resynchronized from the catch-up state.
-    #[arg(long, env = "RELAY_EGRESS_QUEUE", default_value_t = 4 * 1024 * 1024)]
+    /// Large frames in it are shared with every other receiver's queue (no
+    /// copy), so its depth costs little memory, unlike the kernel's send
+    /// buffer it replaces (see `--tcp-notsent-lowat`).
+    #[arg(long, env = "RELAY_EGRESS_QUEUE", default_value_t = 8 * 1024 * 1024)]
     pub egress_queue: usize,
     /// Most bytes written to a connection's socket that the kernel has not
     /// sent yet (`TCP_NOTSENT_LOWAT`; 0 = the kernel's default, unbounded
@@ -108,9 +111,10 @@ pub struct Config {
     /// own queue, where `--egress-queue` skips it forward and
     /// `--slow-timeout-ms` closes it, instead of in kernel memory that every
     /// connection of the host shares (300 slow readers filled 1.15 GiB of
-    /// it and stalled a healthy receiver for seconds). Full-speed readers
-    /// drain it in microseconds on loopback and a few round trips remotely.
-    #[arg(long, env = "RELAY_TCP_NOTSENT_LOWAT", default_value_t = 512 * 1024)]
+    /// it and stalled a healthy receiver for seconds; with 1 MiB, 348 MiB
+    /// and a healthy p99 of 7 ms). Full-speed readers drain it in
+    /// microseconds on loopback and a few round trips remotely.
+    #[arg(long, env = "RELAY_TCP_NOTSENT_LOWAT", default_value_t = 1024 * 1024)]
     pub tcp_notsent_lowat: u32,
     /// Kernel send buffer of each connection (`SO_SNDBUF`, which the kernel
     /// doubles for its bookkeeping; 0 = the kernel's autotuning, up to
