@@ -11,7 +11,8 @@
 //! A batch is written as it is held, shared pieces and all, with vectored
 //! writes: no client copies an event or a `sync` into a buffer of its own
 //! (see [`crate::relay::sse`] for what is shared and how it is charged to
-//! `--max-memory`).
+//! `--max-memory`). The stats snapshot is formatted once a second as one
+//! event, charged while it lives, that every dashboard writes.
 
 #![deny(clippy::arithmetic_side_effects)]
 
@@ -27,6 +28,7 @@ use tokio::time::{sleep_until, Instant};
 
 use crate::relay::admission::Refused;
 use crate::relay::auth;
+use crate::relay::budget::charged;
 use crate::relay::channel::Channel;
 use crate::relay::clock::now_ms;
 use crate::relay::conn::Conn;
@@ -338,8 +340,25 @@ pub(crate) fn stats_json(relay: &Relay) -> Vec<u8> {
     .into_bytes()
 }
 
+/// The `stats` event with [`stats_json`], charged to `--max-memory` for as
+/// long as the page cache or a dashboard's write holds it.
+fn stats_event(relay: &Relay) -> Bytes {
+    let body = stats_json(relay);
+    let mut ev = Vec::with_capacity(body.len().saturating_add(24));
+    ev.extend_from_slice(b"event: stats\ndata: ");
+    ev.extend_from_slice(&body);
+    ev.extend_from_slice(b"\n\n");
+    let memory = &relay.budgets.memory;
+    let len = ev.len();
+    memory.force(len);
+    charged(Bytes::from(ev), len, memory)
+}
+
 /// `GET /stats/events`: a `stats` event with [`stats_json`] every second
-/// (rendered once a second however many dashboards watch).
+/// (rendered once a second however many dashboards watch, and shared by
+/// them). A dashboard that cannot take one within `--slow-timeout-ms` is
+/// closed; one that is merely slow gets the latest snapshot when it is
+/// ready again (snapshots are not queued).
 pub(super) async fn stats(relay: &Arc<Relay>, stream: &Conn, cors: &str) {
     let head = [Bytes::from(stream_head(cors))];
     if let Err(end) = write(relay, stream, &head).await {
@@ -357,14 +376,11 @@ pub(super) async fn stats(relay: &Arc<Relay>, stream: &Conn, cors: &str) {
             _ = &mut gone => break End::ClientGone,
             _ = shutting_down(&mut shutdown) => break End::Shutdown,
         }
-        let body = relay
+        let mut out = Outgoing::new(&relay.budgets.memory);
+        out.shared([relay
             .stats_page
-            .get_or_render(now_ms(), || stats_json(relay));
-        let mut ev = Vec::with_capacity(body.len().saturating_add(24));
-        ev.extend_from_slice(b"event: stats\ndata: ");
-        ev.extend_from_slice(&body);
-        ev.extend_from_slice(b"\n\n");
-        if let Err(end) = write(relay, stream, &[Bytes::from(ev)]).await {
+            .get_or_render(now_ms(), || stats_event(relay))]);
+        if let Err(end) = write(relay, stream, out.pieces()).await {
             break end;
         }
     };
