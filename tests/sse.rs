@@ -410,3 +410,126 @@ async fn an_id_from_another_stream_gets_a_fresh_sync() {
     fold(&mut fresh, &first);
     assert_eq!(as_value(&fresh), as_value(&expected));
 }
+
+/// The relay process's resident set, in bytes (`None` where
+/// `/proc/self/status` cannot be read).
+fn rss() -> Option<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Sets `TCP_MAXSEG` on a socket not yet connected.
+fn set_mss(sock: &tokio::net::TcpSocket, mss: libc::c_int) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid descriptor and an option value of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_MAXSEG,
+            (&mss as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+}
+
+/// 100 clients that never read, on a channel with a 1 MiB signal state:
+/// they share one copy of the sync (the process grows by far less than 100
+/// copies), and what they hold is charged to `--max-memory` for as long as
+/// they hold it: after the state moved on, the old sync they are still
+/// writing stays in the gauge until they go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchers_that_never_read_share_the_sync_and_are_charged() {
+    const STATE: usize = 1 << 20;
+    const WATCHERS: usize = 100;
+    // No resume ring: it would hold (and charge) the source's message.
+    let t = start(&[
+        "--max-signal-state",
+        "4194304",
+        "--slow-timeout-ms",
+        "60000",
+        "--resume-ring-bytes",
+        "0",
+    ])
+    .await;
+    let mut src = connect(&t.url("/source/big")).await;
+    let sync = json!({ "blob": "x".repeat(STATE) }).to_string();
+    src.send(&protocol::signal(false, 0, 0, sync.as_bytes()))
+        .await
+        .unwrap();
+    // A receiver with the state: the relay folded it and built its sync.
+    let mut rx = within(Receiver::connect(&t.url("/stream/big")))
+        .await
+        .unwrap();
+    within(async {
+        while !rx.signal().contains_key("blob") {
+            rx.next().await;
+        }
+    })
+    .await;
+    let rss_before = rss();
+
+    let mut watchers = Vec::new();
+    for _ in 0..WATCHERS {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        // A small window and segments of a real network (loopback's 64 KiB
+        // ones let the kernel take megabytes): the relay's writes block.
+        sock.set_recv_buffer_size(4096).unwrap();
+        set_mss(&sock, 1400);
+        let mut s = within(sock.connect(t.addr)).await.unwrap();
+        s.write_all(b"GET /events/big HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        watchers.push(s);
+    }
+    eventually("every watcher counted", || {
+        t.relay
+            .channel("big")
+            .is_some_and(|c| c.sse_clients == WATCHERS)
+    })
+    .await;
+    // Let every stream's first write fill what the kernel takes and block.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    if let (Some(before), Some(now)) = (rss_before, rss()) {
+        let grown = now.saturating_sub(before);
+        assert!(
+            grown < WATCHERS * STATE / 4,
+            "{WATCHERS} watchers grew the process by {} MiB: private copies of the sync",
+            grown >> 20
+        );
+    }
+
+    // The state moves on (a reader gets the new sync, so the relay builds
+    // it): the old sync lives on only in the watchers' unsent bytes.
+    src.send(&protocol::signal(false, 1, 0, br#"{"small":1}"#))
+        .await
+        .unwrap();
+    within(async {
+        while !rx.signal().contains_key("small") {
+            rx.next().await;
+        }
+    })
+    .await;
+    let mut reader = Sse::open(&t, "/events/big", &[]).await;
+    let ev = reader.next().await;
+    assert!(
+        ev.kind == "sync" && ev.data == r#"{"small":1}"#,
+        "the new state: {} of {} bytes",
+        ev.kind,
+        ev.data.len()
+    );
+    let held = t.relay.summary().memory_bytes;
+    drop(watchers);
+    eventually("the watchers gone", || {
+        t.relay.channel("big").is_some_and(|c| c.sse_clients == 1)
+    })
+    .await;
+    let left = t.relay.summary().memory_bytes;
+    assert!(
+        held.saturating_sub(left) >= STATE,
+        "the watchers' unsent sync is charged until they go: {held} B with them, {left} B after"
+    );
+}

@@ -3,8 +3,10 @@
 //! The relay has two. `--max-memory` is the relay's whole budget for what
 //! clients make it hold: every received message large enough to matter
 //! (charged from its first byte until its last reference is dropped, in a
-//! cache, a queue or a catch-up, see [`charged`]), cached state, and what
-//! receivers' queues hold beyond those shared frames. `--max-cache-memory`
+//! cache, a queue or a catch-up, see [`charged`]), cached state, what
+//! receivers' queues hold beyond those shared frames, and Server-Sent
+//! Events (each event once, while anything holds it, and what SSE clients
+//! hold beyond shared bytes: see [`crate::relay::sse`]). `--max-cache-memory`
 //! is the part of it that cached catch-up state may take.
 //!
 //! At the limit the relay sheds in this order (see [`Budget::level`]):

@@ -2,8 +2,9 @@
 //! upgrade get a proper response (health, channel list, 426 on WebSocket
 //! paths, 404 elsewhere) instead of a hang.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
+use bytes::Bytes;
 use serde_json::json;
 
 use bitstream_wire::handshake::{http_response, Request};
@@ -56,7 +57,7 @@ pub(crate) fn respond(relay: &Relay, req: &Request, route: &Route) -> Vec<u8> {
         Route::Other(p) if p == "/channels" => {
             let body = relay
                 .channels_page
-                .get_or_render(now_ms(), || channels_json(relay));
+                .get_or_render(now_ms(), || channels_json(relay).into());
             http_response(200, "OK", "application/json", &body)
         }
         Route::Legacy => {
@@ -127,18 +128,18 @@ const PAGE_TTL_MS: u64 = 1000;
 /// work per request. Concurrent requests wait for one rendering.
 #[derive(Debug, Default)]
 pub(crate) struct PageCache {
-    page: Mutex<Option<(u64, Arc<[u8]>)>>,
+    page: Mutex<Option<(u64, Bytes)>>,
 }
 
 impl PageCache {
     /// The page rendered at most [`PAGE_TTL_MS`] before `now`, rendering
     /// it with `render` if there is none.
-    pub(crate) fn get_or_render(&self, now: u64, render: impl FnOnce() -> Vec<u8>) -> Arc<[u8]> {
+    pub(crate) fn get_or_render(&self, now: u64, render: impl FnOnce() -> Bytes) -> Bytes {
         let mut page = self.page.lock().unwrap_or_else(|e| e.into_inner());
         match page.as_ref() {
             Some((at, body)) if now.saturating_sub(*at) < PAGE_TTL_MS => body.clone(),
             _ => {
-                let body: Arc<[u8]> = render().into();
+                let body = render();
                 *page = Some((now, body.clone()));
                 body
             }
@@ -157,12 +158,12 @@ mod tests {
         for now in [1000, 1500, 1999] {
             let body = cache.get_or_render(now, || {
                 renders += 1;
-                b"a".to_vec()
+                Bytes::from_static(b"a")
             });
             assert_eq!(&body[..], b"a");
         }
         assert_eq!(renders, 1);
-        let body = cache.get_or_render(2000, || b"b".to_vec());
+        let body = cache.get_or_render(2000, || Bytes::from_static(b"b"));
         assert_eq!(&body[..], b"b", "rendered anew after the interval");
     }
 }

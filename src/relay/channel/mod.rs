@@ -90,7 +90,7 @@ pub(crate) struct Channel {
 impl Drop for Channel {
     fn drop(&mut self) {
         self.budgets.cache.resize(*self.charged.get_mut(), 0);
-        self.sse.clear(&self.budgets.memory);
+        self.sse.clear();
     }
 }
 

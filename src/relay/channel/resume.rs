@@ -313,7 +313,7 @@ impl Channel {
             let epoch = named.unwrap_or(start);
             w.epoch = epoch;
             w.ring.clear();
-            self.sse.restart(start, &self.budgets.memory);
+            self.sse.restart(start);
             (epoch, start)
         };
         let mark = mark_frame(StreamMark {

@@ -11,15 +11,16 @@ use bytes::Bytes;
 use super::{lock, Channel};
 use crate::relay::cache::CacheWriter;
 use crate::relay::clock::now_ms;
-use crate::relay::sse::{format_event, ReplayLimits, Start, Subscriber};
+use crate::relay::sse::{Outgoing, ReplayLimits, Start, Subscriber};
 
 use std::sync::Arc;
 
-/// The current signal state as one `sync` event with `id` (`{}` when the
-/// channel has no signal state).
-fn sync_event(w: &mut CacheWriter, id: u64) -> Bytes {
+/// Adds the current signal state as one `sync` event with `id` (`{}` when
+/// the channel has no signal state) to `out`, sharing the cached state's
+/// bytes.
+fn sync_event(w: &mut CacheWriter, id: u64, out: &mut Outgoing) {
     let json = w.signal_json().unwrap_or_else(|| Bytes::from_static(b"{}"));
-    format_event(id, "sync", &json).text
+    out.sync(id, json);
 }
 
 impl Channel {
@@ -44,20 +45,22 @@ impl Channel {
         sub: &Arc<Subscriber>,
         last_event_id: Option<u64>,
         limits: ReplayLimits,
-    ) -> Vec<Bytes> {
+    ) -> Outgoing {
         let mut w = lock(&self.writer);
+        let mut out = Outgoing::new(&self.budgets.memory);
         match self.sse.subscribe(sub, last_event_id, limits) {
-            Start::Replay(events) => events,
-            Start::Sync(id) => vec![sync_event(&mut w, id)],
+            Start::Replay(events) => out.shared(events),
+            Start::Sync(id) => sync_event(&mut w, id, &mut out),
         }
+        out
     }
 
-    /// A fresh `sync` for a client whose queue overflowed; what it had
-    /// queued is dropped (the sync covers it).
-    pub(crate) fn sse_resync(&self, sub: &Subscriber) -> Bytes {
+    /// Adds a fresh `sync` to `out` for a client whose queue overflowed;
+    /// what it had queued is dropped (the sync covers it).
+    pub(crate) fn sse_resync(&self, sub: &Subscriber, out: &mut Outgoing) {
         let mut w = lock(&self.writer);
         sub.reset();
-        sync_event(&mut w, self.sse.last_id())
+        sync_event(&mut w, self.sse.last_id(), out);
     }
 
     /// Unregisters an SSE client.

@@ -7,10 +7,16 @@
 //! token expires, or when a batch of events is not written within
 //! `--slow-timeout-ms` (a client that takes nothing). Idle streams get a
 //! comment line every `--sse-heartbeat-ms`.
+//!
+//! A batch is written as it is held, shared pieces and all, with vectored
+//! writes: no client copies an event or a `sync` into a buffer of its own
+//! (see [`crate::relay::sse`] for what is shared and how it is charged to
+//! `--max-memory`). The stats snapshot is formatted once a second as one
+//! event, charged while it lives, that every dashboard writes.
 
 #![deny(clippy::arithmetic_side_effects)]
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,11 +28,11 @@ use tokio::time::{sleep_until, Instant};
 
 use crate::relay::admission::Refused;
 use crate::relay::auth;
+use crate::relay::budget::charged;
 use crate::relay::channel::Channel;
 use crate::relay::clock::now_ms;
 use crate::relay::conn::Conn;
-use crate::relay::handshake;
-use crate::relay::sse::{ReplayLimits, Subscriber};
+use crate::relay::sse::{Outgoing, ReplayLimits, Subscriber};
 use crate::relay::state::{shutting_down, Relay};
 use crate::relay::stats::Refusal;
 
@@ -74,14 +80,63 @@ enum End {
     TokenExpired,
 }
 
-/// Writes `bytes` within `--slow-timeout-ms`.
-async fn write(relay: &Relay, stream: &Conn, bytes: &[u8]) -> Result<(), End> {
-    match tokio::time::timeout(
-        relay.config.slow_timeout(),
-        handshake::write_all(stream, bytes),
-    )
-    .await
-    {
+/// The comment line idle streams get.
+const HEARTBEAT: &[u8] = b":\n\n";
+
+/// Most buffers handed to one vectored write.
+const MAX_IOV: usize = 64;
+
+/// Writes `pieces` in order with vectored writes (for TLS: encrypted by
+/// the same calls), then what a TLS session still holds.
+async fn write_all(stream: &Conn, pieces: &[Bytes]) -> io::Result<()> {
+    // The first piece not wholly written, and how much of it is.
+    let (mut at, mut off) = (0usize, 0usize);
+    loop {
+        while pieces.get(at).is_some_and(|p| off >= p.len()) {
+            at = at.saturating_add(1);
+            off = 0;
+        }
+        let Some(first) = pieces.get(at) else {
+            break;
+        };
+        let mut bufs = [IoSlice::new(&[]); MAX_IOV];
+        bufs[0] = IoSlice::new(first.get(off..).unwrap_or_default());
+        let rest = pieces.get(at.saturating_add(1)..).unwrap_or_default();
+        let mut n = 1usize;
+        for (slot, p) in bufs[1..].iter_mut().zip(rest) {
+            *slot = IoSlice::new(p);
+            n = n.saturating_add(1);
+        }
+        stream.writable().await?;
+        let mut wrote = match stream.try_write_vectored(bufs.get(..n).unwrap_or_default()) {
+            Ok(wrote) => wrote,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        };
+        while wrote > 0 {
+            let Some(p) = pieces.get(at) else {
+                break;
+            };
+            let left = p.len().saturating_sub(off);
+            if wrote >= left {
+                wrote = wrote.saturating_sub(left);
+                at = at.saturating_add(1);
+                off = 0;
+            } else {
+                off = off.saturating_add(wrote);
+                wrote = 0;
+            }
+        }
+    }
+    while stream.flush_pending()? {
+        stream.writable().await?;
+    }
+    Ok(())
+}
+
+/// Writes `pieces` within `--slow-timeout-ms`.
+async fn write(relay: &Relay, stream: &Conn, pieces: &[Bytes]) -> Result<(), End> {
+    match tokio::time::timeout(relay.config.slow_timeout(), write_all(stream, pieces)).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err(End::ClientGone),
         Err(_) => Err(End::Slow),
@@ -157,7 +212,7 @@ pub(super) async fn signal(
         .last_event_id
         .as_deref()
         .and_then(|id| id.trim().parse::<u64>().ok());
-    let sub = Subscriber::new(cfg.sse_queue);
+    let sub = Subscriber::new(cfg.sse_queue, &relay.budgets.memory);
     let limits = ReplayLimits {
         events: cfg.sse_replay_events,
         bytes: cfg.sse_replay_bytes,
@@ -165,7 +220,7 @@ pub(super) async fn signal(
     let first = channel.sse_subscribe(&sub, last_event_id, limits);
     relay.connections.sse_clients.inc();
     channel.traffic.catchups.inc();
-    tracing::debug!(channel = %channel.name, %client, ?last_event_id, replayed = first.len(), "SSE client joined");
+    tracing::debug!(channel = %channel.name, %client, ?last_event_id, pieces = first.pieces().len(), "SSE client joined");
     let end = stream_signal(relay, stream, channel, &sub, cors, first, expires).await;
     channel.sse_unsubscribe(&sub);
     relay.connections.sse_clients.sub(1);
@@ -181,17 +236,17 @@ async fn stream_signal(
     channel: &Channel,
     sub: &Subscriber,
     cors: &str,
-    first: Vec<Bytes>,
+    first: Outgoing,
     expires: Option<Instant>,
 ) -> End {
-    let mut out = stream_head(cors).into_bytes();
-    for ev in &first {
-        out.extend_from_slice(ev);
-    }
-    drop(first);
-    if let Err(end) = write(relay, stream, &out).await {
+    let memory = &relay.budgets.memory;
+    let mut out = Outgoing::new(memory);
+    out.own(Bytes::from(stream_head(cors)));
+    out.append(first);
+    if let Err(end) = write(relay, stream, out.pieces()).await {
         return end;
     }
+    drop(out);
     let heartbeat = relay.config.sse_heartbeat();
     let far = after(FAR);
     let expires = expires.unwrap_or(far);
@@ -200,28 +255,32 @@ async fn stream_signal(
     tokio::pin!(gone);
     let mut next_beat = after(heartbeat);
     loop {
-        let bytes = tokio::select! {
+        let out = tokio::select! {
             _ = sub.ready.notified() => {
                 let batch = sub.take();
-                let mut out = Vec::new();
                 if batch.resync {
                     channel.traffic.slow_skips.inc();
-                    out.extend_from_slice(&channel.sse_resync(sub));
+                    let mut out = Outgoing::new(memory);
+                    channel.sse_resync(sub, &mut out);
+                    out.append(batch.out);
+                    out
+                } else {
+                    batch.out
                 }
-                for ev in &batch.events {
-                    out.extend_from_slice(ev);
-                }
+            }
+            _ = sleep_until(next_beat) => {
+                let mut out = Outgoing::new(memory);
+                out.shared([Bytes::from_static(HEARTBEAT)]);
                 out
             }
-            _ = sleep_until(next_beat) => b":\n\n".to_vec(),
             _ = &mut gone => return End::ClientGone,
             _ = shutting_down(&mut shutdown) => return End::Shutdown,
             _ = sleep_until(expires) => return End::TokenExpired,
         };
-        if bytes.is_empty() {
+        if out.is_empty() {
             continue;
         }
-        if let Err(end) = write(relay, stream, &bytes).await {
+        if let Err(end) = write(relay, stream, out.pieces()).await {
             return end;
         }
         next_beat = after(heartbeat);
@@ -281,10 +340,28 @@ pub(crate) fn stats_json(relay: &Relay) -> Vec<u8> {
     .into_bytes()
 }
 
+/// The `stats` event with [`stats_json`], charged to `--max-memory` for as
+/// long as the page cache or a dashboard's write holds it.
+fn stats_event(relay: &Relay) -> Bytes {
+    let body = stats_json(relay);
+    let mut ev = Vec::with_capacity(body.len().saturating_add(24));
+    ev.extend_from_slice(b"event: stats\ndata: ");
+    ev.extend_from_slice(&body);
+    ev.extend_from_slice(b"\n\n");
+    let memory = &relay.budgets.memory;
+    let len = ev.len();
+    memory.force(len);
+    charged(Bytes::from(ev), len, memory)
+}
+
 /// `GET /stats/events`: a `stats` event with [`stats_json`] every second
-/// (rendered once a second however many dashboards watch).
+/// (rendered once a second however many dashboards watch, and shared by
+/// them). A dashboard that cannot take one within `--slow-timeout-ms` is
+/// closed; one that is merely slow gets the latest snapshot when it is
+/// ready again (snapshots are not queued).
 pub(super) async fn stats(relay: &Arc<Relay>, stream: &Conn, cors: &str) {
-    if let Err(end) = write(relay, stream, stream_head(cors).as_bytes()).await {
+    let head = [Bytes::from(stream_head(cors))];
+    if let Err(end) = write(relay, stream, &head).await {
         tracing::debug!(?end, "stats stream ended");
         return;
     }
@@ -299,14 +376,11 @@ pub(super) async fn stats(relay: &Arc<Relay>, stream: &Conn, cors: &str) {
             _ = &mut gone => break End::ClientGone,
             _ = shutting_down(&mut shutdown) => break End::Shutdown,
         }
-        let body = relay
+        let mut out = Outgoing::new(&relay.budgets.memory);
+        out.shared([relay
             .stats_page
-            .get_or_render(now_ms(), || stats_json(relay));
-        let mut ev = Vec::with_capacity(body.len().saturating_add(24));
-        ev.extend_from_slice(b"event: stats\ndata: ");
-        ev.extend_from_slice(&body);
-        ev.extend_from_slice(b"\n\n");
-        if let Err(end) = write(relay, stream, &ev).await {
+            .get_or_render(now_ms(), || stats_event(relay))]);
+        if let Err(end) = write(relay, stream, out.pieces()).await {
             break end;
         }
     };
