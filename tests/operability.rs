@@ -53,6 +53,10 @@ async fn metrics_move_with_traffic() {
         1
     );
     assert_eq!(metric(&after, "relay_catchups_total"), 1);
+    // The process's RSS beside the budget's own figure.
+    let rss = metric(&after, "relay_process_resident_bytes");
+    assert!(rss > metric(&after, "relay_memory_bytes"), "{rss}");
+    assert!(rss > 1 << 20, "{rss}");
 }
 
 #[tokio::test]

@@ -36,7 +36,8 @@ function totals(s, inMBs, outMBs) {
     ['SSE clients', s.sse_clients], ['channels', s.channels_total],
     ['MB/s in', fmt(inMBs)], ['MB/s out', fmt(outMBs)],
     ['catch-ups', s.catchups], ['slow skips', s.slow_skips],
-    ['memory', bytes(s.memory_bytes)], ['refused', s.refused],
+    ['memory', bytes(s.memory_bytes)],
+    ['RSS', s.rss_bytes == null ? '–' : bytes(s.rss_bytes)], ['refused', s.refused],
   ];
   const box = $('totals');
   box.replaceChildren(...cards.map(([label, v]) => {

@@ -198,6 +198,14 @@ pub(crate) fn render(relay: &Relay, scope: Scope) -> String {
         "--max-memory",
         memory.limit() as u64,
     );
+    if let Some(rss) = crate::relay::stats::process_rss_bytes() {
+        gauge(
+            &mut reg,
+            "process_resident_bytes",
+            "The relay process's resident memory (RSS) now, beside what --max-memory charges",
+            rss,
+        );
+    }
     gauge(
         &mut reg,
         "memory_level",

@@ -327,6 +327,7 @@ pub(crate) fn stats_json(relay: &Relay) -> Vec<u8> {
         "sse_clients": relay.connections.sse_clients.get(),
         "channels_total": s.channels,
         "memory_bytes": s.memory_bytes,
+        "rss_bytes": crate::relay::stats::process_rss_bytes(),
         "refused": s.refused_total(),
         "frames_in": t.frames_in,
         "bytes_in": t.bytes_in,
