@@ -86,6 +86,9 @@ pub struct HostileOpts {
     /// cached-state: channels, each left with a big keyframe, a delta and a big SignalSync.
     #[arg(long, default_value_t = 16)]
     pub cached_channels: usize,
+    /// cached-state: the delta changes every byte (a ZRLE payload as large as the frame, which the relay folds into a new keyframe) instead of 4.
+    #[arg(long)]
+    pub full_delta: bool,
     /// oversized-signal: payload bytes of each SignalSync (default: the message is 32 MiB, the relay's default --max-message).
     #[arg(long, default_value_t = 32 * 1024 * 1024 - 16)]
     pub oversized_bytes: usize,
@@ -280,7 +283,7 @@ struct Payloads {
     keyframe: Vec<u8>,
     /// 512 unchanged deltas of the big frame.
     identity: Vec<u8>,
-    /// One delta that changes 4 bytes of the big frame.
+    /// One delta that changes 4 bytes of the big frame (every byte with --full-delta).
     delta: Vec<u8>,
     /// The ~1 MiB SignalSync.
     sync: Vec<u8>,
@@ -334,7 +337,11 @@ impl Payloads {
                     &mut rng,
                 ));
             }
-            xored[len / 2..len / 2 + 4].copy_from_slice(&[0xFF; 4]);
+            if o.full_delta {
+                xored.fill(0xA5);
+            } else {
+                xored[len / 2..len / 2 + 4].copy_from_slice(&[0xFF; 4]);
+            }
             zrle.clear();
             codec::zrle_encode(&xored, &mut zrle);
             p.delta = client_msg(&protocol::delta_pixels(1, 0, w, h, &zrle), &mut rng);
