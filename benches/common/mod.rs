@@ -133,7 +133,7 @@ fn entry(key: usize, v: u64) -> String {
         "\"k{key:05}\":{{\"x\":{},\"y\":{},\"on\":{},\"label\":\"item {key}\"}}",
         v % 1920,
         v / 1920 % 1080,
-        v % 2 == 0
+        v.is_multiple_of(2)
     )
 }
 
