@@ -16,6 +16,9 @@
 
 mod relay;
 
+#[doc(hidden)]
+pub mod bench;
+
 pub use bitstream_client as client;
 pub use bitstream_wire as wire;
 pub use bitstream_wire::{codec, protocol, ws};

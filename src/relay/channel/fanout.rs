@@ -125,7 +125,7 @@ impl Channel {
 
     /// Validates a source message and folds it into the cached state;
     /// returns its channel sequence.
-    fn check_and_cache(&self, msg: &WireMessage) -> Result<u64, PublishError> {
+    pub(super) fn check_and_cache(&self, msg: &WireMessage) -> Result<u64, PublishError> {
         let h = protocol::validate_source_message(msg.payload())?;
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
         self.cache_frame(&h, msg, seq)?;
@@ -133,7 +133,7 @@ impl Channel {
     }
 
     /// Hands a checked message of channel sequence `seq` to every receiver.
-    async fn fan_out(self: &Arc<Self>, msg: &WireMessage, seq: u64, more: bool) {
+    pub(super) async fn fan_out(self: &Arc<Self>, msg: &WireMessage, seq: u64, more: bool) {
         fence(Ordering::SeqCst);
         let len = msg.payload().len() as u64;
         // Queues share live frames: a small one is copied out of the

@@ -19,6 +19,7 @@
 //! catch-up sequence removes the overlap, so a joiner gets every cacheable
 //! frame exactly once: from the snapshot or live, never both, never neither.
 
+mod bench;
 mod catchup;
 mod fanout;
 mod lap;

@@ -488,6 +488,17 @@ impl Egress {
         (q.state(), written)
     }
 
+    /// Bench support ([`crate::bench`]): [`Egress::drain`] as if the socket
+    /// took everything queued, without writing it (the bookkeeping of a
+    /// drain, none of its I/O). Returns the bytes taken off the queue.
+    pub(crate) fn drain_without_io(&self) -> usize {
+        let mut q = self.lock();
+        let n: usize = q.chunks().map(Bytes::len).sum();
+        q.consume(n);
+        self.settle(&mut q);
+        n
+    }
+
     /// Marks the peer closed and frees its queue; later sends are not sent.
     pub(crate) fn close(&self) {
         let mut q = self.lock();
