@@ -16,7 +16,6 @@
 mod common;
 
 use std::hint::black_box;
-use std::time::Duration;
 
 use common::{memcpy, signal_diff, stateful_rig};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -67,10 +66,7 @@ fn bench_catchup(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .sample_size(30);
+    config = common::config();
     targets = bench_catchup
 }
 criterion_main!(benches);

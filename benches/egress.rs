@@ -14,7 +14,6 @@ mod common;
 
 use std::cell::Cell;
 use std::hint::black_box;
-use std::time::Duration;
 
 use bitstream_relay::bench::{EgressRig, Sent};
 use bytes::Bytes;
@@ -92,10 +91,7 @@ fn bench_egress(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .sample_size(30);
+    config = common::config();
     targets = bench_egress
 }
 criterion_main!(benches);

@@ -15,7 +15,6 @@
 mod common;
 
 use std::hint::black_box;
-use std::time::Duration;
 
 use bitstream_relay::bench::Rig;
 use bitstream_relay::wire::reader::WireMessage;
@@ -54,10 +53,7 @@ fn bench_fanout(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .sample_size(30);
+    config = common::config();
     targets = bench_fanout
 }
 criterion_main!(benches);

@@ -8,7 +8,6 @@
 mod common;
 
 use std::hint::black_box;
-use std::time::Duration;
 
 use bitstream_relay::bench::handshake;
 use common::request_head;
@@ -27,10 +26,7 @@ fn bench_handshake(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .sample_size(30);
+    config = common::config();
     targets = bench_handshake
 }
 criterion_main!(benches);

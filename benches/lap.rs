@@ -10,7 +10,6 @@
 mod common;
 
 use std::hint::black_box;
-use std::time::Duration;
 
 use bitstream_relay::bench::Rig;
 use common::small_frame;
@@ -40,10 +39,7 @@ fn bench_lap(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .sample_size(30);
+    config = common::config();
     targets = bench_lap
 }
 criterion_main!(benches);

@@ -14,7 +14,6 @@
 mod common;
 
 use std::hint::black_box;
-use std::time::Duration;
 
 use common::{client_stream, memcpy, read_stream, FRAME_LEN};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -40,10 +39,7 @@ fn bench_reader(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .sample_size(30);
+    config = common::config();
     targets = bench_reader
 }
 criterion_main!(benches);

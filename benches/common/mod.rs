@@ -243,3 +243,13 @@ pub fn memcpy(dst: &mut [u8], src: &[u8]) {
     dst.copy_from_slice(std::hint::black_box(src));
     std::hint::black_box(dst);
 }
+
+/// The criterion settings every bench here shares: short runs (1 s of
+/// warm-up, 3 s of measurement, 30 samples), enough for medians on a shared
+/// machine without taking minutes per bench.
+pub fn config() -> criterion::Criterion {
+    criterion::Criterion::default()
+        .warm_up_time(std::time::Duration::from_secs(1))
+        .measurement_time(std::time::Duration::from_secs(3))
+        .sample_size(30)
+}
