@@ -65,9 +65,33 @@ impl Budget {
 
     /// Charges `n` more bytes if that stays within the limit.
     pub(crate) fn charge(&self, n: usize) -> bool {
+        self.charge_within(n, self.limit)
+    }
+
+    /// Moves a message reader's charge from `old` to `new` bytes, as
+    /// [`Budget::resize`], except that a reader holding [`HUGE`] bytes or
+    /// more may only grow into the budget up to 7/8 of the limit: the last
+    /// eighth stays for ordinary messages, so many huge uploads at once
+    /// (64 sources of 33 MB keyframes) cannot starve a live stream's
+    /// 1 MB frames, whose source would otherwise be the one refused.
+    pub(crate) fn resize_reader(&self, old: usize, new: usize) -> bool {
+        if new <= old {
+            self.release(old - new);
+            return true;
+        }
+        let ceiling = if new >= HUGE {
+            self.limit - self.limit / 8
+        } else {
+            self.limit
+        };
+        self.charge_within(new - old, ceiling)
+    }
+
+    /// Charges `n` more bytes if that keeps the total within `ceiling`.
+    fn charge_within(&self, n: usize, ceiling: usize) -> bool {
         let mut cur = self.used.load(Ordering::Relaxed);
         loop {
-            if cur.saturating_add(n) > self.limit {
+            if cur.saturating_add(n) > ceiling {
                 return false;
             }
             match self.used.compare_exchange_weak(
@@ -151,6 +175,10 @@ impl Budgets {
 /// queues that hold them, and a connection's read buffer for them is part
 /// of its fixed cost.
 pub(crate) const LARGE: usize = 64 * 1024;
+
+/// From this size up, a message being read may not take the budget's last
+/// eighth (see [`Budget::resize_reader`]).
+pub(crate) const HUGE: usize = 4 << 20;
 
 /// Owns a frame's bytes and its charge: dropped with the last `Bytes`
 /// handle to the frame, it gives the charge back.
@@ -283,6 +311,27 @@ mod tests {
         assert_eq!(&slice[..], &[7u8; 10]);
         drop(slice);
         assert_eq!(b.used(), 0);
+    }
+
+    #[test]
+    fn huge_readers_leave_the_last_eighth_to_ordinary_messages() {
+        let b = Budget::new(64 * HUGE);
+        // Huge uploads fill the budget up to 7/8 and no further.
+        let mut huge = 0;
+        while b.resize_reader(0, HUGE) {
+            huge += 1;
+        }
+        assert_eq!(huge, 56, "7/8 of 64");
+        // A live stream's 1 MB frames still fit, up to the limit.
+        let mut ordinary = 0;
+        while b.resize_reader(0, HUGE / 4) {
+            ordinary += 1;
+        }
+        assert_eq!(ordinary, 32, "the last eighth, in quarters of HUGE");
+        assert_eq!(b.used(), 64 * HUGE);
+        // Shrinking always works.
+        assert!(b.resize_reader(HUGE, 0));
+        assert_eq!(b.used(), 63 * HUGE);
     }
 
     #[test]

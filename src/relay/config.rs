@@ -202,7 +202,9 @@ pub struct Config {
     /// lagging receivers' queues hold besides. Near it the relay sheds:
     /// caches stop growing from 3/4, queues of lagging receivers from 7/8
     /// (they are skipped forward), and at the limit new messages of 64 KiB
-    /// and more are refused with close code 1013. `/metrics` counts it.
+    /// and more are refused with close code 1013 (messages of 4 MiB and more
+    /// already from 7/8: the last eighth stays for ordinary frames, so huge
+    /// uploads cannot starve a live stream). `/metrics` counts it.
     #[arg(long, env = "RELAY_MAX_MEMORY", default_value_t = 1 << 30)]
     pub max_memory: usize,
     /// The part of `--max-memory` cached catch-up state may take over all

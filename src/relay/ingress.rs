@@ -191,7 +191,7 @@ impl Ingress {
         if held == self.charged {
             return Ok(());
         }
-        if !self.memory.resize(self.charged, held) {
+        if !self.memory.resize_reader(self.charged, held) {
             self.memory.shed();
             return Err(RecvError::OverBudget { size: held });
         }
