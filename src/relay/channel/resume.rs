@@ -51,6 +51,7 @@ use crossbeam_utils::CachePadded;
 use super::{lock, Channel};
 use crate::relay::budget::{Budget, Level, LARGE};
 use crate::relay::cache::CacheWriter;
+use crate::relay::clock::random_u64;
 use crate::relay::peer::Peer;
 
 /// What one ring entry costs beyond its frame's bytes (counted in the
@@ -264,13 +265,8 @@ const EPOCH_STRIDE: u64 = 1 << 32;
 /// numbers, so resume points and SSE ids of an older incarnation are
 /// never taken for this one's (except with odds of about 2^-30).
 pub(crate) fn random_start() -> u64 {
-    use std::hash::BuildHasher;
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let r = std::collections::hash_map::RandomState::new().hash_one(nanos);
     // Below 2^62: room for 2^29 streams of 2^33 frames each.
-    (r >> 2).max(1)
+    (random_u64() >> 2).max(1)
 }
 
 /// A stream mark as the WebSocket frame that carries it.
@@ -305,7 +301,7 @@ impl Channel {
     pub(crate) fn begin_stream_locked(&self, named: Option<u64>) -> u64 {
         let (epoch, start) = {
             let mut w = lock(&self.writer);
-            let stride = EPOCH_STRIDE + (random_start() % EPOCH_STRIDE);
+            let stride = EPOCH_STRIDE + (random_u64() % EPOCH_STRIDE);
             let start = self
                 .seq
                 .fetch_add(stride, Ordering::Relaxed)

@@ -34,7 +34,6 @@ pub(crate) mod presence;
 pub(crate) mod signaling;
 pub(crate) mod uplink;
 
-use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -189,11 +188,7 @@ fn redact(url: &str) -> String {
 /// A random id (16 hex digits): a node id by default, and every process's
 /// instance id.
 fn random_id() -> String {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let h = std::collections::hash_map::RandomState::new().hash_one((t, std::process::id()));
-    format!("{h:016x}")
+    format!("{:016x}", crate::relay::clock::random_u64())
 }
 
 /// The subject token of a channel: its name, with `.` (a subject
