@@ -8,95 +8,41 @@
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
 
-use bitstream_wire::handshake::{http_response, upgrade_response, Request};
+use bitstream_wire::handshake::{upgrade_response, Request};
 use bitstream_wire::reader::{MessageReader, WireMessage};
 use bitstream_wire::ws;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use crate::relay::auth::{self, Denied, Grant};
-use crate::relay::channel::{Channel, Fanout, Rejoin, RingPool};
+use crate::relay::auth::{self, Grant};
+use crate::relay::channel::{Channel, Fanout, RingPool};
 use crate::relay::clock::now_ms;
 use crate::relay::cluster::claim::ClaimError;
 use crate::relay::cluster::uplink::UplinkGuard;
 use crate::relay::config::EgressMode;
 use crate::relay::conn::Conn;
 use crate::relay::egress::Egress;
-use crate::relay::handshake::{self, RequestError, Route, DEFAULT_CHANNEL};
+use crate::relay::endpoints::reply::{answer, origin_allowed, Refused, ANSWER_TIMEOUT};
+use crate::relay::endpoints::Http;
+use crate::relay::handshake::{self, Rejoin, RequestError, Route, DEFAULT_CHANNEL};
 use crate::relay::peer::{Peer, Role};
 use crate::relay::state::Relay;
 use crate::relay::stats::{Counter, Refusal};
-use crate::relay::{endpoints, http, proxy, session};
-
-/// How long a plain HTTP answer (health, metrics, the page) may take to write.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// How long a refusal may take to write: a refused peer that does not read
-/// holds its socket no longer than this.
-const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// A refused request: what is counted and what the client is told.
-pub(crate) struct Refused {
-    why: Refusal,
-    status: u16,
-    text: String,
-}
-
-impl Refused {
-    /// A refusal counted as `why`, answered `status` with `text`.
-    pub(crate) fn new(why: Refusal, status: u16, text: impl Into<String>) -> Self {
-        Self {
-            why,
-            status,
-            text: text.into(),
-        }
-    }
-}
-
-impl From<Denied> for Refused {
-    fn from(d: Denied) -> Self {
-        Refused::new(d.refusal(), d.status(), d.to_string())
-    }
-}
-
-/// The reason phrase of the statuses the relay answers with.
-pub(crate) fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        202 => "Accepted",
-        204 => "No Content",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        409 => "Conflict",
-        411 => "Length Required",
-        413 => "Content Too Large",
-        429 => "Too Many Requests",
-        431 => "Request Header Fields Too Large",
-        _ => "Service Unavailable",
-    }
-}
-
-/// Writes a refusal: `status` with a one-line text body.
-pub(crate) async fn answer(stream: &Conn, status: u16, text: &str) {
-    let reason = reason(status);
-    let resp = http_response(status, reason, "text/plain", format!("{text}\n").as_bytes());
-    let _ = tokio::time::timeout(REFUSAL_TIMEOUT, handshake::write_all(stream, &resp)).await;
-    stream.close_notify();
-}
+use crate::relay::{endpoints, http as pages, proxy, session};
 
 /// Serves one connection up to its session: plain HTTP is answered here,
 /// a WebSocket peer admitted to its channel comes back as [`Admitted`] for
 /// the caller to run. Callers box this future: its states (the request
 /// head, the refusals) are needed only until the session starts.
-pub(crate) async fn handle(relay: &Arc<Relay>, stream: Conn, addr: SocketAddr) -> Option<Admitted> {
+pub(crate) async fn handle(
+    relay: &Arc<Relay>,
+    http: &Http,
+    stream: Conn,
+    addr: SocketAddr,
+) -> Option<Admitted> {
     let mut client = addr.ip();
-    match serve(relay, &stream, addr, &mut client).await {
+    match serve(relay, http, &stream, addr, &mut client).await {
         Ok(admitted) => admitted,
         Err(r) => {
             relay.connections.refuse(r.why);
@@ -209,6 +155,7 @@ fn gauge(relay: &Relay, role: Role) -> &Counter {
 /// stands for (a trusted proxy's forwarded client).
 async fn serve(
     relay: &Arc<Relay>,
+    http: &Http,
     stream: &Conn,
     addr: SocketAddr,
     client: &mut IpAddr,
@@ -230,46 +177,41 @@ async fn serve(
         if !relay.admit_ip(*client) {
             return Err(Refused::new(
                 Refusal::PerIpLimit,
-                503,
                 Refusal::PerIpLimit.label(),
             ));
         }
         keep.client = Some(*client);
     }
-    let route = handshake::route(&req.target)
-        .map_err(|e| Refused::new(Refusal::BadName, 400, e.to_string()))?;
+    let route =
+        handshake::route(&req.target).map_err(|e| Refused::new(Refusal::BadName, e.to_string()))?;
     if !req.upgrade {
         authorize_http(relay, &req, &route)?;
         // Boxed: an SSE stream's state is large, and inline it would be part
         // of every WebSocket connection's future too.
-        if Box::pin(endpoints::serve(relay, stream, &req, &route, rest, *client)).await? {
+        if Box::pin(endpoints::serve(
+            relay, http, stream, &req, &route, rest, *client,
+        ))
+        .await?
+        {
             return Ok(None);
         }
-        let resp = http::respond(relay, &req, &route);
+        let resp = pages::respond(relay, http, &req, &route);
         let write = tokio::time::timeout(ANSWER_TIMEOUT, handshake::write_all(stream, &resp));
         let _ = Box::pin(write).await;
         stream.close_notify();
         return Ok(None);
     }
     if relay.is_draining() {
-        return Err(Refused::new(
-            Refusal::ShuttingDown,
-            503,
-            "relay shutting down",
-        ));
+        return Err(Refused::new(Refusal::ShuttingDown, "relay shutting down"));
     }
     let key = websocket_key(&req)?.to_owned();
     if !origin_allowed(&relay.config.allowed_origins, req.origin.as_deref()) {
-        return Err(Refused::new(
-            Refusal::OriginForbidden,
-            403,
-            "origin not allowed",
-        ));
+        return Err(Refused::new(Refusal::OriginForbidden, "origin not allowed"));
     }
     let grant = authorize(relay, &req, &route)?;
     let resume = match &route {
         Route::Receiver(_) | Route::Legacy => handshake::rejoin_of(&req.target)
-            .map_err(|e| Refused::new(Refusal::BadRequest, 400, e.to_string()))?,
+            .map_err(|e| Refused::new(Refusal::BadRequest, e.to_string()))?,
         _ => Rejoin::default(),
     };
     // Only what the session needs outlives the handshake: the request head
@@ -301,7 +243,11 @@ async fn serve(
             return join(relay, &channel, stream, echo, &key, rest, keep).await;
         }
         Route::Events(_) | Route::Input(_) | Route::Other(_) => {
-            return Err(Refused::new(Refusal::BadRequest, 404, "no such endpoint"))
+            return Err(Refused::with_status(
+                Refusal::BadRequest,
+                404,
+                "no such endpoint",
+            ))
         }
     };
     // On the legacy path a token decides what the legacy rule may choose.
@@ -313,13 +259,7 @@ async fn serve(
     let ip = *client;
     let attached = relay.attach(name, ip);
     drop(route);
-    let channel = attached.map_err(|why| {
-        let text = match why {
-            Refusal::ChannelsPerIpLimit => "channel limit for your address reached",
-            _ => "channel limit reached",
-        };
-        Refused::new(why, 503, text)
-    })?;
+    let channel = attached.map_err(Refused::from)?;
     keep.attached = Some(channel.clone());
     let admit = Admit {
         wanted,
@@ -328,22 +268,6 @@ async fn serve(
         client: ip,
     };
     join(relay, &channel, stream, admit, &key, rest, keep).await
-}
-
-/// Whether a handshake from `origin` may proceed: every origin when
-/// `allowed` is empty; otherwise one of `allowed` (scheme and host compared
-/// without case, a trailing `/` ignored). A request without `Origin` comes
-/// from no browser page (which always sends it) and is not checked.
-pub(crate) fn origin_allowed(allowed: &[String], origin: Option<&str>) -> bool {
-    let norm = |o: &str| o.trim().trim_end_matches('/').to_ascii_lowercase();
-    match origin {
-        _ if allowed.is_empty() => true,
-        None => true,
-        Some(o) => {
-            let o = norm(o);
-            allowed.iter().any(|a| norm(a) == o)
-        }
-    }
 }
 
 /// The channel and the roles (any of them) a route asks a token for;
@@ -419,13 +343,14 @@ async fn read_request(relay: &Relay, stream: &Conn) -> Result<Option<(Request, V
     match tokio::time::timeout(cfg.handshake_timeout(), read).await {
         Ok(Ok(r)) => Ok(Some(r)),
         Ok(Err(RequestError::Io(_))) => Ok(None),
-        Ok(Err(e @ RequestError::TooLarge(_))) => {
-            Err(Refused::new(Refusal::BadRequest, 431, e.to_string()))
-        }
-        Ok(Err(e)) => Err(Refused::new(Refusal::BadRequest, 400, e.to_string())),
+        Ok(Err(e @ RequestError::TooLarge(_))) => Err(Refused::with_status(
+            Refusal::BadRequest,
+            431,
+            e.to_string(),
+        )),
+        Ok(Err(e)) => Err(Refused::new(Refusal::BadRequest, e.to_string())),
         Err(_) => Err(Refused::new(
             Refusal::HandshakeTimeout,
-            408,
             "handshake timed out",
         )),
     }
@@ -439,7 +364,6 @@ fn websocket_key(req: &Request) -> Result<&str, Refused> {
         .ok_or_else(|| {
             Refused::new(
                 Refusal::BadRequest,
-                400,
                 "WebSocket version 13 and a key are required",
             )
         })
@@ -483,7 +407,6 @@ async fn join(
         Some(Role::Source) => {
             return Err(Refused::new(
                 Refusal::SourceTaken,
-                409,
                 "channel already has a source",
             ))
         }
@@ -503,12 +426,10 @@ async fn join(
                 return Err(match e {
                     ClaimError::Taken(node) => Refused::new(
                         Refusal::SourceTaken,
-                        409,
                         format!("channel already has a source (on node {node})"),
                     ),
                     ClaimError::Unavailable(why) => Refused::new(
                         Refusal::Backplane,
-                        503,
                         format!("cluster backplane unavailable: {why}"),
                     ),
                 });
@@ -524,7 +445,6 @@ async fn join(
     if full {
         return Err(Refused::new(
             Refusal::ReceiverLimit,
-            503,
             "receiver limit reached on this channel",
         ));
     }
@@ -544,7 +464,7 @@ async fn join(
         keep.member = Some((role, peer.clone()));
     }
     if let (Ok(()), Role::Receiver, Some(cluster)) = (&joined, role, relay.cluster.get()) {
-        cluster.want(relay, channel);
+        cluster.want(channel, &relay.budgets.memory, &relay.bulk);
     }
     if let Err(why) = joined {
         // Lost a race for the last place after the upgrade was answered.
@@ -588,7 +508,6 @@ async fn join(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use clap::Parser;
     use std::sync::Mutex;
 
@@ -660,23 +579,6 @@ mod tests {
         let ch = relay.channel(NAME).expect("channel");
         assert!(ch.source);
         assert_eq!(ch.receivers, 0);
-    }
-
-    #[test]
-    fn origins_are_matched_exactly_but_without_case() {
-        let allowed = vec![
-            "https://a.example".to_owned(),
-            "https://b.example:8443/".to_owned(),
-        ];
-        assert!(origin_allowed(&[], Some("https://evil.example")));
-        assert!(origin_allowed(&allowed, Some("https://a.example")));
-        assert!(origin_allowed(&allowed, Some("HTTPS://A.example/")));
-        assert!(origin_allowed(&allowed, Some("https://b.example:8443")));
-        assert!(!origin_allowed(&allowed, Some("http://a.example")));
-        assert!(!origin_allowed(&allowed, Some("https://a.example.evil")));
-        assert!(!origin_allowed(&allowed, Some("https://b.example")));
-        assert!(!origin_allowed(&allowed, Some("null")));
-        assert!(origin_allowed(&allowed, None), "not a browser");
     }
 }
 

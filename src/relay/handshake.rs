@@ -7,7 +7,6 @@ use std::io;
 
 use thiserror::Error;
 
-use crate::relay::channel::Rejoin;
 use crate::relay::conn::Conn;
 
 use bitstream_wire::handshake::{parse_request, HeadError, Request};
@@ -78,6 +77,17 @@ pub(crate) enum ResumeError {
     /// `epoch=` is not a stream epoch.
     #[error("invalid epoch: must be a stream epoch, 1-16 hexadecimal digits")]
     Epoch,
+}
+
+/// What a joining receiver asked for (`?epoch`, `?epoch=E&resume=SEQ`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Rejoin {
+    /// Send a [`stream_mark`](bitstream_wire::protocol::stream_mark) before the catch-up or the resumed
+    /// frames (the receiver asked with `epoch`).
+    pub(crate) marks: bool,
+    /// The last frame it had: its stream's epoch (`None`: a bare
+    /// `resume=SEQ`, which names no stream) and its header seq.
+    pub(crate) point: Option<(Option<u64>, u16)>,
 }
 
 /// What a receiver's request target asks of its join

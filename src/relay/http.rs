@@ -2,20 +2,18 @@
 //! upgrade get a proper response (health, channel list, 426 on WebSocket
 //! paths, 404 elsewhere) instead of a hang.
 
-use std::sync::Mutex;
-
-use bytes::Bytes;
 use serde_json::json;
 
 use bitstream_wire::handshake::{http_response, Request};
 
 use crate::relay::clock::now_ms;
+use crate::relay::endpoints::Http;
 use crate::relay::handshake::Route;
 use crate::relay::state::Relay;
 use crate::relay::{auth, metrics, web};
 
 /// The full HTTP response to a plain (non-upgrade) request.
-pub(crate) fn respond(relay: &Relay, req: &Request, route: &Route) -> Vec<u8> {
+pub(crate) fn respond(relay: &Relay, pages: &Http, req: &Request, route: &Route) -> Vec<u8> {
     if req.method != "GET" && req.method != "HEAD" {
         return http_response(
             405,
@@ -55,7 +53,7 @@ pub(crate) fn respond(relay: &Relay, req: &Request, route: &Route) -> Vec<u8> {
             metrics::render(relay, metrics_scope(relay, req)).as_bytes(),
         ),
         Route::Other(p) if p == "/channels" => {
-            let body = relay
+            let body = pages
                 .channels_page
                 .get_or_render(now_ms(), || channels_json(relay).into());
             http_response(200, "OK", "application/json", &body)
@@ -117,53 +115,4 @@ fn channels_json(relay: &Relay) -> Vec<u8> {
         })
         .collect();
     serde_json::Value::from(list).to_string().into_bytes()
-}
-
-/// How long a rendered page is served again before it is rendered anew.
-const PAGE_TTL_MS: u64 = 1000;
-
-/// A page rendered at most once per [`PAGE_TTL_MS`] and shared by every
-/// request meanwhile: on a full table, listing every channel costs
-/// milliseconds, and a client polling it must not make the relay do that
-/// work per request. Concurrent requests wait for one rendering.
-#[derive(Debug, Default)]
-pub(crate) struct PageCache {
-    page: Mutex<Option<(u64, Bytes)>>,
-}
-
-impl PageCache {
-    /// The page rendered at most [`PAGE_TTL_MS`] before `now`, rendering
-    /// it with `render` if there is none.
-    pub(crate) fn get_or_render(&self, now: u64, render: impl FnOnce() -> Bytes) -> Bytes {
-        let mut page = self.page.lock().unwrap_or_else(|e| e.into_inner());
-        match page.as_ref() {
-            Some((at, body)) if now.saturating_sub(*at) < PAGE_TTL_MS => body.clone(),
-            _ => {
-                let body = render();
-                *page = Some((now, body.clone()));
-                body
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_page_is_rendered_once_per_interval() {
-        let cache = PageCache::default();
-        let mut renders = 0;
-        for now in [1000, 1500, 1999] {
-            let body = cache.get_or_render(now, || {
-                renders += 1;
-                Bytes::from_static(b"a")
-            });
-            assert_eq!(&body[..], b"a");
-        }
-        assert_eq!(renders, 1);
-        let body = cache.get_or_render(2000, || Bytes::from_static(b"b"));
-        assert_eq!(&body[..], b"b", "rendered anew after the interval");
-    }
 }

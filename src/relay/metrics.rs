@@ -15,18 +15,19 @@ use prometheus_client::registry::Registry;
 use std::sync::Arc;
 
 use crate::relay::channel::Channel;
+use crate::relay::cluster::Backplane;
 use crate::relay::state::Relay;
 use crate::relay::stats::{Refusal, TrafficSnapshot};
 
 type Labels = Vec<(&'static str, String)>;
 
-pub(crate) fn counter(reg: &mut Registry, name: &str, help: &str, v: u64) {
+fn counter(reg: &mut Registry, name: &str, help: &str, v: u64) {
     let c: Counter = Counter::default();
     c.inc_by(v);
     reg.register(name, help, c);
 }
 
-pub(crate) fn gauge(reg: &mut Registry, name: &str, help: &str, v: u64) {
+fn gauge(reg: &mut Registry, name: &str, help: &str, v: u64) {
     let g: Gauge = Gauge::default();
     g.set(v as i64);
     reg.register(name, help, g);
@@ -219,7 +220,16 @@ pub(crate) fn render(relay: &Relay, scope: Scope) -> String {
         memory.sheds(),
     );
     if let Some(cluster) = relay.cluster.get() {
-        cluster.register_metrics(reg.sub_registry_with_prefix("cluster"));
+        let reg = reg.sub_registry_with_prefix("cluster");
+        gauge(
+            reg,
+            "backplane_connected",
+            "1 while the NATS backplane is connected",
+            u64::from(cluster.backplane() == Backplane::Connected),
+        );
+        for (name, help, value) in cluster.counters() {
+            counter(reg, name, help, value);
+        }
     }
     if scope == Scope::Channels {
         register_channels(&mut reg, relay, channels);

@@ -43,4 +43,5 @@ pub(crate) mod sse;
 pub(crate) mod state;
 pub(crate) mod stats;
 pub(crate) mod tls;
+pub(crate) mod turn;
 pub(crate) mod web;

@@ -141,6 +141,18 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
     v4.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4)
 }
 
+/// What the per-IP caps count by: the address, but an IPv6 peer by its /64
+/// (one host gets a whole /64; counting single addresses would not cap it).
+pub(crate) fn ip_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,13 @@
-//! A token bucket for per-receiver input rate limiting. Pure: the caller
-//! passes the time, so it is deterministic to test.
+//! Input rate limits: a token bucket per receiver (pure: the caller passes
+//! the time, so it is deterministic to test), and per client address for
+//! `POST /input`, which has no session to hold one.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use crate::relay::proxy::ip_key;
 
 /// Refills `rate` tokens per second up to `burst`; each input takes one.
 #[derive(Debug, Clone)]
@@ -66,6 +72,39 @@ impl TokenBucket {
     }
 }
 
+/// Buckets idle this long are forgotten when the map is pruned (by then a
+/// bucket is full again, so forgetting it changes nothing).
+const IDLE: Duration = Duration::from_secs(60);
+
+/// Buckets at which the map is pruned of idle ones.
+const PRUNE_AT: usize = 4096;
+
+/// Per-address token buckets for `POST /input`.
+#[derive(Debug, Default)]
+pub(crate) struct InputBuckets {
+    buckets: Mutex<HashMap<IpAddr, TokenBucket>>,
+    last_prune: Mutex<Option<Instant>>,
+}
+
+impl InputBuckets {
+    /// Takes a token for one input from `ip` at `now`: true if allowed.
+    pub(crate) fn take(&self, ip: IpAddr, rate: u64, burst: u64, now: Instant) -> bool {
+        let mut map = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= PRUNE_AT {
+            let mut last = self.last_prune.lock().unwrap_or_else(|e| e.into_inner());
+            if last.is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1)) {
+                map.retain(|_, b| now.saturating_duration_since(b.last_used()) < IDLE);
+                *last = Some(now);
+            }
+        }
+        let bucket = map
+            .entry(ip_key(ip))
+            .or_insert_with(|| TokenBucket::new(rate, burst, now));
+        // No flood closing: there is no connection to close.
+        bucket.take(now, u64::MAX) == Verdict::Allow
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,5 +138,18 @@ mod tests {
         let t1 = t0 + Duration::from_secs(2);
         assert_eq!(b.take(t1, 5), Verdict::Allow);
         assert_eq!(b.take(t1, 5), Verdict::Drop);
+    }
+
+    #[test]
+    fn buckets_are_per_address() {
+        let b = InputBuckets::default();
+        let now = Instant::now();
+        let a: IpAddr = [10, 0, 0, 1].into();
+        let c: IpAddr = [10, 0, 0, 2].into();
+        assert!(b.take(a, 1, 2, now));
+        assert!(b.take(a, 1, 2, now));
+        assert!(!b.take(a, 1, 2, now));
+        assert!(b.take(c, 1, 2, now));
+        assert!(b.take(a, 1, 2, now + Duration::from_secs(1)));
     }
 }

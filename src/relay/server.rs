@@ -14,11 +14,12 @@ use crate::relay::auth::{AuthError, Verifier};
 use crate::relay::cluster::{Cluster, ClusterError};
 use crate::relay::config::Config;
 use crate::relay::conn::Conn;
-use crate::relay::endpoints::turn::{Turn, TurnError};
+use crate::relay::endpoints::{reply, Http};
 use crate::relay::handshake;
 use crate::relay::state::{shutting_down, Relay};
 use crate::relay::stats::Refusal;
 use crate::relay::tls::{self, Tls, TlsError};
+use crate::relay::turn::{Turn, TurnError};
 use crate::relay::{admission, gc, proxy};
 
 /// Why the relay could not start.
@@ -52,6 +53,8 @@ pub enum StartError {
 /// A bound relay, ready to run.
 pub struct Server {
     relay: Arc<Relay>,
+    /// What the plain-HTTP endpoints keep between requests.
+    http: Arc<Http>,
     local_addr: SocketAddr,
     listener: TcpListener,
 }
@@ -78,14 +81,16 @@ impl Server {
             .local_addr()
             .map_err(|source| StartError::Listen { addr, source })?;
         let relay = Relay::with(config, auth, tls).map_err(StartError::Runtime)?;
-        if let Some(turn) = turn {
-            let _ = relay.turn.set(turn);
-        }
+        let http = Arc::new(Http {
+            turn,
+            ..Http::default()
+        });
         if let Some(cluster) = cluster {
             let _ = relay.cluster.set(cluster);
         }
         Ok(Self {
             relay,
+            http,
             local_addr,
             listener,
         })
@@ -124,7 +129,7 @@ impl Server {
             tokio::spawn(log_stats(relay.clone()));
         }
         tracing::info!(addr = %self.local_addr, tls = relay.tls.is_some(), "relay listening");
-        let accept = tokio::spawn(accept_loop(self.listener, relay.clone()));
+        let accept = tokio::spawn(accept_loop(self.listener, relay.clone(), self.http));
         shutting_down(&mut relay.shutdown_signal()).await;
         let deadline = tokio::time::Instant::now()
             + relay.config.shutdown_grace()
@@ -148,10 +153,10 @@ impl Server {
 
 /// Accepts connections until the task is dropped. While the relay drains
 /// at shutdown it keeps answering: health says 503, upgrades are refused.
-async fn accept_loop(listener: TcpListener, relay: Arc<Relay>) {
+async fn accept_loop(listener: TcpListener, relay: Arc<Relay>, http: Arc<Http>) {
     loop {
         match listener.accept().await {
-            Ok((stream, addr)) => accept(&relay, stream, addr),
+            Ok((stream, addr)) => accept(&relay, &http, stream, addr),
             Err(e) => {
                 // Typically EMFILE: back off instead of spinning.
                 tracing::warn!(error = %e, "accept failed");
@@ -218,7 +223,7 @@ fn set_notsent_lowat(stream: &TcpStream, bytes: u32) {
 #[cfg(not(target_os = "linux"))]
 fn set_notsent_lowat(_: &TcpStream, _: u32) {}
 
-fn accept(relay: &Arc<Relay>, stream: TcpStream, addr: SocketAddr) {
+fn accept(relay: &Arc<Relay>, http: &Arc<Http>, stream: TcpStream, addr: SocketAddr) {
     relay.connections.accepted.inc();
     let _ = stream.set_nodelay(true);
     bound_kernel_buffers(&stream, &relay.config);
@@ -236,7 +241,7 @@ fn accept(relay: &Arc<Relay>, stream: TcpStream, addr: SocketAddr) {
         relay.connections.refuse(why);
         tracing::debug!(peer = %addr, reason = why.label(), status = 503, "refused");
         let stream = Conn::from(stream);
-        tokio::spawn(async move { admission::answer(&stream, 503, why.label()).await });
+        tokio::spawn(async move { reply::answer(&stream, 503, why.label()).await });
         return;
     }
     relay.connections.open.inc();
@@ -244,6 +249,7 @@ fn accept(relay: &Arc<Relay>, stream: TcpStream, addr: SocketAddr) {
         relay: relay.clone(),
         ip: (!proxied).then_some(addr.ip()),
     };
+    let http = http.clone();
     tokio::spawn(async move {
         let relay = &guard.relay.clone();
         let conn = match &relay.tls {
@@ -258,7 +264,7 @@ fn accept(relay: &Arc<Relay>, stream: TcpStream, addr: SocketAddr) {
         // The session is a task of its own, holding the guard: this task's
         // state (the socket as accepted, the handshake) ends here, and only
         // the session's stays with the connection for its whole life.
-        if let Some(admitted) = Box::pin(admission::handle(relay, conn, addr)).await {
+        if let Some(admitted) = Box::pin(admission::handle(relay, &http, conn, addr)).await {
             tokio::spawn(admitted.run(guard));
         }
     });
@@ -277,7 +283,7 @@ async fn secure(relay: &Relay, tls: &Tls, stream: TcpStream, addr: SocketAddr) -
                 // Read its request first, so closing does not reset the answer.
                 let head = handshake::read_request(&conn, relay.config.max_request_head);
                 let _ = tokio::time::timeout(Duration::from_secs(1), head).await;
-                admission::answer(&conn, 400, "this port speaks TLS: use https:// or wss://").await;
+                reply::answer(&conn, 400, "this port speaks TLS: use https:// or wss://").await;
             }
             None
         }

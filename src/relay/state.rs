@@ -17,9 +17,7 @@ use crate::relay::channel::{Channel, Fanout, RingPool};
 use crate::relay::clock::now_ms;
 use crate::relay::cluster::Cluster;
 use crate::relay::config::{Config, EgressMode};
-use crate::relay::endpoints::input::InputBuckets;
-use crate::relay::endpoints::turn::Turn;
-use crate::relay::http::PageCache;
+use crate::relay::proxy::ip_key;
 use crate::relay::stats::{Connections, Refusal, Traffic, TrafficSnapshot};
 use crate::relay::tls::{Tls, TlsError};
 
@@ -29,7 +27,7 @@ pub struct Relay {
     /// Configuration in force.
     pub(crate) config: Config,
     /// The low-priority lane for large uploads and costly checks.
-    pub(crate) bulk: Bulk,
+    pub(crate) bulk: Arc<Bulk>,
     /// Token checks, `None` when the relay is open (no key configured).
     pub(crate) auth: Option<Verifier>,
     /// TLS on the port, `None` for plain TCP.
@@ -43,14 +41,6 @@ pub struct Relay {
     pub(crate) budgets: Budgets,
     /// The bound every channel's resume ring shares.
     pub(crate) rings: Arc<RingPool>,
-    /// `GET /channels`, rendered at most once a second.
-    pub(crate) channels_page: PageCache,
-    /// The `/stats/events` snapshot, rendered at most once a second.
-    pub(crate) stats_page: PageCache,
-    /// Token buckets of `POST /input`, per client address.
-    pub(crate) http_inputs: InputBuckets,
-    /// `GET /turn`'s secret and servers, when configured (set at bind).
-    pub(crate) turn: OnceLock<Turn>,
     /// Cluster mode (`--nats-url`): the NATS backplane (set at bind).
     pub(crate) cluster: OnceLock<Arc<Cluster>>,
     /// Traffic of channels the GC has removed.
@@ -164,16 +154,12 @@ impl Relay {
         Ok(Arc::new(Self {
             auth,
             tls,
-            bulk: Bulk::start()?,
+            bulk: Arc::new(Bulk::start()?),
             budgets: Budgets::new(config.max_memory, config.max_cache_memory),
             rings: RingPool::new(config.resume_ring_bytes, config.max_resume_memory),
             config,
             channels: DashMap::new(),
             connections: Connections::default(),
-            channels_page: PageCache::default(),
-            stats_page: PageCache::default(),
-            http_inputs: InputBuckets::default(),
-            turn: OnceLock::new(),
             cluster: OnceLock::new(),
             retired: Traffic::default(),
             per_ip: IpCounts::default(),
@@ -419,18 +405,6 @@ impl IpCounts {
             *n = n.saturating_sub(1);
             *n == 0
         });
-    }
-}
-
-/// What the per-IP caps count by: the address, but an IPv6 peer by its /64
-/// (one host gets a whole /64; counting single addresses would not cap it).
-pub(crate) fn ip_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
-        },
     }
 }
 

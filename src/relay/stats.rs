@@ -231,6 +231,52 @@ impl Refusal {
         Refusal::Backplane,
     ];
 
+    /// The HTTP status a refusal of this kind is answered with (a few
+    /// bad requests answer a more precise one: see `Refused::with_status`).
+    pub(crate) fn status(self) -> u16 {
+        match self {
+            Refusal::BadName | Refusal::BadRequest | Refusal::TlsPlaintext => 400,
+            Refusal::TlsFailed => 400,
+            Refusal::TokenMissing | Refusal::TokenInvalid | Refusal::TokenExpired => 401,
+            Refusal::TokenForbidden | Refusal::OriginForbidden => 403,
+            Refusal::HandshakeTimeout | Refusal::TlsTimeout => 408,
+            Refusal::SourceTaken => 409,
+            Refusal::ReceiverLimit
+            | Refusal::ChannelLimit
+            | Refusal::ConnectionLimit
+            | Refusal::ShuttingDown
+            | Refusal::PerIpLimit
+            | Refusal::ChannelsPerIpLimit
+            | Refusal::Backplane => 503,
+        }
+    }
+
+    /// What a client refused this way is told, when nothing more precise
+    /// is known.
+    pub(crate) fn text(self) -> &'static str {
+        match self {
+            Refusal::BadName => "invalid channel name",
+            Refusal::BadRequest => "bad request",
+            Refusal::SourceTaken => "channel already has a source",
+            Refusal::ReceiverLimit => "receiver limit reached on this channel",
+            Refusal::ChannelLimit => "channel limit reached",
+            Refusal::ConnectionLimit => "connection limit reached",
+            Refusal::HandshakeTimeout => "handshake timed out",
+            Refusal::ShuttingDown => "relay shutting down",
+            Refusal::PerIpLimit => "connection limit for your address reached",
+            Refusal::ChannelsPerIpLimit => "channel limit for your address reached",
+            Refusal::TokenMissing => "token required",
+            Refusal::TokenInvalid => "invalid token",
+            Refusal::TokenExpired => "token expired",
+            Refusal::TokenForbidden => "token does not allow this",
+            Refusal::OriginForbidden => "origin not allowed",
+            Refusal::TlsPlaintext => "this port speaks TLS",
+            Refusal::TlsFailed => "TLS handshake failed",
+            Refusal::TlsTimeout => "TLS handshake timed out",
+            Refusal::Backplane => "cluster backplane unavailable",
+        }
+    }
+
     /// A short label for logs and metrics.
     pub fn label(self) -> &'static str {
         match self {

@@ -40,13 +40,28 @@ use roster::Roster;
 use tokio::sync::mpsc;
 
 pub(crate) use fanout::{Fanout, PublishError};
-pub(crate) use resume::{Rejoin, RingPool};
+pub(crate) use resume::RingPool;
 
 use crate::relay::budget::Budgets;
 use crate::relay::cache::{CacheWriter, CatchUp};
 use crate::relay::peer::Peer;
 use crate::relay::sse::SseHub;
 use crate::relay::stats::Traffic;
+
+/// Where a channel's accepted frames go besides its receivers: the
+/// cluster's uplink while the source is on this node. The channel only
+/// pushes; what happens to the frame is the implementor's business.
+pub(crate) trait Forward: Send + Sync + std::fmt::Debug {
+    /// Takes a frame the channel accepted (called under the channel's
+    /// cache-writer lock, in sequence order; must not block).
+    fn push(&self, msg: &bitstream_wire::reader::WireMessage);
+}
+
+impl<T: Forward> Forward for Arc<T> {
+    fn push(&self, msg: &bitstream_wire::reader::WireMessage) {
+        T::push(self, msg);
+    }
+}
 
 /// A channel. See the module docs.
 #[derive(Debug)]
@@ -75,7 +90,7 @@ pub(crate) struct Channel {
     source: ArcSwapOption<Peer>,
     /// Cluster mode, while the source is on this node: where its frames
     /// go to the other nodes (fed under the cache-writer lock).
-    pub(crate) uplink: ArcSwapOption<crate::relay::cluster::uplink::Uplink>,
+    pub(crate) uplink: ArcSwapOption<Box<dyn Forward>>,
     membership: Mutex<()>,
     seq: AtomicU64,
     /// Per shard, where the flush of deferred frames stands (see [`lap`]).

@@ -245,17 +245,6 @@ impl Ring {
     }
 }
 
-/// What a joining receiver asked for (`?epoch`, `?epoch=E&resume=SEQ`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Rejoin {
-    /// Send a [`protocol::stream_mark`] before the catch-up or the resumed
-    /// frames (the receiver asked with `epoch`).
-    pub(crate) marks: bool,
-    /// The last frame it had: its stream's epoch (`None`: a bare
-    /// `resume=SEQ`, which names no stream) and its header seq.
-    pub(crate) point: Option<(Option<u64>, u16)>,
-}
-
 /// How far apart two streams' channel sequences start (at least), so that
 /// an SSE id of one stream is never taken for one of another.
 const EPOCH_STRIDE: u64 = 1 << 32;

@@ -25,9 +25,9 @@ use super::follower::{Follower, FrameAction, HeartbeatAction};
 use super::fragment::{Head, Kind, Reassembler};
 use super::{catchup_subject, frames_subject, Cluster};
 use crate::relay::budget::Budget;
+use crate::relay::bulk::Bulk;
 use crate::relay::channel::Channel;
 use crate::relay::clock::now_ms;
-use crate::relay::state::Relay;
 
 /// A followed channel, in [`Cluster::downlinks`].
 #[derive(Debug)]
@@ -60,7 +60,10 @@ struct CatchUp {
 /// A followed channel's state in its task: the channel, the reassembly of
 /// its frames and the [`Follower`] that decides what to do with them.
 struct Link {
-    relay: Arc<Relay>,
+    /// The lane that checks large frames before they go out.
+    bulk: Arc<Bulk>,
+    /// What fetched catch-ups are charged to.
+    memory: Arc<Budget>,
     channel: Arc<Channel>,
     /// Where [`Cluster::source_node`] reads the source's node.
     source_node: Arc<Mutex<Option<String>>>,
@@ -82,8 +85,15 @@ impl Link {
 const TICK: Duration = Duration::from_millis(250);
 
 impl Cluster {
-    /// Makes sure this node follows `channel` (a receiver just joined it).
-    pub(crate) fn want(self: &Arc<Self>, relay: &Arc<Relay>, channel: &Arc<Channel>) {
+    /// Makes sure this node follows `channel` (a receiver just joined it);
+    /// its frames are reassembled within `memory` and the large ones
+    /// checked on the `bulk` lane.
+    pub(crate) fn want(
+        self: &Arc<Self>,
+        channel: &Arc<Channel>,
+        memory: &Arc<Budget>,
+        bulk: &Arc<Bulk>,
+    ) {
         let mut spawn = None;
         self.downlinks
             .entry(channel.name.clone())
@@ -95,8 +105,9 @@ impl Cluster {
             })
             .or_insert_with(|| self.entry(channel, &mut spawn));
         if let Some((id, node)) = spawn {
-            let (me, relay, ch) = (self.clone(), relay.clone(), channel.clone());
-            tokio::spawn(async move { me.follow(relay, ch, id, node).await });
+            let lanes = (memory.clone(), bulk.clone());
+            let (me, ch) = (self.clone(), channel.clone());
+            tokio::spawn(async move { me.follow(lanes, ch, id, node).await });
         }
     }
 
@@ -146,7 +157,7 @@ impl Cluster {
     /// docs): the I/O around a [`Follower`], which decides.
     async fn follow(
         self: Arc<Self>,
-        relay: Arc<Relay>,
+        (memory, bulk): (Arc<Budget>, Arc<Bulk>),
         channel: Arc<Channel>,
         id: u64,
         source_node: Arc<Mutex<Option<String>>>,
@@ -157,11 +168,11 @@ impl Cluster {
         self.barrier().await;
         tracing::debug!(channel = %channel.name, node = %self.node, "following channel");
         let timeout_ms = self.timeout.as_millis() as u64;
-        let memory = relay.budgets.memory.clone();
         let mut link = Link {
-            reasm: Reassembler::new(self.max_message, timeout_ms, memory),
+            reasm: Reassembler::new(self.max_message, timeout_ms, memory.clone()),
             follower: Follower::new(),
-            relay,
+            bulk,
+            memory,
             channel,
             source_node,
         };
@@ -219,16 +230,13 @@ impl Cluster {
     /// receivers hold with it: picture, chain and signal.
     async fn catch_up(&self, link: &mut Link) {
         self.stats.catchup_fetches.inc();
-        match self
-            .fetch(&link.channel.name, &link.relay.budgets.memory)
-            .await
-        {
+        match self.fetch(&link.channel.name, &link.memory).await {
             Ok(c) => {
                 // `clear_cache` begins a new stream for local receivers,
                 // named as on the source's node (see `Channel::clear_cache`).
                 link.channel.clear_cache(Some(c.epoch));
                 for f in &c.frames {
-                    if let Err(e) = link.channel.publish(f, &link.relay.bulk, false).await {
+                    if let Err(e) = link.channel.publish(f, &link.bulk, false).await {
                         tracing::warn!(channel = %link.channel.name, error = %e, "catch-up frame refused");
                     }
                 }
@@ -305,11 +313,7 @@ impl Cluster {
             FrameAction::Skip | FrameAction::Fetch => return,
         }
         self.stats.frames_in.inc();
-        if let Err(e) = link
-            .channel
-            .publish(&whole.msg, &link.relay.bulk, false)
-            .await
-        {
+        if let Err(e) = link.channel.publish(&whole.msg, &link.bulk, false).await {
             tracing::warn!(channel = %link.channel.name, error = %e, "frame from the cluster refused");
         }
     }

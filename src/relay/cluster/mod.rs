@@ -368,17 +368,11 @@ impl Cluster {
         self.client.server_info().max_payload.max(4096)
     }
 
-    /// The cluster's counters, as `relay_cluster_*`.
-    pub(crate) fn register_metrics(&self, reg: &mut prometheus_client::registry::Registry) {
-        use crate::relay::metrics::{counter, gauge};
+    /// The cluster's counters (name, help, value), which `/metrics`
+    /// exports as `relay_cluster_*`.
+    pub(crate) fn counters(&self) -> impl Iterator<Item = (&'static str, &'static str, u64)> + '_ {
         let s = &self.stats;
-        gauge(
-            reg,
-            "backplane_connected",
-            "1 while the NATS backplane is connected",
-            u64::from(self.backplane() == Backplane::Connected),
-        );
-        for (name, help, c) in [
+        [
             ("messages_out", "NATS messages published", &s.msgs_out),
             ("bytes_out", "Bytes published to NATS", &s.bytes_out),
             (
@@ -463,9 +457,9 @@ impl Cluster {
                 "Source claims that could not be renewed or were lost",
                 &s.lease_lost,
             ),
-        ] {
-            counter(reg, name, help, c.get());
-        }
+        ]
+        .into_iter()
+        .map(|(name, help, c)| (name, help, c.get()))
     }
 
     /// The `backplane` object of `/healthz`.

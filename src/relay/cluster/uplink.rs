@@ -35,7 +35,7 @@ use tokio::task::JoinHandle;
 use super::claim::Claim;
 use super::fragment::{split, Head, Kind};
 use super::{catchup_subject, frames_subject, input_subject, Cluster, ClusterStats};
-use crate::relay::channel::Channel;
+use crate::relay::channel::{Channel, Forward};
 
 /// A channel's link to the cluster while its source is on this node.
 #[derive(Debug)]
@@ -51,10 +51,10 @@ pub(crate) struct Uplink {
     stats: Arc<ClusterStats>,
 }
 
-impl Uplink {
+impl Forward for Uplink {
     /// Numbers a frame the channel accepted and queues it for NATS (called
     /// under the channel's cache-writer lock).
-    pub(crate) fn push(&self, msg: &WireMessage) {
+    fn push(&self, msg: &WireMessage) {
         let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
         if !self.live.load(Ordering::Relaxed) {
             self.skipped.fetch_max(seq, Ordering::SeqCst);
@@ -69,7 +69,9 @@ impl Uplink {
         self.queued.fetch_add(len, Ordering::Relaxed);
         let _ = self.tx.send((seq, msg.payload_bytes()));
     }
+}
 
+impl Uplink {
     /// The number of the last frame pushed.
     pub(crate) fn last_seq(&self) -> u64 {
         self.seq.load(Ordering::SeqCst)
@@ -151,7 +153,7 @@ impl Cluster {
             tasks.push(tokio::spawn(me.take_inputs(ch, sub)));
         }
         self.barrier().await;
-        channel.uplink.store(Some(uplink));
+        channel.uplink.store(Some(Arc::new(Box::new(uplink))));
         UplinkGuard {
             channel: channel.clone(),
             tasks,

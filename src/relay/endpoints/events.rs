@@ -26,7 +26,8 @@ use bytes::Bytes;
 use serde_json::json;
 use tokio::time::{sleep_until, Instant};
 
-use crate::relay::admission::Refused;
+use super::reply::Refused;
+use super::PageCache;
 use crate::relay::auth;
 use crate::relay::budget::charged;
 use crate::relay::channel::Channel;
@@ -173,11 +174,7 @@ pub(super) async fn signal(
 ) -> Result<(), Refused> {
     let cfg = &relay.config;
     if relay.is_draining() {
-        return Err(Refused::new(
-            Refusal::ShuttingDown,
-            503,
-            "relay shutting down",
-        ));
+        return Err(Refused::new(Refusal::ShuttingDown, "relay shutting down"));
     }
     // Admission checked the token; its expiry ends the stream.
     let expires = match &relay.auth {
@@ -187,13 +184,7 @@ pub(super) async fn signal(
         }
         None => None,
     };
-    let channel = relay.attach(name, client).map_err(|why| {
-        let text = match why {
-            Refusal::ChannelsPerIpLimit => "channel limit for your address reached",
-            _ => "channel limit reached",
-        };
-        Refused::new(why, 503, text)
-    })?;
+    let channel = relay.attach(name, client).map_err(Refused::from)?;
     let attached = Attached { relay, channel };
     let channel = &attached.channel;
     // SSE clients count with the channel's WebSocket receivers.
@@ -204,7 +195,6 @@ pub(super) async fn signal(
     {
         return Err(Refused::new(
             Refusal::ReceiverLimit,
-            503,
             "receiver limit reached on this channel",
         ));
     }
@@ -360,7 +350,7 @@ fn stats_event(relay: &Relay) -> Bytes {
 /// them). A dashboard that cannot take one within `--slow-timeout-ms` is
 /// closed; one that is merely slow gets the latest snapshot when it is
 /// ready again (snapshots are not queued).
-pub(super) async fn stats(relay: &Arc<Relay>, stream: &Conn, cors: &str) {
+pub(super) async fn stats(relay: &Arc<Relay>, page: &PageCache, stream: &Conn, cors: &str) {
     let head = [Bytes::from(stream_head(cors))];
     if let Err(end) = write(relay, stream, &head).await {
         tracing::debug!(?end, "stats stream ended");
@@ -378,9 +368,7 @@ pub(super) async fn stats(relay: &Arc<Relay>, stream: &Conn, cors: &str) {
             _ = shutting_down(&mut shutdown) => break End::Shutdown,
         }
         let mut out = Outgoing::new(&relay.budgets.memory);
-        out.shared([relay
-            .stats_page
-            .get_or_render(now_ms(), || stats_event(relay))]);
+        out.shared([page.get_or_render(now_ms(), || stats_event(relay))]);
         if let Err(end) = write(relay, stream, out.pieces()).await {
             break end;
         }

@@ -12,55 +12,20 @@
 //! `Content-Length`, or one beside a `Transfer-Encoding`, never gets here:
 //! the head is refused `400` (see `bitstream_wire::handshake::parse_request`).
 
-use std::collections::HashMap;
 use std::io;
-use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
-use bitstream_wire::handshake::Request;
 use bitstream_wire::protocol;
 use bitstream_wire::reader::WireMessage;
 use bitstream_wire::ws;
 use thiserror::Error;
 
-use super::reply;
+use super::reply::reply;
+use super::Asked;
 use crate::relay::conn::Conn;
-use crate::relay::ratelimit::{TokenBucket, Verdict};
-use crate::relay::state::{ip_key, Relay};
-
-/// Buckets idle this long are forgotten when the map is pruned (by then a
-/// bucket is full again, so forgetting it changes nothing).
-const IDLE: Duration = Duration::from_secs(60);
-
-/// Buckets at which the map is pruned of idle ones.
-const PRUNE_AT: usize = 4096;
-
-/// Per-address token buckets for `POST /input`.
-#[derive(Debug, Default)]
-pub(crate) struct InputBuckets {
-    buckets: Mutex<HashMap<IpAddr, TokenBucket>>,
-    last_prune: Mutex<Option<Instant>>,
-}
-
-impl InputBuckets {
-    /// Takes a token for one input from `ip` at `now`: true if allowed.
-    fn take(&self, ip: IpAddr, rate: u64, burst: u64, now: Instant) -> bool {
-        let mut map = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() >= PRUNE_AT {
-            let mut last = self.last_prune.lock().unwrap_or_else(|e| e.into_inner());
-            if last.is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1)) {
-                map.retain(|_, b| now.saturating_duration_since(b.last_used()) < IDLE);
-                *last = Some(now);
-            }
-        }
-        let bucket = map
-            .entry(ip_key(ip))
-            .or_insert_with(|| TokenBucket::new(rate, burst, now));
-        // No flood closing: there is no connection to close.
-        bucket.take(now, u64::MAX) == Verdict::Allow
-    }
-}
+use crate::relay::ratelimit::InputBuckets;
+use crate::relay::state::Relay;
 
 /// Why an input was not delivered, and its status.
 #[derive(Debug, Error)]
@@ -101,14 +66,14 @@ impl InputError {
 /// Serves one `POST /input/{name}` (token and origin already checked).
 pub(super) async fn serve(
     relay: &Arc<Relay>,
+    buckets: &InputBuckets,
     stream: &Conn,
-    req: &Request,
+    asked: Asked<'_>,
     name: &str,
     rest: Vec<u8>,
-    client: IpAddr,
-    cors: &str,
 ) {
-    let (status, text) = match deliver(relay, stream, req, name, rest, client).await {
+    let Asked { client, cors, .. } = asked;
+    let (status, text) = match deliver(relay, buckets, stream, asked, name, rest).await {
         Ok(()) => (202, "accepted".to_owned()),
         Err(InputError::Io(_)) => return,
         Err(e) => {
@@ -128,11 +93,11 @@ pub(super) async fn serve(
 
 async fn deliver(
     relay: &Relay,
+    buckets: &InputBuckets,
     stream: &Conn,
-    req: &Request,
+    Asked { req, client, .. }: Asked<'_>,
     name: &str,
     rest: Vec<u8>,
-    client: IpAddr,
 ) -> Result<(), InputError> {
     let cfg = &relay.config;
     if req.transfer_encoding.is_some() {
@@ -149,10 +114,7 @@ async fn deliver(
         .await
         .map_err(|_| InputError::Timeout)??;
     let ch = relay.channels.get(name).map(|c| c.clone());
-    if !relay
-        .http_inputs
-        .take(client, cfg.input_rate, cfg.input_burst, Instant::now())
-    {
+    if !buckets.take(client, cfg.input_rate, cfg.input_burst, Instant::now()) {
         if let Some(ch) = &ch {
             ch.traffic.dropped.inc();
         }
@@ -192,22 +154,4 @@ async fn read_body(stream: &Conn, mut body: Vec<u8>, len: usize) -> Result<Vec<u
         }
     }
     Ok(body)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn buckets_are_per_address() {
-        let b = InputBuckets::default();
-        let now = Instant::now();
-        let a: IpAddr = [10, 0, 0, 1].into();
-        let c: IpAddr = [10, 0, 0, 2].into();
-        assert!(b.take(a, 1, 2, now));
-        assert!(b.take(a, 1, 2, now));
-        assert!(!b.take(a, 1, 2, now));
-        assert!(b.take(c, 1, 2, now));
-        assert!(b.take(a, 1, 2, now + Duration::from_secs(1)));
-    }
 }

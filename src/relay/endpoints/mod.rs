@@ -12,27 +12,82 @@
 
 pub(crate) mod events;
 pub(crate) mod input;
+pub(crate) mod reply;
 pub(crate) mod turn;
 
 use std::net::IpAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
 
 use bitstream_wire::handshake::Request;
+use bytes::Bytes;
 
-use crate::relay::admission::{origin_allowed, reason, Refused};
+use self::reply::Refused;
 use crate::relay::conn::Conn;
-use crate::relay::handshake::{self, Route};
+use crate::relay::handshake::Route;
+use crate::relay::ratelimit::InputBuckets;
 use crate::relay::state::Relay;
-use crate::relay::stats::Refusal;
+use crate::relay::turn::Turn;
 
-/// How long a short answer may take to write.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+/// What the plain-HTTP side keeps between requests, beside the relay's
+/// channel state: rendered pages, the input rate limits, TURN's secret.
+/// The server owns it and hands it to every connection's admission.
+#[derive(Debug, Default)]
+pub(crate) struct Http {
+    /// `GET /channels`, rendered at most once a second.
+    pub(crate) channels_page: PageCache,
+    /// The `/stats/events` snapshot, rendered at most once a second.
+    pub(crate) stats_page: PageCache,
+    /// Token buckets of `POST /input`, per client address.
+    pub(crate) inputs: InputBuckets,
+    /// `GET /turn`'s secret and servers, when configured.
+    pub(crate) turn: Option<Turn>,
+}
+
+/// An endpoint's request: its head, the client it stands for (a trusted
+/// proxy's forwarded client) and the CORS header lines its answers carry.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Asked<'a> {
+    /// The request head.
+    pub(crate) req: &'a Request,
+    /// The client's address.
+    pub(crate) client: IpAddr,
+    /// CORS header lines (see [`reply::cors`]).
+    pub(crate) cors: &'a str,
+}
+
+/// How long a rendered page is served before it is rendered again.
+const PAGE_TTL_MS: u64 = 1000;
+
+/// A page rendered at most once per [`PAGE_TTL_MS`]: rendering walks every
+/// channel, which at many thousands of channels takes milliseconds, and a
+/// client polling it must not make the relay do that work per request.
+/// Concurrent requests wait for one rendering.
+#[derive(Debug, Default)]
+pub(crate) struct PageCache {
+    page: Mutex<Option<(u64, Bytes)>>,
+}
+
+impl PageCache {
+    /// The page rendered at most [`PAGE_TTL_MS`] before `now`, rendering
+    /// it with `render` if there is none.
+    pub(crate) fn get_or_render(&self, now: u64, render: impl FnOnce() -> Bytes) -> Bytes {
+        let mut page = self.page.lock().unwrap_or_else(|e| e.into_inner());
+        match page.as_ref() {
+            Some((at, body)) if now.saturating_sub(*at) < PAGE_TTL_MS => body.clone(),
+            _ => {
+                let body = render();
+                *page = Some((now, body.clone()));
+                body
+            }
+        }
+    }
+}
 
 /// Serves `req` if it is for one of these endpoints: `Ok(true)` when it
 /// was answered, `Ok(false)` when it is not theirs, or the refusal.
 pub(crate) async fn serve(
     relay: &Arc<Relay>,
+    http: &Http,
     stream: &Conn,
     req: &Request,
     route: &Route,
@@ -44,12 +99,12 @@ pub(crate) async fn serve(
         Route::Other(p) if p == "/stats/events" || p == "/turn" => route,
         _ => return Ok(false),
     };
-    let cors = cors(relay, req)?;
+    let cors = reply::cors(&relay.config.allowed_origins, req)?;
     if req.method == "OPTIONS" {
         let head = format!(
             "Access-Control-Allow-Methods: GET, POST, OPTIONS\r\nAccess-Control-Allow-Headers: Authorization, Content-Type, Last-Event-ID\r\nAccess-Control-Max-Age: 600\r\n{cors}"
         );
-        reply(stream, 204, "text/plain", &head, b"").await;
+        reply::reply(stream, 204, "text/plain", &head, b"").await;
         return Ok(true);
     }
     let method = if matches!(kind, Route::Input(_)) {
@@ -59,58 +114,25 @@ pub(crate) async fn serve(
     };
     if req.method != method {
         let head = format!("Allow: {method}, OPTIONS\r\n{cors}");
-        reply(stream, 405, "text/plain", &head, b"method not allowed\n").await;
+        reply::reply(stream, 405, "text/plain", &head, b"method not allowed\n").await;
         return Ok(true);
     }
     match kind {
         Route::Events(name) => events::signal(relay, stream, req, name, client, &cors).await?,
-        Route::Input(name) => input::serve(relay, stream, req, name, rest, client, &cors).await,
-        Route::Other(p) if p == "/turn" => turn::serve(relay, stream, req, &cors).await?,
-        _ => events::stats(relay, stream, &cors).await,
+        Route::Input(name) => {
+            let asked = Asked {
+                req,
+                client,
+                cors: &cors,
+            };
+            input::serve(relay, &http.inputs, stream, asked, name, rest).await
+        }
+        Route::Other(p) if p == "/turn" => {
+            turn::serve(relay, http.turn.as_ref(), stream, req, &cors).await?
+        }
+        _ => events::stats(relay, &http.stats_page, stream, &cors).await,
     }
     Ok(true)
-}
-
-/// The CORS header line for `req` (empty if it has no `Origin`), or a
-/// `403` if its origin is not allowed.
-fn cors(relay: &Relay, req: &Request) -> Result<String, Refused> {
-    let allowed = &relay.config.allowed_origins;
-    if !origin_allowed(allowed, req.origin.as_deref()) {
-        return Err(Refused::new(
-            Refusal::OriginForbidden,
-            403,
-            "origin not allowed",
-        ));
-    }
-    Ok(match req.origin.as_deref() {
-        _ if allowed.is_empty() => "Access-Control-Allow-Origin: *\r\n".to_owned(),
-        // Allowed, so one of the listed origins: no CR/LF in it.
-        Some(o) if !o.contains(['\r', '\n']) => {
-            format!("Access-Control-Allow-Origin: {o}\r\nVary: Origin\r\n")
-        }
-        _ => String::new(),
-    })
-}
-
-/// A complete response: `status`, extra header lines `head` (each ending
-/// in CRLF) and `body`.
-fn response(status: u16, content_type: &str, head: &str, body: &[u8]) -> Vec<u8> {
-    let mut out = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n{head}\r\n",
-        reason(status),
-        body.len()
-    )
-    .into_bytes();
-    out.extend_from_slice(body);
-    out
-}
-
-/// Writes a complete response within [`ANSWER_TIMEOUT`] and ends the
-/// connection's TLS session, if any.
-async fn reply(stream: &Conn, status: u16, content_type: &str, head: &str, body: &[u8]) {
-    let resp = response(status, content_type, head, body);
-    let _ = tokio::time::timeout(ANSWER_TIMEOUT, handshake::write_all(stream, &resp)).await;
-    stream.close_notify();
 }
 
 #[cfg(test)]
@@ -119,10 +141,26 @@ mod tests {
 
     #[test]
     fn responses_carry_length_and_extra_headers() {
-        let r = response(202, "text/plain", "X-A: b\r\n", b"ok\n");
+        let r = reply::response(202, "text/plain", "X-A: b\r\n", b"ok\n");
         let text = String::from_utf8(r).unwrap();
         assert!(text.starts_with("HTTP/1.1 202 Accepted\r\n"));
         assert!(text.contains("Content-Length: 3\r\n"));
         assert!(text.ends_with("X-A: b\r\n\r\nok\n"));
+    }
+
+    #[test]
+    fn a_page_is_rendered_once_per_interval() {
+        let cache = PageCache::default();
+        let mut renders = 0;
+        for now in [1000, 1500, 1999] {
+            let body = cache.get_or_render(now, || {
+                renders += 1;
+                Bytes::from_static(b"a")
+            });
+            assert_eq!(&body[..], b"a");
+        }
+        assert_eq!(renders, 1);
+        let body = cache.get_or_render(2000, || Bytes::from_static(b"b"));
+        assert_eq!(&body[..], b"b", "rendered anew after the interval");
     }
 }
