@@ -20,12 +20,12 @@ use bytes::Bytes;
 use tokio::net::TcpStream;
 use tokio::runtime::Runtime;
 
-use crate::relay::budget::{Budget, Budgets};
+use crate::relay::channel::peer::Peer;
 use crate::relay::channel::{Channel, Fanout, RingPool};
-use crate::relay::conn::Conn;
 use crate::relay::egress::{Egress, Outcome};
-use crate::relay::handshake::{rejoin_of, route};
-use crate::relay::peer::Peer;
+use crate::relay::net::conn::Conn;
+use crate::relay::net::handshake::{rejoin_of, route};
+use crate::relay::resources::budget::{Budget, Budgets};
 use crate::wire::handshake::{parse_request, upgrade_response};
 use crate::wire::reader::WireMessage;
 use crate::EgressMode;

@@ -15,21 +15,23 @@ use bitstream_wire::ws;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use crate::relay::auth::{self, Grant};
+use crate::relay::access::auth::{self, Grant};
 use crate::relay::channel::{Channel, Fanout, RingPool};
-use crate::relay::clock::now_ms;
 use crate::relay::cluster::claim::ClaimError;
 use crate::relay::cluster::uplink::UplinkGuard;
 use crate::relay::config::EgressMode;
-use crate::relay::conn::Conn;
 use crate::relay::egress::Egress;
-use crate::relay::endpoints::reply::{answer, origin_allowed, Refused, ANSWER_TIMEOUT};
-use crate::relay::endpoints::Http;
-use crate::relay::handshake::{self, Rejoin, RequestError, Route, DEFAULT_CHANNEL};
-use crate::relay::peer::{Peer, Role};
+use crate::relay::http::reply::{answer, origin_allowed, Refused, ANSWER_TIMEOUT};
+use crate::relay::net::conn::Conn;
+use crate::relay::resources::clock::now_ms;
+
+use crate::relay::channel::peer::{Peer, Role};
+use crate::relay::http::{self, pages, HttpState};
+use crate::relay::net::handshake::{self, Rejoin, RequestError, Route, DEFAULT_CHANNEL};
+use crate::relay::net::proxy;
+use crate::relay::resources::stats::{Counter, Refusal};
+use crate::relay::session;
 use crate::relay::state::Relay;
-use crate::relay::stats::{Counter, Refusal};
-use crate::relay::{endpoints, http as pages, proxy, session};
 
 /// Serves one connection up to its session: plain HTTP is answered here,
 /// a WebSocket peer admitted to its channel comes back as [`Admitted`] for
@@ -37,12 +39,12 @@ use crate::relay::{endpoints, http as pages, proxy, session};
 /// head, the refusals) are needed only until the session starts.
 pub(crate) async fn handle(
     relay: &Arc<Relay>,
-    http: &Http,
+    http_state: &HttpState,
     stream: Conn,
     addr: SocketAddr,
 ) -> Option<Admitted> {
     let mut client = addr.ip();
-    match serve(relay, http, &stream, addr, &mut client).await {
+    match serve(relay, http_state, &stream, addr, &mut client).await {
         Ok(admitted) => admitted,
         Err(r) => {
             relay.connections.refuse(r.why);
@@ -155,7 +157,7 @@ fn gauge(relay: &Relay, role: Role) -> &Counter {
 /// stands for (a trusted proxy's forwarded client).
 async fn serve(
     relay: &Arc<Relay>,
-    http: &Http,
+    http_state: &HttpState,
     stream: &Conn,
     addr: SocketAddr,
     client: &mut IpAddr,
@@ -188,14 +190,14 @@ async fn serve(
         authorize_http(relay, &req, &route)?;
         // Boxed: an SSE stream's state is large, and inline it would be part
         // of every WebSocket connection's future too.
-        if Box::pin(endpoints::serve(
-            relay, http, stream, &req, &route, rest, *client,
+        if Box::pin(http::serve(
+            relay, http_state, stream, &req, &route, rest, *client,
         ))
         .await?
         {
             return Ok(None);
         }
-        let resp = pages::respond(relay, http, &req, &route);
+        let resp = pages::respond(relay, http_state, &req, &route);
         let write = tokio::time::timeout(ANSWER_TIMEOUT, handshake::write_all(stream, &resp));
         let _ = Box::pin(write).await;
         stream.close_notify();

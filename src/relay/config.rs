@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
-use crate::relay::proxy::Cidr;
+use crate::relay::net::proxy::Cidr;
 
 /// How frames reach a receiver's socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]

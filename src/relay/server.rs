@@ -10,17 +10,19 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::relay::auth::{AuthError, Verifier};
+use crate::relay::access::auth::{AuthError, Verifier};
+use crate::relay::access::turn::{Turn, TurnError};
+use crate::relay::admission;
 use crate::relay::cluster::{Cluster, ClusterError};
 use crate::relay::config::Config;
-use crate::relay::conn::Conn;
-use crate::relay::endpoints::{reply, Http};
-use crate::relay::handshake;
+use crate::relay::http::{reply, HttpState};
+use crate::relay::net::conn::Conn;
+use crate::relay::net::handshake;
+use crate::relay::net::proxy;
+use crate::relay::net::tls::{self, Tls, TlsError};
+use crate::relay::resources::stats::Refusal;
+use crate::relay::state::gc;
 use crate::relay::state::{shutting_down, Relay};
-use crate::relay::stats::Refusal;
-use crate::relay::tls::{self, Tls, TlsError};
-use crate::relay::turn::{Turn, TurnError};
-use crate::relay::{admission, gc, proxy};
 
 /// Why the relay could not start.
 #[derive(Debug, Error)]
@@ -54,7 +56,7 @@ pub enum StartError {
 pub struct Server {
     relay: Arc<Relay>,
     /// What the plain-HTTP endpoints keep between requests.
-    http: Arc<Http>,
+    http_state: Arc<HttpState>,
     local_addr: SocketAddr,
     listener: TcpListener,
 }
@@ -81,16 +83,16 @@ impl Server {
             .local_addr()
             .map_err(|source| StartError::Listen { addr, source })?;
         let relay = Relay::with(config, auth, tls).map_err(StartError::Runtime)?;
-        let http = Arc::new(Http {
+        let http_state = Arc::new(HttpState {
             turn,
-            ..Http::default()
+            ..HttpState::default()
         });
         if let Some(cluster) = cluster {
             let _ = relay.cluster.set(cluster);
         }
         Ok(Self {
             relay,
-            http,
+            http_state,
             local_addr,
             listener,
         })
@@ -129,7 +131,7 @@ impl Server {
             tokio::spawn(log_stats(relay.clone()));
         }
         tracing::info!(addr = %self.local_addr, tls = relay.tls.is_some(), "relay listening");
-        let accept = tokio::spawn(accept_loop(self.listener, relay.clone(), self.http));
+        let accept = tokio::spawn(accept_loop(self.listener, relay.clone(), self.http_state));
         shutting_down(&mut relay.shutdown_signal()).await;
         let deadline = tokio::time::Instant::now()
             + relay.config.shutdown_grace()
@@ -153,10 +155,10 @@ impl Server {
 
 /// Accepts connections until the task is dropped. While the relay drains
 /// at shutdown it keeps answering: health says 503, upgrades are refused.
-async fn accept_loop(listener: TcpListener, relay: Arc<Relay>, http: Arc<Http>) {
+async fn accept_loop(listener: TcpListener, relay: Arc<Relay>, http_state: Arc<HttpState>) {
     loop {
         match listener.accept().await {
-            Ok((stream, addr)) => accept(&relay, &http, stream, addr),
+            Ok((stream, addr)) => accept(&relay, &http_state, stream, addr),
             Err(e) => {
                 // Typically EMFILE: back off instead of spinning.
                 tracing::warn!(error = %e, "accept failed");
@@ -223,7 +225,7 @@ fn set_notsent_lowat(stream: &TcpStream, bytes: u32) {
 #[cfg(not(target_os = "linux"))]
 fn set_notsent_lowat(_: &TcpStream, _: u32) {}
 
-fn accept(relay: &Arc<Relay>, http: &Arc<Http>, stream: TcpStream, addr: SocketAddr) {
+fn accept(relay: &Arc<Relay>, http_state: &Arc<HttpState>, stream: TcpStream, addr: SocketAddr) {
     relay.connections.accepted.inc();
     let _ = stream.set_nodelay(true);
     bound_kernel_buffers(&stream, &relay.config);
@@ -249,7 +251,7 @@ fn accept(relay: &Arc<Relay>, http: &Arc<Http>, stream: TcpStream, addr: SocketA
         relay: relay.clone(),
         ip: (!proxied).then_some(addr.ip()),
     };
-    let http = http.clone();
+    let http_state = http_state.clone();
     tokio::spawn(async move {
         let relay = &guard.relay.clone();
         let conn = match &relay.tls {
@@ -264,7 +266,7 @@ fn accept(relay: &Arc<Relay>, http: &Arc<Http>, stream: TcpStream, addr: SocketA
         // The session is a task of its own, holding the guard: this task's
         // state (the socket as accepted, the handshake) ends here, and only
         // the session's stays with the connection for its whole life.
-        if let Some(admitted) = Box::pin(admission::handle(relay, &http, conn, addr)).await {
+        if let Some(admitted) = Box::pin(admission::handle(relay, &http_state, conn, addr)).await {
             tokio::spawn(admitted.run(guard));
         }
     });

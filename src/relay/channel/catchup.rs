@@ -7,8 +7,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::{lock, Channel};
-use crate::relay::cache::{CacheWriter, CatchUp};
-use crate::relay::peer::Peer;
+use crate::relay::channel::cache::{CacheWriter, CatchUp};
+use crate::relay::channel::peer::Peer;
 
 impl Channel {
     /// Bytes of cached state (picture and signal): what the channel has

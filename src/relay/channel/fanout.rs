@@ -24,10 +24,10 @@ use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TryRecvError;
 
 use super::{lock, Channel};
-use crate::relay::budget::Level;
-use crate::relay::bulk::Bulk;
-use crate::relay::cache::CacheError;
+use crate::relay::channel::cache::CacheError;
 use crate::relay::egress::{send_batch, Live, Outcome, Write, BATCH, BATCH_MAX_BYTES, COPY_BELOW};
+use crate::relay::resources::budget::Level;
+use crate::relay::resources::bulk::Bulk;
 
 /// How a channel spreads its fan-out over cores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

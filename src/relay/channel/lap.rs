@@ -41,8 +41,8 @@ use std::sync::Arc;
 
 use super::roster::{Snapshot, BLOCK};
 use super::{lock, Channel};
+use crate::relay::channel::peer::Peer;
 use crate::relay::egress::{writev_batch, Flush, BATCH, BATCH_MAX_BYTES};
-use crate::relay::peer::Peer;
 
 /// Most frames an owner queues per lap (see the module docs): at most
 /// 8 × 64 KiB queued per receiver by a lap.

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use super::roster::Roster;
 use super::{lock, Channel};
-use crate::relay::peer::{Peer, Role};
-use crate::relay::stats::Refusal;
+use crate::relay::channel::peer::{Peer, Role};
+use crate::relay::resources::stats::Refusal;
 
 impl Channel {
     /// Counts a connection attaching (called under the map's shard lock).

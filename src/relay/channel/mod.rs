@@ -5,7 +5,9 @@
 //! to every receiver, sharded over cores), [`lap`] (big channels' writes, a
 //! block of receivers at a time) and [`routing`] (inputs to the
 //! source, signaling between peers); [`resume`] (the replay ring for
-//! `?resume=` reconnects).
+//! `?resume=` reconnects). Beside it, what a channel holds: its members as
+//! [`peer`]s, the catch-up [`cache`] and the [`sse_hub`] of its
+//! Server-Sent Events clients.
 //!
 //! Readers never lock: the receiver list, the source slot and the catch-up
 //! snapshot are all published through `ArcSwap`. Membership changes (join,
@@ -20,16 +22,19 @@
 //! frame exactly once: from the snapshot or live, never both, never neither.
 
 mod bench;
+pub(crate) mod cache;
 mod catchup;
 mod fanout;
 mod lap;
 mod membership;
 #[cfg(test)]
 mod model;
+pub(crate) mod peer;
 mod resume;
 mod roster;
 mod routing;
 mod sse;
+pub(crate) mod sse_hub;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -42,11 +47,11 @@ use tokio::sync::mpsc;
 pub(crate) use fanout::{Fanout, PublishError};
 pub(crate) use resume::RingPool;
 
-use crate::relay::budget::Budgets;
-use crate::relay::cache::{CacheWriter, CatchUp};
-use crate::relay::peer::Peer;
-use crate::relay::sse::SseHub;
-use crate::relay::stats::Traffic;
+use crate::relay::channel::cache::{CacheWriter, CatchUp};
+use crate::relay::channel::peer::Peer;
+use crate::relay::channel::sse_hub::SseHub;
+use crate::relay::resources::budget::Budgets;
+use crate::relay::resources::stats::Traffic;
 
 /// Where a channel's accepted frames go besides its receivers: the
 /// cluster's uplink while the source is on this node. The channel only

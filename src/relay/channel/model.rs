@@ -27,11 +27,11 @@ use bitstream_wire::ws;
 use proptest::prelude::*;
 
 use super::{Channel, Fanout, RingPool};
-use crate::relay::budget::{Budget, Budgets};
-use crate::relay::bulk::Bulk;
+use crate::relay::channel::peer::Peer;
 use crate::relay::config::EgressMode;
 use crate::relay::egress::Egress;
-use crate::relay::peer::Peer;
+use crate::relay::resources::budget::{Budget, Budgets};
+use crate::relay::resources::bulk::Bulk;
 
 const W: u16 = 4;
 const H: u16 = 2;

@@ -49,10 +49,10 @@ use bytes::Bytes;
 use crossbeam_utils::CachePadded;
 
 use super::{lock, Channel};
-use crate::relay::budget::{Budget, Level, LARGE};
-use crate::relay::cache::CacheWriter;
-use crate::relay::clock::random_u64;
-use crate::relay::peer::Peer;
+use crate::relay::channel::cache::CacheWriter;
+use crate::relay::channel::peer::Peer;
+use crate::relay::resources::budget::{Budget, Level, LARGE};
+use crate::relay::resources::clock::random_u64;
 
 /// What one ring entry costs beyond its frame's bytes (counted in the
 /// bound and, for small frames, in the memory charge).

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::relay::peer::Peer;
+use crate::relay::channel::peer::Peer;
 
 /// Most peers in one block.
 pub(crate) const BLOCK: usize = 256;
@@ -132,7 +132,7 @@ mod tests {
                         stream.clone(),
                         1024,
                         Default::default(),
-                        Arc::new(crate::relay::budget::Budget::new(usize::MAX)),
+                        Arc::new(crate::relay::resources::budget::Budget::new(usize::MAX)),
                     ),
                     marks: false,
                 })

@@ -4,8 +4,8 @@
 use bitstream_wire::reader::WireMessage;
 
 use super::Channel;
+use crate::relay::channel::peer::Peer;
 use crate::relay::egress::Outcome;
-use crate::relay::peer::Peer;
 
 impl Channel {
     /// Forwards a validated input to the source; dropped (and counted) if

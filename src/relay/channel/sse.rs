@@ -1,4 +1,4 @@
-//! The channel's side of Server-Sent Events (see [`crate::relay::sse`]):
+//! The channel's side of Server-Sent Events (see [`crate::relay::channel::sse_hub`]):
 //! signal messages published from where they are folded into the cached
 //! state, and subscriptions registered under the same lock, so a client's
 //! first `sync` and the live events after it neither overlap nor leave a
@@ -9,9 +9,9 @@ use bitstream_wire::reader::WireMessage;
 use bytes::Bytes;
 
 use super::{lock, Channel};
-use crate::relay::cache::CacheWriter;
-use crate::relay::clock::now_ms;
-use crate::relay::sse::{Outgoing, ReplayLimits, Start, Subscriber};
+use crate::relay::channel::cache::CacheWriter;
+use crate::relay::channel::sse_hub::{Outgoing, ReplayLimits, Start, Subscriber};
+use crate::relay::resources::clock::now_ms;
 
 use std::sync::Arc;
 

@@ -24,10 +24,10 @@ use tokio::time::Instant;
 use super::follower::{Follower, FrameAction, HeartbeatAction};
 use super::fragment::{Head, Kind, Reassembler};
 use super::{catchup_subject, frames_subject, Cluster};
-use crate::relay::budget::Budget;
-use crate::relay::bulk::Bulk;
 use crate::relay::channel::Channel;
-use crate::relay::clock::now_ms;
+use crate::relay::resources::budget::Budget;
+use crate::relay::resources::bulk::Bulk;
+use crate::relay::resources::clock::now_ms;
 
 /// A followed channel, in [`Cluster::downlinks`].
 #[derive(Debug)]

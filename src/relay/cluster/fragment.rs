@@ -20,7 +20,7 @@
 //! fragment arrives, before it is allocated; if the budget cannot take it
 //! the message is refused and counted (the receiving node sees a sequence
 //! gap and repairs it with a catch-up later). A complete message carries
-//! the charge on (see [`charged`](crate::relay::budget::charged)); a set
+//! the charge on (see [`charged`](crate::relay::resources::budget::charged)); a set
 //! dropped or timed out gives it back.
 
 use std::sync::Arc;
@@ -29,7 +29,7 @@ use bitstream_wire::reader::WireMessage;
 use bitstream_wire::ws;
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::relay::budget::{Budget, Hold, LARGE};
+use crate::relay::resources::budget::{Budget, Hold, LARGE};
 
 const MAGIC: u8 = 0xB5;
 const VERSION: u8 = 1;

@@ -44,7 +44,7 @@ use serde_json::{json, Value};
 use thiserror::Error;
 
 use crate::relay::config::Config;
-use crate::relay::stats::Counter;
+use crate::relay::resources::stats::Counter;
 
 /// The key-value bucket of source claims.
 pub(crate) const CLAIMS_BUCKET: &str = "bitstream_relay_sources";
@@ -188,7 +188,7 @@ fn redact(url: &str) -> String {
 /// A random id (16 hex digits): a node id by default, and every process's
 /// instance id.
 fn random_id() -> String {
-    format!("{:016x}", crate::relay::clock::random_u64())
+    format!("{:016x}", crate::relay::resources::clock::random_u64())
 }
 
 /// The subject token of a channel: its name, with `.` (a subject

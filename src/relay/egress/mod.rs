@@ -29,7 +29,7 @@
 //! The queue's own memory (small frames it copied or holds, and the cost of
 //! each queued chunk) is charged to the relay's memory budget; large frames
 //! carry their own charge. When the budget is nearly used (see
-//! [`crate::relay::budget`]), a receiver holding more than one frame queued
+//! [`crate::relay::resources::budget`]), a receiver holding more than one frame queued
 //! is skipped forward instead of queueing more (one still writing the
 //! previous frame is not behind, and frees nothing by being skipped).
 
@@ -47,9 +47,9 @@ pub(crate) use queue::{Drain, COPY_BELOW};
 use queue::{Queue, Verdict};
 pub(crate) use uring::{send_batch, writev_batch, BATCH, BATCH_MAX_BYTES};
 
-use crate::relay::budget::{Budget, Level};
 use crate::relay::config::EgressMode;
-use crate::relay::conn::Conn;
+use crate::relay::net::conn::Conn;
+use crate::relay::resources::budget::{Budget, Level};
 
 /// Most queued chunks handed to one `writev`.
 const MAX_IOV: usize = 64;

@@ -23,7 +23,7 @@ use std::collections::VecDeque;
 
 use bytes::{Buf, Bytes};
 
-use crate::relay::budget::LARGE;
+use crate::relay::resources::budget::LARGE;
 
 /// What a queued chunk costs beyond its bytes (its slot in the deque, the
 /// `Bytes` handle, the allocation header): charged against the bound, so a

@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::relay::conn::Conn;
+use crate::relay::channel::peer::Peer;
 use crate::relay::egress::Drain;
-use crate::relay::ingress::Ingress;
-use crate::relay::peer::Peer;
+use crate::relay::net::conn::Conn;
+use crate::relay::session::ingress::Ingress;
 
 /// How long a closing peer gets to take its close frame and answer it.
 const CLOSE_LINGER: Duration = Duration::from_millis(1000);

@@ -4,6 +4,7 @@
 //! input, keepalive timeout, slowness, input flood or shutdown.
 
 mod close;
+pub(crate) mod ingress;
 
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
@@ -20,14 +21,14 @@ use bytes::Bytes;
 use tokio::sync::futures::Notified;
 use tokio::time::{Instant, Sleep};
 
-use crate::relay::auth::CLOSE_TOKEN_EXPIRED;
+use crate::relay::access::auth::CLOSE_TOKEN_EXPIRED;
+use crate::relay::access::ratelimit::{TokenBucket, Verdict};
+use crate::relay::channel::peer::{Peer, Role};
 use crate::relay::channel::Channel;
 use crate::relay::channel::PublishError;
-use crate::relay::clock::now_ms;
 use crate::relay::egress::{Drain, Egress};
-use crate::relay::ingress::{Ingress, RecvError};
-use crate::relay::peer::{Peer, Role};
-use crate::relay::ratelimit::{TokenBucket, Verdict};
+use crate::relay::resources::clock::now_ms;
+use crate::relay::session::ingress::{Ingress, RecvError};
 use crate::relay::state::Relay;
 
 /// Close code for a receiver that cannot keep up (as Centrifugo uses).

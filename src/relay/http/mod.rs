@@ -1,9 +1,11 @@
-//! Plain HTTP endpoints that do more than answer from memory: they hold
-//! the connection open ([`events`]: a channel's signal state and the
-//! dashboard's stats as Server-Sent Events), read a request body
+//! Plain HTTP on the relay's port. Answers from memory ([`pages`]: health,
+//! `/channels`, [`metrics`], the [`web`] pages) and endpoints that do more:
+//! they hold the connection open ([`events`]: a channel's signal state and
+//! the dashboard's stats as Server-Sent Events), read a request body
 //! ([`input`]: `POST /input/{name}`), or need their own token rule
-//! ([`turn`]: TURN credentials). Admission has already read the head,
-//! routed it and checked the channel token where one applies.
+//! ([`turn`]: TURN credentials). [`reply`] is what every answer shares.
+//! Admission has already read the head, routed it and checked the channel
+//! token where one applies.
 //!
 //! CORS: these endpoints are meant for pages of other origins too. Without
 //! `--allowed-origins` every origin may use them (`Access-Control-Allow-Origin: *`);
@@ -12,8 +14,11 @@
 
 pub(crate) mod events;
 pub(crate) mod input;
+pub(crate) mod metrics;
+pub(crate) mod pages;
 pub(crate) mod reply;
 pub(crate) mod turn;
+pub(crate) mod web;
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -22,17 +27,17 @@ use bitstream_wire::handshake::Request;
 use bytes::Bytes;
 
 use self::reply::Refused;
-use crate::relay::conn::Conn;
-use crate::relay::handshake::Route;
-use crate::relay::ratelimit::InputBuckets;
+use crate::relay::access::ratelimit::InputBuckets;
+use crate::relay::access::turn::Turn;
+use crate::relay::net::conn::Conn;
+use crate::relay::net::handshake::Route;
 use crate::relay::state::Relay;
-use crate::relay::turn::Turn;
 
 /// What the plain-HTTP side keeps between requests, beside the relay's
 /// channel state: rendered pages, the input rate limits, TURN's secret.
 /// The server owns it and hands it to every connection's admission.
 #[derive(Debug, Default)]
-pub(crate) struct Http {
+pub(crate) struct HttpState {
     /// `GET /channels`, rendered at most once a second.
     pub(crate) channels_page: PageCache,
     /// The `/stats/events` snapshot, rendered at most once a second.
@@ -87,7 +92,7 @@ impl PageCache {
 /// was answered, `Ok(false)` when it is not theirs, or the refusal.
 pub(crate) async fn serve(
     relay: &Arc<Relay>,
-    http: &Http,
+    state: &HttpState,
     stream: &Conn,
     req: &Request,
     route: &Route,
@@ -125,12 +130,12 @@ pub(crate) async fn serve(
                 client,
                 cors: &cors,
             };
-            input::serve(relay, &http.inputs, stream, asked, name, rest).await
+            input::serve(relay, &state.inputs, stream, asked, name, rest).await
         }
         Route::Other(p) if p == "/turn" => {
-            turn::serve(relay, http.turn.as_ref(), stream, req, &cors).await?
+            turn::serve(relay, state.turn.as_ref(), stream, req, &cors).await?
         }
-        _ => events::stats(relay, &http.stats_page, stream, &cors).await,
+        _ => events::stats(relay, &state.stats_page, stream, &cors).await,
     }
     Ok(true)
 }

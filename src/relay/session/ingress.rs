@@ -12,7 +12,7 @@
 //! its own charge (see [`charged`]) until its last reference is dropped.
 //!
 //! The rest of a message of [`BULK_FROM`] bytes or more is read on the
-//! [bulk lane](crate::relay::bulk) at a lower OS priority: the reader moves
+//! [bulk lane](crate::relay::resources::bulk) at a lower OS priority: the reader moves
 //! there with the socket and comes back with the message. [`Ingress`]
 //! polls that task's handle, which it keeps until the reader is back.
 
@@ -29,9 +29,9 @@ use bitstream_wire::reader::{Incoming, MessageReader, ReadError, WireMessage};
 use bitstream_wire::ws;
 use thiserror::Error;
 
-use crate::relay::budget::{charged, Budget, Level, LARGE};
-use crate::relay::bulk::BULK_FROM;
-use crate::relay::conn::Conn;
+use crate::relay::net::conn::Conn;
+use crate::relay::resources::budget::{charged, Budget, Level, LARGE};
+use crate::relay::resources::bulk::BULK_FROM;
 
 /// Why reading from a peer stopped.
 #[derive(Debug, Error)]

@@ -6,7 +6,7 @@
 //! cache, a queue or a catch-up, see [`charged`]), cached state, what
 //! receivers' queues hold beyond those shared frames, and Server-Sent
 //! Events (each event once, while anything holds it, and what SSE clients
-//! hold beyond shared bytes: see the SSE hub, `relay::sse`). `--max-cache-memory`
+//! hold beyond shared bytes: see the SSE hub, `relay::channel::sse_hub`). `--max-cache-memory`
 //! is the part of it that cached catch-up state may take.
 //!
 //! At the limit the relay sheds in this order (see [`Budget::level`]):

@@ -23,8 +23,8 @@ use thiserror::Error;
 
 use super::reply::reply;
 use super::Asked;
-use crate::relay::conn::Conn;
-use crate::relay::ratelimit::InputBuckets;
+use crate::relay::access::ratelimit::InputBuckets;
+use crate::relay::net::conn::Conn;
 use crate::relay::state::Relay;
 
 /// Why an input was not delivered, and its status.

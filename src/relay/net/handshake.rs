@@ -7,7 +7,7 @@ use std::io;
 
 use thiserror::Error;
 
-use crate::relay::conn::Conn;
+use crate::relay::net::conn::Conn;
 
 use bitstream_wire::handshake::{parse_request, HeadError, Request};
 use bitstream_wire::protocol::valid_channel_name;

@@ -43,7 +43,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::sync::Notify;
 
-use crate::relay::budget::{charged, Budget, Level, LARGE};
+use crate::relay::resources::budget::{charged, Budget, Level, LARGE};
 
 /// What a client holds per event or piece beyond its bytes (its slot in a
 /// queue or batch, the `Bytes` handle): charged by the client.
@@ -182,7 +182,7 @@ impl Outgoing {
     /// as the relay serialized it (compact: no line breaks, so it is one
     /// `data:` line and shared as it is, not copied). Large JSON is a slice
     /// of the cached `SignalSync` frame, which carries its own charge
-    /// (see [`crate::relay::budget::charge_made`]); small JSON is charged
+    /// (see [`crate::relay::resources::budget::charge_made`]); small JSON is charged
     /// by each client that holds it.
     pub(crate) fn sync(&mut self, id: u64, json: Bytes) {
         if json.iter().any(|&b| b == b'\n' || b == b'\r') {

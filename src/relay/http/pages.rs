@@ -6,14 +6,15 @@ use serde_json::json;
 
 use bitstream_wire::handshake::{http_response, Request};
 
-use crate::relay::clock::now_ms;
-use crate::relay::endpoints::Http;
-use crate::relay::handshake::Route;
+use super::{metrics, web};
+use crate::relay::access::auth;
+use crate::relay::http::HttpState;
+use crate::relay::net::handshake::Route;
+use crate::relay::resources::clock::now_ms;
 use crate::relay::state::Relay;
-use crate::relay::{auth, metrics, web};
 
 /// The full HTTP response to a plain (non-upgrade) request.
-pub(crate) fn respond(relay: &Relay, pages: &Http, req: &Request, route: &Route) -> Vec<u8> {
+pub(crate) fn respond(relay: &Relay, pages: &HttpState, req: &Request, route: &Route) -> Vec<u8> {
     if req.method != "GET" && req.method != "HEAD" {
         return http_response(
             405,

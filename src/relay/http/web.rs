@@ -10,19 +10,19 @@ pub(crate) fn asset(path: &str) -> Option<Asset> {
     match path {
         "/" | "/index.html" => Some((
             "text/html; charset=utf-8",
-            include_bytes!("../../web/index.html"),
+            include_bytes!("../../../web/index.html"),
         )),
         "/client.js" => Some((
             "text/javascript; charset=utf-8",
-            include_bytes!("../../web/client.js"),
+            include_bytes!("../../../web/client.js"),
         )),
         "/dashboard" | "/dashboard.html" => Some((
             "text/html; charset=utf-8",
-            include_bytes!("../../web/dashboard.html"),
+            include_bytes!("../../../web/dashboard.html"),
         )),
         "/dashboard.js" => Some((
             "text/javascript; charset=utf-8",
-            include_bytes!("../../web/dashboard.js"),
+            include_bytes!("../../../web/dashboard.js"),
         )),
         _ => None,
     }

@@ -1,5 +1,5 @@
 //! `GET /turn`: time-limited TURN credentials for WebRTC peers (see
-//! [`crate::relay::turn`] for the scheme), configured by
+//! [`crate::relay::access::turn`] for the scheme), configured by
 //! `--turn-secret-file` and `--turn-uris` (`404` without).
 //! With tokens required, any valid token will do (any channel, any role:
 //! whoever may take part in some channel may relay media through TURN);
@@ -9,10 +9,10 @@
 use bitstream_wire::handshake::Request;
 
 use super::reply::{reply, Refused};
-use crate::relay::auth::{self, Denied};
-use crate::relay::conn::Conn;
+use crate::relay::access::auth::{self, Denied};
+use crate::relay::access::turn::Turn;
+use crate::relay::net::conn::Conn;
 use crate::relay::state::Relay;
-use crate::relay::turn::Turn;
 
 /// Serves `GET /turn` (origin already checked).
 pub(super) async fn serve(

@@ -16,8 +16,8 @@ use std::sync::Arc;
 
 use crate::relay::channel::Channel;
 use crate::relay::cluster::Backplane;
+use crate::relay::resources::stats::{Refusal, TrafficSnapshot};
 use crate::relay::state::Relay;
-use crate::relay::stats::{Refusal, TrafficSnapshot};
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -199,7 +199,7 @@ pub(crate) fn render(relay: &Relay, scope: Scope) -> String {
         "--max-memory",
         memory.limit() as u64,
     );
-    if let Some(rss) = crate::relay::stats::process_rss_bytes() {
+    if let Some(rss) = crate::relay::resources::stats::process_rss_bytes() {
         gauge(
             &mut reg,
             "process_resident_bytes",

@@ -15,8 +15,8 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use thiserror::Error;
 use tokio::net::TcpStream;
 
-use crate::relay::conn::Conn;
-use crate::relay::stats::Refusal;
+use crate::relay::net::conn::Conn;
+use crate::relay::resources::stats::Refusal;
 
 /// The first byte of a TLS handshake record.
 const TLS_HANDSHAKE: u8 = 0x16;

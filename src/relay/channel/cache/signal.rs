@@ -21,7 +21,7 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use super::CacheError;
-use crate::relay::budget::{charge_made, Budget};
+use crate::relay::resources::budget::{charge_made, Budget};
 
 /// The folded signal state. See the module docs.
 #[derive(Debug)]

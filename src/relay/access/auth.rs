@@ -30,7 +30,7 @@ use thiserror::Error;
 use bitstream_wire::handshake::Request;
 
 use crate::relay::config::Config;
-use crate::relay::stats::Refusal;
+use crate::relay::resources::stats::Refusal;
 
 /// Close code sent to a peer whose token expired while it was connected
 /// (private-use range; mirrors HTTP 401, so a client knows to fetch a new

@@ -29,7 +29,7 @@ use bitstream_wire::ws;
 use bytes::Bytes;
 use thiserror::Error;
 
-use crate::relay::budget::{charge_made, Budget};
+use crate::relay::resources::budget::{charge_made, Budget};
 
 mod signal;
 

@@ -7,7 +7,7 @@ use std::sync::{Arc, Weak};
 use std::thread;
 use std::time::Duration;
 
-use crate::relay::clock::now_ms;
+use crate::relay::resources::clock::now_ms;
 use crate::relay::state::Relay;
 
 /// What one sweep did.
@@ -59,9 +59,9 @@ pub(crate) fn spawn(relay: &Arc<Relay>) -> std::io::Result<thread::JoinHandle<()
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::relay::channel::peer::Peer;
     use crate::relay::config::Config;
     use crate::relay::egress::Egress;
-    use crate::relay::peer::Peer;
     use bitstream_wire::protocol;
     use bitstream_wire::reader::WireMessage;
     use bitstream_wire::ws;
@@ -112,7 +112,7 @@ mod tests {
                     stream,
                     1 << 20,
                     Default::default(),
-                    Arc::new(crate::relay::budget::Budget::new(usize::MAX)),
+                    Arc::new(crate::relay::resources::budget::Budget::new(usize::MAX)),
                 ),
                 marks: false,
             });

@@ -1,5 +1,5 @@
 //! Server-Sent Events streams: `GET /events/{name}` (a channel's signal
-//! state, see [`crate::relay::sse`]) and `GET /stats/events` (the relay's
+//! state, see [`crate::relay::channel::sse_hub`]) and `GET /stats/events` (the relay's
 //! counters once a second, for the dashboard).
 //!
 //! A stream is written by its own task. It ends when the client goes (a
@@ -10,7 +10,7 @@
 //!
 //! A batch is written as it is held, shared pieces and all, with vectored
 //! writes: no client copies an event or a `sync` into a buffer of its own
-//! (see [`crate::relay::sse`] for what is shared and how it is charged to
+//! (see [`crate::relay::channel::sse_hub`] for what is shared and how it is charged to
 //! `--max-memory`). The stats snapshot is formatted once a second as one
 //! event, charged while it lives, that every dashboard writes.
 
@@ -28,14 +28,14 @@ use tokio::time::{sleep_until, Instant};
 
 use super::reply::Refused;
 use super::PageCache;
-use crate::relay::auth;
-use crate::relay::budget::charged;
+use crate::relay::access::auth;
+use crate::relay::channel::sse_hub::{Outgoing, ReplayLimits, Subscriber};
 use crate::relay::channel::Channel;
-use crate::relay::clock::now_ms;
-use crate::relay::conn::Conn;
-use crate::relay::sse::{Outgoing, ReplayLimits, Subscriber};
+use crate::relay::net::conn::Conn;
+use crate::relay::resources::budget::charged;
+use crate::relay::resources::clock::now_ms;
+use crate::relay::resources::stats::Refusal;
 use crate::relay::state::{shutting_down, Relay};
-use crate::relay::stats::Refusal;
 
 /// Farther than any stream lives: "never" for timers.
 const FAR: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -317,7 +317,7 @@ pub(crate) fn stats_json(relay: &Relay) -> Vec<u8> {
         "sse_clients": relay.connections.sse_clients.get(),
         "channels_total": s.channels,
         "memory_bytes": s.memory_bytes,
-        "rss_bytes": crate::relay::stats::process_rss_bytes(),
+        "rss_bytes": crate::relay::resources::stats::process_rss_bytes(),
         "refused": s.refused_total(),
         "frames_in": t.frames_in,
         "bytes_in": t.bytes_in,

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use bitstream_wire::handshake::{http_response, Request};
 
-use crate::relay::auth::Denied;
-use crate::relay::conn::Conn;
-use crate::relay::handshake;
-use crate::relay::stats::Refusal;
+use crate::relay::access::auth::Denied;
+use crate::relay::net::conn::Conn;
+use crate::relay::net::handshake;
+use crate::relay::resources::stats::Refusal;
 
 /// How long a plain HTTP answer (health, metrics, a page, an endpoint's
 /// reply) may take to write.

@@ -1,6 +1,8 @@
 //! The relay's shared state: the sharded channel map, limits, counters and
 //! the shutdown signal. Every connection task holds an `Arc<Relay>`.
 
+pub(crate) mod gc;
+
 use std::io;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -10,16 +12,16 @@ use dashmap::DashMap;
 use tokio::sync::futures::Notified;
 use tokio::sync::{watch, Notify};
 
-use crate::relay::auth::Verifier;
-use crate::relay::budget::Budgets;
-use crate::relay::bulk::Bulk;
+use crate::relay::access::auth::Verifier;
 use crate::relay::channel::{Channel, Fanout, RingPool};
-use crate::relay::clock::now_ms;
 use crate::relay::cluster::Cluster;
 use crate::relay::config::{Config, EgressMode};
-use crate::relay::proxy::ip_key;
-use crate::relay::stats::{Connections, Refusal, Traffic, TrafficSnapshot};
-use crate::relay::tls::{Tls, TlsError};
+use crate::relay::net::proxy::ip_key;
+use crate::relay::net::tls::{Tls, TlsError};
+use crate::relay::resources::budget::Budgets;
+use crate::relay::resources::bulk::Bulk;
+use crate::relay::resources::clock::now_ms;
+use crate::relay::resources::stats::{Connections, Refusal, Traffic, TrafficSnapshot};
 
 /// Shared relay state. See the module docs.
 #[derive(Debug)]

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::relay::proxy::ip_key;
+use crate::relay::net::proxy::ip_key;
 
 /// Refills `rate` tokens per second up to `burst`; each input takes one.
 #[derive(Debug, Clone)]
