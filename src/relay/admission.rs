@@ -19,7 +19,8 @@ use crate::relay::access::auth::{self, Grant};
 use crate::relay::channel::{Channel, Fanout, RingPool};
 use crate::relay::cluster::claim::ClaimError;
 use crate::relay::cluster::uplink::UplinkGuard;
-use crate::relay::config::EgressMode;
+use crate::relay::cluster::Cluster;
+use crate::relay::config::{Config, EgressMode};
 use crate::relay::egress::Egress;
 use crate::relay::http::reply::{answer, origin_allowed, Refused, ANSWER_TIMEOUT};
 use crate::relay::net::conn::Conn;
@@ -203,46 +204,70 @@ async fn serve(
         stream.close_notify();
         return Ok(None);
     }
+    // Only what the session needs outlives the handshake: the request head
+    // is dropped before the session runs (it would otherwise stay with
+    // every connection for its whole life).
+    let plan = plan(relay, &req, &route, *client);
+    drop(req);
+    drop(route);
+    let (channel, join_as) = match plan? {
+        Plan::Echo(key) => (echo_channel(relay), key),
+        Plan::Join(name, key) => {
+            let channel = relay.attach(&name, *client).map_err(Refused::from)?;
+            keep.attached = Some(channel.clone());
+            (channel, key)
+        }
+    };
+    let JoinAs { admit, key } = join_as;
+    join(relay, &channel, stream, admit, &key, rest, keep).await
+}
+
+/// A WebSocket request as admitted from its head: how it joins, and the
+/// `Sec-WebSocket-Key` its upgrade answers.
+struct JoinAs {
+    admit: Admit,
+    key: String,
+}
+
+/// Where a WebSocket request goes, decided from its head (see [`plan`]).
+enum Plan {
+    /// `/echo`: a private channel of its own.
+    Echo(JoinAs),
+    /// The channel of this name.
+    Join(String, JoinAs),
+}
+
+/// Decides, without I/O, where a WebSocket upgrade goes and in which role,
+/// or why it is refused: draining, a bad key or version, an origin not
+/// allowed, a missing or wrong token, a malformed `?resume`, a path that
+/// takes no WebSocket.
+fn plan(relay: &Relay, req: &Request, route: &Route, client: IpAddr) -> Result<Plan, Refused> {
     if relay.is_draining() {
-        return Err(Refused::new(Refusal::ShuttingDown, "relay shutting down"));
+        return Err(Refusal::ShuttingDown.into());
     }
-    let key = websocket_key(&req)?.to_owned();
+    let key = websocket_key(req)?.to_owned();
     if !origin_allowed(&relay.config.allowed_origins, req.origin.as_deref()) {
-        return Err(Refused::new(Refusal::OriginForbidden, "origin not allowed"));
+        return Err(Refusal::OriginForbidden.into());
     }
-    let grant = authorize(relay, &req, &route)?;
-    let resume = match &route {
+    let grant = authorize(relay, req, route)?;
+    let resume = match route {
         Route::Receiver(_) | Route::Legacy => handshake::rejoin_of(&req.target)
             .map_err(|e| Refused::new(Refusal::BadRequest, e.to_string()))?,
         _ => Rejoin::default(),
     };
-    // Only what the session needs outlives the handshake: the request head
-    // is dropped before the session runs (it would otherwise stay with
-    // every connection for its whole life).
-    drop(req);
-    let (name, wanted) = match &route {
+    let (name, wanted) = match route {
         Route::Source(n) => (n.as_str(), Some(Role::Source)),
         Route::Receiver(n) => (n.as_str(), Some(Role::Receiver)),
         Route::Signal(n) => (n.as_str(), Some(Role::Signal)),
         Route::Legacy => (DEFAULT_CHANNEL, None),
         Route::Other(p) if p == "/echo" && relay.config.echo_endpoint => {
-            // Echo peers get a private channel: nothing is shared or fanned out.
-            let channel = Arc::new(Channel::new(
-                Arc::from("echo"),
-                None,
-                relay.budgets.clone(),
-                0,
-                RingPool::new(0, 0),
-                Fanout::SINGLE,
-                now_ms(),
-            ));
-            let echo = Admit {
+            let admit = Admit {
                 wanted: Some(Role::Echo),
                 grant: None,
                 resume: Rejoin::default(),
-                client: *client,
+                client,
             };
-            return join(relay, &channel, stream, echo, &key, rest, keep).await;
+            return Ok(Plan::Echo(JoinAs { admit, key }));
         }
         Route::Events(_) | Route::Input(_) | Route::Other(_) => {
             return Err(Refused::with_status(
@@ -258,18 +283,26 @@ async fn serve(
         Some(g) if wanted.is_none() && !g.may_receive => Some(Role::Source),
         _ => wanted,
     };
-    let ip = *client;
-    let attached = relay.attach(name, ip);
-    drop(route);
-    let channel = attached.map_err(Refused::from)?;
-    keep.attached = Some(channel.clone());
     let admit = Admit {
         wanted,
         grant,
         resume,
-        client: ip,
+        client,
     };
-    join(relay, &channel, stream, admit, &key, rest, keep).await
+    Ok(Plan::Join(name.to_owned(), JoinAs { admit, key }))
+}
+
+/// An echo peer's channel: private, nothing shared or fanned out.
+fn echo_channel(relay: &Relay) -> Arc<Channel> {
+    Arc::new(Channel::new(
+        Arc::from("echo"),
+        None,
+        relay.budgets.clone(),
+        0,
+        RingPool::new(0, 0),
+        Fanout::SINGLE,
+        now_ms(),
+    ))
 }
 
 /// The channel and the roles (any of them) a route asks a token for;
@@ -371,6 +404,59 @@ fn websocket_key(req: &Request) -> Result<&str, Refused> {
         })
 }
 
+/// A new peer on `stream`, with stream marks if it asked for them.
+fn new_peer(relay: &Relay, stream: &Conn, marks: bool) -> Arc<Peer> {
+    let cfg = &relay.config;
+    // A TLS peer is written by its own task only: the fan-out never waits
+    // on one receiver's encryption.
+    let mode = if stream.is_tls() {
+        EgressMode::Queued
+    } else {
+        cfg.egress_mode
+    };
+    Arc::new(Peer {
+        id: relay.next_peer_id(),
+        egress: Egress::new(
+            stream.clone(),
+            cfg.egress_queue,
+            mode,
+            relay.budgets.memory.clone(),
+        ),
+        marks,
+    })
+}
+
+/// The reader of a peer in `role`: its message limit, its read size, and
+/// the bytes that came after the request head.
+fn reader_for(cfg: &Config, role: Role, rest: Vec<u8>) -> MessageReader {
+    let (max_message, chunk) = match role {
+        Role::Source => (cfg.max_message, 16 * 1024),
+        Role::Receiver => (cfg.max_input_message, 512),
+        Role::Signal => (cfg.max_signal_message, 2048),
+        Role::Echo => (cfg.max_message, 64 * 1024),
+    };
+    MessageReader::new(ws::Side::Server, max_message, chunk, &rest)
+}
+
+/// Cluster mode: claims `channel`'s one source place cluster-wide (see
+/// `cluster::claim`) and starts publishing its frames to the other nodes.
+async fn claim_in_cluster(
+    cluster: &Arc<Cluster>,
+    channel: &Arc<Channel>,
+) -> Result<Box<UplinkGuard>, Refused> {
+    match cluster.claim(&channel.name).await {
+        Ok(claim) => Ok(Box::new(cluster.start_uplink(channel, claim).await)),
+        Err(ClaimError::Taken(node)) => Err(Refused::new(
+            Refusal::SourceTaken,
+            format!("channel already has a source (on node {node})"),
+        )),
+        Err(ClaimError::Unavailable(why)) => Err(Refused::new(
+            Refusal::Backplane,
+            format!("cluster backplane unavailable: {why}"),
+        )),
+    }
+}
+
 /// Admits an upgraded connection to `channel` (role `wanted`, or the legacy
 /// rule when `None`) and answers the handshake; the session, holding
 /// `keep`, is the caller's to run.
@@ -384,24 +470,8 @@ async fn join(
     mut keep: Keep,
 ) -> Result<Option<Admitted>, Refused> {
     let cfg = &relay.config;
-    let wanted = admit.wanted;
-    let peer = Arc::new(Peer {
-        id: relay.next_peer_id(),
-        // A TLS peer is written by its own task only: the fan-out never
-        // waits on one receiver's encryption.
-        egress: Egress::new(
-            stream.clone(),
-            cfg.egress_queue,
-            if stream.is_tls() {
-                EgressMode::Queued
-            } else {
-                cfg.egress_mode
-            },
-            relay.budgets.memory.clone(),
-        ),
-        marks: admit.resume.marks,
-    });
-    let role = match wanted {
+    let peer = new_peer(relay, stream, admit.resume.marks);
+    let role = match admit.wanted {
         Some(Role::Source) | None if channel.claim_source(&peer) => {
             keep.member = Some((Role::Source, peer.clone()));
             Role::Source
@@ -415,30 +485,20 @@ async fn join(
         Some(role) => role,
         None => Role::Receiver,
     };
-    // Cluster mode: the channel's one source cluster-wide (see cluster::claim).
-    keep.uplink = match (role, relay.cluster.get()) {
-        // Boxed, like every transient state of a connection's future.
-        (Role::Source, Some(cluster)) => match Box::pin(cluster.claim(&channel.name)).await {
-            Ok(claim) => Some(Box::new(
-                Box::pin(cluster.start_uplink(channel, claim)).await,
-            )),
-            Err(e) => {
-                keep.member = None;
-                channel.unclaim_source(&peer);
-                return Err(match e {
-                    ClaimError::Taken(node) => Refused::new(
-                        Refusal::SourceTaken,
-                        format!("channel already has a source (on node {node})"),
-                    ),
-                    ClaimError::Unavailable(why) => Refused::new(
-                        Refusal::Backplane,
-                        format!("cluster backplane unavailable: {why}"),
-                    ),
-                });
-            }
-        },
-        _ => None,
-    };
+    if role == Role::Source {
+        keep.uplink = match relay.cluster.get() {
+            // Boxed, like every transient state of a connection's future.
+            Some(cluster) => match Box::pin(claim_in_cluster(cluster, channel)).await {
+                Ok(uplink) => Some(uplink),
+                Err(refused) => {
+                    keep.member = None;
+                    channel.unclaim_source(&peer);
+                    return Err(refused);
+                }
+            },
+            None => None,
+        };
+    }
     let full = match role {
         Role::Receiver => channel.receiver_count() >= cfg.max_receivers,
         Role::Signal => channel.signal_peer_count() >= cfg.max_signal_peers,
@@ -477,14 +537,7 @@ async fn join(
         let _ = peer.egress.drain();
         return Ok(None);
     }
-    let (max_message, chunk) = match role {
-        Role::Source => (cfg.max_message, 16 * 1024),
-        Role::Receiver => (cfg.max_input_message, 512),
-        Role::Signal => (cfg.max_signal_message, 2048),
-        Role::Echo => (cfg.max_message, 64 * 1024),
-    };
-    let reader = MessageReader::new(ws::Side::Server, max_message, chunk, &rest);
-    drop(rest);
+    let reader = reader_for(cfg, role, rest);
     let sub = admit.grant.as_ref().and_then(|g| g.sub.as_deref());
     if role == Role::Source && admit.grant.is_some() {
         // Who publishes where is worth a line at the default level (one per

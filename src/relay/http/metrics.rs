@@ -16,17 +16,19 @@ use std::sync::Arc;
 
 use crate::relay::channel::Channel;
 use crate::relay::cluster::Backplane;
-use crate::relay::resources::stats::{Refusal, TrafficSnapshot};
-use crate::relay::state::Relay;
+use crate::relay::resources::stats::{process_rss_bytes, Refusal, TrafficSnapshot};
+use crate::relay::state::{Relay, Summary};
 
 type Labels = Vec<(&'static str, String)>;
 
+/// Registers a counter `name` (exported `name_total`) reading `v`.
 fn counter(reg: &mut Registry, name: &str, help: &str, v: u64) {
     let c: Counter = Counter::default();
     c.inc_by(v);
     reg.register(name, help, c);
 }
 
+/// Registers a gauge `name` reading `v`.
 fn gauge(reg: &mut Registry, name: &str, help: &str, v: u64) {
     let g: Gauge = Gauge::default();
     g.set(v as i64);
@@ -99,45 +101,24 @@ pub(crate) enum Scope {
 /// format.
 pub(crate) fn render(relay: &Relay, scope: Scope) -> String {
     let mut reg = Registry::with_prefix("relay");
-    let summary = relay.summary();
+    let channels: Vec<_> = relay.channels.iter().map(|e| e.value().clone()).collect();
+    let now = Now {
+        relay,
+        summary: relay.summary(),
+        queued: channels
+            .iter()
+            .map(|ch| ch.egress_queued_bytes() as u64)
+            .sum(),
+    };
+    for (name, help, kind, read) in RELAY_SERIES {
+        if let Some(v) = read(&now) {
+            match kind {
+                Kind::Gauge => gauge(&mut reg, name, help, v),
+                Kind::Counter => counter(&mut reg, name, help, v),
+            }
+        }
+    }
     let c = &relay.connections;
-    gauge(
-        &mut reg,
-        "uptime_seconds",
-        "Seconds since the relay started",
-        relay.uptime_ms() / 1000,
-    );
-    gauge(
-        &mut reg,
-        "channels",
-        "Channels that exist now",
-        summary.channels as u64,
-    );
-    gauge(
-        &mut reg,
-        "connections_open",
-        "Open connections (handshakes included)",
-        c.open.get(),
-    );
-    counter(
-        &mut reg,
-        "connections_accepted",
-        "TCP connections accepted",
-        c.accepted.get(),
-    );
-    counter(
-        &mut reg,
-        "keepalive_drops",
-        "Peers dropped for not answering pings",
-        c.keepalive_drops.get(),
-    );
-    counter(
-        &mut reg,
-        "too_big",
-        "Peers closed with 1009 for an over-size message",
-        c.too_big.get(),
-    );
-
     let by_role = Family::<Labels, Gauge>::default();
     for (role, v) in [
         ("source", &c.sources),
@@ -150,7 +131,6 @@ pub(crate) fn render(relay: &Relay, scope: Scope) -> String {
             .set(v.get() as i64);
     }
     reg.register("connections", "Connected peers by role", by_role);
-
     let refused = Family::<Labels, Counter>::default();
     for why in Refusal::ALL {
         refused
@@ -158,67 +138,9 @@ pub(crate) fn render(relay: &Relay, scope: Scope) -> String {
             .inc_by(c.refused[why as usize].get());
     }
     reg.register("refused", "Connections refused, by reason", refused);
-
     for (name, help, get) in TRAFFIC {
-        counter(&mut reg, name, help, get(&summary.traffic));
+        counter(&mut reg, name, help, get(&now.summary.traffic));
     }
-
-    let channels: Vec<_> = relay.channels.iter().map(|e| e.value().clone()).collect();
-    let queued: u64 = channels
-        .iter()
-        .map(|ch| ch.egress_queued_bytes() as u64)
-        .sum();
-    gauge(
-        &mut reg,
-        "egress_queue_bytes",
-        "Bytes queued for receivers right now",
-        queued,
-    );
-    gauge(
-        &mut reg,
-        "cache_memory_bytes",
-        "Cached catch-up state held now, over all channels",
-        relay.budgets.cache.used() as u64,
-    );
-    gauge(
-        &mut reg,
-        "cache_memory_limit_bytes",
-        "--max-cache-memory",
-        relay.budgets.cache.limit() as u64,
-    );
-    let memory = &relay.budgets.memory;
-    gauge(
-        &mut reg,
-        "memory_bytes",
-        "Memory held for clients now, as charged to --max-memory",
-        memory.used() as u64,
-    );
-    gauge(
-        &mut reg,
-        "memory_limit_bytes",
-        "--max-memory",
-        memory.limit() as u64,
-    );
-    if let Some(rss) = crate::relay::resources::stats::process_rss_bytes() {
-        gauge(
-            &mut reg,
-            "process_resident_bytes",
-            "The relay process's resident memory (RSS) now, beside what --max-memory charges",
-            rss,
-        );
-    }
-    gauge(
-        &mut reg,
-        "memory_level",
-        "Shedding level: 0 normal, 1 caches stopped, 2 lagging queues stopped too",
-        memory.level() as u64,
-    );
-    counter(
-        &mut reg,
-        "memory_sheds",
-        "Caches dropped, lagging receivers skipped forward and messages refused because --max-memory was nearly used",
-        memory.sheds(),
-    );
     if let Some(cluster) = relay.cluster.get() {
         let reg = reg.sub_registry_with_prefix("cluster");
         gauge(
@@ -239,6 +161,106 @@ pub(crate) fn render(relay: &Relay, scope: Scope) -> String {
     let _ = encode(&mut out, &reg);
     out
 }
+
+/// What the relay-wide series are read from, gathered once per scrape.
+struct Now<'a> {
+    relay: &'a Relay,
+    summary: Summary,
+    /// Bytes queued for receivers over all channels.
+    queued: u64,
+}
+
+/// How a series is exported.
+#[derive(Clone, Copy)]
+enum Kind {
+    /// A value that goes up and down.
+    Gauge,
+    /// A count that only grows (exported with `_total`).
+    Counter,
+}
+
+/// One relay-wide series: its name, help, kind, and how to read it
+/// (`None`: not available here, e.g. RSS off Linux).
+type Series = (&'static str, &'static str, Kind, fn(&Now) -> Option<u64>);
+
+/// Every relay-wide series but the labelled families and traffic.
+const RELAY_SERIES: [Series; 14] = [
+    ("uptime_seconds", "Seconds since the relay started", Kind::Gauge, |n| {
+        Some(n.relay.uptime_ms() / 1000)
+    }),
+    ("channels", "Channels that exist now", Kind::Gauge, |n| {
+        Some(n.summary.channels as u64)
+    }),
+    (
+        "connections_open",
+        "Open connections (handshakes included)",
+        Kind::Gauge,
+        |n| Some(n.relay.connections.open.get()),
+    ),
+    (
+        "connections_accepted",
+        "TCP connections accepted",
+        Kind::Counter,
+        |n| Some(n.relay.connections.accepted.get()),
+    ),
+    (
+        "keepalive_drops",
+        "Peers dropped for not answering pings",
+        Kind::Counter,
+        |n| Some(n.relay.connections.keepalive_drops.get()),
+    ),
+    (
+        "too_big",
+        "Peers closed with 1009 for an over-size message",
+        Kind::Counter,
+        |n| Some(n.relay.connections.too_big.get()),
+    ),
+    (
+        "egress_queue_bytes",
+        "Bytes queued for receivers right now",
+        Kind::Gauge,
+        |n| Some(n.queued),
+    ),
+    (
+        "cache_memory_bytes",
+        "Cached catch-up state held now, over all channels",
+        Kind::Gauge,
+        |n| Some(n.relay.budgets.cache.used() as u64),
+    ),
+    (
+        "cache_memory_limit_bytes",
+        "--max-cache-memory",
+        Kind::Gauge,
+        |n| Some(n.relay.budgets.cache.limit() as u64),
+    ),
+    (
+        "memory_bytes",
+        "Memory held for clients now, as charged to --max-memory",
+        Kind::Gauge,
+        |n| Some(n.relay.budgets.memory.used() as u64),
+    ),
+    ("memory_limit_bytes", "--max-memory", Kind::Gauge, |n| {
+        Some(n.relay.budgets.memory.limit() as u64)
+    }),
+    (
+        "process_resident_bytes",
+        "The relay process's resident memory (RSS) now, beside what --max-memory charges",
+        Kind::Gauge,
+        |_| process_rss_bytes(),
+    ),
+    (
+        "memory_level",
+        "Shedding level: 0 normal, 1 caches stopped, 2 lagging queues stopped too",
+        Kind::Gauge,
+        |n| Some(n.relay.budgets.memory.level() as u64),
+    ),
+    (
+        "memory_sheds",
+        "Caches dropped, lagging receivers skipped forward and messages refused because --max-memory was nearly used",
+        Kind::Counter,
+        |n| Some(n.relay.budgets.memory.sheds()),
+    ),
+];
 
 /// The per-channel series (`relay_channel_*`) of the busiest
 /// `--metrics-max-channels` of `channels`.
@@ -302,6 +324,27 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn every_relay_series_is_exported_with_its_kind() {
+        let relay = Relay::new(Config::parse_from(["x"])).unwrap();
+        let text = render(&relay, Scope::Totals);
+        for (name, _, kind, read) in RELAY_SERIES {
+            let now = Now {
+                relay: &relay,
+                summary: relay.summary(),
+                queued: 0,
+            };
+            if read(&now).is_none() {
+                continue;
+            }
+            let line = match kind {
+                Kind::Gauge => format!("\nrelay_{name} "),
+                Kind::Counter => format!("\nrelay_{name}_total "),
+            };
+            assert!(text.contains(&line), "{line:?} missing in {text}");
+        }
     }
 
     #[test]
