@@ -119,6 +119,7 @@ impl Drop for Keep {
         drop(self.uplink.take());
         if let Some(role) = self.counted {
             gauge(&self.relay, role).sub(1);
+            self.relay.shutdown.session_ended();
         }
     }
 }
@@ -139,6 +140,7 @@ impl Admitted {
             mut keep,
         } = self;
         gauge(&relay, role).inc();
+        relay.shutdown.session_started();
         keep.counted = Some(role);
         session::run(relay, channel, peer, role, reader, expires, (keep, guard))
     }

@@ -22,7 +22,7 @@ use crate::relay::net::proxy;
 use crate::relay::net::tls::{self, Tls, TlsError};
 use crate::relay::resources::stats::Refusal;
 use crate::relay::state::gc;
-use crate::relay::state::{shutting_down, Relay};
+use crate::relay::state::Relay;
 
 /// Why the relay could not start.
 #[derive(Debug, Error)]
@@ -132,16 +132,18 @@ impl Server {
         }
         tracing::info!(addr = %self.local_addr, tls = relay.tls.is_some(), "relay listening");
         let accept = tokio::spawn(accept_loop(self.listener, relay.clone(), self.http_state));
-        shutting_down(&mut relay.shutdown_signal()).await;
-        let deadline = tokio::time::Instant::now()
-            + relay.config.shutdown_grace()
-            + Duration::from_millis(500);
-        let c = &relay.connections;
-        while c.sources.get() + c.receivers.get() + c.signal_peers.get() > 0
-            && tokio::time::Instant::now() < deadline
+        relay.shutdown.begun().await;
+        // Every session sends its close frame and ends; the last one's
+        // guard wakes this wait.
+        let grace = relay.config.shutdown_grace() + Duration::from_millis(500);
+        if tokio::time::timeout(grace, relay.shutdown.drained())
+            .await
+            .is_err()
         {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            let left = relay.shutdown.sessions();
+            tracing::warn!(left, "shutdown grace over with sessions still open");
         }
+        let c = &relay.connections;
         // Dropping the accept loop closes the listening socket.
         accept.abort();
         if let Some(cluster) = relay.cluster.get() {

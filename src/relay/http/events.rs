@@ -35,7 +35,7 @@ use crate::relay::net::conn::Conn;
 use crate::relay::resources::budget::charged;
 use crate::relay::resources::clock::now_ms;
 use crate::relay::resources::stats::Refusal;
-use crate::relay::state::{shutting_down, Relay};
+use crate::relay::state::Relay;
 
 /// Farther than any stream lives: "never" for timers.
 const FAR: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -240,7 +240,6 @@ async fn stream_signal(
     let heartbeat = relay.config.sse_heartbeat();
     let far = after(FAR);
     let expires = expires.unwrap_or(far);
-    let mut shutdown = relay.shutdown_signal();
     let gone = client_gone(stream);
     tokio::pin!(gone);
     let mut next_beat = after(heartbeat);
@@ -264,7 +263,7 @@ async fn stream_signal(
                 out
             }
             _ = &mut gone => return End::ClientGone,
-            _ = shutting_down(&mut shutdown) => return End::Shutdown,
+            _ = relay.shutdown.begun() => return End::Shutdown,
             _ = sleep_until(expires) => return End::TokenExpired,
         };
         if out.is_empty() {
@@ -356,7 +355,6 @@ pub(super) async fn stats(relay: &Arc<Relay>, page: &PageCache, stream: &Conn, c
         tracing::debug!(?end, "stats stream ended");
         return;
     }
-    let mut shutdown = relay.shutdown_signal();
     let gone = client_gone(stream);
     tokio::pin!(gone);
     let mut tick = tokio::time::interval(STATS_INTERVAL);
@@ -365,7 +363,7 @@ pub(super) async fn stats(relay: &Arc<Relay>, page: &PageCache, stream: &Conn, c
         tokio::select! {
             _ = tick.tick() => {}
             _ = &mut gone => break End::ClientGone,
-            _ = shutting_down(&mut shutdown) => break End::Shutdown,
+            _ = relay.shutdown.begun() => break End::Shutdown,
         }
         let mut out = Outgoing::new(&relay.budgets.memory);
         out.shared([page.get_or_render(now_ms(), || stats_event(relay))]);

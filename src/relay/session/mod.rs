@@ -156,7 +156,7 @@ impl Session {
         async move {
             let (relay, peer) = (self.relay.clone(), self.peer.clone());
             let mut waits = Waits {
-                shutdown: pin!(relay.shutdown_notified()),
+                shutdown: pin!(relay.shutdown.notified()),
                 wanted: pin!(peer.egress.wanted()),
                 timer: pin!(tokio::time::sleep_until(self.next_deadline())),
                 egress: &peer.egress,

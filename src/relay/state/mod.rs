@@ -2,15 +2,16 @@
 //! the shutdown signal. Every connection task holds an `Arc<Relay>`.
 
 pub(crate) mod gc;
+mod shutdown;
+
+pub(crate) use shutdown::Shutdown;
 
 use std::io;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use dashmap::DashMap;
-use tokio::sync::futures::Notified;
-use tokio::sync::{watch, Notify};
 
 use crate::relay::access::auth::Verifier;
 use crate::relay::channel::{Channel, Fanout, RingPool};
@@ -56,12 +57,8 @@ pub struct Relay {
     /// summary taken meanwhile is retried, so totals never go backwards.
     retire_gen: AtomicU64,
     next_peer_id: AtomicU64,
-    draining: AtomicBool,
-    shutdown: watch::Sender<bool>,
-    /// Wakes every session waiting on it when shutdown begins (sessions are
-    /// hand-written futures and wait through one pinned `Notified`, smaller
-    /// than a watch receiver's `changed()`).
-    shutdown_wake: Notify,
+    /// Shutting down: the flag, and the waits for its start and its end.
+    pub(crate) shutdown: Shutdown,
     started_ms: u64,
 }
 
@@ -152,7 +149,6 @@ impl Relay {
         auth: Option<Verifier>,
         tls: Option<Tls>,
     ) -> io::Result<Arc<Self>> {
-        let (shutdown, _) = watch::channel(false);
         Ok(Arc::new(Self {
             auth,
             tls,
@@ -169,9 +165,7 @@ impl Relay {
             retiring: Mutex::new(()),
             retire_gen: AtomicU64::new(0),
             next_peer_id: AtomicU64::new(1),
-            draining: AtomicBool::new(false),
-            shutdown,
-            shutdown_wake: Notify::new(),
+            shutdown: Shutdown::default(),
             started_ms: now_ms(),
         }))
     }
@@ -318,26 +312,12 @@ impl Relay {
 
     /// Starts shutting down: sessions get their close frames.
     pub fn begin_shutdown(&self) {
-        self.draining.store(true, Ordering::SeqCst);
-        self.shutdown.send_replace(true);
-        self.shutdown_wake.notify_waiters();
+        self.shutdown.begin();
     }
 
     /// True once shutdown has begun.
     pub(crate) fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::SeqCst)
-    }
-
-    /// A receiver of the shutdown signal.
-    pub(crate) fn shutdown_signal(&self) -> watch::Receiver<bool> {
-        self.shutdown.subscribe()
-    }
-
-    /// A waiter woken when shutdown begins. Enable it (or poll it) before
-    /// checking [`Relay::is_draining`], so a shutdown between the two is
-    /// not missed.
-    pub(crate) fn shutdown_notified(&self) -> Notified<'_> {
-        self.shutdown_wake.notified()
+        self.shutdown.is_begun()
     }
 
     /// Relay-wide totals: retired traffic plus every live channel's. Taken
@@ -407,20 +387,6 @@ impl IpCounts {
             *n = n.saturating_sub(1);
             *n == 0
         });
-    }
-}
-
-/// Resolves once shutdown has begun, including when it began before this
-/// receiver was created or first polled.
-pub(crate) async fn shutting_down(rx: &mut watch::Receiver<bool>) {
-    loop {
-        if *rx.borrow_and_update() {
-            return;
-        }
-        if rx.changed().await.is_err() {
-            // The relay is gone: nothing will ever signal shutdown.
-            std::future::pending::<()>().await;
-        }
     }
 }
 
