@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bitstream_relay::client::{Client, ClientError};
@@ -26,16 +28,6 @@ async fn small_window_client(t: &TestRelay, path: &str) -> Client {
     ))
     .await
     .unwrap()
-}
-
-fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -63,7 +55,20 @@ async fn a_receiver_that_never_reads_hurts_nobody() {
             })
         })
         .collect();
-    let rss_start = rss_bytes();
+    // What the relay holds for clients, sampled while the stream runs (its
+    // own gauge: the test process's RSS would count the tests running
+    // beside this one).
+    let peak = Arc::new(AtomicUsize::new(0));
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = tokio::spawn({
+        let (relay, peak, sampling) = (t.relay.clone(), peak.clone(), sampling.clone());
+        async move {
+            while sampling.load(Ordering::Relaxed) {
+                peak.fetch_max(relay.summary().memory_bytes, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+    });
     let frame = noise(640 * 360 * 4, 7);
     let mut tick = tokio::time::interval(Duration::from_millis(33));
     for i in 0..frames {
@@ -95,10 +100,28 @@ async fn a_receiver_that_never_reads_hurts_nobody() {
             .is_some_and(|c| c.traffic.slow_closes >= 1 && c.receivers == 4)
     })
     .await;
-    let grown = rss_bytes().saturating_sub(rss_start);
+    sampling.store(false, Ordering::Relaxed);
+    sampler.await.unwrap();
     // 90 frames of 0.9 MB went through (83 MB); the stuck peer may hold at
-    // most its queue bound plus one frame.
-    assert!(grown < 60_000_000, "RSS grew by {grown} bytes");
+    // most its queue bound (4 MB) plus the frame it is on, the channel its
+    // cached keyframe and its resume ring (4 MiB), each healthy receiver
+    // the frame it is written, the source its read buffer.
+    let frame_bytes = 640 * 360 * 4 + HEADER_LEN;
+    let ring = 4 << 20;
+    let peak = peak.load(Ordering::Relaxed);
+    assert!(
+        peak <= 4_000_000 + ring + 8 * frame_bytes,
+        "held {peak} bytes at the peak"
+    );
+    // Once the stuck peer's session has ended, its queue is released: what
+    // remains is the channel's (keyframe, resume ring) and the source's
+    // reuse buffer.
+    eventually("the stuck peer's queue released", || {
+        let c = t.relay.channel("hd").expect("channel");
+        let channel_holds = c.cached_bytes + c.resume_ring_bytes;
+        t.relay.summary().memory_bytes <= channel_holds + 2 * frame_bytes
+    })
+    .await;
     drop(stuck);
 }
 

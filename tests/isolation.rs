@@ -65,8 +65,9 @@ async fn stuck_receiver(t: &TestRelay, path: &str) -> TcpStream {
     .unwrap()
 }
 
-/// How long a flood lasts at most (a stalled relay cannot stop it).
-const FLOOD_FOR: Duration = Duration::from_secs(8);
+/// How long a flood lasts at most (a stalled relay cannot stop it): a
+/// generous deadline, since the tests stop their floods themselves.
+const FLOOD_FOR: Duration = Duration::from_secs(30);
 
 /// Sends empty pings back to back until `stop` (or [`FLOOD_FOR`]), from a
 /// plain thread.
@@ -154,15 +155,17 @@ async fn a_ping_flood_holds_no_worker() {
         }
         worst
     };
+    // The healthy stream and the health checks were served *during* the
+    // flood: a flood that held the worker would hold it until it stopped
+    // by itself (FLOOD_FOR), and only then let them through.
+    let flooding = threads.iter().all(|t| !t.is_finished());
     let took = started.elapsed();
     stop.store(true, Ordering::Relaxed);
-    // Generous bounds: a flood that held the worker would hold it until it
-    // stopped by itself (FLOOD_FOR).
-    assert!(worst < Duration::from_secs(2), "/healthz took {worst:?}");
     assert!(
-        took < FLOOD_FOR / 2,
-        "30 frames and 5 health checks took {took:?} during the flood"
+        flooding,
+        "the flood ended ({took:?}) before 30 frames and 5 health checks were served"
     );
+    assert!(worst < Duration::from_secs(5), "/healthz took {worst:?}");
     for th in threads {
         let _ = tokio::task::spawn_blocking(move || th.join()).await;
     }
