@@ -31,6 +31,7 @@ pub(crate) mod egress;
 pub(crate) mod endpoints;
 pub(crate) mod gc;
 pub(crate) mod handshake;
+pub(crate) mod history;
 pub(crate) mod http;
 pub(crate) mod ingress;
 pub(crate) mod metrics;

@@ -19,7 +19,7 @@ use crate::relay::handshake;
 use crate::relay::state::{shutting_down, Relay};
 use crate::relay::stats::Refusal;
 use crate::relay::tls::{self, Tls, TlsError};
-use crate::relay::{admission, gc, proxy};
+use crate::relay::{admission, gc, history, proxy};
 
 /// Why the relay could not start.
 #[derive(Debug, Error)]
@@ -78,6 +78,7 @@ impl Server {
             .local_addr()
             .map_err(|source| StartError::Listen { addr, source })?;
         let relay = Relay::with(config, auth, tls).map_err(StartError::Runtime)?;
+        let _ = relay.listen_addr.set(local_addr);
         if let Some(turn) = turn {
             let _ = relay.turn.set(turn);
         }
@@ -120,6 +121,7 @@ impl Server {
     pub async fn run(self) -> io::Result<()> {
         let relay = self.relay;
         gc::spawn(&relay)?;
+        history::spawn(&relay);
         if relay.config.stats_interval_ms > 0 {
             tokio::spawn(log_stats(relay.clone()));
         }

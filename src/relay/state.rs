@@ -2,7 +2,7 @@
 //! the shutdown signal. Every connection task holds an `Arc<Relay>`.
 
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -19,6 +19,7 @@ use crate::relay::cluster::Cluster;
 use crate::relay::config::{Config, EgressMode};
 use crate::relay::endpoints::input::InputBuckets;
 use crate::relay::endpoints::turn::Turn;
+use crate::relay::history::History;
 use crate::relay::http::PageCache;
 use crate::relay::stats::{Connections, Refusal, Traffic, TrafficSnapshot};
 use crate::relay::tls::{Tls, TlsError};
@@ -55,6 +56,10 @@ pub struct Relay {
     pub(crate) cluster: OnceLock<Arc<Cluster>>,
     /// Traffic of channels the GC has removed.
     pub(crate) retired: Traffic,
+    /// The last two minutes of totals, for the dashboard's charts.
+    pub(crate) history: History,
+    /// The address the listening socket is bound to (set at bind).
+    pub(crate) listen_addr: OnceLock<SocketAddr>,
     per_ip: IpCounts,
     /// Channels that exist, by the per-IP key of who created them.
     channels_per_ip: IpCounts,
@@ -176,6 +181,8 @@ impl Relay {
             turn: OnceLock::new(),
             cluster: OnceLock::new(),
             retired: Traffic::default(),
+            history: History::default(),
+            listen_addr: OnceLock::new(),
             per_ip: IpCounts::default(),
             channels_per_ip: IpCounts::default(),
             retiring: Mutex::new(()),
