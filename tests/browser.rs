@@ -426,6 +426,18 @@ async fn pages_explain_themselves() {
         (&info["name"], &info["source"]),
         (&json!("locked"), &json!(true))
     );
+    // And /healthz says tokens are on (the dashboard shows it).
+    let (_, body) = common::http_get(&secured, "/healthz").await;
+    let health: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (&health["tokens"], &health["tls"], &health["addr"]),
+        (
+            &json!(true),
+            &json!(false),
+            &json!(secured.addr.to_string())
+        ),
+        "{health}"
+    );
     drop(src);
 
     // ---- (b) the source leaves; (d) the audio button waits for audio -------
