@@ -637,6 +637,18 @@ async fn pages_explain_themselves() {
     )
     .await;
     cdp.eval("window.relayClient.close()").await;
+    // A second source on a live channel: 409, named as such.
+    open(
+        &mut cdp,
+        &format!("http://{}/?mode=source&channel=live-one", relay.addr),
+    )
+    .await;
+    cdp.wait_for(
+        "the source page to name the 409",
+        &format!("(() => {{ const s = {STATUS}; return s.text.includes('409') && s.hint !== null && s.hint.includes('Another source is publishing on live-one'); }})()"),
+    )
+    .await;
+    cdp.eval("window.relayClient.close()").await;
     drop(live);
     browser.close(&mut cdp).await;
 }

@@ -990,6 +990,12 @@ export function explainRefusal(status, text, role, channel) {
       hint: `The relay refused this page's token (${status}: ${reason}): it must let this page ${act} ${channel}. A new one: ${mint}`,
     };
   }
+  if (status === 409) {
+    return {
+      status: `refused: 409, ${reason}`,
+      hint: `Another source is publishing on ${channel} (409: ${reason}); this page retries until it leaves. Or publish on another channel: ?mode=source&channel=…`,
+    };
+  }
   return { status: `refused: ${status}, ${reason}`, hint: `The relay refused the connection (${status}: ${reason}).` };
 }
 
@@ -1018,8 +1024,17 @@ class RefusalProbe {
     if (this.busy) return;
     this.busy = true;
     try {
-      const r = await fetch(httpUrlOf(this.urlOf()), { cache: 'no-store' });
-      this.set(explainRefusal(r.status, await r.text(), this.role, this.channel));
+      const url = this.urlOf();
+      const r = await fetch(httpUrlOf(url), { cache: 'no-store' });
+      let why = explainRefusal(r.status, await r.text(), this.role, this.channel);
+      if (!why && r.status === 426 && this.role === 'source') {
+        // The token would do; a second source is refused (409) at the upgrade only.
+        const info = await fetch(channelInfoUrl(url, this.channel), { cache: 'no-store' });
+        if (info.ok && (await info.json()).source === true) {
+          why = explainRefusal(409, 'the channel already has a source', this.role, this.channel);
+        }
+      }
+      this.set(why);
     } catch {
       // Not reachable over HTTP from here: the bare retry is all we know.
     } finally {

@@ -15,7 +15,8 @@
 //! Plain HTTP endpoints that hold their connection or read a body
 //! ([`endpoints`]): the signal state as Server-Sent Events ([`sse`], fed
 //! from the channel's cache writer), inputs by `POST`, TURN credentials,
-//! and the dashboard's stats stream.
+//! and the dashboard's stats stream, which opens with the last two minutes
+//! of totals ([`history`]).
 
 pub(crate) mod admission;
 pub(crate) mod auth;
