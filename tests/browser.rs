@@ -442,6 +442,10 @@ async fn pages_explain_themselves() {
 
     // ---- (b) the source leaves; (d) the audio button waits for audio -------
     let relay = common::start(&[]).await;
+    for path in ["/channels/no-such", "/channels/bad%20name", "/channels/"] {
+        let (status, body) = common::http_get(&relay, path).await;
+        assert_eq!(status, 404, "{path}: {body}");
+    }
     let mut a = common::connect(&relay.url("/source/ending")).await;
     a.send(&protocol::pixels_keyframe(0, 0, W, H, &pattern(0)))
         .await
