@@ -258,6 +258,406 @@ async fn recv_input(source: &mut Client) -> Vec<u8> {
 }
 
 // ---------------------------------------------------------------------------
+// Pages that explain themselves
+// ---------------------------------------------------------------------------
+
+/// The secret of the relay with tokens on (32 bytes or more).
+const SECRET: &str = "pages test secret: 32 bytes or more, fine";
+
+/// An HS256 token for channel `ch` and `role`, valid for an hour.
+fn token(ch: &str, role: &str) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({ "ch": ch, "role": role, "exp": exp }),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()).unwrap(),
+    )
+    .unwrap()
+}
+
+/// A relay that requires tokens signed with [`SECRET`].
+async fn start_secured() -> common::TestRelay {
+    let path = std::env::temp_dir().join(format!(
+        "bitstream-relay-pages-secret-{}",
+        std::process::id()
+    ));
+    std::fs::write(&path, SECRET).unwrap();
+    common::start(&["--jwt-secret-file", path.to_str().unwrap()]).await
+}
+
+/// The page's status line: its text and class.
+const STATUS: &str = "(() => { const s = document.getElementById('status');
+  const h = document.getElementById('hint');
+  return { text: s.textContent, class: s.className, hint: h.hidden ? null : h.textContent }; })()";
+
+/// The pages explain themselves: a refused receiver says why (401, a token
+/// is required, and how to get one); a stream whose source left or ended
+/// it says "stream ended" instead of a green "open"; a channel nobody
+/// publishes on says so; the audio button waits for audio; the bare page
+/// says how to publish and lists the live channels as links; the source
+/// page lists its URL parameters and says it waits for **start** unless
+/// `autostart=1`. Screenshots of the new states go to `docs/` (when
+/// missing, or with `RELAY_UPDATE_DOCS=1`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_explain_themselves() {
+    let exe = find_chromium();
+    if !common::tool_available(
+        exe.is_some(),
+        "chromium (apt-get install chromium)",
+        "RELAY_SKIP_BROWSER",
+    ) {
+        return;
+    }
+    let Some(exe) = exe else { return };
+    let (mut browser, mut cdp) = chromium::launch_page(&exe, 1024, 760).await;
+
+    // ---- (a) a receiver without the token the relay requires ---------------
+    let secured = start_secured().await;
+    let mut src = common::connect(&secured.url(&format!(
+        "/source/locked?token={}",
+        token("locked", "source")
+    )))
+    .await;
+    src.send(&protocol::pixels_keyframe(0, 0, W, H, &pattern(0)))
+        .await
+        .unwrap();
+    open(
+        &mut cdp,
+        &format!("http://{}/?channel=locked", secured.addr),
+    )
+    .await;
+
+    // The explanations, unit by unit.
+    let unit = cdp
+        .eval(
+            "import('/client.js').then(m => ({
+               missing: m.explainRefusal(401, 'a token is required (?token= or Authorization: Bearer)\\n', 'receiver', 'cam'),
+               forbidden: m.explainRefusal(403, 'token does not grant this channel and role', 'source', 'cam'),
+               full: m.explainRefusal(503, 'receiver limit reached on this channel', 'receiver', 'cam'),
+               accepted: m.explainRefusal(426, 'this path takes WebSocket connections', 'receiver', 'cam'),
+               info: m.channelInfoUrl('wss://h:1/stream/a.b?token=t', 'a.b'),
+             }))",
+        )
+        .await;
+    assert_eq!(
+        unit["missing"]["status"], "refused: 401, a token is required",
+        "{unit}"
+    );
+    let hint = unit["missing"]["hint"].as_str().unwrap();
+    assert!(
+        hint.contains("&token=")
+            && hint.contains("bitstream-relay token --channel cam --role receiver"),
+        "{hint}"
+    );
+    assert!(
+        unit["forbidden"]["status"]
+            .as_str()
+            .unwrap()
+            .starts_with("refused: 403")
+            && unit["forbidden"]["hint"]
+                .as_str()
+                .unwrap()
+                .contains("publish on cam"),
+        "{unit}"
+    );
+    assert_eq!(
+        unit["full"]["status"],
+        "refused: 503, receiver limit reached on this channel"
+    );
+    assert_eq!(unit["accepted"], Value::Null, "426: the relay would accept");
+    assert_eq!(unit["info"], "https://h:1/channels/a.b?token=t");
+
+    let refused = cdp
+        .wait_for(
+            "the page to name the refusal",
+            &format!(
+                "(() => {{ const s = {STATUS}; return s.text.includes('401') && s.text.includes('token is required')
+                   && s.hint !== null && s.hint.includes('bitstream-relay token --channel locked --role receiver') && s; }})()"
+            ),
+        )
+        .await;
+    assert_eq!(refused["class"], "closed", "{refused}");
+    assert!(
+        refused["text"].as_str().unwrap().contains("retrying in"),
+        "it still retries: {refused}"
+    );
+    let shot = cdp.screenshot("receiver-token-hint.png").await;
+    chromium::save_to_docs(&shot, "receiver-token-hint.png");
+    // A token for another channel: 403, named as such.
+    open(
+        &mut cdp,
+        &format!(
+            "http://{}/?channel=locked&token={}",
+            secured.addr,
+            token("other", "receiver")
+        ),
+    )
+    .await;
+    cdp.wait_for(
+        "the page to name the 403",
+        &format!("(() => {{ const s = {STATUS}; return s.text.includes('403') && s.hint !== null && s.hint.includes('does not grant'); }})()"),
+    )
+    .await;
+    // The right token: connected, the picture shown, no hint.
+    let good = token("locked", "receiver");
+    open(
+        &mut cdp,
+        &format!("http://{}/?channel=locked&token={good}", secured.addr),
+    )
+    .await;
+    cdp.wait_for(
+        "the receiver with a token to show the picture",
+        &format!("(() => {{ const s = {STATUS}; return window.relayClient.frames === 1 && s.class === 'open' && s.hint === null; }})()"),
+    )
+    .await;
+    // `GET /channels/{name}` (what the page asks when the stream goes
+    // quiet) takes the channel's token, like the stream.
+    let (status, _) = common::http_get(&secured, "/channels/locked").await;
+    assert_eq!(status, 401, "/channels/NAME without a token");
+    let (status, body) =
+        common::http_get(&secured, &format!("/channels/locked?token={good}")).await;
+    assert_eq!(status, 200, "{body}");
+    let info: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (&info["name"], &info["source"]),
+        (&json!("locked"), &json!(true))
+    );
+    // And /healthz says tokens are on (the dashboard shows it).
+    let (_, body) = common::http_get(&secured, "/healthz").await;
+    let health: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (&health["tokens"], &health["tls"], &health["addr"]),
+        (
+            &json!(true),
+            &json!(false),
+            &json!(secured.addr.to_string())
+        ),
+        "{health}"
+    );
+    drop(src);
+
+    // ---- (b) the source leaves; (d) the audio button waits for audio -------
+    let relay = common::start(&[]).await;
+    for path in ["/channels/no-such", "/channels/bad%20name", "/channels/"] {
+        let (status, body) = common::http_get(&relay, path).await;
+        assert_eq!(status, 404, "{path}: {body}");
+    }
+    let mut a = common::connect(&relay.url("/source/ending")).await;
+    a.send(&protocol::pixels_keyframe(0, 0, W, H, &pattern(0)))
+        .await
+        .unwrap();
+    wait_frames_in(&relay, "ending", 1).await;
+    open(&mut cdp, &format!("http://{}/?channel=ending", relay.addr)).await;
+    cdp.wait_for(
+        "the picture, live",
+        &format!("(() => {{ const s = {STATUS}; return window.relayClient.drawn === 1 && s.class === 'open'; }})()"),
+    )
+    .await;
+    assert_eq!(
+        cdp.eval("document.getElementById('audio').hidden").await,
+        json!(true),
+        "no audio button without audio"
+    );
+    let pcm = vec![0u8; 480 * 4];
+    a.send(&protocol::frame(
+        FrameType::AudioPcm,
+        0,
+        1,
+        40,
+        (2, 4800),
+        &pcm,
+    ))
+    .await
+    .unwrap();
+    cdp.wait_for(
+        "the audio button with the first audio",
+        "!document.getElementById('audio').hidden",
+    )
+    .await;
+    drop(a); // gone without a StreamEnd
+    common::eventually("the source gone", || {
+        relay.relay.channel("ending").is_some_and(|c| !c.source)
+    })
+    .await;
+    let ended = cdp
+        .wait_for(
+            "the page to say the stream ended",
+            &format!("(() => {{ const s = {STATUS}; return s.class === 'ended' && s.text.startsWith('stream ended') && s; }})()"),
+        )
+        .await;
+    assert!(
+        ended["text"].as_str().unwrap().contains("source left"),
+        "{ended}"
+    );
+    assert_eq!(
+        cdp.eval("window.relayClient.state").await,
+        "open",
+        "still connected, waiting for the source"
+    );
+    let shot = cdp.screenshot("receiver-ended.png").await;
+    chromium::save_to_docs(&shot, "receiver-ended.png");
+    // A new source: live again; its StreamEnd: ended again, saying so.
+    let mut b = common::connect(&relay.url("/source/ending")).await;
+    b.send(&protocol::pixels_keyframe(0, 0, W, H, &pattern(3)))
+        .await
+        .unwrap();
+    cdp.wait_for(
+        "the page live again",
+        &format!(
+            "(() => {{ const s = {STATUS}; return s.class === 'open' && s.hint === null; }})()"
+        ),
+    )
+    .await;
+    b.send(&protocol::frame(FrameType::StreamEnd, 0, 0, 0, (0, 0), &[]))
+        .await
+        .unwrap();
+    cdp.wait_for(
+        "the page to show the source's StreamEnd",
+        &format!("(() => {{ const s = {STATUS}; return s.class === 'ended' && s.text.includes('the source ended the stream'); }})()"),
+    )
+    .await;
+    // A channel nobody publishes on says so.
+    open(&mut cdp, &format!("http://{}/?channel=nobody", relay.addr)).await;
+    let waiting = cdp
+        .wait_for(
+            "the page to say nothing is published",
+            &format!("(() => {{ const s = {STATUS}; return s.class === 'waiting' && s; }})()"),
+        )
+        .await;
+    let hint = waiting["hint"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        hint.contains("/?mode=source&channel=nobody")
+            && hint.contains(&format!(
+                "bitstream-relay pattern --url ws://{}/source/nobody",
+                relay.addr
+            )),
+        "{waiting}"
+    );
+
+    // ---- (c) the bare page ---------------------------------------------------
+    let mut live = common::connect(&relay.url("/source/live-one")).await;
+    live.send(&protocol::pixels_keyframe(0, 0, W, H, &pattern(1)))
+        .await
+        .unwrap();
+    wait_frames_in(&relay, "live-one", 1).await;
+    open(&mut cdp, &format!("http://{}/", relay.addr)).await;
+    let landing = cdp
+        .wait_for(
+            "the bare page to list the live channels",
+            "(() => { const links = [...document.querySelectorAll('#channel-list a')].map(a => a.getAttribute('href'));
+               return !document.getElementById('landing').hidden && links.length > 0 && {
+                 links, command: document.getElementById('pattern-command').textContent,
+                 source: document.getElementById('source-link').getAttribute('href') }; })()",
+        )
+        .await;
+    assert_eq!(
+        landing["links"],
+        json!(["/?channel=ending", "/?channel=live-one"]),
+        "the channels with a source, as links: {landing}"
+    );
+    assert_eq!(
+        landing["command"],
+        format!(
+            "bitstream-relay pattern --url ws://{}/source/demo",
+            relay.addr
+        )
+    );
+    assert_eq!(landing["source"], "/?mode=source&channel=demo");
+    let shot = cdp.screenshot("index-page.png").await;
+    chromium::save_to_docs(&shot, "index-page.png");
+    // A page for a channel shows no such box.
+    open(
+        &mut cdp,
+        &format!("http://{}/?channel=live-one", relay.addr),
+    )
+    .await;
+    assert_eq!(
+        cdp.eval("document.getElementById('landing').hidden").await,
+        json!(true)
+    );
+
+    // ---- (e) the source page -------------------------------------------------
+    open(
+        &mut cdp,
+        &format!("http://{}/?mode=source&channel=src-help", relay.addr),
+    )
+    .await;
+    let source = cdp
+        .wait_for(
+            "the source page to say it waits for start",
+            "(() => { const help = document.getElementById('source-help');
+               const h = document.getElementById('hint');
+               return window.relayClient.state === 'open' && !help.hidden && !h.hidden && {
+                 help: help.textContent, hint: h.textContent, running: window.relayClient.running,
+                 stats: document.getElementById('stats').textContent }; })()",
+        )
+        .await;
+    let help = source["help"].as_str().unwrap();
+    for param in [
+        "channel=NAME",
+        "autostart=1",
+        "fps=N",
+        "encoding=delta|keyframe",
+        "keyframe=N",
+        "size=WxH",
+        "signal=0|1",
+        "token=",
+    ] {
+        assert!(help.contains(param), "{param} not documented: {help}");
+    }
+    assert!(
+        source["hint"].as_str().unwrap().contains("press start")
+            && source["stats"]
+                .as_str()
+                .unwrap()
+                .starts_with("waiting for start"),
+        "{source}"
+    );
+    assert_eq!(source["running"], false);
+    let shot = cdp.screenshot("source-page-waiting.png").await;
+    chromium::save_to_docs(&shot, "source-page.png");
+    cdp.eval("window.relayClient.start()").await;
+    cdp.wait_for(
+        "the hint to go once streaming",
+        "window.relayClient.frames > 0 && document.getElementById('hint').hidden",
+    )
+    .await;
+    cdp.eval("window.relayClient.close()").await;
+    open(
+        &mut cdp,
+        &format!(
+            "http://{}/?mode=source&channel=src-auto&autostart=1",
+            relay.addr
+        ),
+    )
+    .await;
+    cdp.wait_for(
+        "autostart: streaming without start, no waiting hint",
+        "window.relayClient.running && window.relayClient.frames > 0 && document.getElementById('hint').hidden",
+    )
+    .await;
+    cdp.eval("window.relayClient.close()").await;
+    // A second source on a live channel: 409, named as such.
+    open(
+        &mut cdp,
+        &format!("http://{}/?mode=source&channel=live-one", relay.addr),
+    )
+    .await;
+    cdp.wait_for(
+        "the source page to name the 409",
+        &format!("(() => {{ const s = {STATUS}; return s.text.includes('409') && s.hint !== null && s.hint.includes('Another source is publishing on live-one'); }})()"),
+    )
+    .await;
+    cdp.eval("window.relayClient.close()").await;
+    drop(live);
+    browser.close(&mut cdp).await;
+}
+
+// ---------------------------------------------------------------------------
 // The test
 // ---------------------------------------------------------------------------
 
@@ -485,8 +885,24 @@ async fn browser_client_end_to_end() {
     let (dx, dy) = scroll.unwrap();
     assert!(dx == 0 && dy > 0, "Scroll down, got dx={dx} dy={dy}");
 
-    // Audio: click "enable audio" (a user gesture), then 10 ms of stereo
+    // Audio: the button appears with the stream's first audio (none so
+    // far); click "enable audio" (a user gesture), then 10 ms of stereo
     // 48 kHz s16le PCM must be scheduled through WebAudio.
+    assert_eq!(
+        cdp.eval("document.getElementById('audio').hidden").await,
+        json!(true),
+        "no audio button on a stream without audio"
+    );
+    let pcm: Vec<u8> = (0..480 * 2)
+        .flat_map(|i: i32| (((i / 2) % 48 - 24) as i16 * 1000).to_le_bytes())
+        .collect();
+    let audio = protocol::frame(FrameType::AudioPcm, 0, 200, 400, (2, 4800), &pcm);
+    source.send(&audio).await.unwrap();
+    cdp.wait_for(
+        "the audio button with the first audio",
+        "!document.getElementById('audio').hidden",
+    )
+    .await;
     let button = cdp
         .eval(
             "(() => { const r = document.getElementById('audio').getBoundingClientRect();
@@ -505,20 +921,7 @@ async fn browser_client_end_to_end() {
         "document.getElementById('audio').textContent === 'audio on'",
     )
     .await;
-    let pcm: Vec<u8> = (0..480 * 2)
-        .flat_map(|i: i32| (((i / 2) % 48 - 24) as i16 * 1000).to_le_bytes())
-        .collect();
-    source
-        .send(&protocol::frame(
-            FrameType::AudioPcm,
-            0,
-            200,
-            400,
-            (2, 4800),
-            &pcm,
-        ))
-        .await
-        .unwrap();
+    source.send(&audio).await.unwrap();
     cdp.wait_for(
         "the PCM chunk to be played",
         "window.relayClient.audioChunks === 1",

@@ -12,7 +12,8 @@
 //
 // Query parameters: channel=NAME (default "default"), mode=receiver|source;
 // source mode also takes fps=N, encoding=delta|keyframe, keyframe=N
-// (a keyframe every N frames), size=WxH, signal=0|1 and autostart=1.
+// (a keyframe every N frames), size=WxH, signal=0|1 and autostart=1
+// (listed on the source page itself and in docs/pages.md).
 
 // ---------------------------------------------------------------------------
 // Protocol: header, types, messages
@@ -936,9 +937,9 @@ function pageClock() {
   return () => Math.floor(performance.now() - t0) >>> 0;
 }
 
-function showStatus(state, detail, what) {
+function showStatus(state, detail, what, label = state) {
   const el = $('status');
-  el.textContent = detail ? `${state} (${detail})` : state;
+  el.textContent = detail ? `${label} (${detail})` : label;
   el.className = state;
   document.title = `${what} · ${state} · bitstream-relay`;
 }
@@ -947,12 +948,165 @@ function formatJson(v) {
   return JSON.stringify(v, null, 2);
 }
 
+// ---------------------------------------------------------------------------
+// Pages that explain themselves: refusals, an ended stream, the bare page
+// ---------------------------------------------------------------------------
+
+/** The plain HTTP URL of a relay WebSocket URL (ws: → http:, wss: → https:). */
+export function httpUrlOf(wsUrl) {
+  return String(wsUrl).replace(/^ws(s?):/i, 'http$1:');
+}
+
+/**
+ * `GET /channels/{name}` on the relay of WebSocket URL `wsUrl`, with its
+ * query (the page's token) kept: whether the channel still has a source.
+ */
+export function channelInfoUrl(wsUrl, name) {
+  const u = new URL(httpUrlOf(wsUrl));
+  u.pathname = `/channels/${encodeURIComponent(name)}`;
+  return u.href;
+}
+
+/**
+ * What a page says when the relay answered a plain GET of its WebSocket URL
+ * with `status` and body `text` (a failed handshake tells a browser
+ * nothing, the same URL over HTTP gets the refusal): {status, hint} for a
+ * refusal, or null when the relay would have accepted (426) or answered OK.
+ */
+export function explainRefusal(status, text, role, channel) {
+  if (status < 400 || status === 426) return null;
+  const reason = String(text || '').trim() || `HTTP ${status}`;
+  const mint = `bitstream-relay token --channel ${channel} --role ${role}`;
+  const act = role === 'source' ? 'publish on' : 'watch';
+  if (status === 401 && reason.includes('required')) {
+    return {
+      status: 'refused: 401, a token is required',
+      hint: `This relay requires a token (401: ${reason}). Add &token=… to this page's URL; whoever runs the relay mints one with: ${mint}`,
+    };
+  }
+  if (status === 401 || status === 403) {
+    return {
+      status: `refused: ${status}, ${reason}`,
+      hint: `The relay refused this page's token (${status}: ${reason}): it must let this page ${act} ${channel}. A new one: ${mint}`,
+    };
+  }
+  if (status === 409) {
+    return {
+      status: `refused: 409, ${reason}`,
+      hint: `Another source is publishing on ${channel} (409: ${reason}); this page retries until it leaves. Or publish on another channel: ?mode=source&channel=…`,
+    };
+  }
+  return { status: `refused: ${status}, ${reason}`, hint: `The relay refused the connection (${status}: ${reason}).` };
+}
+
+/** Shows `text` in the page's note line (`kind` 'info' is not an error); empty hides it. */
+function setHint(text, kind = 'error') {
+  const el = $('hint');
+  el.textContent = text || '';
+  el.hidden = !text;
+  el.className = kind === 'info' ? 'note info' : 'note';
+}
+
+/**
+ * Finds out why connections to the relay fail: asks the same URL over
+ * plain HTTP (`urlOf()`: the WebSocket URL in use) and keeps the answer's
+ * explanation in `current` ({status, hint} or null); `onChange` runs when
+ * it changes. Unreachable or cross-origin relays explain nothing.
+ */
+class RefusalProbe {
+  constructor(urlOf, role, channel, onChange) {
+    Object.assign(this, { urlOf, role, channel, onChange });
+    this.current = null;
+    this.busy = false;
+  }
+
+  async check() {
+    if (this.busy) return;
+    this.busy = true;
+    try {
+      const url = this.urlOf();
+      const r = await fetch(httpUrlOf(url), { cache: 'no-store' });
+      let why = explainRefusal(r.status, await r.text(), this.role, this.channel);
+      if (!why && r.status === 426 && this.role === 'source') {
+        // The token would do; a second source is refused (409) at the upgrade only.
+        const info = await fetch(channelInfoUrl(url, this.channel), { cache: 'no-store' });
+        if (info.ok && (await info.json()).source === true) {
+          why = explainRefusal(409, 'the channel already has a source', this.role, this.channel);
+        }
+      }
+      this.set(why);
+    } catch {
+      // Not reachable over HTTP from here: the bare retry is all we know.
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  clear() {
+    this.set(null);
+  }
+
+  set(v) {
+    if (JSON.stringify(v) === JSON.stringify(this.current)) return;
+    this.current = v;
+    this.onChange();
+  }
+}
+
+/** Link to a page of this relay, the page's token passed on. */
+function pageLink(query) {
+  const token = new URLSearchParams(location.search).get('token');
+  return `/?${query}${token ? `&token=${encodeURIComponent(token)}` : ''}`;
+}
+
+/**
+ * The bare page (`/` without `?channel=`): how to publish, and the live
+ * channels from `/channels` as links, refreshed every 5 s.
+ * `window.relayLanding` holds what was listed, for tests.
+ */
+function showLanding() {
+  const ws = location.protocol === 'https:' ? 'wss' : 'ws';
+  $('landing').hidden = false;
+  $('pattern-command').textContent = `bitstream-relay pattern --url ${ws}://${location.host}/source/demo`;
+  $('source-link').href = pageLink('mode=source&channel=demo');
+  $('watch-link').href = pageLink('channel=demo');
+  window.relayLanding = { channels: null, error: null };
+  const list = async () => {
+    const token = new URLSearchParams(location.search).get('token');
+    let items;
+    try {
+      const r = await fetch(`/channels${token ? `?token=${encodeURIComponent(token)}` : ''}`, { cache: 'no-store' });
+      if (!r.ok) throw new Error(`${r.status}: ${(await r.text()).trim()}`);
+      const live = (await r.json()).filter((c) => c.source).map((c) => c.name).sort();
+      window.relayLanding = { channels: live, error: null };
+      items = live.map((name) => {
+        const li = document.createElement('li');
+        const a = document.createElement('a');
+        a.href = pageLink(`channel=${encodeURIComponent(name)}`);
+        a.textContent = name;
+        li.append(a);
+        return li;
+      });
+      if (items.length === 0) items = [Object.assign(document.createElement('li'), { textContent: 'none right now: publish one (below)' })];
+    } catch (e) {
+      window.relayLanding = { channels: null, error: e.message };
+      const why = e.message.startsWith('401') ? ' (listing channels needs a token for every channel: add &token=…)' : '';
+      items = [Object.assign(document.createElement('li'), { textContent: `cannot list channels: ${e.message}${why}` })];
+    }
+    $('channel-list').replaceChildren(...items);
+  };
+  list();
+  setInterval(list, 5000);
+}
+
 /** Receiver mode: render the channel, play audio, send input back. */
 function startReceiver(channel) {
   const canvas = $('view');
   const ctx = canvas.getContext('2d');
   const st = new ReceiverState();
   const audio = new PcmPlayer();
+  const audioButton = $('audio'); // shown once the stream carries audio
+  const refusal = new RefusalProbe(() => conn.currentUrl, 'receiver', channel, () => renderStatus());
   const now = pageClock();
   let inputSeq = 0;
   let inputsSent = 0;
@@ -960,6 +1114,11 @@ function startReceiver(channel) {
   let drawPending = false;
   let compressedGen = 0;
   let ended = false;
+  // Why the picture is not live while connected: {kind: 'ended' | 'waiting', why} or null.
+  let idle = null;
+  let lastArrival = performance.now();
+  let connState = 'connecting';
+  let connDetail = '';
   let minOffset = Infinity; // min(arrival - frame timestamp): the latency baseline
   let lastTimestamp = 0;
   let latency = null;
@@ -994,6 +1153,7 @@ function startReceiver(channel) {
   };
 
   const onMessage = (data) => {
+    lastArrival = performance.now();
     let m;
     try {
       m = st.handle(data);
@@ -1005,6 +1165,7 @@ function startReceiver(channel) {
       case 'pixels': {
         compressedGen++;
         ended = false;
+        setIdle(null);
         const arrival = performance.now();
         if (m.header.timestamp < lastTimestamp) minOffset = Infinity; // the stream restarted
         lastTimestamp = m.header.timestamp;
@@ -1021,6 +1182,7 @@ function startReceiver(channel) {
         $('signal').textContent = formatJson(st.signal);
         break;
       case 'audio':
+        audioButton.hidden = false; // the stream carries audio: offer to play it
         try {
           audio.play(m.header, m.payload);
         } catch (e) {
@@ -1029,10 +1191,12 @@ function startReceiver(channel) {
         break;
       case 'end':
         ended = true;
+        setIdle({ kind: 'ended', why: 'the source ended the stream; waiting for a new one' });
         break;
       case 'mark':
         // A new stream (or a catch-up): its timestamps start afresh.
         if (m.reset || m.mark.kind === MarkKind.Changed) minOffset = Infinity;
+        if (m.mark.kind === MarkKind.Changed) setIdle(null);
         if (m.reset) {
           // The catch-up replaces the state; the canvas keeps the last
           // picture until the catch-up's own is drawn (no blank flash).
@@ -1048,8 +1212,59 @@ function startReceiver(channel) {
     decorate: (url) => st.resumeUrl(url),
     onOpen: () => st.connected(),
     onMessage,
-    onState: (state, detail) => showStatus(state, detail, channel),
+    onState: (state, detail) => {
+      connState = state;
+      connDetail = detail;
+      if (state === 'open') refusal.clear();
+      renderStatus();
+      if (state === 'closed' && detail.startsWith('connection failed')) refusal.check();
+    },
   });
+
+  // --- status: refusals explained, an ended or sourceless stream ----------
+  function renderStatus() {
+    const r = refusal.current;
+    if (connState !== 'open' && r) {
+      showStatus(connState, connDetail.replace(/^connection failed/, r.status), channel);
+      setHint(r.hint);
+    } else if (connState === 'open' && idle) {
+      showStatus(idle.kind, idle.why, channel, idle.kind === 'ended' ? 'stream ended' : 'waiting for a source');
+      const ws = location.protocol === 'https:' ? 'wss' : 'ws';
+      const publish = `publish from ${location.origin}${pageLink(`mode=source&channel=${encodeURIComponent(channel)}`)} or with: bitstream-relay pattern --url ${ws}://${location.host}/source/${channel}`;
+      // The bare page's own box already says how to publish.
+      const waiting = $('landing').hidden ? `Nothing is published on ${channel} yet: ${publish}` : '';
+      setHint(idle.kind === 'ended' ? `Stream ended: ${idle.why}. The last picture stays until a source publishes on ${channel} again.` : waiting, 'info');
+    } else {
+      showStatus(connState, connDetail, channel);
+      setHint('');
+    }
+  }
+  function setIdle(v) {
+    if (JSON.stringify(v) === JSON.stringify(idle)) return;
+    idle = v;
+    renderStatus();
+  }
+  // A source that leaves without a StreamEnd sends nothing more: after a
+  // quiet spell, ask the relay whether the channel still has a source.
+  let probing = false;
+  setInterval(async () => {
+    if (probing || connState !== 'open' || idle?.kind === 'ended' || performance.now() - lastArrival < 3000) return;
+    probing = true;
+    try {
+      const r = await fetch(channelInfoUrl(conn.currentUrl, channel), { cache: 'no-store' });
+      const live = r.ok ? (await r.json()).source === true : r.status === 404 ? false : null;
+      if (live === true) setIdle(null);
+      else if (live === false) {
+        setIdle(st.frames > 0
+          ? { kind: 'ended', why: 'the source left; waiting for it to come back' }
+          : { kind: 'waiting', why: `nothing published on ${channel} yet` });
+      }
+    } catch {
+      // The relay cannot be asked from here: keep showing what we know.
+    } finally {
+      probing = false;
+    }
+  }, 2000);
 
   // --- input ---------------------------------------------------------------
   const send = (type, fields) => {
@@ -1142,8 +1357,6 @@ function startReceiver(channel) {
   if (navigator.getGamepads && Array.from(navigator.getGamepads()).some((p) => p)) startPad();
 
   // --- audio button and stats ------------------------------------------------
-  const audioButton = $('audio');
-  audioButton.hidden = false;
   audioButton.addEventListener('click', async () => {
     try {
       await audio.enable();
@@ -1182,6 +1395,14 @@ function startReceiver(channel) {
     channel,
     get state() {
       return conn.state;
+    },
+    /** Why the picture is not live while connected: {kind: 'ended' | 'waiting', why}, or null. */
+    get idle() {
+      return idle;
+    },
+    /** The relay's refusal of the last failed connection: {status, hint}, or null. */
+    get refusal() {
+      return refusal.current;
     },
     /** Reconnects the relay resumed, and those that started over from its catch-up. */
     get resumes() {
@@ -1309,6 +1530,9 @@ function startSource(channel, params) {
   if (params.get('signal')) signalInput.checked = params.get('signal') !== '0';
   $('source-controls').hidden = false;
   $('inputs-box').hidden = false;
+  $('source-help').hidden = false;
+  $('source-watch-link').href = pageLink(`channel=${encodeURIComponent(channel)}`);
+  $('source-watch-link').textContent = `/?channel=${channel}`;
 
   let seq = 0;
   let n = 0; // frames generated
@@ -1331,6 +1555,7 @@ function startSource(channel, params) {
   let width = 0;
   let height = 0;
 
+  const refusal = new RefusalProbe(() => conn.currentUrl, 'source', channel, () => conn.setState(conn.state, conn.detail));
   const conn = new ReconnectingSocket(relayUrls(location, 'source', channel), {
     onOpen: () => {
       forceKey = true; // whoever joins now needs a full frame
@@ -1351,8 +1576,21 @@ function startSource(channel, params) {
         lastError = `${e.name}: ${e.message}`;
       }
     },
-    onState: (state, detail) => showStatus(state, detail, `source ${channel}`),
+    onState: (state, detail) => {
+      if (state === 'open') refusal.clear();
+      const r = refusal.current;
+      showStatus(state, r && state !== 'open' ? detail.replace(/^connection failed/, r.status) : detail, `source ${channel}`);
+      if (state === 'closed' && detail.startsWith('connection failed')) refusal.check();
+      explain();
+    },
   });
+
+  /** The note line: a refusal, else what the page waits for. */
+  function explain() {
+    if (refusal.current) setHint(refusal.current.hint);
+    else if (!running && sent === 0) setHint(`Waiting for start: press start to stream a test animation to ${channel} (or open this page with &autostart=1).`, 'info');
+    else setHint('');
+  }
 
   function sendSignal(type, value) {
     const msg = buildMessage({ type, seq: signalSeq, timestamp: now() }, new TextEncoder().encode(JSON.stringify(value)));
@@ -1411,20 +1649,22 @@ function startSource(channel, params) {
     const fps = Math.min(120, Math.max(1, Number(fpsInput.value) || 30));
     running = true;
     timer = setInterval(tick, 1000 / fps);
+    explain();
   }
   function stop() {
     running = false;
     clearInterval(timer);
     timer = null;
+    explain();
   }
   $('start').addEventListener('click', start);
   $('stop').addEventListener('click', stop);
   fpsInput.addEventListener('change', () => running && start());
 
   let last = { t: performance.now(), sent: 0, bytes: 0 };
-  setInterval(() => {
+  const showStats = () => {
     const t = performance.now();
-    const secs = (t - last.t) / 1000;
+    const secs = Math.max(0.001, (t - last.t) / 1000);
     const fps = (sent - last.sent) / secs;
     const mbps = (bytesSent - last.bytes) / secs / 1e6;
     last = { t, sent, bytes: bytesSent };
@@ -1432,7 +1672,7 @@ function startSource(channel, params) {
       sendSignal(Frame.SignalDiff, { frame: n, fps: Math.round(fps * 10) / 10, encoding: encodingInput.value, size: `${canvas.width}x${canvas.height}` });
     }
     const parts = [
-      running ? 'streaming' : 'stopped',
+      running ? 'streaming' : sent === 0 ? 'waiting for start' : 'stopped',
       `${fps.toFixed(1)} fps`,
       `${mbps.toFixed(2)} MB/s`,
       `frames sent ${sent} (keyframes ${keyframes})`,
@@ -1442,10 +1682,13 @@ function startSource(channel, params) {
       lastError ? `last error: ${lastError}` : null,
     ];
     $('stats').textContent = parts.filter(Boolean).join(' · ');
-  }, 1000);
+  };
+  setInterval(showStats, 1000);
 
   drawScene(ctx, canvas.width, canvas.height, 0, marks);
   if (params.get('autostart') === '1') start();
+  explain();
+  showStats();
 
   return {
     mode: 'source',
@@ -1509,6 +1752,7 @@ function boot() {
     return;
   }
   window.relayClient = mode === 'source' ? startSource(channel, params) : startReceiver(channel);
+  if (mode === 'receiver' && !params.has('channel')) showLanding();
 }
 
 if (globalThis.document?.getElementById('relay-app')) boot();

@@ -333,7 +333,8 @@ fn authorize(relay: &Relay, req: &Request, route: &Route) -> Result<Option<Grant
 /// channel's path (which then answers 426) needs one for the channel,
 /// `/channels` and `/stats/events` one for every channel (`ch: "*"`, any
 /// role). Health, metrics and the pages stay open (`/metrics` names no
-/// channel without a token for every channel: see `http::respond`); `/turn`
+/// channel without a token for every channel: see `http::respond`),
+/// `/channels/{name}` one for that channel (either role); `/turn`
 /// checks its own.
 fn authorize_http(relay: &Relay, req: &Request, route: &Route) -> Result<(), Refused> {
     let Some(verifier) = &relay.auth else {
@@ -354,6 +355,10 @@ fn authorize_http(relay: &Relay, req: &Request, route: &Route) -> Result<(), Ref
         }
         Route::Other(p) if p == "/channels" || p == "/stats/events" => {
             verifier.check_every_channel(token)?;
+        }
+        Route::Other(p) if p.starts_with(pages::CHANNEL_PREFIX) => {
+            let name = p.get(pages::CHANNEL_PREFIX.len()..).unwrap_or_default();
+            verifier.check(token, name, &["receiver", "source"])?;
         }
         Route::Legacy | Route::Other(_) => {}
     }

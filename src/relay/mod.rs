@@ -8,8 +8,9 @@
 //!   WebSocket peer to its channel and starts its [`session`] (which reads
 //!   through `session::ingress`);
 //! - [`cluster`]: relays sharing channels over a NATS backplane;
-//! - [`state`]: the channel map, per-address limits, shutdown, and the GC
-//!   thread that drops idle channels;
+//! - [`state`]: the channel map, per-address limits, shutdown, the GC
+//!   thread that drops idle channels, and the last two minutes of totals
+//!   the dashboard opens with;
 //! - [`channel`]: one channel's members, catch-up cache, fan-out, resume
 //!   ring and SSE hub; [`egress`] writes to a peer's socket (zero-copy,
 //!   io_uring batches, bounded queues);

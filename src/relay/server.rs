@@ -22,7 +22,7 @@ use crate::relay::net::proxy;
 use crate::relay::net::tls::{self, Tls, TlsError};
 use crate::relay::resources::stats::Refusal;
 use crate::relay::state::gc;
-use crate::relay::state::Relay;
+use crate::relay::state::{self, Relay};
 
 /// Why the relay could not start.
 #[derive(Debug, Error)]
@@ -83,6 +83,7 @@ impl Server {
             .local_addr()
             .map_err(|source| StartError::Listen { addr, source })?;
         let relay = Relay::with(config, auth, tls).map_err(StartError::Runtime)?;
+        let _ = relay.listen_addr.set(local_addr);
         let http_state = Arc::new(HttpState {
             turn,
             ..HttpState::default()
@@ -127,6 +128,7 @@ impl Server {
     pub async fn run(self) -> io::Result<()> {
         let relay = self.relay;
         gc::spawn(&relay)?;
+        state::history::spawn(&relay);
         if relay.config.stats_interval_ms > 0 {
             tokio::spawn(log_stats(relay.clone()));
         }

@@ -370,3 +370,59 @@ impl Cdp {
         path
     }
 }
+
+// ---------------------------------------------------------------------------
+// One page, and screenshots for docs/
+// ---------------------------------------------------------------------------
+
+/// Launches chromium and attaches a CDP session to its page (created if
+/// it opened none), with the page's viewport `width` x `height`.
+pub async fn launch_page(exe: &Path, width: u32, height: u32) -> (Browser, Cdp) {
+    let (browser, devtools_url) = Browser::launch(exe).await;
+    let mut cdp = Cdp::connect(&devtools_url).await;
+    let targets = cdp.call("Target.getTargets", json!({})).await;
+    let page = targets["targetInfos"]
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["type"] == "page"))
+        .map(|t| t["targetId"].clone());
+    let target_id = match page {
+        Some(id) => id,
+        None => cdp
+            .call("Target.createTarget", json!({ "url": "about:blank" }))
+            .await["targetId"]
+            .clone(),
+    };
+    let attached = cdp
+        .call(
+            "Target.attachToTarget",
+            json!({ "targetId": target_id, "flatten": true }),
+        )
+        .await;
+    cdp.session = Some(
+        attached["sessionId"]
+            .as_str()
+            .expect("sessionId")
+            .to_owned(),
+    );
+    for method in ["Runtime.enable", "Log.enable", "Page.enable"] {
+        cdp.call(method, json!({})).await;
+    }
+    cdp.call(
+        "Emulation.setDeviceMetricsOverride",
+        json!({ "width": width, "height": height, "deviceScaleFactor": 1, "mobile": false }),
+    )
+    .await;
+    (browser, cdp)
+}
+
+/// Copies a screenshot to `docs/<name>` when that file is missing or
+/// `RELAY_UPDATE_DOCS=1` asks for it, so an ordinary test run leaves the
+/// work tree clean.
+pub fn save_to_docs(shot: &Path, name: &str) {
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("docs")
+        .join(name);
+    if !docs.exists() || std::env::var("RELAY_UPDATE_DOCS").as_deref() == Ok("1") {
+        std::fs::copy(shot, &docs).expect("copy the screenshot to docs/");
+    }
+}

@@ -92,6 +92,19 @@ fn costly(payload: &[u8]) -> bool {
         })
 }
 
+/// True for the frame types a frame rate counts: pictures, not signal,
+/// audio, haptics or pings.
+fn is_picture(t: FrameType) -> bool {
+    matches!(
+        t,
+        FrameType::Pixels
+            | FrameType::CompressedPixels
+            | FrameType::DeltaPixels
+            | FrameType::Keyframe
+            | FrameType::NeuralFrame
+    )
+}
+
 impl Channel {
     /// Validates a source message and folds it into the catch-up state,
     /// then hands it to every receiver, in order, the same `Bytes` to each.
@@ -129,6 +142,9 @@ impl Channel {
         let h = protocol::validate_source_message(msg.payload())?;
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
         self.cache_frame(&h, msg, seq)?;
+        if is_picture(h.frame_type()) {
+            self.traffic.pictures_in.inc();
+        }
         Ok(seq)
     }
 

@@ -297,6 +297,7 @@ pub(crate) fn stats_json(relay: &Relay) -> Vec<u8> {
                 "sse_clients": ch.sse_clients,
                 "signal_peers": ch.signal_peers,
                 "frames_in": t.frames_in,
+                "pictures_in": t.pictures_in,
                 "bytes_in": t.bytes_in,
                 "frames_out": t.frames_out,
                 "bytes_out": t.bytes_out,
@@ -314,11 +315,13 @@ pub(crate) fn stats_json(relay: &Relay) -> Vec<u8> {
         "sources": s.sources,
         "receivers": s.receivers,
         "sse_clients": relay.connections.sse_clients.get(),
+        "dashboards": relay.connections.dashboards.get(),
         "channels_total": s.channels,
         "memory_bytes": s.memory_bytes,
         "rss_bytes": crate::relay::resources::stats::process_rss_bytes(),
         "refused": s.refused_total(),
         "frames_in": t.frames_in,
+        "pictures_in": t.pictures_in,
         "bytes_in": t.bytes_in,
         "frames_out": t.frames_out,
         "bytes_out": t.bytes_out,
@@ -344,17 +347,29 @@ fn stats_event(relay: &Relay) -> Bytes {
     charged(Bytes::from(ev), len, memory)
 }
 
-/// `GET /stats/events`: a `stats` event with [`stats_json`] every second
-/// (rendered once a second however many dashboards watch, and shared by
-/// them). A dashboard that cannot take one within `--slow-timeout-ms` is
-/// closed; one that is merely slow gets the latest snapshot when it is
-/// ready again (snapshots are not queued).
+/// `GET /stats/events`: first a `history` event (the last two minutes of
+/// totals, see [`crate::relay::state::history`]), then a `stats` event with
+/// [`stats_json`] every second (rendered once a second however many
+/// dashboards watch, and shared by them). A dashboard that cannot take one
+/// within `--slow-timeout-ms` is closed; one that is merely slow gets the
+/// latest snapshot when it is ready again (snapshots are not queued).
 pub(super) async fn stats(relay: &Arc<Relay>, page: &PageCache, stream: &Conn, cors: &str) {
-    let head = [Bytes::from(stream_head(cors))];
-    if let Err(end) = write(relay, stream, &head).await {
+    relay.connections.dashboards.inc();
+    stats_stream(relay, page, stream, cors).await;
+    relay.connections.dashboards.sub(1);
+}
+
+/// Writes the stats stream until it ends.
+async fn stats_stream(relay: &Arc<Relay>, page: &PageCache, stream: &Conn, cors: &str) {
+    let history = format!("event: history\ndata: {}\n\n", relay.history.json());
+    let mut first = Outgoing::new(&relay.budgets.memory);
+    first.own(Bytes::from(stream_head(cors)));
+    first.own(Bytes::from(history));
+    if let Err(end) = write(relay, stream, first.pieces()).await {
         tracing::debug!(?end, "stats stream ended");
         return;
     }
+    drop(first);
     let gone = client_gone(stream);
     tokio::pin!(gone);
     let mut tick = tokio::time::interval(STATS_INTERVAL);

@@ -39,7 +39,7 @@ fn gauge(reg: &mut Registry, name: &str, help: &str, v: u64) {
 type TrafficMetric = (&'static str, &'static str, fn(&TrafficSnapshot) -> u64);
 
 /// Every traffic counter, global and per channel.
-const TRAFFIC: [TrafficMetric; 14] = [
+const TRAFFIC: [TrafficMetric; 15] = [
     ("frames_in", "Valid frames received from sources", |t| {
         t.frames_in
     }),
@@ -47,6 +47,11 @@ const TRAFFIC: [TrafficMetric; 14] = [
         "bytes_in",
         "Bytes of valid frames received from sources",
         |t| t.bytes_in,
+    ),
+    (
+        "pictures_in",
+        "Pictures among the frames received (a frame rate counts these)",
+        |t| t.pictures_in,
     ),
     ("frames_out", "Frame deliveries to receivers", |t| {
         t.frames_out

@@ -44,6 +44,9 @@ pub(crate) struct Traffic {
     pub(crate) frames_in: Counter,
     /// Bytes of valid frames received from sources (protocol message bytes).
     pub(crate) bytes_in: Counter,
+    /// Pictures among `frames_in` (pixels, deltas, keyframes, neural
+    /// frames): what a frame rate counts, signal and audio left out.
+    pub(crate) pictures_in: Counter,
     /// Frame deliveries to receivers (one per frame per receiver).
     pub(crate) frames_out: Counter,
     /// Bytes delivered to receivers (protocol message bytes).
@@ -80,6 +83,8 @@ pub struct TrafficSnapshot {
     pub frames_in: u64,
     /// See [`Traffic::bytes_in`].
     pub bytes_in: u64,
+    /// See [`Traffic::pictures_in`].
+    pub pictures_in: u64,
     /// See [`Traffic::frames_out`].
     pub frames_out: u64,
     /// See [`Traffic::bytes_out`].
@@ -112,6 +117,7 @@ impl Traffic {
         TrafficSnapshot {
             frames_in: self.frames_in.get(),
             bytes_in: self.bytes_in.get(),
+            pictures_in: self.pictures_in.get(),
             frames_out: self.frames_out.get(),
             bytes_out: self.bytes_out.get(),
             inputs: self.inputs.get(),
@@ -131,6 +137,7 @@ impl Traffic {
     pub(crate) fn absorb(&self, s: &TrafficSnapshot) {
         self.frames_in.add(s.frames_in);
         self.bytes_in.add(s.bytes_in);
+        self.pictures_in.add(s.pictures_in);
         self.frames_out.add(s.frames_out);
         self.bytes_out.add(s.bytes_out);
         self.inputs.add(s.inputs);
@@ -150,6 +157,7 @@ impl std::ops::AddAssign for TrafficSnapshot {
     fn add_assign(&mut self, o: Self) {
         self.frames_in += o.frames_in;
         self.bytes_in += o.bytes_in;
+        self.pictures_in += o.pictures_in;
         self.frames_out += o.frames_out;
         self.bytes_out += o.bytes_out;
         self.inputs += o.inputs;
@@ -318,6 +326,9 @@ pub(crate) struct Connections {
     pub(crate) signal_peers: Counter,
     /// Server-Sent Events clients of signal state connected now.
     pub(crate) sse_clients: Counter,
+    /// Dashboards (`/stats/events` streams) connected now; each is one of
+    /// the `open` connections.
+    pub(crate) dashboards: Counter,
     /// Peers dropped for not answering pings.
     pub(crate) keepalive_drops: Counter,
     /// Peers closed for sending an over-size message.

@@ -2,12 +2,13 @@
 //! the shutdown signal. Every connection task holds an `Arc<Relay>`.
 
 pub(crate) mod gc;
+pub(crate) mod history;
 mod shutdown;
 
 pub(crate) use shutdown::Shutdown;
 
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -48,6 +49,10 @@ pub struct Relay {
     pub(crate) cluster: OnceLock<Arc<Cluster>>,
     /// Traffic of channels the GC has removed.
     pub(crate) retired: Traffic,
+    /// The last two minutes of totals, for the dashboard's charts.
+    pub(crate) history: history::History,
+    /// The address the listening socket is bound to (set at bind).
+    pub(crate) listen_addr: OnceLock<SocketAddr>,
     per_ip: IpCounts,
     /// Channels that exist, by the per-IP key of who created them.
     channels_per_ip: IpCounts,
@@ -160,6 +165,8 @@ impl Relay {
             connections: Connections::default(),
             cluster: OnceLock::new(),
             retired: Traffic::default(),
+            history: history::History::default(),
+            listen_addr: OnceLock::new(),
             per_ip: IpCounts::default(),
             channels_per_ip: IpCounts::default(),
             retiring: Mutex::new(()),
