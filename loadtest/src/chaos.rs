@@ -1432,7 +1432,11 @@ fn healthy_checks(v: &mut Verdict, m: &Measured, d: &Derived) {
     v.check(
         "healthy receivers ended early",
         ended.is_empty(),
-        format!("{ended:?}"),
+        if ended.is_empty() {
+            "none".to_owned()
+        } else {
+            format!("{ended:?}")
+        },
         "none",
     );
     v.check(
@@ -1444,10 +1448,14 @@ fn healthy_checks(v: &mut Verdict, m: &Measured, d: &Derived) {
     v.check(
         "inputs reaching the source",
         d.inputs_invalid == 0,
-        format!(
-            "{} invalid inputs reached the source, e.g. {:?}",
-            d.inputs_invalid, d.invalid_examples
-        ),
+        if d.inputs_invalid == 0 {
+            format!("{} valid, none invalid", d.inputs_valid)
+        } else {
+            format!(
+                "{} invalid inputs reached the source, e.g. {:?}",
+                d.inputs_invalid, d.invalid_examples
+            )
+        },
         "only valid ones",
     );
     v.check(
