@@ -35,6 +35,7 @@ use crate::probe::http_get;
 use crate::relays::{self, Paths, RelayKind, RelayProc};
 use crate::report::{self, median};
 use crate::run::{self, RunCfg, Summary};
+use crate::verdict::Verdict;
 use crate::{charts, sys, Scenario};
 
 /// `loadtest cluster` options.
@@ -218,11 +219,26 @@ pub fn local_remote(s: &Summary) -> (Lat, Lat) {
 }
 
 impl Run {
-    /// True if the run failed: it could not start, or any frame was
-    /// lost, damaged, repeated or reordered, a receiver failed or ended
-    /// early, or a process exited (see [`Summary::failed`]).
-    pub fn failed(&self) -> bool {
-        self.start_error.is_some() || self.s.failed()
+    /// The run's checks: it started, and then those of its summary (see
+    /// [`Summary::verdict`]).
+    pub fn verdict(&self) -> Verdict {
+        let mut v = Verdict::new();
+        match &self.start_error {
+            Some(e) => {
+                v.check("start", false, format!("could not start: {e}"), "starts");
+            }
+            None => v.absorb("", self.s.verdict()),
+        }
+        v
+    }
+
+    /// `cluster, SETUP setup, round R/N` (its checks' prefix).
+    fn subject(&self, rounds: usize) -> String {
+        format!(
+            "cluster, {} setup, round {}/{rounds}",
+            self.setup.name(),
+            self.round
+        )
     }
 
     /// The relays' RSS: peak of their sampled sum, MB.
@@ -246,14 +262,10 @@ impl Run {
         bytes / self.s.window_s.max(1e-6) / 1e6
     }
 
-    /// The stderr line with this run's verdict.
-    pub fn verdict(&self, rounds: usize) -> String {
+    /// The stderr lines with this run's verdict.
+    pub fn verdict_text(&self, rounds: usize) -> String {
         match &self.start_error {
-            Some(e) => format!(
-                "loadtest: FAIL cluster, {} setup, round {}/{rounds}: could not start: {e}",
-                self.setup.name(),
-                self.round
-            ),
+            Some(_) => self.verdict().stderr(&self.subject(rounds), "not run"),
             None => report::verdict(&self.s, Some((self.round, rounds))),
         }
     }
@@ -279,9 +291,20 @@ pub fn ratio_spread(runs: &[Run], f: impl Fn(&Run) -> f64) -> Option<(f64, f64, 
     (!v.is_empty()).then(|| (median(v), lo, hi))
 }
 
-/// The command's exit code: 1 if any run failed, else 0.
-pub fn exit_code(runs: &[Run]) -> i32 {
-    i32::from(runs.is_empty() || runs.iter().any(Run::failed))
+/// The command's checks: at least one run, and every run's checks under
+/// `cluster, SETUP setup, round R/N`. Exit code 1 if any failed.
+pub fn verdict(runs: &[Run], rounds: usize) -> Verdict {
+    let mut v = Verdict::new();
+    v.check(
+        "runs",
+        !runs.is_empty(),
+        runs.len().to_string(),
+        "at least 1",
+    );
+    for r in runs {
+        v.absorb(&r.subject(rounds), r.verdict());
+    }
+    v
 }
 
 fn cpu_of(v: &str) -> Option<usize> {
@@ -378,12 +401,13 @@ async fn rounds(o: &ClusterOpts, cfg: &RunCfg, paths: &Paths, nats_bin: &Path) -
                 let _ = std::fs::write(dir.join(format!("{base}.txt")), &t);
                 charts::for_run(&dir, &base, &r.s);
             }
-            eprintln!("{}", r.verdict(o.rounds));
+            eprintln!("{}", r.verdict_text(o.rounds));
             runs.push(r);
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
-    let md = table(o, cfg, &runs);
+    let all = verdict(&runs, o.rounds);
+    let md = table(o, cfg, &runs, &all);
     println!("\n{md}");
     let _ = std::fs::write(dir.join("table.md"), &md);
     let _ = std::fs::write(o.out.join("cluster-latest.md"), &md);
@@ -397,7 +421,8 @@ async fn rounds(o: &ClusterOpts, cfg: &RunCfg, paths: &Paths, nats_bin: &Path) -
         },
         "runs": runs.iter().map(run_json).collect::<Vec<_>>(),
         "ratios_cluster_over_single": ratios_json(&runs),
-        "failed": exit_code(&runs) != 0,
+        "failed": !all.passed(),
+        "verdict": all.json(),
     });
     let _ = std::fs::write(
         dir.join("results.json"),
@@ -409,10 +434,9 @@ async fn rounds(o: &ClusterOpts, cfg: &RunCfg, paths: &Paths, nats_bin: &Path) -
         dir.join("table.md").display(),
         dir.join("results.json").display()
     );
-    for r in runs.iter().filter(|r| r.failed()) {
-        eprintln!("{}", r.verdict(o.rounds));
-    }
-    exit_code(&runs)
+    let detail = format!("{} run(s)", runs.len());
+    eprintln!("{}", all.stderr("cluster", &detail));
+    all.exit_code()
 }
 
 fn start_failed(e: String) -> Run {
@@ -497,6 +521,77 @@ impl Drop for Cluster {
     }
 }
 
+impl Cluster {
+    /// Starts the `--nodes` relays, each joined to the cluster's nats-server.
+    fn start_nodes(
+        &mut self,
+        o: &ClusterOpts,
+        cfg: &RunCfg,
+        paths: &Paths,
+        dir: &Path,
+        tag: &str,
+    ) -> Result<(), String> {
+        let cpu = cpu_of(&o.relay_cpu);
+        for k in 1..=o.nodes {
+            let id = format!("n{k}");
+            let mut extra = vec![
+                "--nats-url".to_owned(),
+                self.nats.url.clone(),
+                "--node-id".to_owned(),
+                id.clone(),
+            ];
+            extra.extend(o.relay_args.iter().cloned());
+            let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+            let log_tag = format!("cluster-{tag}-{id}");
+            let p = relays::spawn(
+                RelayKind::Ours,
+                paths,
+                cpu,
+                cfg.receivers,
+                dir,
+                &log_tag,
+                &extra,
+            )
+            .map_err(|e| format!("node {id}: {e}"))?;
+            self.nodes.push(p);
+        }
+        Ok(())
+    }
+
+    /// `cfg` for this cluster: the source on n1, receivers spread over every
+    /// node, the nodes and nats-server measured.
+    fn run_cfg(&self, o: &ClusterOpts, cfg: &RunCfg) -> RunCfg {
+        let mut c = cfg.clone();
+        c.url = self.nodes[0].url.clone();
+        c.receiver_urls = self.nodes.iter().map(|n| n.url.clone()).collect();
+        c.relay_pids = self.nodes.iter().map(|n| n.pid).collect();
+        c.watch = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (format!("n{}", i + 1), n.pid))
+            .chain([("nats-server".to_owned(), self.nats.proc.pid)])
+            .collect();
+        c.label = format!("cluster-{}", o.nodes);
+        c
+    }
+
+    /// Each node's CPU and RSS over the run (from `s`) and its metrics now.
+    async fn node_facts(&self, s: &Summary) -> Vec<Node> {
+        let mut nodes = Vec::new();
+        for (i, p) in self.nodes.iter().enumerate() {
+            let w = s.watched.get(i);
+            nodes.push(Node {
+                id: format!("n{}", i + 1),
+                cpu_pct: w.and_then(|w| w.cpu_pct),
+                rss_mb: w.and_then(|w| w.rss_peak_mb),
+                metrics: scrape(&p.url).await,
+            });
+        }
+        nodes
+    }
+}
+
 async fn cluster(
     o: &ClusterOpts,
     cfg: &RunCfg,
@@ -514,41 +609,10 @@ async fn cluster(
         nodes: Vec::new(),
         nats,
     };
-    for k in 1..=o.nodes {
-        let id = format!("n{k}");
-        let mut extra = vec![
-            "--nats-url".to_owned(),
-            cl.nats.url.clone(),
-            "--node-id".to_owned(),
-            id.clone(),
-        ];
-        extra.extend(o.relay_args.iter().cloned());
-        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-        match relays::spawn(
-            RelayKind::Ours,
-            paths,
-            cpu,
-            cfg.receivers,
-            dir,
-            &format!("cluster-{tag}-{id}"),
-            &extra,
-        ) {
-            Ok(p) => cl.nodes.push(p),
-            Err(e) => return start_failed(format!("node {id}: {e}")),
-        }
+    if let Err(e) = cl.start_nodes(o, cfg, paths, dir, tag) {
+        return start_failed(e);
     }
-    let mut c = cfg.clone();
-    c.url = cl.nodes[0].url.clone();
-    c.receiver_urls = cl.nodes.iter().map(|n| n.url.clone()).collect();
-    c.relay_pids = cl.nodes.iter().map(|n| n.pid).collect();
-    c.watch = cl
-        .nodes
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (format!("n{}", i + 1), n.pid))
-        .chain([("nats-server".to_owned(), cl.nats.proc.pid)])
-        .collect();
-    c.label = format!("cluster-{}", o.nodes);
+    let c = cl.run_cfg(o, cfg);
     let t0 = cl.nats.traffic().await;
     let mut s = run::run(&c).await;
     let t1 = cl.nats.traffic().await;
@@ -559,16 +623,7 @@ async fn cluster(
             None
         }
     };
-    let mut nodes = Vec::new();
-    for (i, p) in cl.nodes.iter().enumerate() {
-        let w = s.watched.get(i);
-        nodes.push(Node {
-            id: format!("n{}", i + 1),
-            cpu_pct: w.and_then(|w| w.cpu_pct),
-            rss_mb: w.and_then(|w| w.rss_peak_mb),
-            metrics: scrape(&p.url).await,
-        });
-    }
+    let nodes = cl.node_facts(&s).await;
     let nw = s.watched.get(o.nodes);
     let nats = Some(NatsFacts {
         traffic,
@@ -680,7 +735,7 @@ fn run_json(r: &Run) -> Value {
     j["round"] = json!(r.round);
     j["setup"] = json!(r.setup.name());
     j["start_error"] = json!(r.start_error);
-    j["failed"] = json!(r.failed());
+    j["failed"] = json!(!r.verdict().passed());
     j["latency_by_place"] = json!({"local": lat(&l), "remote": lat(&rm)});
     j["relay_processes"] = json!(r.s.relay_processes);
     j["nodes"] = r
@@ -727,8 +782,84 @@ fn ratios_json(runs: &[Run]) -> Value {
         .collect()
 }
 
+/// One run's row of the cluster table.
+fn run_row(m: &mut String, r: &Run) {
+    if let Some(e) = &r.start_error {
+        let _ = writeln!(
+            m,
+            "| {} | {} | | | | | | | | | | | | could not start: {e} |",
+            r.round,
+            r.setup.name()
+        );
+        return;
+    }
+    let (l, rm) = local_remote(&r.s);
+    let per_node = if r.setup == Setup::Cluster {
+        format!(
+            " ({})",
+            r.nodes
+                .iter()
+                .map(|n| report::opt(n.cpu_pct, 0))
+                .collect::<Vec<_>>()
+                .join(" + ")
+        )
+    } else {
+        String::new()
+    };
+    let nats = nats_cells(r);
+    let _ = writeln!(
+        m,
+        "| {} | {} | {:.3}% | {} | {} | {} / {} | {} | {}{per_node} | {} | {} | {} | {} | {} | {} |",
+        r.round,
+        r.setup.name(),
+        r.s.delivered_fraction * 100.0,
+        f(r.s.lat_ms[0], 2),
+        f(r.s.lat_ms[2], 2),
+        f(l.p50, 2),
+        f(l.p99, 2),
+        if rm.receivers > 0 {
+            format!("{} / {}", f(rm.p50, 2), f(rm.p99, 2))
+        } else {
+            "-".into()
+        },
+        report::opt(r.s.relay_cpu_pct, 1),
+        f(r.relay_rss(), 1),
+        nats.0,
+        nats.1,
+        report::opt(r.s.driver_cpu_pct, 0),
+        report::opt(r.s.others_cpu_pct, 0),
+        if !r.verdict().passed() {
+            format!("**FAIL**: {}", r.s.integrity())
+        } else {
+            "OK".into()
+        }
+    );
+}
+
+/// The nats-server cells of a run's row: (CPU % / RSS MB, NATS in / out MB/s).
+fn nats_cells(r: &Run) -> (String, String) {
+    match &r.nats {
+        Some(n) => (
+            format!(
+                "{} / {}",
+                report::opt(n.cpu_pct, 1),
+                report::opt(n.rss_mb, 1)
+            ),
+            n.traffic.map_or("-".into(), |t| {
+                let w = r.s.window_s.max(1e-6) * 1e6;
+                format!(
+                    "{:.1} / {:.1}",
+                    t.in_bytes as f64 / w,
+                    t.out_bytes as f64 / w
+                )
+            }),
+        ),
+        None => ("-".into(), "-".into()),
+    }
+}
+
 /// The Markdown report: one row per run, then the ratios.
-fn table(o: &ClusterOpts, cfg: &RunCfg, runs: &[Run]) -> String {
+fn table(o: &ClusterOpts, cfg: &RunCfg, runs: &[Run], all: &Verdict) -> String {
     let mut m = String::new();
     let (date, time) = report::utc_now();
     let _ = writeln!(
@@ -755,73 +886,7 @@ fn table(o: &ClusterOpts, cfg: &RunCfg, runs: &[Run]) -> String {
         "|---:|---|---:|---:|---:|---|---|---|---:|---|---|---:|---:|---|"
     );
     for r in runs {
-        if let Some(e) = &r.start_error {
-            let _ = writeln!(
-                m,
-                "| {} | {} | | | | | | | | | | | | could not start: {e} |",
-                r.round,
-                r.setup.name()
-            );
-            continue;
-        }
-        let (l, rm) = local_remote(&r.s);
-        let per_node = if r.setup == Setup::Cluster {
-            format!(
-                " ({})",
-                r.nodes
-                    .iter()
-                    .map(|n| report::opt(n.cpu_pct, 0))
-                    .collect::<Vec<_>>()
-                    .join(" + ")
-            )
-        } else {
-            String::new()
-        };
-        let nats = match &r.nats {
-            Some(n) => (
-                format!(
-                    "{} / {}",
-                    report::opt(n.cpu_pct, 1),
-                    report::opt(n.rss_mb, 1)
-                ),
-                n.traffic.map_or("-".into(), |t| {
-                    let w = r.s.window_s.max(1e-6) * 1e6;
-                    format!(
-                        "{:.1} / {:.1}",
-                        t.in_bytes as f64 / w,
-                        t.out_bytes as f64 / w
-                    )
-                }),
-            ),
-            None => ("-".into(), "-".into()),
-        };
-        let _ = writeln!(
-            m,
-            "| {} | {} | {:.3}% | {} | {} | {} / {} | {} | {}{per_node} | {} | {} | {} | {} | {} | {} |",
-            r.round,
-            r.setup.name(),
-            r.s.delivered_fraction * 100.0,
-            f(r.s.lat_ms[0], 2),
-            f(r.s.lat_ms[2], 2),
-            f(l.p50, 2),
-            f(l.p99, 2),
-            if rm.receivers > 0 {
-                format!("{} / {}", f(rm.p50, 2), f(rm.p99, 2))
-            } else {
-                "-".into()
-            },
-            report::opt(r.s.relay_cpu_pct, 1),
-            f(r.relay_rss(), 1),
-            nats.0,
-            nats.1,
-            report::opt(r.s.driver_cpu_pct, 0),
-            report::opt(r.s.others_cpu_pct, 0),
-            if r.failed() {
-                format!("**FAIL**: {}", r.s.integrity())
-            } else {
-                "OK".into()
-            }
-        );
+        run_row(&mut m, r);
     }
     let _ = writeln!(
         m,
@@ -843,11 +908,7 @@ fn table(o: &ClusterOpts, cfg: &RunCfg, runs: &[Run]) -> String {
         m,
         "\nNATS in / out: bytes published to and delivered by nats-server (`/varz`) per second of the send window; relay RSS: peak of the nodes' summed RSS, sampled once a second. Charts: `latency-cdf.svg` (single, cluster local, cluster remote; all rounds), `SETUP-rN-timeline.svg` (per node)."
     );
-    let failed: Vec<String> = runs
-        .iter()
-        .filter(|r| r.failed())
-        .map(|r| r.verdict(o.rounds))
-        .collect();
+    let failed = all.failures();
     if !failed.is_empty() {
         let _ = writeln!(
             m,
@@ -939,16 +1000,20 @@ mod tests {
             run(1, Setup::Single, 1.0, 0),
             run(1, Setup::Cluster, 1.0, 0),
         ];
-        assert_eq!(exit_code(&clean), 0);
+        assert_eq!(verdict(&clean, 1).exit_code(), 0);
         let lost = vec![
             run(1, Setup::Single, 1.0, 0),
             run(1, Setup::Cluster, 1.0, 1),
         ];
-        assert_eq!(exit_code(&lost), 1);
+        assert_eq!(verdict(&lost, 1).exit_code(), 1);
         let mut unstarted = clean.clone();
         unstarted[1].start_error = Some("nats-server exited at start".into());
-        assert_eq!(exit_code(&unstarted), 1);
-        assert_eq!(exit_code(&[]), 1);
+        assert_eq!(verdict(&unstarted, 1).exit_code(), 1);
+        assert_eq!(
+            verdict(&unstarted, 1).failures(),
+            ["FAIL cluster, cluster setup, round 1/1 start: could not start: nats-server exited at start"]
+        );
+        assert_eq!(verdict(&[], 1).exit_code(), 1);
     }
 
     #[test]

@@ -34,6 +34,7 @@ use crate::probe::{self, http_get, metric_lines, watch_end, End, Kind, Rng, Watc
 use crate::relays::{self, TargetOpts};
 use crate::report::{self, opt};
 use crate::sys::{self, ProcSample};
+use crate::verdict::Verdict;
 use crate::verify::Counts;
 use crate::wire::Framing;
 
@@ -152,44 +153,65 @@ pub struct PhaseResult {
 }
 
 impl PhaseResult {
-    /// The bounds phase `i` broke: a healthy frame not delivered intact, no
-    /// healthy frame at all, the healthy p99 or the relay's RSS above its
-    /// bound, a source refused where it had to be accepted.
-    fn failures(&self, i: usize, b: &Bounds) -> Vec<String> {
+    /// Phase `i`'s checks: the healthy source sent frames, every healthy
+    /// frame delivered intact, the healthy p99 and the relay's RSS within
+    /// their bounds, a source that had to be accepted accepted.
+    fn checks(&self, i: usize, b: &Bounds, v: &mut Verdict) {
         let at = format!("phase {i} {}", self.name);
         let fr = &self.frames;
-        let mut f = Vec::new();
-        if fr.sent == 0 {
-            f.push(format!("FAIL {at}: the healthy source sent no frame"));
-        }
-        if fr.delivered < fr.expected || fr.corrupt > 0 {
-            f.push(format!(
-                "FAIL {at}: healthy frames delivered intact {} of {} ({} not delivered, {} corrupt)",
+        let sent = if fr.sent == 0 {
+            "the healthy source sent no frame".to_owned()
+        } else {
+            format!("the healthy source sent {} frames", fr.sent)
+        };
+        v.check(at.clone(), fr.sent > 0, sent, "at least 1 frame");
+        v.check(
+            at.clone(),
+            fr.delivered >= fr.expected && fr.corrupt == 0,
+            format!(
+                "healthy frames delivered intact {} of {} ({} not delivered, {} corrupt)",
                 fr.delivered,
                 fr.expected,
                 fr.expected.saturating_sub(fr.delivered),
                 fr.corrupt
-            ));
+            ),
+            "every one",
+        );
+        let p99_ok = fr.lat.p99 <= b.max_p99_ms;
+        v.check(
+            at.clone(),
+            p99_ok,
+            format!(
+                "healthy p99 {:.1} ms {} {} ms (max {:.1} ms)",
+                fr.lat.p99,
+                if p99_ok { "<=" } else { ">" },
+                b.max_p99_ms,
+                fr.lat.max
+            ),
+            format!("p99 <= {} ms", b.max_p99_ms),
+        );
+        if let Some(k) = self.rss_peak_kib {
+            let ok = k <= b.max_rss_mib * 1024;
+            v.check(
+                at.clone(),
+                ok,
+                format!(
+                    "relay RSS peak {:.0} MiB {} {} MiB",
+                    k as f64 / 1024.0,
+                    if ok { "<=" } else { ">" },
+                    b.max_rss_mib
+                ),
+                format!("<= {} MiB", b.max_rss_mib),
+            );
         }
-        if fr.lat.p99 > b.max_p99_ms {
-            f.push(format!(
-                "FAIL {at}: healthy p99 {:.1} ms > {} ms (max {:.1} ms)",
-                fr.lat.p99, b.max_p99_ms, fr.lat.max
-            ));
+        if let Some(s) = self.source_status {
+            let measured = if s == 101 {
+                "a new source was accepted (HTTP 101)".to_owned()
+            } else {
+                format!("a new source was refused (HTTP {s}) instead of accepted")
+            };
+            v.check(at, s == 101, measured, "HTTP 101");
         }
-        if let Some(k) = self.rss_peak_kib.filter(|&k| k > b.max_rss_mib * 1024) {
-            f.push(format!(
-                "FAIL {at}: relay RSS peak {:.0} MiB > {} MiB",
-                k as f64 / 1024.0,
-                b.max_rss_mib
-            ));
-        }
-        if let Some(s) = self.source_status.filter(|&s| s != 101) {
-            f.push(format!(
-                "FAIL {at}: a new source was refused (HTTP {s}) instead of accepted"
-            ));
-        }
-        f
     }
 }
 
@@ -205,25 +227,30 @@ pub struct RunFacts {
 }
 
 impl RunFacts {
-    /// A healthy frame duplicated or out of order, a healthy receiver
-    /// ended early, the healthy source or the relay stopped.
-    fn failures(&self) -> Vec<String> {
+    /// The run's own checks: no healthy frame duplicated or out of order,
+    /// no healthy receiver ended early, the healthy source and the relay
+    /// ran to the end.
+    fn checks(&self, v: &mut Verdict) {
         let c = &self.counts;
-        let mut f = Vec::new();
-        if c.duplicate > 0 || c.out_of_order > 0 {
-            f.push(format!(
-                "FAIL healthy receivers: {} frames duplicated, {} out of order",
+        v.check(
+            "healthy receivers",
+            c.duplicate == 0 && c.out_of_order == 0,
+            format!(
+                "{} frames duplicated, {} out of order",
                 c.duplicate, c.out_of_order
-            ));
+            ),
+            "none",
+        );
+        v.check(
+            "healthy receivers",
+            self.ended_early == 0,
+            format!("{} ended early", self.ended_early),
+            "none",
+        );
+        for s in &self.stopped {
+            let (name, what) = s.split_once(": ").unwrap_or((s.as_str(), "stopped"));
+            v.check(name, false, what, "runs to the end");
         }
-        if self.ended_early > 0 {
-            f.push(format!(
-                "FAIL {} healthy receivers were ended early",
-                self.ended_early
-            ));
-        }
-        f.extend(self.stopped.iter().map(|s| format!("FAIL {s}")));
-        f
     }
 }
 
@@ -236,16 +263,14 @@ pub struct Bounds {
     pub max_rss_mib: u64,
 }
 
-/// Every bound the run broke, one line each, phase by phase, then the
-/// run's own; empty: it passed.
-pub fn verdict(phases: &[PhaseResult], run: &RunFacts, b: &Bounds) -> Vec<String> {
-    let mut f: Vec<String> = phases
-        .iter()
-        .enumerate()
-        .flat_map(|(i, p)| p.failures(i, b))
-        .collect();
-    f.extend(run.failures());
-    f
+/// The run's checks, phase by phase, then the run's own.
+pub fn verdict(phases: &[PhaseResult], run: &RunFacts, b: &Bounds) -> Verdict {
+    let mut v = Verdict::new();
+    for (i, p) in phases.iter().enumerate() {
+        p.checks(i, b, &mut v);
+    }
+    run.checks(&mut v);
+    v
 }
 
 // ---------------------------------------------------------------- attackers
@@ -1017,15 +1042,45 @@ impl Phase {
     }
 }
 
+/// What a hostile run gave, for its reports.
+struct Ran {
+    phases: Vec<Phase>,
+    facts: RunFacts,
+    /// The healthy stream's summary line.
+    fin_text: String,
+    timeline: Vec<Value>,
+    relay_exit: Option<String>,
+    relay_log: Option<std::path::PathBuf>,
+}
+
+/// The attacks to run: `--only`, else all of them.
+fn chosen(o: &HostileOpts) -> Vec<Attack> {
+    if o.only.is_empty() {
+        clap::ValueEnum::value_variants().to_vec()
+    } else {
+        o.only.clone()
+    }
+}
+
+/// Builds the payloads before the run and says how long that took.
+fn payloads(o: &HostileOpts, attacks: &[Attack]) -> Arc<Payloads> {
+    let t = Instant::now();
+    let pay = Arc::new(Payloads::build(o, attacks));
+    eprintln!(
+        "loadtest hostile: payloads built in {:.2} s (big keyframe {} B, sync {} B, oversized {} B)",
+        t.elapsed().as_secs_f64(),
+        pay.keyframe.len(),
+        pay.sync.len(),
+        pay.oversized.len()
+    );
+    pay
+}
+
 /// `loadtest hostile`: returns the exit code.
 pub fn main(o: HostileOpts) -> i32 {
     let nofile = sys::raise_nofile();
     o.target.pin_driver(o.target.start.is_some());
-    let attacks: Vec<Attack> = if o.only.is_empty() {
-        clap::ValueEnum::value_variants().to_vec()
-    } else {
-        o.only.clone()
-    };
+    let attacks = chosen(&o);
     if attacks.contains(&Attack::HandshakeStorm)
         && o.storm + o.stream.receivers + 256 > nofile as usize
     {
@@ -1035,51 +1090,65 @@ pub fn main(o: HostileOpts) -> i32 {
         );
         return 2;
     }
-    let Some(mut relay) = o.target.under_test(
-        o.stream.receivers,
-        &format!("hostile-{}", report::stamp()),
-        &[],
-    ) else {
+    let tag = format!("hostile-{}", report::stamp());
+    let Some(mut relay) = o.target.under_test(o.stream.receivers, &tag, &[]) else {
         return 2;
     };
     let (url, label) = (relay.url.clone(), relay.label.clone());
-    let t = Instant::now();
-    let pay = Arc::new(Payloads::build(&o, &attacks));
-    eprintln!(
-        "loadtest hostile: payloads built in {:.2} s (big keyframe {} B, sync {} B, oversized {} B)",
-        t.elapsed().as_secs_f64(),
-        pay.keyframe.len(),
-        pay.sync.len(),
-        pay.oversized.len()
-    );
+    let pay = payloads(&o, &attacks);
     let run = |h| run(&o, &attacks, &url, relay.pid, h, pay);
     let Some((phases, mut facts, fin_text, timeline)) =
         probe::with_attackers("hostile", &label, &url, run)
     else {
         return 1;
     };
-    let log = relay.log().map(|l| l.to_path_buf());
+    let relay_log = relay.log().map(|l| l.to_path_buf());
     let relay_exit = relay.finish();
     facts
         .stopped
         .extend(relay_exit.iter().map(|e| format!("relay exited: {e}")));
+    let ran = Ran {
+        phases,
+        facts,
+        fin_text,
+        timeline,
+        relay_exit,
+        relay_log,
+    };
     let bounds = Bounds {
         max_p99_ms: o.max_p99_ms,
         max_rss_mib: o.max_rss_mib,
     };
-    let results: Vec<PhaseResult> = phases.iter().map(|p| p.res.clone()).collect();
-    let failures = verdict(&results, &facts, &bounds);
-    let mut text = report_text(&o, &label, &url, &phases, &facts, &failures, &fin_text);
-    if let (Some(e), Some(l)) = (&relay_exit, &log) {
-        let _ = writeln!(
-            text,
-            "relay EXITED  {e}; log {}:\n{}",
-            l.display(),
-            relays::tail(l)
-        );
-    }
+    let results: Vec<PhaseResult> = ran.phases.iter().map(|p| p.res.clone()).collect();
+    let v = verdict(&results, &ran.facts, &bounds);
+    let text = report_text(&o, &label, &url, &ran, &v);
     println!("{text}");
-    let json = json!({
+    let json = report_json(&o, &label, &url, &attacks, &ran, &v);
+    let base = format!("hostile-{label}-{}", report::stamp());
+    report::write_pair(&o.target.out, &base, &text, &json);
+    let failed = v.failures().len();
+    let detail = format!(
+        "healthy receivers {}; {failed} failed check(s)",
+        ran.facts.counts.defects()
+    );
+    eprintln!(
+        "{}",
+        v.stderr(&format!("hostile against {label} ({url})"), &detail)
+    );
+    v.exit_code()
+}
+
+/// The JSON result of a hostile run.
+fn report_json(
+    o: &HostileOpts,
+    label: &str,
+    url: &str,
+    attacks: &[Attack],
+    ran: &Ran,
+    v: &Verdict,
+) -> Value {
+    let facts = &ran.facts;
+    json!({
         "scenario": "hostile",
         "relay": label,
         "url": url,
@@ -1091,33 +1160,137 @@ pub fn main(o: HostileOpts) -> i32 {
             "signal_bytes": o.signal_bytes, "big_width": o.big_width, "big_height": o.big_height, "rounds": o.rounds,
             "cached_channels": o.cached_channels, "oversized_bytes": o.oversized_bytes, "storm": o.storm, "storm_batch": o.storm_batch,
         },
-        "phases": phases.iter().map(Phase::json).collect::<Vec<_>>(),
+        "phases": ran.phases.iter().map(Phase::json).collect::<Vec<_>>(),
         "healthy": {"receivers": o.stream.receivers, "missing": facts.counts.missing, "duplicate": facts.counts.duplicate,
             "out_of_order": facts.counts.out_of_order, "corrupted": facts.counts.corrupt, "ended_early": facts.ended_early},
         "stopped": facts.stopped,
-        "relay_exit": relay_exit,
-        "relay_log": log.map(|l| l.display().to_string()),
-        "timeline": timeline,
-        "failures": failures,
-        "ok": failures.is_empty(),
-    });
-    report::write_pair(
-        &o.target.out,
-        &format!("hostile-{label}-{}", report::stamp()),
-        &text,
-        &json,
-    );
-    let ok = failures.is_empty();
-    eprintln!(
-        "loadtest: {} hostile against {label} ({url}): healthy receivers {}; {} failed check(s)",
-        if ok { "OK" } else { "FAIL" },
-        facts.counts.defects(),
-        failures.len()
-    );
-    for f in &failures {
-        eprintln!("loadtest:   {f}");
+        "relay_exit": ran.relay_exit,
+        "relay_log": ran.relay_log.as_ref().map(|l| l.display().to_string()),
+        "timeline": ran.timeline,
+        "failures": v.failures(),
+        "verdict": v.json(),
+        "ok": v.passed(),
+    })
+}
+
+/// What every phase of a hostile run shares.
+struct Shared<'a> {
+    o: &'a HostileOpts,
+    target: &'a Target,
+    run_id: &'a str,
+    pid: Option<u32>,
+    hrt: &'a Handle,
+    open: &'a Arc<AtomicUsize>,
+    pay: &'a Arc<Payloads>,
+}
+
+/// GETs /healthz every 0.5 s until `done`: (status, ms) of each (status 0: failed).
+async fn healthz_probes(target: &Target, mut done: watch::Receiver<bool>) -> Vec<(u16, f64)> {
+    let mut v = Vec::new();
+    while !*done.borrow() {
+        let t = Instant::now();
+        let st = http_get(target, "/healthz").await.map_or(0, |(s, _)| s);
+        v.push((st, t.elapsed().as_secs_f64() * 1000.0));
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = done.wait_for(|d| *d) => {}
+        }
     }
-    i32::from(!ok)
+    v
+}
+
+/// The relay's peak RSS in a phase (KiB): VmHWM is the peak since the
+/// relay started, so when it rose during the phase it is the phase's
+/// exact peak; else the highest of the samples (`seen`) and the RSS at
+/// either end.
+fn phase_peak(seen: u64, rss: [Option<u64>; 2], hwm: [Option<u64>; 2]) -> u64 {
+    let seen = seen.max(rss[0].unwrap_or(0)).max(rss[1].unwrap_or(0));
+    match hwm {
+        [Some(a), Some(b)] if b > a => b.max(seen),
+        _ => seen,
+    }
+}
+
+/// Runs phase `p` (`name`, doing `what`): the attack if any, /healthz
+/// probes, the monitor; what it measured (its frames are filled in later).
+async fn phase(
+    sh: &Shared<'_>,
+    mon: &mut Monitor<'_>,
+    stream: &Stream,
+    p: usize,
+    name: &str,
+    what: &str,
+    attack: Option<Attack>,
+) -> Phase {
+    let (o, pid, me) = (sh.o, sh.pid, std::process::id());
+    eprintln!("loadtest hostile: phase {p} {name}: {what}");
+    stream.tally.clock.begin(p);
+    let t0 = Instant::now();
+    let until = t0 + Duration::from_secs_f64(if p == 0 { o.calm } else { o.phase });
+    let cpu0 = (pid.and_then(ProcSample::take), ProcSample::take(me));
+    let (hwm0, rss0) = (pid.and_then(sys::hwm_kib), pid.and_then(sys::rss_kib));
+    let ctx = Arc::new(Ctx {
+        target: sh.target.clone(),
+        run_id: sh.run_id.to_owned(),
+        until,
+        open: sh.open.clone(),
+        o: o.clone(),
+        pay: sh.pay.clone(),
+        kinds: Mutex::new(BTreeMap::new()),
+        facts: Mutex::new(BTreeMap::new()),
+        notes: Mutex::new(Vec::new()),
+        source_status: Mutex::new(None),
+    });
+    let task = attack.map(|a| sh.hrt.spawn(a.run(ctx.clone())));
+    let (done_tx, done_rx) = watch::channel(false);
+    let attack_done = async {
+        if let Some(t) = task {
+            let limit = until + Duration::from_secs(60);
+            match tokio::time::timeout_at(limit, t).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => ctx.note(format!("the attack failed: {e}")),
+                Err(_) => ctx.note(
+                    "the attack did not end within 60 s of its phase (its task was left)".into(),
+                ),
+            }
+        }
+        tokio::time::sleep_until(until).await;
+        let _ = done_tx.send(true);
+    };
+    let mut peak = 0u64;
+    let both = async { tokio::join!(attack_done, healthz_probes(sh.target, done_rx)) };
+    let (_, healthz) = mon.watch(p, &mut peak, both).await;
+    let cpu1 = (pid.and_then(ProcSample::take), ProcSample::take(me));
+    let (hwm1, rss1) = (pid.and_then(sys::hwm_kib), pid.and_then(sys::rss_kib));
+    let rss_peak_kib = pid.map(|_| phase_peak(peak, [rss0, rss1], [hwm0, hwm1]));
+    let metrics = http_get(sh.target, "/metrics")
+        .await
+        .map(|(_, b)| metric_lines(&b))
+        .unwrap_or_default();
+    let source_status = *ctx.source_status.lock().unwrap();
+    let kinds = std::mem::take(&mut *ctx.kinds.lock().unwrap());
+    let facts = std::mem::take(&mut *ctx.facts.lock().unwrap());
+    let notes = std::mem::take(&mut *ctx.notes.lock().unwrap());
+    Phase {
+        name: name.to_string(),
+        what: what.to_owned(),
+        res: PhaseResult {
+            name: name.to_string(),
+            frames: PhaseFrames::default(),
+            rss_peak_kib,
+            source_status,
+        },
+        secs: t0.elapsed().as_secs_f64(),
+        relay_cpu: cpu_between(cpu0.0, cpu1.0),
+        driver_cpu: cpu_between(cpu0.1, cpu1.1),
+        rss_start_kib: rss0,
+        rss_end_kib: rss1,
+        healthz,
+        kinds,
+        facts,
+        notes,
+        metrics,
+    }
 }
 
 type RunOut = (Vec<Phase>, RunFacts, String, Vec<Value>);
@@ -1152,104 +1325,25 @@ async fn run(
     let open = Arc::new(AtomicUsize::new(0));
     let count_open = || open.load(Relaxed);
     let mut mon = Monitor::new(&stream, pid, &names, &count_open);
-    let me = std::process::id();
     stream.go();
     eprintln!(
         "loadtest hostile: {} healthy receivers of {}x{} @ {} fps on {live}; calm {} s, then {} attacks of {} s each",
         o.stream.receivers, o.stream.width, o.stream.height, o.stream.fps, o.calm, attacks.len(), o.phase
     );
+    let shared = Shared {
+        o,
+        target: &target,
+        run_id: &run_id,
+        pid,
+        hrt: &hrt,
+        open: &open,
+        pay: &pay,
+    };
     let mut phases = Vec::new();
     for (p, name) in names.iter().enumerate() {
         let attack = p.checked_sub(1).map(|i| attacks[i]);
-        let what = whats[p].clone();
-        eprintln!("loadtest hostile: phase {p} {name}: {what}");
-        stream.tally.clock.begin(p);
-        let t0 = Instant::now();
-        let until = t0 + Duration::from_secs_f64(if p == 0 { o.calm } else { o.phase });
-        let cpu0 = (pid.and_then(ProcSample::take), ProcSample::take(me));
-        let (hwm0, rss0) = (pid.and_then(sys::hwm_kib), pid.and_then(sys::rss_kib));
-        let ctx = Arc::new(Ctx {
-            target: target.clone(),
-            run_id: run_id.clone(),
-            until,
-            open: open.clone(),
-            o: o.clone(),
-            pay: pay.clone(),
-            kinds: Mutex::new(BTreeMap::new()),
-            facts: Mutex::new(BTreeMap::new()),
-            notes: Mutex::new(Vec::new()),
-            source_status: Mutex::new(None),
-        });
-        let task = attack.map(|a| hrt.spawn(a.run(ctx.clone())));
-        let (done_tx, mut done_rx) = watch::channel(false);
-        let attack_done = async {
-            if let Some(t) = task {
-                let limit = until + Duration::from_secs(60);
-                match tokio::time::timeout_at(limit, t).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => ctx.note(format!("the attack failed: {e}")),
-                    Err(_) => ctx.note(
-                        "the attack did not end within 60 s of its phase (its task was left)"
-                            .into(),
-                    ),
-                }
-            }
-            tokio::time::sleep_until(until).await;
-            let _ = done_tx.send(true);
-        };
-        let healthz = async {
-            let mut v = Vec::new();
-            while !*done_rx.borrow() {
-                let t = Instant::now();
-                let st = http_get(&target, "/healthz").await.map_or(0, |(s, _)| s);
-                v.push((st, t.elapsed().as_secs_f64() * 1000.0));
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                    _ = done_rx.wait_for(|d| *d) => {}
-                }
-            }
-            v
-        };
-        let mut peak = 0u64;
-        let (_, healthz) = mon
-            .watch(p, &mut peak, async { tokio::join!(attack_done, healthz) })
-            .await;
-        let cpu1 = (pid.and_then(ProcSample::take), ProcSample::take(me));
-        let hwm1 = pid.and_then(sys::hwm_kib);
-        // VmHWM is the peak since the relay started: when it rose during
-        // the phase it is the phase's exact peak; else the samples' highest.
-        let rss1 = pid.and_then(sys::rss_kib);
-        let rss_peak_kib = pid.map(|_| {
-            let seen = peak.max(rss0.unwrap_or(0)).max(rss1.unwrap_or(0));
-            match (hwm0, hwm1) {
-                (Some(a), Some(b)) if b > a => b.max(seen),
-                _ => seen,
-            }
-        });
-        let metrics = http_get(&target, "/metrics")
-            .await
-            .map(|(_, b)| metric_lines(&b))
-            .unwrap_or_default();
-        phases.push(Phase {
-            name: name.to_string(),
-            what,
-            res: PhaseResult {
-                name: name.to_string(),
-                frames: PhaseFrames::default(),
-                rss_peak_kib,
-                source_status: *ctx.source_status.lock().unwrap(),
-            },
-            secs: t0.elapsed().as_secs_f64(),
-            relay_cpu: cpu_between(cpu0.0, cpu1.0),
-            driver_cpu: cpu_between(cpu0.1, cpu1.1),
-            rss_start_kib: rss0,
-            rss_end_kib: rss1,
-            healthz,
-            kinds: std::mem::take(&mut *ctx.kinds.lock().unwrap()),
-            facts: std::mem::take(&mut *ctx.facts.lock().unwrap()),
-            notes: std::mem::take(&mut *ctx.notes.lock().unwrap()),
-            metrics,
-        });
+        let ph = phase(&shared, &mut mon, &stream, p, name, &whats[p], attack).await;
+        phases.push(ph);
     }
     let timeline: Vec<Value> = mon.ticks.iter().map(|k| k.json(&names)).collect();
     stream.stop(o.stream.drain).await;
@@ -1278,24 +1372,8 @@ async fn run(
     Ok((phases, facts, fin_text, timeline))
 }
 
-fn report_text(
-    o: &HostileOpts,
-    label: &str,
-    url: &str,
-    phases: &[Phase],
-    facts: &RunFacts,
-    failures: &[String],
-    fin_text: &str,
-) -> String {
-    let mut t = String::new();
-    let _ = writeln!(t, "== hostile against {label} ({url}); bounds: healthy p99 <= {} ms in every phase, relay RSS <= {} MiB", o.max_p99_ms, o.max_rss_mib);
-    let _ = writeln!(
-        t,
-        "sizes         flooders {}, pingers {} (reconnect when closed: {}), signal state {} B, diffs {}/s, big keyframe {}x{} RGBA, rounds <= {}, cached channels {}, oversized SignalSync {} B, storm {} ({} at once)",
-        o.flooders, o.pingers, o.reconnect, o.signal_bytes, o.diff_rate, o.big_width, o.big_height,
-        o.rounds, o.cached_channels, o.oversized_bytes, o.storm, o.storm_batch
-    );
-    let _ = writeln!(t, "{fin_text}");
+/// The phase table: one row per phase.
+fn phase_table(t: &mut String, phases: &[Phase]) {
     let _ = writeln!(t, "\n| # | phase | s | healthy frames intact | p50 ms | p99 ms | max ms | /healthz n: p50/max ms | relay CPU % | relay RSS MiB start/peak/end | driver CPU % |");
     let _ = writeln!(t, "|---|---|---:|---:|---:|---:|---:|---|---:|---|---:|");
     let mib = |k: Option<u64>| opt(k.map(|k| k as f64 / 1024.0), 0);
@@ -1319,6 +1397,20 @@ fn report_text(
             opt(p.driver_cpu, 1)
         );
     }
+}
+
+/// `k v` with 2 decimals for small fractional values, else none.
+fn fact_text(k: &str, v: f64) -> String {
+    let prec = if v.fract() != 0.0 && v.abs() < 100.0 {
+        2
+    } else {
+        0
+    };
+    format!("{k} {v:.prec$}")
+}
+
+/// Per attack phase: how its attackers ended, its facts and notes.
+fn attacker_lines(t: &mut String, phases: &[Phase]) {
     let _ = writeln!(t, "\nattackers, by phase (how they ended: outcome (count); seconds from start to end min/median/max):");
     for (i, p) in phases.iter().enumerate().skip(1) {
         let _ = writeln!(t, "\n{i} {}: {}", p.name, p.what);
@@ -1334,40 +1426,40 @@ fn report_text(
             );
         }
         if !p.facts.is_empty() {
-            let f: Vec<String> = p
-                .facts
-                .iter()
-                .map(|(k, v)| {
-                    let prec = if v.fract() != 0.0 && v.abs() < 100.0 {
-                        2
-                    } else {
-                        0
-                    };
-                    format!("{k} {v:.prec$}")
-                })
-                .collect();
+            let f: Vec<String> = p.facts.iter().map(|(k, v)| fact_text(k, *v)).collect();
             let _ = writeln!(t, "    facts: {}", f.join(", "));
         }
         for n in &p.notes {
             let _ = writeln!(t, "    note: {n}");
         }
     }
+}
+
+/// The text report of a hostile run.
+fn report_text(o: &HostileOpts, label: &str, url: &str, ran: &Ran, v: &Verdict) -> String {
+    let mut t = String::new();
+    let _ = writeln!(t, "== hostile against {label} ({url}); bounds: healthy p99 <= {} ms in every phase, relay RSS <= {} MiB", o.max_p99_ms, o.max_rss_mib);
+    let _ = writeln!(
+        t,
+        "sizes         flooders {}, pingers {} (reconnect when closed: {}), signal state {} B, diffs {}/s, big keyframe {}x{} RGBA, rounds <= {}, cached channels {}, oversized SignalSync {} B, storm {} ({} at once)",
+        o.flooders, o.pingers, o.reconnect, o.signal_bytes, o.diff_rate, o.big_width, o.big_height,
+        o.rounds, o.cached_channels, o.oversized_bytes, o.storm, o.storm_batch
+    );
+    let _ = writeln!(t, "{}", ran.fin_text);
+    phase_table(&mut t, &ran.phases);
+    attacker_lines(&mut t, &ran.phases);
     let _ = writeln!(t);
-    if failures.is_empty() {
+    t.push_str(&v.result_text(&format!(
+        "every healthy frame intact and in order, p99 and RSS within bounds in every phase ({})",
+        ran.facts.counts.defects()
+    )));
+    if let (Some(e), Some(l)) = (&ran.relay_exit, &ran.relay_log) {
         let _ = writeln!(
             t,
-            "result        OK: every healthy frame intact and in order, p99 and RSS within bounds in every phase ({})",
-            facts.counts.defects()
+            "relay EXITED  {e}; log {}:\n{}",
+            l.display(),
+            relays::tail(l)
         );
-    } else {
-        let _ = writeln!(
-            t,
-            "result        FAIL ({} failed check(s)):",
-            failures.len()
-        );
-        for f in failures {
-            let _ = writeln!(t, "  {f}");
-        }
     }
     t
 }
@@ -1404,7 +1496,7 @@ mod tests {
     };
 
     fn fails(phases: &[PhaseResult], run: &RunFacts) -> Vec<String> {
-        verdict(phases, run, &B)
+        verdict(phases, run, &B).failures()
     }
 
     #[test]
@@ -1484,6 +1576,39 @@ mod tests {
         bad.source_status = Some(503);
         bad.frames.delivered = 0;
         assert_eq!(fails(&[good("calm"), bad], &RunFacts::default()).len(), 4);
+    }
+
+    #[test]
+    fn a_phase_peak_is_vmhwm_when_it_rose_else_the_highest_sample() {
+        // VmHWM rose during the phase: it is the peak (above every sample).
+        assert_eq!(
+            phase_peak(500, [Some(400), Some(450)], [Some(600), Some(900)]),
+            900
+        );
+        // It did not: the highest of the samples and the two ends.
+        assert_eq!(
+            phase_peak(500, [Some(400), Some(450)], [Some(900), Some(900)]),
+            500
+        );
+        assert_eq!(phase_peak(100, [Some(400), Some(450)], [None, None]), 450);
+        assert_eq!(phase_peak(0, [None, None], [Some(1), None]), 0);
+    }
+
+    #[test]
+    fn passing_checks_are_kept_with_their_measurements() {
+        let v = verdict(&[good("calm")], &RunFacts::default(), &B);
+        assert!(v.passed());
+        let lines: Vec<String> = v.checks().iter().map(|c| c.line()).collect();
+        assert!(
+            lines.contains(
+                &"ok phase 0 calm: healthy p99 10.0 ms <= 100 ms (max 20.0 ms)".to_owned()
+            ),
+            "{lines:?}"
+        );
+        assert!(
+            lines.contains(&"ok phase 0 calm: relay RSS peak 100 MiB <= 1536 MiB".to_owned()),
+            "{lines:?}"
+        );
     }
 
     #[test]

@@ -22,6 +22,7 @@ mod run;
 mod sweep;
 mod sys;
 mod tcpserver;
+mod verdict;
 mod verify;
 mod wire;
 
@@ -353,5 +354,5 @@ async fn single(scenario: Scenario, opts: &Opts, nofile: u64) -> i32 {
     report::write_pair(&opts.target.out, &base, &text, &report::json(&s));
     charts::for_run(&opts.target.out, &base, &s);
     eprintln!("{}", report::verdict(&s, None));
-    i32::from(s.failed())
+    s.verdict().exit_code()
 }

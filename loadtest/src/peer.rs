@@ -548,6 +548,60 @@ enum Step {
     End(String),
 }
 
+/// Up to 16 reads into `buf` (each within the read-rate limit), fed to
+/// the parser: why it stopped.
+fn read_burst(
+    stream: &TcpStream,
+    buf: &mut [u8],
+    throttle: &mut Option<Throttle>,
+    rx: &mut Rx,
+    p: &mut Parser,
+    st: &Arc<RecvStat>,
+) -> Step {
+    for _ in 0..16 {
+        let len = match throttle {
+            None => buf.len(),
+            Some(t) => match t.allowance(now_ns(), buf.len()) {
+                0 => return Step::Throttled(t.wait()),
+                n => n,
+            },
+        };
+        match stream.try_read(&mut buf[..len]) {
+            Ok(0) => return Step::End("connection closed without close frame".into()),
+            Ok(n) => {
+                if let Some(t) = throttle {
+                    t.spend(n);
+                }
+                rx.now_us = now_ns() / 1000;
+                if let Err(e) = rx.feed(p, st, &buf[..n]) {
+                    return Step::End(format!("parse error: {e}"));
+                }
+                if let Some(c) = rx.close {
+                    return Step::Closed(c);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Wait,
+            Err(e) => return Step::End(io_end(&e)),
+        }
+    }
+    Step::Yield
+}
+
+/// Answers the relay's close frame: echoes the code, unless it may not be
+/// sent (1005 "none" and the like).
+async fn echo_close(stream: &TcpStream, c: u16) {
+    let payload = if matches!(c, 1000..=1003 | 1007..=1014 | 3000..=4999) {
+        ws::close_payload(c, "")
+    } else {
+        Vec::new()
+    };
+    let _ = write_all(
+        stream,
+        &ws::client_frame(ws::OP_CLOSE, true, &payload, [1, 2, 3, 4]),
+    )
+    .await;
+}
+
 /// The receiver loop: reads up to 16 times per turn into the thread's
 /// shared buffer, verifies every frame, records latency, answers pings and
 /// the relay's close; on its end, says why in `st`.
@@ -575,33 +629,7 @@ pub async fn receive<S: Sink>(
         }
         loop {
             let step = with_scratch(cfg.read_buf, |buf| {
-                for _ in 0..16 {
-                    let len = match &mut throttle {
-                        None => buf.len(),
-                        Some(t) => match t.allowance(now_ns(), buf.len()) {
-                            0 => return Step::Throttled(t.wait()),
-                            n => n,
-                        },
-                    };
-                    match stream.try_read(&mut buf[..len]) {
-                        Ok(0) => return Step::End("connection closed without close frame".into()),
-                        Ok(n) => {
-                            if let Some(t) = &mut throttle {
-                                t.spend(n);
-                            }
-                            rx.now_us = now_ns() / 1000;
-                            if let Err(e) = rx.feed(&mut p, &st, &buf[..n]) {
-                                return Step::End(format!("parse error: {e}"));
-                            }
-                            if let Some(c) = rx.close {
-                                return Step::Closed(c);
-                            }
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Wait,
-                        Err(e) => return Step::End(io_end(&e)),
-                    }
-                }
-                Step::Yield
+                read_burst(&stream, buf, &mut throttle, &mut rx, &mut p, &st)
             });
             rx.flush(&*sink);
             for pong in std::mem::take(&mut rx.pongs) {
@@ -616,17 +644,7 @@ pub async fn receive<S: Sink>(
                 Step::Yield => tokio::task::yield_now().await,
                 Step::Throttled(d) => tokio::time::sleep(d).await,
                 Step::Closed(c) => {
-                    // Echo the code, unless it may not be sent (1005 "none" and the like).
-                    let payload = if matches!(c, 1000..=1003 | 1007..=1014 | 3000..=4999) {
-                        ws::close_payload(c, "")
-                    } else {
-                        Vec::new()
-                    };
-                    let _ = write_all(
-                        &stream,
-                        &ws::client_frame(ws::OP_CLOSE, true, &payload, [1, 2, 3, 4]),
-                    )
-                    .await;
+                    echo_close(&stream, c).await;
                     break 'end format!("closed by relay with {c}");
                 }
                 Step::End(e) => break 'end e,
@@ -841,48 +859,29 @@ fn sleep_until(rt: &Runtime, deadline: Instant) {
     }
 }
 
-fn source_thread(
-    cfg: SourceCfg,
-    sh: Arc<SourceShared>,
-    ready: mpsc::Sender<Result<(), String>>,
-    go: mpsc::Receiver<()>,
-) {
-    let rt = match current_thread_rt() {
-        Ok(rt) => rt,
-        Err(e) => {
-            let _ = ready.send(Err(e.to_string()));
-            return;
-        }
-    };
-    let conns = rt.block_on(async {
-        let mut v = Vec::new();
-        for (c, name) in cfg.channels.iter().enumerate() {
-            let (s, left) = open(&cfg.target, Role::Source, name, c as u32)
-                .await
-                .map_err(|e| format!("source {name}: {e}"))?;
-            v.push((Arc::new(s), left));
-        }
-        Ok::<_, String>(v)
-    });
-    let conns = match conns {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = ready.send(Err(e));
-            return;
-        }
-    };
-    let readers: Vec<JoinHandle<()>> = match cfg.target.framing {
-        Framing::Ws => conns
-            .iter()
-            .map(|(s, left)| rt.spawn(read_inputs(s.clone(), left.clone(), sh.clone())))
-            .collect(),
-        Framing::Tcp => Vec::new(),
-    };
-    let mut tpl = FrameTemplate::new(cfg.target.framing, cfg.width, cfg.height);
-    let _ = ready.send(Ok(()));
-    if go.recv().is_err() {
-        return;
+/// The sources' connections, one per channel (with the bytes read past
+/// each handshake).
+async fn connect_sources(cfg: &SourceCfg) -> Result<Vec<(Arc<TcpStream>, Vec<u8>)>, String> {
+    let mut v = Vec::new();
+    for (c, name) in cfg.channels.iter().enumerate() {
+        let (s, left) = open(&cfg.target, Role::Source, name, c as u32)
+            .await
+            .map_err(|e| format!("source {name}: {e}"))?;
+        v.push((Arc::new(s), left));
     }
+    Ok(v)
+}
+
+/// Sends frame after frame on every channel (paced at `cfg.fps`, or as
+/// fast as the relay takes them) until the duration is over, the driver
+/// stops it, or a send fails.
+fn send_frames(
+    rt: &Runtime,
+    cfg: &SourceCfg,
+    sh: &SourceShared,
+    conns: &[(Arc<TcpStream>, Vec<u8>)],
+    tpl: &mut FrameTemplate,
+) {
     let start = Instant::now();
     *sh.start_s.lock().unwrap() = now_secs();
     let end = cfg.duration.map(|d| start + Duration::from_secs_f64(d));
@@ -894,7 +893,7 @@ fn source_thread(
             if end.is_some_and(|e| deadline >= e) {
                 break;
             }
-            sleep_until(&rt, deadline);
+            sleep_until(rt, deadline);
             let late = Instant::now().saturating_duration_since(deadline);
             sh.late
                 .lock()
@@ -921,6 +920,42 @@ fn source_thread(
         k += 1;
         sh.sent.store(k, Relaxed);
     }
+}
+
+fn source_thread(
+    cfg: SourceCfg,
+    sh: Arc<SourceShared>,
+    ready: mpsc::Sender<Result<(), String>>,
+    go: mpsc::Receiver<()>,
+) {
+    let rt = match current_thread_rt() {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = ready.send(Err(e.to_string()));
+            return;
+        }
+    };
+    let conns = rt.block_on(connect_sources(&cfg));
+    let conns = match conns {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let readers: Vec<JoinHandle<()>> = match cfg.target.framing {
+        Framing::Ws => conns
+            .iter()
+            .map(|(s, left)| rt.spawn(read_inputs(s.clone(), left.clone(), sh.clone())))
+            .collect(),
+        Framing::Tcp => Vec::new(),
+    };
+    let mut tpl = FrameTemplate::new(cfg.target.framing, cfg.width, cfg.height);
+    let _ = ready.send(Ok(()));
+    if go.recv().is_err() {
+        return;
+    }
+    send_frames(&rt, &cfg, &sh, &conns, &mut tpl);
     *sh.end_s.lock().unwrap() = now_secs();
     sh.done.store(true, Relaxed);
     // Keep the connections open (and read) until the driver is done draining.

@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use crate::charts;
 use crate::relays::{self, RelayKind};
 use crate::run::{self, Group, Summary};
+use crate::verdict::Verdict;
 use crate::{Opts, Scenario};
 
 /// UTC `YYYYMMDD-HHMMSS` now.
@@ -62,17 +63,21 @@ pub fn write_pair(out: &Path, base: &str, text: &str, json: &Value) {
     }
 }
 
-/// The stderr line that says whether a run kept every frame intact, once
-/// and in order, with the count of each kind of failure either way.
+/// The stderr lines that say whether a run kept every frame intact, once
+/// and in order, with the count of each kind of failure either way: the
+/// run's [`Verdict`] under `SCENARIO against RELAY (URL)[, round R/N]`.
 pub fn verdict(s: &Summary, round: Option<(usize, usize)>) -> String {
+    s.verdict().stderr(&run_subject(s, round), &s.integrity())
+}
+
+/// `SCENARIO against RELAY (URL)[, round R/N]`.
+fn run_subject(s: &Summary, round: Option<(usize, usize)>) -> String {
     format!(
-        "loadtest: {} {} against {} ({}){}: {}",
-        if s.failed() { "FAIL" } else { "OK" },
+        "{} against {} ({}){}",
         s.scenario,
         s.label,
         s.url,
-        round.map_or(String::new(), |(r, n)| format!(", round {r}/{n}")),
-        s.integrity()
+        round.map_or(String::new(), |(r, n)| format!(", round {r}/{n}"))
     )
 }
 
@@ -150,6 +155,41 @@ pub fn closed_text(m: &BTreeMap<String, u64>) -> String {
         .join(", ")
 }
 
+/// The delivery totals of one run's JSON.
+fn delivery_json(s: &Summary) -> Value {
+    json!({
+        "expected_frames": s.expected_frames,
+        "delivered_frames": s.delivered_frames,
+        "delivered_fraction": s.delivered_fraction,
+        "per_receiver_fraction_min": s.per_rx_fraction[0],
+        "per_receiver_fraction_median": s.per_rx_fraction[1],
+        "receivers_with_every_frame": s.receivers_all_frames,
+        "missing_frames": s.missing,
+        "duplicate": s.duplicate,
+        "out_of_order": s.out_of_order,
+        "corrupted": s.corrupted,
+        "payloads_hashed": s.checked,
+        "non_test_messages": s.foreign,
+        "receivers_ended_early": s.receivers_ended,
+        "skipped_by_slow_receivers": s.skipped,
+        "group_failures": s.group_failures,
+    })
+}
+
+/// The relay process figures of one run's JSON.
+fn relay_json(s: &Summary) -> Value {
+    json!({
+        "cpu_percent_of_one_core": s.relay_cpu_pct,
+        "peak_rss_MB_vmhwm": s.relay_hwm_mb,
+        "peak_rss_MB_sampled": s.relay_rss_peak_mb,
+        "idle_rss_MB": s.relay_idle_rss_mb,
+        "connected_rss_MB": s.relay_connected_rss_mb,
+        "rss_per_connection_KiB": s.rss_per_conn_kib,
+        "rss_per_connection_KiB_at_peak": s.rss_per_conn_peak_kib,
+        "exit": s.relay_exit,
+    })
+}
+
 /// The JSON result of one run.
 pub fn json(s: &Summary) -> Value {
     json!({
@@ -187,23 +227,7 @@ pub fn json(s: &Summary) -> Value {
             "per_receiver_median": s.per_rx_mbps[1],
             "per_receiver_max": s.per_rx_mbps[2],
         },
-        "delivery": {
-            "expected_frames": s.expected_frames,
-            "delivered_frames": s.delivered_frames,
-            "delivered_fraction": s.delivered_fraction,
-            "per_receiver_fraction_min": s.per_rx_fraction[0],
-            "per_receiver_fraction_median": s.per_rx_fraction[1],
-            "receivers_with_every_frame": s.receivers_all_frames,
-            "missing_frames": s.missing,
-            "duplicate": s.duplicate,
-            "out_of_order": s.out_of_order,
-            "corrupted": s.corrupted,
-            "payloads_hashed": s.checked,
-            "non_test_messages": s.foreign,
-            "receivers_ended_early": s.receivers_ended,
-            "skipped_by_slow_receivers": s.skipped,
-            "group_failures": s.group_failures,
-        },
+        "delivery": delivery_json(s),
         "groups": s.groups.iter().map(group_json).collect::<Vec<_>>(),
         "timeline": s.timeline.iter().map(|k| json!({
             "t": k.t, "fps": k.fps, "delivered_MBps": k.mbps, "p50_ms": k.p50_ms, "p99_ms": k.p99_ms,
@@ -214,30 +238,21 @@ pub fn json(s: &Summary) -> Value {
             "p50": s.lat_ms[0], "p90": s.lat_ms[1], "p99": s.lat_ms[2], "p99_9": s.lat_ms[3],
             "max": s.lat_ms[4], "mean": s.lat_mean_ms, "samples": s.lat_count,
         },
-        "relay_process": {
-            "cpu_percent_of_one_core": s.relay_cpu_pct,
-            "peak_rss_MB_vmhwm": s.relay_hwm_mb,
-            "peak_rss_MB_sampled": s.relay_rss_peak_mb,
-            "idle_rss_MB": s.relay_idle_rss_mb,
-            "connected_rss_MB": s.relay_connected_rss_mb,
-            "rss_per_connection_KiB": s.rss_per_conn_kib,
-            "rss_per_connection_KiB_at_peak": s.rss_per_conn_peak_kib,
-            "exit": s.relay_exit,
-        },
+        "relay_process": relay_json(s),
         "relay_processes": s.relay_processes,
         "watched_processes": s.watched.iter().map(|w| json!({
             "name": w.name, "cpu_percent_of_one_core": w.cpu_pct, "peak_rss_MB_sampled": w.rss_peak_mb,
         })).collect::<Vec<_>>(),
         "driver_cpu_percent_of_one_core": s.driver_cpu_pct,
         "other_processes_cpu_percent_of_one_core": s.others_cpu_pct,
-        "integrity": {"failed": s.failed(), "summary": s.integrity()},
+        "integrity": {"failed": !s.verdict().passed(), "summary": s.integrity()},
+        "verdict": s.verdict().json(),
         "notes": s.notes,
     })
 }
 
-/// The human-readable report of one run.
-pub fn text(s: &Summary) -> String {
-    let mut o = String::new();
+/// The run's frames, receivers and source lines.
+fn setup_lines(o: &mut String, s: &Summary) {
     let _ = writeln!(o, "== {} against {} ({})", s.scenario, s.label, s.url);
     let _ = writeln!(
         o,
@@ -282,6 +297,10 @@ pub fn text(s: &Summary) -> String {
             .as_ref()
             .map_or(String::new(), |e| format!("; ERROR {e}"))
     );
+}
+
+/// What was offered and delivered, and every error.
+fn delivery_lines(o: &mut String, s: &Summary) {
     let _ = writeln!(
         o,
         "offered       {:.1} MB/s per receiver, {:.1} MB/s aggregate",
@@ -315,12 +334,10 @@ pub fn text(s: &Summary) -> String {
     if !s.receivers_ended.is_empty() {
         let _ = writeln!(o, "ended early   {:?}", s.receivers_ended);
     }
-    group_lines(&mut o, s);
-    let _ = writeln!(
-        o,
-        "latency ms    p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}  (mean {:.2}, {} samples; send→last byte read)",
-        s.lat_ms[0], s.lat_ms[1], s.lat_ms[2], s.lat_ms[3], s.lat_ms[4], s.lat_mean_ms, s.lat_count
-    );
+}
+
+/// The relay's and the other processes' CPU and memory, and the notes.
+fn process_lines(o: &mut String, s: &Summary) {
     let _ = writeln!(
         o,
         "relay         CPU {}% of one core; peak RSS {} MB (VmHWM), {} MB sampled; idle {} MB, connected {} MB{}",
@@ -377,19 +394,25 @@ pub fn text(s: &Summary) -> String {
     for n in &s.notes {
         let _ = writeln!(o, "note          {n}");
     }
+}
+
+/// The human-readable report of one run.
+pub fn text(s: &Summary) -> String {
+    let mut o = String::new();
+    setup_lines(&mut o, s);
+    delivery_lines(&mut o, s);
+    group_lines(&mut o, s);
     let _ = writeln!(
         o,
-        "result        {}",
-        if s.failed() {
-            format!("FAIL: {}", s.integrity())
-        } else {
-            if s.groups.iter().any(|g| g.gaps) {
-                "OK: every frame intact, once and in order, at every full-speed receiver; slow receivers got intact frames in increasing order (gaps allowed), none closed".into()
-            } else {
-                "OK: every frame intact, once and in order, at every receiver".into()
-            }
-        }
+        "latency ms    p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}  (mean {:.2}, {} samples; send→last byte read)",
+        s.lat_ms[0], s.lat_ms[1], s.lat_ms[2], s.lat_ms[3], s.lat_ms[4], s.lat_mean_ms, s.lat_count
     );
+    process_lines(&mut o, s);
+    o.push_str(&s.verdict().result_text(if s.groups.iter().any(|g| g.gaps) {
+        "every frame intact, once and in order, at every full-speed receiver; slow receivers got intact frames in increasing order (gaps allowed), none closed"
+    } else {
+        "every frame intact, once and in order, at every receiver"
+    }));
     o
 }
 
@@ -514,6 +537,12 @@ fn table(scenario: Scenario, cfg: &run::RunCfg, rows: &[Row], rounds: usize) -> 
             }
         );
     }
+    ratio_table(&mut o, rows);
+    o
+}
+
+/// Each row ÷ the uWS peer and the baseline (when they ran).
+fn ratio_table(o: &mut String, rows: &[Row]) {
     let find = |l: &str| rows.iter().find(|r| r.label == l);
     let refs: Vec<&Row> = [RelayKind::Bun.label(), RelayKind::Baseline.label()]
         .iter()
@@ -549,7 +578,6 @@ fn table(scenario: Scenario, cfg: &run::RunCfg, rows: &[Row], rounds: usize) -> 
             }
         }
     }
-    o
 }
 
 /// Per relay and receiver group, medians over the runs (scenarios with a
@@ -600,11 +628,171 @@ pub fn group_table(kinds: &[&str], results: &BTreeMap<&'static str, Vec<Summary>
                         .collect()
                 ),
                 median(v.iter().map(|s| s.relay_cpu_pct.unwrap_or(f64::NAN)).collect()),
-                v.iter().filter(|s| s.failed()).count(),
+                v.iter().filter(|s| !s.verdict().passed()).count(),
             );
         }
     }
     o
+}
+
+/// The relays of `kinds` that can be started (the others said on stderr).
+pub fn available(kinds: &[RelayKind], paths: &relays::Paths) -> Vec<RelayKind> {
+    let mut avail = Vec::new();
+    for &k in kinds {
+        match paths.missing(k) {
+            Some(m) => eprintln!("loadtest: skipping {}: {m}", k.label()),
+            None => avail.push(k),
+        }
+    }
+    avail
+}
+
+/// `compare`'s state: where its files go and what its runs gave.
+struct Compare<'a> {
+    scenario: Scenario,
+    rounds: usize,
+    opts: &'a Opts,
+    paths: relays::Paths,
+    cfg: run::RunCfg,
+    per_ch: usize,
+    dir: std::path::PathBuf,
+    results: BTreeMap<&'static str, Vec<Summary>>,
+    /// Every run's JSON, with its round.
+    all: Vec<Value>,
+    /// Every run's checks, under `SCENARIO against RELAY, round R/N`.
+    verdict: Verdict,
+}
+
+impl Compare<'_> {
+    /// One run of `kind` in `round` (0-based): start it, run, stop it,
+    /// write its text and charts, keep its summary and verdict.
+    async fn one(&mut self, kind: RelayKind, round: usize) {
+        let (name, rounds) = (self.scenario.name(), self.rounds);
+        eprintln!(
+            "\n== compare {name}: round {}/{rounds}: {}",
+            round + 1,
+            kind.label()
+        );
+        let at = format!(
+            "{name} against {}, round {}/{rounds}",
+            kind.label(),
+            round + 1
+        );
+        let tag = format!("{name}-r{}", round + 1);
+        let cpu = self.opts.target.relay_cpu();
+        let mut p = match relays::spawn(kind, &self.paths, cpu, self.per_ch, &self.dir, &tag, &[]) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("loadtest: {e}");
+                self.verdict
+                    .check(at, false, format!("could not start: {e}"), "starts");
+                return;
+            }
+        };
+        self.cfg.url = p.url.clone();
+        self.cfg.relay_pids = vec![p.pid];
+        self.cfg.label = kind.label().into();
+        let mut s = run::run(&self.cfg).await;
+        s.relay_exit = p.exit_status();
+        if let Some(e) = &s.relay_exit {
+            eprintln!(
+                "loadtest: {} EXITED during the run ({e}); log {}:\n{}",
+                kind.label(),
+                p.log.display(),
+                relays::tail(&p.log)
+            );
+        }
+        p.stop();
+        drop(p);
+        let t = text(&s);
+        eprintln!("{t}");
+        eprintln!("{}", verdict(&s, Some((round + 1, rounds))));
+        self.verdict.absorb(&at, s.verdict());
+        let base = format!("{}-{tag}", kind.label());
+        let _ = std::fs::write(self.dir.join(format!("{base}.txt")), &t);
+        charts::for_run(&self.dir, &base, &s);
+        let mut j = json(&s);
+        j["round"] = json!(round + 1);
+        self.all.push(j);
+        self.results.entry(kind.label()).or_default().push(s);
+    }
+
+    /// The latency CDF of every relay (and group) over all rounds: its
+    /// number of lines.
+    fn cdf(&self, avail: &[RelayKind]) -> usize {
+        let mut lines = Vec::new();
+        for k in avail {
+            let runs = self.results.get(k.label()).map_or(&[][..], |v| v);
+            for (name, h) in charts::merged_hists(runs) {
+                let line = if name == "all" {
+                    k.label().to_string()
+                } else {
+                    format!("{} {name}", k.label())
+                };
+                lines.push((line, h));
+            }
+        }
+        charts::cdf(
+            &self.dir.join("latency-cdf.svg"),
+            &format!("{} latency CDF, all rounds", self.scenario.name()),
+            &lines,
+        );
+        lines.len()
+    }
+
+    /// The Markdown report: the table, the group table, the charts, the failed runs.
+    fn markdown(&self, avail: &[RelayKind]) -> String {
+        let rows: Vec<Row> = avail
+            .iter()
+            .filter_map(|k| self.results.get(k.label()).map(|v| Row::of(k.label(), v)))
+            .collect();
+        let mut md = table(self.scenario, &self.cfg, &rows, self.rounds);
+        if self.results.values().flatten().any(|s| s.groups.len() > 1) {
+            let labels: Vec<&str> = avail.iter().map(|k| k.label()).collect();
+            let _ = writeln!(
+                md,
+                "\nBy receiver group (medians over the runs; slow receivers may be skipped forward, so their gaps are allowed, nothing else):\n\n{}",
+                group_table(&labels, &self.results)
+            );
+        }
+        let lines = self.cdf(avail);
+        let _ = writeln!(
+            md,
+            "\nCharts: `latency-cdf.svg` (one line per relay{}), `RELAY-{}-rN-timeline.svg` (throughput, latency, relay RSS per second of each run).",
+            if lines > avail.len() { " and group" } else { "" },
+            self.scenario.name()
+        );
+        let failures = self.verdict.failures();
+        if !failures.is_empty() {
+            let _ = writeln!(
+                md,
+                "\n**Failed runs** (not every frame intact, once and in order):\n"
+            );
+            for f in &failures {
+                let _ = writeln!(md, "- {f}");
+            }
+        }
+        md
+    }
+
+    /// Writes `table.md`, the `-latest.md` copy and `results.json`.
+    fn write(&self, md: &str) {
+        let md_path = self.dir.join("table.md");
+        let _ = std::fs::write(&md_path, md);
+        let latest = format!("compare-{}-latest.md", self.scenario.name());
+        let _ = std::fs::write(self.opts.target.out.join(latest), md);
+        let results = json!({ "scenario": self.scenario.name(), "runs": self.all, "verdict": self.verdict.json() });
+        let json_path = self.dir.join("results.json");
+        let _ = std::fs::write(
+            &json_path,
+            serde_json::to_string_pretty(&results).unwrap_or_default(),
+        );
+        eprintln!(
+            "loadtest: wrote {} and {}",
+            md_path.display(),
+            json_path.display()
+        );
+    }
 }
 
 /// Runs `scenario` against each relay, `rounds` times in rotating order.
@@ -616,160 +804,45 @@ pub async fn compare(
     nofile: u64,
 ) -> i32 {
     let paths = opts.target.paths();
-    let mut avail = Vec::new();
-    for &k in kinds {
-        match paths.missing(k) {
-            Some(m) => eprintln!("loadtest: skipping {}: {m}", k.label()),
-            None => avail.push(k),
-        }
-    }
+    let avail = available(kinds, &paths);
     if avail.is_empty() {
         eprintln!("loadtest: no relay to compare");
         return 2;
     }
-    let mut cfg = opts.run_cfg(scenario, nofile);
-    let per_ch = cfg.receivers.div_ceil(cfg.channels);
-    let st = stamp();
+    let cfg = opts.run_cfg(scenario, nofile);
     let dir = opts
         .target
         .out
-        .join(format!("compare-{}-{st}", scenario.name()));
+        .join(format!("compare-{}-{}", scenario.name(), stamp()));
     let _ = std::fs::create_dir_all(&dir);
-    let mut results: BTreeMap<&'static str, Vec<Summary>> = BTreeMap::new();
-    let mut all = Vec::new();
-    // Every run that lost, damaged, repeated or reordered a frame (or could not run).
-    let mut failures: Vec<String> = Vec::new();
+    let mut c = Compare {
+        scenario,
+        rounds,
+        opts,
+        paths,
+        per_ch: cfg.receivers.div_ceil(cfg.channels),
+        cfg,
+        dir,
+        results: BTreeMap::new(),
+        all: Vec::new(),
+        verdict: Verdict::new(),
+    };
     for round in 0..rounds.max(1) {
         for i in 0..avail.len() {
-            let kind = avail[(i + round) % avail.len()];
-            eprintln!(
-                "\n== compare {}: round {}/{}: {}",
-                scenario.name(),
-                round + 1,
-                rounds,
-                kind.label()
-            );
-            let tag = format!("{}-r{}", scenario.name(), round + 1);
-            let mut p = match relays::spawn(
-                kind,
-                &paths,
-                opts.target.relay_cpu(),
-                per_ch,
-                &dir,
-                &tag,
-                &[],
-            ) {
-                Ok(p) => p,
-                Err(e) => {
-                    eprintln!("loadtest: {e}");
-                    failures.push(format!(
-                        "loadtest: FAIL {} against {}, round {}/{rounds}: could not start: {e}",
-                        scenario.name(),
-                        kind.label(),
-                        round + 1
-                    ));
-                    continue;
-                }
-            };
-            cfg.url = p.url.clone();
-            cfg.relay_pids = vec![p.pid];
-            cfg.label = kind.label().into();
-            let mut s = run::run(&cfg).await;
-            s.relay_exit = p.exit_status();
-            if let Some(e) = &s.relay_exit {
-                eprintln!(
-                    "loadtest: {} EXITED during the run ({e}); log {}:\n{}",
-                    kind.label(),
-                    p.log.display(),
-                    relays::tail(&p.log)
-                );
-            }
-            p.stop();
-            drop(p);
-            let t = text(&s);
-            eprintln!("{t}");
-            let v = verdict(&s, Some((round + 1, rounds)));
-            eprintln!("{v}");
-            if s.failed() {
-                failures.push(v);
-            }
-            let _ = std::fs::write(dir.join(format!("{}-{tag}.txt", kind.label())), &t);
-            charts::for_run(&dir, &format!("{}-{tag}", kind.label()), &s);
-            let mut j = json(&s);
-            j["round"] = json!(round + 1);
-            all.push(j);
-            results.entry(kind.label()).or_default().push(s);
+            c.one(avail[(i + round) % avail.len()], round).await;
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
-    let rows: Vec<Row> = avail
-        .iter()
-        .filter_map(|k| results.get(k.label()).map(|v| Row::of(k.label(), v)))
-        .collect();
-    let mut md = table(scenario, &cfg, &rows, rounds);
-    if results.values().flatten().any(|s| s.groups.len() > 1) {
-        let labels: Vec<&str> = avail.iter().map(|k| k.label()).collect();
-        let _ = writeln!(
-            md,
-            "\nBy receiver group (medians over the runs; slow receivers may be skipped forward, so their gaps are allowed, nothing else):\n\n{}",
-            group_table(&labels, &results)
-        );
-    }
-    let cdf = dir.join("latency-cdf.svg");
-    let mut lines = Vec::new();
-    for k in &avail {
-        for (name, h) in charts::merged_hists(results.get(k.label()).map_or(&[][..], |v| v)) {
-            lines.push((
-                if name == "all" {
-                    k.label().to_string()
-                } else {
-                    format!("{} {name}", k.label())
-                },
-                h,
-            ));
-        }
-    }
-    charts::cdf(
-        &cdf,
-        &format!("{} latency CDF, all rounds", scenario.name()),
-        &lines,
-    );
-    let _ = writeln!(
-        md,
-        "\nCharts: `latency-cdf.svg` (one line per relay{}), `RELAY-{}-rN-timeline.svg` (throughput, latency, relay RSS per second of each run).",
-        if lines.len() > avail.len() { " and group" } else { "" },
-        scenario.name()
-    );
-    if !failures.is_empty() {
-        let _ = writeln!(
-            md,
-            "\n**Failed runs** (not every frame intact, once and in order):\n"
-        );
-        for f in &failures {
-            let _ = writeln!(md, "- {}", f.trim_start_matches("loadtest: "));
-        }
-    }
+    let md = c.markdown(&avail);
     println!("\n{md}");
-    let md_path = dir.join("table.md");
-    let _ = std::fs::write(&md_path, &md);
-    let _ = std::fs::write(
-        opts.target
-            .out
-            .join(format!("compare-{}-latest.md", scenario.name())),
-        &md,
-    );
-    let _ = std::fs::write(
-        dir.join("results.json"),
-        serde_json::to_string_pretty(&json!({ "scenario": scenario.name(), "runs": all }))
-            .unwrap_or_default(),
-    );
+    c.write(&md);
+    let runs = c.all.len();
     eprintln!(
-        "loadtest: wrote {} and {}",
-        md_path.display(),
-        dir.join("results.json").display()
+        "{}",
+        c.verdict.stderr(
+            &format!("compare {}", scenario.name()),
+            &format!("{runs} run(s) of {} relay(s)", avail.len())
+        )
     );
-    for f in &failures {
-        eprintln!("{f}");
-    }
-    i32::from(!failures.is_empty())
+    c.verdict.exit_code()
 }

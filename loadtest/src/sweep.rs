@@ -20,6 +20,7 @@ use serde_json::{json, Value};
 use crate::relays::{self, RelayKind, RelayProc};
 use crate::report::{self, opt};
 use crate::run::{self, RunCfg, Summary};
+use crate::verdict::Verdict;
 use crate::{charts, Opts, Scenario};
 
 /// One rate of a sweep.
@@ -54,42 +55,54 @@ impl Sweep {
             .last()
     }
 
-    /// Why the sweep fails the command, if it does: a frame damaged,
-    /// duplicated or reordered at any rate, the relay exiting, or a
-    /// capacity below `require` Hz.
-    pub fn failures(&self, require: f64) -> Vec<String> {
-        let mut f = Vec::new();
+    /// The sweep's checks: no frame damaged, duplicated or reordered at
+    /// any rate, the relay running at every rate, and a capacity of at
+    /// least `require` Hz. (A lost frame or a closed receiver only ends
+    /// the sweep: that is what finds the capacity.)
+    pub fn verdict(&self, require: f64) -> Verdict {
+        let mut v = Verdict::new();
         for st in &self.steps {
             let s = &st.s;
-            if s.duplicate + s.out_of_order + s.corrupted > 0 {
-                f.push(format!(
-                    "{} Hz: duplicate {}, out-of-order {}, corrupt {}",
-                    st.rate, s.duplicate, s.out_of_order, s.corrupted
-                ));
-            }
-            if let Some(e) = &s.relay_exit {
-                f.push(format!("{} Hz: relay exited: {e}", st.rate));
-            }
+            let at = format!("{} Hz", st.rate);
+            v.check(
+                at.clone(),
+                s.duplicate + s.out_of_order + s.corrupted == 0,
+                format!(
+                    "duplicate {}, out-of-order {}, corrupt {}",
+                    s.duplicate, s.out_of_order, s.corrupted
+                ),
+                "no frame duplicated, reordered or corrupt",
+            );
+            v.check(
+                at,
+                s.relay_exit.is_none(),
+                s.relay_exit
+                    .as_ref()
+                    .map_or("relay still running".into(), |e| {
+                        format!("relay exited: {e}")
+                    }),
+                "the relay runs to the end",
+            );
         }
-        match self.capacity() {
-            None => f.push(format!(
+        let measured = match self.capacity() {
+            None => format!(
                 "no rate passed (first: {})",
                 self.steps
                     .first()
                     .map_or("none run".into(), |s| s.why.clone())
-            )),
-            Some(c) if c < require => {
-                f.push(format!("capacity {c} Hz below the required {require} Hz"))
-            }
-            _ => {}
-        }
-        f
+            ),
+            Some(c) if c < require => format!("{c} Hz below the required {require} Hz"),
+            Some(c) => format!("{c} Hz"),
+        };
+        let ok = self.capacity().is_some_and(|c| c >= require);
+        v.check("capacity", ok, measured, format!("at least {require} Hz"));
+        v
     }
 }
 
 /// Judges one rate's run.
 fn judge(s: &Summary, bound_ms: f64) -> (bool, String) {
-    if s.failed() {
+    if !s.verdict().passed() {
         (false, s.integrity())
     } else if s.lat_ms[2] >= bound_ms {
         (
@@ -220,7 +233,8 @@ fn json_of(sw: &Sweep, require: f64) -> Value {
         "relay": sw.label,
         "p99_bound_ms": sw.bound_ms,
         "capacity_hz": sw.capacity(),
-        "failures": sw.failures(require),
+        "failures": sw.verdict(require).failures(),
+        "verdict": sw.verdict(require).json(),
         "steps": sw.steps.iter().map(|st| {
             let mut j = report::json(&st.s);
             j["rate_hz"] = json!(st.rate);
@@ -309,155 +323,189 @@ pub async fn single(opts: &Opts, nofile: u64) -> i32 {
         &d,
         sw.bound_ms,
     );
-    verdict(&[&sw], require)
+    verdict(&sw, require)
 }
 
-/// Prints one OK/FAIL line per sweep; 1 if any failed.
-fn verdict(sweeps: &[&Sweep], require: f64) -> i32 {
-    let mut code = 0;
-    for sw in sweeps {
-        let f = sw.failures(require);
-        let cap = sw.capacity().map_or("none".into(), |c| format!("{c} Hz"));
-        if f.is_empty() {
-            eprintln!(
-                "loadtest: OK receivers-sweep against {}: capacity {cap} (p99 bound {} ms)",
-                sw.label, sw.bound_ms
-            );
-        } else {
-            code = 1;
-            eprintln!(
-                "loadtest: FAIL receivers-sweep against {}: capacity {cap}; {}",
-                sw.label,
-                f.join("; ")
-            );
-        }
+/// Says on stderr whether the sweep passed (and each failed check): its exit code.
+fn verdict(sw: &Sweep, require: f64) -> i32 {
+    let v = sw.verdict(require);
+    let cap = sw.capacity().map_or("none".into(), |c| format!("{c} Hz"));
+    eprintln!(
+        "{}",
+        v.stderr(
+            &format!("receivers-sweep against {}", sw.label),
+            &format!("capacity {cap} (p99 bound {} ms)", sw.bound_ms)
+        )
+    );
+    v.exit_code()
+}
+
+/// `compare --scenario receivers-sweep`'s state: where its files go and
+/// what its sweeps gave.
+struct SweepCompare<'a> {
+    opts: &'a Opts,
+    paths: relays::Paths,
+    cfg: RunCfg,
+    per_ch: usize,
+    dir: std::path::PathBuf,
+    rounds: usize,
+    /// (relay, round from 1, its sweep).
+    done: Vec<(RelayKind, usize, Sweep)>,
+    /// Every sweep's checks, under `receivers-sweep against RELAY, round R/N`.
+    verdict: Verdict,
+}
+
+impl SweepCompare<'_> {
+    /// One whole sweep of `kind` against a fresh relay in `round` (0-based).
+    async fn one(&mut self, kind: RelayKind, round: usize) {
+        let at = format!(
+            "receivers-sweep against {}, round {}/{}",
+            kind.label(),
+            round + 1,
+            self.rounds
+        );
+        let tag = format!("receivers-sweep-r{}", round + 1);
+        let cpu = self.opts.target.relay_cpu();
+        let mut p = match relays::spawn(kind, &self.paths, cpu, self.per_ch, &self.dir, &tag, &[]) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("loadtest: {e}");
+                self.verdict
+                    .check(at, false, format!("could not start: {e}"), "starts");
+                return;
+            }
+        };
+        self.cfg.url = p.url.clone();
+        self.cfg.relay_pids = vec![p.pid];
+        self.cfg.label = kind.label().into();
+        let o = self.opts;
+        let sw = sweep(&self.cfg, &o.rates, o.max_p99_ms, o.sweep_all, Some(&mut p)).await;
+        p.stop();
+        drop(p);
+        let t = text(&sw, &self.cfg);
+        eprintln!("{t}");
+        let base = format!("{}-{tag}", kind.label());
+        let _ = std::fs::write(self.dir.join(format!("{base}.txt")), &t);
+        step_charts(&self.dir, &base, &sw);
+        self.verdict.absorb(&at, sw.verdict(require_of(o)));
+        self.done.push((kind, round + 1, sw));
     }
-    code
+
+    /// Writes the table, `results.json` and the sweep chart.
+    fn write(&self, md: &str) {
+        let (dir, o) = (&self.dir, self.opts);
+        let _ = std::fs::write(dir.join("table.md"), md);
+        let _ = std::fs::write(o.target.out.join("compare-receivers-sweep-latest.md"), md);
+        let runs: Vec<Value> = self
+            .done
+            .iter()
+            .map(|(_, r, sw)| {
+                let mut j = json_of(sw, require_of(o));
+                j["round"] = json!(r);
+                j
+            })
+            .collect();
+        let all =
+            json!({"scenario": "receivers-sweep", "runs": runs, "verdict": self.verdict.json()});
+        let _ = std::fs::write(
+            dir.join("results.json"),
+            serde_json::to_string_pretty(&all).unwrap_or_default(),
+        );
+        let named: Vec<(String, &Sweep)> = self
+            .done
+            .iter()
+            .map(|(k, r, sw)| (format!("{} r{r}", k.label()), sw))
+            .collect();
+        let (p, d) = lines(&named);
+        let title = format!(
+            "receivers-sweep: {} receivers, every relay and round",
+            self.cfg.receivers
+        );
+        charts::sweep(&dir.join("sweep.svg"), &title, &p, &d, o.max_p99_ms);
+        eprintln!("loadtest: wrote {}", dir.join("table.md").display());
+    }
 }
 
 /// `loadtest compare --scenario receivers-sweep`: a whole sweep against a
 /// fresh relay per relay and round, the starting relay rotating each round.
 pub async fn compare(rounds: usize, kinds: &[RelayKind], opts: &Opts, nofile: u64) -> i32 {
     let paths = opts.target.paths();
-    let avail: Vec<RelayKind> = kinds
-        .iter()
-        .copied()
-        .filter(|&k| match paths.missing(k) {
-            Some(m) => {
-                eprintln!("loadtest: skipping {}: {m}", k.label());
-                false
-            }
-            None => true,
-        })
-        .collect();
+    let avail = report::available(kinds, &paths);
     if avail.is_empty() {
         eprintln!("loadtest: no relay to compare");
         return 2;
     }
-    let mut cfg = opts.run_cfg(Scenario::ReceiversSweep, nofile);
-    let per_ch = cfg.receivers.div_ceil(cfg.channels);
+    let cfg = opts.run_cfg(Scenario::ReceiversSweep, nofile);
     let dir = opts
         .target
         .out
         .join(format!("compare-receivers-sweep-{}", report::stamp()));
     let _ = std::fs::create_dir_all(&dir);
-    let require = require_of(opts);
-    let mut done: Vec<(RelayKind, usize, Sweep)> = Vec::new();
-    let mut failures = Vec::new();
     let rounds = rounds.max(1);
+    let mut c = SweepCompare {
+        opts,
+        paths,
+        per_ch: cfg.receivers.div_ceil(cfg.channels),
+        cfg,
+        dir,
+        rounds,
+        done: Vec::new(),
+        verdict: Verdict::new(),
+    };
     for round in 0..rounds {
         for i in 0..avail.len() {
-            let kind = avail[(i + round) % avail.len()];
-            let tag = format!("receivers-sweep-r{}", round + 1);
-            let mut p = match relays::spawn(
-                kind,
-                &paths,
-                opts.target.relay_cpu(),
-                per_ch,
-                &dir,
-                &tag,
-                &[],
-            ) {
-                Ok(p) => p,
-                Err(e) => {
-                    eprintln!("loadtest: {e}");
-                    failures.push(format!(
-                        "loadtest: FAIL receivers-sweep against {}, round {}/{rounds}: could not start: {e}",
-                        kind.label(),
-                        round + 1
-                    ));
-                    continue;
-                }
-            };
-            cfg.url = p.url.clone();
-            cfg.relay_pids = vec![p.pid];
-            cfg.label = kind.label().into();
-            let sw = sweep(
-                &cfg,
-                &opts.rates,
-                opts.max_p99_ms,
-                opts.sweep_all,
-                Some(&mut p),
-            )
-            .await;
-            p.stop();
-            drop(p);
-            let t = text(&sw, &cfg);
-            eprintln!("{t}");
-            let base = format!("{}-{tag}", kind.label());
-            let _ = std::fs::write(dir.join(format!("{base}.txt")), &t);
-            step_charts(&dir, &base, &sw);
-            for f in sw.failures(require) {
-                failures.push(format!(
-                    "loadtest: FAIL receivers-sweep against {}, round {}/{rounds}: {f}",
-                    kind.label(),
-                    round + 1
-                ));
-            }
-            done.push((kind, round + 1, sw));
+            c.one(avail[(i + round) % avail.len()], round).await;
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
-    let md = table(&cfg, opts, &avail, &done, rounds, &failures);
+    let md = table(&c.cfg, opts, &avail, &c.done, rounds, &c.verdict.failures());
     println!("\n{md}");
-    let _ = std::fs::write(dir.join("table.md"), &md);
-    let _ = std::fs::write(
-        opts.target.out.join("compare-receivers-sweep-latest.md"),
-        &md,
-    );
-    let runs: Vec<Value> = done
-        .iter()
-        .map(|(_, r, sw)| {
-            let mut j = json_of(sw, require);
-            j["round"] = json!(r);
-            j
-        })
-        .collect();
-    let _ = std::fs::write(
-        dir.join("results.json"),
-        serde_json::to_string_pretty(&json!({"scenario": "receivers-sweep", "runs": runs}))
-            .unwrap_or_default(),
-    );
-    let named: Vec<(String, &Sweep)> = done
-        .iter()
-        .map(|(k, r, sw)| (format!("{} r{r}", k.label()), sw))
-        .collect();
-    let (p, d) = lines(&named);
-    charts::sweep(
-        &dir.join("sweep.svg"),
-        &format!(
-            "receivers-sweep: {} receivers, every relay and round",
-            cfg.receivers
+    c.write(&md);
+    let detail = format!("{} sweep(s) of {} relay(s)", c.done.len(), avail.len());
+    eprintln!("{}", c.verdict.stderr("compare receivers-sweep", &detail));
+    c.verdict.exit_code()
+}
+
+/// One cell of the compare table: `rate`'s p99, ✓ if it passed, ✗ with
+/// the delivery if a frame was lost or a receiver closed; `-` if not run.
+fn rate_cell(sw: &Sweep, rate: f64) -> String {
+    match sw.steps.iter().find(|s| s.rate == rate) {
+        None => "-".into(),
+        Some(st) if st.pass => format!("✓ {:.0}", st.s.lat_ms[2]),
+        Some(st) if !st.s.verdict().passed() => format!(
+            "✗ {:.0} ({:.2}% delivered{})",
+            st.s.lat_ms[2],
+            st.s.delivered_fraction * 100.0,
+            if st.s.ended_early() > 0 {
+                format!(", {} closed", st.s.ended_early())
+            } else {
+                String::new()
+            }
         ),
-        &p,
-        &d,
-        opts.max_p99_ms,
-    );
-    eprintln!("loadtest: wrote {}", dir.join("table.md").display());
-    for f in &failures {
-        eprintln!("{f}");
+        Some(st) => format!("✗ {:.0}", st.s.lat_ms[2]),
     }
-    i32::from(!failures.is_empty())
+}
+
+/// Per relay: the median capacity over the rounds, and each round's.
+fn capacity_table(o: &mut String, kinds: &[RelayKind], done: &[(RelayKind, usize, Sweep)]) {
+    let _ = writeln!(
+        o,
+        "\n| relay | capacity Hz, median of the rounds | per round |"
+    );
+    let _ = writeln!(o, "|---|---:|---|");
+    for k in kinds {
+        let caps: Vec<f64> = done
+            .iter()
+            .filter(|d| d.0 == *k)
+            .map(|d| d.2.capacity().unwrap_or(0.0))
+            .collect();
+        if caps.is_empty() {
+            continue;
+        }
+        let per_round: Vec<String> = caps.iter().map(|c| c.to_string()).collect();
+        let med = report::median(caps);
+        let _ = writeln!(o, "| {} | {med} | {} |", k.label(), per_round.join(", "));
+    }
 }
 
 /// The compare table: per relay and round, each rate's p99 (✓ pass, ✗ fail) and the capacity.
@@ -494,24 +542,7 @@ fn table(
     );
     let _ = writeln!(o, "|---|---:|{}---:|", "---:|".repeat(rates.len()));
     for (k, r, sw) in done {
-        let cells: Vec<String> = rates
-            .iter()
-            .map(|&rate| match sw.steps.iter().find(|s| s.rate == rate) {
-                None => "-".into(),
-                Some(st) if st.pass => format!("✓ {:.0}", st.s.lat_ms[2]),
-                Some(st) if st.s.failed() => format!(
-                    "✗ {:.0} ({:.2}% delivered{})",
-                    st.s.lat_ms[2],
-                    st.s.delivered_fraction * 100.0,
-                    if st.s.ended_early() > 0 {
-                        format!(", {} closed", st.s.ended_early())
-                    } else {
-                        String::new()
-                    }
-                ),
-                Some(st) => format!("✗ {:.0}", st.s.lat_ms[2]),
-            })
-            .collect();
+        let cells: Vec<String> = rates.iter().map(|&rate| rate_cell(sw, rate)).collect();
         let _ = writeln!(
             o,
             "| {} | {r} | {} | {} |",
@@ -525,38 +556,7 @@ fn table(
             }
         );
     }
-    let _ = writeln!(
-        o,
-        "\n| relay | capacity Hz, median of the rounds | per round |"
-    );
-    let _ = writeln!(o, "|---|---:|---|");
-    for k in kinds {
-        let caps: Vec<f64> = done
-            .iter()
-            .filter(|d| d.0 == *k)
-            .map(|d| d.2.capacity().unwrap_or(0.0))
-            .collect();
-        if caps.is_empty() {
-            continue;
-        }
-        let mut sorted = caps.clone();
-        sorted.sort_by(f64::total_cmp);
-        let n = sorted.len();
-        let med = if n % 2 == 1 {
-            sorted[n / 2]
-        } else {
-            (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
-        };
-        let _ = writeln!(
-            o,
-            "| {} | {med} | {} |",
-            k.label(),
-            caps.iter()
-                .map(|c| c.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    }
+    capacity_table(&mut o, kinds, done);
     let _ = writeln!(
         o,
         "\nCharts: `sweep.svg` (p99 and delivery against the rate, one line per relay and round), `RELAY-receivers-sweep-rN-RATEhz-timeline.svg` and `-latency-cdf.svg` per rate."
@@ -607,10 +607,10 @@ mod tests {
             [true, true, false, true]
         );
         assert_eq!(sw.capacity(), Some(10.0));
-        assert!(sw.failures(5.0).is_empty());
+        assert!(sw.verdict(5.0).passed());
         assert_eq!(
-            sw.failures(20.0),
-            ["capacity 10 Hz below the required 20 Hz"]
+            sw.verdict(20.0).failures(),
+            ["FAIL capacity: 10 Hz below the required 20 Hz"]
         );
     }
 
@@ -627,7 +627,7 @@ mod tests {
         assert_eq!(sw.capacity(), Some(5.0));
         assert!(!sw.steps[1].pass && !sw.steps[2].pass);
         assert!(sw.steps[1].why.contains("missing 3"), "{}", sw.steps[1].why);
-        assert!(sw.failures(5.0).is_empty());
+        assert!(sw.verdict(5.0).passed());
     }
 
     #[test]
@@ -635,24 +635,24 @@ mod tests {
         for (edit, line) in [
             (
                 (|s: &mut Summary| s.duplicate = 1) as fn(&mut Summary),
-                "20 Hz: duplicate 1, out-of-order 0, corrupt 0",
+                "FAIL 20 Hz: duplicate 1, out-of-order 0, corrupt 0",
             ),
             (
                 |s| s.out_of_order = 2,
-                "20 Hz: duplicate 0, out-of-order 2, corrupt 0",
+                "FAIL 20 Hz: duplicate 0, out-of-order 2, corrupt 0",
             ),
             (
                 |s| s.corrupted = 3,
-                "20 Hz: duplicate 0, out-of-order 0, corrupt 3",
+                "FAIL 20 Hz: duplicate 0, out-of-order 0, corrupt 3",
             ),
             (
                 |s| s.relay_exit = Some("signal 11".into()),
-                "20 Hz: relay exited: signal 11",
+                "FAIL 20 Hz: relay exited: signal 11",
             ),
         ] {
             let sw = sweep_of(vec![step(5.0, 40.0, |_| {}), step(20.0, 40.0, edit)]);
             assert_eq!(sw.capacity(), Some(5.0));
-            assert_eq!(sw.failures(5.0), [line]);
+            assert_eq!(sw.verdict(5.0).failures(), [line]);
         }
     }
 
@@ -661,9 +661,9 @@ mod tests {
         let sw = sweep_of(vec![step(5.0, 250.0, |_| {})]);
         assert_eq!(sw.capacity(), None);
         assert_eq!(
-            sw.failures(5.0),
-            ["no rate passed (first: p99 250.0 ms, not under 200 ms)"]
+            sw.verdict(5.0).failures(),
+            ["FAIL capacity: no rate passed (first: p99 250.0 ms, not under 200 ms)"]
         );
-        assert_eq!(sweep_of(vec![]).failures(5.0).len(), 1);
+        assert_eq!(sweep_of(vec![]).verdict(5.0).failures().len(), 1);
     }
 }

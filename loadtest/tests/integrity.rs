@@ -1,5 +1,6 @@
-//! End to end: the `loadtest` binary (`headline`, and `hostile` with one
-//! short attack) against a tiny fake relay on 127.0.0.1 that damages one
+//! End to end: the `loadtest` binary (`headline`, `bigframes`, `hostile`
+//! with one short attack, and `chaos` with its healthy stream alone)
+//! against a tiny fake relay on 127.0.0.1 that damages one
 //! frame on its way to every receiver. The run must fail (exit code 1) and
 //! count exactly that damage; with no damage it must pass (exit code 0).
 
@@ -321,6 +322,78 @@ fn hostile_fails_when_a_healthy_frame_is_lost() {
         stderr.contains("loadtest: FAIL hostile against relay"),
         "{stderr}"
     );
+}
+
+/// `loadtest chaos` with every hostile kind left out (the fake relay
+/// speaks no more of the protocol than the stream), 0.5 s per phase and
+/// 2 healthy receivers of 64×64 at 50 fps, through a fake relay with
+/// `defect`: (exit code, stderr, JSON result).
+fn chaos_through(defect: Defect) -> (Option<i32>, String, serde_json::Value) {
+    let skip = ["--skip", "vanish,storm,staller,slowloris,garbage,flood"];
+    let phases = ["--calm", "0.5", "--duration", "0.5", "--settle", "0.5"];
+    let args = [&["chaos"][..], &skip, &phases, &SMALL].concat();
+    let (code, stderr, json) = loadtest_through(defect, &args);
+    let v: serde_json::Value = serde_json::from_slice(&json.expect("a JSON result")).unwrap();
+    assert_eq!(v["ok"], code == Some(0), "{stderr}");
+    assert_eq!(v["verdict"]["ok"], v["ok"], "{stderr}");
+    (code, stderr, v)
+}
+
+#[test]
+fn chaos_passes_through_a_clean_relay() {
+    let (code, stderr, v) = chaos_through(Defect::None);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("loadtest: OK chaos against relay"),
+        "{stderr}"
+    );
+    assert_eq!(v["healthy"]["corrupted"], 0, "{stderr}");
+    assert_eq!(v["healthy"]["missing"], 0, "{stderr}");
+    assert_eq!(v["verdict"]["failures"].as_array().map(Vec::len), Some(0));
+}
+
+#[test]
+fn chaos_fails_when_a_healthy_frame_is_damaged_or_lost() {
+    // Frame 5 is sent 0.1 s into the calm phase, to both receivers; how
+    // many frames the phase has depends on the clock, so only the two
+    // lost or damaged ones are counted.
+    for (defect, corrupted, totals) in [
+        (Defect::Flip(5), 2, ("corrupted", 2)),
+        (Defect::Drop(5), 0, ("missing", 2)),
+    ] {
+        let (code, stderr, v) = chaos_through(defect);
+        assert_eq!(code, Some(1), "{defect:?}: {stderr}");
+        assert!(
+            stderr.contains("loadtest: FAIL chaos against relay"),
+            "{defect:?}: {stderr}"
+        );
+        let line = stderr
+            .lines()
+            .find_map(|l| l.strip_prefix("loadtest:   FAIL healthy delivery in calm: "))
+            .unwrap_or_else(|| panic!("{defect:?}: no FAIL line for the calm phase:\n{stderr}"));
+        let tail = format!(" frames intact ({corrupted} corrupted)");
+        let (got, of) = line
+            .strip_suffix(tail.as_str())
+            .and_then(|l| l.split_once(" of "))
+            .unwrap_or_else(|| panic!("{defect:?}: `{line}`"));
+        let (got, of): (u64, u64) = (got.parse().unwrap(), of.parse().unwrap());
+        assert_eq!(of - got, 2, "{defect:?}: `{line}`");
+        assert_eq!(
+            v["phases"][0]["delivered_intact"], got,
+            "{defect:?}: {stderr}"
+        );
+        assert_eq!(v["healthy"][totals.0], totals.1, "{defect:?}: {stderr}");
+        let failures = v["verdict"]["failures"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert!(
+            failures.iter().any(|f| f
+                .as_str()
+                .is_some_and(|f| f.starts_with("FAIL healthy receivers: "))),
+            "{defect:?}: {failures:?}"
+        );
+    }
 }
 
 /// `loadtest bigframes` scaled down: 4 receivers of 64×64 at 50 fps for
