@@ -105,6 +105,9 @@ pub struct HostileOpts {
     /// slow-readers: bytes per second each reads.
     #[arg(long, default_value_t = 64 * 1024)]
     pub slow_rate: usize,
+    /// sse-watchers: `GET /events` clients of one channel that never read.
+    #[arg(long, default_value_t = 100)]
+    pub sse_watchers: usize,
 }
 
 /// The attacks, one phase each (the doc lines are the report's descriptions).
@@ -126,6 +129,8 @@ pub enum Attack {
     HandshakeStorm,
     /// --slow-readers receivers of the healthy channel read --slow-rate bytes/s each; the host's TCP memory is sampled
     SlowReaders,
+    /// --sse-watchers clients GET /events of a channel holding a --signal-bytes SignalSync (30 diffs/s after it) and never read; the relay's charge and RSS are compared
+    SseWatchers,
 }
 
 impl Attack {
@@ -913,6 +918,97 @@ async fn tcp_memory(c: Arc<Ctx>) {
     c.add("host TCP memory peak, MiB", peak);
 }
 
+const SSE_SOURCE: &str = "signal source (a --signal-bytes SignalSync, then 30 diffs/s)";
+const SSE_WATCHER: &str = "SSE watcher (GET /events, never reads)";
+
+/// The signal source of the SSE channel: the big SignalSync, then 30 small
+/// diffs a second until the phase ends.
+async fn sse_source(c: Arc<Ctx>) {
+    let t0 = Instant::now();
+    let conn = match c.join(&format!("/source/{}", c.ch("sse")), 0).await {
+        Ok(x) => x,
+        Err(e) => return c.end(SSE_SOURCE, &e, 0.0),
+    };
+    let writer = async {
+        if write_all(&conn.s, &c.pay.sync).await.is_err() {
+            return;
+        }
+        let mut rng = Rng::new(77);
+        let mut n = 0u64;
+        while !c.over() {
+            tokio::time::sleep(Duration::from_millis(33)).await;
+            let msg = protocol::signal(true, n as u16, 0, &diff_json(n));
+            if write_all(&conn.s, &client_msg(&msg, &mut rng))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            n += 1;
+        }
+    };
+    let w = tokio::select! {
+        w = watch_end(&conn.s, &conn.left, c.left() + Duration::from_millis(100), None) => w,
+        _ = async { writer.await; std::future::pending::<()>().await } => unreachable!(),
+    };
+    c.end(SSE_SOURCE, &ended(&w), t0.elapsed().as_secs_f64());
+}
+
+/// One `GET /events` client with a 4 KiB receive buffer that never reads:
+/// the relay holds what it cannot send (charged to --max-memory) until it
+/// resyncs or closes the watcher.
+async fn sse_watcher(c: Arc<Ctx>) {
+    let t0 = Instant::now();
+    // After the source's big sync, so each watcher's first event is it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let s = match peer::tcp_connect(c.target.addr, Some(4096)).await {
+        Ok(s) => s,
+        Err(e) => return c.end(SSE_WATCHER, &peer::io_end(&e), 0.0),
+    };
+    let req = format!(
+        "GET /events/{} HTTP/1.1\r\nHost: {}\r\n\r\n",
+        c.ch("sse"),
+        c.target.host
+    );
+    if let Err(e) = write_all(&s, req.as_bytes()).await {
+        return c.end(SSE_WATCHER, &peer::io_end(&e), t0.elapsed().as_secs_f64());
+    }
+    while !c.over() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Closed by the relay? A peek at the socket's state, nothing read.
+    let mut probe = [0u8; 1];
+    let out = match s.try_read(&mut probe) {
+        Ok(0) => "closed by the relay".to_owned(),
+        Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => peer::io_end(&e),
+        _ => OPEN.to_owned(),
+    };
+    c.end(SSE_WATCHER, &out, t0.elapsed().as_secs_f64());
+}
+
+/// Samples what the relay says it holds (`relay_memory_bytes`) and its RSS
+/// from `/metrics` every 250 ms over the phase; notes the peaks, so the
+/// watchers' unsent bytes can be compared with the memory they cost.
+async fn memory_peaks(c: Arc<Ctx>) {
+    let (mut charged, mut rss, mut samples) = (0f64, 0f64, 0u32);
+    while !c.over() {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let Ok((200, m)) = http_get(&c.target, "/metrics").await else {
+            continue;
+        };
+        let lines: Vec<String> = m.lines().map(str::to_owned).collect();
+        let read = |name| probe::metric_value(&lines, name).unwrap_or(0.0);
+        charged = charged.max(read("relay_memory_bytes"));
+        rss = rss.max(read("relay_process_resident_bytes"));
+        samples += 1;
+    }
+    if samples == 0 {
+        return c.note("GET /metrics failed during the phase".into());
+    }
+    c.add("relay_memory_bytes peak (charged), MB", charged / 1e6);
+    c.add("relay RSS peak (its /metrics), MB", rss / 1e6);
+}
+
 impl Attack {
     /// Runs the attack on `c` until its phase ends (and its clients are closed).
     async fn run(self, c: Arc<Ctx>) {
@@ -950,6 +1046,13 @@ impl Attack {
                 tasks.push(tokio::spawn(tcp_memory(c.clone())));
                 for i in 0..c.o.slow_readers {
                     tasks.push(tokio::spawn(slow_reader(c.clone(), i)));
+                }
+            }
+            Attack::SseWatchers => {
+                tasks.push(tokio::spawn(memory_peaks(c.clone())));
+                tasks.push(tokio::spawn(sse_source(c.clone())));
+                for _ in 0..c.o.sse_watchers {
+                    tasks.push(tokio::spawn(sse_watcher(c.clone())));
                 }
             }
         }
