@@ -1,0 +1,257 @@
+//! The WebRTC upgrade in real browsers (`docs/webrtc.md`): two headless
+//! Chromium pages on loopback, a source page and a receiver page with
+//! `?transport=webrtc`, on a relay that requires tokens (so signaling and
+//! `/turn` run with them).
+//!
+//! 1. The receiver upgrades: `relayClient.transport` becomes `'webrtc'`,
+//!    frames are applied from the DataChannel, among them a 640×360
+//!    keyframe (921,616 bytes: 57 pieces), and once the source stops the
+//!    receiver's picture equals the source's at the same seq, byte for byte.
+//! 2. Closing the peer connection falls back to the WebSocket
+//!    (`transport === 'websocket'`, one more transport change): the picture
+//!    goes on from the relay and again equals the source's; no page error.
+//! 3. The receiver upgrades again by itself after its backoff.
+//!
+//! Chromium needs `--allow-loopback-in-peer-connection` (else it gathers
+//! no 127.0.0.1 candidates) and mDNS obfuscation off
+//! (`--disable-features=WebRtcHideLocalIpsWithMdns`: two pages of one
+//! headless browser cannot resolve each other's `.local` names).
+//!
+//! Without chromium the test fails, unless `RELAY_SKIP_BROWSER=1` says to
+//! skip it on purpose.
+
+#[path = "common/chromium.rs"]
+mod chromium;
+mod common;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+
+use chromium::{find_chromium, Browser, Cdp};
+
+const SECRET: &str = "webrtc test secret: 32 bytes or more";
+
+/// Chromium flags for DataChannels between two pages on loopback, and for
+/// pages that keep their timers running while not in front.
+const WEBRTC_FLAGS: &[&str] = &[
+    "--allow-loopback-in-peer-connection",
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
+    "--disable-background-timer-throttling",
+    "--disable-renderer-backgrounding",
+    "--disable-backgrounding-occluded-windows",
+];
+
+/// A one-line summary of `window.relayClient` for failure messages.
+const PAGE_STATE: &str = "(() => { const r = window.relayClient; if (!r) return 'no relayClient';
+  return JSON.stringify({ mode: r.mode, state: r.state, frames: r.frames, seq: r.seq,
+    transport: r.transport, transportChanges: r.transportChanges, webrtc: r.webrtc,
+    errors: r.errors, lastError: r.lastError }); })()";
+
+/// `window.relayClient.pixels()` as base64.
+const CLIENT_PIXELS: &str = "(() => { const d = window.relayClient.pixels();
+  let s = ''; for (let i = 0; i < d.length; i += 0x8000) s += String.fromCharCode.apply(null, d.subarray(i, i + 0x8000));
+  return btoa(s); })()";
+
+fn token(ch: &str, roles: &[&str]) -> String {
+    let exp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+        + 3600;
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &json!({ "ch": ch, "role": roles, "exp": exp, "sub": "webrtc-test" }),
+        &EncodingKey::from_secret(SECRET.as_bytes()).expect("HS256 key"),
+    )
+    .expect("sign token")
+}
+
+fn b64(v: &Value) -> Vec<u8> {
+    base64::engine::general_purpose::STANDARD
+        .decode(v.as_str().expect("base64 string"))
+        .expect("valid base64")
+}
+
+/// Opens a new page target and attaches to it; returns its session id.
+async fn new_page(cdp: &mut Cdp) -> String {
+    cdp.session = None;
+    let target = cdp
+        .call("Target.createTarget", json!({ "url": "about:blank" }))
+        .await["targetId"]
+        .clone();
+    let attached = cdp
+        .call(
+            "Target.attachToTarget",
+            json!({ "targetId": target, "flatten": true }),
+        )
+        .await;
+    let session = attached["sessionId"]
+        .as_str()
+        .expect("sessionId")
+        .to_owned();
+    cdp.session = Some(session.clone());
+    cdp.call("Runtime.enable", json!({})).await;
+    cdp.call("Log.enable", json!({})).await;
+    cdp.call("Page.enable", json!({})).await;
+    session
+}
+
+async fn open(cdp: &mut Cdp, url: &str) {
+    cdp.call("Page.navigate", json!({ "url": url })).await;
+    cdp.wait_for(
+        &format!("{url} to load"),
+        "document.readyState === 'complete' && !!window.relayClient",
+    )
+    .await;
+}
+
+/// Stops the source page, waits until the receiver has applied the source's
+/// last frame, and compares the two pictures byte for byte.
+async fn stop_and_compare(cdp: &mut Cdp, source: &str, receiver: &str, what: &str) -> u64 {
+    cdp.session = Some(source.to_owned());
+    cdp.eval("window.relayClient.stop()").await;
+    // A tick already running finishes; then the last frame sent is fixed.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let seq = cdp.eval("window.relayClient.seq").await;
+    let want = b64(&cdp.eval(CLIENT_PIXELS).await);
+    assert_eq!(want.len(), 640 * 360 * 4, "{what}: the source's picture");
+    cdp.session = Some(receiver.to_owned());
+    cdp.wait_for(
+        &format!("{what}: the receiver at the source's seq {seq}"),
+        &format!("window.relayClient.seq === {seq}"),
+    )
+    .await;
+    let got = b64(&cdp.eval(CLIENT_PIXELS).await);
+    assert_eq!(got.len(), want.len(), "{what}: picture size");
+    if let Some(i) = got.iter().zip(&want).position(|(a, b)| a != b) {
+        let differing = got.iter().zip(&want).filter(|(a, b)| a != b).count();
+        panic!("{what}: byte {i} of the picture at seq {seq} differs ({differing} bytes differ)");
+    }
+    seq.as_u64().expect("seq")
+}
+
+async fn receiver_state(cdp: &mut Cdp) -> Value {
+    let s = cdp.eval(PAGE_STATE).await;
+    serde_json::from_str(s.as_str().unwrap_or("null")).unwrap_or(Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_chromium_pages_upgrade_to_a_datachannel_and_fall_back() {
+    let exe = find_chromium();
+    if !common::tool_available(
+        exe.is_some(),
+        "chromium (apt-get install chromium)",
+        "RELAY_SKIP_BROWSER",
+    ) {
+        return;
+    }
+    let Some(exe) = exe else { return };
+
+    let secret = std::env::temp_dir().join(format!("relay-webrtc-secret-{}", std::process::id()));
+    std::fs::write(&secret, SECRET).expect("write secret");
+    let relay = common::start(&["--jwt-secret-file", secret.to_str().unwrap_or_default()]).await;
+    let (_browser, devtools_url) = Browser::launch_with(&exe, WEBRTC_FLAGS).await;
+    let mut cdp = Cdp::connect(&devtools_url).await;
+
+    let src_token = token("rtc", &["source", "signal"]);
+    let rcv_token = token("rtc", &["receiver", "signal"]);
+    let source = new_page(&mut cdp).await;
+    open(
+        &mut cdp,
+        &format!(
+            "http://{}/?mode=source&channel=rtc&size=640x360&fps=10&keyframe=20&signal=0&autostart=1&token={src_token}",
+            relay.addr
+        ),
+    )
+    .await;
+    cdp.wait_for("the source to stream", "window.relayClient.frames > 2")
+        .await;
+
+    let receiver = new_page(&mut cdp).await;
+    open(
+        &mut cdp,
+        &format!(
+            "http://{}/?channel=rtc&transport=webrtc&token={rcv_token}",
+            relay.addr
+        ),
+    )
+    .await;
+    let started = tokio::time::Instant::now();
+
+    // ---- 1. the upgrade ------------------------------------------------------
+    cdp.wait_for(
+        "the receiver on a DataChannel",
+        "window.relayClient.transport === 'webrtc'",
+    )
+    .await;
+    let upgrade = started.elapsed();
+    cdp.wait_for(
+        "frames applied from the DataChannel, a 640x360 keyframe among them",
+        "(() => { const r = window.relayClient; return r.webrtc.applied > 10
+           && r.arrivals().some((a) => a.keyframe && a.direct !== null); })()",
+    )
+    .await;
+    let seq = stop_and_compare(&mut cdp, &source, &receiver, "over the DataChannel").await;
+    let state = receiver_state(&mut cdp).await;
+    assert_eq!(state["errors"], json!(0), "receiver errors: {state}");
+    assert_eq!(state["transportChanges"], json!(1), "{state}");
+    cdp.session = Some(source.clone());
+    let src = cdp.eval("window.relayClient.webrtc").await;
+    assert_eq!(src["open"], json!(1), "source's peer connections: {src}");
+    assert!(
+        src["sent"].as_u64() > Some(10),
+        "source sent pictures: {src}"
+    );
+
+    // ---- 2. fall back to the WebSocket -------------------------------------
+    cdp.eval("window.relayClient.start()").await;
+    cdp.session = Some(receiver.clone());
+    cdp.eval("window.relayClient.closePeer()").await;
+    cdp.wait_for(
+        "the receiver back on the WebSocket",
+        "window.relayClient.transport === 'websocket' && window.relayClient.transportChanges === 2",
+    )
+    .await;
+    let applied_before = receiver_state(&mut cdp).await["webrtc"]["applied"].clone();
+    cdp.wait_for(
+        "frames from the relay after the fallback",
+        &format!("window.relayClient.seq !== {seq} && window.relayClient.frames > 0"),
+    )
+    .await;
+    let seq2 = stop_and_compare(&mut cdp, &source, &receiver, "after the fallback").await;
+    assert_ne!(seq2, seq);
+    let state = receiver_state(&mut cdp).await;
+    assert_eq!(state["errors"], json!(0), "receiver errors: {state}");
+    if state["transport"] == json!("websocket") {
+        // Still on the relay alone: nothing came over a DataChannel since.
+        assert_eq!(state["webrtc"]["applied"], applied_before, "{state}");
+    }
+
+    // ---- 3. the receiver upgrades again by itself ----------------------------
+    cdp.session = Some(source.clone());
+    cdp.eval("window.relayClient.start()").await;
+    cdp.session = Some(receiver.clone());
+    cdp.wait_for(
+        "the receiver on a DataChannel again",
+        "window.relayClient.transport === 'webrtc' && window.relayClient.transportChanges === 3",
+    )
+    .await;
+    cdp.wait_for(
+        "frames from the new DataChannel",
+        &format!(
+            "window.relayClient.webrtc.applied > {} + 5",
+            applied_before.as_u64().unwrap_or(0)
+        ),
+    )
+    .await;
+    stop_and_compare(&mut cdp, &source, &receiver, "over the second DataChannel").await;
+    let state = receiver_state(&mut cdp).await;
+    assert_eq!(state["errors"], json!(0), "receiver errors: {state}");
+    eprintln!(
+        "webrtc: the receiver was on a DataChannel {upgrade:?} after its page opened; {state}"
+    );
+    let _ = std::fs::remove_file(&secret);
+}
