@@ -11,6 +11,9 @@
 //!    (`transport === 'websocket'`, one more transport change): the picture
 //!    goes on from the relay and again equals the source's; no page error.
 //! 3. The receiver upgrades again by itself after its backoff.
+//! 4. A Rust source (`client::DirectLink`, str0m) replaces the page: it
+//!    answers the page receiver's offer, the page takes its pictures over
+//!    the DataChannel, and the picture equals the Rust source's last frame.
 //!
 //! Chromium needs `--allow-loopback-in-peer-connection` (else it gathers
 //! no 127.0.0.1 candidates) and mDNS obfuscation off
@@ -29,6 +32,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
+
+use bitstream_relay::client::{Client, DirectEvent, DirectLink, RtcSignal, SignalPeer};
+use bitstream_relay::{codec, protocol};
+use tokio::sync::watch;
 
 use chromium::{find_chromium, Browser, Cdp};
 
@@ -131,6 +138,112 @@ async fn stop_and_compare(cdp: &mut Cdp, source: &str, receiver: &str, what: &st
         panic!("{what}: byte {i} of the picture at seq {seq} differs ({differing} bytes differ)");
     }
     seq.as_u64().expect("seq")
+}
+
+/// What the Rust source did: its last frame's seq and RGBA, offers it
+/// answered, DataChannels that opened, pictures it queued for them.
+struct RustSourceRun {
+    seq: u16,
+    rgba: Vec<u8>,
+    answered: u32,
+    opened: u32,
+    sent_direct: u32,
+}
+
+const RW: u16 = 320;
+const RH: u16 = 180;
+
+/// A frame of the Rust source: a gradient with a square that moves with
+/// `n` (so its deltas are small, its keyframes 230,416 bytes: 15 pieces).
+fn rust_frame(n: u16) -> Vec<u8> {
+    let (w, h, n) = (usize::from(RW), usize::from(RH), usize::from(n));
+    let (sx, sy) = ((n * 5) % (w - 20), (n * 3) % (h - 20));
+    let mut out = Vec::with_capacity(w * h * 4);
+    for y in 0..h {
+        for x in 0..w {
+            let inside = (sx..sx + 20).contains(&x) && (sy..sy + 20).contains(&y);
+            out.extend_from_slice(&if inside {
+                [240, 200, (n % 256) as u8, 255]
+            } else {
+                [
+                    (x % 256) as u8,
+                    (y * 2 % 256) as u8,
+                    ((x + y) % 256) as u8,
+                    255,
+                ]
+            });
+        }
+    }
+    out
+}
+
+/// A Rust source on the relay that also answers receivers' offers on
+/// `/signal` with a [`DirectLink`] each and sends every frame over the open
+/// ones; 10 fps, a keyframe every 20 frames, until `stop` turns true.
+async fn rust_source(
+    mut relay: Client,
+    mut signal: SignalPeer,
+    mut stop: watch::Receiver<bool>,
+) -> RustSourceRun {
+    let me = "s-rust-test".to_owned();
+    let mut links: Vec<DirectLink> = Vec::new();
+    let mut run = RustSourceRun {
+        seq: 0,
+        rgba: Vec::new(),
+        answered: 0,
+        opened: 0,
+        sent_direct: 0,
+    };
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+    let mut n: u16 = 0;
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            text = signal.recv() => {
+                if let Some(RtcSignal::Offer { from, sdp }) = RtcSignal::parse(&text) {
+                    let (link, answer) = DirectLink::answer([127, 0, 0, 1].into(), &sdp)
+                        .await
+                        .expect("answer the page's offer");
+                    signal
+                        .send(&RtcSignal::Answer { from: me.clone(), to: from, sdp: answer }.to_text())
+                        .await
+                        .expect("send the answer");
+                    run.answered += 1;
+                    links.push(link);
+                }
+            }
+            _ = tick.tick() => {
+                let cur = rust_frame(n);
+                let ts = u32::from(n) * 100;
+                let (msg, base) = if n % 20 == 0 {
+                    (protocol::pixels_keyframe(n, ts, RW, RH, &cur), None)
+                } else {
+                    let mut z = Vec::new();
+                    codec::encode_delta(&run.rgba, &cur, &mut z).expect("encode delta");
+                    (protocol::delta_pixels(n, ts, RW, RH, &z), Some(n - 1))
+                };
+                relay.send(&msg).await.expect("send to the relay");
+                for link in &mut links {
+                    // Opened links report it here; closed ones stay silent.
+                    while let Ok(Some(e)) = tokio::time::timeout(std::time::Duration::ZERO, link.next_event()).await {
+                        if e == DirectEvent::Open {
+                            run.opened += 1;
+                        }
+                    }
+                    if link.send_picture(&msg, base) {
+                        run.sent_direct += 1;
+                    }
+                }
+                run.seq = n;
+                run.rgba = cur;
+                n += 1;
+            }
+        }
+    }
+    for link in links {
+        link.close().await;
+    }
+    run
 }
 
 async fn receiver_state(cdp: &mut Cdp) -> Value {
@@ -248,6 +361,56 @@ async fn two_chromium_pages_upgrade_to_a_datachannel_and_fall_back() {
     )
     .await;
     stop_and_compare(&mut cdp, &source, &receiver, "over the second DataChannel").await;
+    let state = receiver_state(&mut cdp).await;
+    assert_eq!(state["errors"], json!(0), "receiver errors: {state}");
+
+    // ---- 4. a Rust source serves the page over a DataChannel -----------------
+    cdp.session = Some(source.clone());
+    cdp.call("Page.navigate", json!({ "url": "about:blank" }))
+        .await;
+    cdp.session = Some(receiver.clone());
+    let received_before = state["webrtc"]["received"].as_u64().unwrap_or(0);
+    cdp.wait_for(
+        "the receiver to fall back once the source page is gone",
+        "window.relayClient.transport === 'websocket'",
+    )
+    .await;
+    let relay_src = common::connect(&relay.url(&format!("/source/rtc?token={src_token}"))).await;
+    let signal = common::within(SignalPeer::connect(
+        &relay.url(&format!("/signal/rtc?token={src_token}")),
+    ))
+    .await
+    .expect("signal peer");
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let rust = tokio::spawn(rust_source(relay_src, signal, stop_rx));
+    cdp.wait_for(
+        "the receiver on the Rust source's DataChannel",
+        &format!(
+            "(() => {{ const r = window.relayClient; return r.transport === 'webrtc'
+               && r.webrtc.received > {received_before} + 10 && r.width === {RW}; }})()"
+        ),
+    )
+    .await;
+    let _ = stop_tx.send(true);
+    let run = rust.await.expect("the Rust source task");
+    assert!(
+        run.answered >= 1 && run.opened >= 1 && run.sent_direct > 10,
+        "answered {}, opened {}, sent {}",
+        run.answered,
+        run.opened,
+        run.sent_direct
+    );
+    cdp.wait_for(
+        "the receiver at the Rust source's last frame",
+        &format!("window.relayClient.seq === {}", run.seq),
+    )
+    .await;
+    let got = b64(&cdp.eval(CLIENT_PIXELS).await);
+    assert!(
+        got == run.rgba,
+        "the page's picture differs from the Rust source's frame {}",
+        run.seq
+    );
     let state = receiver_state(&mut cdp).await;
     assert_eq!(state["errors"], json!(0), "receiver errors: {state}");
     eprintln!(
