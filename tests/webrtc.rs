@@ -215,7 +215,7 @@ async fn rust_source(
             _ = tick.tick() => {
                 let cur = rust_frame(n);
                 let ts = u32::from(n) * 100;
-                let (msg, base) = if n % 20 == 0 {
+                let (msg, base) = if n.is_multiple_of(20) {
                     (protocol::pixels_keyframe(n, ts, RW, RH, &cur), None)
                 } else {
                     let mut z = Vec::new();
