@@ -14,6 +14,9 @@
 //! 4. A Rust source (`client::DirectLink`, str0m) replaces the page: it
 //!    answers the page receiver's offer, the page takes its pictures over
 //!    the DataChannel, and the picture equals the Rust source's last frame.
+//! 5. And back: a Rust receiver (`DirectLink::offer`) takes the source
+//!    page's DataChannel beside its relay stream, applies frames from both
+//!    by the merge rule, and ends at the page's picture, byte for byte.
 //!
 //! Chromium needs `--allow-loopback-in-peer-connection` (else it gathers
 //! no 127.0.0.1 candidates) and mDNS obfuscation off
@@ -33,7 +36,9 @@ use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 
+use bitstream_relay::client::Message;
 use bitstream_relay::client::{Client, DirectEvent, DirectLink, RtcSignal, SignalPeer};
+use bitstream_relay::wire::path_merge::{Offered, PathMerge};
 use bitstream_relay::{codec, protocol};
 use tokio::sync::watch;
 
@@ -246,6 +251,100 @@ async fn rust_source(
     run
 }
 
+/// Latency of each path, from the receiver's arrival log and the source
+/// page's clock: `(relay, direct, direct first)` where the first two are
+/// sorted milliseconds from the source's capture to arrival (frames that
+/// came both ways), and the last counts frames the DataChannel brought
+/// first.
+async fn latencies(cdp: &mut Cdp, source: &str, receiver: &str) -> (Vec<f64>, Vec<f64>, usize) {
+    cdp.session = Some(source.to_owned());
+    let origin = cdp
+        .eval("window.relayClient.clockOrigin")
+        .await
+        .as_f64()
+        .unwrap_or(0.0);
+    cdp.session = Some(receiver.to_owned());
+    let log = cdp.eval("window.relayClient.arrivals()").await;
+    let (mut relay, mut direct, mut first) = (Vec::new(), Vec::new(), 0);
+    for a in log.as_array().into_iter().flatten() {
+        let (Some(r), Some(d), Some(ts)) = (
+            a["relay"].as_f64(),
+            a["direct"].as_f64(),
+            a["timestamp"].as_f64(),
+        ) else {
+            continue;
+        };
+        relay.push(r - origin - ts);
+        direct.push(d - origin - ts);
+        if d < r {
+            first += 1;
+        }
+    }
+    relay.sort_by(f64::total_cmp);
+    direct.sort_by(f64::total_cmp);
+    (relay, direct, first)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// A Rust receiver's picture from two paths (see `wire::path_merge`).
+#[derive(Default)]
+struct RustScreen {
+    merge: PathMerge,
+    rgba: Vec<u8>,
+    seq: Option<u16>,
+    direct_received: u32,
+    direct_applied: u32,
+}
+
+impl RustScreen {
+    /// Offers a pixel frame from the relay (`base` None) or the
+    /// DataChannel (`direct`); applies it if the merge takes it.
+    fn offer(&mut self, msg: &[u8], direct: Option<Option<u16>>) {
+        let Ok(h) = protocol::Header::parse(msg) else {
+            return;
+        };
+        let ft = h.frame_type();
+        if !matches!(
+            ft,
+            protocol::FrameType::Pixels
+                | protocol::FrameType::Keyframe
+                | protocol::FrameType::DeltaPixels
+        ) {
+            return;
+        }
+        let f = Offered {
+            seq: h.seq,
+            keyframe: ft != protocol::FrameType::DeltaPixels,
+        };
+        let take = match direct {
+            None => self.merge.from_relay(f),
+            Some(base) => {
+                self.direct_received += 1;
+                self.merge.from_direct(f, base)
+            }
+        };
+        if !take {
+            return;
+        }
+        let payload = &msg[protocol::HEADER_LEN..];
+        if f.keyframe {
+            self.rgba = payload.to_vec();
+        } else {
+            codec::apply_delta(&mut self.rgba, payload).expect("a delta on its own base");
+        }
+        self.seq = Some(h.seq);
+        if direct.is_some() {
+            self.direct_applied += 1;
+        }
+    }
+}
+
 async fn receiver_state(cdp: &mut Cdp) -> Value {
     let s = cdp.eval(PAGE_STATE).await;
     serde_json::from_str(s.as_str().unwrap_or("null")).unwrap_or(Value::Null)
@@ -270,12 +369,18 @@ async fn two_chromium_pages_upgrade_to_a_datachannel_and_fall_back() {
     let mut cdp = Cdp::connect(&devtools_url).await;
 
     let src_token = token("rtc", &["source", "signal"]);
+    // The source page's frame rate (RELAY_WEBRTC_FPS, 10 by default: the
+    // test machine is shared).
+    let fps: u32 = std::env::var("RELAY_WEBRTC_FPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
     let rcv_token = token("rtc", &["receiver", "signal"]);
     let source = new_page(&mut cdp).await;
     open(
         &mut cdp,
         &format!(
-            "http://{}/?mode=source&channel=rtc&size=640x360&fps=10&keyframe=20&signal=0&autostart=1&token={src_token}",
+            "http://{}/?mode=source&channel=rtc&size=640x360&fps={fps}&keyframe=20&signal=0&autostart=1&token={src_token}",
             relay.addr
         ),
     )
@@ -307,6 +412,24 @@ async fn two_chromium_pages_upgrade_to_a_datachannel_and_fall_back() {
            && r.arrivals().some((a) => a.keyframe && a.direct !== null); })()",
     )
     .await;
+    // A measurement, not a check: how much sooner the DataChannel brings
+    // frames than the relay. RELAY_WEBRTC_MEASURE_SECS=N streams N seconds
+    // longer first (docs/webrtc.md records such a run).
+    let extra = std::env::var("RELAY_WEBRTC_MEASURE_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    tokio::time::sleep(std::time::Duration::from_secs(extra)).await;
+    let (relay_ms, direct_ms, direct_first) = latencies(&mut cdp, &source, &receiver).await;
+    eprintln!(
+        "webrtc latency, {fps} fps 640x360, {n} frames both ways: relay p50 {:.1} ms p99 {:.1} ms; \
+         DataChannel p50 {:.1} ms p99 {:.1} ms; DataChannel first for {direct_first}",
+        percentile(&relay_ms, 0.5),
+        percentile(&relay_ms, 0.99),
+        percentile(&direct_ms, 0.5),
+        percentile(&direct_ms, 0.99),
+        n = relay_ms.len(),
+    );
     let seq = stop_and_compare(&mut cdp, &source, &receiver, "over the DataChannel").await;
     let state = receiver_state(&mut cdp).await;
     assert_eq!(state["errors"], json!(0), "receiver errors: {state}");
@@ -413,6 +536,112 @@ async fn two_chromium_pages_upgrade_to_a_datachannel_and_fall_back() {
     );
     let state = receiver_state(&mut cdp).await;
     assert_eq!(state["errors"], json!(0), "receiver errors: {state}");
+
+    // ---- 5. a Rust receiver takes the source page's DataChannel -------------
+    let src2_token = token("rtc2", &["source", "signal"]);
+    let rcv2_token = token("rtc2", &["receiver", "signal"]);
+    cdp.session = Some(source.clone());
+    open(
+        &mut cdp,
+        &format!(
+            "http://{}/?mode=source&channel=rtc2&size=320x180&fps=10&keyframe=20&signal=0&autostart=1&token={src2_token}",
+            relay.addr
+        ),
+    )
+    .await;
+    cdp.wait_for(
+        "the second source to stream",
+        "window.relayClient.frames > 2",
+    )
+    .await;
+    let mut stream = common::connect(&relay.url(&format!("/stream/rtc2?token={rcv2_token}"))).await;
+    let mut signal = common::within(SignalPeer::connect(
+        &relay.url(&format!("/signal/rtc2?token={rcv2_token}")),
+    ))
+    .await
+    .expect("signal peer");
+    let (mut link, offer) = DirectLink::offer([127, 0, 0, 1].into())
+        .await
+        .expect("offer");
+    let me = "r-rust-test".to_owned();
+    signal
+        .send(
+            &RtcSignal::Offer {
+                from: me.clone(),
+                sdp: offer,
+            }
+            .to_text(),
+        )
+        .await
+        .expect("send the offer");
+    let answer = common::within(async {
+        loop {
+            if let Some(RtcSignal::Answer { to, sdp, .. }) = RtcSignal::parse(&signal.recv().await)
+            {
+                if to == me {
+                    return sdp;
+                }
+            }
+        }
+    })
+    .await;
+    assert!(
+        link.accept_answer(&answer).await,
+        "the link took the answer"
+    );
+    let mut screen = RustScreen::default();
+    let mut opened = false;
+    let mut source_stopped: Option<(u64, Vec<u8>)> = None;
+    let deadline = tokio::time::Instant::now() + common::DEADLINE;
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the Rust receiver: opened {opened}, direct received {}, applied {}, at {:?}, source stopped at {:?}",
+            screen.direct_received,
+            screen.direct_applied,
+            screen.seq,
+            source_stopped.as_ref().map(|s| s.0)
+        );
+        tokio::select! {
+            msg = stream.recv() => match msg {
+                Ok(Message::Binary(b)) => screen.offer(&b, None),
+                Ok(Message::Text(_)) => {}
+                Err(e) => panic!("the Rust receiver's relay stream: {e}"),
+            },
+            e = link.next_event() => match e {
+                Some(DirectEvent::Open) => opened = true,
+                Some(DirectEvent::Message(m)) => screen.offer(&m.message, Some(m.base)),
+                Some(DirectEvent::Closed) | None => panic!("the DataChannel from the page closed"),
+            },
+            _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+        }
+        if source_stopped.is_none() && screen.direct_received >= 10 {
+            cdp.session = Some(source.clone());
+            cdp.eval("window.relayClient.stop()").await;
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            let seq = cdp
+                .eval("window.relayClient.seq")
+                .await
+                .as_u64()
+                .unwrap_or(0);
+            source_stopped = Some((seq, b64(&cdp.eval(CLIENT_PIXELS).await)));
+        }
+        if let Some((seq, want)) = &source_stopped {
+            if screen.seq.map(u64::from) == Some(*seq) {
+                assert!(
+                    screen.rgba == *want,
+                    "the Rust receiver's picture at seq {seq} differs from the page's"
+                );
+                break;
+            }
+        }
+    }
+    assert!(opened, "the DataChannel opened");
+    eprintln!(
+        "webrtc: the Rust receiver took {} whole messages from the page's DataChannel, applied {}",
+        screen.direct_received, screen.direct_applied
+    );
+    link.close().await;
     eprintln!(
         "webrtc: the receiver was on a DataChannel {upgrade:?} after its page opened; {state}"
     );
