@@ -1109,7 +1109,7 @@ export async function iceServers(loc) {
 }
 
 /** Resolves once `pc` has gathered its candidates (they ride in the SDP: no trickle), or after `ms`. */
-function gathered(pc, ms = 3000) {
+function gathered(pc, ms = 2000) {
   if (pc.iceGatheringState === 'complete') return Promise.resolve();
   return new Promise((resolve) => {
     const done = () => {
@@ -1137,13 +1137,15 @@ function parseSignal(text) {
 /**
  * The source page's side: answers each receiver's offer on
  * `/signal/{channel}` with one peer connection (up to `max`; beyond that
- * it answers "busy" and the receiver stays on the relay), and sends every
- * pixel frame it publishes to each open DataChannel as pieces.
+ * it answers "busy" and the receiver stays on the relay) while `live()`
+ * (its relay connection is open: it is the channel's source), and sends
+ * every pixel frame it publishes to each open DataChannel as pieces.
  */
 export class WebRtcSource {
-  constructor(loc, channel, { max = 4, maxBuffered = 4 << 20 } = {}) {
+  constructor(loc, channel, { max = 4, maxBuffered = 4 << 20, live = () => true } = {}) {
     this.id = peerId('s');
     this.max = max;
+    this.live = live; // only the channel's source answers: a page the relay refused stays quiet
     this.maxBuffered = maxBuffered;
     this.peers = new Map(); // receiver id -> {pc, dc}
     this.nextId = 0;
@@ -1174,7 +1176,7 @@ export class WebRtcSource {
       this.drop(m.from);
       return;
     }
-    if (m.t !== 'offer' || typeof m.sdp !== 'string') return;
+    if (m.t !== 'offer' || typeof m.sdp !== 'string' || !this.live()) return;
     this.drop(m.from); // a receiver that offers again starts afresh
     if (this.peers.size >= this.max) {
       this.busy++;
@@ -1943,7 +1945,10 @@ function startSource(channel, params) {
 
   // WebRTC: answer receivers' offers, up to ?webrtc=N peer connections (default 4, 0 = none).
   const rtcMax = clampInt(params.get('webrtc') ?? 4, 0, 256);
-  const rtc = rtcMax > 0 && globalThis.RTCPeerConnection ? new WebRtcSource(location, channel, { max: rtcMax }) : null;
+  const rtc =
+    rtcMax > 0 && globalThis.RTCPeerConnection
+      ? new WebRtcSource(location, channel, { max: rtcMax, live: () => conn.state === 'open' })
+      : null;
 
   function sendSignal(type, value) {
     const msg = buildMessage({ type, seq: signalSeq, timestamp: now() }, new TextEncoder().encode(JSON.stringify(value)));
