@@ -31,9 +31,14 @@ pub const CHANNEL_LABEL: &str = "frames";
 const MAX_MESSAGE: usize = 4096 * 4096 * 4 + bitstream_wire::protocol::HEADER_LEN;
 /// Unfinished messages a receiver keeps.
 const MAX_PENDING: usize = 4;
-/// Bytes a source lets queue in one channel before it skips pictures (the
-/// receiver gets those from the relay).
-const MAX_BUFFERED: usize = 4 << 20;
+/// Bytes a source lets wait unacknowledged in the channel before it skips
+/// pictures (the receiver gets those from the relay).
+const MAX_QUEUED: usize = 1 << 20;
+/// Bytes a source keeps unacknowledged in the channel: pieces leave the
+/// outbox as acknowledgements come back, so a large picture is not one burst
+/// of hundreds of datagrams (which a busy receiver drops, and an unreliable
+/// channel does not resend).
+const PACE_WINDOW: usize = 64 * 1024;
 
 /// What can go wrong with a direct peer.
 #[derive(Debug, Error)]
@@ -84,6 +89,8 @@ pub struct DirectPeer {
     pending_offer: Option<SdpPendingOffer>,
     pieces: Reassembler,
     next_id: u16,
+    outbox: VecDeque<Vec<u8>>,
+    outbox_bytes: usize,
     transmits: VecDeque<Transmit>,
     events: VecDeque<DirectEvent>,
     deadline: Instant,
@@ -105,6 +112,8 @@ impl DirectPeer {
             pending_offer: None,
             pieces: Reassembler::new(MAX_MESSAGE, MAX_PENDING),
             next_id: 0,
+            outbox: VecDeque::new(),
+            outbox_bytes: 0,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             deadline: now,
@@ -186,13 +195,15 @@ impl DirectPeer {
             return Ok(());
         }
         self.rtc.handle_input(input)?;
-        self.drain()
+        self.drain()?;
+        self.pump()
     }
 
     /// Time went on to `now` (call it at [`DirectPeer::deadline`]).
     pub fn timeout(&mut self, now: Instant) -> Result<(), DirectError> {
         self.rtc.handle_input(Input::Timeout(now))?;
-        self.drain()
+        self.drain()?;
+        self.pump()
     }
 
     /// When the peer next needs [`DirectPeer::timeout`].
@@ -235,18 +246,21 @@ impl DirectPeer {
 
     /// Sends one pixel frame (a whole PROTOCOL.md message) as pieces, with
     /// `base` the seq of the picture a delta applies on (`None` for a
-    /// keyframe). Returns whether it went out: not while the channel is not
-    /// open or more than 4 MiB wait in it (the receiver takes the relay's
-    /// copy then).
+    /// keyframe). Returns whether it was taken: not while the channel is not
+    /// open, the previous picture's pieces still wait to go, or more than
+    /// 1 MiB is unacknowledged (the receiver takes the relay's copy then).
+    /// Pieces go out paced, at most 64 KiB unacknowledged.
     pub fn send_picture(&mut self, message: &[u8], base: Option<u16>) -> Result<bool, DirectError> {
         let Some(id) = self.channel.filter(|_| !self.closed) else {
             return Ok(false);
         };
-        let congested = match self.rtc.channel(id) {
+        let in_flight = match self.rtc.channel(id) {
             None => return Ok(false),
-            Some(mut ch) => ch.buffered_amount() > MAX_BUFFERED,
+            Some(mut ch) => ch.buffered_amount(),
         };
-        if congested {
+        // One message at a time in the outbox: a picture that would wait
+        // behind another would arrive late anyway (the relay's copy wins).
+        if !self.outbox.is_empty() || in_flight > MAX_QUEUED {
             self.skipped += 1;
             return Ok(false);
         }
@@ -254,18 +268,34 @@ impl DirectPeer {
             .ok_or(DirectError::Split(message.len()))?;
         self.next_id = self.next_id.wrapping_add(1);
         for piece in parts {
-            let Some(mut ch) = self.rtc.channel(id) else {
-                return Ok(false);
-            };
-            let accepted = ch.write(true, &piece)?;
-            self.drain()?;
-            if !accepted {
-                self.skipped += 1;
-                return Ok(false);
-            }
+            self.outbox_bytes += piece.len();
+            self.outbox.push_back(piece);
         }
         self.sent += 1;
+        self.pump()?;
         Ok(true)
+    }
+
+    /// Moves pieces from the outbox into the channel while less than the
+    /// pace window is unacknowledged.
+    fn pump(&mut self) -> Result<(), DirectError> {
+        let Some(id) = self.channel.filter(|_| !self.closed) else {
+            self.outbox.clear();
+            self.outbox_bytes = 0;
+            return Ok(());
+        };
+        while let Some(piece) = self.outbox.front() {
+            let Some(mut ch) = self.rtc.channel(id) else {
+                break;
+            };
+            if ch.buffered_amount() >= PACE_WINDOW || !ch.write(true, piece)? {
+                break;
+            }
+            self.drain()?;
+            let len = piece_len(self.outbox.pop_front());
+            self.outbox_bytes -= len;
+        }
+        Ok(())
     }
 
     /// Closes the connection (the other side sees its channel close).
@@ -324,4 +354,8 @@ impl DirectPeer {
             self.events.push_back(DirectEvent::Closed);
         }
     }
+}
+
+fn piece_len(piece: Option<Vec<u8>>) -> usize {
+    piece.map_or(0, |p| p.len())
 }
