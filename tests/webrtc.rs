@@ -16,7 +16,8 @@
 //!    the DataChannel, and the picture equals the Rust source's last frame.
 //! 5. And back: a Rust receiver (`DirectLink::offer`) takes the source
 //!    page's DataChannel beside its relay stream, applies frames from both
-//!    by the merge rule, and ends at the page's picture, byte for byte.
+//!    by the merge rule, and ends at the page's picture, byte for byte; a
+//!    second offer is told `busy` (the page's `?webrtc=1` cap).
 //!
 //! Chromium needs `--allow-loopback-in-peer-connection` (else it gathers
 //! no 127.0.0.1 candidates) and mDNS obfuscation off
@@ -546,7 +547,7 @@ async fn two_chromium_pages_upgrade_to_a_datachannel_and_fall_back() {
     open(
         &mut cdp,
         &format!(
-            "http://{}/?mode=source&channel=rtc2&size=320x180&fps=10&keyframe=20&signal=0&autostart=1&token={src2_token}",
+            "http://{}/?mode=source&channel=rtc2&size=320x180&fps=10&keyframe=20&signal=0&autostart=1&webrtc=1&token={src2_token}",
             relay.addr
         ),
     )
@@ -591,6 +592,35 @@ async fn two_chromium_pages_upgrade_to_a_datachannel_and_fall_back() {
         link.accept_answer(&answer).await,
         "the link took the answer"
     );
+    // The page answers at most ?webrtc=1 receiver: a second offer gets
+    // "busy" (that receiver stays on the relay).
+    let (second, offer2) = DirectLink::offer([127, 0, 0, 1].into())
+        .await
+        .expect("offer");
+    let me2 = "r-rust-test-2".to_owned();
+    signal
+        .send(
+            &RtcSignal::Offer {
+                from: me2.clone(),
+                sdp: offer2,
+            }
+            .to_text(),
+        )
+        .await
+        .expect("send the second offer");
+    common::within(async {
+        loop {
+            match RtcSignal::parse(&signal.recv().await) {
+                Some(RtcSignal::Busy { to, .. }) if to == me2 => return,
+                Some(RtcSignal::Answer { to, .. }) if to == me2 => {
+                    panic!("the page answered past its cap of one")
+                }
+                _ => {}
+            }
+        }
+    })
+    .await;
+    second.close().await;
     let mut screen = RustScreen::default();
     let mut opened = false;
     let mut source_stopped: Option<(u64, Vec<u8>)> = None;
