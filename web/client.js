@@ -14,6 +14,10 @@
 // source mode also takes fps=N, encoding=delta|keyframe, keyframe=N
 // (a keyframe every N frames), size=WxH, signal=0|1 and autostart=1
 // (listed on the source page itself and in docs/pages.md).
+// WebRTC (docs/webrtc.md): a receiver with transport=webrtc also takes the
+// picture over a DataChannel from the source (default transport=websocket:
+// the relay alone); a source answers up to webrtc=N receivers (default 4,
+// 0 = none).
 
 // ---------------------------------------------------------------------------
 // Protocol: header, types, messages
@@ -718,6 +722,9 @@ export class ReceiverState {
     this.starting = null;
     this.resumes = 0;
     this.fullCatchups = 0;
+    // Which copy of a pixel frame applies when a DataChannel also brings
+    // them (WebRTC section); with the relay alone it applies everything.
+    this.merge = new PathMerge();
   }
 
   /** A full catch-up follows: drop the picture, the signal state and the resume point. */
@@ -726,6 +733,7 @@ export class ReceiverState {
     this.width = 0;
     this.height = 0;
     this.haveBase = false;
+    this.merge.reset();
     this.signal = {};
     this.resumeSeq = -1;
     this.epoch = null;
@@ -781,6 +789,7 @@ export class ReceiverState {
         // frame belongs to the old stream, so there is no resume point
         // until the new stream's first frame.
         this.resumeSeq = -1;
+        this.merge.reset(); // the new stream numbers its frames afresh
         break;
     }
     this.epoch = mark.epoch;
@@ -816,33 +825,19 @@ export class ReceiverState {
     if (h.type !== Frame.SignalSync) this.resumeSeq = h.seq;
     switch (h.type) {
       case Frame.Pixels:
-      case Frame.Keyframe: {
-        const need = h.width * h.height * 4;
-        if (need === 0 || payload.length !== need) {
-          throw new ProtocolError(`${frameName(h.type)} ${h.width}x${h.height} with a ${payload.length}-byte payload`);
-        }
-        if (this.frame && this.frame.length === need) this.frame.set(payload);
-        else this.frame = payload.slice();
-        this.setFrame(h);
-        return { header: h, payload, kind: 'pixels' };
-      }
-      case Frame.DeltaPixels: {
-        if (!this.haveBase) throw new ProtocolError('DeltaPixels before any full frame (waiting for a keyframe)');
-        if (h.width !== this.width || h.height !== this.height) {
-          this.haveBase = false;
-          throw new ProtocolError(`DeltaPixels ${h.width}x${h.height} onto a ${this.width}x${this.height} frame`);
-        }
+      case Frame.Keyframe:
+      case Frame.DeltaPixels:
+        // The relay's copy of a frame a DataChannel already brought is skipped.
+        if (!this.merge.fromRelay(h.seq)) return { header: h, payload, kind: 'duplicate' };
         try {
-          applyDelta(this.frame, payload);
+          return this.applyPicture(h, payload);
         } catch (e) {
-          this.haveBase = false; // the chain is broken: wait for the next full frame
+          this.merge.reset();
           throw e;
         }
-        this.setFrame(h);
-        return { header: h, payload, kind: 'pixels' };
-      }
       case Frame.CompressedPixels:
         this.haveBase = false;
+        this.merge.reset();
         this.frames++;
         this.seq = h.seq;
         return { header: h, payload, kind: 'compressed' };
@@ -868,6 +863,55 @@ export class ReceiverState {
     }
   }
 
+  /** Applies a Pixels, Keyframe or DeltaPixels frame to the picture (throws, picture kept, if it does not fit). */
+  applyPicture(h, payload) {
+    if (h.type !== Frame.DeltaPixels) {
+      const need = h.width * h.height * 4;
+      if (need === 0 || payload.length !== need) {
+        throw new ProtocolError(`${frameName(h.type)} ${h.width}x${h.height} with a ${payload.length}-byte payload`);
+      }
+      if (this.frame && this.frame.length === need) this.frame.set(payload);
+      else this.frame = payload.slice();
+      this.setFrame(h);
+      return { header: h, payload, kind: 'pixels' };
+    }
+    if (!this.haveBase) throw new ProtocolError('DeltaPixels before any full frame (waiting for a keyframe)');
+    if (h.width !== this.width || h.height !== this.height) {
+      this.haveBase = false;
+      throw new ProtocolError(`DeltaPixels ${h.width}x${h.height} onto a ${this.width}x${this.height} frame`);
+    }
+    try {
+      applyDelta(this.frame, payload);
+    } catch (e) {
+      this.haveBase = false; // the chain is broken: wait for the next full frame
+      throw e;
+    }
+    this.setFrame(h);
+    return { header: h, payload, kind: 'pixels' };
+  }
+
+  /**
+   * A whole pixel frame from the DataChannel, with its piece head's `base`:
+   * applied only if it is valid and the merge takes it (a keyframe newer
+   * than the picture, or a delta on exactly the picture); returns
+   * {header, payload, kind: 'pixels'} if applied, else null. Direct frames
+   * leave the relay's resume point and message counters alone.
+   */
+  handleDirect(data, base) {
+    const { header: h, payload } = splitMessage(data);
+    if (h.flags & FLAG_INPUT || !isPictureFrame(h)) throw new ProtocolError(`${frameName(h.type)} on the DataChannel`);
+    const keyframe = h.type !== Frame.DeltaPixels;
+    if (!this.haveBase) this.merge.reset();
+    if (keyframe) {
+      if (h.width * h.height * 4 === 0 || payload.length !== h.width * h.height * 4) return null;
+    } else {
+      if (!this.haveBase || h.width !== this.width || h.height !== this.height) return null;
+      zrleValidate(payload, this.frame.length);
+    }
+    if (!this.merge.fromDirect(h.seq, keyframe, base)) return null;
+    return this.applyPicture(h, payload);
+  }
+
   setFrame(h) {
     this.width = h.width;
     this.height = h.height;
@@ -875,6 +919,472 @@ export class ReceiverState {
     this.frames++;
     this.seq = h.seq;
     this.timestamp = h.timestamp;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// WebRTC: DataChannel pieces, the two-path picture merge, signaling, and the
+// source's and receiver's peer connections (docs/webrtc.md). The same
+// framing and merge rule as crates/wire/src/pieces.rs and path_merge.rs.
+// ---------------------------------------------------------------------------
+
+/** First byte of every DataChannel piece (version 1 of the framing). */
+export const PIECE_MAGIC = 0xb5;
+/** Piece flag: the head's `base` is the picture seq the message applies on. */
+export const PIECE_FLAG_CHAIN = 0x01;
+/** Length of a piece head. */
+export const PIECE_HEAD_LEN = 16;
+/** Largest DataChannel message a sender makes: 16 KiB, which every browser takes. */
+export const MAX_PIECE = 16 * 1024;
+
+/** Where piece `index` of a `total`-byte message in `count` pieces lies: [start, len], or null. */
+export function pieceSpan(total, count, index) {
+  if (count < 1 || index >= count || total < 1) return null;
+  const size = Math.ceil(total / count);
+  const start = index * size;
+  if (start >= total) return null;
+  const len = Math.min(size, total - start);
+  if (index + 1 < count && len !== size) return null;
+  return [start, len];
+}
+
+/**
+ * Splits one PROTOCOL.md message into DataChannel pieces of at most
+ * `maxPiece` bytes under message id `id`; `base` (or null) is the picture
+ * seq a DeltaPixels applies on.
+ */
+export function splitPieces(message, id, base = null, maxPiece = MAX_PIECE) {
+  const m = bytesOf(message);
+  const room = maxPiece - PIECE_HEAD_LEN;
+  if (m.length < 1 || room < 1) throw new RangeError('nothing to split, or no room for a piece');
+  const count = Math.ceil(m.length / room);
+  if (count > 0xffff) throw new RangeError(`a ${m.length}-byte message needs ${count} pieces`);
+  const out = [];
+  for (let index = 0; index < count; index++) {
+    const [start, len] = pieceSpan(m.length, count, index);
+    const p = new Uint8Array(PIECE_HEAD_LEN + len);
+    const v = new DataView(p.buffer);
+    v.setUint8(0, PIECE_MAGIC);
+    v.setUint8(1, base === null ? 0 : PIECE_FLAG_CHAIN);
+    v.setUint16(2, id & 0xffff, true);
+    v.setUint16(4, index, true);
+    v.setUint16(6, count, true);
+    v.setUint16(8, base === null ? 0 : base & 0xffff, true);
+    v.setUint32(12, m.length, true);
+    p.set(m.subarray(start, start + len), PIECE_HEAD_LEN);
+    out.push(p);
+  }
+  return out;
+}
+
+/** Whether u16 serial number `a` comes after `b` (less than half the space ahead). */
+export function serialAfter(a, b) {
+  const d = (a - b) & 0xffff;
+  return d !== 0 && d < 0x8000;
+}
+
+/**
+ * Puts messages back together from DataChannel pieces that may be lost,
+ * reordered or duplicated. `push(piece)` returns {id, base, message} when
+ * the piece completes a message, else null; it throws ProtocolError on a
+ * malformed piece. At most `maxPending` unfinished messages are kept (the
+ * oldest goes); a message older than the last one handed out is dropped,
+ * so messages come out in id order, each at most once, never mixed.
+ */
+export class PieceReassembler {
+  constructor(maxMessage = 4096 * 4096 * 4 + HEADER_LEN, maxPending = 4) {
+    this.maxMessage = maxMessage;
+    this.maxPending = Math.max(1, maxPending);
+    this.pending = [];
+    this.lastDone = null;
+    this.dropped = 0;
+    this.rejected = 0;
+  }
+
+  push(piece) {
+    const p = bytesOf(piece);
+    const bad = (msg) => {
+      this.rejected++;
+      return new ProtocolError(`DataChannel piece: ${msg}`);
+    };
+    if (p.length <= PIECE_HEAD_LEN) throw bad(`${p.length} bytes`);
+    const v = new DataView(p.buffer, p.byteOffset, p.byteLength);
+    if (v.getUint8(0) !== PIECE_MAGIC) throw bad(`magic 0x${hex(v.getUint8(0))}`);
+    const flags = v.getUint8(1);
+    if (flags & ~PIECE_FLAG_CHAIN || v.getUint16(10, true) !== 0) throw bad('reserved bits set');
+    const id = v.getUint16(2, true);
+    const index = v.getUint16(4, true);
+    const count = v.getUint16(6, true);
+    const base = flags & PIECE_FLAG_CHAIN ? v.getUint16(8, true) : null;
+    const total = v.getUint32(12, true);
+    if (count < 1 || index >= count) throw bad(`piece ${index} of ${count}`);
+    if (total > this.maxMessage) throw bad(`a ${total}-byte message is over ${this.maxMessage}`);
+    const span = pieceSpan(total, count, index);
+    const body = p.subarray(PIECE_HEAD_LEN);
+    if (!span || body.length !== span[1]) throw bad(`piece ${index} carries ${body.length} bytes`);
+    if (this.lastDone !== null && !serialAfter(id, this.lastDone)) return null;
+    let slot = this.pending.findIndex((m) => m.id === id);
+    if (slot >= 0) {
+      const m = this.pending[slot];
+      if (m.count !== count || m.total !== total || m.base !== base) throw bad('disagrees with its message');
+    } else {
+      if (this.pending.length === this.maxPending) {
+        this.pending.shift();
+        this.dropped++;
+      }
+      this.pending.push({ id, count, total, base, bytes: new Uint8Array(total), have: new Uint8Array(count), missing: count });
+      slot = this.pending.length - 1;
+    }
+    const m = this.pending[slot];
+    if (m.have[index]) return null;
+    m.bytes.set(body, span[0]);
+    m.have[index] = 1;
+    if (--m.missing > 0) return null;
+    this.pending.splice(slot, 1);
+    const before = this.pending.length;
+    this.pending = this.pending.filter((o) => serialAfter(o.id, id));
+    this.dropped += before - this.pending.length;
+    this.lastDone = id;
+    return { id, base, message: m.bytes };
+  }
+}
+
+/**
+ * Which copy of a pixel frame applies, the relay's or the DataChannel's
+ * (see crates/wire/src/path_merge.rs): a direct keyframe applies if newer
+ * than the picture, a direct delta only on its own base; while the direct
+ * path leads, the relay's copy of a frame already drawn is skipped. With
+ * no direct frames the relay path applies everything, as before.
+ */
+export class PathMerge {
+  constructor() {
+    this.picture = null;
+    this.directLead = false;
+  }
+  reset() {
+    this.picture = null;
+    this.directLead = false;
+  }
+  fromRelay(seq) {
+    if (this.directLead && this.picture !== null && !serialAfter(seq, this.picture)) return false;
+    this.picture = seq;
+    this.directLead = false;
+    return true;
+  }
+  fromDirect(seq, keyframe, base) {
+    const applies = keyframe
+      ? this.picture === null || serialAfter(seq, this.picture)
+      : this.picture !== null && base === this.picture && serialAfter(seq, base);
+    if (applies) {
+      this.picture = seq;
+      this.directLead = true;
+    }
+    return applies;
+  }
+}
+
+/** Whether a header is a pixel frame the merge orders (Pixels, Keyframe, DeltaPixels). */
+function isPictureFrame(h) {
+  return h.type === Frame.Pixels || h.type === Frame.Keyframe || h.type === Frame.DeltaPixels;
+}
+
+/** A random id for a signaling peer ("r-…" receivers, "s-…" sources). */
+function peerId(prefix) {
+  const b = new Uint8Array(8);
+  crypto.getRandomValues(b);
+  return `${prefix}-${Array.from(b, (x) => hex(x)).join('')}`;
+}
+
+/** ICE servers for a peer connection: the relay's `GET /turn` if it has them, else none (host candidates). */
+export async function iceServers(loc) {
+  try {
+    const token = new URLSearchParams(loc.search || '').get('token');
+    const res = await fetch(`${loc.protocol}//${loc.host}/turn${token ? `?token=${encodeURIComponent(token)}` : ''}`);
+    if (!res.ok) return [];
+    const t = await res.json();
+    if (!Array.isArray(t.uris) || t.uris.length === 0) return [];
+    return [{ urls: t.uris, username: t.username, credential: t.credential }];
+  } catch {
+    return [];
+  }
+}
+
+/** Resolves once `pc` has gathered its candidates (they ride in the SDP: no trickle), or after `ms`. */
+function gathered(pc, ms = 2000) {
+  if (pc.iceGatheringState === 'complete') return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      pc.removeEventListener('icegatheringstatechange', check);
+      resolve();
+    };
+    const check = () => pc.iceGatheringState === 'complete' && done();
+    const timer = setTimeout(done, ms);
+    pc.addEventListener('icegatheringstatechange', check);
+  });
+}
+
+/** Parses a signaling text message of this page's scheme (docs/webrtc.md), or null. */
+function parseSignal(text) {
+  if (typeof text !== 'string') return null;
+  try {
+    const m = JSON.parse(text);
+    return m && m.v === 1 && typeof m.t === 'string' && typeof m.from === 'string' ? m : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * The source page's side: answers each receiver's offer on
+ * `/signal/{channel}` with one peer connection (up to `max`; beyond that
+ * it answers "busy" and the receiver stays on the relay) while `live()`
+ * (its relay connection is open: it is the channel's source), and sends
+ * every pixel frame it publishes to each open DataChannel as pieces.
+ */
+export class WebRtcSource {
+  constructor(loc, channel, { max = 4, maxBuffered = 4 << 20, live = () => true } = {}) {
+    this.id = peerId('s');
+    this.max = max;
+    this.live = live; // only the channel's source answers: a page the relay refused stays quiet
+    this.maxBuffered = maxBuffered;
+    this.peers = new Map(); // receiver id -> {pc, dc}
+    this.nextId = 0;
+    this.sent = 0; // pictures sent to some DataChannel
+    this.skipped = 0; // pictures a congested DataChannel did not get
+    this.busy = 0; // offers refused for the cap
+    this.lastError = null;
+    this.ice = iceServers(loc);
+    this.signal = new ReconnectingSocket(relayUrls(loc, 'signal', channel), {
+      onMessage: (data) => this.onSignal(parseSignal(data)),
+    });
+  }
+
+  /** DataChannels open now. */
+  get open() {
+    let n = 0;
+    for (const p of this.peers.values()) if (p.dc && p.dc.readyState === 'open') n++;
+    return n;
+  }
+
+  say(msg) {
+    this.signal.send(JSON.stringify({ v: 1, from: this.id, ...msg }));
+  }
+
+  async onSignal(m) {
+    if (!m) return;
+    if (m.t === 'bye' && m.to === this.id) {
+      this.drop(m.from);
+      return;
+    }
+    if (m.t !== 'offer' || typeof m.sdp !== 'string' || !this.live()) return;
+    this.drop(m.from); // a receiver that offers again starts afresh
+    if (this.peers.size >= this.max) {
+      this.busy++;
+      this.say({ t: 'busy', to: m.from });
+      return;
+    }
+    const pc = new RTCPeerConnection({ iceServers: await this.ice });
+    const peer = { pc, dc: null };
+    this.peers.set(m.from, peer);
+    pc.ondatachannel = (e) => {
+      peer.dc = e.channel;
+      peer.dc.binaryType = 'arraybuffer';
+      peer.dc.onclose = () => this.drop(m.from, peer);
+    };
+    pc.onconnectionstatechange = () => {
+      if (pc.connectionState === 'failed' || pc.connectionState === 'closed') this.drop(m.from, peer);
+    };
+    try {
+      await pc.setRemoteDescription({ type: 'offer', sdp: m.sdp });
+      await pc.setLocalDescription(await pc.createAnswer());
+      await gathered(pc);
+      if (this.peers.get(m.from) !== peer) return;
+      this.say({ t: 'answer', to: m.from, sdp: pc.localDescription.sdp });
+    } catch (e) {
+      this.lastError = `webrtc: ${e.message}`;
+      this.drop(m.from, peer);
+    }
+  }
+
+  /** Closes the peer connection of receiver `rid` (only `peer`'s, if given). */
+  drop(rid, peer) {
+    const p = this.peers.get(rid);
+    if (!p || (peer && p !== peer)) return;
+    this.peers.delete(rid);
+    p.pc.close();
+  }
+
+  /** Sends one pixel frame (a whole PROTOCOL.md message) with its base (null for a keyframe) to every open DataChannel. */
+  sendPicture(msg, base) {
+    if (this.open === 0) return;
+    const pieces = splitPieces(msg, this.nextId, base);
+    this.nextId = (this.nextId + 1) & 0xffff;
+    let any = false;
+    for (const p of this.peers.values()) {
+      const dc = p.dc;
+      if (!dc || dc.readyState !== 'open') continue;
+      if (dc.bufferedAmount > this.maxBuffered) {
+        this.skipped++; // the receiver gets it from the relay
+        continue;
+      }
+      try {
+        for (const piece of pieces) dc.send(piece);
+        any = true;
+      } catch (e) {
+        this.lastError = `webrtc send: ${e.message}`;
+      }
+    }
+    if (any) this.sent++;
+  }
+
+  close() {
+    for (const rid of [...this.peers.keys()]) this.drop(rid);
+    this.signal.close();
+  }
+}
+
+/**
+ * The receiver page's side: offers an unordered, unreliable DataChannel
+ * (`ordered: false, maxRetransmits: 0`) to the channel's source over
+ * `/signal/{channel}` and hands each whole message that comes over it to
+ * `onPicture(message, base, arrival)`. `transport` is 'webrtc' while the
+ * DataChannel is open, else 'websocket'; every change counts in
+ * `transportChanges`. An attempt that is not open within `upgradeMs`, a
+ * "busy" source, or a DataChannel that closes or fails falls back to the
+ * WebSocket (which stays open throughout) and tries again after a backoff
+ * (5 s doubling to 60 s).
+ */
+export class WebRtcReceiver {
+  constructor(loc, channel, { onPicture, onTransport = () => {}, upgradeMs = 5000 } = {}) {
+    this.id = peerId('r');
+    this.onPicture = onPicture;
+    this.onTransport = onTransport;
+    this.upgradeMs = upgradeMs;
+    this.transport = 'websocket';
+    this.transportChanges = 0;
+    this.attempts = 0;
+    this.failures = 0;
+    this.pieces = new PieceReassembler();
+    this.received = 0; // whole messages over the DataChannel
+    this.pc = null;
+    this.dc = null;
+    this.source = null;
+    this.timer = null;
+    this.retryMs = 5000;
+    this.stopped = false;
+    this.lastError = null;
+    this.ice = iceServers(loc);
+    this.signal = new ReconnectingSocket(relayUrls(loc, 'signal', channel), {
+      onOpen: () => {
+        if (!this.pc) this.attempt();
+      },
+      onMessage: (data) => this.onSignal(parseSignal(data)),
+    });
+  }
+
+  setTransport(t) {
+    if (this.transport === t) return;
+    this.transport = t;
+    this.transportChanges++;
+    this.onTransport(t);
+  }
+
+  async attempt() {
+    clearTimeout(this.timer);
+    this.timer = null;
+    if (this.stopped || this.pc || this.signal.state !== 'open') return;
+    this.attempts++;
+    this.pieces = new PieceReassembler();
+    const pc = new RTCPeerConnection({ iceServers: await this.ice });
+    if (this.stopped || this.pc) {
+      pc.close();
+      return;
+    }
+    this.pc = pc;
+    const dc = pc.createDataChannel('frames', { ordered: false, maxRetransmits: 0 });
+    dc.binaryType = 'arraybuffer';
+    this.dc = dc;
+    dc.onopen = () => {
+      if (this.pc !== pc) return;
+      this.retryMs = 5000;
+      this.setTransport('webrtc');
+    };
+    dc.onclose = () => this.fallBack(pc, 'DataChannel closed');
+    dc.onmessage = (e) => {
+      if (this.pc !== pc) return;
+      let done;
+      try {
+        done = this.pieces.push(e.data);
+      } catch (err) {
+        this.lastError = err.message;
+        return;
+      }
+      if (done) {
+        this.received++;
+        this.onPicture(done.message, done.base, performance.now());
+      }
+    };
+    pc.onconnectionstatechange = () => {
+      if (pc.connectionState === 'failed' || pc.connectionState === 'closed') this.fallBack(pc, `peer connection ${pc.connectionState}`);
+    };
+    // Not open in time: fall back and try later.
+    const deadline = setTimeout(() => {
+      if (this.pc === pc && dc.readyState !== 'open') this.fallBack(pc, 'not open in time');
+    }, this.upgradeMs);
+    try {
+      await pc.setLocalDescription(await pc.createOffer());
+      await gathered(pc);
+      if (this.pc !== pc) return;
+      this.signal.send(JSON.stringify({ v: 1, t: 'offer', from: this.id, sdp: pc.localDescription.sdp }));
+    } catch (e) {
+      clearTimeout(deadline);
+      this.fallBack(pc, e.message);
+    }
+  }
+
+  async onSignal(m) {
+    if (!m || m.to !== this.id || !this.pc) return;
+    const pc = this.pc;
+    if (m.t === 'busy') {
+      this.fallBack(pc, 'the source is at its peer cap');
+    } else if (m.t === 'answer' && typeof m.sdp === 'string' && pc.signalingState === 'have-local-offer') {
+      this.source = m.from;
+      try {
+        await pc.setRemoteDescription({ type: 'answer', sdp: m.sdp });
+      } catch (e) {
+        this.fallBack(pc, e.message);
+      }
+    }
+  }
+
+  /** Back to the WebSocket alone; another attempt after the backoff. */
+  fallBack(pc, why) {
+    if (this.pc !== pc) return;
+    this.failures++;
+    this.lastError = `webrtc: ${why}`;
+    if (this.source) this.signal.send(JSON.stringify({ v: 1, t: 'bye', from: this.id, to: this.source }));
+    this.pc = null;
+    this.dc = null;
+    this.source = null;
+    pc.close();
+    this.setTransport('websocket');
+    if (this.stopped) return;
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => this.attempt(), this.retryMs);
+    this.retryMs = Math.min(60000, this.retryMs * 2);
+  }
+
+  /** Closes the peer connection as a failure would (tests; a new source): falls back, retries later. */
+  closePeer(why = 'closed by the page') {
+    if (this.pc) this.fallBack(this.pc, why);
+  }
+
+  close() {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    if (this.pc) this.fallBack(this.pc, 'page closed');
+    this.signal.close();
   }
 }
 
@@ -1152,6 +1662,19 @@ function startReceiver(channel) {
     drawn = st.frames;
   };
 
+  const onPixels = (header) => {
+    compressedGen++;
+    ended = false;
+    setIdle(null);
+    const arrival = performance.now();
+    if (header.timestamp < lastTimestamp) minOffset = Infinity; // the stream restarted
+    lastTimestamp = header.timestamp;
+    const offset = arrival - header.timestamp;
+    minOffset = Math.min(minOffset, offset);
+    latency = offset - minOffset;
+    scheduleDraw();
+  };
+
   const onMessage = (data) => {
     lastArrival = performance.now();
     let m;
@@ -1161,20 +1684,11 @@ function startReceiver(channel) {
       st.fail(`${e.name}: ${e.message}`);
       return;
     }
+    if (m.kind === 'pixels' || m.kind === 'duplicate') rtcArrivals.note(m.header, 'relay');
     switch (m.kind) {
-      case 'pixels': {
-        compressedGen++;
-        ended = false;
-        setIdle(null);
-        const arrival = performance.now();
-        if (m.header.timestamp < lastTimestamp) minOffset = Infinity; // the stream restarted
-        lastTimestamp = m.header.timestamp;
-        const offset = arrival - m.header.timestamp;
-        minOffset = Math.min(minOffset, offset);
-        latency = offset - minOffset;
-        scheduleDraw();
+      case 'pixels':
+        onPixels(m.header);
         break;
-      }
       case 'compressed':
         drawCompressed(m.payload.slice()).catch((e) => st.fail(`CompressedPixels: ${e.message}`));
         break;
@@ -1197,6 +1711,8 @@ function startReceiver(channel) {
         // A new stream (or a catch-up): its timestamps start afresh.
         if (m.reset || m.mark.kind === MarkKind.Changed) minOffset = Infinity;
         if (m.mark.kind === MarkKind.Changed) setIdle(null);
+        // A new source: the peer connection was the old one's.
+        if (m.mark.kind === MarkKind.Changed) rtc?.closePeer('a new source');
         if (m.reset) {
           // The catch-up replaces the state; the canvas keeps the last
           // picture until the catch-up's own is drawn (no blank flash).
@@ -1265,6 +1781,26 @@ function startReceiver(channel) {
       probing = false;
     }
   }, 2000);
+  // --- WebRTC upgrade (?transport=webrtc; docs/webrtc.md) ---------------------
+  const rtcArrivals = new ArrivalLog();
+  let rtcApplied = 0;
+  const wantRtc = new URLSearchParams(location.search).get('transport') === 'webrtc' && !!globalThis.RTCPeerConnection;
+  const rtc = wantRtc
+    ? new WebRtcReceiver(location, channel, {
+        onPicture: (msg, base) => {
+          try {
+            const m = st.handleDirect(msg, base);
+            rtcArrivals.note(parseHeader(msg), 'direct');
+            if (m) {
+              rtcApplied++;
+              onPixels(m.header);
+            }
+          } catch (e) {
+            st.fail(`DataChannel: ${e.name}: ${e.message}`);
+          }
+        },
+      })
+    : null;
 
   // --- input ---------------------------------------------------------------
   const send = (type, fields) => {
@@ -1461,10 +1997,61 @@ function startReceiver(channel) {
     pixels() {
       return st.frame ? st.frame.slice() : new Uint8Array(0);
     },
+    /** 'webrtc' while a DataChannel from the source is open, else 'websocket'. */
+    get transport() {
+      return rtc ? rtc.transport : 'websocket';
+    },
+    /** How often `transport` changed. */
+    get transportChanges() {
+      return rtc ? rtc.transportChanges : 0;
+    },
+    /** The upgrade's counters: attempts, failures, whole messages received and applied over the DataChannel, pieces lost or refused. */
+    get webrtc() {
+      if (!rtc) return null;
+      return {
+        attempts: rtc.attempts,
+        failures: rtc.failures,
+        received: rtc.received,
+        applied: rtcApplied,
+        dropped: rtc.pieces.dropped,
+        rejected: rtc.pieces.rejected,
+        lastError: rtc.lastError,
+      };
+    },
+    /** Arrival times (epoch ms) of recent pixel frames by path: [{seq, timestamp, keyframe, relay, direct}]. */
+    arrivals() {
+      return rtcArrivals.list();
+    },
+    /** Closes the peer connection as a failure would: back to the WebSocket, a new attempt later. */
+    closePeer() {
+      rtc?.closePeer();
+    },
     close() {
+      rtc?.close();
       conn.close();
     },
   };
+}
+
+/** When each recent pixel frame arrived over the relay and over the DataChannel (for measurements). */
+class ArrivalLog {
+  constructor(max = 2000) {
+    this.max = max;
+    this.bySeq = new Map();
+  }
+  note(h, path) {
+    let e = this.bySeq.get(h.seq);
+    if (!e || e.timestamp !== h.timestamp) {
+      e = { seq: h.seq, timestamp: h.timestamp, keyframe: h.type !== Frame.DeltaPixels, relay: null, direct: null };
+      this.bySeq.delete(h.seq);
+      this.bySeq.set(h.seq, e);
+      if (this.bySeq.size > this.max) this.bySeq.delete(this.bySeq.keys().next().value);
+    }
+    if (e[path] === null) e[path] = performance.timeOrigin + performance.now();
+  }
+  list() {
+    return [...this.bySeq.values()].map((e) => ({ ...e }));
+  }
 }
 
 /** Draws one frame of the generated animation (opaque, so alpha is 255). */
@@ -1517,6 +2104,7 @@ function parseSize(s) {
 function startSource(channel, params) {
   const canvas = $('view');
   const ctx = canvas.getContext('2d', { willReadFrequently: true });
+  const clockOrigin = performance.timeOrigin + performance.now();
   const now = pageClock();
   const fpsInput = $('fps');
   const encodingInput = $('encoding');
@@ -1591,6 +2179,12 @@ function startSource(channel, params) {
     else if (!running && sent === 0) setHint(`Waiting for start: press start to stream a test animation to ${channel} (or open this page with &autostart=1).`, 'info');
     else setHint('');
   }
+  // WebRTC: answer receivers' offers, up to ?webrtc=N peer connections (default 4, 0 = none).
+  const rtcMax = clampInt(params.get('webrtc') ?? 4, 0, 256);
+  const rtc =
+    rtcMax > 0 && globalThis.RTCPeerConnection
+      ? new WebRtcSource(location, channel, { max: rtcMax, live: () => conn.state === 'open' })
+      : null;
 
   function sendSignal(type, value) {
     const msg = buildMessage({ type, seq: signalSeq, timestamp: now() }, new TextEncoder().encode(JSON.stringify(value)));
@@ -1632,6 +2226,7 @@ function startSource(channel, params) {
       msg = buildMessage({ ...header, type: Frame.DeltaPixels }, encodeDelta(prev, rgba, scratch));
     }
     if (!conn.send(msg)) return;
+    rtc?.sendPicture(msg, key ? null : lastSeq);
     lastPayload = msg.length - HEADER_LEN;
     lastSeq = seq;
     seq = (seq + 1) & 0xffff;
@@ -1729,10 +2324,18 @@ function startSource(channel, params) {
     pixels() {
       return prev ? prev.slice() : new Uint8Array(0);
     },
+    /** The epoch ms of header timestamp 0 (for latency measurements). */
+    clockOrigin,
+    /** Peer connections: DataChannels open, pictures sent over them, skipped for congestion, offers refused for the cap. */
+    get webrtc() {
+      if (!rtc) return null;
+      return { open: rtc.open, peers: rtc.peers.size, sent: rtc.sent, skipped: rtc.skipped, busy: rtc.busy, lastError: rtc.lastError };
+    },
     start,
     stop,
     close() {
       stop();
+      rtc?.close();
       conn.close();
     },
   };

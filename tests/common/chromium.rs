@@ -67,6 +67,12 @@ pub struct Browser {
 impl Browser {
     /// Starts headless chromium and returns it with its DevTools WebSocket URL.
     pub async fn launch(exe: &Path) -> (Self, String) {
+        Self::launch_with(exe, &[]).await
+    }
+
+    /// [`Browser::launch`] with extra command-line flags (e.g. WebRTC's
+    /// loopback candidates, `tests/webrtc.rs`).
+    pub async fn launch_with(exe: &Path, extra: &[&str]) -> (Self, String) {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
@@ -93,6 +99,7 @@ impl Browser {
                 "--window-size=1024,1000",
                 "--remote-debugging-port=0",
             ])
+            .args(extra)
             .arg(format!("--user-data-dir={}", profile.display()))
             .arg("about:blank")
             .stdin(Stdio::null())

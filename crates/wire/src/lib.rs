@@ -9,12 +9,18 @@
 //! - [`signal`]: the signal-state fold (sync replaces, diff merges);
 //! - [`ws`]: RFC 6455 frame heads, masking, close payloads;
 //! - [`reader`]: whole messages out of a byte stream, zero-copy;
-//! - [`handshake`]: the HTTP opening handshake, both ends.
+//! - [`handshake`]: the HTTP opening handshake, both ends;
+//! - [`pieces`]: PROTOCOL.md messages split into DataChannel pieces and
+//!   put back together (WebRTC, `docs/webrtc.md`);
+//! - [`path_merge`]: one picture from the relay and a direct DataChannel:
+//!   which copy of a frame applies.
 
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod codec;
 pub mod handshake;
+pub mod path_merge;
+pub mod pieces;
 pub mod protocol;
 pub mod reader;
 pub mod signal;
