@@ -2,8 +2,10 @@
 //! `docs/` equals the project's reference, every relative link in the README
 //! and `docs/*.md` reaches a file, and the README stays short.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 /// Most lines the README may have: it is for users, the reference is in `docs/`.
 const README_MAX_LINES: usize = 250;
@@ -113,10 +115,20 @@ fn every_relative_link_reaches_a_file() {
 }
 
 #[test]
-fn links_outside_the_repository_are_refused_too() {
+fn link_parser_finds_links_and_skips_code() {
+    let text = "see [the protocol](../shared/PROTOCOL.md) and `[x](y)`\n\
+                ```\n[in](code.md)\n```\n![a chart](charts/a.svg \"title\") [web](https://x.example)";
+    assert_eq!(
+        link_targets(text),
+        ["../shared/PROTOCOL.md", "charts/a.svg", "https://x.example"]
+    );
+    assert!(!is_relative("https://x.example") && !is_relative("#options"));
+    assert!(is_relative("docs/cli.md#demo"));
+}
+
+#[test]
+fn no_link_leaves_the_repository() {
     // The old README linked ../shared/PROTOCOL.md: a clone has no such file.
-    let targets = link_targets("see [the protocol](../shared/PROTOCOL.md) and `[x](y)`");
-    assert_eq!(targets, vec!["../shared/PROTOCOL.md".to_string()]);
     for file in markdown_files() {
         let text = fs::read_to_string(&file).expect("Markdown file is readable");
         let dir = file.parent().unwrap_or(Path::new("."));
@@ -148,4 +160,87 @@ fn readme_is_short() {
         lines <= README_MAX_LINES,
         "README.md has {lines} lines, at most {README_MAX_LINES}: move reference to docs/"
     );
+}
+
+/// The long flags `bitstream-relay --help` lists, without clap's own.
+fn help_flags() -> BTreeSet<String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_bitstream-relay"))
+        .arg("--help")
+        .output()
+        .expect("the relay binary runs");
+    assert!(out.status.success(), "--help fails: {out:?}");
+    let help = String::from_utf8(out.stdout).expect("--help is UTF-8");
+    help.lines()
+        .filter_map(|line| {
+            // `-h, --help` or `--addr <ADDR>`; descriptions do not start with `-`.
+            let line = line.trim_start();
+            if !line.starts_with('-') {
+                return None;
+            }
+            let line = &line[line.find("--")? + 2..];
+            let name: String = line
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .collect();
+            (!name.is_empty()).then(|| format!("--{name}"))
+        })
+        .filter(|f| f != "--help" && f != "--version")
+        .collect()
+}
+
+#[test]
+fn options_md_covers_every_flag_and_only_real_ones() {
+    let flags = help_flags();
+    assert!(
+        flags.contains("--max-receivers") && flags.len() > 40,
+        "{flags:?}"
+    );
+    let options = fs::read_to_string(repo().join("docs/options.md")).expect("docs/options.md");
+    let missing: Vec<_> = flags
+        .iter()
+        .filter(|f| !options.contains(&format!("`{f}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "--help lists flags docs/options.md does not: {missing:?}"
+    );
+    // Every flag the table documents exists.
+    let mut rows = 0;
+    for row in options.lines().filter(|l| l.starts_with("| `--")) {
+        rows += 1;
+        let first_cell = row.split('|').nth(1).unwrap_or("");
+        for flag in first_cell.split('`').filter(|s| s.starts_with("--")) {
+            assert!(
+                flags.contains(flag),
+                "docs/options.md documents {flag}, --help has no such flag"
+            );
+        }
+    }
+    assert!(rows > 40, "only {rows} option rows in docs/options.md");
+}
+
+#[test]
+fn readme_quick_start_is_the_relay_and_the_ci_command() {
+    let readme = fs::read_to_string(repo().join("README.md")).expect("README.md exists");
+    let start = readme
+        .split("## Quick start")
+        .nth(1)
+        .expect("README.md has a Quick start section");
+    let commands: Vec<&str> = start
+        .lines()
+        .skip_while(|l| !l.starts_with("    "))
+        .take_while(|l| l.starts_with("    "))
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .collect();
+    assert_eq!(commands, ["cargo run --release", "bash .ci/run"]);
+    // CI runs the same script, and it runs the whole workspace's tests.
+    let ci = fs::read_to_string(repo().join(".ci/run")).expect(".ci/run exists");
+    assert!(
+        ci.contains("cargo test --workspace"),
+        ".ci/run no longer runs cargo test --workspace"
+    );
+    // The URLs the README tells a user to open are on the default address.
+    let config = fs::read_to_string(repo().join("src/relay/config.rs")).expect("config.rs");
+    assert!(config.contains(r#"default_value = "127.0.0.1:9100""#));
+    assert!(start.contains("http://127.0.0.1:9100/?channel="));
 }
