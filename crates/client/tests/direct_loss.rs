@@ -136,138 +136,201 @@ fn offered(msg: &[u8]) -> Offered {
     }
 }
 
-fn run(loss_permille: u64, seed: u64) -> Figures {
-    let t0 = Instant::now();
-    let mut now = t0;
-    let r_addr: SocketAddr = "192.0.2.1:5000".parse().unwrap();
-    let s_addr: SocketAddr = "192.0.2.2:6000".parse().unwrap();
-    let (mut receiver, offer) = DirectPeer::offer(r_addr, now).expect("offer");
-    let (mut source, answer) = DirectPeer::answer(s_addr, &offer, now).expect("answer");
-    receiver.accept_answer(&answer).expect("accept answer");
+/// The two peers, the two paths between them and what the run counts.
+struct Sim {
+    receiver: DirectPeer,
+    source: DirectPeer,
+    frames: Vec<Vec<u8>>,
+    /// Datagrams on their way.
+    net: VecDeque<InFlight>,
+    /// Frames on the relay path, with when they arrive.
+    relay: VecDeque<(Instant, Vec<u8>)>,
+    dice: Dice,
+    loss_permille: u64,
+    figures: Figures,
+    screen: Screen,
+    r_open: bool,
+    s_open: bool,
+    next_frame: Option<Instant>,
+    sent: u16,
+}
 
-    let frames: Vec<Vec<u8>> = (0..FRAMES).map(picture).collect();
-    let mut net: VecDeque<InFlight> = VecDeque::new();
-    let mut relay: VecDeque<(Instant, Vec<u8>)> = VecDeque::new();
-    let mut dice = Dice(seed | 1);
-    let mut figures = Figures::default();
-    let mut screen = Screen {
-        merge: PathMerge::new(),
-        rgba: Vec::new(),
-        seq: None,
-    };
-    let (mut r_open, mut s_open) = (false, false);
-    let mut next_frame: Option<Instant> = None;
-    let mut sent: u16 = 0;
-    let mut last_direct: Option<u16> = None;
-    let end = t0 + Duration::from_secs(30);
+impl Sim {
+    /// Two peers negotiated with each other at `now`.
+    fn new(loss_permille: u64, seed: u64, now: Instant) -> Self {
+        let r_addr: SocketAddr = "192.0.2.1:5000".parse().unwrap();
+        let s_addr: SocketAddr = "192.0.2.2:6000".parse().unwrap();
+        let (mut receiver, offer) = DirectPeer::offer(r_addr, now).expect("offer");
+        let (source, answer) = DirectPeer::answer(s_addr, &offer, now).expect("answer");
+        receiver.accept_answer(&answer).expect("accept answer");
+        Self {
+            receiver,
+            source,
+            frames: (0..FRAMES).map(picture).collect(),
+            net: VecDeque::new(),
+            relay: VecDeque::new(),
+            dice: Dice(seed | 1),
+            loss_permille,
+            figures: Figures::default(),
+            screen: Screen {
+                merge: PathMerge::new(),
+                rgba: Vec::new(),
+                seq: None,
+            },
+            r_open: false,
+            s_open: false,
+            next_frame: None,
+            sent: 0,
+        }
+    }
 
-    loop {
-        now += STEP;
-        assert!(now < end, "the run did not finish: {figures:?}");
-        // Deliver what is due.
-        while net.front().is_some_and(|p| p.at <= now) {
-            let Some(p) = net.pop_front() else { break };
+    /// Delivers the datagrams due at `now` and runs the peers' timers.
+    fn deliver(&mut self, now: Instant) {
+        while self.net.front().is_some_and(|p| p.at <= now) {
+            let Some(p) = self.net.pop_front() else { break };
             let peer = if p.to_receiver {
-                &mut receiver
+                &mut self.receiver
             } else {
-                &mut source
+                &mut self.source
             };
             peer.receive(now, p.t.from, p.t.to, &p.t.bytes)
                 .expect("receive");
         }
-        for peer in [&mut receiver, &mut source] {
+        for peer in [&mut self.receiver, &mut self.source] {
             if peer.deadline() <= now {
                 peer.timeout(now).expect("timeout");
             }
         }
-        // The source ticks once the channel is open.
-        if s_open && r_open && sent < FRAMES && next_frame.is_none_or(|t| t <= now) {
-            let n = sent;
-            let ts = u32::from(n) * 33;
-            let msg = if n.is_multiple_of(KEY_EVERY) {
-                protocol::pixels_keyframe(n, ts, W, H, &frames[usize::from(n)])
-            } else {
-                let mut z = Vec::new();
-                codec::encode_delta(&frames[usize::from(n) - 1], &frames[usize::from(n)], &mut z)
-                    .expect("encode");
-                protocol::delta_pixels(n, ts, W, H, &z)
-            };
-            let base = (!n.is_multiple_of(KEY_EVERY)).then(|| n - 1);
-            source.send_picture(&msg, base).expect("send picture");
-            relay.push_back((now + RELAY_DELAY, msg));
-            sent += 1;
-            next_frame = Some(now + FRAME);
-            // How far behind the receiver is as a new frame goes out.
-            if let Some(seq) = screen.seq {
-                figures.worst_behind = figures.worst_behind.max(n - seq);
-            }
+    }
+
+    /// The source's next frame, once the channel is open and it is due:
+    /// directly, and onto the relay path.
+    fn tick_source(&mut self, now: Instant) {
+        let due = self.next_frame.is_none_or(|t| t <= now);
+        if !(self.s_open && self.r_open && self.sent < FRAMES && due) {
+            return;
         }
-        // The relay path: every frame, in order.
-        while relay.front().is_some_and(|(at, _)| *at <= now) {
-            let Some((_, msg)) = relay.pop_front() else {
+        let n = self.sent;
+        let ts = u32::from(n) * 33;
+        let frames = &self.frames;
+        let msg = if n.is_multiple_of(KEY_EVERY) {
+            protocol::pixels_keyframe(n, ts, W, H, &frames[usize::from(n)])
+        } else {
+            let mut z = Vec::new();
+            codec::encode_delta(&frames[usize::from(n) - 1], &frames[usize::from(n)], &mut z)
+                .expect("encode");
+            protocol::delta_pixels(n, ts, W, H, &z)
+        };
+        let base = (!n.is_multiple_of(KEY_EVERY)).then(|| n - 1);
+        self.source.send_picture(&msg, base).expect("send picture");
+        self.relay.push_back((now + RELAY_DELAY, msg));
+        self.sent += 1;
+        self.next_frame = Some(now + FRAME);
+        // How far behind the receiver is as a new frame goes out.
+        if let Some(seq) = self.screen.seq {
+            self.figures.worst_behind = self.figures.worst_behind.max(n - seq);
+        }
+    }
+
+    /// The relay path: every frame, in order, the merge deciding.
+    fn relay_path(&mut self, now: Instant) {
+        while self.relay.front().is_some_and(|(at, _)| *at <= now) {
+            let Some((_, msg)) = self.relay.pop_front() else {
                 break;
             };
-            let take = screen.merge.from_relay(offered(&msg));
-            if screen.apply(&msg, take, &frames) {
-                figures.relay += 1;
+            let take = self.screen.merge.from_relay(offered(&msg));
+            if self.screen.apply(&msg, take, &self.frames) {
+                self.figures.relay += 1;
             } else {
-                figures.skipped_relay_copies += 1;
+                self.figures.skipped_relay_copies += 1;
             }
         }
-        // Events.
-        for e in source.take_events() {
+    }
+
+    /// The peers' events: the channel opening, pictures arriving directly.
+    fn events(&mut self, last_direct: &mut Option<u16>) {
+        for e in self.source.take_events() {
             if e == DirectEvent::Open {
-                s_open = true;
+                self.s_open = true;
             }
         }
-        for e in receiver.take_events() {
+        for e in self.receiver.take_events() {
             match e {
-                DirectEvent::Open => r_open = true,
+                DirectEvent::Open => self.r_open = true,
                 DirectEvent::Message(m) => {
-                    let take = screen.merge.from_direct(offered(&m.message), m.base);
-                    if screen.apply(&m.message, take, &frames) {
-                        figures.direct += 1;
-                        let seq = screen.seq.unwrap_or(0);
-                        if let Some(prev) = last_direct {
-                            figures.longest_outage = figures.longest_outage.max(seq - prev - 1);
+                    let take = self.screen.merge.from_direct(offered(&m.message), m.base);
+                    if self.screen.apply(&m.message, take, &self.frames) {
+                        self.figures.direct += 1;
+                        let seq = self.screen.seq.unwrap_or(0);
+                        if let Some(prev) = *last_direct {
+                            let outage = seq - prev - 1;
+                            self.figures.longest_outage = self.figures.longest_outage.max(outage);
                         }
-                        last_direct = Some(seq);
+                        *last_direct = Some(seq);
                     }
                 }
                 DirectEvent::Closed => panic!("the direct connection closed"),
             }
         }
-        // Datagrams out: lost (once the channel is open) or on their way.
-        for (from_receiver, peer) in [(true, &mut receiver), (false, &mut source)] {
+    }
+
+    /// Datagrams out: lost (once the channel is open) or on their way.
+    fn transmit(&mut self, now: Instant) {
+        let open = self.r_open && self.s_open;
+        for from_receiver in [true, false] {
+            let peer = if from_receiver {
+                &mut self.receiver
+            } else {
+                &mut self.source
+            };
             for t in peer.take_transmits() {
-                let open = r_open && s_open;
                 if open {
-                    figures.datagrams += 1;
+                    self.figures.datagrams += 1;
                 }
-                if open && dice.permille() < loss_permille {
-                    figures.dropped_datagrams += 1;
+                if open && self.dice.permille() < self.loss_permille {
+                    self.figures.dropped_datagrams += 1;
                     continue;
                 }
-                net.push_back(InFlight {
+                self.net.push_back(InFlight {
                     at: now + DIRECT_DELAY,
                     to_receiver: !from_receiver,
                     t,
                 });
             }
         }
-        if sent == FRAMES && relay.is_empty() && net.is_empty() {
-            break;
-        }
     }
-    figures.source_sent_skipped = source.sent_skipped();
+
+    /// Every frame sent and nothing left on either path.
+    fn done(&self) -> bool {
+        self.sent == FRAMES && self.relay.is_empty() && self.net.is_empty()
+    }
+}
+
+fn run(loss_permille: u64, seed: u64) -> Figures {
+    let t0 = Instant::now();
+    let mut now = t0;
+    let mut sim = Sim::new(loss_permille, seed, now);
+    let mut last_direct: Option<u16> = None;
+    let end = t0 + Duration::from_secs(30);
+    while !sim.done() {
+        now += STEP;
+        assert!(now < end, "the run did not finish: {:?}", sim.figures);
+        sim.deliver(now);
+        sim.tick_source(now);
+        sim.relay_path(now);
+        sim.events(&mut last_direct);
+        sim.transmit(now);
+    }
+    let mut figures = sim.figures;
+    figures.source_sent_skipped = sim.source.sent_skipped();
     figures.last_direct = last_direct;
-    figures.incomplete = receiver.dropped_rejected().0;
+    figures.incomplete = sim.receiver.dropped_rejected().0;
     assert_eq!(
-        screen.seq,
+        sim.screen.seq,
         Some(FRAMES - 1),
         "the receiver ends at the last frame"
     );
-    assert!(screen.rgba == frames[usize::from(FRAMES - 1)]);
+    assert!(sim.screen.rgba == sim.frames[usize::from(FRAMES - 1)]);
     figures
 }
 

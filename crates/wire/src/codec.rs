@@ -857,10 +857,11 @@ mod tests {
         assert!(zrle_changes(&zeros, 5).is_err());
     }
 
-    #[test]
-    fn decode_errors() {
+    /// Payloads every decoder must refuse, with the frame length they are
+    /// applied to and the error each must give.
+    fn decode_error_cases() -> Vec<(&'static [u8], usize, CodecError)> {
         use CodecError::*;
-        let cases: &[(&[u8], usize, CodecError)] = &[
+        vec![
             // zeros past the end
             (
                 &[5, 0],
@@ -972,8 +973,12 @@ mod tests {
             // a zero-length frame takes only the empty payload
             (&[0, 0], 0, TrailingBytes { extra: 2 }),
             (&[0x80], 0, TrailingBytes { extra: 1 }),
-        ];
-        for (payload, len, err) in cases {
+        ]
+    }
+
+    #[test]
+    fn decode_errors() {
+        for (payload, len, err) in &decode_error_cases() {
             assert_eq!(
                 zrle_decode(payload, *len),
                 Err(*err),

@@ -71,7 +71,7 @@ pub enum ClusterError {
         /// Why.
         reason: String,
     },
-    /// Another live relay process holds this `--node-id` (see [`presence`]).
+    /// Another live relay process holds this `--node-id` (see the cluster's presence key).
     #[error("--node-id {node:?} is live in the cluster: another relay process (instance {instance}) {verdict}; give this relay another --node-id or stop that one (a relay stopped cleanly frees its id at once, a killed one within {ttl_ms} ms, which a restart waits for)")]
     NodeIdLive {
         /// The node id.

@@ -76,38 +76,43 @@ pub(crate) struct Traffic {
     pub(crate) cache_sheds: Counter,
 }
 
-/// A plain copy of [`Traffic`] at one instant.
+/// A plain copy of a channel's (or the relay's) traffic counters at one
+/// instant.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct TrafficSnapshot {
-    /// See [`Traffic::frames_in`].
+    /// Valid frames received from sources.
     pub frames_in: u64,
-    /// See [`Traffic::bytes_in`].
+    /// Bytes of valid frames received from sources (protocol message bytes).
     pub bytes_in: u64,
-    /// See [`Traffic::pictures_in`].
+    /// Pictures among `frames_in` (pixels, deltas, keyframes, neural
+    /// frames): what a frame rate counts, signal and audio left out.
     pub pictures_in: u64,
-    /// See [`Traffic::frames_out`].
+    /// Frame deliveries to receivers (one per frame per receiver).
     pub frames_out: u64,
-    /// See [`Traffic::bytes_out`].
+    /// Bytes delivered to receivers (protocol message bytes).
     pub bytes_out: u64,
-    /// See [`Traffic::inputs`].
+    /// Inputs forwarded from receivers to sources.
     pub inputs: u64,
-    /// See [`Traffic::invalid`].
+    /// Messages refused by validation (never forwarded or cached).
     pub invalid: u64,
-    /// See [`Traffic::dropped`].
+    /// Messages dropped for a peer (queue full, no source, rate limit).
     pub dropped: u64,
-    /// See [`Traffic::catchups`].
+    /// Full catch-ups sent (joins and resynchronizations).
     pub catchups: u64,
-    /// See [`Traffic::resumes`].
+    /// Receivers resumed from the replay ring (`?resume=`) instead of a
+    /// full catch-up.
     pub resumes: u64,
-    /// See [`Traffic::slow_skips`].
+    /// Slow receivers skipped forward (queue overflow → resync).
     pub slow_skips: u64,
-    /// See [`Traffic::slow_closes`].
+    /// Slow receivers closed.
     pub slow_closes: u64,
-    /// See [`Traffic::signal_messages`].
+    /// Signaling text messages broadcast.
     pub signal_messages: u64,
-    /// See [`Traffic::queued`].
+    /// Frame deliveries the socket did not take at once (queued for the
+    /// receiver's task to finish).
     pub queued: u64,
-    /// See [`Traffic::cache_sheds`].
+    /// Times the channel's cached state was dropped to stay within
+    /// `--max-cache-memory`.
     pub cache_sheds: u64,
 }
 
