@@ -37,6 +37,7 @@ pub(crate) mod metrics;
 pub(crate) mod peer;
 pub(crate) mod proxy;
 pub(crate) mod ratelimit;
+pub(crate) mod refusal_log;
 pub(crate) mod server;
 pub(crate) mod session;
 pub(crate) mod sse;

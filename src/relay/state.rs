@@ -55,6 +55,8 @@ pub struct Relay {
     pub(crate) cluster: OnceLock<Arc<Cluster>>,
     /// Traffic of channels the GC has removed.
     pub(crate) retired: Traffic,
+    /// Refusals in the log, rate-limited.
+    pub(crate) refusal_log: crate::relay::refusal_log::RefusalLog,
     per_ip: IpCounts,
     /// Channels that exist, by the per-IP key of who created them.
     channels_per_ip: IpCounts,
@@ -185,6 +187,7 @@ impl Relay {
             shutdown,
             shutdown_wake: Notify::new(),
             started_ms: now_ms(),
+            refusal_log: Default::default(),
         }))
     }
 
@@ -245,6 +248,11 @@ impl Relay {
     /// Moves a removed channel's traffic into the retired totals and gives
     /// its creator's slot back.
     fn retire_channel(&self, ch: &Channel) {
+        if ch.had_source() {
+            tracing::info!(channel = %ch.name, "channel gone");
+        } else {
+            tracing::debug!(channel = %ch.name, "channel gone (never had a source)");
+        }
         self.retired.absorb(&ch.traffic.snapshot());
         if let Some(key) = ch.creator {
             self.channels_per_ip.release(key);
