@@ -68,7 +68,7 @@ async fn the_relay_serves_with_the_file_s_limits() {
     let port = free_port();
     let file = temp_file(
         "serve.toml",
-        &format!("addr = \"127.0.0.1:{port}\"\nmax-receivers = 1\nstats-interval-ms = 0\n"),
+        format!("addr = \"127.0.0.1:{port}\"\nmax-receivers = 1\nstats-interval-ms = 0\n"),
     );
     let mut cmd = bin();
     cmd.args(["--config", file.to_str().unwrap()]);

@@ -35,6 +35,10 @@ pub(crate) struct Meter {
     /// The smallest `now - timestamp` seen (for relative latency).
     min_offset: Option<i64>,
     last_seq: Option<u16>,
+    /// Until this monotonic time (ms), or the catch-up's `SignalSync`, the
+    /// frames are a catch-up: the relay's cached picture, whose seqs skip
+    /// the signal messages folded into that sync, so a jump is no gap.
+    catch_up_until: Option<u64>,
     /// Sequence gaps since the start.
     pub(crate) gaps: u64,
     /// Catch-ups (the relay resending current state) since the start.
@@ -114,9 +118,13 @@ impl Meter {
         {
             self.error(format!("{t:?} seq {} could not be applied", h.seq));
         }
-        // A catch-up's synthesized SignalSync carries an older seq.
-        if t != FrameType::SignalSync {
-            if let Some(prev) = self.last_seq {
+        // A catch-up's synthesized SignalSync carries an older seq, and
+        // ends the catch-up.
+        if t == FrameType::SignalSync {
+            self.catch_up_until = None;
+        } else {
+            let catching_up = self.catch_up_until.is_some_and(|end| m.now_mono_ms < end);
+            if let (Some(prev), false) = (self.last_seq, catching_up) {
                 if h.seq != prev.wrapping_add(1) {
                     self.gaps += 1;
                 }
@@ -152,10 +160,16 @@ impl Meter {
         self.first_error.get_or_insert(what);
     }
 
-    /// The stream restarts its sequence: after a reconnection or a
-    /// catch-up, the next seq is not a gap.
-    pub(crate) fn restart_seq(&mut self) {
+    /// How long after a (re)connection or a catch-up seq jumps are taken
+    /// for the catch-up's own, if no `SignalSync` ends it first.
+    const CATCH_UP_MS: u64 = 1000;
+
+    /// The stream restarts its sequence at monotonic time `now_mono_ms`
+    /// (a connection, a reconnection or a catch-up): a catch-up follows,
+    /// whose seq jumps are not gaps.
+    pub(crate) fn restart_seq(&mut self, now_mono_ms: u64) {
         self.last_seq = None;
+        self.catch_up_until = Some(now_mono_ms + Self::CATCH_UP_MS);
     }
 
     /// The line for a window of `secs` seconds; starts the next window.
@@ -242,14 +256,30 @@ mod tests {
         m.message(&seen(FrameType::SignalSync, 1, 0, 0, None));
         m.message(&seen(FrameType::Pixels, 6, 0, 0, None));
         assert_eq!(m.gaps, 1);
-        m.restart_seq();
+        m.restart_seq(0);
         m.message(&seen(FrameType::Pixels, 40, 0, 0, None));
+        // The catch-up's picture skips the seqs of folded signal messages.
+        m.message(&seen(FrameType::DeltaPixels, 43, 0, 10, None));
         assert_eq!(m.gaps, 1);
-        // Seq wraps.
-        m.message(&seen(FrameType::Pixels, 41, 0, 0, None));
-        assert_eq!(m.gaps, 1);
+        // Its sync ends it: from there on a jump is a gap.
+        m.message(&seen(FrameType::SignalSync, 42, 0, 10, None));
+        m.message(&seen(FrameType::Pixels, 45, 0, 20, None));
+        assert_eq!(m.gaps, 2);
+        m.restart_seq(100);
+        m.message(&seen(FrameType::Pixels, 40, 0, 100, None));
+        m.message(&seen(FrameType::Pixels, 42, 0, 200, None));
+        assert_eq!(m.gaps, 2);
+        // Without a sync, a second after the restart.
+        m.message(&seen(FrameType::Pixels, 44, 0, 1100, None));
+        assert_eq!(m.gaps, 3);
+        m.message(&seen(FrameType::Pixels, 40, 0, 1200, None));
+        assert_eq!(m.gaps, 4);
+        // A jump to 65535 is a gap; from there to 0 the seq wraps.
+        m.message(&seen(FrameType::Pixels, u16::MAX, 0, 1300, None));
+        m.message(&seen(FrameType::Pixels, 0, 0, 1300, None));
+        assert_eq!(m.gaps, 5);
         assert_eq!(m.errors, 0);
-        let mut bad = seen(FrameType::DeltaPixels, 42, 0, 0, None);
+        let mut bad = seen(FrameType::DeltaPixels, 1, 0, 1300, None);
         bad.applied = false;
         m.message(&bad);
         m.error("no header".into());
@@ -258,9 +288,9 @@ mod tests {
             .first_error
             .as_deref()
             .unwrap()
-            .contains("DeltaPixels seq 42"));
+            .contains("DeltaPixels seq 1"));
         let text = m.take(1.0).to_string();
         assert!(text.starts_with("fps "), "{text}");
-        assert!(text.contains("gaps 1  catch-ups 0  errors 2"), "{text}");
+        assert!(text.contains("gaps 5  catch-ups 0  errors 2"), "{text}");
     }
 }

@@ -68,6 +68,8 @@ fn lock(m: &Mutex<Meter>) -> MutexGuard<'_, Meter> {
 async fn receive(mut rx: Receiver, meter: Arc<Mutex<Meter>>) {
     let start = Instant::now();
     let mut restarts = 0;
+    // The first connection's catch-up.
+    lock(&meter).restart_seq(0);
     loop {
         let event = rx.next().await;
         let now_unix_ms = SystemTime::now()
@@ -77,13 +79,14 @@ async fn receive(mut rx: Receiver, meter: Arc<Mutex<Meter>>) {
             .signal()
             .get(SIGNAL_CLOCK_ORIGIN)
             .and_then(serde_json::Value::as_u64);
+        let now_mono_ms = start.elapsed().as_millis() as u64;
         let mut m = lock(&meter);
         m.reconnects = rx.reconnects();
         m.catchups = rx.full_catchups;
         // The frames after a catch-up or a resume start a new sequence.
         if rx.full_catchups + rx.resumes != restarts {
             restarts = rx.full_catchups + rx.resumes;
-            m.restart_seq();
+            m.restart_seq(now_mono_ms);
         }
         let (header, applied) = match event {
             Event::Picture(h) | Event::Signal(h) => (h, true),
@@ -95,7 +98,7 @@ async fn receive(mut rx: Receiver, meter: Arc<Mutex<Meter>>) {
                 }
             },
             Event::Reconnected => {
-                m.restart_seq();
+                m.restart_seq(now_mono_ms);
                 continue;
             }
         };
@@ -103,7 +106,7 @@ async fn receive(mut rx: Receiver, meter: Arc<Mutex<Meter>>) {
             header,
             applied,
             now_unix_ms,
-            now_mono_ms: start.elapsed().as_millis() as u64,
+            now_mono_ms,
             clock_origin,
         });
     }
