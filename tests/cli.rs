@@ -24,6 +24,14 @@ fn line<'a>(out: &'a str, key: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {key} in\n{out}"))
 }
 
+/// `check-config` with `--config file`.
+fn check_config(file: &std::path::Path) -> Output {
+    bin()
+        .args(["--config", file.to_str().unwrap(), "check-config"])
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn a_flag_beats_its_variable_which_beats_the_file_which_beats_the_default() {
     let file = temp_file(
@@ -87,10 +95,7 @@ fn unknown_keys_are_refused_with_their_name_and_line() {
         "typo.toml",
         "max-receivers = 5\n# a comment\nmax-recievers = 6\n",
     );
-    let out = bin()
-        .args(["--config", file.to_str().unwrap(), "check-config"])
-        .output()
-        .unwrap();
+    let out = check_config(&file);
     assert_eq!(out.status.code(), Some(2));
     let (_, err) = text(&out);
     assert!(
@@ -105,10 +110,7 @@ fn unknown_keys_are_refused_with_their_name_and_line() {
         .contains("spelled like the flags, max-receivers"));
     // A bad value in the file is told with its key and line.
     let file = temp_file("bad.toml", "\nmax-receivers = \"lots\"\n");
-    let out = bin()
-        .args(["--config", file.to_str().unwrap(), "check-config"])
-        .output()
-        .unwrap();
+    let out = check_config(&file);
     assert_eq!(out.status.code(), Some(2));
     let (_, err) = text(&out);
     assert!(
@@ -236,6 +238,16 @@ async fn a_host_name_is_a_listening_address() {
     let relay = Running::start(cmd);
     relay.stderr.wait_for("relay listening");
     let _rx = connect(&format!("ws://127.0.0.1:{port}/stream/h")).await;
+}
+
+#[test]
+fn an_explicit_max_connections_the_open_file_limit_cannot_meet_warns() {
+    // More than any open-file limit Linux allows (fs.nr_open < 2^31).
+    let mut cmd = bin();
+    cmd.args(["--addr", "127.0.0.1:0", "--max-connections", "4000000000"]);
+    let relay = Running::start(cmd);
+    let warning = relay.stderr.wait_for("capped to the open-file limit");
+    assert!(warning.contains("WARN"), "{warning}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

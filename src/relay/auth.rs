@@ -258,11 +258,18 @@ impl Verifier {
 
     /// Verifies `token`'s signature and expiry and returns its claims.
     pub(crate) fn verify(&self, token: &str) -> Result<Claims, Denied> {
-        let header = jsonwebtoken::decode_header(token).map_err(|_| Denied::Invalid)?;
+        // The client hears only "invalid token"; the debug log says which.
+        let header = jsonwebtoken::decode_header(token).map_err(|e| {
+            tracing::debug!(error = ?e.kind(), "token refused: malformed, not a JWT");
+            Denied::Invalid
+        })?;
         let key = match (&self.secret, &self.public) {
             (Some(secret), _) if header.alg == Algorithm::HS256 => secret,
             (_, Some((public, alg))) if header.alg == *alg => public,
-            _ => return Err(Denied::Invalid),
+            _ => {
+                tracing::debug!(alg = ?header.alg, "token refused: no key here verifies its algorithm");
+                return Err(Denied::Invalid);
+            }
         };
         let mut validation = Validation::new(header.alg);
         validation.leeway = 0;
@@ -271,7 +278,11 @@ impl Verifier {
         match jsonwebtoken::decode::<Claims>(token, key, &validation) {
             Ok(data) => Ok(data.claims),
             Err(e) if matches!(e.kind(), ErrorKind::ExpiredSignature) => Err(Denied::Expired),
-            Err(_) => Err(Denied::Invalid),
+            Err(e) => {
+                // InvalidSignature: forged, or signed with another key.
+                tracing::debug!(error = ?e.kind(), "token refused: signature or claims");
+                Err(Denied::Invalid)
+            }
         }
     }
 
