@@ -15,10 +15,11 @@ use common::*;
 /// Reads `n` messages from a receiver, checks each is a valid protocol
 /// message whose picture or signal applies, and returns the header seqs
 /// of those that are not `SignalSync` (a catch-up's sync carries an older
-/// seq).
-async fn read_valid(rx: &mut Client, n: usize) -> Vec<u16> {
+/// seq) and the frame types seen.
+async fn read_valid(rx: &mut Client, n: usize) -> (Vec<u16>, Vec<FrameType>) {
     let mut picture: Option<Vec<u8>> = None;
     let mut seqs = Vec::new();
+    let mut kinds = Vec::new();
     for _ in 0..n {
         let msg = within(rx.recv_binary()).await.expect("a frame");
         let h = protocol::validate_source_message(&msg).expect("a valid message");
@@ -40,15 +41,27 @@ async fn read_valid(rx: &mut Client, n: usize) -> Vec<u16> {
         if h.frame_type() != FrameType::SignalSync {
             seqs.push(h.seq);
         }
+        if !kinds.contains(&h.frame_type()) {
+            kinds.push(h.frame_type());
+        }
     }
-    seqs
+    (seqs, kinds)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_serves_and_publishes_and_a_receiver_gets_frames_in_order() {
     let port = free_port();
     let mut cmd = relay_command(port);
-    cmd.args(["demo", "--size", "64x36", "--fps", "30"]);
+    // Every picture a keyframe here; `pattern` below sends deltas.
+    cmd.args([
+        "demo",
+        "--size",
+        "64x36",
+        "--fps",
+        "30",
+        "--encoding",
+        "raw",
+    ]);
     let mut demo = Running::start(cmd);
     let open = demo.stdout.wait_for("open ");
     assert!(
@@ -57,7 +70,11 @@ async fn demo_serves_and_publishes_and_a_receiver_gets_frames_in_order() {
     );
     demo.stderr.wait_for("source joined");
     let mut rx = connect(&format!("ws://127.0.0.1:{port}/stream/demo")).await;
-    let seqs = read_valid(&mut rx, 60).await;
+    let (seqs, kinds) = read_valid(&mut rx, 60).await;
+    assert!(
+        kinds.contains(&FrameType::Pixels) && !kinds.contains(&FrameType::DeltaPixels),
+        "raw: {kinds:?}"
+    );
     // After the catch-up, the live stream: every seq the next one.
     let live = &seqs[seqs.len() - 40..];
     for w in live.windows(2) {
