@@ -566,13 +566,10 @@ async fn join(
     let reader = MessageReader::new(ws::Side::Server, max_message, chunk, &rest);
     drop(rest);
     let sub = admit.grant.as_ref().and_then(|g| g.sub.as_deref());
-    // Who publishes where is worth a line at the default level (one per
-    // channel); receivers are too many for that. The token's subject, when
-    // there is a token.
-    if role == Role::Source && admit.grant.is_some() {
+    if role == Role::Source {
+        // Who publishes where is worth a line at the default level (one per
+        // channel); receivers are too many for that.
         tracing::info!(peer = peer.id, client = %admit.client, channel = %channel.name, sub, "source joined");
-    } else if role == Role::Source {
-        tracing::info!(peer = peer.id, client = %admit.client, channel = %channel.name, "source joined");
     } else {
         tracing::debug!(peer = peer.id, client = %admit.client, channel = %channel.name, ?role, sub, "peer joined");
     }
