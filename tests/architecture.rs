@@ -217,7 +217,12 @@ fn at_most_four_files_sit_at_the_top_of_src_relay() {
         .expect("src/relay is readable")
         .map(|e| e.expect("a directory entry").path())
         .filter(|p| p.extension().is_some_and(|e| e == "rs"))
-        .map(|p| p.file_name().unwrap_or_default().to_string_lossy().into_owned())
+        .map(|p| {
+            p.file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect();
     assert!(loose.len() <= 4, "loose files: {loose:?}");
 }

@@ -3,9 +3,7 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bitstream_relay::client::{Client, ClientError};
@@ -16,18 +14,6 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
 
 const SECRET: &str = "test secret: 32 bytes or more, honestly";
-
-/// A file in the temp directory holding `contents`, unique per call.
-fn temp_file(name: &str, contents: &[u8]) -> PathBuf {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let path = std::env::temp_dir().join(format!(
-        "relay-auth-{}-{}-{name}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::write(&path, contents).unwrap();
-    path
-}
 
 fn now() -> u64 {
     SystemTime::now()

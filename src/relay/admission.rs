@@ -50,7 +50,9 @@ pub(crate) async fn handle(
         Err(r) => {
             relay.connections.refuse(r.why);
             // Never the token itself: the reason is enough to debug with.
-            tracing::debug!(peer = %addr, %client, reason = r.why.label(), status = r.status, "refused");
+            relay
+                .refusal_log
+                .note(r.status, r.why.label(), &r.text, client);
             Box::pin(answer(&stream, r.status, &r.text)).await;
             None
         }
@@ -546,7 +548,7 @@ async fn join(
     }
     let reader = reader_for(cfg, role, rest);
     let sub = admit.grant.as_ref().and_then(|g| g.sub.as_deref());
-    if role == Role::Source && admit.grant.is_some() {
+    if role == Role::Source {
         // Who publishes where is worth a line at the default level (one per
         // channel); receivers are too many for that.
         tracing::info!(peer = peer.id, client = %admit.client, channel = %channel.name, sub, "source joined");

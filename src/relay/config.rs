@@ -53,8 +53,9 @@ pub enum LogFormat {
     about = "Fan-out WebSocket relay for PROTOCOL.md bitstreams"
 )]
 pub struct Config {
-    /// Address to listen on.
-    #[arg(long, env = "RELAY_ADDR", default_value = "127.0.0.1:9100")]
+    /// Address to listen on: IP:PORT, or HOST:PORT with a host name that
+    /// resolves (its first address is used; e.g. `localhost:9100`).
+    #[arg(long, env = "RELAY_ADDR", default_value = "127.0.0.1:9100", value_parser = parse_addr)]
     pub addr: SocketAddr,
     /// Length of the kernel's accept queue (capped by net.core.somaxconn).
     #[arg(long, env = "RELAY_LISTEN_BACKLOG", default_value_t = 4096)]
@@ -335,6 +336,29 @@ pub struct Config {
     pub cluster_heartbeat_ms: u64,
 }
 
+/// Parses a listening address: `IP:PORT`, or `HOST:PORT` resolved to its
+/// first address (IPv4 first, as a browser's `localhost` would reach it).
+pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = s.parse() {
+        return Ok(addr);
+    }
+    let usage = "use IP:PORT (e.g. 127.0.0.1:9100 or [::1]:9100) or HOST:PORT";
+    if s.rsplit_once(':')
+        .is_none_or(|(_, port)| port.parse::<u16>().is_err())
+    {
+        return Err(format!("{s:?} has no port: {usage}"));
+    }
+    let addrs: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(s)
+        .map_err(|e| format!("cannot resolve {s:?} ({e}): {usage}"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{s:?} resolves to no address: {usage}"))
+}
+
 /// A secret option: parsed like a string, never printed.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(pub String);
@@ -420,6 +444,18 @@ mod tests {
         assert!(c.max_message >= 33_177_616 && c.max_message < 64 * 1024 * 1024);
         assert!(c.ping_interval_ms <= 15_000);
         assert!(c.max_receivers >= 1000);
+    }
+
+    #[test]
+    fn addresses_take_host_names() {
+        assert_eq!(parse_addr("127.0.0.1:9").map(|a| a.port()), Ok(9));
+        assert_eq!(parse_addr("[::1]:9").map(|a| a.is_ipv6()), Ok(true));
+        let local = parse_addr("localhost:9100").expect("localhost resolves");
+        assert!(local.ip().is_loopback() && local.port() == 9100);
+        assert!(parse_addr("localhost").unwrap_err().contains("no port"));
+        assert!(parse_addr("no-such-host.invalid:1")
+            .unwrap_err()
+            .contains("use IP:PORT"));
     }
 
     #[test]

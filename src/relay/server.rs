@@ -245,7 +245,9 @@ fn accept(relay: &Arc<Relay>, http_state: &Arc<HttpState>, stream: TcpStream, ad
     };
     if let Some(why) = over {
         relay.connections.refuse(why);
-        tracing::debug!(peer = %addr, reason = why.label(), status = 503, "refused");
+        relay
+            .refusal_log
+            .note(503, why.label(), why.label(), addr.ip());
         let stream = Conn::from(stream);
         tokio::spawn(async move { reply::answer(&stream, 503, why.label()).await });
         return;

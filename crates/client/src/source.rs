@@ -4,7 +4,7 @@
 //! its whole signal state as a `SignalSync`, so the relay and every
 //! receiver resynchronize.
 
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use bitstream_wire::codec;
 use bitstream_wire::protocol;
@@ -28,6 +28,7 @@ pub struct Source {
     signal: signal::State,
     seq: u16,
     started: Instant,
+    started_wall: SystemTime,
     since_keyframe: u32,
     /// Send a keyframe at least every this many pictures.
     pub keyframe_interval: u32,
@@ -52,6 +53,7 @@ impl Source {
             signal: signal::State::new(),
             seq: 0,
             started: Instant::now(),
+            started_wall: SystemTime::now(),
             since_keyframe: 0,
             keyframe_interval: KEYFRAME_INTERVAL,
         })
@@ -65,6 +67,13 @@ impl Source {
     /// The relay URL in use, or tried next while disconnected.
     pub fn current_url(&self) -> &str {
         self.link.current_url()
+    }
+
+    /// The wall-clock time of header timestamp 0: a receiver that knows it
+    /// (e.g. from the signal state) turns a frame's timestamp into the time
+    /// it was sent, and so measures latency.
+    pub fn clock_origin(&self) -> SystemTime {
+        self.started_wall
     }
 
     /// The folded signal state this source has sent.

@@ -258,11 +258,18 @@ impl Verifier {
 
     /// Verifies `token`'s signature and expiry and returns its claims.
     pub(crate) fn verify(&self, token: &str) -> Result<Claims, Denied> {
-        let header = jsonwebtoken::decode_header(token).map_err(|_| Denied::Invalid)?;
+        // The client hears only "invalid token"; the debug log says which.
+        let header = jsonwebtoken::decode_header(token).map_err(|e| {
+            tracing::debug!(error = ?e.kind(), "token refused: malformed, not a JWT");
+            Denied::Invalid
+        })?;
         let key = match (&self.secret, &self.public) {
             (Some(secret), _) if header.alg == Algorithm::HS256 => secret,
             (_, Some((public, alg))) if header.alg == *alg => public,
-            _ => return Err(Denied::Invalid),
+            _ => {
+                tracing::debug!(alg = ?header.alg, "token refused: no key here verifies its algorithm");
+                return Err(Denied::Invalid);
+            }
         };
         let mut validation = Validation::new(header.alg);
         validation.leeway = 0;
@@ -271,7 +278,11 @@ impl Verifier {
         match jsonwebtoken::decode::<Claims>(token, key, &validation) {
             Ok(data) => Ok(data.claims),
             Err(e) if matches!(e.kind(), ErrorKind::ExpiredSignature) => Err(Denied::Expired),
-            Err(_) => Err(Denied::Invalid),
+            Err(e) => {
+                // InvalidSignature: forged, or signed with another key.
+                tracing::debug!(error = ?e.kind(), "token refused: signature or claims");
+                Err(Denied::Invalid)
+            }
         }
     }
 
@@ -353,7 +364,8 @@ pub(crate) fn unix_now() -> u64 {
 pub struct TokenArgs {
     /// Channel the token grants; repeat or comma-separate for several, `*`
     /// for every channel.
-    #[arg(long = "channel", required = true, value_delimiter = ',')]
+    #[arg(long = "channel", required = true, value_delimiter = ',',
+          value_parser = parse_token_channel)]
     pub channels: Vec<String>,
     /// Role the token grants: source, receiver or signal; repeat or
     /// comma-separate for several.
@@ -368,8 +380,29 @@ pub struct TokenArgs {
     pub sub: Option<String>,
 }
 
+/// Parses a channel name, refusing one the relay would refuse (1–64 bytes
+/// of `[A-Za-z0-9._-]`, PROTOCOL.md) with that rule as the reason.
+pub fn parse_channel_name(s: &str) -> Result<String, String> {
+    if bitstream_wire::protocol::valid_channel_name(s) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{s:?} is not a channel name the relay accepts: 1-64 characters of A-Z a-z 0-9 . _ -"
+        ))
+    }
+}
+
+/// A channel a token may grant: a channel name, or `*` for every channel.
+fn parse_token_channel(s: &str) -> Result<String, String> {
+    if s == ANY_CHANNEL {
+        return Ok(s.to_owned());
+    }
+    parse_channel_name(s).map_err(|e| format!("{e} (or * for every channel)"))
+}
+
 /// Parses a lifetime: a number followed by `s`, `m`, `h` or `d` (seconds
-/// without a unit).
+/// without a unit), more than zero (a token that lives 0 s is expired
+/// before anyone can use it).
 pub fn parse_ttl(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
@@ -384,9 +417,13 @@ pub fn parse_ttl(s: &str) -> Result<Duration, String> {
         "d" => 86_400,
         _ => return Err(format!("{s:?}: unknown unit {unit:?} (s, m, h or d)")),
     };
-    n.checked_mul(secs)
-        .map(Duration::from_secs)
-        .ok_or_else(|| format!("{s:?}: too long"))
+    match n.checked_mul(secs) {
+        Some(0) => Err(format!(
+            "{s:?}: a lifetime of 0 mints a token that is already expired"
+        )),
+        Some(n) => Ok(Duration::from_secs(n)),
+        None => Err(format!("{s:?}: too long")),
+    }
 }
 
 /// Mints an HS256 token with the secret of `--jwt-secret-file`.
@@ -536,6 +573,16 @@ mod tests {
     }
 
     #[test]
+    fn token_channels_follow_the_relay_rule() {
+        assert_eq!(parse_token_channel("cam-1.b_2"), Ok("cam-1.b_2".to_owned()));
+        assert_eq!(parse_token_channel("*"), Ok("*".to_owned()));
+        let e = parse_token_channel("my cam!").unwrap_err();
+        assert!(e.contains("A-Z a-z 0-9 . _ -"), "{e}");
+        assert!(parse_channel_name("*").is_err());
+        assert!(parse_channel_name(&"x".repeat(65)).is_err());
+    }
+
+    #[test]
     fn lifetimes_parse() {
         assert_eq!(parse_ttl("90"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_ttl("90s"), Ok(Duration::from_secs(90)));
@@ -543,6 +590,8 @@ mod tests {
         assert_eq!(parse_ttl("1h"), Ok(Duration::from_secs(3600)));
         assert_eq!(parse_ttl("7d"), Ok(Duration::from_secs(7 * 86_400)));
         assert!(parse_ttl("1w").is_err());
+        assert!(parse_ttl("0s").unwrap_err().contains("already expired"));
+        assert!(parse_ttl("0").is_err());
         assert!(parse_ttl("h").is_err());
         assert!(parse_ttl("").is_err());
     }

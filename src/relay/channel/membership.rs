@@ -94,7 +94,9 @@ impl Channel {
                 return Err(Refusal::ReceiverLimit);
             }
             self.shard_of(peer).push(peer);
-            self.receiver_count.fetch_add(1, Ordering::Relaxed);
+            if self.receiver_count.fetch_add(1, Ordering::Relaxed) == 0 {
+                tracing::info!(channel = %self.name, "first receiver");
+            }
         }
         fence(Ordering::SeqCst);
         self.resume_or_resync(peer, resume);

@@ -577,6 +577,10 @@ impl Session {
             Exit::Disconnected | Exit::KeepaliveTimeout => {}
         }
         self.peer.egress.close();
-        tracing::debug!(peer = self.peer.id, channel = %self.channel.name, role = ?self.role, ?exit, "peer left");
+        if self.role == Role::Source {
+            tracing::info!(peer = self.peer.id, channel = %self.channel.name, ?exit, "source left");
+        } else {
+            tracing::debug!(peer = self.peer.id, channel = %self.channel.name, role = ?self.role, ?exit, "peer left");
+        }
     }
 }

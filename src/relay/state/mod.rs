@@ -3,6 +3,7 @@
 
 pub(crate) mod gc;
 pub(crate) mod history;
+pub(crate) mod refusal_log;
 mod shutdown;
 
 pub(crate) use shutdown::Shutdown;
@@ -53,6 +54,8 @@ pub struct Relay {
     pub(crate) history: history::History,
     /// The address the listening socket is bound to (set at bind).
     pub(crate) listen_addr: OnceLock<SocketAddr>,
+    /// Refusals in the log, rate-limited.
+    pub(crate) refusal_log: refusal_log::RefusalLog,
     per_ip: IpCounts,
     /// Channels that exist, by the per-IP key of who created them.
     channels_per_ip: IpCounts,
@@ -174,6 +177,7 @@ impl Relay {
             next_peer_id: AtomicU64::new(1),
             shutdown: Shutdown::default(),
             started_ms: now_ms(),
+            refusal_log: Default::default(),
         }))
     }
 
@@ -234,6 +238,11 @@ impl Relay {
     /// Moves a removed channel's traffic into the retired totals and gives
     /// its creator's slot back.
     fn retire_channel(&self, ch: &Channel) {
+        if ch.had_source() {
+            tracing::info!(channel = %ch.name, "channel gone");
+        } else {
+            tracing::debug!(channel = %ch.name, "channel gone (never had a source)");
+        }
         self.retired.absorb(&ch.traffic.snapshot());
         if let Some(key) = ch.creator {
             self.channels_per_ip.release(key);
