@@ -27,10 +27,10 @@
 //!
 //! # Encoder
 //!
-//! The encoder emits tokens greedily. A zero run shorter than [`MIN_ZERO_RUN`] bytes
+//! The encoder emits tokens greedily. A zero run shorter than `MIN_ZERO_RUN` bytes
 //! between changed bytes stays inside the literal bytes (a new token would cost 2 bytes
 //! or more, and many short tokens slow the decoder down); a literal run is cut into
-//! tokens of at most [`MAX_LITERAL_RUN`] bytes so the encoder works on cache-sized
+//! tokens of at most `MAX_LITERAL_RUN` bytes so the encoder works on cache-sized
 //! pieces. Literal bytes never start or end with a zero byte. An unchanged frame encodes to a single token `zeros = len, literals = 0`
 //! (at most 11 bytes, 4 bytes for a 640x360 RGBA frame); a zero-length frame encodes
 //! to the empty payload. Encoder output always uses minimal-length varints.
@@ -39,7 +39,7 @@
 //! located a 64-bit word at a time (`trailing_zeros` of the little-endian XOR word).
 //! Inside a literal run the encoder builds a 64-bit mask of the zero bytes of each
 //! 64-byte block (8 words, a SWAR zero-byte test each) and finds runs of
-//! [`MIN_ZERO_RUN`] zeros with shifts and `trailing_zeros` / `leading_zeros`.
+//! `MIN_ZERO_RUN` zeros with shifts and `trailing_zeros` / `leading_zeros`.
 
 use thiserror::Error;
 

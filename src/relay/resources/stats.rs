@@ -177,7 +177,7 @@ impl std::ops::AddAssign for TrafficSnapshot {
     }
 }
 
-/// Why a connection was refused; indexes [`Connections::refused`].
+/// Why a connection was refused; indexes the relay's refusal counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
     /// Channel name breaks the PROTOCOL.md rule.
