@@ -79,7 +79,7 @@ fn paths_after(text: &str, prefix: &str) -> Vec<Vec<String>> {
             .map(str::to_owned)
             .collect();
         let after = &rest[head.len()..];
-        if head.ends_with("::") && after.starts_with('{') {
+        if (head.is_empty() || head.ends_with("::")) && after.starts_with('{') {
             let inner = after[1..].split('}').next().unwrap_or("");
             for item in inner.split(',') {
                 let item: Vec<String> = item
@@ -197,11 +197,14 @@ fn no_file_of_the_relay_imports_itself_through_others() {
 fn the_relays_folders_depend_one_way() {
     let mut folders: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for (m, deps) in graph() {
-        let top = m[0].clone();
+        // `src/relay/mod.rs` only declares the folders.
+        let Some(top) = m.first().cloned() else {
+            continue;
+        };
         let entry = folders.entry(top.clone()).or_default();
         for d in deps {
-            if d[0] != top {
-                entry.insert(d[0].clone());
+            if let Some(first) = d.first().filter(|f| **f != top) {
+                entry.insert(first.clone());
             }
         }
     }
