@@ -31,6 +31,13 @@ impl Channel {
         now.saturating_sub(self.last_left_ms.load(Ordering::Relaxed))
     }
 
+    /// When its source left (relay clock, ms), while it has none; `None`
+    /// while a source is connected or if it never had one.
+    pub(crate) fn source_left_at(&self) -> Option<u64> {
+        let left = self.source_left_ms.load(Ordering::Relaxed);
+        (self.source.load().is_none() && left != 0).then_some(left)
+    }
+
     /// True if the channel has, or ever had, a source.
     pub(crate) fn had_source(&self) -> bool {
         self.source.load().is_some() || self.source_left_ms.load(Ordering::Relaxed) != 0
