@@ -7,10 +7,10 @@
 //! together hold more than 3/4 of `--max-cache-memory`, the states of
 //! channels whose source has left are dropped at once, longest gone first,
 //! until they hold 3/4 or less. Otherwise departed sources' last pictures
-//! could fill the cache budget and leave a live channel without a cached
-//! picture for its joiners and skipped-forward receivers (measured: 300
-//! slow readers next to 16 healthy receivers, after 14 sources left 480 MB
-//! of cached 4K pictures: healthy p99 142-607 ms, 12 ms with room).
+//! could fill the cache budget for the whole grace period and leave a live
+//! channel without a cached picture for its joiners and skipped-forward
+//! receivers (after `loadtest hostile`'s cached-state phase, 14 departed
+//! sources held 480 MB of the 512 MiB).
 
 use std::sync::{Arc, Weak};
 use std::thread;
