@@ -47,20 +47,10 @@ use bitstream_relay::protocol::{self, FrameType, Header, InputType, HEADER_LEN};
 use serde_json::{json, Value};
 use tokio::time::sleep;
 
-use chromium::{find_chromium, Browser, Cdp};
+use chromium::open;
 
 const W: u16 = 64;
 const H: u16 = 48;
-
-/// Navigates the attached page and waits until its client is running.
-async fn open(cdp: &mut Cdp, url: &str) {
-    cdp.call("Page.navigate", json!({ "url": url })).await;
-    cdp.wait_for(
-        &format!("{url} to load"),
-        "document.readyState === 'complete' && !!window.relayClient",
-    )
-    .await;
-}
 
 /// A one-line summary of `window.relayClient` for failure messages.
 const PAGE_STATE: &str = "(() => { const r = window.relayClient; if (!r) return 'no relayClient';
@@ -304,15 +294,9 @@ const STATUS: &str = "(() => { const s = document.getElementById('status');
 /// missing, or with `RELAY_UPDATE_DOCS=1`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_explain_themselves() {
-    let exe = find_chromium();
-    if !common::tool_available(
-        exe.is_some(),
-        "chromium (apt-get install chromium)",
-        "RELAY_SKIP_BROWSER",
-    ) {
+    let Some(exe) = chromium::chromium_for_test() else {
         return;
-    }
-    let Some(exe) = exe else { return };
+    };
     let (mut browser, mut cdp) = chromium::launch_page(&exe, 1024, 760).await;
 
     // ---- (a) a receiver without the token the relay requires ---------------
@@ -663,54 +647,13 @@ async fn pages_explain_themselves() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_client_end_to_end() {
-    let exe = find_chromium();
-    if !common::tool_available(
-        exe.is_some(),
-        "chromium (apt-get install chromium)",
-        "RELAY_SKIP_BROWSER",
-    ) {
+    let Some(exe) = chromium::chromium_for_test() else {
         return;
-    }
-    let Some(exe) = exe else { return };
+    };
 
     let relay = common::start(&[]).await;
-    let (browser, devtools_url) = Browser::launch(&exe).await;
-    let mut cdp = Cdp::connect(&devtools_url).await;
-
-    // Attach to the page chromium opened (flattened session).
-    let targets = cdp.call("Target.getTargets", json!({})).await;
-    let page = targets["targetInfos"]
-        .as_array()
-        .and_then(|t| t.iter().find(|t| t["type"] == "page"))
-        .map(|t| t["targetId"].clone());
-    let target_id = match page {
-        Some(id) => id,
-        None => cdp
-            .call("Target.createTarget", json!({ "url": "about:blank" }))
-            .await["targetId"]
-            .clone(),
-    };
-    let attached = cdp
-        .call(
-            "Target.attachToTarget",
-            json!({ "targetId": target_id, "flatten": true }),
-        )
-        .await;
-    cdp.session = Some(
-        attached["sessionId"]
-            .as_str()
-            .expect("sessionId")
-            .to_owned(),
-    );
-    cdp.call("Runtime.enable", json!({})).await;
-    cdp.call("Log.enable", json!({})).await;
-    cdp.call("Page.enable", json!({})).await;
+    let (browser, mut cdp) = chromium::launch_page(&exe, 1024, 1000).await;
     cdp.call("Page.bringToFront", json!({})).await;
-    cdp.call(
-        "Emulation.setDeviceMetricsOverride",
-        json!({ "width": 1024, "height": 1000, "deviceScaleFactor": 1, "mobile": false }),
-    )
-    .await;
 
     // ---- 1. receiver page --------------------------------------------------
     let mut source = common::connect(&relay.url("/source/browser")).await;

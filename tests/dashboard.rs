@@ -20,12 +20,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bitstream_relay::client::Message;
+use bitstream_relay::client::{Client, Message};
 use bitstream_relay::protocol;
 use serde_json::{json, Value};
 use tokio::time::{sleep, timeout};
 
-use chromium::{find_chromium, Browser, Cdp};
 use common::DEADLINE;
 
 /// A one-line summary of the dashboard for failure messages.
@@ -43,22 +42,42 @@ const TABLE: &str = "(() => { const out = {};
 const W: u16 = 64;
 const H: u16 = 48;
 
+/// Sends `picture(seq)` as a keyframe and a one-key signal diff every
+/// 33 ms while `run` holds; the task gives the source back.
+fn stream_while(
+    mut source: Client,
+    run: Arc<AtomicBool>,
+    picture: fn(u16) -> Vec<u8>,
+) -> tokio::task::JoinHandle<Client> {
+    tokio::spawn(async move {
+        let mut seq = 0u16;
+        while run.load(Ordering::Relaxed) {
+            source
+                .send(&protocol::pixels_keyframe(seq, 0, W, H, &picture(seq)))
+                .await
+                .expect("send frame");
+            let diff = format!(r#"{{"frame":{seq}}}"#);
+            source
+                .send(&protocol::signal(true, seq, 0, diff.as_bytes()))
+                .await
+                .expect("send signal");
+            seq = seq.wrapping_add(1);
+            sleep(Duration::from_millis(33)).await;
+        }
+        source
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_numbers_match_channels() {
-    let exe = find_chromium();
-    if !common::tool_available(
-        exe.is_some(),
-        "chromium (apt-get install chromium)",
-        "RELAY_SKIP_BROWSER",
-    ) {
+    let Some(exe) = chromium::chromium_for_test() else {
         return;
-    }
-    let Some(exe) = exe else { return };
+    };
     let relay = common::start(&[]).await;
 
     // A stream on "dash" (keyframes and signal diffs) with two receivers,
     // and a receiver alone on "quiet".
-    let mut source = common::connect(&relay.url("/source/dash")).await;
+    let source = common::connect(&relay.url("/source/dash")).await;
     let mut drains = Vec::new();
     for path in ["/stream/dash", "/stream/dash", "/stream/quiet"] {
         let mut c = common::connect(&relay.url(path)).await;
@@ -89,62 +108,14 @@ async fn dashboard_numbers_match_channels() {
     common::wait_receivers(&relay, "quiet", 1).await;
     let streaming = Arc::new(AtomicBool::new(true));
     let run = streaming.clone();
-    let stream = tokio::spawn(async move {
-        let mut seq = 0u16;
-        while run.load(Ordering::Relaxed) {
-            let shade = (seq % 256) as u8;
-            let rgba: Vec<u8> = (0..W as usize * H as usize)
-                .flat_map(|i| [shade, (i % 256) as u8, 255 - shade, 255])
-                .collect();
-            source
-                .send(&protocol::pixels_keyframe(seq, 0, W, H, &rgba))
-                .await
-                .expect("send frame");
-            let diff = format!(r#"{{"frame":{seq}}}"#);
-            source
-                .send(&protocol::signal(true, seq, 0, diff.as_bytes()))
-                .await
-                .expect("send signal");
-            seq = seq.wrapping_add(1);
-            sleep(Duration::from_millis(33)).await;
-        }
-        source
+    let stream = stream_while(source, run, |seq| {
+        let shade = (seq % 256) as u8;
+        (0..W as usize * H as usize)
+            .flat_map(|i| [shade, (i % 256) as u8, 255 - shade, 255])
+            .collect()
     });
 
-    let (mut browser, devtools_url) = Browser::launch(&exe).await;
-    let mut cdp = Cdp::connect(&devtools_url).await;
-    let targets = cdp.call("Target.getTargets", json!({})).await;
-    let page = targets["targetInfos"]
-        .as_array()
-        .and_then(|t| t.iter().find(|t| t["type"] == "page"))
-        .map(|t| t["targetId"].clone());
-    let target_id = match page {
-        Some(id) => id,
-        None => cdp
-            .call("Target.createTarget", json!({ "url": "about:blank" }))
-            .await["targetId"]
-            .clone(),
-    };
-    let attached = cdp
-        .call(
-            "Target.attachToTarget",
-            json!({ "targetId": target_id, "flatten": true }),
-        )
-        .await;
-    cdp.session = Some(
-        attached["sessionId"]
-            .as_str()
-            .expect("sessionId")
-            .to_owned(),
-    );
-    cdp.call("Runtime.enable", json!({})).await;
-    cdp.call("Log.enable", json!({})).await;
-    cdp.call("Page.enable", json!({})).await;
-    cdp.call(
-        "Emulation.setDeviceMetricsOverride",
-        json!({ "width": 1000, "height": 560, "deviceScaleFactor": 1, "mobile": false }),
-    )
-    .await;
+    let (mut browser, mut cdp) = chromium::launch_page(&exe, 1000, 560).await;
     cdp.call(
         "Page.navigate",
         json!({ "url": format!("http://{}/dashboard", relay.addr) }),
@@ -224,42 +195,19 @@ const CHART_LINES: &str = "((id) => { const svg = document.getElementById(id);
 /// `RELAY_UPDATE_DOCS=1`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_explains_itself() {
-    let exe = find_chromium();
-    if !common::tool_available(
-        exe.is_some(),
-        "chromium (apt-get install chromium)",
-        "RELAY_SKIP_BROWSER",
-    ) {
+    let Some(exe) = chromium::chromium_for_test() else {
         return;
-    }
-    let Some(exe) = exe else { return };
+    };
     let relay = common::start(&[]).await;
 
     // A picture and a signal diff per tick on "dash", one receiver.
-    let mut source = common::connect(&relay.url("/source/dash")).await;
+    let source = common::connect(&relay.url("/source/dash")).await;
     let mut rx = common::connect(&relay.url("/stream/dash")).await;
     let drain = tokio::spawn(async move { while rx.recv().await.is_ok() {} });
     common::wait_receivers(&relay, "dash", 1).await;
     let streaming = Arc::new(AtomicBool::new(true));
     let run = streaming.clone();
-    let stream = tokio::spawn(async move {
-        let mut seq = 0u16;
-        let rgba = vec![200u8; W as usize * H as usize * 4];
-        while run.load(Ordering::Relaxed) {
-            source
-                .send(&protocol::pixels_keyframe(seq, 0, W, H, &rgba))
-                .await
-                .expect("send frame");
-            let diff = format!(r#"{{"frame":{seq}}}"#);
-            source
-                .send(&protocol::signal(true, seq, 0, diff.as_bytes()))
-                .await
-                .expect("send signal");
-            seq = seq.wrapping_add(1);
-            sleep(Duration::from_millis(33)).await;
-        }
-        source
-    });
+    let stream = stream_while(source, run, |_| vec![200u8; W as usize * H as usize * 4]);
     // Let the relay gather a few seconds of history before the page opens.
     let start = tokio::time::Instant::now();
     loop {

@@ -43,7 +43,7 @@ use bitstream_relay::wire::path_merge::{Offered, PathMerge};
 use bitstream_relay::{codec, protocol};
 use tokio::sync::watch;
 
-use chromium::{find_chromium, Browser, Cdp};
+use chromium::{open, Browser, Cdp};
 
 const SECRET: &str = "webrtc test secret: 32 bytes or more";
 
@@ -110,15 +110,6 @@ async fn new_page(cdp: &mut Cdp) -> String {
     cdp.call("Log.enable", json!({})).await;
     cdp.call("Page.enable", json!({})).await;
     session
-}
-
-async fn open(cdp: &mut Cdp, url: &str) {
-    cdp.call("Page.navigate", json!({ "url": url })).await;
-    cdp.wait_for(
-        &format!("{url} to load"),
-        "document.readyState === 'complete' && !!window.relayClient",
-    )
-    .await;
 }
 
 /// Stops the source page, waits until the receiver has applied the source's
@@ -353,15 +344,9 @@ async fn receiver_state(cdp: &mut Cdp) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_chromium_pages_upgrade_to_a_datachannel_and_fall_back() {
-    let exe = find_chromium();
-    if !common::tool_available(
-        exe.is_some(),
-        "chromium (apt-get install chromium)",
-        "RELAY_SKIP_BROWSER",
-    ) {
+    let Some(exe) = chromium::chromium_for_test() else {
         return;
-    }
-    let Some(exe) = exe else { return };
+    };
 
     let secret = std::env::temp_dir().join(format!("relay-webrtc-secret-{}", std::process::id()));
     std::fs::write(&secret, SECRET).expect("write secret");

@@ -29,6 +29,19 @@ const BROWSER_START: Duration = Duration::from_secs(60);
 // Chromium process
 // ---------------------------------------------------------------------------
 
+/// Chromium for a browser test: its path, or `None` when the test is to be
+/// skipped on purpose (`RELAY_SKIP_BROWSER=1`); without chromium and
+/// without that opt-out the test fails (see `common::tool_available`).
+pub fn chromium_for_test() -> Option<PathBuf> {
+    let exe = find_chromium();
+    let found = super::common::tool_available(
+        exe.is_some(),
+        "chromium (apt-get install chromium)",
+        "RELAY_SKIP_BROWSER",
+    );
+    exe.filter(|_| found)
+}
+
 pub fn find_chromium() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("CHROMIUM") {
         let p = PathBuf::from(p);
@@ -376,6 +389,17 @@ impl Cdp {
         std::fs::write(&path, &png).expect("write screenshot");
         path
     }
+}
+
+/// Navigates the attached page to `url` and waits until its client
+/// (`window.relayClient`) is running.
+pub async fn open(cdp: &mut Cdp, url: &str) {
+    cdp.call("Page.navigate", json!({ "url": url })).await;
+    cdp.wait_for(
+        &format!("{url} to load"),
+        "document.readyState === 'complete' && !!window.relayClient",
+    )
+    .await;
 }
 
 // ---------------------------------------------------------------------------

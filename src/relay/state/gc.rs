@@ -142,33 +142,7 @@ mod tests {
             .unwrap();
         rt.block_on(async {
             let relay = Relay::new(Config::parse_from(["x", "--grace-ms", "20"])).unwrap();
-            let ch = relay
-                .attach("kept", std::net::IpAddr::from([127, 0, 0, 1]))
-                .unwrap();
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let std_stream = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-            std_stream.set_nonblocking(true).unwrap();
-            let stream = Arc::new(tokio::net::TcpStream::from_std(std_stream).unwrap());
-            let peer = Arc::new(Peer {
-                id: 1,
-                egress: Egress::new(
-                    stream,
-                    1 << 20,
-                    Default::default(),
-                    Arc::new(crate::relay::resources::budget::Budget::new(usize::MAX)),
-                ),
-                marks: false,
-            });
-            assert!(ch.claim_source(&peer));
-            let msg = protocol::pixels_keyframe(0, 0, 1, 1, &[1, 2, 3, 4]);
-            ch.publish(
-                &WireMessage::encode(ws::OP_BINARY, &msg),
-                &relay.bulk,
-                false,
-            )
-            .await
-            .unwrap();
-            assert!(ch.cached_bytes() > 0);
+            let (ch, peer) = source_with_picture(&relay, "kept", 1, 1).await;
             // Source present, then just gone: kept within grace. (Made-up
             // times, well past the clock's start, where 0 means "never".)
             let t = now_ms() + 1_000;
