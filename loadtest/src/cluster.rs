@@ -361,6 +361,7 @@ pub fn main(o: ClusterOpts) -> i32 {
         watch: Vec::new(),
         label: String::new(),
         read_buf: o.read_buf_kib.max(4) * 1024,
+        client: crate::peer::Client::Lean,
         progress: true,
         slow: 0,
         slow_rate: None,

@@ -281,6 +281,7 @@ impl Stream {
             check_every: 1,
             read_buf: 256 * 1024,
             rate: None,
+            client: peer::Client::Lean,
         };
         let (stats, tasks) = peer::spawn_receivers(joins.ok, rcfg, &tally);
         // Paced, every send time kept (for the phases), until stopped.

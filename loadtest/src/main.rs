@@ -14,6 +14,7 @@ mod cluster;
 mod healthy;
 mod hostile;
 mod nats;
+mod noise;
 mod peer;
 mod probe;
 mod relays;
@@ -24,6 +25,7 @@ mod sys;
 mod tcpserver;
 mod verdict;
 mod verify;
+mod whole;
 mod wire;
 
 use std::sync::OnceLock;
@@ -142,6 +144,14 @@ enum Cmd {
         #[arg(long)]
         addr: String,
     },
+    /// A busy loop (the noisy neighbour `compare --noise` starts).
+    #[command(hide = true)]
+    Spin {
+        #[arg(long)]
+        cpu: Option<usize>,
+        #[arg(long, default_value_t = 60.0)]
+        seconds: f64,
+    },
 }
 
 #[derive(Args, Clone, Debug)]
@@ -181,6 +191,9 @@ struct Opts {
     /// KiB per read syscall (one buffer per driver thread, shared by its receivers).
     #[arg(long, default_value_t = 256)]
     read_buf_kib: usize,
+    /// How receivers read: lean (the driver's own zero-copy reader) or whole (tokio-tungstenite, whole messages, every byte hashed).
+    #[arg(long, value_enum, default_value = "lean")]
+    client: peer::Client,
     /// Receivers (the last ones) that read slower than the stream; gaps allowed for them (default: 4 in bigframes, else 0).
     #[arg(long)]
     slow: Option<usize>,
@@ -226,6 +239,12 @@ struct CompareOpts {
         default_value = "ours,baseline,bun,tcp"
     )]
     relays: Vec<RelayKind>,
+    /// Busy-loop processes pinned to the relay's CPU during each run (a noisy neighbour, the same for every relay); 0: none.
+    #[arg(long, default_value_t = 0)]
+    noise: usize,
+    /// With --noise, when ours and uWS both run: in every round ours' p99 must be at most this many times uWS's.
+    #[arg(long, default_value_t = 1.2)]
+    noise_p99_ratio: f64,
     #[command(flatten)]
     opts: Opts,
 }
@@ -266,6 +285,7 @@ impl Opts {
             watch: Vec::new(),
             label: self.target.label(),
             read_buf: self.read_buf_kib.max(4) * 1024,
+            client: self.client,
             progress: true,
             slow: 0,
             slow_rate: None,
@@ -293,6 +313,7 @@ fn main() {
             }
             return;
         }
+        Cmd::Spin { cpu, seconds } => std::process::exit(noise::spin(cpu, seconds)),
         Cmd::Chaos(o) => std::process::exit(chaos::main(o)),
         Cmd::Hostile(o) => std::process::exit(hostile::main(o)),
         Cmd::Cluster(o) => std::process::exit(cluster::main(o)),
@@ -317,7 +338,10 @@ fn main() {
             Some(c) if c.scenario == Scenario::ReceiversSweep => {
                 sweep::compare(c.rounds, &c.relays, &c.opts, nofile).await
             }
-            Some(c) => report::compare(c.scenario, c.rounds, &c.relays, &c.opts, nofile).await,
+            Some(c) => {
+                let noise = (c.noise > 0).then_some((c.noise, c.noise_p99_ratio));
+                report::compare(c.scenario, c.rounds, &c.relays, &c.opts, noise, nofile).await
+            }
             None if scenario == Scenario::ReceiversSweep => sweep::single(&opts, nofile).await,
             None => single(scenario, &opts, nofile).await,
         }

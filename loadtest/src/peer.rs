@@ -333,6 +333,22 @@ pub struct RecvCfg {
     /// Read at most this many bytes per second (a deliberately slow
     /// receiver); None: as fast as they come.
     pub rate: Option<f64>,
+    /// How receivers read (a rate-limited receiver is always lean).
+    pub client: Client,
+}
+
+/// How the driver's receivers read (`--client`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Client {
+    /// The driver's own reader: one read buffer per driver thread shared by
+    /// its receivers, each message streamed into the hash, nothing
+    /// assembled (cheapest: the driver stays out of the way).
+    #[default]
+    Lean,
+    /// One task per receiver assembling whole messages with
+    /// tokio-tungstenite (one `Vec` per message on plain TCP), every byte
+    /// hashed: what a typical client library costs and how it reads.
+    Whole,
 }
 
 /// A read-rate limit: a token bucket of bytes, refilled at `rate` per
@@ -473,14 +489,19 @@ pub fn spawn_receivers<S: Sink>(
         .into_iter()
         .map(|j| {
             let st = Arc::new(RecvStat::new(j.channel as u64));
-            let task = tokio::spawn(receive(
-                j.stream,
-                j.left,
-                cfg,
-                j.rid as u64,
-                st.clone(),
-                sink.clone(),
-            ));
+            let (rid, s) = (j.rid as u64, st.clone());
+            let task = if cfg.client == Client::Whole && cfg.rate.is_none() {
+                tokio::spawn(crate::whole::receive(
+                    j.stream,
+                    j.left,
+                    cfg,
+                    rid,
+                    s,
+                    sink.clone(),
+                ))
+            } else {
+                tokio::spawn(receive(j.stream, j.left, cfg, rid, s, sink.clone()))
+            };
             (st, task)
         })
         .unzip()

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::charts;
+use crate::noise::Noise;
 use crate::relays::{self, RelayKind};
 use crate::run::{self, Group, Summary};
 use crate::verdict::Verdict;
@@ -204,6 +205,7 @@ pub fn json(s: &Summary) -> Value {
             "fps": if s.fps_target > 0.0 { json!(s.fps_target) } else { json!("max") },
             "message_bytes": s.msg_bytes,
             "hash_every_nth_frame": s.check_every,
+            "client": s.client,
         },
         "connect": {
             "receivers_connected": s.receivers_connected,
@@ -661,6 +663,9 @@ struct Compare<'a> {
     all: Vec<Value>,
     /// Every run's checks, under `SCENARIO against RELAY, round R/N`.
     verdict: Verdict,
+    /// Busy loops on the relay's CPU per run, and the bound on ours' p99
+    /// over uWS's in each round (see [`crate::noise`]).
+    noise: Option<(usize, f64)>,
 }
 
 impl Compare<'_> {
@@ -692,7 +697,19 @@ impl Compare<'_> {
         self.cfg.url = p.url.clone();
         self.cfg.relay_pids = vec![p.pid];
         self.cfg.label = kind.label().into();
+        let noise = match self.noise {
+            Some((n, _)) => match Noise::start(n, cpu, self.cfg.duration + 120.0) {
+                Ok(noise) => Some(noise),
+                Err(e) => {
+                    self.verdict
+                        .check(at, false, e, "the noisy neighbour starts");
+                    return;
+                }
+            },
+            None => None,
+        };
         let mut s = run::run(&self.cfg).await;
+        drop(noise);
         s.relay_exit = p.exit_status();
         if let Some(e) = &s.relay_exit {
             eprintln!(
@@ -715,6 +732,29 @@ impl Compare<'_> {
         j["round"] = json!(round + 1);
         self.all.push(j);
         self.results.entry(kind.label()).or_default().push(s);
+    }
+
+    /// With a noisy neighbour: in each round, ours' p99 against uWS's.
+    fn check_noise(&mut self) {
+        let Some((n, bound)) = self.noise else { return };
+        let (Some(ours), Some(uws)) = (self.results.get("ours"), self.results.get("uws-bun"))
+        else {
+            return;
+        };
+        for (i, (a, b)) in ours.iter().zip(uws).enumerate() {
+            let (pa, pb) = (a.lat_ms[2], b.lat_ms[2]);
+            let ratio = pa / pb;
+            self.verdict.check(
+                format!(
+                    "{} with {n} busy loop(s) on the relay's CPU, round {}: p99 ours ÷ uWS",
+                    self.scenario.name(),
+                    i + 1
+                ),
+                ratio <= bound,
+                format!("{ratio:.2}× ({pa:.1} ms ÷ {pb:.1} ms)"),
+                format!("≤ {bound}×"),
+            );
+        }
     }
 
     /// The latency CDF of every relay (and group) over all rounds: its
@@ -801,6 +841,7 @@ pub async fn compare(
     rounds: usize,
     kinds: &[RelayKind],
     opts: &Opts,
+    noise: Option<(usize, f64)>,
     nofile: u64,
 ) -> i32 {
     let paths = opts.target.paths();
@@ -826,6 +867,7 @@ pub async fn compare(
         results: BTreeMap::new(),
         all: Vec::new(),
         verdict: Verdict::new(),
+        noise,
     };
     for round in 0..rounds.max(1) {
         for i in 0..avail.len() {
@@ -833,6 +875,7 @@ pub async fn compare(
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
+    c.check_noise();
     let md = c.markdown(&avail);
     println!("\n{md}");
     c.write(&md);

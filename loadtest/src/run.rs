@@ -58,6 +58,8 @@ pub struct RunCfg {
     pub label: String,
     /// Bytes per read syscall (one buffer per driver thread).
     pub read_buf: usize,
+    /// How receivers read.
+    pub client: peer::Client,
     /// Print progress to stderr.
     pub progress: bool,
     /// Receivers (the last of them) that read slower than the stream: the
@@ -128,6 +130,7 @@ pub struct Summary {
     pub height: u16,
     pub fps_target: f64,
     pub check_every: u64,
+    pub client: String,
     pub msg_bytes: usize,
     pub receivers_connected: usize,
     pub connect_failures: usize,
@@ -483,6 +486,7 @@ fn new_summary(cfg: &RunCfg) -> Summary {
         height: cfg.height,
         fps_target: cfg.fps,
         check_every: cfg.check_every,
+        client: format!("{:?}", cfg.client).to_lowercase(),
         ..Default::default()
     }
 }
@@ -637,6 +641,7 @@ fn spawn_groups(
             check_every: cfg.check_every,
             read_buf: cfg.read_buf,
             rate,
+            client: cfg.client,
         };
         let g = Group {
             name,

@@ -299,6 +299,16 @@ impl Parser {
         Ok(())
     }
 
+    /// What an already assembled message is (a whole-message client's
+    /// verdict): the same checks as for a streamed one, hashing it if this
+    /// parser's sampling says so.
+    pub fn whole(&mut self, msg: &[u8]) -> MsgInfo {
+        self.msg_len = 0;
+        self.checking = false;
+        self.msg_feed(msg);
+        self.finish()
+    }
+
     fn start_frame(&mut self, op: u8, fin: bool, len: u64, ev: &mut impl FnMut(Ev<'_>)) {
         self.in_frame = true;
         self.frame_left = len;
@@ -466,6 +476,21 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_whole_message_gets_the_streamed_verdict() {
+        let mut tpl = FrameTemplate::new(Framing::Ws, 33, 17);
+        tpl.patch(7, 5, 1005, 0);
+        let (streamed, _) = parse_all(&server_wire(&tpl), 4096, 1);
+        let mut p = Parser::new(Framing::Ws, 1, 0);
+        assert_eq!(p.whole(tpl.message()), streamed[0]);
+        assert_eq!(streamed[0].check, Check::Intact);
+        let mut bad = tpl.message().to_vec();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert_eq!(p.whole(&bad).check, Check::Mismatch);
+        assert_eq!(p.whole(&bad[..bad.len() - 1]).check, Check::Malformed);
     }
 
     #[test]
