@@ -106,6 +106,15 @@ pub struct Config {
     /// buffer it replaces (see `--tcp-notsent-lowat`).
     #[arg(long, env = "RELAY_EGRESS_QUEUE", default_value_t = 8 * 1024 * 1024)]
     pub egress_queue: usize,
+    /// Longest a source's next message waits, in ms, while more than half of
+    /// its channel's receivers still hold earlier frames queued (receivers
+    /// skipped forward left out): a source faster than most of its receivers
+    /// is slowed to their pace instead of frames being dropped for all of
+    /// them. Never while the source's frames arrive later than this behind
+    /// their own timestamps, so pacing never makes a live stream staler.
+    /// 0: never wait (receivers behind are skipped forward).
+    #[arg(long, env = "RELAY_PACE_WAIT_MS", default_value_t = 100)]
+    pub pace_wait_ms: u64,
     /// Most bytes written to a connection's socket that the kernel has not
     /// sent yet (`TCP_NOTSENT_LOWAT`; 0 = the kernel's default, unbounded
     /// up to the send buffer). A slow reader then backs up in the relay's

@@ -15,6 +15,7 @@
 use std::os::fd::RawFd;
 use std::sync::atomic::{fence, Ordering};
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use bitstream_wire::protocol::{self, FrameType, Header, ProtocolError};
 use bitstream_wire::reader::WireMessage;
@@ -39,6 +40,9 @@ pub(crate) struct Fanout {
     /// Submit each frame's direct writes in batches through io_uring
     /// (`--egress-mode uring`).
     pub(crate) uring: bool,
+    /// Longest a source's next message waits for its receivers
+    /// (`--pace-wait-ms`, see [`super::pace`]; zero: never).
+    pub(crate) pace_wait: Duration,
 }
 
 impl Fanout {
@@ -47,6 +51,7 @@ impl Fanout {
         shards: 1,
         shard_min: usize::MAX,
         uring: false,
+        pace_wait: Duration::ZERO,
     };
 }
 
@@ -140,6 +145,7 @@ impl Channel {
     /// returns its channel sequence.
     pub(super) fn check_and_cache(&self, msg: &WireMessage) -> Result<u64, PublishError> {
         let h = protocol::validate_source_message(msg.payload())?;
+        self.lateness.note(h.timestamp);
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
         self.cache_frame(&h, msg, seq)?;
         if is_picture(h.frame_type()) {

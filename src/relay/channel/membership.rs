@@ -51,6 +51,7 @@ impl Channel {
             return false;
         }
         self.begin_stream_locked(None);
+        self.lateness.restart();
         self.source.store(Some(peer.clone()));
         true
     }
@@ -101,6 +102,7 @@ impl Channel {
                 return Err(Refusal::ReceiverLimit);
             }
             self.shard_of(peer).push(peer);
+            peer.egress.track(&self.backlog);
             if self.receiver_count.fetch_add(1, Ordering::Relaxed) == 0 {
                 tracing::info!(channel = %self.name, "first receiver");
             }
@@ -130,6 +132,7 @@ impl Channel {
             self.shard_of(peer).remove(peer)
         };
         if removed {
+            peer.egress.untrack();
             self.receiver_count.fetch_sub(1, Ordering::Relaxed);
         }
     }

@@ -3,7 +3,8 @@
 //! [`membership`] (who is attached, in which role), [`catchup`] (the state a
 //! joiner or a skipped-forward receiver is sent), [`fanout`] (a source frame
 //! to every receiver, sharded over cores), [`lap`] (big channels' writes, a
-//! block of receivers at a time) and [`routing`] (inputs to the
+//! block of receivers at a time), [`pace`] (a source no faster than most
+//! of its receivers) and [`routing`] (inputs to the
 //! source, signaling between peers); [`resume`] (the replay ring for
 //! `?resume=` reconnects). Beside it, what a channel holds: its members as
 //! [`peer`]s, the catch-up [`cache`] and the [`sse_hub`] of its
@@ -29,6 +30,7 @@ mod lap;
 mod membership;
 #[cfg(test)]
 mod model;
+mod pace;
 pub(crate) mod peer;
 mod resume;
 mod roster;
@@ -50,6 +52,7 @@ pub(crate) use resume::RingPool;
 use crate::relay::channel::cache::{CacheWriter, CatchUp};
 use crate::relay::channel::peer::Peer;
 use crate::relay::channel::sse_hub::SseHub;
+use crate::relay::egress::Backlog;
 use crate::relay::resources::budget::Budgets;
 use crate::relay::resources::stats::Traffic;
 
@@ -89,6 +92,10 @@ pub(crate) struct Channel {
     /// Receivers, sharded by peer id (one shard per fan-out task).
     receivers: Box<[Roster]>,
     receiver_count: AtomicUsize,
+    /// How many receivers hold queued frames while keeping up (see [`pace`]).
+    backlog: Arc<Backlog>,
+    /// The source's clock against the relay's (see [`pace`]).
+    lateness: pace::Lateness,
     fanout: Fanout,
     workers: OnceLock<Vec<mpsc::Sender<fanout::Job>>>,
     signal_peers: Roster,
@@ -147,6 +154,8 @@ impl Channel {
             charged: AtomicUsize::new(0),
             receivers: (0..shards).map(|_| Roster::default()).collect(),
             receiver_count: AtomicUsize::new(0),
+            backlog: Arc::default(),
+            lateness: pace::Lateness::default(),
             fanout: Fanout { shards, ..fanout },
             workers: OnceLock::new(),
             signal_peers: Roster::default(),

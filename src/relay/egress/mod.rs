@@ -33,16 +33,19 @@
 //! is skipped forward instead of queueing more (one still writing the
 //! previous frame is not behind, and frees nothing by being skipped).
 
+mod backlog;
 mod queue;
 mod uring;
 
 use std::io::{self, IoSlice};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use bytes::Bytes;
 use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 
+pub(crate) use backlog::Backlog;
+use backlog::Place;
 pub(crate) use queue::{Drain, COPY_BELOW};
 use queue::{Queue, Verdict};
 pub(crate) use uring::{send_batch, writev_batch, BATCH, BATCH_MAX_BYTES};
@@ -158,12 +161,19 @@ pub(crate) struct Egress {
     wake: Notify,
     /// The relay's memory budget.
     memory: Arc<Budget>,
+    /// A receiver's channel's count of congested receivers, and this
+    /// receiver's place in it (see [`Egress::track`]).
+    backlog: OnceLock<Arc<Backlog>>,
+    place: Place,
 }
 
 impl Drop for Egress {
     fn drop(&mut self) {
         let q = self.queue.get_mut().unwrap_or_else(|e| e.into_inner());
         self.memory.release(q.charged());
+        if let Some(b) = self.backlog.get() {
+            self.place.clear(b);
+        }
     }
 }
 
@@ -182,6 +192,33 @@ impl Egress {
             queue: Mutex::new(Queue::new(limit)),
             wake: Notify::new(),
             memory,
+            backlog: OnceLock::new(),
+            place: Place::default(),
+        }
+    }
+
+    /// Makes this receiver count in its channel's `backlog` while its
+    /// queue holds bytes (once; later calls are ignored).
+    pub(crate) fn track(&self, backlog: &Arc<Backlog>) {
+        let q = self.lock();
+        if self.backlog.set(backlog.clone()).is_ok() {
+            self.count(&q);
+        }
+    }
+
+    /// Stops counting this receiver for good (it left its channel).
+    pub(crate) fn untrack(&self) {
+        let _q = self.lock();
+        if let Some(b) = self.backlog.get() {
+            self.place.clear(b);
+        }
+    }
+
+    /// Brings this receiver's place in its channel's backlog up to date.
+    fn count(&self, q: &Queue) {
+        if let Some(b) = self.backlog.get() {
+            let queued = !q.is_empty() && q.state() != Drain::Closed;
+            self.place.update(b, queued, q.awaits_resync());
         }
     }
 
@@ -197,6 +234,7 @@ impl Egress {
             n if n > 0 => self.memory.force(n as usize),
             n => self.memory.release(n.unsigned_abs()),
         }
+        self.count(q);
     }
 
     /// True when the relay is so short of memory that a peer holding more

@@ -332,6 +332,11 @@ impl Queue {
         }
     }
 
+    /// True from a skip forward (or a join) until its catch-up is queued.
+    pub(crate) fn awaits_resync(&self) -> bool {
+        self.phase == Phase::AwaitingResync
+    }
+
     /// Queues a catch-up covering live frames up to `upto` and ends a
     /// pending resynchronization. The catch-up may exceed the bound: it is
     /// the minimum the peer needs. False if the peer is closed.

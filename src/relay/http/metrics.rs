@@ -39,7 +39,7 @@ fn gauge(reg: &mut Registry, name: &str, help: &str, v: u64) {
 type TrafficMetric = (&'static str, &'static str, fn(&TrafficSnapshot) -> u64);
 
 /// Every traffic counter, global and per channel.
-const TRAFFIC: [TrafficMetric; 15] = [
+const TRAFFIC: [TrafficMetric; 17] = [
     ("frames_in", "Valid frames received from sources", |t| {
         t.frames_in
     }),
@@ -90,6 +90,16 @@ const TRAFFIC: [TrafficMetric; 15] = [
         "cache_sheds",
         "Cached states dropped to stay within --max-cache-memory",
         |t| t.cache_sheds,
+    ),
+    (
+        "source_waits",
+        "Times a source's next message waited while most receivers held queued frames (--pace-wait-ms)",
+        |t| t.source_waits,
+    ),
+    (
+        "source_wait_us",
+        "Microseconds sources' messages waited for their receivers",
+        |t| t.source_wait_us,
     ),
 ];
 

@@ -74,6 +74,11 @@ pub(crate) struct Traffic {
     /// Times the channel's cached state was dropped to stay within
     /// `--max-cache-memory`.
     pub(crate) cache_sheds: Counter,
+    /// Times the source's next message waited for its receivers (more
+    /// than half of them held queued frames; see `--pace-wait-ms`).
+    pub(crate) source_waits: Counter,
+    /// Microseconds the source's messages waited so, in all.
+    pub(crate) source_wait_us: Counter,
 }
 
 /// A plain copy of a channel's (or the relay's) traffic counters at one
@@ -114,6 +119,10 @@ pub struct TrafficSnapshot {
     /// Times the channel's cached state was dropped to stay within
     /// `--max-cache-memory`.
     pub cache_sheds: u64,
+    /// Times the source's next message waited for its receivers.
+    pub source_waits: u64,
+    /// Microseconds the source's messages waited for their receivers.
+    pub source_wait_us: u64,
 }
 
 impl Traffic {
@@ -135,6 +144,8 @@ impl Traffic {
             signal_messages: self.signal_messages.get(),
             queued: self.queued.get(),
             cache_sheds: self.cache_sheds.get(),
+            source_waits: self.source_waits.get(),
+            source_wait_us: self.source_wait_us.get(),
         }
     }
 
@@ -155,6 +166,8 @@ impl Traffic {
         self.signal_messages.add(s.signal_messages);
         self.queued.add(s.queued);
         self.cache_sheds.add(s.cache_sheds);
+        self.source_waits.add(s.source_waits);
+        self.source_wait_us.add(s.source_wait_us);
     }
 }
 
@@ -174,6 +187,8 @@ impl std::ops::AddAssign for TrafficSnapshot {
         self.signal_messages += o.signal_messages;
         self.queued += o.queued;
         self.cache_sheds += o.cache_sheds;
+        self.source_waits += o.source_waits;
+        self.source_wait_us += o.source_wait_us;
     }
 }
 

@@ -85,13 +85,17 @@ struct Session {
     expires: Option<Instant>,
     /// A source's message being published (validated on the bulk lane or
     /// fanned out by shard workers), or a source's turn given back between
-    /// two steps of a lap (see [`crate::relay::channel`]'s `lap`): finished
-    /// before anything else.
+    /// two steps of a lap (see [`crate::relay::channel`]'s `lap`), or a
+    /// source waiting for most of its receivers (`pace`): finished before
+    /// anything else.
     busy: Option<Busy>,
+    /// The source's last message went out frame by frame, not in laps
+    /// (only then is the source paced by its receivers).
+    frame_by_frame: bool,
 }
 
 /// A publish in progress (ends with its result), or a yield to the runtime
-/// (ends with `None`).
+/// or a wait for receivers (ends with `None`).
 type Busy = Pin<Box<dyn Future<Output = Option<Result<(), PublishError>>> + Send>>;
 
 /// Runs a peer of `role` on `channel` until it leaves, or until `expires`
@@ -126,6 +130,7 @@ pub(crate) fn run<K: Send + 'static>(
         lag: Lag::default(),
         expires,
         busy: None,
+        frame_by_frame: false,
         relay,
         channel,
         peer,
@@ -273,10 +278,19 @@ impl Session {
     }
 
     /// After a message: a source whose burst is over writes what the burst
-    /// deferred (a channel in laps: one step of them).
-    fn after_read(&self) {
+    /// deferred (a channel in laps: one step of them), then waits while
+    /// most of its receivers still hold queued frames (see the channel's
+    /// `pace`).
+    fn after_read(&mut self) {
         if self.role == Role::Source && !self.reader.frame_ready() {
             self.channel.flush_step();
+            if self.frame_by_frame && self.channel.congested() {
+                let channel = self.channel.clone();
+                self.busy = Some(Box::pin(async move {
+                    channel.pace().await;
+                    None
+                }));
+            }
         }
     }
 
@@ -411,7 +425,9 @@ impl Session {
     /// event loop polls it to its end (see [`Session::published`]) before
     /// anything else.
     fn publish(&mut self, m: WireMessage) {
-        let more = self.reader.frame_ready() || self.channel.in_laps(m.wire.len());
+        let laps = self.channel.in_laps(m.wire.len());
+        self.frame_by_frame = !laps;
+        let more = self.reader.frame_ready() || laps;
         let (channel, relay) = (self.channel.clone(), self.relay.clone());
         // Boxed: only sources publish, and every receiver's future would
         // otherwise have room for this state.

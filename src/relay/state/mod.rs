@@ -12,6 +12,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use dashmap::DashMap;
 
@@ -302,6 +303,7 @@ impl Relay {
             shards: self.config.worker_threads(),
             shard_min: self.config.fanout_shard_min,
             uring: self.config.egress_mode == EgressMode::Uring,
+            pace_wait: Duration::from_millis(self.config.pace_wait_ms),
         }
     }
 
