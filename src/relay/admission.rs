@@ -430,6 +430,10 @@ fn new_peer(relay: &Relay, stream: &Conn, marks: bool) -> Arc<Peer> {
             cfg.egress_queue,
             mode,
             relay.budgets.memory.clone(),
+        )
+        .with_depth(
+            cfg.notsent_lowat_start().unwrap_or(0),
+            cfg.tcp_notsent_lowat,
         ),
         marks,
     })

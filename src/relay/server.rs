@@ -16,7 +16,7 @@ use crate::relay::admission;
 use crate::relay::cluster::{Cluster, ClusterError};
 use crate::relay::config::Config;
 use crate::relay::http::{reply, HttpState};
-use crate::relay::net::conn::Conn;
+use crate::relay::net::conn::{set_notsent_lowat, Conn};
 use crate::relay::net::handshake;
 use crate::relay::net::proxy;
 use crate::relay::net::tls::{self, Tls, TlsError};
@@ -190,7 +190,8 @@ impl Drop for OpenGuard {
 }
 
 /// Bounds what the kernel may hold for this connection:
-/// `--tcp-notsent-lowat` and `--send-buffer` (best effort: a kernel without
+/// `--tcp-notsent-lowat-start` (raised by its egress once it keeps up) and
+/// `--send-buffer` (best effort: a kernel without
 /// the option leaves the default).
 fn bound_kernel_buffers(stream: &TcpStream, cfg: &Config) {
     let sock = socket2::SockRef::from(stream);
@@ -199,35 +200,10 @@ fn bound_kernel_buffers(stream: &TcpStream, cfg: &Config) {
             tracing::debug!(error = %e, "SO_SNDBUF not set");
         }
     }
-    if cfg.tcp_notsent_lowat > 0 {
-        set_notsent_lowat(stream, cfg.tcp_notsent_lowat);
+    if let Some(start) = cfg.notsent_lowat_start() {
+        set_notsent_lowat(stream, start);
     }
 }
-
-/// Sets `TCP_NOTSENT_LOWAT` (Linux, and the BSDs' equivalent is absent:
-/// elsewhere nothing happens).
-#[cfg(target_os = "linux")]
-fn set_notsent_lowat(stream: &TcpStream, bytes: u32) {
-    use std::os::fd::AsRawFd;
-    let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    // SAFETY: a plain setsockopt on a socket this process owns, with a
-    // c_int value of the size given.
-    let rc = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_NOTSENT_LOWAT,
-            std::ptr::addr_of!(v).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "TCP_NOTSENT_LOWAT not set");
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn set_notsent_lowat(_: &TcpStream, _: u32) {}
 
 fn accept(relay: &Arc<Relay>, http_state: &Arc<HttpState>, stream: TcpStream, addr: SocketAddr) {
     relay.connections.accepted.inc();

@@ -34,6 +34,7 @@
 //! previous frame is not behind, and frees nothing by being skipped).
 
 mod backlog;
+mod depth;
 mod queue;
 mod uring;
 
@@ -46,12 +47,13 @@ use tokio::sync::Notify;
 
 pub(crate) use backlog::Backlog;
 use backlog::Place;
+use depth::Depth;
 pub(crate) use queue::{Drain, COPY_BELOW};
 use queue::{Queue, Verdict};
 pub(crate) use uring::{send_batch, writev_batch, BATCH, BATCH_MAX_BYTES};
 
 use crate::relay::config::EgressMode;
-use crate::relay::net::conn::Conn;
+use crate::relay::net::conn::{set_notsent_lowat, Conn};
 use crate::relay::resources::budget::{Budget, Level};
 
 /// Most queued chunks handed to one `writev`.
@@ -148,7 +150,7 @@ impl Flush<'_> {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(_) => self.q.close(),
         }
-        self.egress.drain_and_wake(self.q);
+        self.egress.flushed(self.q);
     }
 }
 
@@ -165,6 +167,8 @@ pub(crate) struct Egress {
     /// receiver's place in it (see [`Egress::track`]).
     backlog: OnceLock<Arc<Backlog>>,
     place: Place,
+    /// What the socket may hold unsent in the kernel (see [`depth`]).
+    depth: Depth,
 }
 
 impl Drop for Egress {
@@ -194,6 +198,22 @@ impl Egress {
             memory,
             backlog: OnceLock::new(),
             place: Place::default(),
+            depth: Depth::default(),
+        }
+    }
+
+    /// Lets the socket's kernel depth (`TCP_NOTSENT_LOWAT`, set to `start`
+    /// when it was accepted) grow to `full` once the peer keeps up (see
+    /// [`depth`]).
+    pub(crate) fn with_depth(mut self, start: u32, full: u32) -> Self {
+        self.depth = Depth::new(start, full);
+        self
+    }
+
+    /// Sets the socket's kernel depth, when [`depth`] says so.
+    fn set_depth(&self, bytes: Option<u32>) {
+        if let Some(b) = bytes {
+            set_notsent_lowat(self.stream.tcp(), b);
         }
     }
 
@@ -308,6 +328,7 @@ impl Egress {
             Verdict::Overflow => {
                 self.settle(&mut q);
                 drop(q);
+                self.set_depth(self.depth.skipped());
                 self.wake.notify_one();
                 Outcome::Overflow
             }
@@ -365,6 +386,10 @@ impl Egress {
         written: io::Result<usize>,
     ) -> Outcome {
         let was_empty = q.is_empty();
+        if push == Push::Shared {
+            let whole = matches!(written, Ok(n) if n == frame.len());
+            self.set_depth(self.depth.frame(whole));
+        }
         let written = match written {
             Ok(n) if n == frame.len() => {
                 if push == (Push::Control { close: true }) {
@@ -430,18 +455,27 @@ impl Egress {
         }
         // One lock for the check and the write: flushes run for every
         // receiver after every burst.
-        self.drain_and_wake(q);
+        self.flushed(q);
+    }
+
+    /// Writes what a burst deferred, as [`Egress::drain_and_wake`]; a
+    /// socket that took all of it counts as a whole frame for its depth
+    /// (see [`depth`]), one that did not as a partial one.
+    fn flushed(&self, q: MutexGuard<'_, Queue>) {
+        let state = self.drain_and_wake(q);
+        self.set_depth(self.depth.frame(state == Drain::Empty));
     }
 
     /// Writes as much of the locked queue as the socket takes and wakes the
     /// peer's task if anything is left for it (data, or a catch-up to send).
-    fn drain_and_wake(&self, mut q: MutexGuard<'_, Queue>) {
+    fn drain_and_wake(&self, mut q: MutexGuard<'_, Queue>) -> Drain {
         let (state, _) = self.drain_locked(&mut q);
         drop(q);
         match state {
             Drain::Empty | Drain::Closed => {}
             Drain::Pending | Drain::NeedsResync => self.wake.notify_one(),
         }
+        state
     }
 
     /// [`Egress::flush`], except that with `--egress-mode uring`, a plain
@@ -487,9 +521,15 @@ impl Egress {
         self.drain_counting().0
     }
 
-    /// [`Egress::drain`], also telling how many bytes went out.
+    /// [`Egress::drain`], also telling how many bytes went out. A drain
+    /// that wrote and emptied the queue counts as a whole frame for the
+    /// socket's depth, one that wrote and left some as a partial one.
     pub(crate) fn drain_counting(&self) -> (Drain, usize) {
-        self.drain_locked(&mut self.lock())
+        let (state, written) = self.drain_locked(&mut self.lock());
+        if written > 0 {
+            self.set_depth(self.depth.frame(state == Drain::Empty));
+        }
+        (state, written)
     }
 
     /// [`Egress::drain_counting`] on the queue its caller has locked.

@@ -297,3 +297,28 @@ impl TlsConn {
         Ok(false)
     }
 }
+
+/// Sets `TCP_NOTSENT_LOWAT` (Linux, and the BSDs' equivalent is absent:
+/// elsewhere nothing happens).
+#[cfg(target_os = "linux")]
+pub(crate) fn set_notsent_lowat(stream: &TcpStream, bytes: u32) {
+    use std::os::fd::AsRawFd;
+    let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: a plain setsockopt on a socket this process owns, with a
+    // c_int value of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            std::ptr::addr_of!(v).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "TCP_NOTSENT_LOWAT not set");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn set_notsent_lowat(_: &TcpStream, _: u32) {}
