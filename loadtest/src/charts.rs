@@ -321,3 +321,33 @@ pub fn sweep(path: &Path, title: &str, p99: &[Line], delivered: &[Line], bound_m
     })();
     done(path, r);
 }
+
+/// `cost`: relay core-seconds per delivered GB and CPU µs per delivered
+/// message against log2 of the message size, one line per receiver count.
+pub fn cost(path: &Path, title: &str, per_gb: &[Line], per_msg: &[Line]) {
+    let r = (|| {
+        let root = SVGBackend::new(path, (960, 800)).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        let root = root.titled(title, ("sans-serif", 20)).map_err(err)?;
+        let (top, bottom) = root.split_vertically(400);
+        let x = span(per_gb.iter().flat_map(|l| l.1.iter().map(|p| p.0)), false);
+        panel(
+            &top,
+            "relay core-seconds per delivered GB",
+            "log2 message bytes (10: 1 KiB, 20: 1 MiB, 25: 32 MiB)",
+            "core-s per GB",
+            x,
+            per_gb,
+        )?;
+        panel(
+            &bottom,
+            "relay CPU per delivered message",
+            "log2 message bytes (10: 1 KiB, 20: 1 MiB, 25: 32 MiB)",
+            "µs per message",
+            x,
+            per_msg,
+        )?;
+        root.present().map_err(err)
+    })();
+    done(path, r);
+}

@@ -11,6 +11,7 @@
 mod chaos;
 mod charts;
 mod cluster;
+mod cost;
 mod healthy;
 mod hostile;
 mod nats;
@@ -138,6 +139,8 @@ enum Cmd {
     Hostile(hostile::HostileOpts),
     /// The headline stream on one relay and on nats-server + N relays (receivers spread over them), round by round: delivery, latency local/remote, CPU, NATS traffic, cluster ÷ single.
     Cluster(cluster::ClusterOpts),
+    /// Relay CPU per delivered GB and per delivered message over receivers × frame sizes: one table, one chart.
+    Cost(cost::CostOpts),
     /// The plain-TCP fan-out reference server (started by `compare`).
     #[command(hide = true)]
     TcpServer {
@@ -317,6 +320,7 @@ fn main() {
         Cmd::Chaos(o) => std::process::exit(chaos::main(o)),
         Cmd::Hostile(o) => std::process::exit(hostile::main(o)),
         Cmd::Cluster(o) => std::process::exit(cluster::main(o)),
+        Cmd::Cost(o) => std::process::exit(cost::main(o)),
         Cmd::Headline(o) => (Scenario::Headline, o, None),
         Cmd::Saturate(o) => (Scenario::Saturate, o, None),
         Cmd::Receivers(o) => (Scenario::Receivers, o, None),
