@@ -322,8 +322,9 @@ pub fn sweep(path: &Path, title: &str, p99: &[Line], delivered: &[Line], bound_m
     done(path, r);
 }
 
-/// `cost`: relay core-seconds per delivered GB and CPU µs per delivered
-/// message against log2 of the message size, one line per receiver count.
+/// `cost`: log10 of relay core-ms per delivered GB and of CPU µs per
+/// delivered message against log2 of the message size, one line per
+/// receiver count.
 pub fn cost(path: &Path, title: &str, per_gb: &[Line], per_msg: &[Line]) {
     let r = (|| {
         let root = SVGBackend::new(path, (960, 800)).into_drawing_area();
@@ -333,17 +334,17 @@ pub fn cost(path: &Path, title: &str, per_gb: &[Line], per_msg: &[Line]) {
         let x = span(per_gb.iter().flat_map(|l| l.1.iter().map(|p| p.0)), false);
         panel(
             &top,
-            "relay core-seconds per delivered GB",
+            "relay CPU per delivered GB (log10 of core-ms: 2 is 0.1 s, 3 is 1 s)",
             "log2 message bytes (10: 1 KiB, 20: 1 MiB, 25: 32 MiB)",
-            "core-s per GB",
+            "log10 core-ms per GB",
             x,
             per_gb,
         )?;
         panel(
             &bottom,
-            "relay CPU per delivered message",
+            "relay CPU per delivered message (log10 of µs: 1 is 10 µs, 3 is 1 ms)",
             "log2 message bytes (10: 1 KiB, 20: 1 MiB, 25: 32 MiB)",
-            "µs per message",
+            "log10 µs per message",
             x,
             per_msg,
         )?;

@@ -231,17 +231,22 @@ fn chart(dir: &std::path::Path, points: &[Point]) {
     let mut per_msg: Vec<charts::Line> = Vec::new();
     let mut counts: Vec<usize> = points.iter().map(|p| p.receivers).collect();
     counts.dedup();
+    // Log scales (the costs span five orders of magnitude), of values
+    // above 1 so that every point is above the axis.
+    let log = |v: f64| (v > 1.0).then(|| v.log10());
     for r in counts {
         let of_r = || points.iter().filter(move |p| p.receivers == r);
         let x = |p: &Point| (p.bytes as f64).log2();
         per_gb.push((
             format!("{r} receivers"),
-            of_r().filter_map(|p| Some((x(p), p.per_gb()?))).collect(),
+            of_r()
+                .filter_map(|p| Some((x(p), log(p.per_gb()? * 1000.0)?)))
+                .collect(),
         ));
         per_msg.push((
             format!("{r} receivers"),
             of_r()
-                .filter_map(|p| Some((x(p), p.per_msg_us()?)))
+                .filter_map(|p| Some((x(p), log(p.per_msg_us()?)?)))
                 .collect(),
         ));
     }
