@@ -126,13 +126,14 @@ pub struct Config {
     /// microseconds on loopback and a few round trips remotely.
     #[arg(long, env = "RELAY_TCP_NOTSENT_LOWAT", default_value_t = 1024 * 1024)]
     pub tcp_notsent_lowat: u32,
-    /// `TCP_NOTSENT_LOWAT` of a connection until its socket has taken 8
-    /// live frames whole (and again from when it is skipped forward);
+    /// `TCP_NOTSENT_LOWAT` of a connection until its socket has shown it
+    /// reads (1 MiB taken within 100 ms), and again from when it is skipped
+    /// forward;
     /// then `--tcp-notsent-lowat`. A crowd of new or slow receivers then
     /// holds little kernel memory and costs the relay little copying (300
     /// slow readers joining at once stalled a healthy receiver of the same
-    /// channel ~0.5 s at 1 MiB each, 7 ms at 128 KiB), while receivers that
-    /// keep up get the full depth. 0: start at `--tcp-notsent-lowat`.
+    /// channel ~0.5 s at 1 MiB each, 5-14 ms at 128 KiB), while receivers
+    /// that read get the full depth. 0: start at `--tcp-notsent-lowat`.
     #[arg(long, env = "RELAY_TCP_NOTSENT_LOWAT_START", default_value_t = 128 * 1024)]
     pub tcp_notsent_lowat_start: u32,
     /// Kernel send buffer of each connection (`SO_SNDBUF`, which the kernel

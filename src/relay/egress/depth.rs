@@ -1,31 +1,32 @@
 //! How much a receiver's socket may hold unsent in the kernel
 //! (`TCP_NOTSENT_LOWAT`): little (`--tcp-notsent-lowat-start`) until the
-//! socket has taken [`PROMOTE_AFTER`] live frames (or deferred bursts)
-//! whole, then the full depth (`--tcp-notsent-lowat`), and little again
-//! from the moment the receiver is skipped forward. A slow reader never
-//! takes a large frame whole (its window is closed), so it never earns the
-//! full depth; a partial write does not undo the count, so a fast receiver
-//! that sometimes meets a full socket (a burst, a busy host) still earns it.
+//! socket has shown that it reads, by taking [`PROMOTE_BYTES`] within
+//! [`WINDOW_MS`] (10 MB/s), then the full depth (`--tcp-notsent-lowat`);
+//! little again from the moment the receiver is skipped forward.
 //!
 //! Why: every byte a socket takes is copied into kernel memory the whole
 //! host shares, on the relay's time. A crowd of receivers that join at once,
 //! or that read slowly, would each take a full depth: 300 slow readers at
 //! 1 MiB held 348 MiB of kernel memory and their copies stalled a healthy
-//! receiver of the same channel for ~0.5 s; at 128 KiB, 82 MiB and 7 ms.
-//! A receiver that keeps up drains its socket at once and gets the full
-//! depth after a quarter of a second at 30 fps.
+//! receiver of the same channel for ~0.5 s; at 128 KiB, 83 MiB and 5-14 ms.
+//! A receiver of a 640×360 stream at 30 fps (28 MB/s) earns the full depth
+//! within its first frames; a slow reader never does. Judging by rate, not
+//! by a total, matters: a fast receiver that starts small and meets a
+//! source already at full speed must earn its depth before its queue
+//! overflows, and a slow reader must not earn it by lasting long enough.
 //!
-//! Pure bookkeeping: [`Depth`] says when to change the option; the
-//! [`Egress`](super::Egress) sets it.
+//! Pure bookkeeping, the time passed in: [`Depth`] says when to change the
+//! option; the [`Egress`](super::Egress) sets it.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Live frames taken whole (since the start or the last skip) that earn
-/// the full depth.
-pub(crate) const PROMOTE_AFTER: u32 = 8;
+/// Bytes a socket takes within [`WINDOW_MS`] to earn the full depth.
+pub(crate) const PROMOTE_BYTES: u64 = 1 << 20;
+/// The window the bytes are counted in, ms.
+pub(crate) const WINDOW_MS: u64 = 100;
 
-/// The streak value of a receiver at the full depth.
-const AT_FULL: u32 = u32::MAX;
+/// The count of a receiver at the full depth.
+const AT_FULL: u64 = u64::MAX;
 
 /// One receiver's kernel depth.
 #[derive(Debug, Default)]
@@ -34,9 +35,10 @@ pub(crate) struct Depth {
     start: u32,
     /// The depth it earns.
     full: u32,
-    /// Live frames taken whole since the start or the last skip, or
-    /// [`AT_FULL`].
-    streak: AtomicU32,
+    /// When the current window began (relay ms).
+    since: AtomicU64,
+    /// Bytes taken in the current window, or [`AT_FULL`].
+    taken: AtomicU64,
 }
 
 impl Depth {
@@ -46,7 +48,8 @@ impl Depth {
         Self {
             start,
             full,
-            streak: AtomicU32::new(0),
+            since: AtomicU64::new(0),
+            taken: AtomicU64::new(0),
         }
     }
 
@@ -54,32 +57,40 @@ impl Depth {
         self.start > 0 && self.start < self.full
     }
 
-    /// A live frame went out: `whole` if the socket took all of it at once.
-    /// Returns the depth to set now, if any.
-    pub(crate) fn frame(&self, whole: bool) -> Option<u32> {
-        if !self.on() {
+    /// The socket took `n` bytes at `now` (relay ms). Returns the depth to
+    /// set now, if any.
+    pub(crate) fn took(&self, n: usize, now: u64) -> Option<u32> {
+        if !self.on() || n == 0 {
             return None;
         }
-        let s = self.streak.load(Ordering::Relaxed);
-        match (s, whole) {
-            (AT_FULL, _) | (_, false) => None,
-            (s, true) if s + 1 >= PROMOTE_AFTER => {
-                self.streak.store(AT_FULL, Ordering::Relaxed);
-                Some(self.full)
-            }
-            (s, true) => {
-                self.streak.store(s + 1, Ordering::Relaxed);
-                None
-            }
+        let before = self.taken.load(Ordering::Relaxed);
+        if before == AT_FULL {
+            return None;
+        }
+        let since = self.since.load(Ordering::Relaxed);
+        let before = if now.saturating_sub(since) > WINDOW_MS {
+            self.since.store(now, Ordering::Relaxed);
+            0
+        } else {
+            before
+        };
+        let total = before.saturating_add(n as u64);
+        if total >= PROMOTE_BYTES {
+            self.taken.store(AT_FULL, Ordering::Relaxed);
+            Some(self.full)
+        } else {
+            self.taken.store(total, Ordering::Relaxed);
+            None
         }
     }
 
-    /// The receiver was skipped forward: back to the starting depth.
+    /// The receiver was skipped forward: back to the starting depth (if it
+    /// had earned more), and the count starts over.
     pub(crate) fn skipped(&self) -> Option<u32> {
         if !self.on() {
             return None;
         }
-        match self.streak.swap(0, Ordering::Relaxed) {
+        match self.taken.swap(0, Ordering::Relaxed) {
             AT_FULL => Some(self.start),
             _ => None,
         }
@@ -90,33 +101,36 @@ impl Depth {
 mod tests {
     use super::*;
 
+    const MIB: usize = 1 << 20;
+
     #[test]
-    fn eight_whole_frames_earn_the_full_depth() {
+    fn a_mib_within_a_window_earns_the_full_depth_once() {
         let d = Depth::new(128, 1024);
-        for _ in 0..PROMOTE_AFTER - 1 {
-            assert_eq!(d.frame(true), None);
-            // Partial writes neither count nor undo the count.
-            assert_eq!(d.frame(false), None);
-        }
-        assert_eq!(d.frame(true), Some(1024));
-        // Once earned, nothing more to set.
-        assert_eq!(d.frame(false), None);
-        assert_eq!(d.frame(true), None);
+        assert_eq!(d.took(MIB / 2, 1_000), None);
+        assert_eq!(d.took(MIB / 2 - 1, 1_050), None);
+        assert_eq!(d.took(1, 1_100), Some(1024));
+        assert_eq!(d.took(MIB, 1_150), None);
     }
 
     #[test]
-    fn a_skip_returns_to_the_starting_depth_once() {
+    fn a_slow_reader_never_earns_it() {
         let d = Depth::new(128, 1024);
-        assert_eq!(d.skipped(), None);
-        for _ in 0..PROMOTE_AFTER {
-            d.frame(true);
+        // 64 KiB/s for ten minutes, in 4 KiB reads.
+        for ms in (0..600_000u64).step_by(62) {
+            assert_eq!(d.took(4096, ms), None);
         }
+    }
+
+    #[test]
+    fn a_skip_returns_to_the_start_and_the_count_starts_over() {
+        let d = Depth::new(128, 1024);
+        assert_eq!(d.took(MIB - 1, 0), None);
+        assert_eq!(d.skipped(), None);
+        assert_eq!(d.took(1, 10), None);
+        assert_eq!(d.took(MIB, 20), Some(1024));
         assert_eq!(d.skipped(), Some(128));
         assert_eq!(d.skipped(), None);
-        for _ in 0..PROMOTE_AFTER - 1 {
-            assert_eq!(d.frame(true), None);
-        }
-        assert_eq!(d.frame(true), Some(1024));
+        assert_eq!(d.took(MIB, 5_000), Some(1024));
     }
 
     #[test]
@@ -126,9 +140,7 @@ mod tests {
             Depth::new(1024, 1024),
             Depth::default(),
         ] {
-            for _ in 0..2 * PROMOTE_AFTER {
-                assert_eq!(d.frame(true), None);
-            }
+            assert_eq!(d.took(64 * MIB, 0), None);
             assert_eq!(d.skipped(), None);
         }
     }

@@ -55,6 +55,7 @@ pub(crate) use uring::{send_batch, writev_batch, BATCH, BATCH_MAX_BYTES};
 use crate::relay::config::EgressMode;
 use crate::relay::net::conn::{set_notsent_lowat, Conn};
 use crate::relay::resources::budget::{Budget, Level};
+use crate::relay::resources::clock::now_ms;
 
 /// Most queued chunks handed to one `writev`.
 const MAX_IOV: usize = 64;
@@ -386,9 +387,8 @@ impl Egress {
         written: io::Result<usize>,
     ) -> Outcome {
         let was_empty = q.is_empty();
-        if push == Push::Shared {
-            let whole = matches!(written, Ok(n) if n == frame.len());
-            self.set_depth(self.depth.frame(whole));
+        if let Ok(n) = written {
+            self.set_depth(self.depth.took(n, now_ms()));
         }
         let written = match written {
             Ok(n) if n == frame.len() => {
@@ -458,24 +458,23 @@ impl Egress {
         self.flushed(q);
     }
 
-    /// Writes what a burst deferred, as [`Egress::drain_and_wake`]; a
-    /// socket that took all of it counts as a whole frame for its depth
-    /// (see [`depth`]), one that did not as a partial one.
+    /// Writes what a burst deferred, as [`Egress::drain_and_wake`], and
+    /// counts what the socket took toward its depth (see [`depth`]).
     fn flushed(&self, q: MutexGuard<'_, Queue>) {
-        let state = self.drain_and_wake(q);
-        self.set_depth(self.depth.frame(state == Drain::Empty));
+        let written = self.drain_and_wake(q);
+        self.set_depth(self.depth.took(written, now_ms()));
     }
 
     /// Writes as much of the locked queue as the socket takes and wakes the
     /// peer's task if anything is left for it (data, or a catch-up to send).
-    fn drain_and_wake(&self, mut q: MutexGuard<'_, Queue>) -> Drain {
-        let (state, _) = self.drain_locked(&mut q);
+    fn drain_and_wake(&self, mut q: MutexGuard<'_, Queue>) -> usize {
+        let (state, written) = self.drain_locked(&mut q);
         drop(q);
         match state {
             Drain::Empty | Drain::Closed => {}
             Drain::Pending | Drain::NeedsResync => self.wake.notify_one(),
         }
-        state
+        written
     }
 
     /// [`Egress::flush`], except that with `--egress-mode uring`, a plain
@@ -521,14 +520,11 @@ impl Egress {
         self.drain_counting().0
     }
 
-    /// [`Egress::drain`], also telling how many bytes went out. A drain
-    /// that wrote and emptied the queue counts as a whole frame for the
-    /// socket's depth, one that wrote and left some as a partial one.
+    /// [`Egress::drain`], also telling how many bytes went out (counted
+    /// toward the socket's depth, see [`depth`]).
     pub(crate) fn drain_counting(&self) -> (Drain, usize) {
         let (state, written) = self.drain_locked(&mut self.lock());
-        if written > 0 {
-            self.set_depth(self.depth.frame(state == Drain::Empty));
-        }
+        self.set_depth(self.depth.took(written, now_ms()));
         (state, written)
     }
 
