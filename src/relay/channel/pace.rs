@@ -30,7 +30,17 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Instant;
 
 use super::Channel;
+use crate::relay::egress::Backlog;
 use crate::relay::resources::clock::now_ms;
+
+/// A source's wait on a backlog, ended when dropped.
+struct Waiting<'a>(&'a Backlog);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.wait_ends();
+    }
+}
 
 /// How late the source's frames arrive, by their timestamps.
 #[derive(Debug)]
@@ -95,6 +105,9 @@ impl Channel {
     pub(crate) async fn pace(&self) {
         let start = Instant::now();
         let deadline = tokio::time::Instant::now() + self.fanout.pace_wait;
+        self.backlog.wait_begins();
+        // Ends the wait however this future ends (a session may drop it).
+        let _waiting = Waiting(&self.backlog);
         loop {
             let eased = self.backlog.eased();
             tokio::pin!(eased);

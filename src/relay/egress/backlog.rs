@@ -10,7 +10,7 @@
 //! queue has emptied once, so receivers that cannot keep up are skipped as
 //! before and never slow the source.
 
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 
 use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
@@ -19,29 +19,46 @@ use tokio::sync::Notify;
 #[derive(Debug, Default)]
 pub(crate) struct Backlog {
     congested: AtomicUsize,
+    /// A source waits on `eased` (see [`Backlog::wait_begins`]): only then
+    /// is a receiver leaving the count worth a wake-up.
+    waiting: AtomicBool,
     eased: Notify,
 }
 
 impl Backlog {
     /// Receivers holding queued bytes now, skipped ones left out.
     pub(crate) fn congested(&self) -> usize {
-        self.congested.load(Ordering::Acquire)
+        self.congested.load(Ordering::SeqCst)
     }
 
-    /// A waiter woken when a receiver leaves the count (create and
-    /// `enable` it before reading [`Backlog::congested`], so no wake-up is
-    /// missed).
+    /// A waiter woken when a receiver leaves the count. Call
+    /// [`Backlog::wait_begins`] first and `enable` the waiter before reading
+    /// [`Backlog::congested`], so that no wake-up is missed.
     pub(crate) fn eased(&self) -> Notified<'_> {
         self.eased.notified()
     }
 
+    /// A source is about to wait: receivers leaving the count wake it.
+    pub(crate) fn wait_begins(&self) {
+        self.waiting.store(true, Ordering::SeqCst);
+    }
+
+    /// The source's wait is over: leaving the count wakes nobody again.
+    pub(crate) fn wait_ends(&self) {
+        self.waiting.store(false, Ordering::SeqCst);
+    }
+
     fn enter(&self) {
-        self.congested.fetch_add(1, Ordering::AcqRel);
+        self.congested.fetch_add(1, Ordering::SeqCst);
     }
 
     fn leave(&self) {
-        self.congested.fetch_sub(1, Ordering::AcqRel);
-        self.eased.notify_waiters();
+        self.congested.fetch_sub(1, Ordering::SeqCst);
+        // The common case, nobody waiting, costs one load (a wake-up takes
+        // the notifier's lock).
+        if self.waiting.load(Ordering::SeqCst) {
+            self.eased.notify_waiters();
+        }
     }
 }
 

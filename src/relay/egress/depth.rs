@@ -57,6 +57,12 @@ impl Depth {
         self.start > 0 && self.start < self.full
     }
 
+    /// True while the socket may still earn the full depth: only then is
+    /// what it takes worth counting (and the clock worth reading).
+    pub(crate) fn earning(&self) -> bool {
+        self.on() && self.taken.load(Ordering::Relaxed) != AT_FULL
+    }
+
     /// The socket took `n` bytes at `now` (relay ms). Returns the depth to
     /// set now, if any.
     pub(crate) fn took(&self, n: usize, now: u64) -> Option<u32> {
@@ -131,6 +137,17 @@ mod tests {
         assert_eq!(d.skipped(), Some(128));
         assert_eq!(d.skipped(), None);
         assert_eq!(d.took(MIB, 5_000), Some(1024));
+    }
+
+    #[test]
+    fn only_a_socket_still_earning_is_counted() {
+        let d = Depth::new(128, 1024);
+        assert!(d.earning());
+        d.took(MIB, 0);
+        assert!(!d.earning());
+        d.skipped();
+        assert!(d.earning());
+        assert!(!Depth::default().earning());
     }
 
     #[test]

@@ -211,6 +211,15 @@ impl Egress {
         self
     }
 
+    /// Counts `n` bytes the socket took toward its depth (see [`depth`]);
+    /// nothing, not even a clock read, once it has earned it or when the
+    /// depth never changes.
+    fn count_taken(&self, n: usize) {
+        if n > 0 && self.depth.earning() {
+            self.set_depth(self.depth.took(n, now_ms()));
+        }
+    }
+
     /// Sets the socket's kernel depth, when [`depth`] says so.
     fn set_depth(&self, bytes: Option<u32>) {
         if let Some(b) = bytes {
@@ -238,8 +247,8 @@ impl Egress {
     /// Brings this receiver's place in its channel's backlog up to date.
     fn count(&self, q: &Queue) {
         if let Some(b) = self.backlog.get() {
-            let queued = !q.is_empty() && q.state() != Drain::Closed;
-            self.place.update(b, queued, q.awaits_resync());
+            // A closed queue is empty.
+            self.place.update(b, !q.is_empty(), q.awaits_resync());
         }
     }
 
@@ -388,7 +397,7 @@ impl Egress {
     ) -> Outcome {
         let was_empty = q.is_empty();
         if let Ok(n) = written {
-            self.set_depth(self.depth.took(n, now_ms()));
+            self.count_taken(n);
         }
         let written = match written {
             Ok(n) if n == frame.len() => {
@@ -462,7 +471,7 @@ impl Egress {
     /// counts what the socket took toward its depth (see [`depth`]).
     fn flushed(&self, q: MutexGuard<'_, Queue>) {
         let written = self.drain_and_wake(q);
-        self.set_depth(self.depth.took(written, now_ms()));
+        self.count_taken(written);
     }
 
     /// Writes as much of the locked queue as the socket takes and wakes the
@@ -524,7 +533,7 @@ impl Egress {
     /// toward the socket's depth, see [`depth`]).
     pub(crate) fn drain_counting(&self) -> (Drain, usize) {
         let (state, written) = self.drain_locked(&mut self.lock());
-        self.set_depth(self.depth.took(written, now_ms()));
+        self.count_taken(written);
         (state, written)
     }
 
