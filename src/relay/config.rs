@@ -127,8 +127,7 @@ pub struct Config {
     #[arg(long, env = "RELAY_TCP_NOTSENT_LOWAT", default_value_t = 1024 * 1024)]
     pub tcp_notsent_lowat: u32,
     /// `TCP_NOTSENT_LOWAT` of a connection until its socket has shown it
-    /// reads (1 MiB taken within 100 ms), and again from when it is skipped
-    /// forward;
+    /// reads (1 MiB taken within 100 ms);
     /// then `--tcp-notsent-lowat`. A crowd of new or slow receivers then
     /// holds little kernel memory and costs the relay little copying (300
     /// slow readers joining at once stalled a healthy receiver of the same

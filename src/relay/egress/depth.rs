@@ -1,8 +1,12 @@
 //! How much a receiver's socket may hold unsent in the kernel
 //! (`TCP_NOTSENT_LOWAT`): little (`--tcp-notsent-lowat-start`) until the
 //! socket has shown that it reads, by taking [`PROMOTE_BYTES`] within
-//! [`WINDOW_MS`] (10 MB/s), then the full depth (`--tcp-notsent-lowat`);
-//! little again from the moment the receiver is skipped forward.
+//! [`WINDOW_MS`] (10 MB/s), then the full depth (`--tcp-notsent-lowat`),
+//! which it keeps. A skip forward starts the count of a receiver still
+//! earning over, but does not take an earned depth back: a receiver that
+//! once read at 10 MB/s and is skipped now and then (one reading at half
+//! a 33 MB stream's rate) would otherwise go back and forth, paying in
+//! small writes each time.
 //!
 //! Why: every byte a socket takes is copied into kernel memory the whole
 //! host shares, on the relay's time. A crowd of receivers that join at once,
@@ -90,15 +94,11 @@ impl Depth {
         }
     }
 
-    /// The receiver was skipped forward: back to the starting depth (if it
-    /// had earned more), and the count starts over.
-    pub(crate) fn skipped(&self) -> Option<u32> {
-        if !self.on() {
-            return None;
-        }
-        match self.taken.swap(0, Ordering::Relaxed) {
-            AT_FULL => Some(self.start),
-            _ => None,
+    /// The receiver was skipped forward: a count still running starts
+    /// over; an earned depth stays.
+    pub(crate) fn skipped(&self) {
+        if self.earning() {
+            self.taken.store(0, Ordering::Relaxed);
         }
     }
 }
@@ -128,15 +128,15 @@ mod tests {
     }
 
     #[test]
-    fn a_skip_returns_to_the_start_and_the_count_starts_over() {
+    fn a_skip_starts_a_running_count_over_and_keeps_an_earned_depth() {
         let d = Depth::new(128, 1024);
         assert_eq!(d.took(MIB - 1, 0), None);
-        assert_eq!(d.skipped(), None);
+        d.skipped();
         assert_eq!(d.took(1, 10), None);
         assert_eq!(d.took(MIB, 20), Some(1024));
-        assert_eq!(d.skipped(), Some(128));
-        assert_eq!(d.skipped(), None);
-        assert_eq!(d.took(MIB, 5_000), Some(1024));
+        d.skipped();
+        assert!(!d.earning());
+        assert_eq!(d.took(MIB, 5_000), None);
     }
 
     #[test]
@@ -146,7 +146,7 @@ mod tests {
         d.took(MIB, 0);
         assert!(!d.earning());
         d.skipped();
-        assert!(d.earning());
+        assert!(!d.earning());
         assert!(!Depth::default().earning());
     }
 
@@ -158,7 +158,8 @@ mod tests {
             Depth::default(),
         ] {
             assert_eq!(d.took(64 * MIB, 0), None);
-            assert_eq!(d.skipped(), None);
+            d.skipped();
+            assert!(!d.earning());
         }
     }
 }

@@ -338,7 +338,7 @@ impl Egress {
             Verdict::Overflow => {
                 self.settle(&mut q);
                 drop(q);
-                self.set_depth(self.depth.skipped());
+                self.depth.skipped();
                 self.wake.notify_one();
                 Outcome::Overflow
             }
