@@ -290,6 +290,12 @@ impl RecvStat {
         self.v.lock().unwrap().counts(sent)
     }
 
+    /// The receiver ended, for `why`.
+    pub fn end(&self, why: String) {
+        self.done.store(true, Relaxed);
+        *self.ended.lock().unwrap() = Some(why);
+    }
+
     /// Highest delivered index + 1.
     pub fn next(&self) -> u64 {
         self.v.lock().unwrap().next()
@@ -672,8 +678,7 @@ pub async fn receive<S: Sink>(
             }
         }
     };
-    st.done.store(true, Relaxed);
-    *st.ended.lock().unwrap() = Some(ended);
+    st.end(ended);
 }
 
 // ---------------------------------------------------------------- source

@@ -7,7 +7,6 @@
 //! so a run's figures differ only by what the receivers cost and how they
 //! read.
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use futures_util::StreamExt;
@@ -41,8 +40,7 @@ pub async fn receive<S: Sink>(
         Framing::Ws => ws_loop(stream, leftover, &mut p, &st, &*sink).await,
         Framing::Tcp => tcp_loop(stream, leftover, &mut p, &st, &*sink).await,
     };
-    st.done.store(true, Relaxed);
-    *st.ended.lock().unwrap() = Some(ended);
+    st.end(ended);
 }
 
 /// Verifies one whole message and records it.
@@ -75,23 +73,22 @@ async fn ws_loop(
         .max_frame_size(Some(MAX_MESSAGE));
     let mut ws =
         WebSocketStream::from_partially_read(stream, leftover, Role::Client, Some(config)).await;
-    let mut closed = None;
+    let (mut closed, mut error) = (None, None);
     while let Some(m) = ws.next().await {
         match m {
             Ok(Message::Binary(b)) => take(p, &b, st, sink),
             Ok(Message::Close(f)) => closed = Some(f.map_or(1005, |f| u16::from(f.code))),
             Ok(_) => {}
             Err(e) => {
-                return match closed {
-                    Some(c) => format!("closed by relay with {c}"),
-                    None => format!("websocket error: {e}"),
-                }
+                error = Some(e);
+                break;
             }
         }
     }
-    match closed {
-        Some(c) => format!("closed by relay with {c}"),
-        None => "connection closed without close frame".into(),
+    match (closed, error) {
+        (Some(c), _) => format!("closed by relay with {c}"),
+        (None, Some(e)) => format!("websocket error: {e}"),
+        (None, None) => "connection closed without close frame".into(),
     }
 }
 
