@@ -11,6 +11,7 @@
 mod chaos;
 mod charts;
 mod cluster;
+mod copies;
 mod cost;
 mod healthy;
 mod hostile;
@@ -305,6 +306,7 @@ impl Opts {
 }
 
 fn main() {
+    copies::apply();
     let cli = Cli::parse();
     EPOCH.get_or_init(Instant::now);
     let (scenario, opts, compare) = match cli.cmd {

@@ -493,7 +493,7 @@ fn table(scenario: Scenario, cfg: &run::RunCfg, rows: &[Row], rounds: usize) -> 
     let (date, time) = utc_now();
     let _ = writeln!(
         o,
-        "### `{}`: {} receivers, {} channel(s), {}×{} RGBA ({} B/msg), {}, {} s × {} rounds ({date} {time} UTC, 2 cores: relay pinned to CPU 0, driver to CPU 1)\n",
+        "### `{}`: {} receivers, {} channel(s), {}×{} RGBA ({} B/msg), {}, {} s × {} rounds ({date} {time} UTC, 2 cores: relay pinned to CPU 0, driver to CPU 1; {})\n",
         scenario.name(),
         cfg.receivers,
         cfg.channels,
@@ -502,7 +502,8 @@ fn table(scenario: Scenario, cfg: &run::RunCfg, rows: &[Row], rounds: usize) -> 
         cfg.msg_bytes(),
         cfg.rate(),
         cfg.duration,
-        rounds
+        rounds,
+        crate::copies::describe()
     );
     let recv = scenario == Scenario::Receivers;
     let _ = writeln!(

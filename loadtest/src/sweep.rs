@@ -521,14 +521,15 @@ fn table(
     let (date, time) = report::utc_now();
     let _ = writeln!(
         o,
-        "### `receivers-sweep`: {} receivers, {}×{} RGBA ({} B/msg), {} s per rate, pass = every frame intact at every receiver and p99 < {} ms, {} rounds ({date} {time} UTC, relay pinned to CPU 0, driver to CPU 1)\n",
+        "### `receivers-sweep`: {} receivers, {}×{} RGBA ({} B/msg), {} s per rate, pass = every frame intact at every receiver and p99 < {} ms, {} rounds ({date} {time} UTC, relay pinned to CPU 0, driver to CPU 1; {})\n",
         cfg.receivers,
         cfg.width,
         cfg.height,
         cfg.msg_bytes(),
         cfg.duration,
         opts.max_p99_ms,
-        rounds
+        rounds,
+        crate::copies::describe()
     );
     let rates = &opts.rates;
     let _ = writeln!(
