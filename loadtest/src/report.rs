@@ -672,6 +672,41 @@ struct Compare<'a> {
 impl Compare<'_> {
     /// One run of `kind` in `round` (0-based): start it, run, stop it,
     /// write its text and charts, keep its summary and verdict.
+    /// A short run against `kind` before the first round, not counted: the
+    /// first run of a compare pays for warming the machine up (the driver's
+    /// memory, the kernel's socket and page caches): its relay, always the
+    /// first one listed, had its worst p99 of all its rounds in round 1 in
+    /// 28 of 53 compares run on 2026-12-06/07 (by chance: about 1 in 3).
+    async fn warm_up(&mut self, kind: RelayKind) {
+        let cpu = self.opts.target.relay_cpu();
+        let mut p = match relays::spawn(
+            kind,
+            &self.paths,
+            cpu,
+            self.per_ch,
+            &self.dir,
+            "warm-up",
+            &[],
+        ) {
+            Ok(p) => p,
+            // Round 1 says why, and counts it.
+            Err(_) => return,
+        };
+        eprintln!(
+            "\n== compare {}: warming up against {} ({WARM_UP_SECS} s, not counted)",
+            self.scenario.name(),
+            kind.label()
+        );
+        let mut cfg = self.cfg.clone();
+        cfg.url = p.url.clone();
+        cfg.relay_pids = vec![p.pid];
+        cfg.duration = cfg.duration.min(WARM_UP_SECS);
+        cfg.progress = false;
+        let _ = run::run(&cfg).await;
+        p.stop();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
     async fn one(&mut self, kind: RelayKind, round: usize) {
         let (name, rounds) = (self.scenario.name(), self.rounds);
         eprintln!(
@@ -836,7 +871,11 @@ impl Compare<'_> {
     }
 }
 
-/// Runs `scenario` against each relay, `rounds` times in rotating order.
+/// Seconds of the uncounted run before a compare's first round.
+const WARM_UP_SECS: f64 = 3.0;
+
+/// Runs `scenario` against each relay, `rounds` times in rotating order,
+/// after one short uncounted run (see `Compare::warm_up`).
 pub async fn compare(
     scenario: Scenario,
     rounds: usize,
@@ -870,6 +909,7 @@ pub async fn compare(
         verdict: Verdict::new(),
         noise,
     };
+    c.warm_up(avail[avail.len() - 1]).await;
     for round in 0..rounds.max(1) {
         for i in 0..avail.len() {
             c.one(avail[(i + round) % avail.len()], round).await;
