@@ -30,15 +30,6 @@ use crate::relay::egress::{send_batch, Live, Outcome, Write, BATCH, BATCH_MAX_BY
 use crate::relay::resources::budget::Level;
 use crate::relay::resources::bulk::Bulk;
 
-/// Frames larger than this are written as they come, never deferred into
-/// a burst: one `send` each already costs little next to copying them,
-/// while a burst of them, written once its last frame is read, is no longer
-/// in cache by then. 640×360 frames at 60 fps to 64 receivers reading whole
-/// messages: relay CPU 61–65 % with every frame delivered, against 62–69 %
-/// and frames skipped when they were deferred (loadtest/README.md,
-/// 2026-12-07).
-pub(crate) const BURST_MAX_FRAME: usize = 256 * 1024;
-
 /// How a channel spreads its fan-out over cores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Fanout {
@@ -286,8 +277,7 @@ impl Channel {
     /// A shard worker's frame: written now, or (with `more` frames waiting,
     /// or in laps) queued and the lap stepped once.
     fn shard_job(&self, k: usize, job: &Job, more: bool) {
-        let len = job.frame.len();
-        let defer = (more && len <= BURST_MAX_FRAME) || self.in_laps(len);
+        let defer = more || self.in_laps(job.frame.len());
         self.fan_shard(k, &job.frame, job.seq, job.len, defer);
         if defer && !more {
             self.lap_step(k);

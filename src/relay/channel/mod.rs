@@ -46,7 +46,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use roster::Roster;
 use tokio::sync::mpsc;
 
-pub(crate) use fanout::{Fanout, PublishError, BURST_MAX_FRAME};
+pub(crate) use fanout::{Fanout, PublishError};
 pub(crate) use resume::RingPool;
 
 use crate::relay::channel::cache::{CacheWriter, CatchUp};

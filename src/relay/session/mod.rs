@@ -24,8 +24,8 @@ use tokio::time::{Instant, Sleep};
 use crate::relay::access::auth::CLOSE_TOKEN_EXPIRED;
 use crate::relay::access::ratelimit::{TokenBucket, Verdict};
 use crate::relay::channel::peer::{Peer, Role};
+use crate::relay::channel::Channel;
 use crate::relay::channel::PublishError;
-use crate::relay::channel::{Channel, BURST_MAX_FRAME};
 use crate::relay::egress::{Drain, Egress};
 use crate::relay::resources::clock::now_ms;
 use crate::relay::session::ingress::{Ingress, RecvError};
@@ -89,36 +89,9 @@ struct Session {
     /// source waiting for most of its receivers (`pace`): finished before
     /// anything else.
     busy: Option<Busy>,
-    /// How the source's last message was fanned out.
-    fanned: Fanned,
-}
-
-/// How a source's last message was fanned out (see [`Session::publish`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Fanned {
-    /// Queued for laps of small frames, which pace the source themselves.
-    InLaps,
-    /// Queued to go out in one write with the messages already buffered
-    /// behind it, once the burst is read.
-    Deferred,
-    /// Written to the receivers as it came.
-    Now,
-}
-
-impl Fanned {
-    /// How a message of `len` bytes goes out: in laps if its channel says
-    /// so, else deferred while the next message is already buffered
-    /// (`next_ready`) and it is small enough to go out in one write with
-    /// it, else now.
-    fn choose(in_laps: bool, len: usize, next_ready: bool) -> Self {
-        if in_laps {
-            Fanned::InLaps
-        } else if next_ready && len <= BURST_MAX_FRAME {
-            Fanned::Deferred
-        } else {
-            Fanned::Now
-        }
-    }
+    /// The source's last message went out frame by frame, not in laps
+    /// (only then is the source paced by its receivers).
+    frame_by_frame: bool,
 }
 
 /// A publish in progress (ends with its result), or a yield to the runtime
@@ -157,7 +130,7 @@ pub(crate) fn run<K: Send + 'static>(
         lag: Lag::default(),
         expires,
         busy: None,
-        fanned: Fanned::Now,
+        frame_by_frame: false,
         relay,
         channel,
         peer,
@@ -311,7 +284,7 @@ impl Session {
     fn after_read(&mut self) {
         if self.role == Role::Source && !self.reader.frame_ready() {
             self.channel.flush_step();
-            if self.fanned != Fanned::InLaps && self.channel.congested() {
+            if self.frame_by_frame && self.channel.congested() {
                 let channel = self.channel.clone();
                 self.busy = Some(Box::pin(async move {
                     channel.pace().await;
@@ -452,9 +425,9 @@ impl Session {
     /// event loop polls it to its end (see [`Session::published`]) before
     /// anything else.
     fn publish(&mut self, m: WireMessage) {
-        let len = m.wire.len();
-        self.fanned = Fanned::choose(self.channel.in_laps(len), len, self.reader.frame_ready());
-        let more = self.fanned != Fanned::Now;
+        let laps = self.channel.in_laps(m.wire.len());
+        self.frame_by_frame = !laps;
+        let more = self.reader.frame_ready() || laps;
         let (channel, relay) = (self.channel.clone(), self.relay.clone());
         // Boxed: only sources publish, and every receiver's future would
         // otherwise have room for this state.
@@ -625,32 +598,5 @@ impl Session {
         } else {
             tracing::debug!(peer = self.peer.id, channel = %self.channel.name, role = ?self.role, ?exit, "peer left");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_small_messages_wait_for_the_rest_of_a_burst() {
-        // Nothing buffered behind: out now, whatever the size.
-        assert_eq!(Fanned::choose(false, 1_000, false), Fanned::Now);
-        assert_eq!(Fanned::choose(false, 921_616, false), Fanned::Now);
-        // The next message already buffered: small ones go out with it.
-        assert_eq!(Fanned::choose(false, 1_000, true), Fanned::Deferred);
-        assert_eq!(
-            Fanned::choose(false, BURST_MAX_FRAME, true),
-            Fanned::Deferred
-        );
-        // Large ones go out as they come, while they are still in cache.
-        assert_eq!(
-            Fanned::choose(false, BURST_MAX_FRAME + 1, true),
-            Fanned::Now
-        );
-        assert_eq!(Fanned::choose(false, 921_616, true), Fanned::Now);
-        // A channel in laps decides for itself.
-        assert_eq!(Fanned::choose(true, 1_000, false), Fanned::InLaps);
-        assert_eq!(Fanned::choose(true, 1_000, true), Fanned::InLaps);
     }
 }
