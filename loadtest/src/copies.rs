@@ -2,8 +2,8 @@
 //!
 //! glibc (2.36 on these machines) copies and clears large blocks with
 //! `rep movsb` / `rep stosb` on CPUs that advertise fast string moves. On
-//! some of them, the AMD EPYC (Zen 4) VMs these figures come from among
-//! them, that is several times slower than its vector loops. uWS (Bun)
+//! some of them (the AMD EPYC Zen 4 VMs these figures come from are among
+//! them) that is several times slower than its vector loops. uWS (Bun)
 //! copies every published message into each subscriber's buffer in user
 //! space, so it pays this on every byte: on 2026-12-07 it needed 83 % of a
 //! core for the headline with glibc's choice and 31 % with the vector loops
