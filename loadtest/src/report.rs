@@ -670,24 +670,19 @@ struct Compare<'a> {
 }
 
 impl Compare<'_> {
-    /// One run of `kind` in `round` (0-based): start it, run, stop it,
-    /// write its text and charts, keep its summary and verdict.
+    /// Starts a fresh `kind` on the relays' CPU, its log tagged `tag`.
+    fn start(&self, kind: RelayKind, tag: &str) -> Result<relays::RelayProc, String> {
+        let cpu = self.opts.target.relay_cpu();
+        relays::spawn(kind, &self.paths, cpu, self.per_ch, &self.dir, tag, &[])
+    }
+
     /// A short run against `kind` before the first round, not counted: the
     /// first run of a compare pays for warming the machine up (the driver's
     /// memory, the kernel's socket and page caches): its relay, always the
     /// first one listed, had its worst p99 of all its rounds in round 1 in
     /// 28 of 53 compares run on 2026-12-06/07 (by chance: about 1 in 3).
     async fn warm_up(&mut self, kind: RelayKind) {
-        let cpu = self.opts.target.relay_cpu();
-        let mut p = match relays::spawn(
-            kind,
-            &self.paths,
-            cpu,
-            self.per_ch,
-            &self.dir,
-            "warm-up",
-            &[],
-        ) {
+        let mut p = match self.start(kind, "warm-up") {
             Ok(p) => p,
             // Round 1 says why, and counts it.
             Err(_) => return,
@@ -707,6 +702,8 @@ impl Compare<'_> {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
+    /// One run of `kind` in `round` (0-based): start it, run, stop it,
+    /// write its text and charts, keep its summary and verdict.
     async fn one(&mut self, kind: RelayKind, round: usize) {
         let (name, rounds) = (self.scenario.name(), self.rounds);
         eprintln!(
@@ -721,7 +718,7 @@ impl Compare<'_> {
         );
         let tag = format!("{name}-r{}", round + 1);
         let cpu = self.opts.target.relay_cpu();
-        let mut p = match relays::spawn(kind, &self.paths, cpu, self.per_ch, &self.dir, &tag, &[]) {
+        let mut p = match self.start(kind, &tag) {
             Ok(p) => p,
             Err(e) => {
                 eprintln!("loadtest: {e}");
