@@ -11,6 +11,9 @@
 //! Bursts are written once per receiver (see [`crate::relay::egress`]): the
 //! source's task defers while another whole frame is already buffered and
 //! flushes after the last; a shard worker defers while more jobs wait.
+//! Either ends a burst at [`Fanout::burst_max`] bytes: a burst is queued
+//! for every receiver before any of it is written, so one longer than a
+//! receiver's queue would skip forward receivers that keep up.
 
 use std::os::fd::RawFd;
 use std::sync::atomic::{fence, Ordering};
@@ -43,6 +46,10 @@ pub(crate) struct Fanout {
     /// Longest a source's next message waits for its receivers
     /// (`--pace-wait-ms`, see [`super::pace`]; zero: never).
     pub(crate) pace_wait: Duration,
+    /// Most bytes of frames a burst defers before it is written (half of
+    /// `--egress-queue`): deferring queues a frame for every receiver at
+    /// once, so a longer burst would overflow receivers that keep up.
+    pub(crate) burst_max: usize,
 }
 
 impl Fanout {
@@ -52,6 +59,7 @@ impl Fanout {
         shard_min: usize::MAX,
         uring: false,
         pace_wait: Duration::ZERO,
+        burst_max: usize::MAX,
     };
 }
 
@@ -152,6 +160,11 @@ impl Channel {
             self.traffic.pictures_in.inc();
         }
         Ok(seq)
+    }
+
+    /// Most bytes of frames a source's burst defers (see the module docs).
+    pub(crate) fn burst_max(&self) -> usize {
+        self.fanout.burst_max
     }
 
     /// Hands a checked message of channel sequence `seq` to every receiver.
@@ -274,10 +287,19 @@ impl Channel {
         }
     }
 
-    /// A shard worker's frame: written now, or (with `more` frames waiting,
-    /// or in laps) queued and the lap stepped once.
-    fn shard_job(&self, k: usize, job: &Job, more: bool) {
-        let defer = more || self.in_laps(job.frame.len());
+    /// A shard worker's frame: written now, or (with `more` frames waiting
+    /// and the burst under [`Fanout::burst_max`], or in laps) queued and
+    /// the lap stepped once. `burst` counts the bytes the burst deferred.
+    fn shard_job(&self, k: usize, job: &Job, more: bool, burst: &mut usize) {
+        let laps = self.in_laps(job.frame.len());
+        if !laps {
+            *burst += job.frame.len();
+        }
+        let more = more && *burst < self.fanout.burst_max;
+        if !more {
+            *burst = 0;
+        }
+        let defer = more || laps;
         self.fan_shard(k, &job.frame, job.seq, job.len, defer);
         if defer && !more {
             self.lap_step(k);
@@ -303,12 +325,13 @@ impl Channel {
 /// a frame when its lap allows (see [`super::lap`]) and steps the lap
 /// between frames, yielding to the runtime after each step.
 async fn shard_worker(weak: Weak<Channel>, k: usize, mut rx: mpsc::Receiver<Job>) {
+    let mut burst = 0;
     loop {
         let Some(ch) = weak.upgrade() else { return };
         if ch.lap_allows(k) {
             match rx.try_recv() {
                 Ok(job) => {
-                    ch.shard_job(k, &job, !rx.is_empty());
+                    ch.shard_job(k, &job, !rx.is_empty(), &mut burst);
                     continue;
                 }
                 Err(TryRecvError::Disconnected) => return,
@@ -324,7 +347,7 @@ async fn shard_worker(weak: Weak<Channel>, k: usize, mut rx: mpsc::Receiver<Job>
         // Nothing left to write: wait for the next frame.
         let Some(job) = rx.recv().await else { return };
         let Some(ch) = weak.upgrade() else { return };
-        ch.shard_job(k, &job, !rx.is_empty());
+        ch.shard_job(k, &job, !rx.is_empty(), &mut burst);
     }
 }
 

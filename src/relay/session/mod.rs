@@ -92,7 +92,22 @@ struct Session {
     /// The source's last message went out frame by frame, not in laps
     /// (only then is the source paced by its receivers).
     frame_by_frame: bool,
+    /// Bytes the source's fan-out handed to receivers (message bytes ×
+    /// receivers) since the task last gave its turn back (see
+    /// [`TURN_BYTES`]); it also bounds a burst (see
+    /// [`Session::burst_goes_on`]).
+    since_turn: u32,
 }
+
+/// Fan-out work (message bytes × receivers) after which a source's task
+/// gives the runtime a turn, about a millisecond of writes. Receivers'
+/// tasks, which write what their sockets did not take at once, run on the
+/// same workers: a source with frames always waiting would otherwise keep
+/// its worker for a whole cooperative budget (128 reads, ~40 big frames,
+/// 370 ms measured with the relay on one core), its receivers' queues
+/// would overflow meanwhile, and they would be skipped forward although
+/// their sockets were empty.
+const TURN_BYTES: u32 = 4 << 20;
 
 /// A publish in progress (ends with its result), or a yield to the runtime
 /// or a wait for receivers (ends with `None`).
@@ -131,6 +146,7 @@ pub(crate) fn run<K: Send + 'static>(
         expires,
         busy: None,
         frame_by_frame: false,
+        since_turn: 0,
         relay,
         channel,
         peer,
@@ -282,20 +298,25 @@ impl Session {
     /// most of its receivers still hold queued frames (see the channel's
     /// `pace`).
     fn after_read(&mut self) {
-        if self.role == Role::Source && !self.reader.frame_ready() {
+        if self.role == Role::Source && !self.burst_goes_on() {
             self.channel.flush_step();
             if self.frame_by_frame && self.channel.congested() {
+                self.since_turn = 0;
                 let channel = self.channel.clone();
                 self.busy = Some(Box::pin(async move {
                     channel.pace().await;
                     None
                 }));
+            } else if self.since_turn >= TURN_BYTES {
+                self.since_turn = 0;
+                self.give_turn();
             }
         }
     }
 
     /// Gives the worker back for one turn of the runtime (which polls the
-    /// sockets first), between two steps of a lap.
+    /// sockets first): between two steps of a lap, or after
+    /// [`TURN_BYTES`] of fan-out.
     fn give_turn(&mut self) {
         self.busy = Some(Box::pin(async {
             tokio::task::yield_now().await;
@@ -425,15 +446,34 @@ impl Session {
     /// event loop polls it to its end (see [`Session::published`]) before
     /// anything else.
     fn publish(&mut self, m: WireMessage) {
-        let laps = self.channel.in_laps(m.wire.len());
+        let len = m.wire.len();
+        let laps = self.channel.in_laps(len);
         self.frame_by_frame = !laps;
-        let more = self.reader.frame_ready() || laps;
+        // Saturating: the count only tells when it passes its bounds.
+        let len32 = u32::try_from(len).unwrap_or(u32::MAX);
+        let receivers = u32::try_from(self.channel.receiver_count()).unwrap_or(u32::MAX);
+        self.since_turn = self
+            .since_turn
+            .saturating_add(len32.saturating_mul(receivers.max(1)));
+        let more = self.burst_goes_on() || laps;
         let (channel, relay) = (self.channel.clone(), self.relay.clone());
         // Boxed: only sources publish, and every receiver's future would
         // otherwise have room for this state.
         self.busy = Some(Box::pin(async move {
             Some(channel.publish(&m, &relay.bulk, more).await)
         }));
+    }
+
+    /// True while the source's burst goes on: another whole message is
+    /// already buffered, no turn is due ([`TURN_BYTES`]) and each receiver
+    /// has been handed less than the channel's
+    /// [`Channel::burst_max`](crate::relay::channel::Channel::burst_max)
+    /// since the last turn (a burst is part of that).
+    fn burst_goes_on(&self) -> bool {
+        let per_receiver = self.since_turn as usize / self.channel.receiver_count().max(1);
+        self.reader.frame_ready()
+            && self.since_turn < TURN_BYTES
+            && per_receiver < self.channel.burst_max()
     }
 
     /// A publish ended: a refused message counts against the source.

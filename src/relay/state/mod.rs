@@ -304,6 +304,7 @@ impl Relay {
             shard_min: self.config.fanout_shard_min,
             uring: self.config.egress_mode == EgressMode::Uring,
             pace_wait: Duration::from_millis(self.config.pace_wait_ms),
+            burst_max: self.config.egress_queue / 2,
         }
     }
 
