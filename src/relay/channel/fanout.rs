@@ -11,9 +11,11 @@
 //! Bursts are written once per receiver (see [`crate::relay::egress`]): the
 //! source's task defers while another whole frame is already buffered and
 //! flushes after the last; a shard worker defers while more jobs wait.
-//! Either ends a burst at [`Fanout::burst_max`] bytes: a burst is queued
-//! for every receiver before any of it is written, so one longer than a
-//! receiver's queue would skip forward receivers that keep up.
+//! Either ends a burst at [`Fanout::burst_max`] bytes per receiver (the
+//! source's task sooner, when it gives the runtime a turn, see
+//! [`crate::relay::session`]): a burst is queued for every receiver before
+//! any of it is written, so one longer than a receiver's queue would skip
+//! forward receivers that keep up.
 
 use std::os::fd::RawFd;
 use std::sync::atomic::{fence, Ordering};
