@@ -8,7 +8,8 @@
 
 mod common;
 
-use bitstream_relay::protocol::{self, FrameType};
+use std::net::SocketAddr;
+
 use common::process::{bin, Running};
 use common::*;
 
@@ -18,17 +19,6 @@ const FRAMES: usize = 120;
 const FRAME: usize = 256 * 1024;
 const RECEIVERS: usize = 16;
 
-/// The value of an unlabelled counter in a Prometheus scrape.
-fn counter(metrics: &str, name: &str) -> u64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("{name} not in /metrics"))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receivers_that_keep_up_get_every_frame_of_a_full_speed_source_on_one_worker() {
     let port = free_port();
@@ -36,7 +26,8 @@ async fn receivers_that_keep_up_get_every_frame_of_a_full_speed_source_on_one_wo
     cmd.args(["--addr", &format!("127.0.0.1:{port}"), "--threads", "1"]);
     let relay = Running::start(cmd);
     relay.stderr.wait_for("relay listening");
-    let base = format!("ws://127.0.0.1:{port}");
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let base = format!("ws://{addr}");
 
     let mut readers = Vec::new();
     for _ in 0..RECEIVERS {
@@ -54,45 +45,20 @@ async fn receivers_that_keep_up_get_every_frame_of_a_full_speed_source_on_one_wo
 
     // Every receiver is on the channel before the first frame.
     let start = tokio::time::Instant::now();
-    while !get_metrics(port).await.contains(&format!(
-        "relay_connections{{role=\"receiver\"}} {RECEIVERS}"
-    )) {
+    let receivers = r#"relay_connections{role="receiver"}"#;
+    while metric(&http_get_at(addr, "/metrics", &[]).await.1, receivers) < RECEIVERS as u64 {
         assert!(start.elapsed() < DEADLINE, "receivers did not register");
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 
     let mut src = connect(&format!("{base}/source/burst")).await;
-    for i in 0..FRAMES {
-        let m = protocol::frame(
-            FrameType::CompressedPixels,
-            0,
-            i as u16,
-            0,
-            (0, 0),
-            &vec![i as u8; FRAME],
-        );
-        within(src.send(&m)).await.unwrap();
-    }
+    send_indexed_frames(&mut src, FRAMES, FRAME).await;
 
     let all: Vec<usize> = (0..FRAMES).collect();
     for r in readers {
         assert_eq!(within(r).await.unwrap(), all, "every frame, in order");
     }
-    let scrape = get_metrics(port).await;
-    assert_eq!(counter(&scrape, "relay_slow_skips_total"), 0);
+    let (_, scrape) = http_get_at(addr, "/metrics", &[]).await;
+    assert_eq!(metric(&scrape, "relay_slow_skips_total"), 0);
     drop(src);
-}
-
-/// `GET /metrics` over a plain socket.
-async fn get_metrics(port: u16) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = String::new();
-    within(s.read_to_string(&mut out)).await.unwrap();
-    out
 }

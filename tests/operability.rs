@@ -5,14 +5,6 @@ mod common;
 use bitstream_relay::protocol::{self, FrameType};
 use common::*;
 
-fn metric(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in metrics"))
-}
-
 #[tokio::test]
 async fn metrics_move_with_traffic() {
     let t = start(&[]).await;

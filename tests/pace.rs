@@ -8,7 +8,6 @@ mod common;
 use std::time::Duration;
 
 use bitstream_relay::client::Client;
-use bitstream_relay::protocol::{self, FrameType};
 use common::*;
 use tokio::net::TcpSocket;
 use tokio::task::JoinHandle;
@@ -60,17 +59,7 @@ fn read_slowly(mut c: Client, pause: Duration) -> JoinHandle<Vec<usize>> {
 /// Sends the burst as fast as the relay takes it.
 async fn send_burst(t: &TestRelay, name: &str) {
     let mut src = connect(&t.url(&format!("/source/{name}"))).await;
-    for i in 0..FRAMES {
-        let m = protocol::frame(
-            FrameType::CompressedPixels,
-            0,
-            i as u16,
-            0,
-            (0, 0),
-            &vec![i as u8; FRAME],
-        );
-        within(src.send(&m)).await.unwrap();
-    }
+    send_indexed_frames(&mut src, FRAMES, FRAME).await;
     // Held open until the receivers are done (the test's end drops it).
     tokio::spawn(async move { while src.recv().await.is_ok() {} });
 }

@@ -93,8 +93,13 @@ pub async fn http_get(t: &TestRelay, path: &str) -> (u16, String) {
 
 /// [`http_get`] with extra request headers.
 pub async fn http_get_with(t: &TestRelay, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    http_get_at(t.addr, path, headers).await
+}
+
+/// [`http_get_with`] on a relay at `addr` (e.g. one started as a process).
+pub async fn http_get_at(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(t.addr).await.unwrap();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut head = format!("GET {path} HTTP/1.1\r\nHost: x\r\n");
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
@@ -109,6 +114,32 @@ pub async fn http_get_with(t: &TestRelay, path: &str, headers: &[(&str, &str)]) 
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     (status, body)
+}
+
+/// The value of the unlabelled metric `name` in a `/metrics` scrape.
+pub fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in metrics"))
+}
+
+/// Sends `frames` frames of `size` payload bytes on `src`, each filled
+/// with its index (as a byte) and numbered by it.
+pub async fn send_indexed_frames(src: &mut Client, frames: usize, size: usize) {
+    use bitstream_relay::protocol::{self, FrameType};
+    for i in 0..frames {
+        let m = protocol::frame(
+            FrameType::CompressedPixels,
+            0,
+            i as u16,
+            0,
+            (0, 0),
+            &vec![i as u8; size],
+        );
+        within(src.send(&m)).await.unwrap();
+    }
 }
 
 /// Deterministic pseudo-random bytes.
