@@ -223,7 +223,12 @@ pub async fn open(t: &Target, role: Role, ch: &str, seed: u32) -> Opened {
             write_all(&s, format!("{tag} {ch}\n").as_bytes())
                 .await
                 .map_err(|e| format!("write: {}", io_end(&e)))?;
-            Ok((s, Vec::new()))
+            let (_, head, rest) = read_head(&s, Duration::from_secs(10)).await?;
+            if head == crate::tcpserver::JOINED {
+                Ok((s, rest))
+            } else {
+                Err(format!("not joined: {:?}", String::from_utf8_lossy(&head)))
+            }
         }
     }
 }
