@@ -14,7 +14,8 @@ use common::process::{bin, Running};
 use common::*;
 
 /// Frames in the burst, and their size: 30 MiB per receiver, almost four
-/// times the default 8 MiB egress queue.
+/// times the 8 MiB egress queue this test sets (a starved receiver then
+/// overflows it long before the burst ends).
 const FRAMES: usize = 120;
 const FRAME: usize = 256 * 1024;
 const RECEIVERS: usize = 16;
@@ -24,6 +25,7 @@ async fn receivers_that_keep_up_get_every_frame_of_a_full_speed_source_on_one_wo
     let port = free_port();
     let mut cmd = bin();
     cmd.args(["--addr", &format!("127.0.0.1:{port}"), "--threads", "1"]);
+    cmd.args(["--egress-queue", "8388608"]);
     let relay = Running::start(cmd);
     relay.stderr.wait_for("relay listening");
     let addr = SocketAddr::from(([127, 0, 0, 1], port));

@@ -12,9 +12,11 @@ use common::*;
 use tokio::net::TcpSocket;
 use tokio::task::JoinHandle;
 
-/// Frames in the burst, and their size: 20 MiB, over the 8 MiB queue bound.
+/// Frames in the burst, and their size: 20 MiB, over the queue bound.
 const FRAMES: usize = 40;
 const FRAME: usize = 512 * 1024;
+/// The egress queue bound these tests set: 8 MiB.
+const QUEUE: &str = "8388608";
 
 /// A receiver with a 64 KiB receive buffer (so the relay's queue, not the
 /// kernel, holds what it has not read yet).
@@ -66,7 +68,7 @@ async fn send_burst(t: &TestRelay, name: &str) {
 
 /// Three receivers reading ~25 MB/s each, a burst of 20 MiB: what each got.
 async fn three_slow_receivers(pace_ms: &str) -> (TestRelay, Vec<Vec<usize>>) {
-    let t = start(&["--pace-wait-ms", pace_ms]).await;
+    let t = start(&["--pace-wait-ms", pace_ms, "--egress-queue", QUEUE]).await;
     let mut tasks = Vec::new();
     for seed in 0..3 {
         let c = small_window_receiver(&t, "burst", seed).await;
@@ -105,7 +107,7 @@ async fn without_pacing_the_same_burst_skips_them_forward() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_that_never_reads_is_skipped_and_does_not_hold_the_source() {
-    let t = start(&["--pace-wait-ms", "10000"]).await;
+    let t = start(&["--pace-wait-ms", "10000", "--egress-queue", QUEUE]).await;
     let mut tasks = Vec::new();
     for seed in 0..2 {
         let c = small_window_receiver(&t, "one-stalls", seed).await;

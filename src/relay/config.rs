@@ -103,8 +103,12 @@ pub struct Config {
     /// exceed it is skipped forward and resynchronized from the catch-up state.
     /// Large frames in it are shared with every other receiver's queue (no
     /// copy), so its depth costs little memory, unlike the kernel's send
-    /// buffer it replaces (see `--tcp-notsent-lowat`).
-    #[arg(long, env = "RELAY_EGRESS_QUEUE", default_value_t = 8 * 1024 * 1024)]
+    /// buffer it replaces (see `--tcp-notsent-lowat`); the memory budget
+    /// bounds the rest. 32 MiB (~36 frames of 640×360, ~1.2 s at 30 fps):
+    /// at 8 MiB, receivers as a client library reads (whole messages, one
+    /// task each) fell that far behind at full speed on a busy core and lost
+    /// 27-213 frames in 4 of 4 runs; at 32 MiB, none in 3 of 3.
+    #[arg(long, env = "RELAY_EGRESS_QUEUE", default_value_t = 32 * 1024 * 1024)]
     pub egress_queue: usize,
     /// Longest a source's next message waits, in ms, while more than half of
     /// its channel's receivers still hold earlier frames queued (receivers
