@@ -80,24 +80,19 @@ async fn handle(stream: TcpStream, channels: Channels) {
                 .entry(name.clone())
                 .or_default()
                 .push(tx.clone());
-            if write_all(&s, JOINED).await.is_err() {
-                return;
-            }
-            let writer = tokio::task::spawn_local(write_queue(s.clone(), rx));
-            let mut b = [0u8; 64];
-            loop {
-                let _ = s.readable().await;
-                match s.try_read(&mut b) {
-                    Ok(0) => break,
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(_) => break,
-                }
+            // Joined once registered; a peer gone before the answer is
+            // unregistered below like any other.
+            let joined = write_all(&s, JOINED).await.is_ok();
+            let writer = joined.then(|| tokio::task::spawn_local(write_queue(s.clone(), rx)));
+            if joined {
+                hold_until_gone(&s).await;
             }
             if let Some(v) = channels.borrow_mut().get_mut(&name) {
                 v.retain(|x| !x.same_channel(&tx));
             }
-            writer.abort();
+            if let Some(w) = writer {
+                w.abort();
+            }
         }
         "S" => {
             if write_all(br.get_ref(), JOINED).await.is_err() {
@@ -123,6 +118,21 @@ async fn handle(stream: TcpStream, channels: Channels) {
             }
         }
         _ => {}
+    }
+}
+
+/// Reads (and drops) what a receiver sends until it goes away (EOF or an
+/// error).
+async fn hold_until_gone(s: &TcpStream) {
+    let mut b = [0u8; 64];
+    loop {
+        let _ = s.readable().await;
+        match s.try_read(&mut b) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
     }
 }
 
