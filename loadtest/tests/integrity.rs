@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use bitstream_wire::handshake;
 use bitstream_wire::ws::{self, Side};
-use common::run_loadtest;
+use common::run_with_results;
 
 /// What the fake relay does to the source's `k`-th message (0-based).
 #[derive(Clone, Copy, Debug)]
@@ -183,30 +183,12 @@ const SMALL: [&str; 8] = [
 /// longer than 30 s.
 fn loadtest_through(defect: Defect, args: &[&str]) -> (Option<i32>, String, Option<Vec<u8>>) {
     let addr = fake_relay(defect);
-    let out = std::env::temp_dir().join(format!(
-        "loadtest-integrity-{}-{}",
-        std::process::id(),
-        addr.port()
-    ));
-    std::fs::create_dir_all(&out).unwrap();
-    let log = out.join("stderr.txt");
     let url = format!("ws://{addr}");
     let mut all: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
-    all.extend([OsStr::new("--url"), OsStr::new(&url), OsStr::new("--out")]);
-    all.push(out.as_os_str());
+    all.extend([OsStr::new("--url"), OsStr::new(&url)]);
     // A run takes a few seconds; a driver that hangs fails the test.
-    let status = run_loadtest(all, &log, Duration::from_secs(30));
-    let stderr = std::fs::read_to_string(&log).unwrap_or_default();
-    let json = std::fs::read_dir(&out)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|x| x == "json"))
-        .and_then(|p| std::fs::read(p).ok());
-    let _ = std::fs::remove_dir_all(&out);
-    let status = status.unwrap_or_else(|| panic!("loadtest did not end within 30 s:\n{stderr}"));
-    (status.code(), stderr, json)
+    let tag = format!("integrity-{}", addr.port());
+    run_with_results(&all, &tag, Duration::from_secs(30))
 }
 
 /// Runs `loadtest headline` for 0.5 s at 50 fps (25 frames of 64×64) to

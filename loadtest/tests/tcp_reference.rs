@@ -7,14 +7,12 @@
 
 mod common;
 
-use common::run_loadtest;
+use common::run_with_results;
+use std::ffi::OsStr;
 use std::time::Duration;
 
 #[test]
 fn the_plain_tcp_reference_delivers_every_frame_at_full_speed() {
-    let out = std::env::temp_dir().join(format!("loadtest-tcp-ref-{}", std::process::id()));
-    std::fs::create_dir_all(&out).unwrap();
-    let log = out.join("stderr.txt");
     let args = [
         "saturate",
         "--start",
@@ -29,23 +27,11 @@ fn the_plain_tcp_reference_delivers_every_frame_at_full_speed() {
         "1",
         "--drain",
         "5",
-        "--out",
-    ];
-    let mut all: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
-    all.push(out.clone().into_os_string());
+    ]
+    .map(OsStr::new);
     // A hung driver or server fails the test; nothing judges the duration.
-    let status = run_loadtest(all, &log, Duration::from_secs(60));
-    let stderr = std::fs::read_to_string(&log).unwrap_or_default();
-    let json = std::fs::read_dir(&out)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|x| x == "json"))
-        .and_then(|p| std::fs::read(p).ok());
-    let _ = std::fs::remove_dir_all(&out);
-    let status = status.unwrap_or_else(|| panic!("loadtest did not end within 60 s:\n{stderr}"));
-    assert_eq!(status.code(), Some(0), "{stderr}");
+    let (code, stderr, json) = run_with_results(&args, "tcp-ref", Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{stderr}");
     let v: serde_json::Value =
         serde_json::from_slice(&json.unwrap_or_else(|| panic!("no JSON result\n{stderr}")))
             .unwrap();

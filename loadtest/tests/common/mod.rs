@@ -32,3 +32,36 @@ pub fn run_loadtest(
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Runs `loadtest ARGS --out DIR` in a fresh temporary DIR named after
+/// `tag` (removed afterwards) and waits up to `limit`: (exit code, stderr,
+/// the JSON result if the run wrote one). Panics if it ran past `limit`.
+#[allow(dead_code)] // not every test binary reads results
+pub fn run_with_results(
+    args: &[&OsStr],
+    tag: &str,
+    limit: Duration,
+) -> (Option<i32>, String, Option<Vec<u8>>) {
+    let out = std::env::temp_dir().join(format!("loadtest-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&out).expect("create the results folder");
+    let log = out.join("stderr.txt");
+    let mut all = args.to_vec();
+    all.extend([OsStr::new("--out"), out.as_os_str()]);
+    let status = run_loadtest(all, &log, limit);
+    let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+    let json = std::fs::read_dir(&out)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "json"))
+        .and_then(|p| std::fs::read(p).ok());
+    let _ = std::fs::remove_dir_all(&out);
+    let status = status.unwrap_or_else(|| {
+        panic!(
+            "loadtest did not end within {} s:\n{stderr}",
+            limit.as_secs()
+        )
+    });
+    (status.code(), stderr, json)
+}
